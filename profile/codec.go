@@ -1,0 +1,380 @@
+package profile
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// ErrCorrupt means a stored profile could not be decoded.
+var ErrCorrupt = errors.New("profile: corrupt encoding")
+
+// encodingV1 is the first byte of every stored profile. The rest is
+// protobuf wire format (fields below), so fields can be added without a new
+// version: decoders skip what they do not know.
+const encodingV1 = 0x01
+
+// Field numbers of the stored profile.
+const (
+	fVersion       = 1  // varint
+	fUpdatedAt     = 2  // sint64, Unix ms
+	fSeries        = 3  // message: 1 type, 2 category, 3 packed varints (minute delta, count)...
+	fTotals        = 4  // message: 1 type, 2 count
+	fLastSeen      = 5  // message: 1 type, 2 sint64 Unix ms
+	fPurchaseCount = 6  // varint
+	fPurchaseValue = 7  // fixed64 double
+	fConsent       = 8  // message: 1 channel, 2 granted, 3 sint64 Unix ms
+	fAttributes    = 9  // message: 1 key, 2 value, 3 sint64 Unix ms
+	fSeenHashes    = 10 // packed fixed64
+	fSeenAt        = 11 // packed sint64, delta-encoded Unix ms
+	fFired         = 12 // message: 1 key, 2 sint64 Unix ms
+)
+
+// Encode returns the stored form of p. Map entries are written in key order,
+// so equal profiles encode to equal bytes.
+func Encode(p *Profile) []byte {
+	b := make([]byte, 0, 64+16*len(p.Seen)+32*len(p.Series))
+	b = append(b, encodingV1)
+	if p.Version != 0 {
+		b = protowire.AppendTag(b, fVersion, protowire.VarintType)
+		b = protowire.AppendVarint(b, p.Version)
+	}
+	if !p.UpdatedAt.IsZero() {
+		b = appendSint(b, fUpdatedAt, p.UpdatedAt.UnixMilli())
+	}
+	var msg []byte
+	for _, s := range p.Series {
+		msg = appendString(msg[:0], 1, s.Type)
+		msg = appendString(msg, 2, s.Category)
+		var packed []byte
+		prev := int64(0)
+		for _, m := range s.Minutes {
+			packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(m.Minute-prev))
+			packed = protowire.AppendVarint(packed, uint64(m.Count))
+			prev = m.Minute
+		}
+		msg = protowire.AppendTag(msg, 3, protowire.BytesType)
+		msg = protowire.AppendBytes(msg, packed)
+		b = appendMessage(b, fSeries, msg)
+	}
+	for _, k := range sortedKeys(p.Totals) {
+		msg = appendString(msg[:0], 1, k)
+		msg = protowire.AppendTag(msg, 2, protowire.VarintType)
+		msg = protowire.AppendVarint(msg, p.Totals[k])
+		b = appendMessage(b, fTotals, msg)
+	}
+	for _, k := range sortedKeys(p.LastSeen) {
+		msg = appendString(msg[:0], 1, k)
+		msg = appendSint(msg, 2, p.LastSeen[k].UnixMilli())
+		b = appendMessage(b, fLastSeen, msg)
+	}
+	if p.PurchaseCount != 0 {
+		b = protowire.AppendTag(b, fPurchaseCount, protowire.VarintType)
+		b = protowire.AppendVarint(b, p.PurchaseCount)
+	}
+	if p.PurchaseValue != 0 {
+		b = protowire.AppendTag(b, fPurchaseValue, protowire.Fixed64Type)
+		b = protowire.AppendFixed64(b, math.Float64bits(p.PurchaseValue))
+	}
+	for _, k := range sortedKeys(p.Consent) {
+		c := p.Consent[k]
+		msg = appendString(msg[:0], 1, k)
+		msg = protowire.AppendTag(msg, 2, protowire.VarintType)
+		msg = protowire.AppendVarint(msg, protowire.EncodeBool(c.Granted))
+		msg = appendSint(msg, 3, c.At.UnixMilli())
+		b = appendMessage(b, fConsent, msg)
+	}
+	for _, k := range sortedKeys(p.Attributes) {
+		a := p.Attributes[k]
+		msg = appendString(msg[:0], 1, k)
+		msg = appendString(msg, 2, a.Value)
+		if !a.At.IsZero() {
+			msg = appendSint(msg, 3, a.At.UnixMilli())
+		}
+		b = appendMessage(b, fAttributes, msg)
+	}
+	if len(p.Seen) > 0 {
+		msg = msg[:0]
+		for _, s := range p.Seen {
+			msg = protowire.AppendFixed64(msg, s.Hash)
+		}
+		b = appendMessage(b, fSeenHashes, msg)
+		msg = msg[:0]
+		prev := int64(0)
+		for _, s := range p.Seen {
+			msg = protowire.AppendVarint(msg, protowire.EncodeZigZag(s.At-prev))
+			prev = s.At
+		}
+		b = appendMessage(b, fSeenAt, msg)
+	}
+	for _, k := range sortedKeys(p.Fired) {
+		msg = appendString(msg[:0], 1, k)
+		msg = appendSint(msg, 2, p.Fired[k].UnixMilli())
+		b = appendMessage(b, fFired, msg)
+	}
+	return b
+}
+
+// Decode parses a stored profile. Unknown fields are skipped.
+func Decode(b []byte) (*Profile, error) {
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrCorrupt)
+	}
+	if b[0] != encodingV1 {
+		return nil, fmt.Errorf("%w: unknown encoding version %d", ErrCorrupt, b[0])
+	}
+	p := &Profile{}
+	var seenAt []int64
+	err := eachField(b[1:], func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch {
+		case num == fVersion && typ == protowire.VarintType:
+			p.Version = x
+		case num == fUpdatedAt && typ == protowire.VarintType:
+			p.UpdatedAt = msTime(protowire.DecodeZigZag(x))
+		case num == fSeries && typ == protowire.BytesType:
+			s, err := decodeSeries(v)
+			if err != nil {
+				return err
+			}
+			p.Series = append(p.Series, s)
+		case num == fTotals && typ == protowire.BytesType:
+			k, n, err := decodePair(v)
+			if err != nil {
+				return err
+			}
+			if p.Totals == nil {
+				p.Totals = make(map[string]uint64)
+			}
+			p.Totals[k] = n
+		case num == fLastSeen && typ == protowire.BytesType:
+			k, ms, err := decodePair(v)
+			if err != nil {
+				return err
+			}
+			if p.LastSeen == nil {
+				p.LastSeen = make(map[string]time.Time)
+			}
+			p.LastSeen[k] = msTime(protowire.DecodeZigZag(ms))
+		case num == fPurchaseCount && typ == protowire.VarintType:
+			p.PurchaseCount = x
+		case num == fPurchaseValue && typ == protowire.Fixed64Type:
+			p.PurchaseValue = math.Float64frombits(x)
+		case num == fConsent && typ == protowire.BytesType:
+			var ch string
+			var c ConsentState
+			err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+				switch {
+				case num == 1 && typ == protowire.BytesType:
+					ch = string(v)
+				case num == 2 && typ == protowire.VarintType:
+					c.Granted = protowire.DecodeBool(x)
+				case num == 3 && typ == protowire.VarintType:
+					c.At = msTime(protowire.DecodeZigZag(x))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if p.Consent == nil {
+				p.Consent = make(map[string]ConsentState)
+			}
+			p.Consent[ch] = c
+		case num == fAttributes && typ == protowire.BytesType:
+			var k string
+			var a Attribute
+			err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+				switch {
+				case num == 1 && typ == protowire.BytesType:
+					k = string(v)
+				case num == 2 && typ == protowire.BytesType:
+					a.Value = string(v)
+				case num == 3 && typ == protowire.VarintType:
+					a.At = msTime(protowire.DecodeZigZag(x))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if p.Attributes == nil {
+				p.Attributes = make(map[string]Attribute)
+			}
+			p.Attributes[k] = a
+		case num == fSeenHashes && typ == protowire.BytesType:
+			if len(v)%8 != 0 {
+				return fmt.Errorf("%w: seen ids: %d bytes", ErrCorrupt, len(v))
+			}
+			p.Seen = make([]SeenID, 0, len(v)/8)
+			for len(v) > 0 {
+				h, n := protowire.ConsumeFixed64(v)
+				p.Seen = append(p.Seen, SeenID{Hash: h})
+				v = v[n:]
+			}
+		case num == fSeenAt && typ == protowire.BytesType:
+			prev := int64(0)
+			for len(v) > 0 {
+				d, n := protowire.ConsumeVarint(v)
+				if n < 0 {
+					return fmt.Errorf("%w: seen times: %w", ErrCorrupt, protowire.ParseError(n))
+				}
+				prev += protowire.DecodeZigZag(d)
+				seenAt = append(seenAt, prev)
+				v = v[n:]
+			}
+		case num == fFired && typ == protowire.BytesType:
+			k, ms, err := decodePair(v)
+			if err != nil {
+				return err
+			}
+			if p.Fired == nil {
+				p.Fired = make(map[string]time.Time)
+			}
+			p.Fired[k] = msTime(protowire.DecodeZigZag(ms))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(seenAt) != len(p.Seen) {
+		return nil, fmt.Errorf("%w: %d seen ids but %d times", ErrCorrupt, len(p.Seen), len(seenAt))
+	}
+	for i := range p.Seen {
+		p.Seen[i].At = seenAt[i]
+	}
+	for i := 1; i < len(p.Series); i++ {
+		a, b := &p.Series[i-1], &p.Series[i]
+		if a.Type > b.Type || (a.Type == b.Type && a.Category >= b.Category) {
+			return nil, fmt.Errorf("%w: series out of order", ErrCorrupt)
+		}
+	}
+	return p, nil
+}
+
+func decodeSeries(v []byte) (Series, error) {
+	var s Series
+	err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case 1:
+			s.Type = string(v)
+		case 2:
+			s.Category = string(v)
+		case 3:
+			// Minutes are delta-encoded across every occurrence of the
+			// field, so a split packed field decodes the same.
+			prev := int64(0)
+			if len(s.Minutes) > 0 {
+				prev = s.Minutes[len(s.Minutes)-1].Minute
+			}
+			for len(v) > 0 {
+				d, n := protowire.ConsumeVarint(v)
+				if n < 0 {
+					return fmt.Errorf("%w: series minutes: %w", ErrCorrupt, protowire.ParseError(n))
+				}
+				v = v[n:]
+				c, n := protowire.ConsumeVarint(v)
+				if n < 0 {
+					return fmt.Errorf("%w: series counts: %w", ErrCorrupt, protowire.ParseError(n))
+				}
+				v = v[n:]
+				m := prev + protowire.DecodeZigZag(d)
+				if len(s.Minutes) > 0 && m <= prev || c > math.MaxUint32 {
+					return fmt.Errorf("%w: series minutes out of order", ErrCorrupt)
+				}
+				s.Minutes = append(s.Minutes, MinuteCount{Minute: m, Count: uint32(c)})
+				prev = m
+			}
+		}
+		return nil
+	})
+	if err == nil && len(s.Minutes) == 0 {
+		err = fmt.Errorf("%w: empty series", ErrCorrupt)
+	}
+	return s, err
+}
+
+// decodePair decodes a message {1: string, 2: varint}.
+func decodePair(v []byte) (string, uint64, error) {
+	var k string
+	var x uint64
+	err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, n uint64) error {
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			k = string(v)
+		case num == 2 && typ == protowire.VarintType:
+			x = n
+		}
+		return nil
+	})
+	return k, x, err
+}
+
+// eachField calls fn for every field of a protobuf message: v holds the
+// bytes of length-delimited fields, x the value of varint and fixed fields.
+func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("%w: %w", ErrCorrupt, protowire.ParseError(n))
+		}
+		b = b[n:]
+		var v []byte
+		var x uint64
+		switch typ {
+		case protowire.VarintType:
+			x, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed64Type:
+			x, n = protowire.ConsumeFixed64(b)
+		case protowire.Fixed32Type:
+			var y uint32
+			y, n = protowire.ConsumeFixed32(b)
+			x = uint64(y)
+		case protowire.BytesType:
+			v, n = protowire.ConsumeBytes(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return fmt.Errorf("%w: field %d: %w", ErrCorrupt, num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := fn(num, typ, v, x); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func appendSint(b []byte, num protowire.Number, v int64) []byte {
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, protowire.EncodeZigZag(v))
+}
+
+func appendMessage(b []byte, num protowire.Number, msg []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, msg)
+}
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,458 @@
+package profile
+
+import (
+	"hash/fnv"
+	"math"
+	"sort"
+	"time"
+)
+
+// Event is one user event, as the pure model sees it.
+type Event struct {
+	ID         string
+	UserID     string
+	Type       string
+	OccurredAt time.Time
+	Category   string
+	ItemID     string
+	Value      float64
+	Channel    string
+	Attributes map[string]string
+}
+
+// Status is the outcome of applying one event.
+type Status int
+
+const (
+	// Applied means the event changed the profile.
+	Applied Status = iota + 1
+	// Duplicate means the event id was seen before; nothing changed.
+	Duplicate
+	// Rejected means the event was refused (see the result's Reason).
+	Rejected
+)
+
+func (s Status) String() string {
+	switch s {
+	case Applied:
+		return "applied"
+	case Duplicate:
+		return "duplicate"
+	case Rejected:
+		return "rejected"
+	}
+	return "unknown"
+}
+
+// Result is the outcome of one event.
+type Result struct {
+	Status Status
+	Reason string
+}
+
+// Event types with a meaning of their own in the model. Every other type is
+// only counted.
+const (
+	TypePurchase    = "purchase"
+	TypeSubscribe   = "subscribe"
+	TypeUnsubscribe = "unsubscribe"
+)
+
+// AllChannels is the consent key of a subscribe/unsubscribe event for every
+// channel (an event with an empty channel or channel "all").
+const AllChannels = "*"
+
+// RememberedAttributes are the event attributes the profile keeps (latest by
+// event time wins).
+var rememberedAttributes = [...]string{"tz"}
+
+// Limits bound what a profile remembers. The zero value of a field means its
+// default.
+type Limits struct {
+	// Retention is how far back event-time counts are kept, and so the
+	// longest window a rule can ask for. Events older than now-Retention are
+	// rejected. Default 24h (plus one minute so a 24h window is complete).
+	Retention time.Duration
+	// MaxFuture is how far ahead of the server clock an event may be.
+	// Default 5m.
+	MaxFuture time.Duration
+	// DedupWindow is how long (processing time) an event id is remembered.
+	// Default 24h.
+	DedupWindow time.Duration
+	// DedupMax is the most event ids remembered per user; the oldest are
+	// forgotten first. Default 2048.
+	DedupMax int
+	// MaxSeries is the most (type, category) series kept per user; the
+	// series whose latest event (by event time) is oldest is dropped first.
+	// Default 256.
+	MaxSeries int
+	// FiredRetention is how long trigger cooldown marks are kept. Cooldowns
+	// longer than this are capped to it. Default 30 days.
+	FiredRetention time.Duration
+	// MaxFired is the most trigger cooldown marks kept per user. Default 256.
+	MaxFired int
+}
+
+// WithDefaults returns l with every zero field set to its default.
+func (l Limits) WithDefaults() Limits {
+	if l.Retention <= 0 {
+		l.Retention = 24*time.Hour + time.Minute
+	}
+	if l.MaxFuture <= 0 {
+		l.MaxFuture = 5 * time.Minute
+	}
+	if l.DedupWindow <= 0 {
+		l.DedupWindow = 24 * time.Hour
+	}
+	if l.DedupMax <= 0 {
+		l.DedupMax = 2048
+	}
+	if l.MaxSeries <= 0 {
+		l.MaxSeries = 256
+	}
+	if l.FiredRetention <= 0 {
+		l.FiredRetention = 30 * 24 * time.Hour
+	}
+	if l.MaxFired <= 0 {
+		l.MaxFired = 256
+	}
+	return l
+}
+
+// Profile is what nudge knows about one user. The zero value is an empty
+// profile. A Profile is not safe for concurrent use.
+type Profile struct {
+	// Version is incremented by every committed change.
+	Version uint64
+	// UpdatedAt is the processing time of the last change.
+	UpdatedAt time.Time
+	// Series holds event-time counts per (type, category), sorted by key.
+	Series []Series
+	// Totals are all-time counts per event type.
+	Totals map[string]uint64
+	// LastSeen is the latest event time per event type.
+	LastSeen map[string]time.Time
+	// PurchaseCount and PurchaseValue sum purchase events.
+	PurchaseCount uint64
+	PurchaseValue float64
+	// Consent per channel (AllChannels for every channel): the most recent
+	// subscribe/unsubscribe by event time.
+	Consent map[string]ConsentState
+	// Attributes remembered from events (see rememberedAttributes).
+	Attributes map[string]Attribute
+	// Seen are the hashes of remembered event ids, oldest first.
+	Seen []SeenID
+	// Fired is the event time at which each trigger cooldown key last fired.
+	Fired map[string]time.Time
+}
+
+// Series counts the events of one (type, category) per minute of event time.
+type Series struct {
+	Type     string
+	Category string
+	// Minutes is sorted by Minute, ascending, without duplicates.
+	Minutes []MinuteCount
+}
+
+// MinuteCount is the number of events in one minute of event time.
+type MinuteCount struct {
+	// Minute is the Unix time in minutes.
+	Minute int64
+	Count  uint32
+}
+
+// Attribute is a remembered event attribute: the value of the latest event
+// (by event time) that carried it.
+type Attribute struct {
+	Value string
+	At    time.Time
+}
+
+// ConsentState is a user's consent for one channel.
+type ConsentState struct {
+	Granted bool
+	// At is the event time of the subscribe/unsubscribe event.
+	At time.Time
+}
+
+// SeenID remembers one applied event id.
+type SeenID struct {
+	// Hash is the 64-bit FNV-1a hash of the event id.
+	Hash uint64
+	// At is the processing time, in Unix milliseconds.
+	At int64
+}
+
+// HashEventID is the hash under which an event id is remembered. With 64
+// bits and at most a few thousand ids per user, a false duplicate is
+// astronomically unlikely (about 1 in 10^13 per user at the default limit).
+func HashEventID(id string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return h.Sum64()
+}
+
+func unixMinute(t time.Time) int64 {
+	return int64(math.Floor(float64(t.Unix()) / 60))
+}
+
+// HasSeen reports whether the event id is remembered.
+func (p *Profile) HasSeen(eventID string) bool {
+	h := HashEventID(eventID)
+	for i := range p.Seen {
+		if p.Seen[i].Hash == h {
+			return true
+		}
+	}
+	return false
+}
+
+// Count returns the number of events of the given type and category whose
+// event time falls in the window ending at now: every minute from the one
+// containing now-window to the one containing now, so at most one minute
+// more than the window. An empty category counts all categories.
+func (p *Profile) Count(typ, category string, window time.Duration, now time.Time) int64 {
+	from, to := unixMinute(now.Add(-window)), unixMinute(now)
+	var n int64
+	for i := range p.Series {
+		s := &p.Series[i]
+		if s.Type != typ || (category != "" && s.Category != category) {
+			continue
+		}
+		for j := len(s.Minutes) - 1; j >= 0; j-- {
+			m := s.Minutes[j]
+			if m.Minute > to {
+				continue
+			}
+			if m.Minute < from {
+				break
+			}
+			n += int64(m.Count)
+		}
+	}
+	return n
+}
+
+// Total returns the all-time count of events of a type.
+func (p *Profile) Total(typ string) uint64 { return p.Totals[typ] }
+
+// LastSeenAt returns the latest event time of a type, and false if there was
+// none.
+func (p *Profile) LastSeenAt(typ string) (time.Time, bool) {
+	t, ok := p.LastSeen[typ]
+	return t, ok
+}
+
+// Consented reports whether the user may be contacted on channel: the most
+// recent (by event time) of the channel's and the global consent decides,
+// and a user who never unsubscribed has consented.
+func (p *Profile) Consented(channel string) bool {
+	c, okc := p.Consent[channel]
+	g, okg := p.Consent[AllChannels]
+	switch {
+	case okc && okg:
+		if g.At.After(c.At) {
+			return g.Granted
+		}
+		return c.Granted
+	case okc:
+		return c.Granted
+	case okg:
+		return g.Granted
+	}
+	return true
+}
+
+// Attr returns a remembered attribute, or "".
+func (p *Profile) Attr(name string) string { return p.Attributes[name].Value }
+
+// FiredAt returns when a trigger cooldown key last fired.
+func (p *Profile) FiredAt(key string) (time.Time, bool) {
+	t, ok := p.Fired[key]
+	return t, ok
+}
+
+// MarkFired records that a trigger cooldown key fired at event time at
+// (keeping the latest).
+func (p *Profile) MarkFired(key string, at time.Time) {
+	if p.Fired == nil {
+		p.Fired = make(map[string]time.Time)
+	}
+	if old, ok := p.Fired[key]; !ok || at.After(old) {
+		p.Fired[key] = at
+	}
+}
+
+// Check says whether an event can be applied at processing time now: it is
+// rejected when older than the retention or too far in the future. Field
+// validation (ids, type syntax) is the caller's job.
+func (l Limits) Check(e *Event, now time.Time) (Result, bool) {
+	switch {
+	case e.OccurredAt.Before(now.Add(-l.Retention)):
+		return Result{Status: Rejected, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
+			" is older than the retention of " + l.Retention.String()}, false
+	case e.OccurredAt.After(now.Add(l.MaxFuture)):
+		return Result{Status: Rejected, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
+			" is more than " + l.MaxFuture.String() + " in the future"}, false
+	}
+	return Result{}, true
+}
+
+// ApplyEvent applies one event at processing time now. The limits must have
+// their defaults set (WithDefaults). It does not prune: call Compact once
+// after a batch of events.
+func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
+	if r, ok := l.Check(e, now); !ok {
+		return r
+	}
+	if p.HasSeen(e.ID) {
+		return Result{Status: Duplicate}
+	}
+	p.Seen = append(p.Seen, SeenID{Hash: HashEventID(e.ID), At: now.UnixMilli()})
+	p.addCount(e.Type, e.Category, unixMinute(e.OccurredAt))
+	if p.Totals == nil {
+		p.Totals = make(map[string]uint64)
+	}
+	p.Totals[e.Type]++
+	if p.LastSeen == nil {
+		p.LastSeen = make(map[string]time.Time)
+	}
+	if last, ok := p.LastSeen[e.Type]; !ok || e.OccurredAt.After(last) {
+		p.LastSeen[e.Type] = e.OccurredAt
+	}
+	switch e.Type {
+	case TypePurchase:
+		p.PurchaseCount++
+		p.PurchaseValue += e.Value
+	case TypeSubscribe, TypeUnsubscribe:
+		ch := e.Channel
+		if ch == "" || ch == "all" {
+			ch = AllChannels
+		}
+		if p.Consent == nil {
+			p.Consent = make(map[string]ConsentState)
+		}
+		if old, ok := p.Consent[ch]; !ok || !e.OccurredAt.Before(old.At) {
+			p.Consent[ch] = ConsentState{Granted: e.Type == TypeSubscribe, At: e.OccurredAt}
+		}
+	}
+	for _, name := range rememberedAttributes {
+		if v, ok := e.Attributes[name]; ok {
+			if p.Attributes == nil {
+				p.Attributes = make(map[string]Attribute)
+			}
+			if old, ok := p.Attributes[name]; !ok || !e.OccurredAt.Before(old.At) {
+				p.Attributes[name] = Attribute{Value: v, At: e.OccurredAt}
+			}
+		}
+	}
+	return Result{Status: Applied}
+}
+
+func (p *Profile) addCount(typ, category string, minute int64) {
+	i := sort.Search(len(p.Series), func(i int) bool {
+		s := &p.Series[i]
+		return s.Type > typ || (s.Type == typ && s.Category >= category)
+	})
+	if i == len(p.Series) || p.Series[i].Type != typ || p.Series[i].Category != category {
+		p.Series = append(p.Series, Series{})
+		copy(p.Series[i+1:], p.Series[i:])
+		p.Series[i] = Series{Type: typ, Category: category}
+	}
+	s := &p.Series[i]
+	// Events mostly arrive in order: search from the end.
+	j := len(s.Minutes)
+	for j > 0 && s.Minutes[j-1].Minute > minute {
+		j--
+	}
+	if j > 0 && s.Minutes[j-1].Minute == minute {
+		if s.Minutes[j-1].Count < math.MaxUint32 {
+			s.Minutes[j-1].Count++
+		}
+		return
+	}
+	s.Minutes = append(s.Minutes, MinuteCount{})
+	copy(s.Minutes[j+1:], s.Minutes[j:])
+	s.Minutes[j] = MinuteCount{Minute: minute, Count: 1}
+}
+
+// Compact forgets what the limits no longer require at processing time now:
+// minutes older than the retention, event ids past the dedup horizon,
+// expired cooldown marks, and the least recently used series and marks
+// beyond their caps.
+func (p *Profile) Compact(now time.Time, l Limits) {
+	oldest := unixMinute(now.Add(-l.Retention))
+	kept := p.Series[:0]
+	for _, s := range p.Series {
+		k := 0
+		for k < len(s.Minutes) && s.Minutes[k].Minute < oldest {
+			k++
+		}
+		if k == len(s.Minutes) {
+			continue
+		}
+		s.Minutes = s.Minutes[k:]
+		kept = append(kept, s)
+	}
+	clear(p.Series[len(kept):])
+	p.Series = kept
+	if len(p.Series) > l.MaxSeries {
+		latest := make([]int64, len(p.Series))
+		for i, s := range p.Series {
+			latest[i] = s.Minutes[len(s.Minutes)-1].Minute
+		}
+		order := make([]int, len(p.Series))
+		for i := range order {
+			order[i] = i
+		}
+		sort.SliceStable(order, func(a, b int) bool { return latest[order[a]] > latest[order[b]] })
+		drop := make([]bool, len(p.Series))
+		for _, i := range order[l.MaxSeries:] {
+			drop[i] = true
+		}
+		kept := p.Series[:0]
+		for i, s := range p.Series {
+			if !drop[i] {
+				kept = append(kept, s)
+			}
+		}
+		p.Series = kept
+	}
+
+	horizon := now.Add(-l.DedupWindow).UnixMilli()
+	k := 0
+	for k < len(p.Seen) && p.Seen[k].At < horizon {
+		k++
+	}
+	if n := len(p.Seen) - k; n > l.DedupMax {
+		k += n - l.DedupMax
+	}
+	if k > 0 {
+		p.Seen = append(p.Seen[:0], p.Seen[k:]...)
+	}
+
+	for key, at := range p.Fired {
+		if at.Before(now.Add(-l.FiredRetention)) {
+			delete(p.Fired, key)
+		}
+	}
+	if len(p.Fired) > l.MaxFired {
+		type mark struct {
+			key string
+			at  time.Time
+		}
+		marks := make([]mark, 0, len(p.Fired))
+		for key, at := range p.Fired {
+			marks = append(marks, mark{key, at})
+		}
+		sort.Slice(marks, func(a, b int) bool {
+			if !marks[a].at.Equal(marks[b].at) {
+				return marks[a].at.After(marks[b].at)
+			}
+			return marks[a].key < marks[b].key
+		})
+		for _, m := range marks[l.MaxFired:] {
+			delete(p.Fired, m.key)
+		}
+	}
+}

@@ -1,0 +1,421 @@
+package profile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors returned by the store. Callers match them with errors.Is.
+var (
+	// ErrNotFound means the user has no profile.
+	ErrNotFound = errors.New("profile: not found")
+	// ErrConflict means a user's transaction kept conflicting with other
+	// writers until the attempts ran out. Nothing of that user's events was
+	// applied; re-sending them is safe.
+	ErrConflict = errors.New("profile: transaction conflicts exhausted the retries")
+	// ErrUnavailable means the store could not be reached. The events may or
+	// may not have been applied; re-sending them is safe (deduplication).
+	ErrUnavailable = errors.New("profile: store unavailable")
+)
+
+// Options configure a RedisStore. The zero value of a field means its
+// default.
+type Options struct {
+	// Buckets is the number of hash-tag buckets users are spread over (the
+	// B of DESIGN.md). It is part of the key layout: changing it on a live
+	// deployment orphans every profile. Default 1024.
+	Buckets int
+	// TTL is how long an idle profile is kept. Default 30 days; negative
+	// means no expiry.
+	TTL time.Duration
+	// MaxAttempts bounds the transactions tried per user and Apply call when
+	// other writers conflict. Default 64.
+	MaxAttempts int
+	// MaxErrorRetries bounds the retries after a Redis error (not a
+	// conflict), such as a cut connection. Default 3; negative means none.
+	MaxErrorRetries int
+	// BackoffMin and BackoffMax bound the jittered exponential backoff
+	// between attempts. Defaults 100µs and 20ms.
+	BackoffMin, BackoffMax time.Duration
+	// Parallelism is how many users of one Apply call are committed at the
+	// same time. Default 16.
+	Parallelism int
+	// Now is the processing clock. Default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.Buckets <= 0 {
+		o.Buckets = 1024
+	}
+	if o.TTL == 0 {
+		o.TTL = 30 * 24 * time.Hour
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 64
+	}
+	if o.MaxErrorRetries == 0 {
+		o.MaxErrorRetries = 3
+	}
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = 100 * time.Microsecond
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = 20 * time.Millisecond
+	}
+	if o.BackoffMax < o.BackoffMin {
+		o.BackoffMax = o.BackoffMin
+	}
+	if o.Parallelism <= 0 {
+		o.Parallelism = 16
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// RedisStore keeps profiles and outboxes in Redis (standalone, or any server
+// speaking the protocol, such as the embedded development store). It is safe
+// for concurrent use.
+type RedisStore struct {
+	rdb   redis.UniversalClient
+	opt   Options
+	stats storeStats
+}
+
+type storeStats struct {
+	transactions, conflicts, errorRetries, exhausted atomic.Uint64
+}
+
+// Stats are cumulative counters of a store's transactions.
+type Stats struct {
+	// Transactions counts committed EXECs.
+	Transactions uint64
+	// Conflicts counts EXECs aborted because a watched key changed.
+	Conflicts uint64
+	// ErrorRetries counts attempts repeated after a Redis error.
+	ErrorRetries uint64
+	// Exhausted counts users whose retries ran out (ErrConflict).
+	Exhausted uint64
+}
+
+// NewRedisStore returns a store on rdb.
+func NewRedisStore(rdb redis.UniversalClient, opt Options) *RedisStore {
+	return &RedisStore{rdb: rdb, opt: opt.withDefaults()}
+}
+
+// Stats returns the store's counters so far.
+func (s *RedisStore) Stats() Stats {
+	return Stats{
+		Transactions: s.stats.transactions.Load(),
+		Conflicts:    s.stats.conflicts.Load(),
+		ErrorRetries: s.stats.errorRetries.Load(),
+		Exhausted:    s.stats.exhausted.Load(),
+	}
+}
+
+// Bucket returns the user's bucket, the hash tag of all the user's keys.
+func (s *RedisStore) Bucket(userID string) int {
+	h := fnv.New32a()
+	h.Write([]byte(userID))
+	return int(h.Sum32() % uint32(s.opt.Buckets))
+}
+
+// ProfileKey is the key of the user's profile: nudge:{bucket}:p:<user_id>.
+func (s *RedisStore) ProfileKey(userID string) string {
+	return "nudge:{" + strconv.Itoa(s.Bucket(userID)) + "}:p:" + userID
+}
+
+// OutboxKey is the key of the outbox stream of a bucket: nudge:{bucket}:out.
+func (s *RedisStore) OutboxKey(bucket int) string {
+	return "nudge:{" + strconv.Itoa(bucket) + "}:out"
+}
+
+// Buckets returns the number of buckets.
+func (s *RedisStore) Buckets() int { return s.opt.Buckets }
+
+// UserEvents are one user's events of a batch, in the producer's order.
+type UserEvents struct {
+	UserID string
+	Events []Event
+}
+
+// UserOutcome is what Apply did for one user.
+type UserOutcome struct {
+	Outcome
+	// Version is the profile version after the commit (or the stored
+	// version when nothing changed).
+	Version uint64
+	// Err is set when the user's transaction did not commit: ErrConflict,
+	// ErrUnavailable, ErrCorrupt or the context's error, wrapped. Outcome is
+	// then empty.
+	Err error
+}
+
+// GroupByUser splits events into per-user groups, keeping each user's
+// events in order, and returns for each group the indexes of its events in
+// the input.
+func GroupByUser(events []Event) ([]UserEvents, [][]int) {
+	at := make(map[string]int)
+	var groups []UserEvents
+	var index [][]int
+	for i := range events {
+		g, ok := at[events[i].UserID]
+		if !ok {
+			g = len(groups)
+			at[events[i].UserID] = g
+			groups = append(groups, UserEvents{UserID: events[i].UserID})
+			index = append(index, nil)
+		}
+		groups[g].Events = append(groups[g].Events, events[i])
+		index[g] = append(index[g], i)
+	}
+	return groups, index
+}
+
+// Apply runs step on each user's stored profile and events, and commits the
+// new profile and the outcome's actions (to the user's bucket outbox) in one
+// WATCH/MULTI/EXEC transaction per user. Conflicting writers make it re-read
+// and re-run step, with backoff, up to MaxAttempts. Users commit
+// independently: the result for users[i] is outcomes[i].
+//
+// Deduplication happens inside step, on the profile read in the same
+// transaction, so re-running a transaction whose EXEC was applied but whose
+// reply was lost reports the events as duplicates instead of counting them
+// twice.
+func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) []UserOutcome {
+	out := make([]UserOutcome, len(users))
+	if len(users) == 1 {
+		out[0] = s.applyUser(ctx, users[0], step)
+		return out
+	}
+	sem := make(chan struct{}, s.opt.Parallelism)
+	var wg sync.WaitGroup
+	for i := range users {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			out[i] = s.applyUser(ctx, users[i], step)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {
+	key := s.ProfileKey(u.UserID)
+	outbox := s.OutboxKey(s.Bucket(u.UserID))
+	var res UserOutcome
+	txn := func(tx *redis.Tx) error {
+		p := &Profile{}
+		raw, err := tx.Get(ctx, key).Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return err
+		default:
+			if p, err = Decode(raw); err != nil {
+				return fmt.Errorf("user %q: %w", u.UserID, err)
+			}
+		}
+		now := s.opt.Now()
+		res = UserOutcome{Outcome: step(p, u.Events, now), Version: p.Version}
+		if !res.Changed() {
+			return nil
+		}
+		p.Version++
+		p.UpdatedAt = now
+		res.Version = p.Version
+		encoded := Encode(p)
+		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			ttl := s.opt.TTL
+			if ttl < 0 {
+				ttl = 0 // no expiry
+			}
+			pipe.Set(ctx, key, encoded, ttl)
+			for i := range res.Actions {
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: outbox, Values: actionFields(&res.Actions[i])})
+			}
+			return nil
+		})
+		return err
+	}
+
+	conflicts, errorsSeen := 0, 0
+	for attempt := 0; ; attempt++ {
+		err := s.rdb.Watch(ctx, txn, key)
+		switch {
+		case err == nil:
+			if res.Changed() {
+				s.stats.transactions.Add(1)
+			}
+			return res
+		case errors.Is(err, redis.TxFailedErr):
+			s.stats.conflicts.Add(1)
+			conflicts++
+			if conflicts >= s.opt.MaxAttempts {
+				s.stats.exhausted.Add(1)
+				return UserOutcome{Err: fmt.Errorf("user %q: %d attempts: %w", u.UserID, conflicts, ErrConflict)}
+			}
+		case errors.Is(err, ErrCorrupt):
+			return UserOutcome{Err: err}
+		case ctx.Err() != nil:
+			return UserOutcome{Err: fmt.Errorf("user %q: %w", u.UserID, ctx.Err())}
+		default:
+			errorsSeen++
+			if errorsSeen > s.opt.MaxErrorRetries {
+				return UserOutcome{Err: fmt.Errorf("user %q: %w: %w", u.UserID, ErrUnavailable, err)}
+			}
+			s.stats.errorRetries.Add(1)
+		}
+		if err := sleep(ctx, s.backoff(attempt)); err != nil {
+			return UserOutcome{Err: fmt.Errorf("user %q: %w", u.UserID, err)}
+		}
+	}
+}
+
+// backoff returns a random wait in [BackoffMin, min(BackoffMax,
+// BackoffMin*2^attempt)] ("full jitter"), so writers that collided spread
+// out.
+func (s *RedisStore) backoff(attempt int) time.Duration {
+	ceil := s.opt.BackoffMin << min(attempt, 20)
+	if ceil > s.opt.BackoffMax || ceil <= 0 {
+		ceil = s.opt.BackoffMax
+	}
+	return s.opt.BackoffMin + rand.N(ceil-s.opt.BackoffMin+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Get reads a user's profile without a transaction. It returns ErrNotFound
+// when the user has none, and wraps ErrUnavailable when Redis fails.
+func (s *RedisStore) Get(ctx context.Context, userID string) (*Profile, error) {
+	raw, err := s.rdb.Get(ctx, s.ProfileKey(userID)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, ErrNotFound
+	case err != nil:
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return Decode(raw)
+}
+
+// DeleteResult says what Delete erased.
+type DeleteResult struct {
+	// Existed reports whether the user had a profile.
+	Existed bool
+	// Actions is the number of the user's outbox entries removed.
+	Actions int
+}
+
+// Delete erases a user: the profile, and every entry of the user in the
+// bucket's outbox. Events of the user that arrive during or after the
+// erasure start a new profile.
+func (s *RedisStore) Delete(ctx context.Context, userID string) (DeleteResult, error) {
+	var res DeleteResult
+	n, err := s.rdb.Del(ctx, s.ProfileKey(userID)).Result()
+	if err != nil {
+		return res, fmt.Errorf("%w: delete profile: %w", ErrUnavailable, err)
+	}
+	res.Existed = n > 0
+	outbox := s.OutboxKey(s.Bucket(userID))
+	// Pages restart at the last id seen (inclusive, skipped) rather than
+	// with the exclusive "(id" form, which older servers and the embedded
+	// store lack.
+	start, last := "-", ""
+	const page = 1000
+	for {
+		msgs, err := s.rdb.XRangeN(ctx, outbox, start, "+", page).Result()
+		if err != nil {
+			return res, fmt.Errorf("%w: scan outbox: %w", ErrUnavailable, err)
+		}
+		var ids []string
+		for _, m := range msgs {
+			if m.ID == last {
+				continue
+			}
+			if m.Values["user_id"] == userID {
+				ids = append(ids, m.ID)
+			}
+		}
+		if len(ids) > 0 {
+			n, err := s.rdb.XDel(ctx, outbox, ids...).Result()
+			if err != nil {
+				return res, fmt.Errorf("%w: delete outbox entries: %w", ErrUnavailable, err)
+			}
+			res.Actions += int(n)
+		}
+		if len(msgs) < page {
+			return res, nil
+		}
+		last = msgs[len(msgs)-1].ID
+		start = last
+	}
+}
+
+// actionFields is the outbox entry of an action: flat string fields, so the
+// stream is readable with redis-cli XRANGE. The payload is JSON.
+func actionFields(a *Action) []any {
+	payload, _ := json.Marshal(a.Payload) // map[string]string cannot fail
+	return []any{
+		"action_id", a.ID,
+		"user_id", a.UserID,
+		"trigger_id", a.TriggerID,
+		"channel", a.Channel,
+		"template", a.Template,
+		"payload", string(payload),
+		"triggered_at", a.TriggeredAt.UTC().Format(time.RFC3339Nano),
+		"event_id", a.EventID,
+	}
+}
+
+// DecodeAction parses an outbox entry's fields.
+func DecodeAction(values map[string]any) (Action, error) {
+	str := func(k string) string { s, _ := values[k].(string); return s }
+	a := Action{
+		ID:        str("action_id"),
+		UserID:    str("user_id"),
+		TriggerID: str("trigger_id"),
+		Channel:   str("channel"),
+		Template:  str("template"),
+		EventID:   str("event_id"),
+	}
+	if a.ID == "" || a.UserID == "" {
+		return a, fmt.Errorf("%w: outbox entry without action_id or user_id", ErrCorrupt)
+	}
+	if p := str("payload"); p != "" {
+		if err := json.Unmarshal([]byte(p), &a.Payload); err != nil {
+			return a, fmt.Errorf("%w: action %s payload: %w", ErrCorrupt, a.ID, err)
+		}
+	}
+	t, err := time.Parse(time.RFC3339Nano, str("triggered_at"))
+	if err != nil {
+		return a, fmt.Errorf("%w: action %s triggered_at: %w", ErrCorrupt, a.ID, err)
+	}
+	a.TriggeredAt = t
+	return a, nil
+}
