@@ -86,7 +86,7 @@ type GetDecisionRequest struct {
 	// The channel the caller would use: sms, push, email, web, ...
 	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
 	// Where the answer will be shown (e.g. "home_banner"). Visible to offer
-	// rules as context.placement.
+	// rules as the variable placement.
 	Placement string `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
 	// Caller context visible to offer rules.
 	Context map[string]string `protobuf:"bytes,4,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`

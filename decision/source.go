@@ -1,0 +1,363 @@
+package decision
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// This file turns the YAML document into raw rule structs, keeping the line
+// of every value. It walks yaml.Node trees instead of decoding into tagged
+// structs with KnownFields: KnownFields does reject unknown keys, but its
+// errors name neither the rule nor the field path, and every error here must
+// name both.
+
+// text is a scalar and where it was.
+type text struct {
+	val  string
+	line int
+	set  bool
+}
+
+// entry is one key of a payload map.
+type entry struct {
+	key, val string
+	line     int
+}
+
+type rawFile struct {
+	hasVersion bool
+	triggers   []rawTrigger
+	offers     []rawOffer
+}
+
+type rawTrigger struct {
+	line                       int
+	id, description            text
+	on                         []text
+	when, cooldown, cooldownBy text
+	hasAction                  bool
+	actionLine                 int
+	channel, template          text
+	payload, payloadExpr       []entry
+}
+
+type rawOffer struct {
+	line                 int
+	id, description      text
+	priority             int
+	channels             []text
+	when, template       text
+	payload, payloadExpr []entry
+}
+
+var (
+	fileFields    = []string{"version", "triggers", "offers"}
+	triggerFields = []string{"id", "description", "on", "when", "cooldown", "cooldown_by", "action"}
+	actionFields  = []string{"channel", "template", "payload", "payload_expr"}
+	offerFields   = []string{"id", "description", "priority", "channels", "when", "template", "payload", "payload_expr"}
+)
+
+// where is the rule being read, for error messages.
+type where struct {
+	kind, rule string
+}
+
+func (c *collector) at(w where, line int, field, format string, args ...any) {
+	c.add(line, w.kind, w.rule, field, format, args...)
+}
+
+// deref follows YAML aliases (*name) to the node they stand for.
+func deref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return "a scalar"
+	}
+	return "nothing"
+}
+
+// fields calls fn for each key of a mapping node, reporting non-mappings,
+// unknown keys and repeated keys.
+func (c *collector) fields(n *yaml.Node, w where, path string, known []string, fn func(key string, k, v *yaml.Node)) bool {
+	n = deref(n)
+	if n.Kind != yaml.MappingNode {
+		c.at(w, n.Line, path, "expected a mapping, got %s", kindName(n))
+		return false
+	}
+	seen := make([]string, 0, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			c.at(w, k.Line, path, "keys must be scalars, got %s", kindName(k))
+			continue
+		}
+		name := k.Value
+		field := name
+		if path != "" {
+			field = path + "." + name
+		}
+		if !slices.Contains(known, name) {
+			c.at(w, k.Line, "", "unknown field %q (known fields: %s)", field, strings.Join(known, ", "))
+			continue
+		}
+		if slices.Contains(seen, name) {
+			c.at(w, k.Line, field, "repeated")
+			continue
+		}
+		seen = append(seen, name)
+		fn(name, k, v)
+	}
+	return true
+}
+
+// scalar reads a string scalar; null reads as "".
+func (c *collector) scalar(n *yaml.Node, w where, field string) text {
+	if n.Kind != yaml.ScalarNode {
+		c.at(w, n.Line, field, "expected a string, got %s", kindName(n))
+		return text{line: n.Line}
+	}
+	if isNull(n) {
+		return text{line: n.Line}
+	}
+	return text{val: n.Value, line: n.Line, set: true}
+}
+
+func (c *collector) integer(n *yaml.Node, w where, field string) (int, bool) {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
+		c.at(w, n.Line, field, "expected an integer, got %s", describe(n))
+		return 0, false
+	}
+	i, err := strconv.Atoi(n.Value)
+	if err != nil {
+		c.at(w, n.Line, field, "expected an integer, got %q", n.Value)
+		return 0, false
+	}
+	return i, true
+}
+
+func describe(n *yaml.Node) string {
+	if n.Kind == yaml.ScalarNode {
+		return strconv.Quote(n.Value)
+	}
+	return kindName(n)
+}
+
+// list reads a list of string scalars; null reads as empty.
+func (c *collector) list(n *yaml.Node, w where, field string) []text {
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		c.at(w, n.Line, field, "expected a list, got %s", kindName(n))
+		return nil
+	}
+	out := make([]text, 0, len(n.Content))
+	for _, e := range n.Content {
+		e = deref(e)
+		if e.Kind != yaml.ScalarNode || isNull(e) {
+			c.at(w, e.Line, field, "expected a list of strings, got %s", kindName(e))
+			continue
+		}
+		out = append(out, text{val: e.Value, line: e.Line, set: true})
+	}
+	return out
+}
+
+// stringMap reads a mapping of string scalars, in file order.
+func (c *collector) stringMap(n *yaml.Node, w where, field string) []entry {
+	if isNull(n) {
+		return nil
+	}
+	var out []entry
+	n = deref(n)
+	if n.Kind != yaml.MappingNode {
+		c.at(w, n.Line, field, "expected a mapping of strings, got %s", kindName(n))
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode || isNull(k) || k.Value == "" {
+			c.at(w, k.Line, field, "keys must be non-empty strings")
+			continue
+		}
+		f := field + "." + k.Value
+		if slices.ContainsFunc(out, func(e entry) bool { return e.key == k.Value }) {
+			c.at(w, k.Line, f, "repeated")
+			continue
+		}
+		if v.Kind != yaml.ScalarNode {
+			c.at(w, v.Line, f, "expected a string, got %s", kindName(v))
+			continue
+		}
+		val := v.Value
+		if isNull(v) {
+			val = ""
+		}
+		out = append(out, entry{key: k.Value, val: val, line: v.Line})
+	}
+	return out
+}
+
+// readFile reads the document's structure. Problems go to c; what could be
+// read is returned so later checks can still report on the rest.
+func readFile(c *collector, data []byte) rawFile {
+	var f rawFile
+	var doc, next yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	err := dec.Decode(&doc)
+	if err == nil {
+		// A second document would be silently ignored: refuse it.
+		switch err = dec.Decode(&next); {
+		case errors.Is(err, io.EOF):
+			err = nil
+		case err == nil:
+			c.add(next.Line, "", "", "", "a rules file holds one YAML document; found another")
+			return f
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF) || (err == nil && len(doc.Content) == 0):
+		c.add(1, "", "", "", "empty rules file (want at least \"version: 1\")")
+		return f
+	case err != nil:
+		c.add(0, "", "", "", "%v", err)
+		return f
+	}
+	root := deref(doc.Content[0])
+	top := where{}
+	ok := c.fields(root, top, "", fileFields, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "version":
+			f.hasVersion = true
+			if n, ok := c.integer(v, top, "version"); ok && n != 1 {
+				c.at(top, v.Line, "version", "must be 1, got %d", n)
+			}
+		case "triggers":
+			if isNull(v) {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				c.at(top, v.Line, "triggers", "expected a list, got %s", kindName(v))
+				return
+			}
+			for _, n := range v.Content {
+				f.triggers = append(f.triggers, readTrigger(c, deref(n)))
+			}
+		case "offers":
+			if isNull(v) {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				c.at(top, v.Line, "offers", "expected a list, got %s", kindName(v))
+				return
+			}
+			for _, n := range v.Content {
+				f.offers = append(f.offers, readOffer(c, deref(n)))
+			}
+		}
+	})
+	if ok && !f.hasVersion {
+		c.at(top, root.Line, "version", "required (must be 1)")
+	}
+	return f
+}
+
+// ruleID finds the id of a rule mapping first, so every other error in the
+// rule can name it.
+func ruleID(n *yaml.Node) string {
+	if n.Kind != yaml.MappingNode {
+		return ""
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		if k.Kind == yaml.ScalarNode && k.Value == "id" && v.Kind == yaml.ScalarNode && !isNull(v) {
+			return v.Value
+		}
+	}
+	return ""
+}
+
+func readTrigger(c *collector, n *yaml.Node) rawTrigger {
+	t := rawTrigger{line: n.Line}
+	w := where{kind: "trigger", rule: ruleID(n)}
+	c.fields(n, w, "", triggerFields, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "id":
+			t.id = c.scalar(v, w, key)
+		case "description":
+			t.description = c.scalar(v, w, key)
+		case "on":
+			t.on = c.list(v, w, key)
+		case "when":
+			t.when = c.scalar(v, w, key)
+		case "cooldown":
+			t.cooldown = c.scalar(v, w, key)
+		case "cooldown_by":
+			t.cooldownBy = c.scalar(v, w, key)
+		case "action":
+			t.actionLine = k.Line
+			if isNull(v) {
+				return
+			}
+			t.hasAction = c.fields(v, w, "action", actionFields, func(key string, _, v *yaml.Node) {
+				switch key {
+				case "channel":
+					t.channel = c.scalar(v, w, "action.channel")
+				case "template":
+					t.template = c.scalar(v, w, "action.template")
+				case "payload":
+					t.payload = c.stringMap(v, w, "action.payload")
+				case "payload_expr":
+					t.payloadExpr = c.stringMap(v, w, "action.payload_expr")
+				}
+			})
+		}
+	})
+	return t
+}
+
+func readOffer(c *collector, n *yaml.Node) rawOffer {
+	o := rawOffer{line: n.Line}
+	w := where{kind: "offer", rule: ruleID(n)}
+	c.fields(n, w, "", offerFields, func(key string, _, v *yaml.Node) {
+		switch key {
+		case "id":
+			o.id = c.scalar(v, w, key)
+		case "description":
+			o.description = c.scalar(v, w, key)
+		case "priority":
+			o.priority, _ = c.integer(v, w, key)
+		case "channels":
+			o.channels = c.list(v, w, key)
+		case "when":
+			o.when = c.scalar(v, w, key)
+		case "template":
+			o.template = c.scalar(v, w, key)
+		case "payload":
+			o.payload = c.stringMap(v, w, key)
+		case "payload_expr":
+			o.payloadExpr = c.stringMap(v, w, key)
+		}
+	})
+	return o
+}
