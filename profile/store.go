@@ -50,6 +50,12 @@ type Options struct {
 	// Parallelism is how many users of one Apply call are committed at the
 	// same time. Default 16.
 	Parallelism int
+	// UserLocks is the number of in-process lock stripes that serialise
+	// transactions on the same user, so one server never races itself on a
+	// user (WATCH then only catches other servers' writes). Two users
+	// sharing a stripe also wait for each other. Default 4096; negative
+	// disables the locks.
+	UserLocks int
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
 }
@@ -79,6 +85,9 @@ func (o Options) withDefaults() Options {
 	if o.Parallelism <= 0 {
 		o.Parallelism = 16
 	}
+	if o.UserLocks == 0 {
+		o.UserLocks = 4096
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -91,6 +100,7 @@ func (o Options) withDefaults() Options {
 type RedisStore struct {
 	rdb   redis.UniversalClient
 	opt   Options
+	locks []sync.Mutex // see Options.UserLocks
 	stats storeStats
 }
 
@@ -112,7 +122,24 @@ type Stats struct {
 
 // NewRedisStore returns a store on rdb.
 func NewRedisStore(rdb redis.UniversalClient, opt Options) *RedisStore {
-	return &RedisStore{rdb: rdb, opt: opt.withDefaults()}
+	s := &RedisStore{rdb: rdb, opt: opt.withDefaults()}
+	if s.opt.UserLocks > 0 {
+		s.locks = make([]sync.Mutex, s.opt.UserLocks)
+	}
+	return s
+}
+
+// lockUser serialises this process's transactions on a user and returns
+// the unlock function.
+func (s *RedisStore) lockUser(userID string) func() {
+	if s.locks == nil {
+		return func() {}
+	}
+	h := fnv.New32a()
+	h.Write([]byte(userID))
+	mu := &s.locks[h.Sum32()%uint32(len(s.locks))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 // Stats returns the store's counters so far.
@@ -215,6 +242,7 @@ func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) [
 }
 
 func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {
+	defer s.lockUser(u.UserID)()
 	key := s.ProfileKey(u.UserID)
 	outbox := s.OutboxKey(s.Bucket(u.UserID))
 	var res UserOutcome

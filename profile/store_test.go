@@ -419,16 +419,20 @@ func TestDecodeAction(t *testing.T) {
 	}
 }
 
+// TestRedisStoreConcurrentHotUser runs 50 writers on one user through 5
+// stores with their own connections, as 5 servers would: WATCH must catch
+// the other stores' writes, and no update may be lost.
 func TestRedisStoreConcurrentHotUser(t *testing.T) {
-	const goroutines, perGoroutine = 50, 20
+	const goroutines, perGoroutine, servers = 50, 20, 5
 	srv := redistest.Start(t)
-	// A pool as large as the number of writers, so they contend on the
-	// profile key and not on connections.
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: goroutines})
-	t.Cleanup(func() { _ = rdb.Close() })
-	store := profile.NewRedisStore(rdb, profile.Options{
-		Buckets: 16, MaxAttempts: 1000, Now: func() time.Time { return storeNow },
-	})
+	stores := make([]*profile.RedisStore, servers)
+	for i := range stores {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: goroutines / servers})
+		t.Cleanup(func() { _ = rdb.Close() })
+		stores[i] = profile.NewRedisStore(rdb, profile.Options{
+			Buckets: 16, MaxAttempts: 1000, Now: func() time.Time { return storeNow },
+		})
+	}
 	step := triggerStep(profile.Limits{})
 	const user = "hot"
 
@@ -436,6 +440,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	errs := make(chan error, goroutines*perGoroutine)
 	var wg sync.WaitGroup
 	for g := range goroutines {
+		store := stores[g%servers]
 		wg.Go(func() {
 			<-start
 			for i := range perGoroutine {
@@ -458,7 +463,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	}
 
 	const total = goroutines * perGoroutine
-	p, err := store.Get(t.Context(), user)
+	p, err := stores[0].Get(t.Context(), user)
 	if err != nil {
 		t.Fatalf("Get: %v", err)
 	}
@@ -471,12 +476,19 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	if p.Version != total || len(p.Seen) != total {
 		t.Errorf("version %d with %d seen ids, want %d and %d (one commit per event)", p.Version, len(p.Seen), total, total)
 	}
-	s := store.Stats()
+	var s profile.Stats
+	for _, st := range stores {
+		x := st.Stats()
+		s.Transactions += x.Transactions
+		s.Conflicts += x.Conflicts
+		s.ErrorRetries += x.ErrorRetries
+		s.Exhausted += x.Exhausted
+	}
 	if s.Transactions != total {
 		t.Errorf("Stats().Transactions = %d, want %d", s.Transactions, total)
 	}
 	if s.Conflicts == 0 {
-		t.Errorf("Stats().Conflicts = 0: %d writers on one key never conflicted, so retries went untested", goroutines)
+		t.Errorf("Stats().Conflicts = 0: %d writers in %d stores on one key never conflicted, so retries went untested", goroutines, servers)
 	}
 	if s.Exhausted != 0 || s.ErrorRetries != 0 {
 		t.Errorf("Stats() = %+v, want no exhausted users and no error retries", s)
@@ -484,7 +496,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	t.Logf("%d commits, %d conflicts", s.Transactions, s.Conflicts)
 
 	// Aborted attempts wrote no actions: exactly one per event.
-	msgs, err := rdb.XRange(t.Context(), store.OutboxKey(store.Bucket(user)), "-", "+").Result()
+	msgs, err := srv.Client(t).XRange(t.Context(), stores[0].OutboxKey(stores[0].Bucket(user)), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -925,5 +937,39 @@ func TestRedisStoreApplyManyUsers(t *testing.T) {
 	}
 	if out := env.store.Apply(t.Context(), nil, step); len(out) != 0 {
 		t.Errorf("Apply(no users) = %+v, want empty", out)
+	}
+}
+
+// TestRedisStoreSerialisesUsersInProcess checks that one store never races
+// itself on a user: concurrent Apply calls for one user in one process wait
+// for each other instead of conflicting in Redis.
+func TestRedisStoreSerialisesUsersInProcess(t *testing.T) {
+	const goroutines, perGoroutine = 50, 10
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: goroutines})
+	t.Cleanup(func() { _ = rdb.Close() })
+	store := profile.NewRedisStore(rdb, profile.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	step := triggerStep(profile.Limits{})
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perGoroutine {
+				e := uev("solo", fmt.Sprintf("g%d-e%d", g, i), "view", storeNow)
+				if out := store.Apply(t.Context(), one("solo", e), step); out[0].Err != nil {
+					t.Error(out[0].Err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p, err := store.Get(t.Context(), "solo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Total("view") != goroutines*perGoroutine {
+		t.Errorf("Total = %d, want %d", p.Total("view"), goroutines*perGoroutine)
+	}
+	if s := store.Stats(); s.Conflicts != 0 {
+		t.Errorf("one store conflicted with itself %d times", s.Conflicts)
 	}
 }
