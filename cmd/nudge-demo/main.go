@@ -1,0 +1,178 @@
+// Command nudge-demo replays a short browsing session against a running
+// nudged and prints what nudge made of it: the per-event results, the coupon
+// the seed scenario triggers (3 views of one category in 30 minutes), the
+// decision a storefront would get, and the profile.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:7070", "nudged address")
+	user := flag.String("user", fmt.Sprintf("demo-shopper-%d", time.Now().Unix()%100000), "user id to play")
+	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
+	flag.Parse()
+	if err := run(*addr, *user, *wait); err != nil {
+		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(addr, user string, wait time.Duration) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait+30*time.Second)
+	defer cancel()
+	if err := waitServing(ctx, healthpb.NewHealthClient(conn), wait); err != nil {
+		return err
+	}
+
+	now := time.Now()
+	at := func(ago time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(-ago)) }
+	session := []*nudgev1.Event{
+		{EventId: user + "-1", UserId: user, Type: "view", Category: "phones", ItemId: "phone-a", Value: 699, OccurredAt: at(25 * time.Minute), Attributes: map[string]string{"tz": "Europe/Paris"}},
+		{EventId: user + "-2", UserId: user, Type: "view", Category: "laptops", ItemId: "laptop-x", Value: 1299, OccurredAt: at(20 * time.Minute)},
+		{EventId: user + "-3", UserId: user, Type: "view", Category: "phones", ItemId: "phone-b", Value: 799, OccurredAt: at(12 * time.Minute)},
+		{EventId: user + "-4", UserId: user, Type: "search", Category: "phones", OccurredAt: at(8 * time.Minute), Attributes: map[string]string{"query": "phone 256GB"}},
+		{EventId: user + "-5", UserId: user, Type: "view", Category: "phones", ItemId: "phone-a", Value: 699, OccurredAt: at(3 * time.Minute)},
+		{EventId: user + "-6", UserId: user, Type: "view", Category: "phones", ItemId: "phone-c", Value: 899, OccurredAt: at(1 * time.Minute)},
+		{EventId: user + "-7", UserId: "", Type: "view", OccurredAt: at(time.Minute)}, // invalid: no user
+	}
+
+	fmt.Printf("== Streaming a browsing session of %s (%d events, one bad) to %s\n", user, len(session), addr)
+	ingest := nudgev1.NewIngestServiceClient(conn)
+	stream, err := ingest.Stream(ctx)
+	if err != nil {
+		return err
+	}
+	// One event per batch, as a click-stream collector would send them.
+	for i, e := range session {
+		if err := stream.Send(&nudgev1.StreamRequest{Seq: uint64(i + 1), Events: []*nudgev1.Event{e}}); err != nil {
+			return err
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	byID := make(map[string]*nudgev1.Event)
+	for _, e := range session {
+		byID[e.EventId] = e
+	}
+	var responses []*nudgev1.StreamResponse
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		responses = append(responses, resp)
+	}
+	sort.Slice(responses, func(a, b int) bool { return responses[a].Seq < responses[b].Seq })
+	coupons := 0
+	for _, resp := range responses {
+		for _, r := range resp.Results {
+			e := byID[r.EventId]
+			line := fmt.Sprintf("  seq %d  %-8s %-8s %-8s -> %s", resp.Seq, e.GetType(), e.GetCategory(), ago(now, e.GetOccurredAt()), strings.TrimPrefix(r.Status.String(), "EVENT_STATUS_"))
+			if r.Reason != "" {
+				line += "  (" + r.Reason + ")"
+			}
+			fmt.Println(line)
+		}
+		for _, a := range resp.Actions {
+			coupons++
+			fmt.Printf("  >>> TRIGGERED %s: %s via %s, template %s, payload %v\n", a.ActionId, a.TriggerId, a.Channel, a.Template, a.Payload)
+		}
+	}
+	if coupons == 0 {
+		return errors.New("expected the session to trigger a coupon, none was triggered")
+	}
+
+	fmt.Println("\n== Re-sending the first event (a producer retry): nothing counts twice")
+	pub, err := ingest.Publish(ctx, &nudgev1.PublishRequest{Events: session[:1]})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  %s -> %s\n", pub.Results[0].EventId, strings.TrimPrefix(pub.Results[0].Status.String(), "EVENT_STATUS_"))
+
+	fmt.Println("\n== A storefront asks for a decision (GetDecision, channel sms)")
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms", Placement: "checkout"})
+	if err != nil {
+		return err
+	}
+	d := dec.Decision
+	fmt.Printf("  verdict %s", strings.TrimPrefix(d.Verdict.String(), "VERDICT_"))
+	if d.Offer != nil {
+		fmt.Printf(", offer %s (template %s, payload %v)", d.Offer.Id, d.Offer.Template, d.Offer.Payload)
+	}
+	fmt.Printf(", degraded=%v, profile version %d\n", d.Degraded, dec.ProfileVersion)
+	for _, r := range d.Reasons {
+		fmt.Printf("  reason [%s] %s\n", r.RuleId, r.Message)
+	}
+
+	fmt.Println("\n== The profile (GetProfile), 30-minute counts")
+	prof, err := nudgev1.NewProfileServiceClient(conn).GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: user})
+	if err != nil {
+		return err
+	}
+	for _, c := range prof.Profile.Counts {
+		if c.Window.AsDuration() == 30*time.Minute && c.Count > 0 {
+			cat := c.Category
+			if cat == "" {
+				cat = "(all)"
+			}
+			fmt.Printf("  %-8s %-8s %d\n", c.Type, cat, c.Count)
+		}
+	}
+	fmt.Printf("  version %d, tz %q, %d event ids remembered for dedup\n", prof.Profile.Version, prof.Profile.Attributes["tz"], prof.Profile.RememberedEventIds)
+	return nil
+}
+
+func ago(now time.Time, t *timestamppb.Timestamp) string {
+	return now.Sub(t.AsTime()).Round(time.Minute).String() + " ago"
+}
+
+// waitServing polls the health service until it reports SERVING or wait
+// passes.
+func waitServing(ctx context.Context, h healthpb.HealthClient, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := h.Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+			return fmt.Errorf("nudged is not serving: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

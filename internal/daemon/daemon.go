@@ -1,0 +1,186 @@
+// Package daemon builds and runs nudged from a plain Config: the store
+// (Redis, or the embedded development store), the rules, the gRPC server,
+// and its graceful shutdown. cmd/nudged only maps flags and environment
+// variables onto Config.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/server"
+)
+
+// Config is everything nudged can be told. The zero value of a field means
+// its default.
+type Config struct {
+	// Listen is the gRPC address. Default 127.0.0.1:7070.
+	Listen string
+	// RedisAddr is host:port or a redis:// URL. Empty starts the embedded,
+	// in-process store: for development only, it keeps nothing across
+	// restarts.
+	RedisAddr string
+	// RulesPath is the rules file. Empty uses the bundled
+	// examples/rules.yaml.
+	RulesPath string
+	// RulesReload is how often the rules file is checked for changes; a
+	// file that does not compile is refused and the old rules keep serving.
+	// Default 5s; negative disables reloading.
+	RulesReload time.Duration
+	// MetricsListen is the HTTP address of /metrics. Empty: off.
+	MetricsListen string
+	// Buckets is the number of key buckets (profile.Options.Buckets).
+	Buckets int
+	// DrainTimeout bounds the graceful shutdown. Default 10s.
+	DrainTimeout time.Duration
+	// DecisionBudget is GetDecision's default budget (server.Config).
+	DecisionBudget time.Duration
+	// Logger receives the logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:7070"
+	}
+	if c.RulesReload == 0 {
+		c.RulesReload = 5 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Run starts nudged and serves until ctx ends, then shuts down gracefully:
+// it stops accepting, answers the ingest batches in flight, and waits at
+// most DrainTimeout. ready, if not nil, is called with the gRPC address once
+// the server accepts calls.
+func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
+	cfg = cfg.withDefaults()
+	log := cfg.Logger
+
+	rules, err := loadRules(cfg)
+	if err != nil {
+		return err
+	}
+	triggers, offers := rules.Rules().Counts()
+	log.Info("rules loaded", "source", rulesSource(cfg), "version", rules.Rules().Version(), "triggers", triggers, "offers", offers)
+
+	rdb, closeStore, err := openRedis(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	metrics, err := startMetrics(cfg.MetricsListen, log)
+	if err != nil {
+		return err
+	}
+	defer metrics.close()
+
+	store := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets})
+	if err := server.RegisterStoreMetrics(metrics.meter, store.Stats); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	srv, err := server.New(store, rules, server.Config{DefaultBudget: cfg.DecisionBudget, Logger: log, Meter: metrics.meter})
+	if err != nil {
+		return err
+	}
+	g := srv.NewGRPCServer()
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go rules.Watch(ctx, cfg.RulesReload, func(changed bool, err error) {
+		if err != nil {
+			log.Error("rules reload refused; the previous rules keep serving", "err", err)
+			return
+		}
+		log.Info("rules reloaded", "version", rules.Rules().Version())
+	})
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.Serve(lis) }()
+	log.Info("nudged serving", "listen", lis.Addr().String())
+	if ready != nil {
+		ready(lis.Addr())
+	}
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "drain_timeout", cfg.DrainTimeout)
+	srv.Shutdown(g, cfg.DrainTimeout)
+	if err := <-serveErr; err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func rulesSource(cfg Config) string {
+	if cfg.RulesPath == "" {
+		return examples.RulesName
+	}
+	return cfg.RulesPath
+}
+
+func loadRules(cfg Config) (*decision.Live, error) {
+	if cfg.RulesPath != "" {
+		return decision.LoadLive(cfg.RulesPath)
+	}
+	r, err := decision.Parse(examples.RulesName, examples.Rules)
+	if err != nil {
+		return nil, err
+	}
+	return decision.NewLive(r), nil
+}
+
+// openRedis connects to the configured Redis, or starts the embedded store.
+func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
+	if cfg.RedisAddr == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, nil, fmt.Errorf("start embedded store: %w", err)
+		}
+		cfg.Logger.Warn("NOT DURABLE: no --redis-addr given, using the embedded in-process store; " +
+			"every profile and action is lost when nudged stops. Use --redis-addr in production.")
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
+	}
+	opt := &redis.Options{Addr: cfg.RedisAddr}
+	if strings.Contains(cfg.RedisAddr, "://") {
+		var err error
+		if opt, err = redis.ParseURL(cfg.RedisAddr); err != nil {
+			return nil, nil, fmt.Errorf("redis address: %w", err)
+		}
+	}
+	rdb := redis.NewClient(opt)
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pingCtx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("cannot reach Redis at %s: %w", opt.Addr, err)
+	}
+	cfg.Logger.Info("using Redis", "addr", opt.Addr)
+	return rdb, func() { _ = rdb.Close() }, nil
+}

@@ -1,0 +1,137 @@
+package server
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+)
+
+func eventFromProto(e *nudgev1.Event) profile.Event {
+	return profile.Event{
+		ID:         e.GetEventId(),
+		UserID:     e.GetUserId(),
+		Type:       e.GetType(),
+		OccurredAt: e.GetOccurredAt().AsTime(),
+		Category:   e.GetCategory(),
+		ItemID:     e.GetItemId(),
+		Value:      e.GetValue(),
+		Channel:    e.GetChannel(),
+		Attributes: e.GetAttributes(),
+	}
+}
+
+func actionToProto(a *profile.Action) *nudgev1.Action {
+	return &nudgev1.Action{
+		ActionId:    a.ID,
+		UserId:      a.UserID,
+		TriggerId:   a.TriggerID,
+		Channel:     a.Channel,
+		Template:    a.Template,
+		Payload:     a.Payload,
+		TriggeredAt: timestamppb.New(a.TriggeredAt),
+		EventId:     a.EventID,
+	}
+}
+
+func statusToProto(s profile.Status) nudgev1.EventStatus {
+	switch s {
+	case profile.Applied:
+		return nudgev1.EventStatus_EVENT_STATUS_APPLIED
+	case profile.Duplicate:
+		return nudgev1.EventStatus_EVENT_STATUS_DUPLICATE
+	case profile.Rejected:
+		return nudgev1.EventStatus_EVENT_STATUS_REJECTED
+	}
+	return nudgev1.EventStatus_EVENT_STATUS_UNSPECIFIED
+}
+
+func verdictToProto(v decision.Verdict) nudgev1.Verdict {
+	switch v {
+	case decision.VerdictSend:
+		return nudgev1.Verdict_VERDICT_SEND
+	case decision.VerdictHold:
+		return nudgev1.Verdict_VERDICT_HOLD
+	case decision.VerdictNone:
+		return nudgev1.Verdict_VERDICT_NONE
+	}
+	return nudgev1.Verdict_VERDICT_UNSPECIFIED
+}
+
+func decisionToProto(d decision.Decision) *nudgev1.Decision {
+	out := &nudgev1.Decision{Verdict: verdictToProto(d.Verdict)}
+	if d.Offer != nil {
+		out.Offer = &nudgev1.Offer{
+			Id:       d.Offer.ID,
+			Channel:  d.Offer.Channel,
+			Template: d.Offer.Template,
+			Payload:  d.Offer.Payload,
+		}
+	}
+	for _, r := range d.Reasons {
+		out.Reasons = append(out.Reasons, &nudgev1.Reason{RuleId: r.RuleID, Message: r.Message})
+	}
+	return out
+}
+
+// profileWindows are the windows GetProfile reports counts for.
+var profileWindows = [...]time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 24 * time.Hour}
+
+func profileToProto(userID string, p *profile.Profile, now time.Time) *nudgev1.Profile {
+	out := &nudgev1.Profile{
+		UserId:             userID,
+		Version:            p.Version,
+		UpdatedAt:          timestamppb.New(p.UpdatedAt),
+		LastSeen:           make(map[string]*timestamppb.Timestamp, len(p.LastSeen)),
+		Totals:             p.Totals,
+		PurchaseCount:      p.PurchaseCount,
+		PurchaseValue:      p.PurchaseValue,
+		Consent:            make(map[string]bool, len(p.Consent)),
+		Attributes:         make(map[string]string, len(p.Attributes)),
+		RememberedEventIds: uint32(len(p.Seen)),
+	}
+	for k, a := range p.Attributes {
+		out.Attributes[k] = a.Value
+	}
+	for typ, t := range p.LastSeen {
+		out.LastSeen[typ] = timestamppb.New(t)
+	}
+	for ch, c := range p.Consent {
+		if ch == profile.AllChannels {
+			out.GlobalOptOut = !c.Granted
+			continue
+		}
+		out.Consent[ch] = p.Consented(ch)
+	}
+	// Per (type, category), then per type over all categories.
+	var types []string
+	for _, s := range p.Series {
+		if len(types) == 0 || types[len(types)-1] != s.Type {
+			types = append(types, s.Type)
+		}
+		if s.Category == "" {
+			continue
+		}
+		out.Counts = appendCounts(out.Counts, p, s.Type, s.Category, now)
+	}
+	for _, typ := range types {
+		out.Counts = appendCounts(out.Counts, p, typ, "", now)
+	}
+	return out
+}
+
+func appendCounts(counts []*nudgev1.WindowedCount, p *profile.Profile, typ, category string, now time.Time) []*nudgev1.WindowedCount {
+	for _, w := range profileWindows {
+		counts = append(counts, &nudgev1.WindowedCount{
+			Type:     typ,
+			Category: category,
+			Window:   durationpb.New(w),
+			Count:    uint64(p.Count(typ, category, w, now)),
+		})
+	}
+	return counts
+}

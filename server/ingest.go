@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"buf.build/go/protovalidate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// Publish applies one batch.
+func (s *Server) Publish(ctx context.Context, req *nudgev1.PublishRequest) (*nudgev1.PublishResponse, error) {
+	rejected, err := s.validateBatch(req, "events")
+	if err != nil {
+		return nil, err
+	}
+	results, actions, err := s.applyBatch(ctx, req.GetEvents(), rejected)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &nudgev1.PublishResponse{Results: results, Actions: actions}, nil
+}
+
+// Stream reads batches and answers each once it is committed. Up to
+// MaxInFlight batches of a stream are processed at once; responses go out
+// as batches finish, so they may be out of order. A failed batch (the store
+// is unavailable, conflicts exhausted) ends the stream with its status after
+// the other in-flight batches are answered: the producer re-sends what has
+// no response.
+func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, nudgev1.StreamResponse]) error {
+	ctx := stream.Context()
+	reqs := make(chan *nudgev1.StreamRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	type batchDone struct {
+		resp *nudgev1.StreamResponse
+		err  error
+	}
+	// Buffered for every batch that can be in flight, so a worker never
+	// blocks (or leaks) when the handler has already returned.
+	done := make(chan batchDone, s.cfg.MaxInFlight)
+	inFlight := 0
+	var stop error // set once the stream stops taking batches
+	stopped := false
+	draining := s.draining
+	for {
+		if stopped && inFlight == 0 {
+			return stop
+		}
+		in := reqs
+		if stopped || inFlight >= s.cfg.MaxInFlight {
+			in = nil
+		}
+		select {
+		case req := <-in:
+			rejected, err := s.validateBatch(req, "events")
+			if err != nil {
+				stop, stopped = err, true
+				continue
+			}
+			inFlight++
+			go func() {
+				results, actions, err := s.applyBatch(ctx, req.GetEvents(), rejected)
+				if err != nil {
+					done <- batchDone{err: err}
+					return
+				}
+				done <- batchDone{resp: &nudgev1.StreamResponse{Seq: req.GetSeq(), Results: results, Actions: actions}}
+			}()
+		case d := <-done:
+			inFlight--
+			if d.err != nil {
+				if !stopped {
+					stop, stopped = toStatus(d.err), true
+				}
+				continue
+			}
+			if err := stream.Send(d.resp); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if !stopped {
+				stopped = true
+				if !errors.Is(err, io.EOF) {
+					stop = err
+				}
+			}
+		case <-draining:
+			draining = nil
+			if !stopped {
+				stop, stopped = status.Error(codes.Unavailable, "server is shutting down: re-send unanswered batches to another instance"), true
+			}
+		}
+	}
+}
+
+// validateBatch validates a batch request. Violations inside one event
+// (field path events[i]...) reject that event only and are returned by
+// index; any other violation fails the request with InvalidArgument.
+func (s *Server) validateBatch(req proto.Message, eventsField string) (map[int]string, error) {
+	err := s.validator.Validate(req)
+	if err == nil {
+		return nil, nil
+	}
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) {
+		return nil, status.Errorf(codes.Internal, "validate request: %v", err)
+	}
+	rejected := make(map[int]string)
+	var whole []string
+	for _, v := range verr.Violations {
+		elems := v.Proto.GetField().GetElements()
+		if len(elems) > 1 && elems[0].GetFieldName() == eventsField {
+			if i, ok := elems[0].GetSubscript().(*validate.FieldPathElement_Index); ok {
+				idx := int(i.Index)
+				if msg := describeViolation(v, elems[1:]); rejected[idx] == "" {
+					rejected[idx] = msg
+				} else {
+					rejected[idx] += "; " + msg
+				}
+				continue
+			}
+		}
+		whole = append(whole, describeViolation(v, elems))
+	}
+	if len(whole) > 0 {
+		return nil, status.Error(codes.InvalidArgument, "invalid request: "+strings.Join(whole, "; "))
+	}
+	return rejected, nil
+}
+
+// describeViolation formats a violation as "field.path: message [rule]",
+// with the path given (relative to the event for per-event violations).
+func describeViolation(v *protovalidate.Violation, path []*validate.FieldPathElement) string {
+	msg := v.Proto.GetMessage()
+	if msg == "" {
+		msg = "invalid"
+	}
+	if p := protovalidate.FieldPathString(&validate.FieldPath{Elements: path}); p != "" {
+		msg = p + ": " + msg
+	}
+	if rule := v.Proto.GetRuleId(); rule != "" {
+		msg += " [" + rule + "]"
+	}
+	return msg
+}
+
+// applyBatch applies a batch's valid events and returns one result per event
+// in request order, and the triggered actions. It fails as a whole when any
+// user's transaction failed: the producer re-sends the batch, and the users
+// that did commit answer DUPLICATE.
+func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, rejected map[int]string) ([]*nudgev1.EventResult, []*nudgev1.Action, error) {
+	results := make([]*nudgev1.EventResult, len(events))
+	valid := make([]profile.Event, 0, len(events))
+	validIdx := make([]int, 0, len(events))
+	for i, e := range events {
+		results[i] = &nudgev1.EventResult{EventId: e.GetEventId()}
+		if reason, bad := rejected[i]; bad {
+			results[i].Status = nudgev1.EventStatus_EVENT_STATUS_REJECTED
+			results[i].Reason = reason
+			continue
+		}
+		valid = append(valid, eventFromProto(e))
+		validIdx = append(validIdx, i)
+	}
+	if len(valid) == 0 {
+		return results, nil, nil
+	}
+	users, index := profile.GroupByUser(valid)
+	outcomes := s.store.Apply(ctx, users, s.rules.Rules().Step(s.cfg.Limits, decision.OnEvalError(s.triggerError)))
+	now := s.cfg.Now()
+	counts := map[profile.Status]int{profile.Rejected: len(rejected)}
+	var actions []*nudgev1.Action
+	var errs []error
+	for u, o := range outcomes {
+		if o.Err != nil {
+			errs = append(errs, o.Err)
+			continue
+		}
+		for k, r := range o.Results {
+			i := validIdx[index[u][k]]
+			res := results[i]
+			res.Status = statusToProto(r.Status)
+			res.Reason = r.Reason
+			if r.Status != profile.Rejected {
+				res.ProfileVersion = o.Version
+			}
+			if r.Status == profile.Applied {
+				s.metrics.observeLag(ctx, now.Sub(valid[index[u][k]].OccurredAt))
+			}
+			counts[r.Status]++
+		}
+		for i := range o.Actions {
+			actions = append(actions, actionToProto(&o.Actions[i]))
+		}
+	}
+	for st, n := range counts {
+		s.metrics.countEvents(ctx, st, n)
+	}
+	s.metrics.actions.Add(ctx, int64(len(actions)))
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	return results, actions, nil
+}
+
+// triggerError records a trigger that could not be evaluated. The trigger
+// did not fire; the event was applied.
+func (s *Server) triggerError(e *decision.EvalError) {
+	s.metrics.triggerErrs.Add(context.Background(), 1)
+	s.cfg.Logger.Debug("trigger evaluation failed", "rule", e.Rule, "field", e.Field, "err", e.Err)
+}

@@ -1,0 +1,111 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// instruments are the server's OpenTelemetry metrics. With no meter
+// configured they are no-ops.
+type instruments struct {
+	events       metric.Int64Counter
+	actions      metric.Int64Counter
+	decisions    metric.Int64Counter
+	triggerErrs  metric.Int64Counter
+	eventLag     metric.Float64Histogram
+	statusAttrs  map[profile.Status]metric.MeasurementOption
+	verdictAttrs map[[2]string]metric.MeasurementOption
+}
+
+func newInstruments(m metric.Meter) (*instruments, error) {
+	if m == nil {
+		m = noop.NewMeterProvider().Meter("")
+	}
+	var in instruments
+	var err error
+	if in.events, err = m.Int64Counter("nudge.events", metric.WithDescription("Events processed, by status (applied, duplicate, rejected).")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.actions, err = m.Int64Counter("nudge.actions.emitted", metric.WithDescription("Actions written to the outbox by triggers.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.decisions, err = m.Int64Counter("nudge.decisions", metric.WithDescription("Decisions answered, by verdict and degraded.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.triggerErrs, err = m.Int64Counter("nudge.trigger.eval_errors", metric.WithDescription("Trigger evaluations that failed (the trigger did not fire).")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.eventLag, err = m.Float64Histogram("nudge.event.lag", metric.WithUnit("s"),
+		metric.WithDescription("Commit time minus occurred_at of applied events."),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	in.statusAttrs = make(map[profile.Status]metric.MeasurementOption)
+	for _, s := range []profile.Status{profile.Applied, profile.Duplicate, profile.Rejected} {
+		in.statusAttrs[s] = metric.WithAttributeSet(attribute.NewSet(attribute.String("status", s.String())))
+	}
+	in.verdictAttrs = make(map[[2]string]metric.MeasurementOption)
+	for _, v := range []decision.Verdict{decision.VerdictSend, decision.VerdictHold, decision.VerdictNone} {
+		for _, d := range []string{"false", "true"} {
+			in.verdictAttrs[[2]string{v.String(), d}] = metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("verdict", v.String()), attribute.String("degraded", d)))
+		}
+	}
+	return &in, nil
+}
+
+func (in *instruments) countEvents(ctx context.Context, s profile.Status, n int) {
+	if n > 0 {
+		in.events.Add(ctx, int64(n), in.statusAttrs[s])
+	}
+}
+
+func (in *instruments) countDecision(ctx context.Context, v decision.Verdict, degraded bool) {
+	d := "false"
+	if degraded {
+		d = "true"
+	}
+	in.decisions.Add(ctx, 1, in.verdictAttrs[[2]string{v.String(), d}])
+}
+
+func (in *instruments) observeLag(ctx context.Context, lag time.Duration) {
+	in.eventLag.Record(ctx, lag.Seconds())
+}
+
+// RegisterStoreMetrics exports a store's cumulative transaction counters as
+// observable counters on m.
+func RegisterStoreMetrics(m metric.Meter, stats func() profile.Stats) error {
+	txns, err := m.Int64ObservableCounter("nudge.store.transactions", metric.WithDescription("Committed profile transactions (EXEC)."))
+	if err != nil {
+		return err
+	}
+	conflicts, err := m.Int64ObservableCounter("nudge.store.conflicts", metric.WithDescription("Transactions aborted by a concurrent writer and retried."))
+	if err != nil {
+		return err
+	}
+	retries, err := m.Int64ObservableCounter("nudge.store.error_retries", metric.WithDescription("Transactions retried after a Redis error."))
+	if err != nil {
+		return err
+	}
+	exhausted, err := m.Int64ObservableCounter("nudge.store.retries_exhausted", metric.WithDescription("Users whose transaction gave up after the maximum attempts."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := stats()
+		o.ObserveInt64(txns, int64(s.Transactions))
+		o.ObserveInt64(conflicts, int64(s.Conflicts))
+		o.ObserveInt64(retries, int64(s.ErrorRetries))
+		o.ObserveInt64(exhausted, int64(s.Exhausted))
+		return nil
+	}, txns, conflicts, retries, exhausted)
+	return err
+}

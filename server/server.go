@@ -1,0 +1,210 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// Store is what the server needs from the profile store.
+type Store interface {
+	Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
+	Get(ctx context.Context, userID string) (*profile.Profile, error)
+	Delete(ctx context.Context, userID string) (profile.DeleteResult, error)
+}
+
+var _ Store = (*profile.RedisStore)(nil)
+
+// RuleSource gives the rules in force. Rules may change between calls (hot
+// reload); each call uses one snapshot.
+type RuleSource interface {
+	Rules() *decision.Rules
+}
+
+// Config configures a Server. The zero value of a field means its default.
+type Config struct {
+	// Limits bound profiles and the event times accepted. Defaults as in
+	// profile.Limits.
+	Limits profile.Limits
+	// DefaultBudget is GetDecision's budget when the request has none.
+	// Default 10ms.
+	DefaultBudget time.Duration
+	// MaxBudget caps the budget a request may ask for. Default 1s.
+	MaxBudget time.Duration
+	// MaxInFlight bounds the batches of one ingest stream processed at the
+	// same time; the server stops reading the stream while it is reached.
+	// Default 8.
+	MaxInFlight int
+	// Now is the processing clock. Default time.Now.
+	Now func() time.Time
+	// Logger receives the server's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Meter receives the server's metrics. Default: none (no-op).
+	Meter metric.Meter
+}
+
+func (c Config) withDefaults() Config {
+	c.Limits = c.Limits.WithDefaults()
+	if c.DefaultBudget <= 0 {
+		c.DefaultBudget = 10 * time.Millisecond
+	}
+	if c.MaxBudget <= 0 {
+		c.MaxBudget = time.Second
+	}
+	if c.DefaultBudget > c.MaxBudget {
+		c.DefaultBudget = c.MaxBudget
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 8
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Server implements nudge's gRPC services on a Store and a RuleSource. It
+// holds no state of its own beyond configuration: any number of servers can
+// share one Redis.
+type Server struct {
+	nudgev1.UnimplementedIngestServiceServer
+	nudgev1.UnimplementedDecisionServiceServer
+	nudgev1.UnimplementedProfileServiceServer
+
+	store     Store
+	rules     RuleSource
+	cfg       Config
+	validator protovalidate.Validator
+	health    *health.Server
+	metrics   *instruments
+
+	drainOnce sync.Once
+	draining  chan struct{}
+}
+
+// New returns a server.
+func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
+	v, err := protovalidate.New()
+	if err != nil {
+		return nil, fmt.Errorf("server: build validator: %w", err)
+	}
+	in, err := newInstruments(cfg.Meter)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		store:     store,
+		rules:     rules,
+		cfg:       cfg.withDefaults(),
+		validator: v,
+		health:    health.NewServer(),
+		metrics:   in,
+		draining:  make(chan struct{}),
+	}, nil
+}
+
+// serviceNames are reported SERVING by the health service.
+var serviceNames = []string{
+	nudgev1.IngestService_ServiceDesc.ServiceName,
+	nudgev1.DecisionService_ServiceDesc.ServiceName,
+	nudgev1.ProfileService_ServiceDesc.ServiceName,
+}
+
+// NewGRPCServer returns a grpc.Server with nudge's services, health and
+// reflection registered, behind the interceptor chain (outermost first):
+// panic recovery into Internal, then call logging.
+func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	log := s.cfg.Logger
+	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")
+	})
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			switch c {
+			case codes.OK, codes.NotFound, codes.Canceled:
+				return logging.LevelDebug
+			case codes.InvalidArgument, codes.Aborted, codes.Unavailable, codes.DeadlineExceeded:
+				return logging.LevelWarn
+			}
+			return logging.LevelError
+		}),
+	}
+	opts = append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(16 << 20),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(recover),
+			logging.UnaryServerInterceptor(logger, logOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(recover),
+			logging.StreamServerInterceptor(logger, logOpts...),
+		),
+	}, opts...)
+	g := grpc.NewServer(opts...)
+	nudgev1.RegisterIngestServiceServer(g, s)
+	nudgev1.RegisterDecisionServiceServer(g, s)
+	nudgev1.RegisterProfileServiceServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+	for _, name := range append([]string{""}, serviceNames...) {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	reflection.Register(g)
+	return g
+}
+
+// Drain makes the server report NOT_SERVING and ends every ingest stream
+// once its in-flight batches are answered (the stream then ends with
+// UNAVAILABLE, so producers re-send the rest elsewhere). Call it before
+// grpc.Server.GracefulStop.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() {
+		s.health.Shutdown()
+		close(s.draining)
+	})
+}
+
+// Shutdown drains the server and stops g gracefully, waiting at most
+// timeout for calls to finish before closing them.
+func (s *Server) Shutdown(g *grpc.Server, timeout time.Duration) {
+	s.Drain()
+	done := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.cfg.Logger.Warn("drain timeout passed; closing the remaining calls", "timeout", timeout)
+		g.Stop()
+		<-done
+	}
+}
