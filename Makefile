@@ -1,0 +1,57 @@
+# nudge: real-time decisioning for direct marketing.
+#
+#   make run       nudged with the embedded (not durable) store on 127.0.0.1:7070
+#   make demo      nudged + a scripted shopper: prints the triggered coupon and a decision
+#   make test      vet + every test (unit, real redis-server, integration), with -race
+#   make bench     Go benchmarks (see BENCHMARKS.md)
+#   make generate  regenerate protobuf code (needs buf and the pinned plugins)
+#   make lint      gofmt, go vet, buf lint
+
+GO ?= go
+BIN := bin
+ARGS ?=
+DEMO_ADDR ?= 127.0.0.1:7071
+
+.PHONY: all build run demo test test-short ensure-redis bench lint fmt-check vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+run: build
+	$(BIN)/nudged $(ARGS)
+
+# Starts nudged on DEMO_ADDR in the background with the embedded store, runs
+# the scripted producer against it, and stops it whatever happens.
+demo: build
+	@set -e; \
+	$(BIN)/nudged --listen $(DEMO_ADDR) --log-level warn & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	$(BIN)/nudge-demo --addr $(DEMO_ADDR) --wait 15s
+
+ensure-redis:
+	@bash scripts/ensure-redis.sh >/dev/null
+
+test: ensure-redis vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-short: ensure-redis
+	$(GO) test -count=1 -short ./...
+
+bench: ensure-redis
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./profile/ ./decision/ ./server/
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+lint: fmt-check vet lint-proto
+
+clean:
+	rm -rf $(BIN)
+
+include mk/generate.mk

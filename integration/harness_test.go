@@ -1,0 +1,174 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+	"github.com/nudge-dm/nudge/server"
+)
+
+// env is one nudge server on a loopback port in front of its own
+// redis-server.
+type env struct {
+	redis  *redistest.Server
+	rdb    *redis.Client
+	store  *profile.RedisStore
+	conn   *grpc.ClientConn
+	ingest nudgev1.IngestServiceClient
+	decide nudgev1.DecisionServiceClient
+	prof   nudgev1.ProfileServiceClient
+}
+
+func newEnv(t *testing.T, opt profile.Options) *env {
+	t.Helper()
+	return startServer(t, redistest.Start(t), opt)
+}
+
+// addServer starts another nudge server, with its own Redis connections, on
+// the same redis-server: what a second replica behind a load balancer is.
+func (e *env) addServer(t *testing.T, opt profile.Options) *env {
+	t.Helper()
+	return startServer(t, e.redis, opt)
+}
+
+func startServer(t *testing.T, rs *redistest.Server, opt profile.Options) *env {
+	t.Helper()
+	rdb := rs.Client(t)
+	store := profile.NewRedisStore(rdb, opt)
+	rules, err := decision.Parse(examples.RulesName, examples.Rules)
+	if err != nil {
+		t.Fatalf("bundled rules: %v", err)
+	}
+	srv, err := server.New(store, decision.NewLive(rules), server.Config{
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DefaultBudget: time.Second, // correctness here; budgets have their own tests
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := srv.NewGRPCServer()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &env{
+		redis: rs, rdb: rdb, store: store, conn: conn,
+		ingest: nudgev1.NewIngestServiceClient(conn),
+		decide: nudgev1.NewDecisionServiceClient(conn),
+		prof:   nudgev1.NewProfileServiceClient(conn),
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var eventSeq atomic.Uint64
+
+// ev builds a valid event of a user that happened ago before now.
+func ev(user, typ, category string, ago time.Duration) *nudgev1.Event {
+	return &nudgev1.Event{
+		EventId:    fmt.Sprintf("e-%d", eventSeq.Add(1)),
+		UserId:     user,
+		Type:       typ,
+		Category:   category,
+		OccurredAt: timestamppb.New(time.Now().Add(-ago)),
+	}
+}
+
+func (e *env) publish(t *testing.T, events ...*nudgev1.Event) *nudgev1.PublishResponse {
+	t.Helper()
+	resp, err := e.ingest.Publish(ctxT(t), &nudgev1.PublishRequest{Events: events})
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if len(resp.Results) != len(events) {
+		t.Fatalf("Publish: %d results for %d events", len(resp.Results), len(events))
+	}
+	return resp
+}
+
+func (e *env) profile(t *testing.T, user string) *nudgev1.Profile {
+	t.Helper()
+	resp, err := e.prof.GetProfile(ctxT(t), &nudgev1.GetProfileRequest{UserId: user})
+	if err != nil {
+		t.Fatalf("GetProfile(%s): %v", user, err)
+	}
+	return resp.Profile
+}
+
+// count returns a windowed count from a profile.
+func count(t *testing.T, p *nudgev1.Profile, typ, category string, window time.Duration) uint64 {
+	t.Helper()
+	for _, c := range p.Counts {
+		if c.Type == typ && c.Category == category && c.Window.AsDuration() == window {
+			return c.Count
+		}
+	}
+	return 0
+}
+
+func wantStatus(t *testing.T, r *nudgev1.EventResult, want nudgev1.EventStatus) {
+	t.Helper()
+	if r.Status != want {
+		t.Errorf("event %s: status %s, want %s (reason %q)", r.EventId, r.Status, want, r.Reason)
+	}
+}
+
+func wantCode(t *testing.T, err error, want codes.Code, msgPart string) {
+	t.Helper()
+	st, _ := status.FromError(err)
+	if st.Code() != want {
+		t.Fatalf("got %v, want code %s", err, want)
+	}
+	if !strings.Contains(st.Message(), msgPart) {
+		t.Errorf("message %q does not mention %q", st.Message(), msgPart)
+	}
+}
+
+// outbox returns the decoded outbox entries of a user's bucket.
+func (e *env) outbox(t *testing.T, user string) []profile.Action {
+	t.Helper()
+	msgs, err := e.rdb.XRange(ctxT(t), e.store.OutboxKey(e.store.Bucket(user)), "-", "+").Result()
+	if err != nil {
+		t.Fatalf("XRANGE: %v", err)
+	}
+	var out []profile.Action
+	for _, m := range msgs {
+		a, err := profile.DecodeAction(m.Values)
+		if err != nil {
+			t.Fatalf("outbox entry %s: %v", m.ID, err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
