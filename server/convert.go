@@ -6,9 +6,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
 func eventFromProto(e *nudgev1.Event) profile.Event {
