@@ -12,7 +12,7 @@ BIN := bin
 ARGS ?=
 DEMO_ADDR ?= 127.0.0.1:7071
 
-.PHONY: all build run demo test test-short ensure-redis bench lint fmt-check vet clean
+.PHONY: all build run demo test ensure-redis bench lint fmt-check vet clean
 
 all: build
 
@@ -35,9 +35,6 @@ ensure-redis:
 
 test: ensure-redis vet
 	$(GO) test -race -count=1 -timeout 15m ./...
-
-test-short: ensure-redis
-	$(GO) test -count=1 -short ./...
 
 bench: ensure-redis
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./profile/ ./decision/ ./server/

@@ -1,0 +1,240 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	"github.com/nudge-dm/nudge/internal/redistest"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// buildNudged builds cmd/nudged into a temporary directory.
+func buildNudged(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "nudged")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/nudge-dm/nudge/cmd/nudged")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build nudged: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// nudged is a running nudged process.
+type nudged struct {
+	cmd  *exec.Cmd
+	addr string
+	logs chan string
+	done chan error
+}
+
+var servingRE = regexp.MustCompile(`msg="nudged serving" listen=(\S+)`)
+
+// startNudged runs the binary on a free port and waits for its "serving"
+// log line.
+func startNudged(t *testing.T, bin string, args ...string) *nudged {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &nudged{cmd: cmd, logs: make(chan string, 1000), done: make(chan error, 1)}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				addr <- m[1]
+			}
+			select {
+			case n.logs <- line:
+			default:
+			}
+		}
+		close(n.logs)
+		n.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	select {
+	case n.addr = <-addr:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("nudged did not log that it serves within 30s; logs:\n%s", n.drainLogs())
+	}
+	return n
+}
+
+func (n *nudged) drainLogs() string {
+	var b strings.Builder
+	for {
+		select {
+		case l, ok := <-n.logs:
+			if !ok {
+				return b.String()
+			}
+			b.WriteString(l + "\n")
+		default:
+			return b.String()
+		}
+	}
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// The built binary, against a real Redis: health SERVING, reflection lists
+// the services (so grpcurl works without proto files), GetDecision
+// answers, and SIGTERM stops it cleanly.
+func TestNudgedBinaryServesAndStopsGracefully(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startNudged(t, bin, "--redis-addr", rs.Addr, "--drain-timeout", "5s")
+	conn := dial(t, n.addr)
+	ctx := ctxT(t)
+
+	h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v; want SERVING", h, err)
+	}
+
+	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := refl.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var services []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		services = append(services, s.Name)
+	}
+	for _, want := range []string{"nudge.v1.IngestService", "nudge.v1.DecisionService", "nudge.v1.ProfileService", "grpc.health.v1.Health"} {
+		if !slices.Contains(services, want) {
+			t.Errorf("reflection lists %v, missing %s", services, want)
+		}
+	}
+	_ = refl.CloseSend()
+
+	ingest := nudgev1.NewIngestServiceClient(conn)
+	pub, err := ingest.Publish(ctx, &nudgev1.PublishRequest{Events: []*nudgev1.Event{
+		ev("bin-user", "view", "phones", 3*time.Minute), ev("bin-user", "view", "phones", 2*time.Minute), ev("bin-user", "view", "phones", time.Minute),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pub.Actions) != 1 {
+		t.Errorf("seed scenario through the binary: %d actions, want 1", len(pub.Actions))
+	}
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "bin-user", Channel: "sms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec.Decision.Verdict != nudgev1.Verdict_VERDICT_SEND || dec.ProfileVersion == 0 {
+		t.Errorf("GetDecision = %v", dec)
+	}
+	// The profile is in the real Redis, under the documented key layout.
+	keys, err := rs.Client(t).Keys(ctx, "nudge:{*}:p:bin-user").Result()
+	if err != nil || len(keys) != 1 {
+		t.Errorf("profile keys in Redis = %v, %v; want one", keys, err)
+	}
+
+	// An open stream with a batch in flight is answered, then ended with
+	// UNAVAILABLE, and the process exits 0.
+	stream, err := ingest.Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&nudgev1.StreamRequest{Seq: 1, Events: []*nudgev1.Event{ev("bin-user", "click", "", 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := stream.Recv(); err != nil || r.Seq != 1 {
+		t.Fatalf("stream answer = %v, %v", r, err)
+	}
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("stream after SIGTERM: %v, want UNAVAILABLE", err)
+	}
+	select {
+	case err := <-n.done:
+		if err != nil {
+			t.Errorf("nudged exited with %v; logs:\n%s", err, n.drainLogs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nudged did not exit within 30s of SIGTERM")
+	}
+}
+
+// Without --redis-addr the binary starts the embedded store and says loudly
+// that it is not durable; a missing Redis fails fast with a clear error.
+func TestNudgedBinaryEmbeddedStoreAndBadRedis(t *testing.T) {
+	bin := buildNudged(t)
+	n := startNudged(t, bin)
+	conn := dial(t, n.addr)
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "nobody", Channel: "web"})
+	if err != nil || dec.Decision.Verdict != nudgev1.Verdict_VERDICT_SEND || dec.Decision.Offer.GetId() != "web-welcome" {
+		t.Errorf("GetDecision on the embedded store = %v, %v; want the web-welcome offer", dec, err)
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	<-n.done
+	logs := n.drainLogs()
+	if !strings.Contains(logs, "NOT DURABLE") {
+		t.Errorf("embedded store started without the durability warning; logs:\n%s", logs)
+	}
+
+	// A port nobody listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--listen", "127.0.0.1:0", "--redis-addr", dead).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cannot reach Redis at "+dead) {
+		t.Errorf("nudged with an unreachable Redis: err %v, output:\n%s", err, out)
+	}
+
+	// A rules file that does not compile stops the start with its line.
+	bad := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(bad, []byte("version: 1\ntriggers:\n  - id: x\n    on: [view]\n    when: evnt.type == 'view'\n    action: {channel: sms, template: t}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.CommandContext(ctx, bin, "--listen", "127.0.0.1:0", "--rules", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "rules.yaml:5") {
+		t.Errorf("nudged with a broken rules file: err %v, output:\n%s", err, out)
+	}
+}
