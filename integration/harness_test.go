@@ -38,19 +38,19 @@ type env struct {
 	prof   nudgev1.ProfileServiceClient
 }
 
-func newEnv(t *testing.T, opt profile.Options) *env {
+func newEnv(t testing.TB, opt profile.Options) *env {
 	t.Helper()
 	return startServer(t, redistest.Start(t), opt)
 }
 
 // addServer starts another nudge server, with its own Redis connections, on
 // the same redis-server: what a second replica behind a load balancer is.
-func (e *env) addServer(t *testing.T, opt profile.Options) *env {
+func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 	t.Helper()
 	return startServer(t, e.redis, opt)
 }
 
-func startServer(t *testing.T, rs *redistest.Server, opt profile.Options) *env {
+func startServer(t testing.TB, rs *redistest.Server, opt profile.Options) *env {
 	t.Helper()
 	rdb := rs.Client(t)
 	store := profile.NewRedisStore(rdb, opt)
