@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,13 +39,17 @@ func buildNudged(t *testing.T) string {
 
 // nudged is a running nudged process.
 type nudged struct {
-	cmd  *exec.Cmd
-	addr string
-	logs chan string
-	done chan error
+	cmd     *exec.Cmd
+	addr    string
+	metrics string // the /metrics URL, if --metrics-listen was given
+	logs    chan string
+	done    chan error
 }
 
-var servingRE = regexp.MustCompile(`msg="nudged serving" listen=(\S+)`)
+var (
+	servingRE = regexp.MustCompile(`msg="nudged serving" listen=(\S+)`)
+	metricsRE = regexp.MustCompile(`msg="metrics serving" addr=(\S+)`)
+)
 
 // startNudged runs the binary on a free port and waits for its "serving"
 // log line.
@@ -60,12 +65,16 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 	}
 	n := &nudged{cmd: cmd, logs: make(chan string, 1000), done: make(chan error, 1)}
 	addr := make(chan string, 1)
+	metrics := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
 			if m := servingRE.FindStringSubmatch(line); m != nil {
 				addr <- m[1]
+			}
+			if m := metricsRE.FindStringSubmatch(line); m != nil {
+				metrics <- m[1]
 			}
 			select {
 			case n.logs <- line:
@@ -80,6 +89,10 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 	case n.addr = <-addr:
 	case <-time.After(30 * time.Second):
 		t.Fatalf("nudged did not log that it serves within 30s; logs:\n%s", n.drainLogs())
+	}
+	select {
+	case n.metrics = <-metrics: // logged before "nudged serving"
+	default:
 	}
 	return n
 }
@@ -99,6 +112,23 @@ func (n *nudged) drainLogs() string {
 	}
 }
 
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	if url == "" {
+		t.Fatal("nudged did not log a metrics address")
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+	}
+	return string(body)
+}
+
 func dial(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -115,7 +145,7 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 func TestNudgedBinaryServesAndStopsGracefully(t *testing.T) {
 	bin := buildNudged(t)
 	rs := redistest.Start(t)
-	n := startNudged(t, bin, "--redis-addr", rs.Addr, "--drain-timeout", "5s")
+	n := startNudged(t, bin, "--redis-addr", rs.Addr, "--drain-timeout", "5s", "--metrics-listen", "127.0.0.1:0")
 	conn := dial(t, n.addr)
 	ctx := ctxT(t)
 
@@ -163,6 +193,20 @@ func TestNudgedBinaryServesAndStopsGracefully(t *testing.T) {
 	if dec.Decision.Verdict != nudgev1.Verdict_VERDICT_SEND || dec.ProfileVersion == 0 {
 		t.Errorf("GetDecision = %v", dec)
 	}
+	// /metrics shows what happened.
+	scrape := httpGet(t, n.metrics)
+	for _, want := range []string{
+		`nudge_events_total{status="applied"} 3`,
+		`nudge_actions_emitted_total 1`,
+		`nudge_decisions_total{degraded="false",verdict="send"} 1`,
+		`nudge_store_transactions_total 1`,
+		`nudge_event_lag_seconds_count 3`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, scrape)
+		}
+	}
+
 	// The profile is in the real Redis, under the documented key layout.
 	keys, err := rs.Client(t).Keys(ctx, "nudge:{*}:p:bin-user").Result()
 	if err != nil || len(keys) != 1 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -224,7 +225,7 @@ func GroupByUser(events []Event) ([]UserEvents, [][]int) {
 func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) []UserOutcome {
 	out := make([]UserOutcome, len(users))
 	if len(users) == 1 {
-		out[0] = s.applyUser(ctx, users[0], step)
+		out[0] = s.applyUserRecovered(ctx, users[0], step)
 		return out
 	}
 	sem := make(chan struct{}, s.opt.Parallelism)
@@ -234,11 +235,33 @@ func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) [
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			out[i] = s.applyUser(ctx, users[i], step)
+			out[i] = s.applyUserRecovered(ctx, users[i], step)
 		}()
 	}
 	wg.Wait()
 	return out
+}
+
+// PanicError is a panic of the step function on a user's events, recovered
+// by Apply. Nothing of that user was written.
+type PanicError struct {
+	Value any
+	// Stack is the panicking goroutine's stack, for the log; Error leaves
+	// it out so that it never reaches a client.
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("profile: step panicked: %v", e.Value) }
+
+// applyUserRecovered is applyUser, with a panic of the step turned into a
+// *PanicError (Apply runs users on goroutines no caller could recover).
+func (s *RedisStore) applyUserRecovered(ctx context.Context, u UserEvents, step Step) (out UserOutcome) {
+	defer func() {
+		if p := recover(); p != nil {
+			out = UserOutcome{Err: &PanicError{Value: p, Stack: debug.Stack()}}
+		}
+	}()
+	return s.applyUser(ctx, u, step)
 }
 
 func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {

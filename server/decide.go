@@ -56,9 +56,14 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 
 // fallback is the decision given when the profile could not be read.
 func fallback(err error, readBudget time.Duration) *nudgev1.Decision {
-	msg := "profile store unavailable: " + err.Error()
-	if errors.Is(err, context.DeadlineExceeded) {
+	var msg string
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		msg = "profile read exceeded its budget of " + readBudget.String()
+	case errors.Is(err, profile.ErrCorrupt):
+		msg = "stored profile cannot be decoded: " + err.Error()
+	default:
+		msg = "profile store unavailable: " + err.Error()
 	}
 	return &nudgev1.Decision{
 		Verdict:  nudgev1.Verdict_VERDICT_NONE,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime/debug"
 	"strings"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
@@ -68,6 +69,15 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 	stopped := false
 	draining := s.draining
 	for {
+		// Draining wins over a batch that is waiting at the same time.
+		select {
+		case <-draining:
+			draining = nil
+			if !stopped {
+				stop, stopped = status.Error(codes.Unavailable, "server is shutting down: re-send unanswered batches to another instance"), true
+			}
+		default:
+		}
 		if stopped && inFlight == 0 {
 			return stop
 		}
@@ -84,6 +94,13 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 			}
 			inFlight++
 			go func() {
+				// The recovery interceptor does not reach this goroutine.
+				defer func() {
+					if p := recover(); p != nil {
+						s.cfg.Logger.ErrorContext(ctx, "panic in ingest batch", "panic", p, "stack", string(debug.Stack()))
+						done <- batchDone{err: status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")}
+					}
+				}()
 				results, actions, err := s.applyBatch(ctx, req.GetEvents(), rejected)
 				if err != nil {
 					done <- batchDone{err: err}
@@ -223,7 +240,11 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 	}
 	s.metrics.actions.Add(ctx, int64(len(actions)))
 	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
+		err := errors.Join(errs...)
+		if perr, ok := errors.AsType[*profile.PanicError](err); ok {
+			s.cfg.Logger.ErrorContext(ctx, "panic in rules step", "panic", perr.Value, "stack", string(perr.Stack))
+		}
+		return nil, nil, err
 	}
 	return results, actions, nil
 }

@@ -1,0 +1,265 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+	"github.com/nudge-dm/nudge/server"
+)
+
+func publish(t *testing.T, h *harness, events ...*nudgev1.Event) {
+	t.Helper()
+	resp, err := h.ingest.Publish(callCtx(t), &nudgev1.PublishRequest{Events: events})
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	for _, r := range resp.GetResults() {
+		if r.GetStatus() != applied {
+			t.Fatalf("setup event %q: %s %s", r.GetEventId(), r.GetStatus(), r.GetReason())
+		}
+	}
+}
+
+func checkProto(t *testing.T, got, want proto.Message) {
+	t.Helper()
+	if !proto.Equal(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", prototext.Format(got), prototext.Format(want))
+	}
+}
+
+func TestGetDecision(t *testing.T) {
+	h := start(t, redisStore(t), serverConfig())
+	unsubscribe := ev("q3", "u2", "unsubscribe", "", now.Add(-time.Minute))
+	unsubscribe.Channel = "sms"
+	publish(t, h,
+		ev("p1", "u1", "view", "phones", now.Add(-10*time.Minute)),
+		ev("p2", "u1", "view", "phones", now.Add(-5*time.Minute)),
+		ev("q1", "u2", "view", "phones", now.Add(-10*time.Minute)),
+		ev("q2", "u2", "view", "phones", now.Add(-5*time.Minute)),
+		unsubscribe,
+	)
+	eligible := func(id string) []*nudgev1.Reason {
+		return []*nudgev1.Reason{{RuleId: id, Message: "offer " + id + " is eligible"}}
+	}
+	none := &nudgev1.Decision{Verdict: nudgev1.Verdict_VERDICT_NONE, Reasons: []*nudgev1.Reason{{Message: "no eligible offer"}}}
+	tests := []struct {
+		name string
+		req  *nudgev1.GetDecisionRequest
+		want *nudgev1.GetDecisionResponse
+	}{
+		{
+			name: "offer on the profile's counts",
+			req:  &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"},
+			want: &nudgev1.GetDecisionResponse{ProfileVersion: 1, Decision: &nudgev1.Decision{
+				Verdict: nudgev1.Verdict_VERDICT_SEND,
+				Offer:   &nudgev1.Offer{Id: "phones-coupon", Channel: "sms", Template: "phones_coupon", Payload: map[string]string{"discount": "10%"}},
+				Reasons: eligible("phones-coupon"),
+			}},
+		},
+		{
+			name: "no offer for the channel",
+			req:  &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "email"},
+			want: &nudgev1.GetDecisionResponse{ProfileVersion: 1, Decision: none},
+		},
+		{
+			name: "placement and context reach the rules",
+			req: &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web", Placement: "home_banner",
+				Context: map[string]string{"tier": "gold"}},
+			want: &nudgev1.GetDecisionResponse{ProfileVersion: 1, Decision: &nudgev1.Decision{
+				Verdict: nudgev1.Verdict_VERDICT_SEND,
+				Offer:   &nudgev1.Offer{Id: "gold-banner", Channel: "web", Template: "gold_banner", Payload: map[string]string{"tier": "gold"}},
+				Reasons: eligible("gold-banner"),
+			}},
+		},
+		{
+			name: "unknown user decided on an empty profile",
+			req:  &nudgev1.GetDecisionRequest{UserId: "nobody", Channel: "web"},
+			want: &nudgev1.GetDecisionResponse{Decision: &nudgev1.Decision{
+				Verdict: nudgev1.Verdict_VERDICT_SEND,
+				Offer:   &nudgev1.Offer{Id: "web-welcome", Channel: "web", Template: "welcome", Payload: map[string]string{}},
+				Reasons: eligible("web-welcome"),
+			}},
+		},
+		{
+			name: "unknown user, nothing eligible",
+			req:  &nudgev1.GetDecisionRequest{UserId: "nobody", Channel: "sms"},
+			want: &nudgev1.GetDecisionResponse{Decision: none},
+		},
+		{
+			name: "unsubscribed",
+			req:  &nudgev1.GetDecisionRequest{UserId: "u2", Channel: "sms"},
+			want: &nudgev1.GetDecisionResponse{ProfileVersion: 1, Decision: &nudgev1.Decision{
+				Verdict: nudgev1.Verdict_VERDICT_NONE,
+				Reasons: []*nudgev1.Reason{{RuleId: "consent", Message: "user unsubscribed from sms"}},
+			}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := h.decide.GetDecision(callCtx(t), tt.req)
+			if err != nil {
+				t.Fatalf("GetDecision: %v", err)
+			}
+			checkProto(t, got, tt.want)
+		})
+	}
+}
+
+// TestGetDecisionDegraded: a slow or failing store gives an answer, never
+// an error.
+func TestGetDecisionDegraded(t *testing.T) {
+	tests := []struct {
+		name   string
+		get    func(ctx context.Context, userID string) (*profile.Profile, error)
+		budget time.Duration
+		reason string
+	}{
+		{
+			name: "read past the budget",
+			get: func(ctx context.Context, _ string) (*profile.Profile, error) {
+				<-ctx.Done()
+				return nil, fmt.Errorf("get: %w", ctx.Err())
+			},
+			budget: 20 * time.Millisecond,
+			reason: "profile read exceeded its budget of 19.5ms",
+		},
+		{
+			name: "read past the default budget",
+			get: func(ctx context.Context, _ string) (*profile.Profile, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			},
+			reason: "profile read exceeded its budget of 9.5ms",
+		},
+		{
+			name: "store unavailable",
+			get: func(context.Context, string) (*profile.Profile, error) {
+				return nil, fmt.Errorf("%w: connection refused", profile.ErrUnavailable)
+			},
+			reason: "profile store unavailable: profile: store unavailable: connection refused",
+		},
+		{
+			name: "corrupt profile",
+			get: func(context.Context, string) (*profile.Profile, error) {
+				return nil, fmt.Errorf("%w: empty", profile.ErrCorrupt)
+			},
+			reason: "profile: corrupt encoding: empty",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t, &fakeStore{get: tt.get}, server.Config{})
+			req := &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web"}
+			if tt.budget > 0 {
+				req.Budget = durationpb.New(tt.budget)
+			}
+			got, err := h.decide.GetDecision(callCtx(t), req)
+			if err != nil {
+				t.Fatalf("GetDecision: %v", err)
+			}
+			d := got.GetDecision()
+			if d.GetVerdict() != nudgev1.Verdict_VERDICT_NONE || !d.GetDegraded() || d.GetOffer() != nil || got.GetProfileVersion() != 0 {
+				t.Fatalf("got %v, want a degraded NONE", got)
+			}
+			if r := d.GetReasons(); len(r) != 1 || r[0].GetRuleId() != "fallback" || !strings.Contains(r[0].GetMessage(), tt.reason) {
+				t.Fatalf("reasons = %v, want one fallback reason containing %q", r, tt.reason)
+			}
+		})
+	}
+}
+
+func TestGetDecisionNotFoundIsNotDegraded(t *testing.T) {
+	h := start(t, &fakeStore{get: func(_ context.Context, userID string) (*profile.Profile, error) {
+		return nil, fmt.Errorf("user %q: %w", userID, profile.ErrNotFound)
+	}}, server.Config{})
+	got, err := h.decide.GetDecision(callCtx(t), &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web"})
+	if err != nil {
+		t.Fatalf("GetDecision: %v", err)
+	}
+	checkProto(t, got, &nudgev1.GetDecisionResponse{Decision: &nudgev1.Decision{
+		Verdict: nudgev1.Verdict_VERDICT_SEND,
+		Offer:   &nudgev1.Offer{Id: "web-welcome", Channel: "web", Template: "welcome", Payload: map[string]string{}},
+		Reasons: []*nudgev1.Reason{{RuleId: "web-welcome", Message: "offer web-welcome is eligible"}},
+	}})
+}
+
+// TestGetDecisionBudget checks the deadline the store's read gets: the
+// request's budget, the default without one, never more than MaxBudget.
+func TestGetDecisionBudget(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    server.Config
+		budget time.Duration // 0: none in the request
+		limit  time.Duration
+	}{
+		{"capped to MaxBudget", server.Config{MaxBudget: 50 * time.Millisecond}, 30 * time.Second, 50 * time.Millisecond},
+		{"request budget", server.Config{MaxBudget: time.Second}, 20 * time.Millisecond, 20 * time.Millisecond},
+		{"default budget", server.Config{}, 0, 10 * time.Millisecond},
+		{"default capped to MaxBudget", server.Config{DefaultBudget: 2 * time.Second, MaxBudget: 100 * time.Millisecond}, 0, 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			type read struct {
+				remaining time.Duration
+				ok        bool
+			}
+			reads := make(chan read, 1)
+			h := start(t, &fakeStore{get: func(ctx context.Context, _ string) (*profile.Profile, error) {
+				deadline, ok := ctx.Deadline()
+				reads <- read{time.Until(deadline), ok}
+				return nil, profile.ErrNotFound
+			}}, tt.cfg)
+			req := &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"}
+			if tt.budget > 0 {
+				req.Budget = durationpb.New(tt.budget)
+			}
+			if _, err := h.decide.GetDecision(callCtx(t), req); err != nil {
+				t.Fatalf("GetDecision: %v", err)
+			}
+			r := receive(t, reads, "the store read")
+			if !r.ok {
+				t.Fatal("the store read has no deadline")
+			}
+			if r.remaining > tt.limit {
+				t.Fatalf("the store read had %v left, want at most %v", r.remaining, tt.limit)
+			}
+		})
+	}
+}
+
+func TestGetDecisionInvalid(t *testing.T) {
+	h := start(t, &fakeStore{}, server.Config{})
+	tooMany := make(map[string]string)
+	for i := range 33 {
+		tooMany[fmt.Sprint("k", i)] = "v"
+	}
+	tests := []struct {
+		name  string
+		req   *nudgev1.GetDecisionRequest
+		field string
+	}{
+		{"missing channel", &nudgev1.GetDecisionRequest{UserId: "u1"}, "channel: value is required"},
+		{"bad channel", &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "SMS"}, "channel: does not match regex pattern"},
+		{"missing user", &nudgev1.GetDecisionRequest{Channel: "sms"}, "user_id: value is required"},
+		{"user id with a space", &nudgev1.GetDecisionRequest{UserId: "u 1", Channel: "sms"}, "user_id: does not match regex pattern"},
+		{"negative budget", &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms", Budget: durationpb.New(-time.Second)}, "budget"},
+		{"budget over 60s", &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms", Budget: durationpb.New(61 * time.Second)}, "budget"},
+		{"too much context", &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms", Context: tooMany}, "context"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := h.decide.GetDecision(callCtx(t), tt.req)
+			wantCode(t, err, codes.InvalidArgument, tt.field)
+		})
+	}
+}
