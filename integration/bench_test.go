@@ -132,4 +132,3 @@ func BenchmarkGetDecision(b *testing.B) {
 	})
 	b.ReportMetric(float64(degraded.Load())/float64(b.N), "degraded/op")
 }
-
