@@ -21,7 +21,7 @@ import (
 
 // Publish applies one batch.
 func (s *Server) Publish(ctx context.Context, req *nudgev1.PublishRequest) (*nudgev1.PublishResponse, error) {
-	rejected, err := s.validateBatch(req, "events")
+	rejected, err := s.validateBatch(req)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 		}
 		select {
 		case req := <-in:
-			rejected, err := s.validateBatch(req, "events")
+			rejected, err := s.validateBatch(req)
 			if err != nil {
 				stop, stopped = err, true
 				continue
@@ -138,7 +138,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 // validateBatch validates a batch request. Violations inside one event
 // (field path events[i]...) reject that event only and are returned by
 // index; any other violation fails the request with InvalidArgument.
-func (s *Server) validateBatch(req proto.Message, eventsField string) (map[int]string, error) {
+func (s *Server) validateBatch(req proto.Message) (map[int]string, error) {
 	err := s.validator.Validate(req)
 	if err == nil {
 		return nil, nil
@@ -151,7 +151,7 @@ func (s *Server) validateBatch(req proto.Message, eventsField string) (map[int]s
 	var whole []string
 	for _, v := range verr.Violations {
 		elems := v.Proto.GetField().GetElements()
-		if len(elems) > 1 && elems[0].GetFieldName() == eventsField {
+		if len(elems) > 1 && elems[0].GetFieldName() == "events" {
 			if i, ok := elems[0].GetSubscript().(*validate.FieldPathElement_Index); ok {
 				idx := int(i.Index)
 				if msg := describeViolation(v, elems[1:]); rejected[idx] == "" {
