@@ -11,6 +11,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -92,9 +93,15 @@ type GetDecisionRequest struct {
 	Context map[string]string `protobuf:"bytes,4,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Time budget for the whole call. Zero means the server default; larger
 	// than the server maximum is capped to it.
-	Budget        *durationpb.Duration `protobuf:"bytes,5,opt,name=budget,proto3" json:"budget,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Budget *durationpb.Duration `protobuf:"bytes,5,opt,name=budget,proto3" json:"budget,omitempty"`
+	// Return the full evaluation trace (Decision.trace).
+	Explain bool `protobuf:"varint,6,opt,name=explain,proto3" json:"explain,omitempty"`
+	// Decide only on a profile at least this version (from an ingest
+	// result's profile_version). An older stored profile is not decided on:
+	// the decision is NONE with stale = true.
+	MinProfileVersion uint64 `protobuf:"varint,7,opt,name=min_profile_version,json=minProfileVersion,proto3" json:"min_profile_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetDecisionRequest) Reset() {
@@ -162,6 +169,204 @@ func (x *GetDecisionRequest) GetBudget() *durationpb.Duration {
 	return nil
 }
 
+func (x *GetDecisionRequest) GetExplain() bool {
+	if x != nil {
+		return x.Explain
+	}
+	return false
+}
+
+func (x *GetDecisionRequest) GetMinProfileVersion() uint64 {
+	if x != nil {
+		return x.MinProfileVersion
+	}
+	return 0
+}
+
+// DecisionQuery is one user's question in a batch.
+type DecisionQuery struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	UserId            string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Channel           string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Placement         string                 `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
+	Context           map[string]string      `protobuf:"bytes,4,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	MinProfileVersion uint64                 `protobuf:"varint,5,opt,name=min_profile_version,json=minProfileVersion,proto3" json:"min_profile_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DecisionQuery) Reset() {
+	*x = DecisionQuery{}
+	mi := &file_nudge_v1_decision_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionQuery) ProtoMessage() {}
+
+func (x *DecisionQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_decision_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionQuery.ProtoReflect.Descriptor instead.
+func (*DecisionQuery) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DecisionQuery) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DecisionQuery) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *DecisionQuery) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
+func (x *DecisionQuery) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *DecisionQuery) GetMinProfileVersion() uint64 {
+	if x != nil {
+		return x.MinProfileVersion
+	}
+	return 0
+}
+
+// BatchGetDecisionsRequest asks for decisions for many users.
+type BatchGetDecisionsRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Queries []*DecisionQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	// Time budget for the whole batch, as in GetDecisionRequest.
+	Budget        *durationpb.Duration `protobuf:"bytes,2,opt,name=budget,proto3" json:"budget,omitempty"`
+	Explain       bool                 `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchGetDecisionsRequest) Reset() {
+	*x = BatchGetDecisionsRequest{}
+	mi := &file_nudge_v1_decision_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchGetDecisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchGetDecisionsRequest) ProtoMessage() {}
+
+func (x *BatchGetDecisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_decision_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchGetDecisionsRequest.ProtoReflect.Descriptor instead.
+func (*BatchGetDecisionsRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BatchGetDecisionsRequest) GetQueries() []*DecisionQuery {
+	if x != nil {
+		return x.Queries
+	}
+	return nil
+}
+
+func (x *BatchGetDecisionsRequest) GetBudget() *durationpb.Duration {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *BatchGetDecisionsRequest) GetExplain() bool {
+	if x != nil {
+		return x.Explain
+	}
+	return false
+}
+
+// BatchGetDecisionsResponse has one result per query, in order.
+type BatchGetDecisionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*GetDecisionResponse `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchGetDecisionsResponse) Reset() {
+	*x = BatchGetDecisionsResponse{}
+	mi := &file_nudge_v1_decision_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchGetDecisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchGetDecisionsResponse) ProtoMessage() {}
+
+func (x *BatchGetDecisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_decision_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchGetDecisionsResponse.ProtoReflect.Descriptor instead.
+func (*BatchGetDecisionsResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *BatchGetDecisionsResponse) GetResults() []*GetDecisionResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // GetDecisionResponse carries the decision.
 type GetDecisionResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -175,7 +380,7 @@ type GetDecisionResponse struct {
 
 func (x *GetDecisionResponse) Reset() {
 	*x = GetDecisionResponse{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[1]
+	mi := &file_nudge_v1_decision_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +392,7 @@ func (x *GetDecisionResponse) String() string {
 func (*GetDecisionResponse) ProtoMessage() {}
 
 func (x *GetDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[1]
+	mi := &file_nudge_v1_decision_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +405,7 @@ func (x *GetDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDecisionResponse.ProtoReflect.Descriptor instead.
 func (*GetDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{1}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetDecisionResponse) GetDecision() *Decision {
@@ -227,14 +432,28 @@ type Decision struct {
 	Reasons []*Reason `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	// True when the answer is the fallback because the budget ran out or the
 	// store could not be read.
-	Degraded      bool `protobuf:"varint,4,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Degraded bool `protobuf:"varint,4,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	// Unique id of this decision (for audit and for joining with outcomes).
+	DecisionId string `protobuf:"bytes,5,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	// For HOLD: the earliest time sending becomes allowed.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// True when the user is in the control group of the winning offer's A/B
+	// split: the verdict is NONE so that lift can be measured.
+	Control bool `protobuf:"varint,7,opt,name=control,proto3" json:"control,omitempty"`
+	// Version (content hash) of the rules that produced the decision.
+	RulesVersion string `protobuf:"bytes,8,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// True when the stored profile was older than min_profile_version; the
+	// verdict is then NONE.
+	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
+	// With explain: every candidate offer and policy, in evaluation order.
+	Trace         []*TraceStep `protobuf:"bytes,10,rep,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[2]
+	mi := &file_nudge_v1_decision_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +465,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[2]
+	mi := &file_nudge_v1_decision_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +478,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{2}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Decision) GetVerdict() Verdict {
@@ -290,6 +509,122 @@ func (x *Decision) GetDegraded() bool {
 	return false
 }
 
+func (x *Decision) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *Decision) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Decision) GetControl() bool {
+	if x != nil {
+		return x.Control
+	}
+	return false
+}
+
+func (x *Decision) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *Decision) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *Decision) GetTrace() []*TraceStep {
+	if x != nil {
+		return x.Trace
+	}
+	return nil
+}
+
+// TraceStep is one step of a decision's evaluation.
+type TraceStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The offer or policy rule evaluated.
+	RuleId string `protobuf:"bytes,1,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// What was evaluated, e.g. the offer's when expression or "frequency cap
+	// sms 2/24h".
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Its value, e.g. "true", "3 of 2 sends used", or the evaluation error.
+	Value string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	// Whether the candidate passed this step.
+	Passed        bool `protobuf:"varint,4,opt,name=passed,proto3" json:"passed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceStep) Reset() {
+	*x = TraceStep{}
+	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceStep) ProtoMessage() {}
+
+func (x *TraceStep) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceStep.ProtoReflect.Descriptor instead.
+func (*TraceStep) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TraceStep) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *TraceStep) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *TraceStep) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *TraceStep) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
 // Offer is what to show or send.
 type Offer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -303,7 +638,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[3]
+	mi := &file_nudge_v1_decision_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +650,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[3]
+	mi := &file_nudge_v1_decision_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +663,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{3}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Offer) GetId() string {
@@ -370,7 +705,7 @@ type Reason struct {
 
 func (x *Reason) Reset() {
 	*x = Reason{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[4]
+	mi := &file_nudge_v1_decision_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +717,7 @@ func (x *Reason) String() string {
 func (*Reason) ProtoMessage() {}
 
 func (x *Reason) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[4]
+	mi := &file_nudge_v1_decision_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +730,7 @@ func (x *Reason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reason.ProtoReflect.Descriptor instead.
 func (*Reason) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{4}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Reason) GetRuleId() string {
@@ -416,24 +751,55 @@ var File_nudge_v1_decision_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\n" +
-	"\x17nudge/v1/decision.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\x87\x03\n" +
+	"\x17nudge/v1/decision.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x03\n" +
 	"\x12GetDecisionRequest\x124\n" +
 	"\auser_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\x128\n" +
 	"\achannel\x18\x02 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16\x18 2\x12^[a-z][a-z0-9_-]*$R\achannel\x12&\n" +
 	"\tplacement\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tplacement\x12\\\n" +
 	"\acontext\x18\x04 \x03(\v2).nudge.v1.GetDecisionRequest.ContextEntryB\x17\xbaH\x14\x9a\x01\x11\x10 \"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x02R\acontext\x12?\n" +
-	"\x06budget\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\x06budget\x1a:\n" +
+	"\x06budget\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\x06budget\x12\x18\n" +
+	"\aexplain\x18\x06 \x01(\bR\aexplain\x12.\n" +
+	"\x13min_profile_version\x18\a \x01(\x04R\x11minProfileVersion\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\rDecisionQuery\x124\n" +
+	"\auser_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\x128\n" +
+	"\achannel\x18\x02 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16\x18 2\x12^[a-z][a-z0-9_-]*$R\achannel\x12&\n" +
+	"\tplacement\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tplacement\x12W\n" +
+	"\acontext\x18\x04 \x03(\v2$.nudge.v1.DecisionQuery.ContextEntryB\x17\xbaH\x14\x9a\x01\x11\x10 \"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x02R\acontext\x12.\n" +
+	"\x13min_profile_version\x18\x05 \x01(\x04R\x11minProfileVersion\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x01\n" +
+	"\x18BatchGetDecisionsRequest\x12>\n" +
+	"\aqueries\x18\x01 \x03(\v2\x17.nudge.v1.DecisionQueryB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\aqueries\x12?\n" +
+	"\x06budget\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\x06budget\x12\x18\n" +
+	"\aexplain\x18\x03 \x01(\bR\aexplain\"T\n" +
+	"\x19BatchGetDecisionsResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.nudge.v1.GetDecisionResponseR\aresults\"n\n" +
 	"\x13GetDecisionResponse\x12.\n" +
 	"\bdecision\x18\x01 \x01(\v2\x12.nudge.v1.DecisionR\bdecision\x12'\n" +
-	"\x0fprofile_version\x18\x02 \x01(\x04R\x0eprofileVersion\"\xa6\x01\n" +
+	"\x0fprofile_version\x18\x02 \x01(\x04R\x0eprofileVersion\"\x82\x03\n" +
 	"\bDecision\x12+\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x11.nudge.v1.VerdictR\averdict\x12%\n" +
 	"\x05offer\x18\x02 \x01(\v2\x0f.nudge.v1.OfferR\x05offer\x12*\n" +
 	"\areasons\x18\x03 \x03(\v2\x10.nudge.v1.ReasonR\areasons\x12\x1a\n" +
-	"\bdegraded\x18\x04 \x01(\bR\bdegraded\"\xc1\x01\n" +
+	"\bdegraded\x18\x04 \x01(\bR\bdegraded\x12\x1f\n" +
+	"\vdecision_id\x18\x05 \x01(\tR\n" +
+	"decisionId\x129\n" +
+	"\n" +
+	"not_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x12\x18\n" +
+	"\acontrol\x18\a \x01(\bR\acontrol\x12#\n" +
+	"\rrules_version\x18\b \x01(\tR\frulesVersion\x12\x14\n" +
+	"\x05stale\x18\t \x01(\bR\x05stale\x12)\n" +
+	"\x05trace\x18\n" +
+	" \x03(\v2\x13.nudge.v1.TraceStepR\x05trace\"l\n" +
+	"\tTraceStep\x12\x17\n" +
+	"\arule_id\x18\x01 \x01(\tR\x06ruleId\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\x12\x16\n" +
+	"\x06passed\x18\x04 \x01(\bR\x06passed\"\xc1\x01\n" +
 	"\x05Offer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1a\n" +
@@ -449,9 +815,10 @@ const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fVERDICT_SEND\x10\x01\x12\x10\n" +
 	"\fVERDICT_HOLD\x10\x02\x12\x10\n" +
-	"\fVERDICT_NONE\x10\x032]\n" +
+	"\fVERDICT_NONE\x10\x032\xbb\x01\n" +
 	"\x0fDecisionService\x12J\n" +
-	"\vGetDecision\x12\x1c.nudge.v1.GetDecisionRequest\x1a\x1d.nudge.v1.GetDecisionResponseB\x90\x01\n" +
+	"\vGetDecision\x12\x1c.nudge.v1.GetDecisionRequest\x1a\x1d.nudge.v1.GetDecisionResponse\x12\\\n" +
+	"\x11BatchGetDecisions\x12\".nudge.v1.BatchGetDecisionsRequest\x1a#.nudge.v1.BatchGetDecisionsResponseB\x90\x01\n" +
 	"\fcom.nudge.v1B\rDecisionProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
 var (
@@ -467,33 +834,47 @@ func file_nudge_v1_decision_proto_rawDescGZIP() []byte {
 }
 
 var file_nudge_v1_decision_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nudge_v1_decision_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_nudge_v1_decision_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_nudge_v1_decision_proto_goTypes = []any{
-	(Verdict)(0),                // 0: nudge.v1.Verdict
-	(*GetDecisionRequest)(nil),  // 1: nudge.v1.GetDecisionRequest
-	(*GetDecisionResponse)(nil), // 2: nudge.v1.GetDecisionResponse
-	(*Decision)(nil),            // 3: nudge.v1.Decision
-	(*Offer)(nil),               // 4: nudge.v1.Offer
-	(*Reason)(nil),              // 5: nudge.v1.Reason
-	nil,                         // 6: nudge.v1.GetDecisionRequest.ContextEntry
-	nil,                         // 7: nudge.v1.Offer.PayloadEntry
-	(*durationpb.Duration)(nil), // 8: google.protobuf.Duration
+	(Verdict)(0),                      // 0: nudge.v1.Verdict
+	(*GetDecisionRequest)(nil),        // 1: nudge.v1.GetDecisionRequest
+	(*DecisionQuery)(nil),             // 2: nudge.v1.DecisionQuery
+	(*BatchGetDecisionsRequest)(nil),  // 3: nudge.v1.BatchGetDecisionsRequest
+	(*BatchGetDecisionsResponse)(nil), // 4: nudge.v1.BatchGetDecisionsResponse
+	(*GetDecisionResponse)(nil),       // 5: nudge.v1.GetDecisionResponse
+	(*Decision)(nil),                  // 6: nudge.v1.Decision
+	(*TraceStep)(nil),                 // 7: nudge.v1.TraceStep
+	(*Offer)(nil),                     // 8: nudge.v1.Offer
+	(*Reason)(nil),                    // 9: nudge.v1.Reason
+	nil,                               // 10: nudge.v1.GetDecisionRequest.ContextEntry
+	nil,                               // 11: nudge.v1.DecisionQuery.ContextEntry
+	nil,                               // 12: nudge.v1.Offer.PayloadEntry
+	(*durationpb.Duration)(nil),       // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
 }
 var file_nudge_v1_decision_proto_depIdxs = []int32{
-	6, // 0: nudge.v1.GetDecisionRequest.context:type_name -> nudge.v1.GetDecisionRequest.ContextEntry
-	8, // 1: nudge.v1.GetDecisionRequest.budget:type_name -> google.protobuf.Duration
-	3, // 2: nudge.v1.GetDecisionResponse.decision:type_name -> nudge.v1.Decision
-	0, // 3: nudge.v1.Decision.verdict:type_name -> nudge.v1.Verdict
-	4, // 4: nudge.v1.Decision.offer:type_name -> nudge.v1.Offer
-	5, // 5: nudge.v1.Decision.reasons:type_name -> nudge.v1.Reason
-	7, // 6: nudge.v1.Offer.payload:type_name -> nudge.v1.Offer.PayloadEntry
-	1, // 7: nudge.v1.DecisionService.GetDecision:input_type -> nudge.v1.GetDecisionRequest
-	2, // 8: nudge.v1.DecisionService.GetDecision:output_type -> nudge.v1.GetDecisionResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	10, // 0: nudge.v1.GetDecisionRequest.context:type_name -> nudge.v1.GetDecisionRequest.ContextEntry
+	13, // 1: nudge.v1.GetDecisionRequest.budget:type_name -> google.protobuf.Duration
+	11, // 2: nudge.v1.DecisionQuery.context:type_name -> nudge.v1.DecisionQuery.ContextEntry
+	2,  // 3: nudge.v1.BatchGetDecisionsRequest.queries:type_name -> nudge.v1.DecisionQuery
+	13, // 4: nudge.v1.BatchGetDecisionsRequest.budget:type_name -> google.protobuf.Duration
+	5,  // 5: nudge.v1.BatchGetDecisionsResponse.results:type_name -> nudge.v1.GetDecisionResponse
+	6,  // 6: nudge.v1.GetDecisionResponse.decision:type_name -> nudge.v1.Decision
+	0,  // 7: nudge.v1.Decision.verdict:type_name -> nudge.v1.Verdict
+	8,  // 8: nudge.v1.Decision.offer:type_name -> nudge.v1.Offer
+	9,  // 9: nudge.v1.Decision.reasons:type_name -> nudge.v1.Reason
+	14, // 10: nudge.v1.Decision.not_before:type_name -> google.protobuf.Timestamp
+	7,  // 11: nudge.v1.Decision.trace:type_name -> nudge.v1.TraceStep
+	12, // 12: nudge.v1.Offer.payload:type_name -> nudge.v1.Offer.PayloadEntry
+	1,  // 13: nudge.v1.DecisionService.GetDecision:input_type -> nudge.v1.GetDecisionRequest
+	3,  // 14: nudge.v1.DecisionService.BatchGetDecisions:input_type -> nudge.v1.BatchGetDecisionsRequest
+	5,  // 15: nudge.v1.DecisionService.GetDecision:output_type -> nudge.v1.GetDecisionResponse
+	4,  // 16: nudge.v1.DecisionService.BatchGetDecisions:output_type -> nudge.v1.BatchGetDecisionsResponse
+	15, // [15:17] is the sub-list for method output_type
+	13, // [13:15] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_decision_proto_init() }
@@ -507,7 +888,7 @@ func file_nudge_v1_decision_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_decision_proto_rawDesc), len(file_nudge_v1_decision_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DecisionService_GetDecision_FullMethodName = "/nudge.v1.DecisionService/GetDecision"
+	DecisionService_GetDecision_FullMethodName       = "/nudge.v1.DecisionService/GetDecision"
+	DecisionService_BatchGetDecisions_FullMethodName = "/nudge.v1.DecisionService/BatchGetDecisions"
 )
 
 // DecisionServiceClient is the client API for DecisionService service.
@@ -32,6 +33,9 @@ type DecisionServiceClient interface {
 	// GetDecision never fails because the store is slow or down: past the
 	// budget it answers the configured fallback with degraded = true.
 	GetDecision(ctx context.Context, in *GetDecisionRequest, opts ...grpc.CallOption) (*GetDecisionResponse, error)
+	// BatchGetDecisions decides for many users with one round trip to the
+	// store; the budget bounds the whole batch. Results are in query order.
+	BatchGetDecisions(ctx context.Context, in *BatchGetDecisionsRequest, opts ...grpc.CallOption) (*BatchGetDecisionsResponse, error)
 }
 
 type decisionServiceClient struct {
@@ -52,6 +56,16 @@ func (c *decisionServiceClient) GetDecision(ctx context.Context, in *GetDecision
 	return out, nil
 }
 
+func (c *decisionServiceClient) BatchGetDecisions(ctx context.Context, in *BatchGetDecisionsRequest, opts ...grpc.CallOption) (*BatchGetDecisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchGetDecisionsResponse)
+	err := c.cc.Invoke(ctx, DecisionService_BatchGetDecisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DecisionServiceServer is the server API for DecisionService service.
 // All implementations must embed UnimplementedDecisionServiceServer
 // for forward compatibility.
@@ -62,6 +76,9 @@ type DecisionServiceServer interface {
 	// GetDecision never fails because the store is slow or down: past the
 	// budget it answers the configured fallback with degraded = true.
 	GetDecision(context.Context, *GetDecisionRequest) (*GetDecisionResponse, error)
+	// BatchGetDecisions decides for many users with one round trip to the
+	// store; the budget bounds the whole batch. Results are in query order.
+	BatchGetDecisions(context.Context, *BatchGetDecisionsRequest) (*BatchGetDecisionsResponse, error)
 	mustEmbedUnimplementedDecisionServiceServer()
 }
 
@@ -74,6 +91,9 @@ type UnimplementedDecisionServiceServer struct{}
 
 func (UnimplementedDecisionServiceServer) GetDecision(context.Context, *GetDecisionRequest) (*GetDecisionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetDecision not implemented")
+}
+func (UnimplementedDecisionServiceServer) BatchGetDecisions(context.Context, *BatchGetDecisionsRequest) (*BatchGetDecisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchGetDecisions not implemented")
 }
 func (UnimplementedDecisionServiceServer) mustEmbedUnimplementedDecisionServiceServer() {}
 func (UnimplementedDecisionServiceServer) testEmbeddedByValue()                         {}
@@ -114,6 +134,24 @@ func _DecisionService_GetDecision_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DecisionService_BatchGetDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchGetDecisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DecisionServiceServer).BatchGetDecisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DecisionService_BatchGetDecisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DecisionServiceServer).BatchGetDecisions(ctx, req.(*BatchGetDecisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DecisionService_ServiceDesc is the grpc.ServiceDesc for DecisionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -124,6 +162,10 @@ var DecisionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDecision",
 			Handler:    _DecisionService_GetDecision_Handler,
+		},
+		{
+			MethodName: "BatchGetDecisions",
+			Handler:    _DecisionService_BatchGetDecisions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -164,7 +164,9 @@ type Action struct {
 	// Event time of the event that fired the trigger.
 	TriggeredAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=triggered_at,json=triggeredAt,proto3" json:"triggered_at,omitempty"`
 	// The event that fired the trigger.
-	EventId       string `protobuf:"bytes,8,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventId string `protobuf:"bytes,8,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Version (content hash) of the rules that fired it.
+	RulesVersion  string `protobuf:"bytes,9,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +257,13 @@ func (x *Action) GetEventId() string {
 	return ""
 }
 
+func (x *Action) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
 var File_nudge_v1_event_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_event_proto_rawDesc = "" +
@@ -275,7 +284,7 @@ const file_nudge_v1_event_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x03\n" +
 	"\x06Action\x12\x1b\n" +
 	"\taction_id\x18\x01 \x01(\tR\bactionId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
@@ -285,7 +294,8 @@ const file_nudge_v1_event_proto_rawDesc = "" +
 	"\btemplate\x18\x05 \x01(\tR\btemplate\x127\n" +
 	"\apayload\x18\x06 \x03(\v2\x1d.nudge.v1.Action.PayloadEntryR\apayload\x12=\n" +
 	"\ftriggered_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vtriggeredAt\x12\x19\n" +
-	"\bevent_id\x18\b \x01(\tR\aeventId\x1a:\n" +
+	"\bevent_id\x18\b \x01(\tR\aeventId\x12#\n" +
+	"\rrules_version\x18\t \x01(\tR\frulesVersion\x1a:\n" +
 	"\fPayloadEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x8d\x01\n" +
