@@ -13,21 +13,28 @@ import (
 // A file that does not compile is refused: the previous rules keep serving.
 // It is safe for concurrent use.
 type Live struct {
-	path string // empty: fixed rules, no reload
-	cur  atomic.Pointer[Rules]
-	data atomic.Pointer[[]byte]
+	path   string // empty: fixed rules, no reload
+	source string
+	cur    atomic.Pointer[loaded]
+	data   atomic.Pointer[[]byte]
 }
 
-// NewLive returns fixed rules, never reloaded.
-func NewLive(r *Rules) *Live {
-	l := &Live{}
-	l.cur.Store(r)
+type loaded struct {
+	rules *Rules
+	at    time.Time
+}
+
+// NewLive returns fixed rules, never reloaded; source names where they came
+// from.
+func NewLive(r *Rules, source string) *Live {
+	l := &Live{source: source}
+	l.cur.Store(&loaded{rules: r, at: time.Now()})
 	return l
 }
 
 // LoadLive loads the rules file at path.
 func LoadLive(path string) (*Live, error) {
-	l := &Live{path: path}
+	l := &Live{path: path, source: path}
 	if _, err := l.Reload(); err != nil {
 		return nil, err
 	}
@@ -35,7 +42,13 @@ func LoadLive(path string) (*Live, error) {
 }
 
 // Rules returns the rules in force.
-func (l *Live) Rules() *Rules { return l.cur.Load() }
+func (l *Live) Rules() *Rules { return l.cur.Load().rules }
+
+// LoadedAt returns when the rules in force were loaded.
+func (l *Live) LoadedAt() time.Time { return l.cur.Load().at }
+
+// Source names the file the rules came from.
+func (l *Live) Source() string { return l.source }
 
 // Reload reads the file again and, if it changed and compiles, puts it in
 // force. It reports whether the rules changed.
@@ -54,7 +67,7 @@ func (l *Live) Reload() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	l.cur.Store(r)
+	l.cur.Store(&loaded{rules: r, at: time.Now()})
 	l.data.Store(&data)
 	return true, nil
 }

@@ -92,7 +92,7 @@ func TestNewLiveIsFixed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := decision.NewLive(r)
+	l := decision.NewLive(r, "inline")
 	if changed, err := l.Reload(); changed || err != nil || l.Rules() != r {
 		t.Errorf("fixed rules reloaded: %v, %v", changed, err)
 	}

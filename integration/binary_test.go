@@ -282,3 +282,75 @@ func TestNudgedBinaryEmbeddedStoreAndBadRedis(t *testing.T) {
 		t.Errorf("nudged with a broken rules file: err %v, output:\n%s", err, out)
 	}
 }
+
+// Rules reload on SIGHUP: a good file is put in force, a file with a CEL
+// type error is refused with the rule named, and the server keeps serving
+// with the previous rules.
+func TestNudgedBinaryReloadsRulesOnSIGHUP(t *testing.T) {
+	bin := buildNudged(t)
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(rules, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("version: 1\noffers:\n  - id: first\n    template: t1\n")
+	n := startNudged(t, bin, "--rules", rules, "--rules-reload", "-1s")
+	admin := nudgev1.NewAdminServiceClient(dial(t, n.addr))
+	decide := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
+	rulesNow := func() *nudgev1.GetRulesResponse {
+		t.Helper()
+		r, err := admin.GetRules(ctxT(t), &nudgev1.GetRulesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	offerNow := func() string {
+		t.Helper()
+		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "u", Channel: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.GetDecision().GetOffer().GetId()
+	}
+	v1 := rulesNow()
+	if v1.GetSource() != rules || v1.GetOffers() != 1 || offerNow() != "first" {
+		t.Fatalf("initial rules: %v, offer %q", v1, offerNow())
+	}
+	// hup sends SIGHUP and waits for nudged to log the outcome.
+	hup := func(want string) string {
+		t.Helper()
+		if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.After(30 * time.Second)
+		for {
+			select {
+			case l := <-n.logs:
+				if strings.Contains(l, want) {
+					return l
+				}
+			case <-deadline:
+				t.Fatalf("no log line with %q after SIGHUP", want)
+			}
+		}
+	}
+
+	write("version: 1\noffers:\n  - id: second\n    template: t2\n")
+	hup("rules reloaded")
+	if v2 := rulesNow(); v2.GetVersion() == v1.GetVersion() || offerNow() != "second" {
+		t.Errorf("after reload: %v, offer %q; want the new rules", v2, offerNow())
+	}
+	good := rulesNow().GetVersion()
+
+	write("version: 1\noffers:\n  - id: typo\n    when: profile.count(\"view\", 3) >= 1\n    template: t\n")
+	line := hup("rules reload refused")
+	if !strings.Contains(line, `offer \"typo\"`) && !strings.Contains(line, "typo") {
+		t.Errorf("refusal does not name the rule: %s", line)
+	}
+	if rulesNow().GetVersion() != good || offerNow() != "second" {
+		t.Errorf("a broken file replaced the rules in force")
+	}
+}

@@ -58,7 +58,7 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options) *env {
 	if err != nil {
 		t.Fatalf("bundled rules: %v", err)
 	}
-	srv, err := server.New(store, decision.NewLive(rules), server.Config{
+	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second, // correctness here; budgets have their own tests
 	})

@@ -17,6 +17,8 @@ type Action struct {
 	Payload     map[string]string
 	TriggeredAt time.Time
 	EventID     string
+	// RulesVersion is the version of the rules that fired the action.
+	RulesVersion string
 }
 
 // ActionID is the deterministic id of the action a trigger emits for an

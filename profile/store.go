@@ -375,6 +375,41 @@ func (s *RedisStore) Get(ctx context.Context, userID string) (*Profile, error) {
 	return Decode(raw)
 }
 
+// GetMany reads several users' profiles in one pipelined round trip (one
+// per node on a cluster). For each user it returns the profile, or an error:
+// ErrNotFound, ErrCorrupt, or a wrapped ErrUnavailable or context error
+// when the read failed.
+func (s *RedisStore) GetMany(ctx context.Context, userIDs []string) ([]*Profile, []error) {
+	profiles := make([]*Profile, len(userIDs))
+	errs := make([]error, len(userIDs))
+	cmds := make([]*redis.StringCmd, len(userIDs))
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, id := range userIDs {
+			cmds[i] = pipe.Get(ctx, s.ProfileKey(id))
+		}
+		return nil
+	})
+	for i, cmd := range cmds {
+		raw, cerr := cmd.Bytes()
+		if cerr == nil && err != nil && !errors.Is(err, redis.Nil) {
+			cerr = err
+		}
+		switch {
+		case errors.Is(cerr, redis.Nil):
+			errs[i] = ErrNotFound
+		case cerr != nil:
+			if ctx.Err() != nil {
+				errs[i] = ctx.Err()
+			} else {
+				errs[i] = fmt.Errorf("%w: %w", ErrUnavailable, cerr)
+			}
+		default:
+			profiles[i], errs[i] = Decode(raw)
+		}
+	}
+	return profiles, errs
+}
+
 // DeleteResult says what Delete erased.
 type DeleteResult struct {
 	// Existed reports whether the user had a profile.
@@ -441,6 +476,7 @@ func actionFields(a *Action) []any {
 		"payload", string(payload),
 		"triggered_at", a.TriggeredAt.UTC().Format(time.RFC3339Nano),
 		"event_id", a.EventID,
+		"rules_version", a.RulesVersion,
 	}
 }
 
@@ -454,6 +490,8 @@ func DecodeAction(values map[string]any) (Action, error) {
 		Channel:   str("channel"),
 		Template:  str("template"),
 		EventID:   str("event_id"),
+
+		RulesVersion: str("rules_version"),
 	}
 	if a.ID == "" || a.UserID == "" {
 		return a, fmt.Errorf("%w: outbox entry without action_id or user_id", ErrCorrupt)

@@ -347,14 +347,15 @@ func TestRedisStoreOutbox(t *testing.T) {
 			}
 		}
 		want := map[string]any{
-			"action_id":    profile.ActionID("bob", "b1", triggerType),
-			"user_id":      "bob",
-			"trigger_id":   triggerType,
-			"channel":      "email",
-			"template":     "tmpl-trigger_me",
-			"payload":      `{"category":"c","event_id":"b1"}`,
-			"triggered_at": "2025-03-10T12:00:00Z",
-			"event_id":     "b1",
+			"action_id":     profile.ActionID("bob", "b1", triggerType),
+			"user_id":       "bob",
+			"trigger_id":    triggerType,
+			"channel":       "email",
+			"template":      "tmpl-trigger_me",
+			"payload":       `{"category":"c","event_id":"b1"}`,
+			"triggered_at":  "2025-03-10T12:00:00Z",
+			"event_id":      "b1",
+			"rules_version": "",
 		}
 		if !reflect.DeepEqual(fields, want) {
 			t.Errorf("outbox entry = %v\nwant %v", fields, want)
@@ -971,5 +972,40 @@ func TestRedisStoreSerialisesUsersInProcess(t *testing.T) {
 	}
 	if s := store.Stats(); s.Conflicts != 0 {
 		t.Errorf("one store conflicted with itself %d times", s.Conflicts)
+	}
+}
+
+// TestRedisStoreGetMany reads several users in one pipeline: found, absent
+// and corrupt profiles each get their own answer.
+func TestRedisStoreGetMany(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	store := profile.NewRedisStore(rdb, profile.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	step := triggerStep(profile.Limits{})
+	for _, u := range []string{"a", "b"} {
+		if out := store.Apply(t.Context(), one(u, uev(u, u+"1", "view", storeNow)), step); out[0].Err != nil {
+			t.Fatal(out[0].Err)
+		}
+	}
+	if err := rdb.Set(t.Context(), store.ProfileKey("bad"), "garbage", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ps, errs := store.GetMany(t.Context(), []string{"a", "missing", "bad", "b"})
+	if errs[0] != nil || ps[0].Total("view") != 1 || errs[3] != nil || ps[3].Total("view") != 1 {
+		t.Errorf("found users: %v %v / %v %v", ps[0], errs[0], ps[3], errs[3])
+	}
+	if !errors.Is(errs[1], profile.ErrNotFound) || ps[1] != nil {
+		t.Errorf("missing user: %v, %v", ps[1], errs[1])
+	}
+	if !errors.Is(errs[2], profile.ErrCorrupt) {
+		t.Errorf("corrupt profile: %v", errs[2])
+	}
+
+	srv.Stop()
+	_, errs = store.GetMany(t.Context(), []string{"a", "b"})
+	for i, err := range errs {
+		if !errors.Is(err, profile.ErrUnavailable) {
+			t.Errorf("user %d with Redis down: %v, want ErrUnavailable", i, err)
+		}
 	}
 }

@@ -27,14 +27,15 @@ func eventFromProto(e *nudgev1.Event) profile.Event {
 
 func actionToProto(a *profile.Action) *nudgev1.Action {
 	return &nudgev1.Action{
-		ActionId:    a.ID,
-		UserId:      a.UserID,
-		TriggerId:   a.TriggerID,
-		Channel:     a.Channel,
-		Template:    a.Template,
-		Payload:     a.Payload,
-		TriggeredAt: timestamppb.New(a.TriggeredAt),
-		EventId:     a.EventID,
+		ActionId:     a.ID,
+		UserId:       a.UserID,
+		TriggerId:    a.TriggerID,
+		Channel:      a.Channel,
+		Template:     a.Template,
+		Payload:      a.Payload,
+		TriggeredAt:  timestamppb.New(a.TriggeredAt),
+		EventId:      a.EventID,
+		RulesVersion: a.RulesVersion,
 	}
 }
 

@@ -2,56 +2,143 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // evalHeadroom is the part of a decision budget kept for evaluating the
 // rules after the profile read.
 const evalHeadroom = 500 * time.Microsecond
 
-// GetDecision reads the profile within the budget and evaluates the offers.
-// When the read does not finish in time or fails, it answers NONE marked
-// degraded, with the reason, rather than an error: the caller's hot path
-// always gets an answer.
+// query is one user's question, from GetDecision or BatchGetDecisions.
+type query struct {
+	userID, channel, placement string
+	context                    map[string]string
+	minVersion                 uint64
+	explain                    bool
+}
+
+// GetDecision reads the profile within the budget and evaluates the offers
+// and policies. When the read does not finish in time or fails, it answers
+// the channel's configured fallback marked degraded, with the reason,
+// rather than an error: the caller's hot path always gets an answer.
 func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionRequest) (*nudgev1.GetDecisionResponse, error) {
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	budget := s.cfg.DefaultBudget
-	if b := req.GetBudget(); b != nil && b.AsDuration() > 0 {
-		budget = min(b.AsDuration(), s.cfg.MaxBudget)
+	q := query{
+		userID:     req.GetUserId(),
+		channel:    req.GetChannel(),
+		placement:  req.GetPlacement(),
+		context:    req.GetContext(),
+		minVersion: req.GetMinProfileVersion(),
+		explain:    req.GetExplain(),
 	}
-	readBudget := budget - evalHeadroom
-	if readBudget < budget/2 {
-		readBudget = budget / 2
-	}
-	readCtx, cancel := context.WithTimeout(ctx, readBudget)
-	p, err := s.store.Get(readCtx, req.GetUserId())
+	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
+	p, err := s.store.Get(readCtx, q.userID)
 	cancel()
-	switch {
-	case errors.Is(err, profile.ErrNotFound):
-		p = &profile.Profile{}
-	case err != nil:
-		if ctx.Err() != nil {
-			return nil, toStatus(ctx.Err())
-		}
-		s.metrics.countDecision(ctx, decision.VerdictNone, true)
-		return &nudgev1.GetDecisionResponse{Decision: fallback(err, readBudget)}, nil
+	if err != nil && ctx.Err() != nil {
+		return nil, toStatus(ctx.Err())
 	}
-	d := s.rules.Rules().Decide(p, decision.Request{
-		Channel:   req.GetChannel(),
-		Placement: req.GetPlacement(),
-		Context:   req.GetContext(),
-	}, s.cfg.Now())
-	s.metrics.countDecision(ctx, d.Verdict, false)
-	return &nudgev1.GetDecisionResponse{Decision: decisionToProto(d), ProfileVersion: p.Version}, nil
+	return s.decide(ctx, s.rules.Rules(), q, p, err, readBudget), nil
+}
+
+// BatchGetDecisions reads every user's profile in one pipelined round trip
+// and decides for each, within one budget for the whole batch.
+func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDecisionsRequest) (*nudgev1.BatchGetDecisionsResponse, error) {
+	if err := s.validator.Validate(req); err != nil {
+		return nil, invalidArgument(err)
+	}
+	ids := make([]string, len(req.GetQueries()))
+	for i, q := range req.GetQueries() {
+		ids[i] = q.GetUserId()
+	}
+	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
+	profiles, errs := s.store.GetMany(readCtx, ids)
+	cancel()
+	if ctx.Err() != nil {
+		return nil, toStatus(ctx.Err())
+	}
+	rules := s.rules.Rules()
+	out := &nudgev1.BatchGetDecisionsResponse{Results: make([]*nudgev1.GetDecisionResponse, len(ids))}
+	for i, q := range req.GetQueries() {
+		out.Results[i] = s.decide(ctx, rules, query{
+			userID:     q.GetUserId(),
+			channel:    q.GetChannel(),
+			placement:  q.GetPlacement(),
+			context:    q.GetContext(),
+			minVersion: q.GetMinProfileVersion(),
+			explain:    req.GetExplain(),
+		}, profiles[i], errs[i], readBudget)
+	}
+	return out, nil
+}
+
+// readContext returns the context for the profile read: the request's
+// budget (or the default, capped to the maximum) minus the evaluation
+// headroom.
+func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (context.Context, context.CancelFunc, time.Duration) {
+	b := s.cfg.DefaultBudget
+	if budget != nil && budget.AsDuration() > 0 {
+		b = min(budget.AsDuration(), s.cfg.MaxBudget)
+	}
+	read := max(b-evalHeadroom, b/2)
+	readCtx, cancel := context.WithTimeout(ctx, read)
+	return readCtx, cancel, read
+}
+
+// decide answers one query from its profile read (p, readErr).
+func (s *Server) decide(ctx context.Context, rules *decision.Rules, q query, p *profile.Profile, readErr error, readBudget time.Duration) *nudgev1.GetDecisionResponse {
+	var d *nudgev1.Decision
+	var version uint64
+	switch {
+	case errors.Is(readErr, profile.ErrNotFound):
+		p, readErr = &profile.Profile{}, nil
+	case readErr != nil:
+		s.metrics.countDecision(ctx, decision.VerdictNone, true)
+		d = fallback(readErr, readBudget)
+	}
+	switch {
+	case d != nil:
+	case p.Version < q.minVersion:
+		d = &nudgev1.Decision{
+			Verdict: nudgev1.Verdict_VERDICT_NONE,
+			Stale:   true,
+			Reasons: []*nudgev1.Reason{{RuleId: "read-your-writes", Message: fmt.Sprintf(
+				"stored profile is at version %d, older than the requested minimum %d: not deciding on stale data", p.Version, q.minVersion)}},
+		}
+		version = p.Version
+	default:
+		dec := rules.Decide(p, decision.Request{
+			Channel:   q.channel,
+			Placement: q.placement,
+			Context:   q.context,
+		}, s.cfg.Now())
+		s.metrics.countDecision(ctx, dec.Verdict, false)
+		d = decisionToProto(dec)
+		version = p.Version
+	}
+	d.DecisionId = newDecisionID()
+	d.RulesVersion = rules.Version()
+	return &nudgev1.GetDecisionResponse{Decision: d, ProfileVersion: version}
+}
+
+// newDecisionID returns a random 128-bit id.
+func newDecisionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics rather than return an error)
+	return "d_" + hex.EncodeToString(b[:])
 }
 
 // fallback is the decision given when the profile could not be read.

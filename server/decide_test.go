@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,10 +33,33 @@ func publish(t *testing.T, h *harness, events ...*nudgev1.Event) {
 
 func checkProto(t *testing.T, got, want proto.Message) {
 	t.Helper()
+	if r, ok := got.(*nudgev1.GetDecisionResponse); ok {
+		got = checkDecisionIdentity(t, r)
+	}
 	if !proto.Equal(got, want) {
 		t.Errorf("got\n%s\nwant\n%s", prototext.Format(got), prototext.Format(want))
 	}
 }
+
+var decisionIDRE = regexp.MustCompile(`^d_[0-9a-f]{32}$`)
+
+// checkDecisionIdentity checks the decision id and rules version every
+// answer carries, and returns a copy without them for comparison.
+func checkDecisionIdentity(t *testing.T, r *nudgev1.GetDecisionResponse) *nudgev1.GetDecisionResponse {
+	t.Helper()
+	r = proto.Clone(r).(*nudgev1.GetDecisionResponse)
+	d := r.GetDecision()
+	if !decisionIDRE.MatchString(d.GetDecisionId()) {
+		t.Errorf("decision_id %q is not d_ + 32 hex digits", d.GetDecisionId())
+	}
+	if want := testRulesVersion(t); d.GetRulesVersion() != want {
+		t.Errorf("rules_version %q, want %q", d.GetRulesVersion(), want)
+	}
+	d.DecisionId, d.RulesVersion = "", ""
+	return r
+}
+
+func testRulesVersion(t testing.TB) string { return testRules(t).Rules().Version() }
 
 func TestGetDecision(t *testing.T) {
 	h := start(t, redisStore(t), serverConfig())

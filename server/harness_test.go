@@ -77,7 +77,7 @@ func testRules(t testing.TB) *decision.Live {
 	if err != nil {
 		t.Fatalf("parse test rules: %v", err)
 	}
-	return decision.NewLive(r)
+	return decision.NewLive(r, "inline")
 }
 
 // harness is the real server (Server.NewGRPCServer) on an in-memory
@@ -241,6 +241,15 @@ func (f *fakeStore) Get(ctx context.Context, userID string) (*profile.Profile, e
 		return nil, errUnexpectedCall
 	}
 	return f.get(ctx, userID)
+}
+
+// GetMany answers each user with get, as a pipeline would.
+func (f *fakeStore) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	ps, errs := make([]*profile.Profile, len(userIDs)), make([]error, len(userIDs))
+	for i, id := range userIDs {
+		ps[i], errs[i] = f.Get(ctx, id)
+	}
+	return ps, errs
 }
 
 func (f *fakeStore) Delete(ctx context.Context, userID string) (profile.DeleteResult, error) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
@@ -208,7 +209,7 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		return results, nil, nil
 	}
 	users, index := profile.GroupByUser(valid)
-	outcomes := s.store.Apply(ctx, users, s.rules.Rules().Step(s.cfg.Limits, decision.OnEvalError(s.triggerError)))
+	outcomes := s.store.Apply(ctx, users, s.step())
 	now := s.cfg.Now()
 	counts := map[profile.Status]int{profile.Rejected: len(rejected)}
 	var actions []*nudgev1.Action
@@ -247,6 +248,21 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		return nil, nil, err
 	}
 	return results, actions, nil
+}
+
+// step is the rules in force as a profile.Step, with every action stamped
+// with the rules' version before the store writes it to the outbox.
+func (s *Server) step() profile.Step {
+	rules := s.rules.Rules()
+	version := rules.Version()
+	step := rules.Step(s.cfg.Limits, decision.OnEvalError(s.triggerError))
+	return func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
+		out := step(p, events, now)
+		for i := range out.Actions {
+			out.Actions[i].RulesVersion = version
+		}
+		return out
+	}
 }
 
 // triggerError records a trigger that could not be evaluated. The trigger

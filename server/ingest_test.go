@@ -71,6 +71,8 @@ func checkViewAction(t *testing.T, actions []*nudgev1.Action) {
 		Payload:     map[string]string{"kind": "views", "category": "phones"},
 		TriggeredAt: timestamppb.New(now.Add(-5 * time.Minute)),
 		EventId:     "e2",
+		// Every action carries the version of the rules that fired it.
+		RulesVersion: testRulesVersion(t),
 	}
 	if !proto.Equal(a, want) {
 		t.Errorf("action = %v, want %v", a, want)

@@ -28,6 +28,7 @@ import (
 type Store interface {
 	Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
 	Get(ctx context.Context, userID string) (*profile.Profile, error)
+	GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
 	Delete(ctx context.Context, userID string) (profile.DeleteResult, error)
 }
 
@@ -37,7 +38,12 @@ var _ Store = (*profile.RedisStore)(nil)
 // reload); each call uses one snapshot.
 type RuleSource interface {
 	Rules() *decision.Rules
+	// LoadedAt and Source describe the rules in force, for operators.
+	LoadedAt() time.Time
+	Source() string
 }
+
+var _ RuleSource = (*decision.Live)(nil)
 
 // Config configures a Server. The zero value of a field means its default.
 type Config struct {
@@ -91,6 +97,7 @@ type Server struct {
 	nudgev1.UnimplementedIngestServiceServer
 	nudgev1.UnimplementedDecisionServiceServer
 	nudgev1.UnimplementedProfileServiceServer
+	nudgev1.UnimplementedAdminServiceServer
 
 	store     Store
 	rules     RuleSource
@@ -129,6 +136,7 @@ var serviceNames = []string{
 	nudgev1.IngestService_ServiceDesc.ServiceName,
 	nudgev1.DecisionService_ServiceDesc.ServiceName,
 	nudgev1.ProfileService_ServiceDesc.ServiceName,
+	nudgev1.AdminService_ServiceDesc.ServiceName,
 }
 
 // NewGRPCServer returns a grpc.Server with nudge's services, health and
@@ -170,6 +178,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	nudgev1.RegisterIngestServiceServer(g, s)
 	nudgev1.RegisterDecisionServiceServer(g, s)
 	nudgev1.RegisterProfileServiceServer(g, s)
+	nudgev1.RegisterAdminServiceServer(g, s)
 	healthpb.RegisterHealthServer(g, s.health)
 	for _, name := range append([]string{""}, serviceNames...) {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)

@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -109,13 +112,31 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go rules.Watch(ctx, cfg.RulesReload, func(changed bool, err error) {
-		if err != nil {
-			log.Error("rules reload refused; the previous rules keep serving", "err", err)
-			return
+	reported := func(changed bool, err error) {
+		switch {
+		case err != nil:
+			log.Error("rules reload refused; the previous rules keep serving", "version", rules.Rules().Version(), "err", err)
+		case changed:
+			log.Info("rules reloaded", "version", rules.Rules().Version())
+		default:
+			log.Info("rules unchanged", "version", rules.Rules().Version())
 		}
-		log.Info("rules reloaded", "version", rules.Rules().Version())
-	})
+	}
+	go rules.Watch(ctx, cfg.RulesReload, reported)
+	// SIGHUP reloads the rules file at once.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reported(rules.Reload())
+			}
+		}
+	}()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.Serve(lis) }()
@@ -152,7 +173,7 @@ func loadRules(cfg Config) (*decision.Live, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decision.NewLive(r), nil
+	return decision.NewLive(r, examples.RulesName), nil
 }
 
 // openRedis connects to the configured Redis, or starts the embedded store.
