@@ -52,7 +52,10 @@ func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 
 func startServer(t testing.TB, rs *redistest.Server, opt profile.Options) *env {
 	t.Helper()
-	rdb := rs.Client(t)
+	// As nudged configures it (internal/daemon): context deadlines cut
+	// socket I/O short, and go-redis does not retry on its own.
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
 	store := profile.NewRedisStore(rdb, opt)
 	rules, err := decision.Parse(examples.RulesName, examples.Rules)
 	if err != nil {

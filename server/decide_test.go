@@ -155,7 +155,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				return nil, fmt.Errorf("get: %w", ctx.Err())
 			},
 			budget: 20 * time.Millisecond,
-			reason: "profile read exceeded its budget of 19.5ms",
+			reason: "profile read exceeded its budget of 19ms",
 		},
 		{
 			name: "read past the default budget",
@@ -163,7 +163,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			},
-			reason: "profile read exceeded its budget of 9.5ms",
+			reason: "profile read exceeded its budget of 9ms",
 		},
 		{
 			name: "store unavailable",

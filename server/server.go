@@ -59,6 +59,10 @@ type Config struct {
 	// same time; the server stops reading the stream while it is reached.
 	// Default 8.
 	MaxInFlight int
+	// MaxPendingReads bounds the decision reads waiting on the store at
+	// once, including reads abandoned at their budget that the store has not
+	// finished yet. Past it, decisions degrade at once. Default 1024.
+	MaxPendingReads int
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives the server's logs. Default slog.Default().
@@ -80,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 8
+	}
+	if c.MaxPendingReads <= 0 {
+		c.MaxPendingReads = 1024
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -106,6 +113,8 @@ type Server struct {
 	health    *health.Server
 	metrics   *instruments
 
+	pendingReads chan struct{} // semaphore, see Config.MaxPendingReads
+
 	drainOnce sync.Once
 	draining  chan struct{}
 }
@@ -120,14 +129,16 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	return &Server{
-		store:     store,
-		rules:     rules,
-		cfg:       cfg.withDefaults(),
-		validator: v,
-		health:    health.NewServer(),
-		metrics:   in,
-		draining:  make(chan struct{}),
+		store:        store,
+		rules:        rules,
+		cfg:          cfg,
+		validator:    v,
+		health:       health.NewServer(),
+		metrics:      in,
+		pendingReads: make(chan struct{}, cfg.MaxPendingReads),
+		draining:     make(chan struct{}),
 	}, nil
 }
 

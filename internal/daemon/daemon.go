@@ -185,7 +185,7 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		}
 		cfg.Logger.Warn("NOT DURABLE: no --redis-addr given, using the embedded in-process store; " +
 			"every profile and action is lost when nudged stops. Use --redis-addr in production.")
-		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
 		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
 	}
 	opt := &redis.Options{Addr: cfg.RedisAddr}
@@ -195,6 +195,14 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 			return nil, nil, fmt.Errorf("redis address: %w", err)
 		}
 	}
+	// Without this go-redis ignores context deadlines for socket I/O and
+	// waits ReadTimeout (3s) and its retries: a decision's budget must cut
+	// a read short, and a cut connection is cheap to replace.
+	opt.ContextTimeoutEnabled = true
+	// nudge retries where it is safe and bounded (the store's transaction
+	// loop); go-redis's own retries would spend a decision's whole budget
+	// redialling a Redis that is down instead of degrading at once.
+	opt.MaxRetries = -1
 	rdb := redis.NewClient(opt)
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
