@@ -1,0 +1,31 @@
+// Command nudgectl is nudge's command-line tool.
+//
+//	nudgectl rules check [--json] FILE...
+//	    Validates rules files offline with the server's own compiler. Exit
+//	    status 1 when a file has errors, each printed as
+//	    FILE:LINE: trigger|offer "ID": FIELD: problem.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage:
+  nudgectl rules check [--json] FILE...   validate rules files offline
+`
+
+// run executes one command line and returns the exit status: 0 success,
+// 1 the command's check failed, 2 bad usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 2 && args[0] == "rules" && args[1] == "check" {
+		return rulesCheck(args[2:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, usage)
+	return 2
+}
