@@ -27,12 +27,15 @@ import (
 )
 
 // buildNudged builds cmd/nudged into a temporary directory.
-func buildNudged(t *testing.T) string {
+func buildNudged(t *testing.T) string { return buildCommand(t, "nudged") }
+
+// buildCommand builds cmd/<name> into a temporary directory.
+func buildCommand(t *testing.T, name string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nudged")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/nudge-dm/nudge/cmd/nudged")
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/nudge-dm/nudge/cmd/"+name)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build nudged: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }
@@ -352,5 +355,49 @@ func TestNudgedBinaryReloadsRulesOnSIGHUP(t *testing.T) {
 	}
 	if rulesNow().GetVersion() != good || offerNow() != "second" {
 		t.Errorf("a broken file replaced the rules in force")
+	}
+}
+
+// Decisions are logged to the audit stream (sampled; here all of them),
+// nudgectl decisions tail reads them, and DeleteProfile erases a user's.
+func TestDecisionAuditTrail(t *testing.T) {
+	nudgedBin, ctl := buildNudged(t), buildCommand(t, "nudgectl")
+	rs := redistest.Start(t)
+	n := startNudged(t, nudgedBin, "--redis-addr", rs.Addr, "--audit-sample", "1")
+	decide := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
+	var ids []string
+	for _, user := range []string{"audited", "other"} {
+		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.GetDecision().GetDecisionId())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, ctl, "decisions", "tail", "--redis-addr", rs.Addr, "--all", "-n", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nudgectl decisions tail: %v\n%s", err, out)
+	}
+	for i, user := range []string{"audited", "other"} {
+		if !strings.Contains(string(out), ids[i]+" user="+user+" channel=web SEND offer=web-welcome") {
+			t.Errorf("tail output lacks decision %s of %s:\n%s", ids[i], user, out)
+		}
+	}
+
+	if _, err := nudgev1.NewProfileServiceClient(dial(t, n.addr)).DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: "audited"}); err != nil {
+		t.Fatal(err)
+	}
+	left, err := rs.Client(t).XRange(ctxT(t), "nudge:audit", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range left {
+		if m.Values["user_id"] == "audited" {
+			t.Errorf("audit entry %v survived DeleteProfile", m.Values)
+		}
+	}
+	if len(left) != 1 {
+		t.Errorf("%d audit entries left, want the other user's 1", len(left))
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -189,7 +191,31 @@ func (s *Server) decide(ctx context.Context, rules *decision.Rules, q query, p *
 	}
 	d.DecisionId = newDecisionID()
 	d.RulesVersion = rules.Version()
+	if s.cfg.Audit != nil && s.cfg.Audit.Sampled(d.DecisionId) {
+		s.cfg.Audit.Record(auditEntry(q, d, version, s.cfg.Now()))
+	}
 	return &nudgev1.GetDecisionResponse{Decision: d, ProfileVersion: version}
+}
+
+func auditEntry(q query, d *nudgev1.Decision, version uint64, now time.Time) audit.Entry {
+	e := audit.Entry{
+		DecisionID:     d.GetDecisionId(),
+		At:             now,
+		UserID:         q.userID,
+		Channel:        q.channel,
+		Placement:      q.placement,
+		Verdict:        strings.ToLower(strings.TrimPrefix(d.GetVerdict().String(), "VERDICT_")),
+		OfferID:        d.GetOffer().GetId(),
+		Degraded:       d.GetDegraded(),
+		Stale:          d.GetStale(),
+		Control:        d.GetControl(),
+		ProfileVersion: version,
+		RulesVersion:   d.GetRulesVersion(),
+	}
+	for _, r := range d.GetReasons() {
+		e.Reasons = append(e.Reasons, audit.Reason{RuleID: r.GetRuleId(), Message: r.GetMessage()})
+	}
+	return e
 }
 
 // newDecisionID returns a random 128-bit id.

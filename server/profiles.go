@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -26,6 +29,11 @@ func (s *Server) DeleteProfile(ctx context.Context, req *nudgev1.DeleteProfileRe
 	res, err := s.store.Delete(ctx, req.GetUserId())
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	if s.cfg.Audit != nil {
+		if _, err := s.cfg.Audit.DeleteUser(ctx, req.GetUserId()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "profile erased, but its audit entries could not be: %v (retry the call)", err)
+		}
 	}
 	return &nudgev1.DeleteProfileResponse{Deleted: res.Existed, ActionsDeleted: uint64(res.Actions)}, nil
 }

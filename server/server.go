@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -45,6 +46,15 @@ type RuleSource interface {
 
 var _ RuleSource = (*decision.Live)(nil)
 
+// AuditLog receives sampled decisions, without blocking.
+type AuditLog interface {
+	Sampled(decisionID string) bool
+	Record(e audit.Entry) bool
+	DeleteUser(ctx context.Context, userID string) (int, error)
+}
+
+var _ AuditLog = (*audit.Log)(nil)
+
 // Config configures a Server. The zero value of a field means its default.
 type Config struct {
 	// Limits bound profiles and the event times accepted. Defaults as in
@@ -69,6 +79,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Meter receives the server's metrics. Default: none (no-op).
 	Meter metric.Meter
+	// Audit receives sampled decisions. Default: none.
+	Audit AuditLog
 }
 
 func (c Config) withDefaults() Config {

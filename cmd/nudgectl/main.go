@@ -4,6 +4,8 @@
 //	    Validates rules files offline with the server's own compiler. Exit
 //	    status 1 when a file has errors, each printed as
 //	    FILE:LINE: trigger|offer "ID": FIELD: problem.
+//	nudgectl decisions tail [--redis-addr A] [--all] [-n N] [--json]
+//	    Follows the decision audit stream (nudged --audit-sample).
 package main
 
 import (
@@ -18,13 +20,18 @@ func main() {
 
 const usage = `usage:
   nudgectl rules check [--json] FILE...   validate rules files offline
+  nudgectl decisions tail [--redis-addr ADDR] [--all] [-n N] [--json]
+                                          follow the decision audit stream
 `
 
 // run executes one command line and returns the exit status: 0 success,
 // 1 the command's check failed, 2 bad usage.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) >= 2 && args[0] == "rules" && args[1] == "check" {
+	switch {
+	case len(args) >= 2 && args[0] == "rules" && args[1] == "check":
 		return rulesCheck(args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "decisions" && args[1] == "tail":
+		return decisionsTail(args[2:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return 2

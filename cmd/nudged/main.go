@@ -34,6 +34,7 @@ func run() error {
 	fs.IntVar(&cfg.Buckets, "buckets", 1024, "key buckets (hash tags); fixed for the life of a deployment")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.DurationVar(&cfg.DecisionBudget, "decision-budget", 0, "default GetDecision budget (default 10ms)")
+	fs.Float64Var(&cfg.AuditSample, "audit-sample", 0.01, "share of decisions logged to the audit stream nudge:audit (0 to 1)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := envDefaults(fs); err != nil {
@@ -41,6 +42,9 @@ func run() error {
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
+	}
+	if cfg.AuditSample < 0 || cfg.AuditSample > 1 {
+		return fmt.Errorf("--audit-sample: %v is not between 0 and 1", cfg.AuditSample)
 	}
 
 	var level slog.Level

@@ -19,6 +19,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/profile"
@@ -49,6 +50,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DecisionBudget is GetDecision's default budget (server.Config).
 	DecisionBudget time.Duration
+	// AuditSample is the share of decisions logged to the audit stream
+	// (audit.Options.Sample). Zero: none.
+	AuditSample float64
 	// Logger receives the logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -100,7 +104,17 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err := server.RegisterStoreMetrics(metrics.meter, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	srv, err := server.New(store, rules, server.Config{DefaultBudget: cfg.DecisionBudget, Logger: log, Meter: metrics.meter})
+	auditLog := audit.New(rdb, audit.Options{Sample: cfg.AuditSample})
+	auditDone := make(chan struct{})
+	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+	go func() { auditLog.Run(auditCtx); close(auditDone) }()
+	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
+	srv, err := server.New(store, rules, server.Config{
+		DefaultBudget: cfg.DecisionBudget,
+		Logger:        log,
+		Meter:         metrics.meter,
+		Audit:         auditLog,
+	})
 	if err != nil {
 		return err
 	}
