@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -32,6 +33,8 @@ const (
 	fSeenHashes    = 10 // packed fixed64
 	fSeenAt        = 11 // packed sint64, delta-encoded Unix ms
 	fFired         = 12 // message: 1 key, 2 sint64 Unix ms
+	fSends         = 13 // message per send, oldest first: 1 channel, 2 offer id, 3 sint64 Unix ms
+	fLastPurchases = 14 // message: 1 category, 2 sint64 Unix ms
 )
 
 // Encode returns the stored form of p. Map entries are written in key order,
@@ -115,6 +118,22 @@ func Encode(p *Profile) []byte {
 		msg = appendString(msg[:0], 1, k)
 		msg = appendSint(msg, 2, p.Fired[k].UnixMilli())
 		b = appendMessage(b, fFired, msg)
+	}
+	for _, s := range p.SendLog {
+		msg = msg[:0]
+		if s.Channel != "" {
+			msg = appendString(msg, 1, s.Channel)
+		}
+		if s.OfferID != "" {
+			msg = appendString(msg, 2, s.OfferID)
+		}
+		msg = appendSint(msg, 3, s.At.UnixMilli())
+		b = appendMessage(b, fSends, msg)
+	}
+	for _, k := range sortedKeys(p.LastPurchases) {
+		msg = appendString(msg[:0], 1, k)
+		msg = appendSint(msg, 2, p.LastPurchases[k].UnixMilli())
+		b = appendMessage(b, fLastPurchases, msg)
 	}
 	return b
 }
@@ -235,6 +254,32 @@ func Decode(b []byte) (*Profile, error) {
 				p.Fired = make(map[string]time.Time)
 			}
 			p.Fired[k] = msTime(protowire.DecodeZigZag(ms))
+		case num == fSends && typ == protowire.BytesType:
+			var s Send
+			err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+				switch {
+				case num == 1 && typ == protowire.BytesType:
+					s.Channel = string(v)
+				case num == 2 && typ == protowire.BytesType:
+					s.OfferID = string(v)
+				case num == 3 && typ == protowire.VarintType:
+					s.At = msTime(protowire.DecodeZigZag(x))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			p.SendLog = append(p.SendLog, s)
+		case num == fLastPurchases && typ == protowire.BytesType:
+			k, ms, err := decodePair(v)
+			if err != nil {
+				return err
+			}
+			if p.LastPurchases == nil {
+				p.LastPurchases = make(map[string]time.Time)
+			}
+			p.LastPurchases[k] = msTime(protowire.DecodeZigZag(ms))
 		}
 		return nil
 	})
@@ -247,6 +292,11 @@ func Decode(b []byte) (*Profile, error) {
 	for i := range p.Seen {
 		p.Seen[i].At = seenAt[i]
 	}
+	// Sends and LastSent search from the newest: keep the order even if
+	// a writer did not (Encode writes them in order, so this is a no-op).
+	if !slices.IsSortedFunc(p.SendLog, compareSends) {
+		slices.SortStableFunc(p.SendLog, compareSends)
+	}
 	for i := 1; i < len(p.Series); i++ {
 		a, b := &p.Series[i-1], &p.Series[i]
 		if a.Type > b.Type || (a.Type == b.Type && a.Category >= b.Category) {
@@ -255,6 +305,8 @@ func Decode(b []byte) (*Profile, error) {
 	}
 	return p, nil
 }
+
+func compareSends(a, b Send) int { return a.At.Compare(b.At) }
 
 func decodeSeries(v []byte) (Series, error) {
 	var s Series

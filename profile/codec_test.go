@@ -31,6 +31,8 @@ const (
 	fSeenHashes    = 10
 	fSeenAt        = 11
 	fFired         = 12
+	fSends         = 13
+	fLastPurchases = 14
 )
 
 // ms returns the UTC time of Unix milliseconds, the precision a stored
@@ -54,6 +56,10 @@ func appliedProfile(t testing.TB) *profile.Profile {
 		{ID: "u1", Type: profile.TypeUnsubscribe, Channel: "all", OccurredAt: t0.Add(-2 * time.Hour)},
 		{ID: "s1", Type: profile.TypeSubscribe, Channel: "sms", OccurredAt: t0.Add(-time.Hour)},
 		{ID: "tz", Type: "login", OccurredAt: t0, Attributes: map[string]string{"tz": "Europe/Paris", "ignored": "x"}},
+		{ID: "m1", Type: profile.TypeMessageSent, Channel: "sms", OccurredAt: t0.Add(-30 * time.Minute),
+			Attributes: map[string]string{profile.AttrOfferID: "phones-coupon"}},
+		{ID: "m2", Type: profile.TypeMessageSent, Channel: "push", OccurredAt: t0.Add(-2 * time.Hour)},
+		{ID: "m3", Type: profile.TypeMessageSent, OccurredAt: t0.Add(-2 * time.Hour)},
 	}
 	for i := range events {
 		now = now.Add(time.Second)
@@ -93,6 +99,14 @@ func edgeProfile() *profile.Profile {
 			{Hash: 0, At: 5}, {Hash: math.MaxUint64, At: -3}, {Hash: 42, At: math.MaxInt64}, {Hash: 43, At: math.MinInt64},
 		},
 		Fired: map[string]time.Time{"cooldown": ms(1), "": ms(math.MinInt64)},
+		SendLog: []profile.Send{
+			{Channel: "", OfferID: "", At: ms(math.MinInt64)},
+			{Channel: "sms", OfferID: "日本語", At: ms(-1)},
+			{Channel: "sms", OfferID: "same time, kept in order", At: ms(-1)},
+			{Channel: "push", At: ms(1741608000123)},
+			{OfferID: "only offer", At: ms(math.MaxInt64)},
+		},
+		LastPurchases: map[string]time.Time{"": ms(0), "phones": ms(1741608000000), "far": ms(math.MaxInt64)},
 	}
 }
 
@@ -131,6 +145,12 @@ func normalize(p *profile.Profile) profile.Profile {
 	if len(n.Fired) == 0 {
 		n.Fired = nil
 	}
+	if len(n.SendLog) == 0 {
+		n.SendLog = nil
+	}
+	if len(n.LastPurchases) == 0 {
+		n.LastPurchases = nil
+	}
 	return n
 }
 
@@ -145,6 +165,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"only seen ids", &profile.Profile{Seen: []profile.SeenID{{Hash: 1, At: 100}, {Hash: 2, At: 50}}}},
 		{"NaN purchase value", &profile.Profile{PurchaseValue: math.NaN()}},
 		{"infinite purchase value", &profile.Profile{PurchaseValue: math.Inf(-1)}},
+		{"only sends", &profile.Profile{SendLog: []profile.Send{{Channel: "sms", At: ms(5)}, {OfferID: "o", At: ms(6)}}}},
+		{"only last purchases", &profile.Profile{LastPurchases: map[string]time.Time{"phones": ms(5)}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -177,16 +199,21 @@ func TestEncodeKeepsMillisecondsUTC(t *testing.T) {
 		LastSeen:  map[string]time.Time{"view": in},
 		Consent:   map[string]profile.ConsentState{"sms": {Granted: true, At: in}},
 		Fired:     map[string]time.Time{"k": in},
+
+		SendLog:       []profile.Send{{Channel: "sms", At: in}},
+		LastPurchases: map[string]time.Time{"phones": in},
 	}
 	got, err := profile.Decode(profile.Encode(p))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, at := range map[string]time.Time{
-		"UpdatedAt": got.UpdatedAt,
-		"LastSeen":  got.LastSeen["view"],
-		"Consent":   got.Consent["sms"].At,
-		"Fired":     got.Fired["k"],
+		"UpdatedAt":     got.UpdatedAt,
+		"LastSeen":      got.LastSeen["view"],
+		"Consent":       got.Consent["sms"].At,
+		"Fired":         got.Fired["k"],
+		"SendLog":       got.SendLog[0].At,
+		"LastPurchases": got.LastPurchases["phones"],
 	} {
 		// == and not Equal: the location must be UTC too.
 		if at != want {
@@ -204,8 +231,10 @@ func TestEncodeDeterministic(t *testing.T) {
 		p := &profile.Profile{
 			Totals: map[string]uint64{}, LastSeen: map[string]time.Time{}, Consent: map[string]profile.ConsentState{},
 			Attributes: map[string]profile.Attribute{}, Fired: map[string]time.Time{},
+			LastPurchases: map[string]time.Time{},
 		}
 		for _, k := range order {
+			p.LastPurchases[k] = ms(int64(len(k)) * 3)
 			p.Totals[k] = uint64(len(k))
 			p.LastSeen[k] = ms(int64(len(k)) * 1000)
 			p.Consent[k] = profile.ConsentState{Granted: len(k)%2 == 0, At: ms(7)}
@@ -268,6 +297,13 @@ func seriesMsg(typ, category string, packed []byte) []byte {
 	return bytesField(m, 3, packed)
 }
 
+func sendMsg(channel, offer string, atMs int64) []byte {
+	var m []byte
+	m = bytesField(m, 1, []byte(channel))
+	m = bytesField(m, 2, []byte(offer))
+	return varintField(m, 3, protowire.EncodeZigZag(atMs))
+}
+
 func stored(fields ...[]byte) []byte {
 	return slices.Concat(append([][]byte{{0x01}}, fields...)...)
 }
@@ -324,6 +360,8 @@ func TestDecodeCorrupt(t *testing.T) {
 		{"garbage consent message", stored(bytesField(nil, fConsent, []byte{0x10}))},
 		{"garbage attributes message", stored(bytesField(nil, fAttributes, []byte{0x12, 0x01}))},
 		{"garbage fired message", stored(bytesField(nil, fFired, []byte{0x00}))},
+		{"garbage sends message", stored(bytesField(nil, fSends, []byte{0x1a, 0x05}))},
+		{"garbage last purchases message", stored(bytesField(nil, fLastPurchases, []byte{0x10, 0xff}))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -452,6 +490,9 @@ func TestDecodeSkipsUnknownFields(t *testing.T) {
 				varintField(nil, 2, 1), varintField(nil, 3, protowire.EncodeZigZag(-2000)))),
 			bytesField(nil, fAttributes, slices.Concat(bytesField(nil, 1, []byte("tz")), extra, bytesField(nil, 2, []byte("UTC")))),
 			bytesField(nil, fFired, pair("k", protowire.EncodeZigZag(5))),
+			bytesField(nil, fSends, slices.Concat(bytesField(nil, 1, []byte("sms")), extra, bytesField(nil, 2, []byte("o")),
+				varintField(nil, 3, protowire.EncodeZigZag(8000)))),
+			bytesField(nil, fLastPurchases, pair("phones", protowire.EncodeZigZag(7000))),
 		)
 		want := &profile.Profile{
 			Version:    3,
@@ -461,6 +502,9 @@ func TestDecodeSkipsUnknownFields(t *testing.T) {
 			Consent:    map[string]profile.ConsentState{"sms": {Granted: true, At: ms(-2000)}},
 			Attributes: map[string]profile.Attribute{"tz": {Value: "UTC"}},
 			Fired:      map[string]time.Time{"k": ms(5)},
+
+			SendLog:       []profile.Send{{Channel: "sms", OfferID: "o", At: ms(8000)}},
+			LastPurchases: map[string]time.Time{"phones": ms(7000)},
 		}
 		got, err := profile.Decode(b)
 		if err != nil {
@@ -475,6 +519,28 @@ func TestDecodeSkipsUnknownFields(t *testing.T) {
 	})
 }
 
+// TestDecodeSortsSends: Sends and LastSent rely on the send log being
+// oldest first; a stored log out of order (written by a future or buggy
+// writer) is put in order, ties kept in stored order.
+func TestDecodeSortsSends(t *testing.T) {
+	b := stored(
+		bytesField(nil, fSends, sendMsg("sms", "late", 9000)),
+		bytesField(nil, fSends, sendMsg("push", "a", 5000)),
+		bytesField(nil, fSends, sendMsg("push", "b", 5000)),
+	)
+	p, err := profile.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []profile.Send{{"push", "a", ms(5000)}, {"push", "b", ms(5000)}, {"sms", "late", ms(9000)}}
+	if !reflect.DeepEqual(p.SendLog, want) {
+		t.Errorf("sends = %+v, want %+v", p.SendLog, want)
+	}
+	if at, ok := p.LastSent("late"); !ok || !at.Equal(ms(9000)) {
+		t.Errorf("LastSent(late) = %v, %v", at, ok)
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	for _, p := range []*profile.Profile{{}, appliedProfile(f), edgeProfile(), benchProfile()} {
 		f.Add(profile.Encode(p))
@@ -485,6 +551,9 @@ func FuzzDecode(f *testing.F) {
 		stored(bytesField(nil, fSeenHashes, nil)),
 		stored(bytesField(nil, fSeries, seriesMsg("view", "", packedMinutes(10, 1, 5, 1)))),
 		stored(protowire.AppendTag(nil, 104, protowire.StartGroupType), protowire.AppendTag(nil, 104, protowire.EndGroupType)),
+		stored(bytesField(nil, fSends, sendMsg("sms", "o", 9000)), bytesField(nil, fSends, sendMsg("push", "", 5000))),
+		stored(bytesField(nil, fSends, nil), bytesField(nil, fLastPurchases, nil)),
+		stored(bytesField(nil, fLastPurchases, slices.Concat(bytesField(nil, 1, []byte("phones")), varintField(nil, 2, 3)))),
 	} {
 		f.Add(junk)
 	}
@@ -498,6 +567,11 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("Decode returned a profile with its error")
 			}
 			return
+		}
+		for i := 1; i < len(p.SendLog); i++ {
+			if p.SendLog[i-1].At.After(p.SendLog[i].At) {
+				t.Fatalf("sends not oldest first: %+v", p.SendLog)
+			}
 		}
 		for i, s := range p.Series {
 			if len(s.Minutes) == 0 {

@@ -3,6 +3,7 @@ package profile
 import (
 	"hash/fnv"
 	"math"
+	"slices"
 	"sort"
 	"time"
 )
@@ -56,7 +57,15 @@ const (
 	TypePurchase    = "purchase"
 	TypeSubscribe   = "subscribe"
 	TypeUnsubscribe = "unsubscribe"
+	// TypeMessageSent reports a message sent to the user: its channel is
+	// the event's channel, its offer the attribute AttrOfferID (if any).
+	// Each one is kept as a Send, for frequency caps and offer cooldowns.
+	TypeMessageSent = "message_sent"
 )
+
+// AttrOfferID is the attribute of a message_sent event naming the offer
+// that was sent.
+const AttrOfferID = "offer_id"
 
 // AllChannels is the consent key of a subscribe/unsubscribe event for every
 // channel (an event with an empty channel or channel "all").
@@ -91,6 +100,20 @@ type Limits struct {
 	FiredRetention time.Duration
 	// MaxFired is the most trigger cooldown marks kept per user. Default 256.
 	MaxFired int
+	// SendRetention is how long (by event time, measured from the
+	// processing time of the last change) message_sent records and the
+	// last purchase time per category are kept: the longest frequency-cap
+	// period, offer cooldown or purchase cooldown that sees everything.
+	// It is independent of Retention, because caps such as "5 push per 7
+	// days" need a week of sends. Default 30 days.
+	SendRetention time.Duration
+	// MaxSends is the most message_sent records kept per user; the oldest
+	// (by event time) are dropped first. Default 512.
+	MaxSends int
+	// MaxPurchaseCategories is the most categories whose last purchase
+	// time is kept per user; the least recently bought are dropped first.
+	// Default 256.
+	MaxPurchaseCategories int
 }
 
 // WithDefaults returns l with every zero field set to its default.
@@ -115,6 +138,15 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.MaxFired <= 0 {
 		l.MaxFired = 256
+	}
+	if l.SendRetention <= 0 {
+		l.SendRetention = 30 * 24 * time.Hour
+	}
+	if l.MaxSends <= 0 {
+		l.MaxSends = 512
+	}
+	if l.MaxPurchaseCategories <= 0 {
+		l.MaxPurchaseCategories = 256
 	}
 	return l
 }
@@ -144,6 +176,23 @@ type Profile struct {
 	Seen []SeenID
 	// Fired is the event time at which each trigger cooldown key last fired.
 	Fired map[string]time.Time
+	// SendLog records the applied message_sent events, sorted by event
+	// time, oldest first (ties in the order applied). See Sends and
+	// LastSent.
+	SendLog []Send
+	// LastPurchases is the latest event time of a purchase per category
+	// (purchases without a category are not kept here). See LastPurchase.
+	LastPurchases map[string]time.Time
+}
+
+// Send is one message sent to the user, from a message_sent event.
+type Send struct {
+	// Channel is the event's channel ("" if it had none).
+	Channel string
+	// OfferID is the event's offer_id attribute ("" if it had none).
+	OfferID string
+	// At is the event time.
+	At time.Time
 }
 
 // Series counts the events of one (type, category) per minute of event time.
@@ -283,6 +332,45 @@ func (p *Profile) MarkFired(key string, at time.Time) {
 	}
 }
 
+// Sends returns how many messages were sent on channel at or after since
+// (event time; sends later than any "now" count too). An empty channel
+// counts every channel. Only what Limits.SendRetention and Limits.MaxSends
+// keep is seen.
+func (p *Profile) Sends(channel string, since time.Time) int {
+	n := 0
+	for i := len(p.SendLog) - 1; i >= 0; i-- {
+		s := &p.SendLog[i]
+		if s.At.Before(since) {
+			break
+		}
+		if channel == "" || s.Channel == channel {
+			n++
+		}
+	}
+	return n
+}
+
+// LastSent returns the event time of the latest message_sent event for the
+// offer, and false if none is kept. An empty offer id is never found.
+func (p *Profile) LastSent(offerID string) (time.Time, bool) {
+	if offerID == "" {
+		return time.Time{}, false
+	}
+	for i := len(p.SendLog) - 1; i >= 0; i-- {
+		if p.SendLog[i].OfferID == offerID {
+			return p.SendLog[i].At, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// LastPurchase returns the event time of the latest purchase in the
+// category, and false if none is kept (see Limits.SendRetention).
+func (p *Profile) LastPurchase(category string) (time.Time, bool) {
+	t, ok := p.LastPurchases[category]
+	return t, ok
+}
+
 // Check says whether an event can be applied at processing time now: it is
 // rejected when older than the retention or too far in the future. Field
 // validation (ids, type syntax) is the caller's job.
@@ -324,6 +412,16 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 	case TypePurchase:
 		p.PurchaseCount++
 		p.PurchaseValue += e.Value
+		if e.Category != "" {
+			if p.LastPurchases == nil {
+				p.LastPurchases = make(map[string]time.Time)
+			}
+			if last, ok := p.LastPurchases[e.Category]; !ok || e.OccurredAt.After(last) {
+				p.LastPurchases[e.Category] = e.OccurredAt
+			}
+		}
+	case TypeMessageSent:
+		p.addSend(Send{Channel: e.Channel, OfferID: e.Attributes[AttrOfferID], At: e.OccurredAt})
 	case TypeSubscribe, TypeUnsubscribe:
 		ch := e.Channel
 		if ch == "" || ch == "all" {
@@ -347,6 +445,16 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 		}
 	}
 	return Result{Status: Applied}
+}
+
+// addSend inserts s in event-time order. Sends mostly arrive in order:
+// search from the end.
+func (p *Profile) addSend(s Send) {
+	j := len(p.SendLog)
+	for j > 0 && p.SendLog[j-1].At.After(s.At) {
+		j--
+	}
+	p.SendLog = slices.Insert(p.SendLog, j, s)
 }
 
 func (p *Profile) addCount(typ, category string, minute int64) {
@@ -378,8 +486,8 @@ func (p *Profile) addCount(typ, category string, minute int64) {
 
 // Compact forgets what the limits no longer require at processing time now:
 // minutes older than the retention, event ids past the dedup horizon,
-// expired cooldown marks, and the least recently used series and marks
-// beyond their caps.
+// expired cooldown marks, sends and purchase times, and the least recently
+// used series, marks, sends and purchase categories beyond their caps.
 func (p *Profile) Compact(now time.Time, l Limits) {
 	oldest := unixMinute(now.Add(-l.Retention))
 	kept := p.Series[:0]
@@ -454,5 +562,58 @@ func (p *Profile) Compact(now time.Time, l Limits) {
 		for _, m := range marks[l.MaxFired:] {
 			delete(p.Fired, m.key)
 		}
+	}
+
+	p.compactSends(now, l)
+	p.compactPurchases(now, l)
+}
+
+func (p *Profile) compactSends(now time.Time, l Limits) {
+	horizon := now.Add(-l.SendRetention)
+	k := 0
+	for k < len(p.SendLog) && p.SendLog[k].At.Before(horizon) {
+		k++
+	}
+	if n := len(p.SendLog) - k; n > l.MaxSends {
+		k += n - l.MaxSends
+	}
+	if k > 0 {
+		n := copy(p.SendLog, p.SendLog[k:])
+		clear(p.SendLog[n:]) // release the strings
+		p.SendLog = p.SendLog[:n]
+	}
+	if len(p.SendLog) == 0 {
+		p.SendLog = nil
+	}
+}
+
+func (p *Profile) compactPurchases(now time.Time, l Limits) {
+	horizon := now.Add(-l.SendRetention)
+	for c, at := range p.LastPurchases {
+		if at.Before(horizon) {
+			delete(p.LastPurchases, c)
+		}
+	}
+	if len(p.LastPurchases) > l.MaxPurchaseCategories {
+		type bought struct {
+			category string
+			at       time.Time
+		}
+		all := make([]bought, 0, len(p.LastPurchases))
+		for c, at := range p.LastPurchases {
+			all = append(all, bought{c, at})
+		}
+		sort.Slice(all, func(a, b int) bool {
+			if !all[a].at.Equal(all[b].at) {
+				return all[a].at.After(all[b].at)
+			}
+			return all[a].category < all[b].category
+		})
+		for _, b := range all[l.MaxPurchaseCategories:] {
+			delete(p.LastPurchases, b.category)
+		}
+	}
+	if len(p.LastPurchases) == 0 {
+		p.LastPurchases = nil
 	}
 }

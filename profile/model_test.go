@@ -64,6 +64,10 @@ func TestLimitsWithDefaults(t *testing.T) {
 		MaxSeries:      256,
 		FiredRetention: 30 * 24 * time.Hour,
 		MaxFired:       256,
+
+		SendRetention:         30 * 24 * time.Hour,
+		MaxSends:              512,
+		MaxPurchaseCategories: 256,
 	}
 	custom := profile.Limits{
 		Retention:      time.Hour,
@@ -73,6 +77,10 @@ func TestLimitsWithDefaults(t *testing.T) {
 		MaxSeries:      3,
 		FiredRetention: 48 * time.Hour,
 		MaxFired:       7,
+
+		SendRetention:         7 * 24 * time.Hour,
+		MaxSends:              5,
+		MaxPurchaseCategories: 2,
 	}
 	tests := []struct {
 		name string
@@ -83,6 +91,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 		{"negative values get defaults", profile.Limits{
 			Retention: -1, MaxFuture: -1, DedupWindow: -1, DedupMax: -1,
 			MaxSeries: -1, FiredRetention: -1, MaxFired: -1,
+			SendRetention: -1, MaxSends: -1, MaxPurchaseCategories: -1,
 		}, want},
 		{"set values are kept", custom, custom},
 		{"only zero fields are filled", profile.Limits{Retention: time.Hour, MaxFired: 1}, func() profile.Limits {
@@ -409,6 +418,202 @@ func TestPurchases(t *testing.T) {
 			}
 		})
 	}
+}
+
+func sent(id, channel, offer string, at time.Time) profile.Event {
+	e := profile.Event{ID: id, UserID: "u1", Type: profile.TypeMessageSent, Channel: channel, OccurredAt: at}
+	if offer != "" {
+		e.Attributes = map[string]string{profile.AttrOfferID: offer, "other": "ignored"}
+	}
+	return e
+}
+
+func TestSends(t *testing.T) {
+	var p profile.Profile
+	// Out of order on purpose: the log is kept in event-time order.
+	mustApply(t, &p, t0, defaults,
+		sent("1", "sms", "phones-coupon", t0.Add(-2*time.Hour)),
+		sent("2", "push", "cart-reminder", t0.Add(-20*time.Hour)),
+		sent("3", "sms", "", t0.Add(-23*time.Hour)),
+		sent("4", "", "phones-coupon", t0.Add(-time.Hour)),
+		sent("5", "sms", "phones-coupon", t0.Add(2*time.Minute)), // a little in the future
+	)
+	// A duplicate is not a second send.
+	if r := p.ApplyEvent(&[]profile.Event{sent("1", "sms", "phones-coupon", t0.Add(-2*time.Hour))}[0], t0, defaults); r.Status != profile.Duplicate {
+		t.Fatalf("duplicate message_sent = %v", r.Status)
+	}
+	for i := 1; i < len(p.SendLog); i++ {
+		if p.SendLog[i-1].At.After(p.SendLog[i].At) {
+			t.Fatalf("send log not oldest first: %+v", p.SendLog)
+		}
+	}
+	tests := []struct {
+		name    string
+		channel string
+		since   time.Time
+		want    int
+	}{
+		{"every channel, a day", "", t0.Add(-24 * time.Hour), 5},
+		{"sms, a day", "sms", t0.Add(-24 * time.Hour), 3},
+		{"sms, since exactly the oldest sms: it counts", "sms", t0.Add(-23 * time.Hour), 3},
+		{"sms, just after the oldest sms", "sms", t0.Add(-23*time.Hour + time.Millisecond), 2},
+		{"push", "push", t0.Add(-24 * time.Hour), 1},
+		{"push, window too short", "push", t0.Add(-19 * time.Hour), 0},
+		{"a future send counts", "sms", t0, 1},
+		{"unknown channel", "email", t0.Add(-24 * time.Hour), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := p.Sends(tt.channel, tt.since); got != tt.want {
+				t.Errorf("Sends(%q, %v) = %d, want %d", tt.channel, tt.since, got, tt.want)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		offer  string
+		want   time.Time
+		wantOK bool
+	}{
+		{"phones-coupon", t0.Add(2 * time.Minute), true},
+		{"cart-reminder", t0.Add(-20 * time.Hour), true},
+		{"never-sent", time.Time{}, false},
+		{"", time.Time{}, false},
+	} {
+		if got, ok := p.LastSent(tt.offer); ok != tt.wantOK || !got.Equal(tt.want) {
+			t.Errorf("LastSent(%q) = %v, %v; want %v, %v", tt.offer, got, ok, tt.want, tt.wantOK)
+		}
+	}
+	if got := p.Total(profile.TypeMessageSent); got != 5 {
+		t.Errorf("Total(message_sent) = %d, want 5 (sends are counted like any event too)", got)
+	}
+	var empty profile.Profile
+	if n := empty.Sends("", time.Time{}); n != 0 {
+		t.Errorf("empty profile: Sends = %d", n)
+	}
+}
+
+func TestLastPurchase(t *testing.T) {
+	var p profile.Profile
+	mustApply(t, &p, t0, defaults,
+		profile.Event{ID: "1", Type: profile.TypePurchase, Category: "phones", Value: 10, OccurredAt: t0.Add(-time.Hour)},
+		profile.Event{ID: "2", Type: profile.TypePurchase, Category: "phones", Value: 10, OccurredAt: t0.Add(-3 * time.Hour)}, // late: not the latest
+		profile.Event{ID: "3", Type: profile.TypePurchase, Category: "hats", OccurredAt: t0.Add(-2 * time.Hour)},
+		profile.Event{ID: "4", Type: profile.TypePurchase, OccurredAt: t0},                  // no category
+		profile.Event{ID: "5", Type: "view", Category: "shoes", OccurredAt: t0},             // not a purchase
+		profile.Event{ID: "6", Type: "refund", Category: "hats", Value: -3, OccurredAt: t0}, // not a purchase either
+	)
+	for _, tt := range []struct {
+		category string
+		want     time.Time
+		wantOK   bool
+	}{
+		{"phones", t0.Add(-time.Hour), true},
+		{"hats", t0.Add(-2 * time.Hour), true},
+		{"shoes", time.Time{}, false},
+		{"", time.Time{}, false},
+	} {
+		if got, ok := p.LastPurchase(tt.category); ok != tt.wantOK || !got.Equal(tt.want) {
+			t.Errorf("LastPurchase(%q) = %v, %v; want %v, %v", tt.category, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+func TestCompactSendsAndPurchases(t *testing.T) {
+	t.Run("send retention is independent of the count retention", func(t *testing.T) {
+		l := profile.Limits{SendRetention: 7 * 24 * time.Hour}.WithDefaults()
+		var p profile.Profile
+		mustApply(t, &p, t0, l,
+			sent("old", "push", "a", t0.Add(-20*time.Hour)),
+			sent("new", "push", "b", t0.Add(-time.Hour)),
+		)
+		// Six days later the counts are gone (24h retention) but the
+		// sends are still there for a weekly cap.
+		later := t0.Add(6 * 24 * time.Hour)
+		p.Compact(later, l)
+		if len(p.Series) != 0 {
+			t.Errorf("series kept past the count retention: %+v", p.Series)
+		}
+		if got := p.Sends("push", later.Add(-7*24*time.Hour)); got != 2 {
+			t.Errorf("Sends(push, 7d) after 6 days = %d, want 2", got)
+		}
+		// At the retention horizon exactly the send stays; just past it, it goes.
+		p.Compact(t0.Add(-20*time.Hour+7*24*time.Hour), l)
+		if len(p.SendLog) != 2 {
+			t.Errorf("send at the horizon dropped: %+v", p.SendLog)
+		}
+		p.Compact(t0.Add(-20*time.Hour+7*24*time.Hour+time.Millisecond), l)
+		if want := []profile.Send{{Channel: "push", OfferID: "b", At: t0.Add(-time.Hour)}}; !reflect.DeepEqual(p.SendLog, want) {
+			t.Errorf("sends = %+v, want %+v", p.SendLog, want)
+		}
+		p.Compact(t0.Add(30*24*time.Hour), l)
+		if p.SendLog != nil {
+			t.Errorf("sends past the retention: %+v", p.SendLog)
+		}
+	})
+
+	t.Run("MaxSends keeps the newest", func(t *testing.T) {
+		l := profile.Limits{MaxSends: 3}.WithDefaults()
+		var p profile.Profile
+		for i := range 6 {
+			// Applied newest first: the cap is by event time, not arrival.
+			mustApply(t, &p, t0, l, sent(fmt.Sprint(i), "sms", fmt.Sprint("o", i), t0.Add(-time.Duration(i)*time.Minute)))
+		}
+		p.Compact(t0, l)
+		var got []string
+		for _, s := range p.SendLog {
+			got = append(got, s.OfferID)
+		}
+		if want := []string{"o2", "o1", "o0"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("kept %q, want %q", got, want)
+		}
+		if _, ok := p.LastSent("o3"); ok {
+			t.Error("a dropped send is still found")
+		}
+	})
+
+	t.Run("purchase retention and MaxPurchaseCategories", func(t *testing.T) {
+		l := profile.Limits{SendRetention: 48 * time.Hour, MaxPurchaseCategories: 2}.WithDefaults()
+		var p profile.Profile
+		buy := func(id, category string, at time.Time) profile.Event {
+			return profile.Event{ID: id, Type: profile.TypePurchase, Category: category, OccurredAt: at}
+		}
+		mustApply(t, &p, t0, l,
+			buy("1", "a", t0.Add(-3*time.Hour)),
+			buy("2", "b", t0.Add(-2*time.Hour)),
+			buy("3", "d", t0.Add(-time.Hour)),
+			buy("4", "c", t0.Add(-time.Hour)),
+		)
+		p.Compact(t0, l)
+		// Newest first, ties by category: c and d stay.
+		want := map[string]time.Time{"c": t0.Add(-time.Hour), "d": t0.Add(-time.Hour)}
+		if !reflect.DeepEqual(p.LastPurchases, want) {
+			t.Errorf("last purchases = %v, want %v", p.LastPurchases, want)
+		}
+		p.Compact(t0.Add(47*time.Hour), l)
+		if len(p.LastPurchases) != 2 {
+			t.Errorf("last purchases dropped before the retention: %v", p.LastPurchases)
+		}
+		p.Compact(t0.Add(48*time.Hour), l)
+		if p.LastPurchases != nil {
+			t.Errorf("last purchases past the retention: %v", p.LastPurchases)
+		}
+		if p.PurchaseCount != 4 {
+			t.Errorf("PurchaseCount = %d, want 4 (all-time)", p.PurchaseCount)
+		}
+	})
+
+	t.Run("the compacted profile round-trips", func(t *testing.T) {
+		l := profile.Limits{MaxSends: 2}.WithDefaults()
+		var p profile.Profile
+		for i := range 5 {
+			mustApply(t, &p, t0, l, sent(fmt.Sprint(i), "sms", "", t0.Add(time.Duration(i)*time.Second)))
+		}
+		p.Compact(t0, l)
+		q, err := profile.Decode(profile.Encode(&p))
+		if err != nil || !reflect.DeepEqual(q.SendLog, p.SendLog) {
+			t.Errorf("round trip: %v, %+v; want %+v", err, q, p.SendLog)
+		}
+	})
 }
 
 func TestConsent(t *testing.T) {
