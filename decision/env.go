@@ -26,6 +26,11 @@ import (
 // expressions stay far below it: the seed trigger costs about 10.
 const MaxCost = 10_000
 
+// SinceNever is what profile.since gives for an event type the user never had:
+// 100 years, longer than any window, so profile.since("purchase") >
+// duration("720h") reads "no purchase in 30 days" for new users too.
+const SinceNever = 100 * 365 * 24 * time.Hour
+
 // maxExprLen bounds the source length of one expression, in code points.
 const maxExprLen = 4096
 
@@ -129,6 +134,52 @@ func profileFunctions() []cel.EnvOption {
 						return types.Timestamp{Time: time.Unix(0, 0).UTC()}
 					}
 					return types.Timestamp{Time: last}
+				}))),
+		cel.Function("since",
+			cel.MemberOverload("profile_since_type", []*cel.Type{p, str}, dur,
+				cel.BinaryBinding(func(pv, typ ref.Val) ref.Val {
+					v, t, err := profileAnd[types.String](pv, typ)
+					if err != nil {
+						return err
+					}
+					last, ok := v.p.LastSeenAt(string(t))
+					if !ok {
+						return types.Duration{Duration: SinceNever}
+					}
+					return types.Duration{Duration: max(v.now.Sub(last), 0)}
+				}))),
+		cel.Function("sends",
+			cel.MemberOverload("profile_sends_channel_window", []*cel.Type{p, str, dur}, cel.IntType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					v, ch, err := profileAnd[types.String](args[0], args[1])
+					if err != nil {
+						return err
+					}
+					w, ok := args[2].(types.Duration)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(args[2])
+					}
+					if w.Duration < 0 {
+						return types.NewErr("sends: negative window %s", w.Duration)
+					}
+					return types.Int(v.p.Sends(string(ch), v.now.Add(-w.Duration)))
+				}))),
+		cel.Function("last_purchase_within",
+			cel.MemberOverload("profile_last_purchase_within_category_window", []*cel.Type{p, str, dur}, cel.BoolType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					v, cat, err := profileAnd[types.String](args[0], args[1])
+					if err != nil {
+						return err
+					}
+					w, ok := args[2].(types.Duration)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(args[2])
+					}
+					if w.Duration < 0 {
+						return types.NewErr("last_purchase_within: negative window %s", w.Duration)
+					}
+					last, ok := v.p.LastPurchase(string(cat))
+					return types.Bool(ok && cat != "" && !last.Before(v.now.Add(-w.Duration)))
 				}))),
 		cel.Function("purchase_count",
 			cel.MemberOverload("profile_purchase_count", []*cel.Type{p}, cel.IntType,

@@ -60,7 +60,7 @@ triggers:
   - id: category-interest-coupon
     on: [view]
     when: profile.count("view", evnt.category, duration("30m")) >= 3
-    cooldown: 1d
+    cooldown: 1 day
     action:
       channel: sms
 `))
@@ -69,7 +69,7 @@ triggers:
 	// rules.yaml:5: trigger "category-interest-coupon": when: ERROR: <input>:1:23: undeclared reference to 'evnt' (did you mean 'event'?)
 	//  | profile.count("view", evnt.category, duration("30m")) >= 3
 	//  | ......................^
-	// rules.yaml:6: trigger "category-interest-coupon": cooldown: invalid duration "1d" (use Go durations such as 30m, 24h, 168h)
+	// rules.yaml:6: trigger "category-interest-coupon": cooldown: invalid duration "1 day" (use Go durations such as 30m or 24h, or days: 7d, 1d12h)
 	// rules.yaml:7: trigger "category-interest-coupon": action.template: required
 }
 
@@ -95,4 +95,52 @@ func ExampleRules_Step() {
 	}
 	// Output:
 	// category-interest-coupon e2 sms category_coupon map[category:phones discount:10%]
+}
+
+func ExampleRules_Decide_policies() {
+	rules, err := decision.Parse("rules.yaml", []byte(`version: 1
+settings: {default_timezone: Europe/Paris}
+policies:
+  frequency_caps:
+    - {id: sms-daily, channel: sms, max: 2, period: 24h}
+  quiet_hours:
+    - {id: night, channels: [sms, push], from: "21:00", to: "08:00"}
+offers:
+  - {id: newsletter, channels: [sms, push], template: news}
+`))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	// 02:30 UTC: 21:30 the day before in New York, 03:30 in Paris.
+	now := time.Date(2025, 6, 11, 2, 30, 0, 0, time.UTC)
+	newYorker := &profile.Profile{}
+	step := rules.Step(profile.Limits{})
+	step(newYorker, []profile.Event{{ID: "login", UserID: "u1", Type: "login", OccurredAt: now.Add(-time.Hour),
+		Attributes: map[string]string{"tz": "America/New_York"}}}, now)
+
+	show := func(d decision.Decision) {
+		fmt.Print(d.Verdict)
+		if !d.NotBefore.IsZero() {
+			fmt.Print(" until ", d.NotBefore.UTC().Format(time.RFC3339))
+		}
+		fmt.Println()
+		for _, r := range d.Reasons {
+			fmt.Printf("  %q: %s\n", r.RuleID, r.Message)
+		}
+	}
+	show(rules.Decide(newYorker, decision.Request{UserID: "u1", Channel: "push"}, now))
+
+	// Two SMS in the last 24 hours: the cap says NONE before quiet hours say HOLD.
+	step(newYorker, []profile.Event{
+		{ID: "s1", UserID: "u1", Type: profile.TypeMessageSent, Channel: "sms", OccurredAt: now.Add(-20 * time.Hour)},
+		{ID: "s2", UserID: "u1", Type: profile.TypeMessageSent, Channel: "sms", OccurredAt: now.Add(-2 * time.Hour)},
+	}, now)
+	show(rules.Decide(newYorker, decision.Request{UserID: "u1", Channel: "sms"}, now.Add(time.Hour)))
+	// Output:
+	// hold until 2025-06-11T12:00:00Z
+	//   "newsletter": offer newsletter is eligible
+	//   "night": night: quiet hours 21:00-08:00 for push (local time 22:30 in America/New_York); hold until 2025-06-11 08:00 EDT
+	// none
+	//   "sms-daily": sms-daily: 2 of 2 sms sends in the last 24h
 }

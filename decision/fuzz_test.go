@@ -17,6 +17,9 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(seedRules))
 	f.Add([]byte(offerRules))
+	f.Add([]byte(policyRules))
+	f.Add([]byte("version: 1\npolicies:\n  quiet_hours: [{id: q, channels: [sms], from: \"23:59\", to: \"00:00\"}]\noffers: [{id: o, ab: {control: 0.5}, template: t}]\n"))
+	f.Add([]byte("version: 1\nsettings: {default_timezone: Pacific/Chatham}\nfallbacks: {web: {offer_id: w, template: t}}\n"))
 	f.Add([]byte("version: 1\ntriggers:\n  - id: x\n    when: evnt.x\n"))
 	f.Add([]byte("version: 1\ntriggers: &a [*a]\n"))
 	f.Add([]byte("version: 1\noffers:\n  - {id: o, template: t, payload_expr: {a: 'context.a + string(1/0)'}}\n"))
@@ -37,10 +40,18 @@ func FuzzParse(f *testing.F) {
 			{ID: "1", UserID: "u", Type: "view", Category: "phones", OccurredAt: now, Attributes: map[string]string{"a": "b"}},
 			{ID: "2", UserID: "u", Type: "purchase", Value: 10, OccurredAt: now},
 			{ID: "3", UserID: "u", Type: "click", OccurredAt: now},
+			{ID: "4", UserID: "u", Type: "message_sent", Channel: "sms", OccurredAt: now, Attributes: map[string]string{"offer_id": "o"}},
+			{ID: "5", UserID: "u", Type: "login", OccurredAt: now, Attributes: map[string]string{"tz": "Australia/Lord_Howe"}},
 		}
 		r.Step(profile.Limits{})(p, events, now)
 		for _, ch := range []string{"sms", "push", "web", ""} {
-			r.Decide(p, Request{Channel: ch, Placement: "home", Context: map[string]string{"a": "b"}}, now)
+			for _, at := range []time.Time{now, now.Add(11 * time.Hour)} {
+				d := r.Decide(p, Request{UserID: "u", Channel: ch, Placement: "home", Context: map[string]string{"a": "b"}, Explain: true}, at)
+				if d.Verdict == VerdictHold && !d.NotBefore.After(at) {
+					t.Fatalf("HOLD until %v, not after %v", d.NotBefore, at)
+				}
+			}
+			r.Fallback(ch)
 		}
 	})
 }

@@ -1,7 +1,10 @@
 package decision
 
 import (
+	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"cel.dev/cel-go/common/types"
@@ -17,9 +20,8 @@ const (
 	VerdictNone Verdict = iota + 1
 	// VerdictSend: send the offer now.
 	VerdictSend
-	// VerdictHold: an offer applies, but a policy holds it (frequency caps,
-	// quiet hours). Decide does not return it yet; it is part of the
-	// vocabulary so that callers handle it from the start.
+	// VerdictHold: an offer applies, but not now: the user's quiet hours
+	// hold it until Decision.NotBefore.
 	VerdictHold
 )
 
@@ -37,6 +39,9 @@ func (v Verdict) String() string {
 
 // Request is what a decider asks about.
 type Request struct {
+	// UserID is the user decided for. It keys A/B splits (the same user
+	// always lands in the same group of an offer); nothing else reads it.
+	UserID string
 	// Channel the caller would use (sms, push, email, web, ...). Offers that
 	// list channels only match one of them; offers without channels match
 	// any.
@@ -46,14 +51,30 @@ type Request struct {
 	// Context is caller context, visible to offer rules as context. It is
 	// only read.
 	Context map[string]string
+	// Explain asks for Decision.Trace.
+	Explain bool
 }
 
 // Reason explains one step of a decision.
 type Reason struct {
-	// RuleID is the offer id, "consent" for the consent check, or "" when no
-	// rule is concerned.
+	// RuleID is the offer or policy id, "consent" for the consent check,
+	// "fallback" for a fallback decision, or "" when no rule is concerned.
 	RuleID  string
 	Message string
+}
+
+// TraceStep is one check of a decision's evaluation (Request.Explain).
+type TraceStep struct {
+	// RuleID is the offer or policy checked ("consent" for consent).
+	RuleID string
+	// Subject says what was checked, e.g. "when: <expression>" or
+	// "frequency cap: at most 2 sms sends per 24h".
+	Subject string
+	// Value is what it gave, e.g. "true", "1 of 2 sends used", or an
+	// evaluation error.
+	Value string
+	// Passed is whether the candidate got past this check.
+	Passed bool
 }
 
 // Offer is the offer to send.
@@ -67,68 +88,314 @@ type Offer struct {
 // Decision is the answer to a Request, with its reasons.
 type Decision struct {
 	Verdict Verdict
-	// Offer is set when the verdict is VerdictSend.
+	// Offer is set when the verdict is VerdictSend or VerdictHold.
 	Offer *Offer
-	// Reasons says why, in evaluation order: offers skipped because their
-	// expressions failed, then the winner or why there is none.
+	// NotBefore is, for VerdictHold, when sending becomes allowed (in the
+	// user's time zone); zero otherwise.
+	NotBefore time.Time
+	// Control is true when the user is in the control group of the winning
+	// offer's A/B split: the verdict is then VerdictNone and Offer nil.
+	Control bool
+	// Reasons says why, in evaluation order: each policy or failed
+	// expression that blocked a candidate, then the winner or why there is
+	// none.
 	Reasons []Reason
+	// Trace has one step per check, in evaluation order, when the request
+	// asked for it (Request.Explain); nil otherwise.
+	Trace []TraceStep
+	// RulesVersion is the Version of the rules that decided.
+	RulesVersion string
 }
 
 var noContext = types.NewStringStringMap(types.DefaultTypeAdapter, nil)
 
 // Decide picks the offer to send to the user of p on req.Channel at
 // processing time now. p may be an empty profile (or nil) for an unknown
-// user. A user who has not consented to the channel gets VerdictNone with
-// reason "consent". Otherwise offers are tried by priority (highest first,
-// ties in file order), skipping those not for the channel; the first whose
-// when holds and whose payload evaluates wins. An offer whose expression
-// fails is skipped with a reason saying why. Decide is safe for concurrent
-// use; it does not modify p.
+// user. The checks, in order (docs/rules.md describes them for rule
+// authors):
+//
+//  1. consent: a user who unsubscribed from the channel gets VerdictNone
+//     (reason "consent");
+//  2. frequency caps for the channel and global caps: if any is reached,
+//     VerdictNone with a reason per reached cap;
+//  3. offers by priority (highest first, ties in file order) that are for
+//     the channel: an offer is skipped, with a reason, when its category
+//     was bought within the purchase cooldown or it was sent within its
+//     own cooldown; then skipped when its when is false, or with a reason
+//     when when or its payload fails to evaluate. The first one left wins;
+//  4. the winner's A/B split: a user in the control group gets
+//     VerdictNone with Control set;
+//  5. quiet hours for the channel, in the user's time zone (profile
+//     attribute tz, else the rules' default): inside a window, VerdictHold
+//     with the winner and NotBefore the end of the window;
+//  6. otherwise VerdictSend.
+//
+// Decide is safe for concurrent use; it does not modify p.
 func (r *Rules) Decide(p *profile.Profile, req Request, now time.Time) Decision {
 	if p == nil {
 		p = &profile.Profile{}
 	}
-	if !p.Consented(req.Channel) {
-		return Decision{Verdict: VerdictNone, Reasons: []Reason{{RuleID: "consent", Message: "user unsubscribed from " + req.Channel}}}
+	d := Decision{RulesVersion: r.Version()}
+	consented := p.Consented(req.Channel)
+	if req.Explain {
+		v := "granted"
+		if !consented {
+			v = "unsubscribed"
+		}
+		d.trace("consent", "consent to "+req.Channel, v, consented)
 	}
-	var reasons []Reason
-	if r != nil && len(r.offers) > 0 {
-		vars := &offerVars{
-			profile:   &profileVal{p: p, now: now},
-			now:       types.Timestamp{Time: now},
-			channel:   types.String(req.Channel),
-			placement: types.String(req.Placement),
-			context:   noContext,
+	if !consented {
+		d.Verdict = VerdictNone
+		d.Reasons = []Reason{{RuleID: "consent", Message: "user unsubscribed from " + req.Channel}}
+		return d
+	}
+	if r == nil {
+		return d.none()
+	}
+	if r.capped(&d, p, req, now) {
+		d.Verdict = VerdictNone
+		return d
+	}
+	o, payload := r.pick(&d, p, req, now)
+	if o == nil {
+		return d.none()
+	}
+	d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " is eligible"})
+	if o.ab {
+		b := abBucket(req.UserID, o.id)
+		control := b < o.control
+		if req.Explain {
+			v := "bucket " + strconv.FormatFloat(b, 'f', 4, 64) + ": "
+			if control {
+				v += "control group"
+			} else {
+				v += "treatment group"
+			}
+			d.trace(o.id, "a/b split: "+formatShare(o.control)+" of users in the control group", v, !control)
 		}
-		if req.Context != nil {
-			vars.context = types.NewStringStringMap(types.DefaultTypeAdapter, req.Context)
-		}
-		for _, o := range r.offers {
-			if len(o.channels) > 0 && !slices.Contains(o.channels, req.Channel) {
-				continue
-			}
-			ok, err := o.when.evalBool(vars)
-			if err != nil {
-				reasons = append(reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: when: " + err.Error()})
-				continue
-			}
-			if !ok {
-				continue
-			}
-			payload, field, err := o.evalPayload(vars)
-			if err != nil {
-				reasons = append(reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: " + field + ": " + err.Error()})
-				continue
-			}
-			reasons = append(reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " is eligible"})
-			return Decision{
-				Verdict: VerdictSend,
-				Offer:   &Offer{ID: o.id, Channel: req.Channel, Template: o.template, Payload: payload},
-				Reasons: reasons,
-			}
+		if control {
+			d.Verdict, d.Control = VerdictNone, true
+			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + ": user in the control group (" +
+				formatShare(o.control) + " of users get nothing, to measure the offer's lift)"})
+			return d
 		}
 	}
-	return Decision{Verdict: VerdictNone, Reasons: append(reasons, Reason{Message: "no eligible offer"})}
+	d.Offer = &Offer{ID: o.id, Channel: req.Channel, Template: o.template, Payload: payload}
+	if until, held := r.quietUntil(&d, p, req, now); held {
+		d.Verdict, d.NotBefore = VerdictHold, until
+		return d
+	}
+	d.Verdict = VerdictSend
+	return d
+}
+
+func (d *Decision) none() Decision {
+	d.Verdict = VerdictNone
+	d.Reasons = append(d.Reasons, Reason{Message: "no eligible offer"})
+	return *d
+}
+
+func (d *Decision) trace(rule, subject, value string, passed bool) {
+	d.Trace = append(d.Trace, TraceStep{RuleID: rule, Subject: subject, Value: value, Passed: passed})
+}
+
+// capped checks the frequency caps that apply to the channel, and reports
+// whether one is reached.
+func (r *Rules) capped(d *Decision, p *profile.Profile, req Request, now time.Time) bool {
+	reached := false
+	for _, fc := range r.caps {
+		if !fc.appliesTo(req.Channel) {
+			continue
+		}
+		n := p.Sends(fc.channel, now.Add(-fc.period))
+		full := n >= fc.max
+		if req.Explain {
+			d.trace(fc.id, fc.subject, strconv.Itoa(n)+" of "+strconv.Itoa(fc.max)+" sends used", !full)
+		}
+		if !full {
+			continue
+		}
+		reached = true
+		what := fc.channel + " sends"
+		if fc.channel == "" {
+			what = "sends on all channels"
+		}
+		d.Reasons = append(d.Reasons, Reason{RuleID: fc.id, Message: fc.id + ": " + strconv.Itoa(n) + " of " +
+			strconv.Itoa(fc.max) + " " + what + " in the last " + fc.periodText})
+	}
+	return reached
+}
+
+// pick returns the first offer for the channel that passes its cooldowns
+// and conditions, with its payload, or nil.
+func (r *Rules) pick(d *Decision, p *profile.Profile, req Request, now time.Time) (*offer, map[string]string) {
+	if len(r.offers) == 0 {
+		return nil, nil
+	}
+	vars := &offerVars{
+		profile:   &profileVal{p: p, now: now},
+		now:       types.Timestamp{Time: now},
+		channel:   types.String(req.Channel),
+		placement: types.String(req.Placement),
+		context:   noContext,
+	}
+	if req.Context != nil {
+		vars.context = types.NewStringStringMap(types.DefaultTypeAdapter, req.Context)
+	}
+	for _, o := range r.offers {
+		if !o.forChannel(req.Channel) {
+			continue
+		}
+		if pc := r.purchaseCooldown; pc != nil && o.category != "" {
+			last, ok := p.LastPurchase(o.category)
+			within := ok && !last.Before(now.Add(-pc.period))
+			if req.Explain {
+				v := "no purchase of " + o.category + " kept"
+				if ok {
+					v = o.category + " bought " + formatDuration(now.Sub(last)) + " ago"
+				}
+				d.trace(pc.id, "purchase cooldown of offer "+o.id+": no "+o.category+" offer for "+pc.periodText+" after a purchase", v, !within)
+			}
+			if within {
+				d.Reasons = append(d.Reasons, Reason{RuleID: pc.id, Message: "offer " + o.id + " skipped: " + o.category +
+					" bought " + formatDuration(now.Sub(last)) + " ago, within the purchase cooldown of " + pc.periodText})
+				continue
+			}
+		}
+		if o.cooldown > 0 {
+			last, ok := p.LastSent(o.id)
+			within := ok && !last.Before(now.Add(-o.cooldown))
+			if req.Explain {
+				v := "never sent"
+				if ok {
+					v = "sent " + formatDuration(now.Sub(last)) + " ago"
+				}
+				d.trace(o.id, "cooldown: not again within "+o.cooldownText+" of a send", v, !within)
+			}
+			if within {
+				d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: sent " +
+					formatDuration(now.Sub(last)) + " ago, within its cooldown of " + o.cooldownText})
+				continue
+			}
+		}
+		ok, err := o.when.evalBool(vars)
+		if req.Explain {
+			d.traceWhen(o, ok, err)
+		}
+		if err != nil {
+			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: when: " + err.Error()})
+			continue
+		}
+		if !ok {
+			continue
+		}
+		payload, field, err := o.evalPayload(vars)
+		if err != nil {
+			if req.Explain {
+				d.trace(o.id, field, "error: "+err.Error(), false)
+			}
+			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: " + field + ": " + err.Error()})
+			continue
+		}
+		return o, payload
+	}
+	return nil, nil
+}
+
+func (d *Decision) traceWhen(o *offer, ok bool, err error) {
+	if o.when == nil {
+		d.trace(o.id, "when: (none, always eligible)", "true", true)
+		return
+	}
+	v := strconv.FormatBool(ok)
+	if err != nil {
+		v = "error: " + err.Error()
+	}
+	d.trace(o.id, "when: "+o.when.src, v, ok && err == nil)
+}
+
+// quietUntil checks the quiet hours for the channel in the user's time
+// zone, and returns when the user's quiet hours end if they hold the
+// offer now.
+func (r *Rules) quietUntil(d *Decision, p *profile.Profile, req Request, now time.Time) (time.Time, bool) {
+	var loc *time.Location
+	var badTZ, zone string
+	var local time.Time
+	var held []*quietHours
+	for _, q := range r.quiet {
+		if !slices.Contains(q.channels, req.Channel) {
+			continue
+		}
+		if loc == nil {
+			loc, badTZ = r.location(p)
+			local = now.In(loc)
+		}
+		in := q.active(local)
+		if req.Explain {
+			if zone == "" {
+				zone = r.zoneNote(p, loc, badTZ)
+			}
+			v := "local time " + local.Format("15:04") + " in " + zone + ": "
+			if in {
+				v += "inside"
+			} else {
+				v += "outside"
+			}
+			d.trace(q.id, "quiet hours "+q.window+" for "+strings.Join(q.channels, ", "), v, !in)
+		}
+		if in {
+			held = append(held, q)
+		}
+	}
+	if len(held) == 0 {
+		return time.Time{}, false
+	}
+	// The hold ends when no window of the channel is active any more:
+	// windows may overlap or follow each other.
+	until := local
+	for range len(r.quiet) + 1 {
+		next := until
+		for _, q := range r.quiet {
+			if slices.Contains(q.channels, req.Channel) && q.active(until) {
+				if e := q.end(until); e.After(next) {
+					next = e
+				}
+			}
+		}
+		if !next.After(until) {
+			break
+		}
+		until = next
+	}
+	if zone == "" {
+		zone = r.zoneNote(p, loc, badTZ)
+	}
+	for _, q := range held {
+		d.Reasons = append(d.Reasons, Reason{RuleID: q.id, Message: q.id + ": quiet hours " + q.window + " for " + req.Channel +
+			" (local time " + local.Format("15:04") + " in " + zone + "); hold until " + until.Format("2006-01-02 15:04 MST")})
+	}
+	return until, true
+}
+
+// Fallback is the decision for a channel when the profile cannot be read
+// (the store is slow or down): the literal offer of the rules' fallbacks
+// section for the channel (VerdictSend), or VerdictNone when it has none.
+// No policy is checked, since there is no profile. Callers mark the
+// decision degraded. It is safe for concurrent use.
+func (r *Rules) Fallback(channel string) Decision {
+	d := Decision{Verdict: VerdictNone, RulesVersion: r.Version()}
+	var fb *fallback
+	if r != nil {
+		fb = r.fallbacks[channel]
+	}
+	if fb == nil {
+		d.Reasons = []Reason{{RuleID: "fallback", Message: "no fallback offer for " + channel}}
+		return d
+	}
+	d.Verdict = VerdictSend
+	d.Offer = &Offer{ID: fb.offerID, Channel: channel, Template: fb.template, Payload: maps.Clone(fb.payload)}
+	d.Reasons = []Reason{{RuleID: "fallback", Message: "fallback offer " + fb.offerID + " for " + channel}}
+	return d
 }
 
 func (o *offer) evalPayload(vars *offerVars) (map[string]string, string, error) {

@@ -176,9 +176,9 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "invalid cooldown",
-			src:  "version: 1\ntriggers:\n  - id: x\n    on: [view]\n    cooldown: 1d\n" + action,
+			src:  "version: 1\ntriggers:\n  - id: x\n    on: [view]\n    cooldown: 1w\n" + action,
 			want: RuleError{File: "rules.yaml", Line: 5, Kind: "trigger", Rule: "x", Field: "cooldown"},
-			msg:  `invalid duration "1d"`,
+			msg:  `invalid duration "1w"`,
 		},
 		{
 			name: "negative cooldown",

@@ -8,7 +8,9 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
+	"unicode"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
@@ -27,6 +29,12 @@ type Rules struct {
 	version  string
 	triggers []*trigger // file order
 	offers   []*offer   // by priority, highest first; ties in file order
+	// Policies, in file order.
+	defaultTZ        *time.Location // never nil once parsed
+	caps             []*frequencyCap
+	quiet            []*quietHours
+	purchaseCooldown *purchaseCooldown // nil: none
+	fallbacks        map[string]*fallback
 	// byType lists the triggers to evaluate for an event type, in file
 	// order; anyType those for types no trigger names (triggers without on).
 	byType  map[string][]*trigger
@@ -45,13 +53,22 @@ type trigger struct {
 }
 
 type offer struct {
-	id       string
-	priority int
-	channels []string // empty: any
-	when     *expr    // nil: always eligible
-	template string
-	payload  map[string]string
-	exprs    []payloadExpr
+	id           string
+	priority     int
+	channels     []string // empty: any
+	category     string   // "": none (no purchase cooldown)
+	cooldown     time.Duration
+	cooldownText string
+	ab           bool
+	control      float64 // share of users in the control group, [0, 1)
+	when         *expr   // nil: always eligible
+	template     string
+	payload      map[string]string
+	exprs        []payloadExpr
+}
+
+func (o *offer) forChannel(ch string) bool {
+	return len(o.channels) == 0 || slices.Contains(o.channels, ch)
 }
 
 type payloadExpr struct {
@@ -63,6 +80,7 @@ type payloadExpr struct {
 // expr is one compiled CEL expression.
 type expr struct {
 	prg cel.Program
+	src string // for the trace
 }
 
 // Load reads and compiles the rules file at path.
@@ -98,6 +116,9 @@ func Parse(name string, data []byte) (*Rules, error) {
 			r.offers = append(r.offers, o)
 		}
 	}
+	compileSettings(c, &raw, r)
+	compilePolicies(c, &raw, r, seen)
+	compileFallbacks(c, &raw, r)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -163,7 +184,9 @@ type compiledTrigger struct {
 	on []string
 }
 
-func checkID(c *collector, w where, id text, line int, seen map[string]int) {
+// checkID checks a rule id and that it is new in seen (ids of the same
+// what: "trigger", "offer", "policy").
+func checkID(c *collector, w where, id text, line int, seen map[string]int, what string) {
 	switch {
 	case !id.set || id.val == "":
 		c.at(w, line, "id", "required")
@@ -171,7 +194,7 @@ func checkID(c *collector, w where, id text, line int, seen map[string]int) {
 		c.at(w, id.line, "id", "must match %s", ruleIDPattern)
 	default:
 		if first, dup := seen[id.val]; dup {
-			c.at(w, id.line, "id", "duplicate %s id (first defined on line %d)", w.kind, first)
+			c.at(w, id.line, "id", "duplicate %s id (first defined on line %d)", what, first)
 			return
 		}
 		seen[id.val] = id.line
@@ -179,9 +202,9 @@ func checkID(c *collector, w where, id text, line int, seen map[string]int) {
 }
 
 func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]int) *compiledTrigger {
-	w := where{kind: "trigger", rule: rt.id.val}
+	w := where{kind: kindTrigger, rule: rt.id.val}
 	before := len(c.errs) + c.dropped
-	checkID(c, w, rt.id, rt.line, seen)
+	checkID(c, w, rt.id, rt.line, seen, kindTrigger)
 	t := &trigger{id: rt.id.val}
 
 	var on []string
@@ -200,20 +223,8 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 	if rt.when.val != "" {
 		t.when = compileExpr(c, env, w, "when", rt.when, boolResult)
 	}
-	cooldownOK := true
-	if rt.cooldown.val != "" {
-		d, err := time.ParseDuration(rt.cooldown.val)
-		switch {
-		case err != nil:
-			c.at(w, rt.cooldown.line, "cooldown", "invalid duration %q (use Go durations such as 30m, 24h, 168h)", rt.cooldown.val)
-			cooldownOK = false
-		case d < 0:
-			c.at(w, rt.cooldown.line, "cooldown", "must not be negative, got %s", rt.cooldown.val)
-			cooldownOK = false
-		default:
-			t.cooldown = d
-		}
-	}
+	var cooldownOK bool
+	t.cooldown, cooldownOK = checkDuration(c, w, "cooldown", rt.cooldown, rt.line, false)
 	if rt.cooldownBy.val != "" {
 		if cooldownOK && t.cooldown == 0 {
 			c.at(w, rt.cooldownBy.line, "cooldown_by", "needs a positive cooldown")
@@ -239,9 +250,9 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 }
 
 func compileOffer(c *collector, env *cel.Env, ro *rawOffer, seen map[string]int) *offer {
-	w := where{kind: "offer", rule: ro.id.val}
+	w := where{kind: kindOffer, rule: ro.id.val}
 	before := len(c.errs) + c.dropped
-	checkID(c, w, ro.id, ro.line, seen)
+	checkID(c, w, ro.id, ro.line, seen, kindOffer)
 	o := &offer{id: ro.id.val, priority: ro.priority}
 	for _, ch := range ro.channels {
 		if !channelPattern.MatchString(ch.val) {
@@ -250,6 +261,23 @@ func compileOffer(c *collector, env *cel.Env, ro *rawOffer, seen map[string]int)
 		}
 		if !slices.Contains(o.channels, ch.val) {
 			o.channels = append(o.channels, ch.val)
+		}
+	}
+	o.category = ro.category.val
+	if strings.ContainsFunc(o.category, unicode.IsControl) || len(o.category) > 128 {
+		c.at(w, ro.category.line, "category", "must be at most 128 bytes without control characters, like an event's category")
+	}
+	o.cooldown, _ = checkDuration(c, w, "cooldown", ro.cooldown, ro.line, false)
+	o.cooldownText = ro.cooldown.val
+	if ab := ro.ab; ab != nil && ab.ok {
+		switch {
+		case !ab.controlSeen:
+			c.at(w, ab.line, "ab.control", "required: the share of users in the control group, in [0, 1)")
+		case !ab.controlOK: // reported
+		case !(ab.control >= 0 && ab.control < 1):
+			c.at(w, ab.controlLine, "ab.control", "must be in [0, 1) (a share such as 0.1 for 10%%), got %v", ab.control)
+		default:
+			o.ab, o.control = true, ab.control
 		}
 	}
 	if ro.when.val != "" {
@@ -336,7 +364,7 @@ func compileExpr(c *collector, env *cel.Env, w where, field string, src text, wa
 		c.at(w, src.line, field, "%v", err)
 		return nil
 	}
-	return &expr{prg: prg}
+	return &expr{prg: prg, src: src.val}
 }
 
 func stringConvertible(t *cel.Type) bool {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,9 +32,40 @@ type entry struct {
 }
 
 type rawFile struct {
-	hasVersion bool
-	triggers   []rawTrigger
-	offers     []rawOffer
+	hasVersion       bool
+	defaultTZ        text
+	caps             []rawCap
+	quiet            []rawQuiet
+	purchaseCooldown *rawPurchaseCooldown
+	fallbacks        []rawFallback
+	triggers         []rawTrigger
+	offers           []rawOffer
+}
+
+type rawCap struct {
+	line                int
+	id, channel, period text
+	max                 int
+	maxSeen, maxOK      bool // maxSeen: the key is there; maxOK: it is an integer
+}
+
+type rawQuiet struct {
+	line     int
+	id       text
+	channels []text
+	from, to text
+}
+
+type rawPurchaseCooldown struct {
+	line       int
+	id, period text
+}
+
+type rawFallback struct {
+	line              int
+	channel           text
+	offerID, template text
+	payload           []entry
 }
 
 type rawTrigger struct {
@@ -54,13 +86,41 @@ type rawOffer struct {
 	channels             []text
 	when, template       text
 	payload, payloadExpr []entry
+	category, cooldown   text
+	ab                   *rawAB
+}
+
+type rawAB struct {
+	line                   int
+	control                float64
+	controlLine            int
+	controlSeen, controlOK bool // controlSeen: the key is there; controlOK: it is a number
+	ok                     bool // a mapping (or null)
 }
 
 var (
-	fileFields    = []string{"version", "triggers", "offers"}
-	triggerFields = []string{"id", "description", "on", "when", "cooldown", "cooldown_by", "action"}
-	actionFields  = []string{"channel", "template", "payload", "payload_expr"}
-	offerFields   = []string{"id", "description", "priority", "channels", "when", "template", "payload", "payload_expr"}
+	fileFields     = []string{"version", "settings", "policies", "fallbacks", "triggers", "offers"}
+	settingsFields = []string{"default_timezone"}
+	policiesFields = []string{"frequency_caps", "quiet_hours", "purchase_cooldown"}
+	capFields      = []string{"id", "channel", "max", "period"}
+	quietFields    = []string{"id", "channels", "from", "to"}
+	pcFields       = []string{"id", "period"}
+	fallbackFields = []string{"offer_id", "template", "payload"}
+	triggerFields  = []string{"id", "description", "on", "when", "cooldown", "cooldown_by", "action"}
+	actionFields   = []string{"channel", "template", "payload", "payload_expr"}
+	offerFields    = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab",
+		"when", "template", "payload", "payload_expr"}
+	abFields = []string{"control"}
+)
+
+// Kinds of rules, as in RuleError.Kind.
+const (
+	kindTrigger          = "trigger"
+	kindOffer            = "offer"
+	kindFrequencyCap     = "frequency_cap"
+	kindQuietHours       = "quiet_hours"
+	kindPurchaseCooldown = "purchase_cooldown"
+	kindFallback         = "fallback"
 )
 
 // where is the rule being read, for error messages.
@@ -153,6 +213,20 @@ func (c *collector) integer(n *yaml.Node, w where, field string) (int, bool) {
 		return 0, false
 	}
 	return i, true
+}
+
+// number reads a float.
+func (c *collector) number(n *yaml.Node, w where, field string) (float64, bool) {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
+		c.at(w, n.Line, field, "expected a number, got %s", describe(n))
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(n.Value, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		c.at(w, n.Line, field, "expected a number, got %q", n.Value)
+		return 0, false
+	}
+	return f, true
 }
 
 func describe(n *yaml.Node) string {
@@ -252,6 +326,25 @@ func readFile(c *collector, data []byte) rawFile {
 			if n, ok := c.integer(v, top, "version"); ok && n != 1 {
 				c.at(top, v.Line, "version", "must be 1, got %d", n)
 			}
+		case "settings":
+			if isNull(v) {
+				return
+			}
+			c.fields(v, top, "settings", settingsFields, func(key string, _, v *yaml.Node) {
+				f.defaultTZ = c.scalar(v, top, "settings."+key)
+			})
+		case "policies":
+			if isNull(v) {
+				return
+			}
+			c.fields(v, top, "policies", policiesFields, func(key string, _, v *yaml.Node) {
+				readPolicies(c, &f, key, v)
+			})
+		case "fallbacks":
+			if isNull(v) {
+				return
+			}
+			readFallbacks(c, &f, v)
 		case "triggers":
 			if isNull(v) {
 				return
@@ -349,6 +442,19 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 			o.priority, _ = c.integer(v, w, key)
 		case "channels":
 			o.channels = c.list(v, w, key)
+		case "category":
+			o.category = c.scalar(v, w, key)
+		case "cooldown":
+			o.cooldown = c.scalar(v, w, key)
+		case "ab":
+			o.ab = &rawAB{line: v.Line, ok: true}
+			if isNull(v) {
+				return
+			}
+			o.ab.ok = c.fields(v, w, "ab", abFields, func(_ string, _, v *yaml.Node) {
+				o.ab.controlSeen, o.ab.controlLine = true, v.Line
+				o.ab.control, o.ab.controlOK = c.number(v, w, "ab.control")
+			})
 		case "when":
 			o.when = c.scalar(v, w, key)
 		case "template":
@@ -360,4 +466,116 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 		}
 	})
 	return o
+}
+
+// readPolicies reads one key of the policies section.
+func readPolicies(c *collector, f *rawFile, key string, v *yaml.Node) {
+	top := where{}
+	field := "policies." + key
+	if isNull(v) {
+		return
+	}
+	if key == "purchase_cooldown" {
+		pc := &rawPurchaseCooldown{line: v.Line}
+		w := where{kind: kindPurchaseCooldown, rule: ruleID(v)}
+		if c.fields(v, w, "", pcFields, func(key string, _, v *yaml.Node) {
+			switch key {
+			case "id":
+				pc.id = c.scalar(v, w, key)
+			case "period":
+				pc.period = c.scalar(v, w, key)
+			}
+		}) {
+			f.purchaseCooldown = pc
+		}
+		return
+	}
+	if v.Kind != yaml.SequenceNode {
+		c.at(top, v.Line, field, "expected a list, got %s", kindName(v))
+		return
+	}
+	for _, n := range v.Content {
+		n = deref(n)
+		switch key {
+		case "frequency_caps":
+			rc := rawCap{line: n.Line}
+			w := where{kind: kindFrequencyCap, rule: ruleID(n)}
+			ok := c.fields(n, w, "", capFields, func(key string, _, v *yaml.Node) {
+				switch key {
+				case "id":
+					rc.id = c.scalar(v, w, key)
+				case "channel":
+					rc.channel = c.scalar(v, w, key)
+				case "max":
+					rc.maxSeen = true
+					rc.max, rc.maxOK = c.integer(v, w, key)
+				case "period":
+					rc.period = c.scalar(v, w, key)
+				}
+			})
+			if ok {
+				f.caps = append(f.caps, rc)
+			}
+		case "quiet_hours":
+			rq := rawQuiet{line: n.Line}
+			w := where{kind: kindQuietHours, rule: ruleID(n)}
+			ok := c.fields(n, w, "", quietFields, func(key string, _, v *yaml.Node) {
+				switch key {
+				case "id":
+					rq.id = c.scalar(v, w, key)
+				case "channels":
+					rq.channels = c.list(v, w, key)
+				case "from":
+					rq.from = c.scalar(v, w, key)
+				case "to":
+					rq.to = c.scalar(v, w, key)
+				}
+			})
+			if ok {
+				f.quiet = append(f.quiet, rq)
+			}
+		}
+	}
+}
+
+// readFallbacks reads the fallbacks mapping: channel -> literal offer.
+func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
+	top := where{}
+	v = deref(v)
+	if v.Kind != yaml.MappingNode {
+		c.at(top, v.Line, "fallbacks", "expected a mapping of channel to offer, got %s", kindName(v))
+		return
+	}
+	var seen []string
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, n := deref(v.Content[i]), deref(v.Content[i+1])
+		if k.Kind != yaml.ScalarNode || isNull(k) {
+			c.at(top, k.Line, "fallbacks", "keys must be channels, got %s", kindName(k))
+			continue
+		}
+		w := where{kind: kindFallback, rule: k.Value}
+		if slices.Contains(seen, k.Value) {
+			c.at(w, k.Line, "", "repeated")
+			continue
+		}
+		seen = append(seen, k.Value)
+		fb := rawFallback{line: k.Line, channel: text{val: k.Value, line: k.Line, set: true}}
+		if isNull(n) {
+			c.at(w, n.Line, "", "expected a mapping (offer_id, template, payload), got nothing")
+			continue
+		}
+		ok := c.fields(n, w, "", fallbackFields, func(key string, _, v *yaml.Node) {
+			switch key {
+			case "offer_id":
+				fb.offerID = c.scalar(v, w, key)
+			case "template":
+				fb.template = c.scalar(v, w, key)
+			case "payload":
+				fb.payload = c.stringMap(v, w, key)
+			}
+		})
+		if ok {
+			f.fallbacks = append(f.fallbacks, fb)
+		}
+	}
 }

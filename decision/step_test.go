@@ -171,6 +171,8 @@ func TestSeedAction(t *testing.T) {
 		Payload:     map[string]string{"discount": "10%", "category": "phones"},
 		TriggeredAt: t0.Add(2 * time.Minute),
 		EventID:     "v-2",
+
+		RulesVersion: r.Version(),
 	}
 	got := actions[0]
 	if !maps.Equal(got.Payload, want.Payload) {

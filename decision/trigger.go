@@ -36,7 +36,7 @@ func OnEvalError(f func(*EvalError)) StepOption {
 //
 // Duplicate and rejected events never fire triggers. An action's ID is
 // profile.ActionID(user, event, trigger), so a re-run step emits the same
-// ids. The returned step is safe for concurrent use on distinct profiles.
+// ids; its RulesVersion is r.Version(). The returned step is safe for concurrent use on distinct profiles.
 func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 	limits = limits.WithDefaults()
 	var cfg stepConfig
@@ -65,6 +65,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			vars.now = types.Timestamp{Time: e.OccurredAt}
 			for _, t := range ts {
 				if a, ok := t.fire(p, e, vars, &cfg); ok {
+					a.RulesVersion = r.Version()
 					out.Actions = append(out.Actions, a)
 				}
 			}

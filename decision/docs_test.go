@@ -1,0 +1,424 @@
+package decision
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// The rule author's reference, docs/rules.md, is executed here: every
+// ```yaml block is parsed (blocks after a <!-- fragment --> line are not
+// whole files and are skipped; blocks after <!-- example: NAME --> are
+// also checked by docExamples[NAME]; blocks after <!-- invalid --> must
+// be refused with the errors of the next <!-- errors --> ```text block),
+// and every line of a ```cel block is evaluated against the sample user of
+// the document and compared with the value after its "// =>".
+
+const docsPath = "../docs/rules.md"
+
+type docBlock struct {
+	lang   string // yaml, cel, "cel event"
+	marker string // the <!-- ... --> line before the block, if any
+	line   int    // of the opening fence
+	text   string
+}
+
+func readDocBlocks(t *testing.T) []docBlock {
+	t.Helper()
+	f, err := os.Open(docsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var blocks []docBlock
+	var cur *docBlock
+	var body strings.Builder
+	marker := ""
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		switch {
+		case cur != nil && line == "```":
+			cur.text = body.String()
+			blocks = append(blocks, *cur)
+			cur, marker = nil, ""
+		case cur != nil:
+			body.WriteString(line)
+			body.WriteByte('\n')
+		case strings.HasPrefix(line, "```"):
+			cur = &docBlock{lang: strings.TrimPrefix(line, "```"), marker: marker, line: n}
+			body.Reset()
+		case strings.HasPrefix(line, "<!--") && strings.HasSuffix(line, "-->"):
+			marker = strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(line, "<!--"), "-->"))
+		case strings.TrimSpace(line) != "":
+			marker = ""
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if cur != nil {
+		t.Fatalf("%s:%d: unterminated code block", docsPath, cur.line)
+	}
+	return blocks
+}
+
+// docNow is the sample time of docs/rules.md: Saturday 1 March 2025,
+// 12:00 UTC (07:00 in New York, the sample user's zone).
+var docNow = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// docUser is the sample user of docs/rules.md ("The sample user"); keep
+// the two in step.
+func docUser(t testing.TB) *profile.Profile {
+	at := func(s string) time.Time {
+		ts, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+	events := []profile.Event{
+		{Type: "unsubscribe", Channel: "email", OccurredAt: at("2025-02-20T10:00:00Z")},
+		{Type: "message_sent", Channel: "push", OccurredAt: at("2025-02-26T12:00:00Z"), Attributes: map[string]string{"offer_id": "cart-reminder"}},
+		{Type: "purchase", Category: "hats", Value: 59.9, OccurredAt: at("2025-02-27T12:00:00Z")},
+		{Type: "message_sent", Channel: "sms", OccurredAt: at("2025-02-28T18:00:00Z"), Attributes: map[string]string{"offer_id": "phones-coupon"}},
+		{Type: "login", OccurredAt: at("2025-03-01T09:00:00Z"), Attributes: map[string]string{"tz": "America/New_York"}},
+		{Type: "view", Category: "laptops", OccurredAt: at("2025-03-01T08:00:00Z")},
+		{Type: "view", Category: "phones", OccurredAt: at("2025-03-01T11:40:00Z")},
+		{Type: "view", Category: "phones", OccurredAt: at("2025-03-01T11:50:00Z")},
+		{Type: "add_to_cart", Category: "phones", ItemID: "sku-1", OccurredAt: at("2025-03-01T11:55:00Z")},
+		{Type: "view", Category: "phones", ItemID: "sku-1", OccurredAt: at("2025-03-01T12:00:00Z"),
+			Attributes: map[string]string{"referrer": "newsletter"}},
+	}
+	p := &profile.Profile{}
+	l := profile.Limits{}.WithDefaults()
+	for i := range events {
+		e := &events[i]
+		e.ID, e.UserID = fmt.Sprint("e", i), "user-42"
+		if r := p.ApplyEvent(e, e.OccurredAt, l); r.Status != profile.Applied {
+			t.Fatalf("sample event %d: %v", i, r)
+		}
+	}
+	p.Compact(docNow, l)
+	return p
+}
+
+// docEvent is the sample event (the last view), for trigger expressions.
+func docEvent() *profile.Event {
+	return &profile.Event{ID: "e9", UserID: "user-42", Type: "view", Category: "phones", ItemID: "sku-1",
+		OccurredAt: docNow, Attributes: map[string]string{"referrer": "newsletter"}}
+}
+
+// docRequest is the sample request, for offer expressions.
+var docRequest = Request{UserID: "user-42", Channel: "sms", Placement: "home_banner", Context: map[string]string{"category": "phones"}}
+
+func TestDocsYAML(t *testing.T) {
+	blocks := readDocBlocks(t)
+	parsed, examples := 0, map[string]bool{}
+	var invalid error             // of the last <!-- invalid --> block
+	traces := map[string]string{} // of the examples, for the sample request
+	for _, b := range blocks {
+		if ex, ok := strings.CutPrefix(b.marker, "trace: "); ok && b.lang == "text" {
+			if got, ok := traces[ex]; !ok || got != b.text {
+				t.Errorf("%s:%d: trace of example %q\n got %s\nwant %s", docsPath, b.line, ex, got, b.text)
+			}
+			continue
+		}
+		if b.lang == "text" && b.marker == "errors" {
+			if invalid == nil {
+				t.Errorf("%s:%d: errors block without an invalid file before it", docsPath, b.line)
+				continue
+			}
+			if got := invalid.Error() + "\n"; got != b.text {
+				t.Errorf("%s:%d: errors\n got %s\nwant %s", docsPath, b.line, got, b.text)
+			}
+			invalid = nil
+			continue
+		}
+		if b.lang != "yaml" || b.marker == "fragment" {
+			continue
+		}
+		name := fmt.Sprintf("%s:%d", docsPath, b.line)
+		if b.marker == "invalid" {
+			_, invalid = Parse("rules.yaml", []byte(b.text))
+			if invalid == nil {
+				t.Errorf("%s: invalid example parses", name)
+			}
+			continue
+		}
+		r, err := Parse(name, []byte(b.text))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		parsed++
+		// Whatever the rules, deciding and stepping must work.
+		p := docUser(t)
+		req := docRequest
+		req.Explain = true
+		var tb strings.Builder
+		for _, s := range r.Decide(p, req, docNow).Trace {
+			fmt.Fprintf(&tb, "%s | %s | %s | %v\n", s.RuleID, s.Subject, s.Value, s.Passed)
+		}
+		r.Step(profile.Limits{})(p, []profile.Event{*docEvent()}, docNow)
+		if ex, ok := strings.CutPrefix(b.marker, "example: "); ok {
+			traces[ex] = tb.String()
+			check := docExamples[ex]
+			if check == nil {
+				t.Errorf("%s: no check for example %q", name, ex)
+				continue
+			}
+			examples[ex] = true
+			t.Run(ex, func(t *testing.T) { check(t, r) })
+		}
+	}
+	if invalid != nil {
+		t.Errorf("invalid example without its errors block")
+	}
+	if parsed < 10 {
+		t.Errorf("only %d whole rules files in %s", parsed, docsPath)
+	}
+	for ex := range docExamples {
+		if !examples[ex] {
+			t.Errorf("example %q is not in %s", ex, docsPath)
+		}
+	}
+}
+
+func TestDocsCEL(t *testing.T) {
+	env, err := envs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := docUser(t)
+	ev := &eventVal{}
+	ev.set(docEvent())
+	trig := &triggerVars{event: ev, profile: &profileVal{p: p, now: docNow}, now: types.Timestamp{Time: docNow}}
+	off := &offerVars{
+		profile:   &profileVal{p: p, now: docNow},
+		now:       types.Timestamp{Time: docNow},
+		channel:   types.String(docRequest.Channel),
+		placement: types.String(docRequest.Placement),
+		context:   types.NewStringStringMap(types.DefaultTypeAdapter, docRequest.Context),
+	}
+	n := 0
+	for _, b := range readDocBlocks(t) {
+		var e *cel.Env
+		var vars any
+		switch b.lang {
+		case "cel":
+			e, vars = env.offer, off
+		case "cel event":
+			e, vars = env.trigger, trig
+		default:
+			continue
+		}
+		for i, line := range strings.Split(strings.TrimRight(b.text, "\n"), "\n") {
+			src, want, ok := strings.Cut(line, "// =>")
+			src, want = strings.TrimSpace(src), strings.TrimSpace(want)
+			where := fmt.Sprintf("%s:%d", docsPath, b.line+1+i)
+			if src == "" || strings.HasPrefix(src, "//") {
+				continue
+			}
+			if !ok {
+				t.Errorf("%s: %s: no // => value", where, src)
+				continue
+			}
+			n++
+			got, err := evalDoc(e, src, vars)
+			if err != nil {
+				got = "error: " + err.Error()
+			}
+			if got != want && !(strings.HasPrefix(want, "error: ") && strings.HasPrefix(got, want)) {
+				t.Errorf("%s: %s\n got %s\nwant %s", where, src, got, want)
+			}
+		}
+	}
+	if n < 30 {
+		t.Errorf("only %d CEL examples in %s", n, docsPath)
+	}
+}
+
+func evalDoc(env *cel.Env, src string, vars any) (string, error) {
+	ast, iss := env.Compile(src)
+	if iss.Err() != nil {
+		return "", iss.Err()
+	}
+	prg, err := env.Program(ast, cel.CostLimit(MaxCost))
+	if err != nil {
+		return "", err
+	}
+	out, _, err := prg.Eval(vars)
+	if err != nil {
+		return "", err
+	}
+	return formatDocValue(out), nil
+}
+
+func formatDocValue(v ref.Val) string {
+	switch v := v.(type) {
+	case types.Bool:
+		return strconv.FormatBool(bool(v))
+	case types.Int:
+		return strconv.FormatInt(int64(v), 10)
+	case types.Double:
+		return strconv.FormatFloat(float64(v), 'g', -1, 64)
+	case types.String:
+		return strconv.Quote(string(v))
+	case types.Timestamp:
+		return v.UTC().Format(time.RFC3339)
+	case types.Duration:
+		return v.Duration.String()
+	}
+	return fmt.Sprintf("%v", v.Value())
+}
+
+// docExamples check what docs/rules.md says about its worked examples.
+var docExamples = map[string]func(t *testing.T, r *Rules){
+	"complete": func(t *testing.T, r *Rules) {
+		p := docUser(t)
+		// 07:00 in New York: quiet hours until 08:00.
+		req := docRequest
+		req.Explain = true
+		d := r.Decide(p, req, docNow)
+		if d.Verdict != VerdictHold || d.Offer.ID != "phones-coupon" || !d.NotBefore.Equal(docNow.Add(time.Hour)) {
+			t.Errorf("sms at 07:00 New York: %v %+v until %v (%q)", d.Verdict, d.Offer, d.NotBefore, d.Reasons)
+		}
+		// The trace shown in "How a decision is made".
+		want := []struct {
+			rule, value string
+			passed      bool
+		}{
+			{"consent", "granted", true},
+			{"sms-daily-cap", "1 of 2 sends used", true},
+			{"global-weekly-cap", "2 of 8 sends used", true},
+			{"recent-purchase", "no purchase of phones kept", true},
+			{"phones-coupon", "true", true},
+			{"night", "local time 07:00 in America/New_York: inside", false},
+		}
+		if len(d.Trace) != len(want) {
+			t.Fatalf("trace %v", d.Trace)
+		}
+		for i, w := range want {
+			if s := d.Trace[i]; s.RuleID != w.rule || s.Value != w.value || s.Passed != w.passed {
+				t.Errorf("trace step %d = %+v, want %+v", i, s, w)
+			}
+		}
+		// An hour later it sends.
+		if d := r.Decide(p, docRequest, docNow.Add(time.Hour)); d.Verdict != VerdictSend || d.Offer.ID != "phones-coupon" {
+			t.Errorf("sms at 08:00 New York: %v %+v (%q)", d.Verdict, d.Offer, d.Reasons)
+		}
+		// The fallback for web.
+		if d := r.Fallback("web"); d.Verdict != VerdictSend || d.Offer.ID != "web-welcome-fallback" {
+			t.Errorf("fallback: %+v", d)
+		}
+	},
+	"caps": func(t *testing.T, r *Rules) {
+		p := docUser(t)
+		// One sms 18h ago: a second is allowed, a third is not.
+		if d := r.Decide(p, docRequest, docNow); d.Verdict != VerdictSend {
+			t.Errorf("first decision: %v (%q)", d.Verdict, d.Reasons)
+		}
+		e := profile.Event{ID: "x", Type: "message_sent", Channel: "sms", OccurredAt: docNow}
+		p.ApplyEvent(&e, docNow, profile.Limits{}.WithDefaults())
+		d := r.Decide(p, docRequest, docNow.Add(time.Minute))
+		want := []Reason{{"sms-daily", "sms-daily: 2 of 2 sms sends in the last 24h"}}
+		if d.Verdict != VerdictNone || !reflect.DeepEqual(d.Reasons, want) {
+			t.Errorf("after a second sms: %v %q, want NONE %q", d.Verdict, d.Reasons, want)
+		}
+		// 18h after the first sms it has left the window.
+		if d := r.Decide(p, docRequest, time.Date(2025, 3, 1, 18, 0, 1, 0, time.UTC)); d.Verdict != VerdictSend {
+			t.Errorf("a day after the first sms: %v (%q)", d.Verdict, d.Reasons)
+		}
+	},
+	"quiet-hours": func(t *testing.T, r *Rules) {
+		p := docUser(t)
+		d := r.Decide(p, Request{Channel: "push"}, docNow)
+		want := time.Date(2025, 3, 1, 8, 0, 0, 0, mustLoc(t, "America/New_York"))
+		if d.Verdict != VerdictHold || !d.NotBefore.Equal(want) {
+			t.Errorf("push at 07:00 New York: %v until %v, want HOLD until %v", d.Verdict, d.NotBefore, want)
+		}
+		const reason = "night: quiet hours 21:00-08:00 for push (local time 07:00 in America/New_York); hold until 2025-03-01 08:00 EST"
+		if got := d.Reasons[len(d.Reasons)-1]; got != (Reason{"night", reason}) {
+			t.Errorf("reason %q, want %q", got, reason)
+		}
+		if d := r.Decide(p, Request{Channel: "web"}, docNow); d.Verdict != VerdictSend {
+			t.Errorf("web: %v", d.Verdict)
+		}
+		// Without a tz, Paris: 13:00, no quiet hours.
+		if d := r.Decide(nil, Request{Channel: "push"}, docNow); d.Verdict != VerdictSend {
+			t.Errorf("user without tz: %v (%q)", d.Verdict, d.Reasons)
+		}
+	},
+	"cooldowns": func(t *testing.T, r *Rules) {
+		p := docUser(t)
+		// hats were bought 2 days ago: hats-coupon is skipped; the push
+		// cart reminder was sent 3 days ago, within its 7d cooldown.
+		d := r.Decide(p, Request{Channel: "email"}, docNow)
+		if d.Verdict != VerdictNone || len(d.Reasons) != 1 || d.Reasons[0].RuleID != "consent" {
+			t.Errorf("email (unsubscribed): %v %q", d.Verdict, d.Reasons)
+		}
+		d = r.Decide(p, Request{Channel: "push"}, docNow)
+		want := []Reason{
+			{"cart-reminder", "offer cart-reminder skipped: sent 3d ago, within its cooldown of 7d"},
+			{"recent-purchase", "offer hats-coupon skipped: hats bought 2d ago, within the purchase cooldown of 14d"},
+			{"", "no eligible offer"},
+		}
+		if d.Verdict != VerdictNone || !reflect.DeepEqual(d.Reasons, want) {
+			t.Errorf("push: %v %q, want %q", d.Verdict, d.Reasons, want)
+		}
+	},
+	"ab": func(t *testing.T, r *Rules) {
+		// A user who left something in the cart, and had no reminder.
+		p := build(t, docNow, profile.Event{Type: "add_to_cart", OccurredAt: docNow.Add(-time.Hour)})
+		if d := r.Decide(docUser(t), Request{UserID: "user-42", Channel: "push"}, docNow); d.Verdict != VerdictNone ||
+			d.Reasons[0].Message != "offer cart-reminder skipped: sent 3d ago, within its cooldown of 7d" {
+			t.Errorf("sample user: %v %q", d.Verdict, d.Reasons)
+		}
+		control := 0
+		for i := range 10_000 {
+			d := r.Decide(p, Request{UserID: fmt.Sprint("user-", i), Channel: "push"}, docNow)
+			if d.Control {
+				control++
+			}
+		}
+		if control < 1800 || control > 2200 {
+			t.Errorf("%d of 10000 users in the control group, want about 2000", control)
+		}
+	},
+	"win-back": func(t *testing.T, r *Rules) {
+		p := docUser(t)
+		if d := r.Decide(p, Request{Channel: "push"}, docNow); d.Verdict != VerdictNone {
+			t.Errorf("active user: %v %+v", d.Verdict, d.Offer)
+		}
+		if d := r.Decide(p, Request{Channel: "push"}, docNow.Add(40*24*time.Hour)); d.Verdict != VerdictSend || d.Offer.ID != "win-back" {
+			t.Errorf("40 days later: %v %+v (%q)", d.Verdict, d.Offer, d.Reasons)
+		}
+		if d := r.Decide(nil, Request{Channel: "push"}, docNow); d.Verdict != VerdictNone {
+			t.Errorf("unknown user: %v %+v", d.Verdict, d.Offer)
+		}
+	},
+	"seed": func(t *testing.T, r *Rules) {
+		p := &profile.Profile{}
+		var events []profile.Event
+		for i := range 3 {
+			events = append(events, profile.Event{ID: fmt.Sprint(i), UserID: "u", Type: "view", Category: "phones",
+				OccurredAt: docNow.Add(time.Duration(i) * 10 * time.Minute)})
+		}
+		out := r.Step(profile.Limits{})(p, events, docNow.Add(time.Hour))
+		if len(out.Actions) != 1 || out.Actions[0].EventID != "2" || out.Actions[0].Payload["category"] != "phones" {
+			t.Errorf("actions %+v, want one for the third view", out.Actions)
+		}
+	},
+}
