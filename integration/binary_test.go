@@ -181,7 +181,7 @@ func TestNudgedBinaryServesAndStopsGracefully(t *testing.T) {
 
 	ingest := nudgev1.NewIngestServiceClient(conn)
 	pub, err := ingest.Publish(ctx, &nudgev1.PublishRequest{Events: []*nudgev1.Event{
-		ev("bin-user", "view", "phones", 3*time.Minute), ev("bin-user", "view", "phones", 2*time.Minute), ev("bin-user", "view", "phones", time.Minute),
+		inDaytime(ev("bin-user", "view", "phones", 3*time.Minute)), ev("bin-user", "view", "phones", 2*time.Minute), ev("bin-user", "view", "phones", time.Minute),
 	}})
 	if err != nil {
 		t.Fatal(err)

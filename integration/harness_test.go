@@ -175,3 +175,23 @@ func (e *env) outbox(t *testing.T, user string) []profile.Action {
 	}
 	return out
 }
+
+// daytimeTZ returns an IANA zone in which it is now about noon, so that a
+// test deciding at wall-clock time is outside the example rules' quiet
+// hours whenever it runs.
+func daytimeTZ() string {
+	off := 12 - time.Now().UTC().Hour() // in [-11, 12]
+	switch {
+	case off > 0:
+		return fmt.Sprintf("Etc/GMT-%d", off) // Etc signs are inverted: GMT-3 is UTC+3
+	case off < 0:
+		return fmt.Sprintf("Etc/GMT+%d", -off)
+	}
+	return "Etc/UTC"
+}
+
+// inDaytime gives the event's user a time zone where it is now daytime.
+func inDaytime(e *nudgev1.Event) *nudgev1.Event {
+	e.Attributes = map[string]string{"tz": daytimeTZ()}
+	return e
+}

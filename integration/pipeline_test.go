@@ -344,7 +344,7 @@ func TestDeleteProfileLeavesNoKey(t *testing.T) {
 func TestGetDecisionAnswersFromProfile(t *testing.T) {
 	e := newEnv(t, profile.Options{})
 	const user = "decide-user"
-	e.publish(t, ev(user, "view", "phones", 9*time.Minute), ev(user, "view", "phones", 6*time.Minute), ev(user, "view", "phones", 3*time.Minute))
+	e.publish(t, inDaytime(ev(user, "view", "phones", 9*time.Minute)), ev(user, "view", "phones", 6*time.Minute), ev(user, "view", "phones", 3*time.Minute))
 	resp, err := e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
 	if err != nil {
 		t.Fatal(err)

@@ -76,6 +76,14 @@ func decisionToProto(d decision.Decision) *nudgev1.Decision {
 	for _, r := range d.Reasons {
 		out.Reasons = append(out.Reasons, &nudgev1.Reason{RuleId: r.RuleID, Message: r.Message})
 	}
+	if !d.NotBefore.IsZero() {
+		out.NotBefore = timestamppb.New(d.NotBefore)
+	}
+	out.Control = d.Control
+	out.RulesVersion = d.RulesVersion
+	for _, t := range d.Trace {
+		out.Trace = append(out.Trace, &nudgev1.TraceStep{RuleId: t.RuleID, Subject: t.Subject, Value: t.Value, Passed: t.Passed})
+	}
 	return out
 }
 

@@ -166,8 +166,11 @@ func (s *Server) decide(ctx context.Context, rules *decision.Rules, q query, p *
 	case errors.Is(readErr, profile.ErrNotFound):
 		p, readErr = &profile.Profile{}, nil
 	case readErr != nil:
-		s.metrics.countDecision(ctx, decision.VerdictNone, true)
-		d = fallback(readErr, readBudget)
+		fb := rules.Fallback(q.channel)
+		s.metrics.countDecision(ctx, fb.Verdict, true)
+		d = decisionToProto(fb)
+		d.Degraded = true
+		d.Reasons = append([]*nudgev1.Reason{fallbackCause(readErr, readBudget)}, d.Reasons...)
 	}
 	switch {
 	case d != nil:
@@ -181,9 +184,11 @@ func (s *Server) decide(ctx context.Context, rules *decision.Rules, q query, p *
 		version = p.Version
 	default:
 		dec := rules.Decide(p, decision.Request{
+			UserID:    q.userID,
 			Channel:   q.channel,
 			Placement: q.placement,
 			Context:   q.context,
+			Explain:   q.explain,
 		}, s.cfg.Now())
 		s.metrics.countDecision(ctx, dec.Verdict, false)
 		d = decisionToProto(dec)
@@ -225,8 +230,9 @@ func newDecisionID() string {
 	return "d_" + hex.EncodeToString(b[:])
 }
 
-// fallback is the decision given when the profile could not be read.
-func fallback(err error, readBudget time.Duration) *nudgev1.Decision {
+// fallbackCause is the first reason of a degraded decision: why the profile
+// could not be read.
+func fallbackCause(err error, readBudget time.Duration) *nudgev1.Reason {
 	var msg string
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
@@ -236,11 +242,7 @@ func fallback(err error, readBudget time.Duration) *nudgev1.Decision {
 	default:
 		msg = "profile store unavailable: " + err.Error()
 	}
-	return &nudgev1.Decision{
-		Verdict:  nudgev1.Verdict_VERDICT_NONE,
-		Degraded: true,
-		Reasons:  []*nudgev1.Reason{{RuleId: "fallback", Message: msg}},
-	}
+	return &nudgev1.Reason{RuleId: "degraded", Message: msg}
 }
 
 func invalidArgument(err error) error {

@@ -195,10 +195,28 @@ func TestGetDecisionDegraded(t *testing.T) {
 			if d.GetVerdict() != nudgev1.Verdict_VERDICT_NONE || !d.GetDegraded() || d.GetOffer() != nil || got.GetProfileVersion() != 0 {
 				t.Fatalf("got %v, want a degraded NONE", got)
 			}
-			if r := d.GetReasons(); len(r) != 1 || r[0].GetRuleId() != "fallback" || !strings.Contains(r[0].GetMessage(), tt.reason) {
-				t.Fatalf("reasons = %v, want one fallback reason containing %q", r, tt.reason)
+			// The cause first, then the fallback's own reason (web has no
+			// fallback offer in the test rules).
+			if r := d.GetReasons(); len(r) != 2 || r[0].GetRuleId() != "degraded" || !strings.Contains(r[0].GetMessage(), tt.reason) || r[1].GetRuleId() != "fallback" {
+				t.Fatalf("reasons = %v, want a degraded reason containing %q, then the fallback's", r, tt.reason)
 			}
 		})
+	}
+}
+
+// TestGetDecisionConfiguredFallback: a channel with a fallback offer in the
+// rules gets it, marked degraded, when the profile cannot be read.
+func TestGetDecisionConfiguredFallback(t *testing.T) {
+	h := start(t, &fakeStore{get: func(context.Context, string) (*profile.Profile, error) {
+		return nil, profile.ErrUnavailable
+	}}, server.Config{})
+	got, err := h.decide.GetDecision(callCtx(t), &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "push"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := got.GetDecision()
+	if d.GetVerdict() != nudgev1.Verdict_VERDICT_SEND || !d.GetDegraded() || d.GetOffer().GetId() != "push-fallback" || d.GetOffer().GetTemplate() != "generic_push" {
+		t.Errorf("got %v, want the push fallback offer, degraded", d)
 	}
 }
 

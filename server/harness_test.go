@@ -69,6 +69,8 @@ offers:
   - id: web-welcome
     channels: [web]
     template: welcome
+fallbacks:
+  push: {offer_id: push-fallback, template: generic_push}
 `
 
 func testRules(t testing.TB) *decision.Live {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
@@ -250,19 +249,10 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 	return results, actions, nil
 }
 
-// step is the rules in force as a profile.Step, with every action stamped
-// with the rules' version before the store writes it to the outbox.
+// step is the rules in force as a profile.Step (it stamps every action with
+// the rules' version).
 func (s *Server) step() profile.Step {
-	rules := s.rules.Rules()
-	version := rules.Version()
-	step := rules.Step(s.cfg.Limits, decision.OnEvalError(s.triggerError))
-	return func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
-		out := step(p, events, now)
-		for i := range out.Actions {
-			out.Actions[i].RulesVersion = version
-		}
-		return out
-	}
+	return s.rules.Rules().Step(s.cfg.Limits, decision.OnEvalError(s.triggerError))
 }
 
 // triggerError records a trigger that could not be evaluated. The trigger
