@@ -40,17 +40,24 @@ type env struct {
 
 func newEnv(t testing.TB, opt profile.Options) *env {
 	t.Helper()
-	return startServer(t, redistest.Start(t), opt)
+	return startServer(t, redistest.Start(t), opt, server.Config{})
+}
+
+// newEnvConfig is newEnv with server settings (zero fields: the test
+// defaults below).
+func newEnvConfig(t testing.TB, opt profile.Options, cfg server.Config) *env {
+	t.Helper()
+	return startServer(t, redistest.Start(t), opt, cfg)
 }
 
 // addServer starts another nudge server, with its own Redis connections, on
 // the same redis-server: what a second replica behind a load balancer is.
 func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 	t.Helper()
-	return startServer(t, e.redis, opt)
+	return startServer(t, e.redis, opt, server.Config{})
 }
 
-func startServer(t testing.TB, rs *redistest.Server, opt profile.Options) *env {
+func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg server.Config) *env {
 	t.Helper()
 	// As nudged configures it (internal/daemon): context deadlines cut
 	// socket I/O short, and go-redis does not retry on its own.
@@ -61,10 +68,13 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options) *env {
 	if err != nil {
 		t.Fatalf("bundled rules: %v", err)
 	}
-	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), server.Config{
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-		DefaultBudget: time.Second, // correctness here; budgets have their own tests
-	})
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.DefaultBudget == 0 {
+		cfg.DefaultBudget = time.Second // correctness here; budgets have their own tests
+	}
+	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,7 @@ const (
 	fFired         = 12 // message: 1 key, 2 sint64 Unix ms
 	fSends         = 13 // message per send, oldest first: 1 channel, 2 offer id, 3 sint64 Unix ms
 	fLastPurchases = 14 // message: 1 category, 2 sint64 Unix ms
+	fReservations  = 15 // message: 1 key, 2 channel, 3 offer id, 4 holds, 5 sint64 at ms, 6 sint64 expires ms, 7 decision bytes
 )
 
 // Encode returns the stored form of p. Map entries are written in key order,
@@ -134,6 +135,18 @@ func Encode(p *Profile) []byte {
 		msg = appendString(msg[:0], 1, k)
 		msg = appendSint(msg, 2, p.LastPurchases[k].UnixMilli())
 		b = appendMessage(b, fLastPurchases, msg)
+	}
+	for _, r := range p.Reservations {
+		msg = appendString(msg[:0], 1, r.Key)
+		msg = appendString(msg, 2, r.Channel)
+		msg = appendString(msg, 3, r.OfferID)
+		msg = protowire.AppendTag(msg, 4, protowire.VarintType)
+		msg = protowire.AppendVarint(msg, protowire.EncodeBool(r.Holds))
+		msg = appendSint(msg, 5, r.At.UnixMilli())
+		msg = appendSint(msg, 6, r.Expires.UnixMilli())
+		msg = protowire.AppendTag(msg, 7, protowire.BytesType)
+		msg = protowire.AppendBytes(msg, r.Decision)
+		b = appendMessage(b, fReservations, msg)
 	}
 	return b
 }
@@ -280,6 +293,31 @@ func Decode(b []byte) (*Profile, error) {
 				p.LastPurchases = make(map[string]time.Time)
 			}
 			p.LastPurchases[k] = msTime(protowire.DecodeZigZag(ms))
+		case num == fReservations && typ == protowire.BytesType:
+			var r Reservation
+			err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+				switch {
+				case num == 1 && typ == protowire.BytesType:
+					r.Key = string(v)
+				case num == 2 && typ == protowire.BytesType:
+					r.Channel = string(v)
+				case num == 3 && typ == protowire.BytesType:
+					r.OfferID = string(v)
+				case num == 4 && typ == protowire.VarintType:
+					r.Holds = protowire.DecodeBool(x)
+				case num == 5 && typ == protowire.VarintType:
+					r.At = msTime(protowire.DecodeZigZag(x))
+				case num == 6 && typ == protowire.VarintType:
+					r.Expires = msTime(protowire.DecodeZigZag(x))
+				case num == 7 && typ == protowire.BytesType:
+					r.Decision = append([]byte(nil), v...)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			p.Reservations = append(p.Reservations, r)
 		}
 		return nil
 	})

@@ -183,6 +183,9 @@ type Profile struct {
 	// LastPurchases is the latest event time of a purchase per category
 	// (purchases without a category are not kept here). See LastPurchase.
 	LastPurchases map[string]time.Time
+	// Reservations are the live decisions taken with reserve (see
+	// Reservation), oldest first.
+	Reservations []Reservation
 }
 
 // Send is one message sent to the user, from a message_sent event.
@@ -422,6 +425,7 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 		}
 	case TypeMessageSent:
 		p.addSend(Send{Channel: e.Channel, OfferID: e.Attributes[AttrOfferID], At: e.OccurredAt})
+		p.confirmReservation(e.Attributes[AttrIdempotencyKey])
 	case TypeSubscribe, TypeUnsubscribe:
 		ch := e.Channel
 		if ch == "" || ch == "all" {
@@ -566,6 +570,7 @@ func (p *Profile) Compact(now time.Time, l Limits) {
 
 	p.compactSends(now, l)
 	p.compactPurchases(now, l)
+	p.compactReservations(now)
 }
 
 func (p *Profile) compactSends(now time.Time, l Limits) {

@@ -265,10 +265,37 @@ func (s *RedisStore) applyUserRecovered(ctx context.Context, u UserEvents, step 
 }
 
 func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {
-	defer s.lockUser(u.UserID)()
-	key := s.ProfileKey(u.UserID)
-	outbox := s.OutboxKey(s.Bucket(u.UserID))
-	var res UserOutcome
+	var out Outcome
+	version, err := s.transact(ctx, u.UserID, func(p *Profile, now time.Time) (bool, []Action) {
+		out = step(p, u.Events, now)
+		return out.Changed(), out.Actions
+	})
+	if err != nil {
+		return UserOutcome{Err: err}
+	}
+	return UserOutcome{Outcome: out, Version: version}
+}
+
+// Update runs fn on the user's stored profile (an empty Profile when the
+// user has none) at processing time now, and writes the profile back when
+// fn reports a change, in one WATCH/MULTI/EXEC transaction with the same
+// retries as Apply. fn must be free of side effects beyond the profile: it
+// runs again, on a freshly read profile, when the transaction conflicts. It
+// returns the profile version after the call.
+func (s *RedisStore) Update(ctx context.Context, userID string, fn func(p *Profile, now time.Time) (changed bool)) (uint64, error) {
+	return s.transact(ctx, userID, func(p *Profile, now time.Time) (bool, []Action) { return fn(p, now), nil })
+}
+
+// transact is the transaction behind Apply and Update: read the profile
+// under WATCH, run fn, and if it changed something write the profile and
+// fn's actions (to the bucket's outbox) in one MULTI/EXEC, retrying
+// conflicts with backoff.
+func (s *RedisStore) transact(ctx context.Context, userID string, fn func(p *Profile, now time.Time) (bool, []Action)) (uint64, error) {
+	defer s.lockUser(userID)()
+	key := s.ProfileKey(userID)
+	outbox := s.OutboxKey(s.Bucket(userID))
+	var version uint64
+	var changed bool
 	txn := func(tx *redis.Tx) error {
 		p := &Profile{}
 		raw, err := tx.Get(ctx, key).Bytes()
@@ -278,17 +305,19 @@ func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) Use
 			return err
 		default:
 			if p, err = Decode(raw); err != nil {
-				return fmt.Errorf("user %q: %w", u.UserID, err)
+				return fmt.Errorf("user %q: %w", userID, err)
 			}
 		}
 		now := s.opt.Now()
-		res = UserOutcome{Outcome: step(p, u.Events, now), Version: p.Version}
-		if !res.Changed() {
+		var actions []Action
+		changed, actions = fn(p, now)
+		version = p.Version
+		if !changed {
 			return nil
 		}
 		p.Version++
 		p.UpdatedAt = now
-		res.Version = p.Version
+		version = p.Version
 		encoded := Encode(p)
 		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			ttl := s.opt.TTL
@@ -296,8 +325,8 @@ func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) Use
 				ttl = 0 // no expiry
 			}
 			pipe.Set(ctx, key, encoded, ttl)
-			for i := range res.Actions {
-				pipe.XAdd(ctx, &redis.XAddArgs{Stream: outbox, Values: actionFields(&res.Actions[i])})
+			for i := range actions {
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: outbox, Values: actionFields(&actions[i])})
 			}
 			return nil
 		})
@@ -309,30 +338,30 @@ func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) Use
 		err := s.rdb.Watch(ctx, txn, key)
 		switch {
 		case err == nil:
-			if res.Changed() {
+			if changed {
 				s.stats.transactions.Add(1)
 			}
-			return res
+			return version, nil
 		case errors.Is(err, redis.TxFailedErr):
 			s.stats.conflicts.Add(1)
 			conflicts++
 			if conflicts >= s.opt.MaxAttempts {
 				s.stats.exhausted.Add(1)
-				return UserOutcome{Err: fmt.Errorf("user %q: %d attempts: %w", u.UserID, conflicts, ErrConflict)}
+				return 0, fmt.Errorf("user %q: %d attempts: %w", userID, conflicts, ErrConflict)
 			}
 		case errors.Is(err, ErrCorrupt):
-			return UserOutcome{Err: err}
+			return 0, err
 		case ctx.Err() != nil:
-			return UserOutcome{Err: fmt.Errorf("user %q: %w", u.UserID, ctx.Err())}
+			return 0, fmt.Errorf("user %q: %w", userID, ctx.Err())
 		default:
 			errorsSeen++
 			if errorsSeen > s.opt.MaxErrorRetries {
-				return UserOutcome{Err: fmt.Errorf("user %q: %w: %w", u.UserID, ErrUnavailable, err)}
+				return 0, fmt.Errorf("user %q: %w: %w", userID, ErrUnavailable, err)
 			}
 			s.stats.errorRetries.Add(1)
 		}
 		if err := sleep(ctx, s.backoff(attempt)); err != nil {
-			return UserOutcome{Err: fmt.Errorf("user %q: %w", u.UserID, err)}
+			return 0, fmt.Errorf("user %q: %w", userID, err)
 		}
 	}
 }

@@ -63,6 +63,16 @@ func verdictToProto(v decision.Verdict) nudgev1.Verdict {
 	return nudgev1.Verdict_VERDICT_UNSPECIFIED
 }
 
+func verdictFromProto(v nudgev1.Verdict) decision.Verdict {
+	switch v {
+	case nudgev1.Verdict_VERDICT_SEND:
+		return decision.VerdictSend
+	case nudgev1.Verdict_VERDICT_HOLD:
+		return decision.VerdictHold
+	}
+	return decision.VerdictNone
+}
+
 func decisionToProto(d decision.Decision) *nudgev1.Decision {
 	out := &nudgev1.Decision{Verdict: verdictToProto(d.Verdict)}
 	if d.Offer != nil {

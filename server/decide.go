@@ -12,7 +12,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
@@ -48,6 +50,9 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 		context:    req.GetContext(),
 		minVersion: req.GetMinProfileVersion(),
 		explain:    req.GetExplain(),
+	}
+	if req.GetReserve() {
+		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
 	}
 	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
 	defer cancel()
@@ -111,50 +116,153 @@ func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (
 // already waiting on the store.
 var errReadsSaturated = errors.New("too many profile reads already waiting on the store")
 
-// readProfiles runs read on its own goroutine and waits for it at most until
-// ctx ends: the budget holds whatever the store does (a client library that
-// ignores deadlines, a paused Redis). A read abandoned at the deadline
-// finishes in the background; at most Config.MaxPendingReads reads run at
-// once, and past that the answer is errReadsSaturated at once, so a stuck
-// store cannot pile up goroutines.
+// readProfiles reads profiles within ctx's deadline (see runBounded); on
+// failure every user gets the error.
 func (s *Server) readProfiles(ctx context.Context, ids []string, read func(context.Context) ([]*profile.Profile, []error)) ([]*profile.Profile, []error) {
-	fail := func(err error) ([]*profile.Profile, []error) {
-		errs := make([]error, len(ids))
-		for i := range errs {
-			errs[i] = err
-		}
-		return make([]*profile.Profile, len(ids)), errs
-	}
-	select {
-	case s.pendingReads <- struct{}{}:
-	default:
-		return fail(errReadsSaturated)
-	}
 	type result struct {
 		ps   []*profile.Profile
 		errs []error
 	}
+	r, err := runBounded(s, ctx, func(ctx context.Context) result {
+		ps, errs := read(ctx)
+		return result{ps, errs}
+	})
+	if err != nil {
+		r = result{ps: make([]*profile.Profile, len(ids)), errs: make([]error, len(ids))}
+		for i := range r.errs {
+			r.errs[i] = err
+		}
+	}
+	return r.ps, r.errs
+}
+
+// runBounded runs fn on its own goroutine and waits for it at most until
+// ctx ends: the budget holds whatever the store does (a client library that
+// ignores deadlines, a paused Redis). A call abandoned at the deadline
+// finishes in the background (its result is dropped); at most
+// Config.MaxPendingReads calls run at once, and past that runBounded fails
+// at once with errReadsSaturated, so a stuck store cannot pile up
+// goroutines. A panic in fn is re-raised in the caller's goroutine, where
+// the recovery interceptor handles it.
+func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) T) (T, error) {
+	var zero T
+	select {
+	case s.pendingReads <- struct{}{}:
+	default:
+		return zero, errReadsSaturated
+	}
+	type result struct {
+		v        T
+		panicked bool
+	}
 	done := make(chan result, 1)
 	go func() {
 		defer func() { <-s.pendingReads }()
-		// The recovery interceptor does not reach this goroutine.
 		defer func() {
 			if p := recover(); p != nil {
-				s.cfg.Logger.ErrorContext(ctx, "panic in profile read", "panic", p, "stack", string(debug.Stack()))
-				done <- result{}
+				s.cfg.Logger.ErrorContext(ctx, "panic in store call", "panic", p, "stack", string(debug.Stack()))
+				done <- result{panicked: true}
 			}
 		}()
-		ps, errs := read(ctx)
-		done <- result{ps, errs}
+		done <- result{v: fn(ctx)}
 	}()
 	select {
 	case r := <-done:
-		if r.errs == nil {
-			panic("profile read panicked") // re-raised here, where the interceptor recovers it
+		if r.panicked {
+			panic("store call panicked (see the log)")
 		}
-		return r.ps, r.errs
+		return r.v, nil
 	case <-ctx.Done():
-		return fail(ctx.Err())
+		return zero, ctx.Err()
+	}
+}
+
+// reserve decides with reserve: inside one transaction on the user's
+// profile it returns the decision already taken with the key, or decides
+// and records the decision (a SEND holding its cap slot) under the key.
+// Past the budget the answer is NONE, degraded: never a SEND without its
+// reservation.
+func (s *Server) reserve(ctx context.Context, q query, key string, budget *durationpb.Duration) *nudgev1.GetDecisionResponse {
+	readCtx, cancel, readBudget := s.readContext(ctx, budget)
+	defer cancel()
+	rules := s.rules.Rules()
+	type result struct {
+		d       *nudgev1.Decision
+		version uint64
+		fresh   bool
+		err     error
+	}
+	r, err := runBounded(s, readCtx, func(ctx context.Context) result {
+		var r result
+		r.version, r.err = s.store.Update(ctx, q.userID, func(p *profile.Profile, now time.Time) bool {
+			r.fresh = false
+			if res, ok := p.Reservation(key, now); ok {
+				if d := new(nudgev1.Decision); proto.Unmarshal(res.Decision, d) == nil {
+					r.d = d
+					return false
+				}
+			}
+			if p.Version < q.minVersion {
+				r.d = staleDecision(p.Version, q.minVersion)
+				r.d.DecisionId, r.d.RulesVersion = newDecisionID(), rules.Version()
+				return false
+			}
+			dec := rules.Decide(p, q.request(), now)
+			d := decisionToProto(dec)
+			d.DecisionId, d.RulesVersion = newDecisionID(), rules.Version()
+			expires := now.Add(s.cfg.ReservationTTL)
+			holds := dec.Verdict == decision.VerdictSend
+			if holds {
+				d.Reservation = &nudgev1.Reservation{IdempotencyKey: key, ExpiresAt: timestamppb.New(expires)}
+			}
+			encoded, err := proto.Marshal(d)
+			if err != nil {
+				panic(fmt.Sprintf("marshal decision: %v", err)) // a plain message cannot fail
+			}
+			p.Reserve(profile.Reservation{Key: key, Channel: q.channel, OfferID: d.GetOffer().GetId(), Holds: holds, At: now, Expires: expires, Decision: encoded})
+			r.d, r.fresh = d, true
+			return true
+		})
+		return r
+	})
+	if err == nil {
+		err = r.err
+	}
+	if err != nil {
+		s.metrics.countDecision(ctx, decision.VerdictNone, true)
+		d := &nudgev1.Decision{
+			Verdict:      nudgev1.Verdict_VERDICT_NONE,
+			Degraded:     true,
+			DecisionId:   newDecisionID(),
+			RulesVersion: rules.Version(),
+			Reasons: []*nudgev1.Reason{fallbackCause(err, readBudget),
+				{RuleId: "fallback", Message: "no send without a reservation: ask again with the same idempotency_key"}},
+		}
+		return &nudgev1.GetDecisionResponse{Decision: d}
+	}
+	if r.fresh {
+		s.metrics.countDecision(ctx, verdictFromProto(r.d.GetVerdict()), false)
+		s.audit(q, r.d, r.version)
+	}
+	return &nudgev1.GetDecisionResponse{Decision: r.d, ProfileVersion: r.version}
+}
+
+func staleDecision(have, want uint64) *nudgev1.Decision {
+	return &nudgev1.Decision{
+		Verdict: nudgev1.Verdict_VERDICT_NONE,
+		Stale:   true,
+		Reasons: []*nudgev1.Reason{{RuleId: "read-your-writes", Message: fmt.Sprintf(
+			"stored profile is at version %d, older than the requested minimum %d: not deciding on stale data", have, want)}},
+	}
+}
+
+func (q query) request() decision.Request {
+	return decision.Request{
+		UserID:    q.userID,
+		Channel:   q.channel,
+		Placement: q.placement,
+		Context:   q.context,
+		Explain:   q.explain,
 	}
 }
 
@@ -175,31 +283,25 @@ func (s *Server) decide(ctx context.Context, rules *decision.Rules, q query, p *
 	switch {
 	case d != nil:
 	case p.Version < q.minVersion:
-		d = &nudgev1.Decision{
-			Verdict: nudgev1.Verdict_VERDICT_NONE,
-			Stale:   true,
-			Reasons: []*nudgev1.Reason{{RuleId: "read-your-writes", Message: fmt.Sprintf(
-				"stored profile is at version %d, older than the requested minimum %d: not deciding on stale data", p.Version, q.minVersion)}},
-		}
+		d = staleDecision(p.Version, q.minVersion)
 		version = p.Version
 	default:
-		dec := rules.Decide(p, decision.Request{
-			UserID:    q.userID,
-			Channel:   q.channel,
-			Placement: q.placement,
-			Context:   q.context,
-			Explain:   q.explain,
-		}, s.cfg.Now())
+		dec := rules.Decide(p, q.request(), s.cfg.Now())
 		s.metrics.countDecision(ctx, dec.Verdict, false)
 		d = decisionToProto(dec)
 		version = p.Version
 	}
 	d.DecisionId = newDecisionID()
 	d.RulesVersion = rules.Version()
-	if s.cfg.Audit != nil && s.cfg.Audit.Sampled(d.DecisionId) {
+	s.audit(q, d, version)
+	return &nudgev1.GetDecisionResponse{Decision: d, ProfileVersion: version}
+}
+
+// audit records the decision if it is sampled.
+func (s *Server) audit(q query, d *nudgev1.Decision, version uint64) {
+	if s.cfg.Audit != nil && s.cfg.Audit.Sampled(d.GetDecisionId()) {
 		s.cfg.Audit.Record(auditEntry(q, d, version, s.cfg.Now()))
 	}
-	return &nudgev1.GetDecisionResponse{Decision: d, ProfileVersion: version}
 }
 
 func auditEntry(q query, d *nudgev1.Decision, version uint64, now time.Time) audit.Entry {

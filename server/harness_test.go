@@ -227,6 +227,18 @@ type fakeStore struct {
 	del   func(ctx context.Context, userID string) (profile.DeleteResult, error)
 }
 
+func (f *fakeStore) Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error) {
+	p, err := f.Get(ctx, userID)
+	switch {
+	case errors.Is(err, profile.ErrNotFound):
+		p = &profile.Profile{}
+	case err != nil:
+		return 0, err
+	}
+	fn(p, now)
+	return p.Version, nil
+}
+
 var _ server.Store = (*fakeStore)(nil)
 
 var errUnexpectedCall = errors.New("fakeStore: unexpected call")

@@ -30,6 +30,7 @@ type Store interface {
 	Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
 	Get(ctx context.Context, userID string) (*profile.Profile, error)
 	GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
+	Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
 	Delete(ctx context.Context, userID string) (profile.DeleteResult, error)
 }
 
@@ -69,6 +70,10 @@ type Config struct {
 	// same time; the server stops reading the stream while it is reached.
 	// Default 8.
 	MaxInFlight int
+	// ReservationTTL is how long a reservation (GetDecision with reserve)
+	// holds its cap slot unless a message_sent event confirms it. Default
+	// 5m.
+	ReservationTTL time.Duration
 	// MaxPendingReads bounds the decision reads waiting on the store at
 	// once, including reads abandoned at their budget that the store has not
 	// finished yet. Past it, decisions degrade at once. Default 1024.
@@ -96,6 +101,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 8
+	}
+	if c.ReservationTTL <= 0 {
+		c.ReservationTTL = 5 * time.Minute
 	}
 	if c.MaxPendingReads <= 0 {
 		c.MaxPendingReads = 1024

@@ -125,6 +125,9 @@ func run(addr, user string, wait time.Duration) error {
 	if d.Offer != nil {
 		fmt.Printf(", offer %s (template %s, payload %v)", d.Offer.Id, d.Offer.Template, d.Offer.Payload)
 	}
+	if d.NotBefore != nil {
+		fmt.Printf(", not before %s (quiet hours in the shopper's time zone)", d.NotBefore.AsTime().Format(time.RFC3339))
+	}
 	fmt.Printf(", degraded=%v, profile version %d\n", d.Degraded, dec.ProfileVersion)
 	for _, r := range d.Reasons {
 		fmt.Printf("  reason [%s] %s\n", r.RuleId, r.Message)

@@ -53,6 +53,9 @@ type Config struct {
 	// AuditSample is the share of decisions logged to the audit stream
 	// (audit.Options.Sample). Zero: none.
 	AuditSample float64
+	// ReservationTTL is how long a reserved cap slot waits for its
+	// confirming message_sent event (server.Config).
+	ReservationTTL time.Duration
 	// Logger receives the logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -110,10 +113,11 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	go func() { auditLog.Run(auditCtx); close(auditDone) }()
 	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
 	srv, err := server.New(store, rules, server.Config{
-		DefaultBudget: cfg.DecisionBudget,
-		Logger:        log,
-		Meter:         metrics.meter,
-		Audit:         auditLog,
+		DefaultBudget:  cfg.DecisionBudget,
+		ReservationTTL: cfg.ReservationTTL,
+		Logger:         log,
+		Meter:          metrics.meter,
+		Audit:          auditLog,
 	})
 	if err != nil {
 		return err

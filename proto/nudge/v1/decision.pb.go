@@ -100,8 +100,17 @@ type GetDecisionRequest struct {
 	// result's profile_version). An older stored profile is not decided on:
 	// the decision is NONE with stale = true.
 	MinProfileVersion uint64 `protobuf:"varint,7,opt,name=min_profile_version,json=minProfileVersion,proto3" json:"min_profile_version,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// For a sender about to send: a SEND verdict takes the frequency-cap slot
+	// in the same transaction as the decision, so two senders can never both
+	// take the last slot. Confirm with a message_sent event whose attribute
+	// idempotency_key is this request's key; unconfirmed, the reservation
+	// lapses (server setting, default 5 minutes) and the slot returns.
+	Reserve bool `protobuf:"varint,8,opt,name=reserve,proto3" json:"reserve,omitempty"`
+	// Required with reserve. Asking again with the same key returns the same
+	// decision (same decision_id) while the reservation lasts.
+	IdempotencyKey string `protobuf:"bytes,9,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetDecisionRequest) Reset() {
@@ -181,6 +190,20 @@ func (x *GetDecisionRequest) GetMinProfileVersion() uint64 {
 		return x.MinProfileVersion
 	}
 	return 0
+}
+
+func (x *GetDecisionRequest) GetReserve() bool {
+	if x != nil {
+		return x.Reserve
+	}
+	return false
+}
+
+func (x *GetDecisionRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // DecisionQuery is one user's question in a batch.
@@ -446,7 +469,9 @@ type Decision struct {
 	// verdict is then NONE.
 	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
 	// With explain: every candidate offer and policy, in evaluation order.
-	Trace         []*TraceStep `protobuf:"bytes,10,rep,name=trace,proto3" json:"trace,omitempty"`
+	Trace []*TraceStep `protobuf:"bytes,10,rep,name=trace,proto3" json:"trace,omitempty"`
+	// With reserve and a SEND verdict: the cap slot taken.
+	Reservation   *Reservation `protobuf:"bytes,11,opt,name=reservation,proto3" json:"reservation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -551,6 +576,68 @@ func (x *Decision) GetTrace() []*TraceStep {
 	return nil
 }
 
+func (x *Decision) GetReservation() *Reservation {
+	if x != nil {
+		return x.Reservation
+	}
+	return nil
+}
+
+// Reservation is a frequency-cap slot held for a send about to happen.
+type Reservation struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IdempotencyKey string                 `protobuf:"bytes,1,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// The slot returns at this time unless a message_sent event with the key
+	// confirms the send first.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reservation) Reset() {
+	*x = Reservation{}
+	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reservation) ProtoMessage() {}
+
+func (x *Reservation) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
+func (*Reservation) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Reservation) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *Reservation) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 // TraceStep is one step of a decision's evaluation.
 type TraceStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -569,7 +656,7 @@ type TraceStep struct {
 
 func (x *TraceStep) Reset() {
 	*x = TraceStep{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	mi := &file_nudge_v1_decision_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +668,7 @@ func (x *TraceStep) String() string {
 func (*TraceStep) ProtoMessage() {}
 
 func (x *TraceStep) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[6]
+	mi := &file_nudge_v1_decision_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +681,7 @@ func (x *TraceStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceStep.ProtoReflect.Descriptor instead.
 func (*TraceStep) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{6}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TraceStep) GetRuleId() string {
@@ -638,7 +725,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[7]
+	mi := &file_nudge_v1_decision_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +737,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[7]
+	mi := &file_nudge_v1_decision_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +750,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{7}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Offer) GetId() string {
@@ -705,7 +792,7 @@ type Reason struct {
 
 func (x *Reason) Reset() {
 	*x = Reason{}
-	mi := &file_nudge_v1_decision_proto_msgTypes[8]
+	mi := &file_nudge_v1_decision_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +804,7 @@ func (x *Reason) String() string {
 func (*Reason) ProtoMessage() {}
 
 func (x *Reason) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_decision_proto_msgTypes[8]
+	mi := &file_nudge_v1_decision_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +817,7 @@ func (x *Reason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reason.ProtoReflect.Descriptor instead.
 func (*Reason) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{8}
+	return file_nudge_v1_decision_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Reason) GetRuleId() string {
@@ -751,7 +838,7 @@ var File_nudge_v1_decision_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\n" +
-	"\x17nudge/v1/decision.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x03\n" +
+	"\x17nudge/v1/decision.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x05\n" +
 	"\x12GetDecisionRequest\x124\n" +
 	"\auser_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\x128\n" +
 	"\achannel\x18\x02 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16\x18 2\x12^[a-z][a-z0-9_-]*$R\achannel\x12&\n" +
@@ -759,10 +846,13 @@ const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\acontext\x18\x04 \x03(\v2).nudge.v1.GetDecisionRequest.ContextEntryB\x17\xbaH\x14\x9a\x01\x11\x10 \"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x02R\acontext\x12?\n" +
 	"\x06budget\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\f\xbaH\t\xaa\x01\x06\"\x02\b<2\x00R\x06budget\x12\x18\n" +
 	"\aexplain\x18\x06 \x01(\bR\aexplain\x12.\n" +
-	"\x13min_profile_version\x18\a \x01(\x04R\x11minProfileVersion\x1a:\n" +
+	"\x13min_profile_version\x18\a \x01(\x04R\x11minProfileVersion\x12\x18\n" +
+	"\areserve\x18\b \x01(\bR\areserve\x12A\n" +
+	"\x0fidempotency_key\x18\t \x01(\tB\x18\xbaH\x15r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]*$R\x0eidempotencyKey\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:j\xbaHg\x1ae\n" +
+	"\x11reserve_needs_key\x12#reserve requires an idempotency_key\x1a+!this.reserve || this.idempotency_key != ''\"\xec\x02\n" +
 	"\rDecisionQuery\x124\n" +
 	"\auser_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\x128\n" +
 	"\achannel\x18\x02 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16\x18 2\x12^[a-z][a-z0-9_-]*$R\achannel\x12&\n" +
@@ -780,7 +870,7 @@ const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\aresults\x18\x01 \x03(\v2\x1d.nudge.v1.GetDecisionResponseR\aresults\"n\n" +
 	"\x13GetDecisionResponse\x12.\n" +
 	"\bdecision\x18\x01 \x01(\v2\x12.nudge.v1.DecisionR\bdecision\x12'\n" +
-	"\x0fprofile_version\x18\x02 \x01(\x04R\x0eprofileVersion\"\x82\x03\n" +
+	"\x0fprofile_version\x18\x02 \x01(\x04R\x0eprofileVersion\"\xbb\x03\n" +
 	"\bDecision\x12+\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x11.nudge.v1.VerdictR\averdict\x12%\n" +
 	"\x05offer\x18\x02 \x01(\v2\x0f.nudge.v1.OfferR\x05offer\x12*\n" +
@@ -794,7 +884,12 @@ const file_nudge_v1_decision_proto_rawDesc = "" +
 	"\rrules_version\x18\b \x01(\tR\frulesVersion\x12\x14\n" +
 	"\x05stale\x18\t \x01(\bR\x05stale\x12)\n" +
 	"\x05trace\x18\n" +
-	" \x03(\v2\x13.nudge.v1.TraceStepR\x05trace\"l\n" +
+	" \x03(\v2\x13.nudge.v1.TraceStepR\x05trace\x127\n" +
+	"\vreservation\x18\v \x01(\v2\x15.nudge.v1.ReservationR\vreservation\"q\n" +
+	"\vReservation\x12'\n" +
+	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"l\n" +
 	"\tTraceStep\x12\x17\n" +
 	"\arule_id\x18\x01 \x01(\tR\x06ruleId\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x14\n" +
@@ -834,7 +929,7 @@ func file_nudge_v1_decision_proto_rawDescGZIP() []byte {
 }
 
 var file_nudge_v1_decision_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nudge_v1_decision_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_nudge_v1_decision_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_nudge_v1_decision_proto_goTypes = []any{
 	(Verdict)(0),                      // 0: nudge.v1.Verdict
 	(*GetDecisionRequest)(nil),        // 1: nudge.v1.GetDecisionRequest
@@ -843,38 +938,41 @@ var file_nudge_v1_decision_proto_goTypes = []any{
 	(*BatchGetDecisionsResponse)(nil), // 4: nudge.v1.BatchGetDecisionsResponse
 	(*GetDecisionResponse)(nil),       // 5: nudge.v1.GetDecisionResponse
 	(*Decision)(nil),                  // 6: nudge.v1.Decision
-	(*TraceStep)(nil),                 // 7: nudge.v1.TraceStep
-	(*Offer)(nil),                     // 8: nudge.v1.Offer
-	(*Reason)(nil),                    // 9: nudge.v1.Reason
-	nil,                               // 10: nudge.v1.GetDecisionRequest.ContextEntry
-	nil,                               // 11: nudge.v1.DecisionQuery.ContextEntry
-	nil,                               // 12: nudge.v1.Offer.PayloadEntry
-	(*durationpb.Duration)(nil),       // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
+	(*Reservation)(nil),               // 7: nudge.v1.Reservation
+	(*TraceStep)(nil),                 // 8: nudge.v1.TraceStep
+	(*Offer)(nil),                     // 9: nudge.v1.Offer
+	(*Reason)(nil),                    // 10: nudge.v1.Reason
+	nil,                               // 11: nudge.v1.GetDecisionRequest.ContextEntry
+	nil,                               // 12: nudge.v1.DecisionQuery.ContextEntry
+	nil,                               // 13: nudge.v1.Offer.PayloadEntry
+	(*durationpb.Duration)(nil),       // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
 }
 var file_nudge_v1_decision_proto_depIdxs = []int32{
-	10, // 0: nudge.v1.GetDecisionRequest.context:type_name -> nudge.v1.GetDecisionRequest.ContextEntry
-	13, // 1: nudge.v1.GetDecisionRequest.budget:type_name -> google.protobuf.Duration
-	11, // 2: nudge.v1.DecisionQuery.context:type_name -> nudge.v1.DecisionQuery.ContextEntry
+	11, // 0: nudge.v1.GetDecisionRequest.context:type_name -> nudge.v1.GetDecisionRequest.ContextEntry
+	14, // 1: nudge.v1.GetDecisionRequest.budget:type_name -> google.protobuf.Duration
+	12, // 2: nudge.v1.DecisionQuery.context:type_name -> nudge.v1.DecisionQuery.ContextEntry
 	2,  // 3: nudge.v1.BatchGetDecisionsRequest.queries:type_name -> nudge.v1.DecisionQuery
-	13, // 4: nudge.v1.BatchGetDecisionsRequest.budget:type_name -> google.protobuf.Duration
+	14, // 4: nudge.v1.BatchGetDecisionsRequest.budget:type_name -> google.protobuf.Duration
 	5,  // 5: nudge.v1.BatchGetDecisionsResponse.results:type_name -> nudge.v1.GetDecisionResponse
 	6,  // 6: nudge.v1.GetDecisionResponse.decision:type_name -> nudge.v1.Decision
 	0,  // 7: nudge.v1.Decision.verdict:type_name -> nudge.v1.Verdict
-	8,  // 8: nudge.v1.Decision.offer:type_name -> nudge.v1.Offer
-	9,  // 9: nudge.v1.Decision.reasons:type_name -> nudge.v1.Reason
-	14, // 10: nudge.v1.Decision.not_before:type_name -> google.protobuf.Timestamp
-	7,  // 11: nudge.v1.Decision.trace:type_name -> nudge.v1.TraceStep
-	12, // 12: nudge.v1.Offer.payload:type_name -> nudge.v1.Offer.PayloadEntry
-	1,  // 13: nudge.v1.DecisionService.GetDecision:input_type -> nudge.v1.GetDecisionRequest
-	3,  // 14: nudge.v1.DecisionService.BatchGetDecisions:input_type -> nudge.v1.BatchGetDecisionsRequest
-	5,  // 15: nudge.v1.DecisionService.GetDecision:output_type -> nudge.v1.GetDecisionResponse
-	4,  // 16: nudge.v1.DecisionService.BatchGetDecisions:output_type -> nudge.v1.BatchGetDecisionsResponse
-	15, // [15:17] is the sub-list for method output_type
-	13, // [13:15] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 8: nudge.v1.Decision.offer:type_name -> nudge.v1.Offer
+	10, // 9: nudge.v1.Decision.reasons:type_name -> nudge.v1.Reason
+	15, // 10: nudge.v1.Decision.not_before:type_name -> google.protobuf.Timestamp
+	8,  // 11: nudge.v1.Decision.trace:type_name -> nudge.v1.TraceStep
+	7,  // 12: nudge.v1.Decision.reservation:type_name -> nudge.v1.Reservation
+	15, // 13: nudge.v1.Reservation.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 14: nudge.v1.Offer.payload:type_name -> nudge.v1.Offer.PayloadEntry
+	1,  // 15: nudge.v1.DecisionService.GetDecision:input_type -> nudge.v1.GetDecisionRequest
+	3,  // 16: nudge.v1.DecisionService.BatchGetDecisions:input_type -> nudge.v1.BatchGetDecisionsRequest
+	5,  // 17: nudge.v1.DecisionService.GetDecision:output_type -> nudge.v1.GetDecisionResponse
+	4,  // 18: nudge.v1.DecisionService.BatchGetDecisions:output_type -> nudge.v1.BatchGetDecisionsResponse
+	17, // [17:19] is the sub-list for method output_type
+	15, // [15:17] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_decision_proto_init() }
@@ -888,7 +986,7 @@ func file_nudge_v1_decision_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_decision_proto_rawDesc), len(file_nudge_v1_decision_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
