@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -412,4 +413,35 @@ func toString(v ref.Val) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("cannot convert %s to string", v.Type().TypeName())
+}
+
+// Channels returns every channel the rules name (trigger actions, offers,
+// caps, quiet hours, fallbacks), sorted.
+func (r *Rules) Channels() []string {
+	if r == nil {
+		return nil
+	}
+	set := map[string]bool{}
+	for _, t := range r.triggers {
+		set[t.channel] = true
+	}
+	for _, o := range r.offers {
+		for _, ch := range o.channels {
+			set[ch] = true
+		}
+	}
+	for _, c := range r.caps {
+		if c.channel != "" {
+			set[c.channel] = true
+		}
+	}
+	for _, q := range r.quiet {
+		for _, ch := range q.channels {
+			set[ch] = true
+		}
+	}
+	for ch := range r.fallbacks {
+		set[ch] = true
+	}
+	return slices.Sorted(maps.Keys(set))
 }

@@ -11,7 +11,9 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-func eventFromProto(e *nudgev1.Event) profile.Event {
+// EventFromProto converts an API event to the model's (the event must be
+// valid: see the protovalidate rules of nudge.v1.Event).
+func EventFromProto(e *nudgev1.Event) profile.Event {
 	return profile.Event{
 		ID:         e.GetEventId(),
 		UserID:     e.GetUserId(),

@@ -201,7 +201,7 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 			results[i].Reason = reason
 			continue
 		}
-		valid = append(valid, eventFromProto(e))
+		valid = append(valid, EventFromProto(e))
 		validIdx = append(validIdx, i)
 	}
 	if len(valid) == 0 {

@@ -4,6 +4,11 @@
 //	    Validates rules files offline with the server's own compiler. Exit
 //	    status 1 when a file has errors, each printed as
 //	    FILE:LINE: trigger|offer "ID": FIELD: problem.
+//	nudgectl rules test FILE --event E.json [--profile P.json] [--channels sms,push] [--now T] [--json]
+//	    Applies the event (after the history in P.json, {"events": [...]},
+//	    both in nudge.v1.Event JSON) to a profile with the rules, and shows
+//	    the triggers that fire and the decision on each channel with its
+//	    trace: for rule authors, no server needed.
 //	nudgectl decisions tail [--redis-addr A] [--all] [-n N] [--json]
 //	    Follows the decision audit stream (nudged --audit-sample).
 package main
@@ -20,6 +25,8 @@ func main() {
 
 const usage = `usage:
   nudgectl rules check [--json] FILE...   validate rules files offline
+  nudgectl rules test FILE --event E.json [--profile P.json] [--channels C,...] [--now T] [--json]
+                                          what the rules fire and decide for an event
   nudgectl decisions tail [--redis-addr ADDR] [--all] [-n N] [--json]
                                           follow the decision audit stream
 `
@@ -30,6 +37,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) >= 2 && args[0] == "rules" && args[1] == "check":
 		return rulesCheck(args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "rules" && args[1] == "test":
+		return rulesTest(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "decisions" && args[1] == "tail":
 		return decisionsTail(args[2:], stdout, stderr)
 	}

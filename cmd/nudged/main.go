@@ -34,6 +34,7 @@ func run() error {
 	fs.IntVar(&cfg.Buckets, "buckets", 1024, "key buckets (hash tags); fixed for the life of a deployment")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.DurationVar(&cfg.DecisionBudget, "decision-budget", 0, "default GetDecision budget (default 10ms)")
+	fs.DurationVar(&cfg.DecisionBudgetMax, "decision-budget-max", 0, "largest budget a request may ask for (default 1s)")
 	fs.DurationVar(&cfg.ReservationTTL, "reservation-ttl", 0, "how long a reserved cap slot waits for its message_sent confirmation (default 5m)")
 	fs.Float64Var(&cfg.AuditSample, "audit-sample", 0.01, "share of decisions logged to the audit stream nudge:audit (0 to 1)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")

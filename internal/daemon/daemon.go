@@ -48,8 +48,9 @@ type Config struct {
 	Buckets int
 	// DrainTimeout bounds the graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
-	// DecisionBudget is GetDecision's default budget (server.Config).
-	DecisionBudget time.Duration
+	// DecisionBudget and DecisionBudgetMax are GetDecision's default and
+	// largest budget (server.Config).
+	DecisionBudget, DecisionBudgetMax time.Duration
 	// AuditSample is the share of decisions logged to the audit stream
 	// (audit.Options.Sample). Zero: none.
 	AuditSample float64
@@ -114,6 +115,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
 	srv, err := server.New(store, rules, server.Config{
 		DefaultBudget:  cfg.DecisionBudget,
+		MaxBudget:      cfg.DecisionBudgetMax,
 		ReservationTTL: cfg.ReservationTTL,
 		Logger:         log,
 		Meter:          metrics.meter,

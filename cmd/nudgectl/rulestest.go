@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+	"github.com/nudge-dm/nudge/server"
+)
+
+// profileFile is the --profile input: a user's event history, in the
+// API's JSON form of nudge.v1.Event, from which the profile is built.
+type profileFile struct {
+	Events []json.RawMessage `json:"events"`
+}
+
+// testReport is what rules test prints with --json.
+type testReport struct {
+	Event     string            `json:"event"`
+	Status    string            `json:"status"`
+	Reason    string            `json:"reason,omitempty"`
+	Actions   []profile.Action  `json:"actions"`
+	Decisions []channelDecision `json:"decisions"`
+}
+
+type channelDecision struct {
+	Channel string            `json:"channel"`
+	Result  decision.Decision `json:"decision"`
+}
+
+// rulesTest shows what a rules file does with one event on a profile: the
+// actions it would fire, and the decision on each channel.
+func rulesTest(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nudgectl rules test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	profilePath := fs.String("profile", "", `JSON file {"events": [...]} with the user's history (nudge.v1.Event JSON); empty: a new user`)
+	eventPath := fs.String("event", "", "JSON file with the event to apply (nudge.v1.Event JSON)")
+	channels := fs.String("channels", "", "comma-separated channels to decide for (default: every channel the rules name)")
+	nowFlag := fs.String("now", "", "processing time, RFC 3339 (default: the event's occurred_at)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	// The rules file comes first, as in the usage line; flags follow it.
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(stderr, "usage: nudgectl rules test FILE --event E.json [--profile P.json] [--channels sms,push] [--now T] [--json]")
+		return 2
+	}
+	rulesPath := args[0]
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if *eventPath == "" {
+		fmt.Fprintln(stderr, "nudgectl rules test: --event is required")
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "nudgectl rules test:", err)
+		return 1
+	}
+	rules, err := decision.Load(rulesPath)
+	if err != nil {
+		for _, p := range problems(err) {
+			fmt.Fprintln(stderr, p.Message)
+		}
+		return 1
+	}
+	ev, err := readEvent(*eventPath)
+	if err != nil {
+		return fail(err)
+	}
+	now := ev.OccurredAt
+	if *nowFlag != "" {
+		if now, err = time.Parse(time.RFC3339, *nowFlag); err != nil {
+			return fail(fmt.Errorf("--now: %w", err))
+		}
+	}
+	var history []profile.Event
+	if *profilePath != "" {
+		if history, err = readHistory(*profilePath, ev.UserID); err != nil {
+			return fail(err)
+		}
+	}
+
+	step := rules.Step(profile.Limits{})
+	p := &profile.Profile{}
+	if len(history) > 0 {
+		step(p, history, now)
+	}
+	out := step(p, []profile.Event{ev}, now)
+	rep := testReport{Event: ev.ID, Status: out.Results[0].Status.String(), Reason: out.Results[0].Reason, Actions: out.Actions}
+	chs := rules.Channels()
+	if *channels != "" {
+		chs = strings.Split(*channels, ",")
+	}
+	for _, ch := range chs {
+		d := rules.Decide(p, decision.Request{UserID: ev.UserID, Channel: ch, Explain: true}, now)
+		rep.Decisions = append(rep.Decisions, channelDecision{Channel: ch, Result: d})
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	printReport(stdout, rep)
+	return 0
+}
+
+func printReport(w io.Writer, rep testReport) {
+	fmt.Fprintf(w, "event %s: %s", rep.Event, rep.Status)
+	if rep.Reason != "" {
+		fmt.Fprintf(w, " (%s)", rep.Reason)
+	}
+	fmt.Fprintln(w)
+	if len(rep.Actions) == 0 {
+		fmt.Fprintln(w, "  no trigger fires")
+	}
+	for _, a := range rep.Actions {
+		fmt.Fprintf(w, "  fires %s: %s via %s, template %s, payload %v\n", a.ID, a.TriggerID, a.Channel, a.Template, a.Payload)
+	}
+	for _, cd := range rep.Decisions {
+		d := cd.Result
+		fmt.Fprintf(w, "decision on %s: %s", cd.Channel, strings.ToUpper(d.Verdict.String()))
+		if d.Offer != nil {
+			fmt.Fprintf(w, " %s", d.Offer.ID)
+		}
+		if !d.NotBefore.IsZero() {
+			fmt.Fprintf(w, " not before %s", d.NotBefore.Format(time.RFC3339))
+		}
+		if d.Control {
+			fmt.Fprint(w, " (control group)")
+		}
+		fmt.Fprintln(w)
+		for _, r := range d.Reasons {
+			fmt.Fprintf(w, "  reason [%s] %s\n", r.RuleID, r.Message)
+		}
+		for _, s := range d.Trace {
+			mark := "x"
+			if s.Passed {
+				mark = "ok"
+			}
+			fmt.Fprintf(w, "    %-2s %s: %s = %s\n", mark, s.RuleID, s.Subject, s.Value)
+		}
+	}
+}
+
+// readEvent reads and validates one event as the server would.
+func readEvent(path string) (profile.Event, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return profile.Event{}, err
+	}
+	return parseEvent(path, data)
+}
+
+func parseEvent(name string, data []byte) (profile.Event, error) {
+	var e nudgev1.Event
+	if err := protojson.Unmarshal(data, &e); err != nil {
+		return profile.Event{}, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := protovalidate.Validate(&e); err != nil {
+		return profile.Event{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return server.EventFromProto(&e), nil
+}
+
+// readHistory reads a --profile file; every event must be the user's.
+func readHistory(path, userID string) ([]profile.Event, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var f profileFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	events := make([]profile.Event, 0, len(f.Events))
+	for i, raw := range f.Events {
+		e, err := parseEvent(fmt.Sprintf("%s: events[%d]", path, i), raw)
+		if err != nil {
+			return nil, err
+		}
+		if e.UserID != userID {
+			return nil, fmt.Errorf("%s: events[%d] is for user %q, the event for %q", path, i, e.UserID, userID)
+		}
+		events = append(events, e)
+	}
+	return events, nil
+}
