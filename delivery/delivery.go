@@ -1,0 +1,304 @@
+// Package delivery hands the actions of the outbox streams to senders, at
+// least once, with Redis consumer groups: XREADGROUP for new actions,
+// XAUTOCLAIM for actions a member took and did not acknowledge within the
+// visibility timeout, XACK for acknowledgements, and a dead-letter stream
+// for actions delivered too many times. Trim keeps the outbox bounded
+// without ever deleting an action a group has not acknowledged.
+//
+// Concurrency: an Outbox is safe for concurrent use; each subscriber calls
+// Read from its own goroutine.
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// DefaultDeadStream is the key of the dead-letter stream.
+const DefaultDeadStream = "nudge:dead"
+
+// ErrBadAckID means an ack id was not made by this package.
+var ErrBadAckID = errors.New("delivery: malformed ack id")
+
+// Options configure an Outbox. The zero value of a field means its default.
+type Options struct {
+	// Visibility is how long a delivered action may stay unacknowledged
+	// before it is delivered again to a live member of the group. Default
+	// 30s.
+	Visibility time.Duration
+	// MaxDeliveries is how many times an action is delivered to a group
+	// before it goes to the dead-letter stream. Default 5.
+	MaxDeliveries int
+	// DeadStream is the dead-letter stream. Default DefaultDeadStream.
+	DeadStream string
+	// Block is how long one Read waits for new actions. Default 1s.
+	Block time.Duration
+	// Count is the most actions one Read returns. Default 100.
+	Count int
+}
+
+// Outbox reads the outbox streams of all buckets for consumer groups.
+type Outbox struct {
+	rdb     redis.UniversalClient
+	keys    []string // the outbox stream of every bucket
+	buckets map[string]int
+	opt     Options
+
+	mu        sync.Mutex
+	groups    map[string]bool      // groups known to exist on every stream
+	lastClaim map[string]time.Time // per group+consumer
+}
+
+// New returns an Outbox over the streams outboxKey(0..buckets-1).
+func New(rdb redis.UniversalClient, buckets int, outboxKey func(bucket int) string, opt Options) *Outbox {
+	if opt.Visibility <= 0 {
+		opt.Visibility = 30 * time.Second
+	}
+	if opt.MaxDeliveries <= 0 {
+		opt.MaxDeliveries = 5
+	}
+	if opt.DeadStream == "" {
+		opt.DeadStream = DefaultDeadStream
+	}
+	if opt.Block <= 0 {
+		opt.Block = time.Second
+	}
+	if opt.Count <= 0 {
+		opt.Count = 100
+	}
+	o := &Outbox{rdb: rdb, opt: opt, buckets: make(map[string]int, buckets), groups: map[string]bool{}, lastClaim: map[string]time.Time{}}
+	for b := range buckets {
+		k := outboxKey(b)
+		o.keys = append(o.keys, k)
+		o.buckets[k] = b
+	}
+	return o
+}
+
+// Delivery is one action handed to a member of a group.
+type Delivery struct {
+	AckID  string
+	Action profile.Action
+	// Count is how many times the group has been handed this action.
+	Count int64
+}
+
+// ensureGroup creates the group on every outbox stream (from the oldest
+// entry, so a new group gets every action kept).
+func (o *Outbox) ensureGroup(ctx context.Context, group string) error {
+	o.mu.Lock()
+	known := o.groups[group]
+	o.mu.Unlock()
+	if known {
+		return nil
+	}
+	cmds, err := o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, k := range o.keys {
+			pipe.XGroupCreateMkStream(ctx, k, group, "0")
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range cmds {
+			if e := c.Err(); e != nil && !strings.HasPrefix(e.Error(), "BUSYGROUP") {
+				return fmt.Errorf("delivery: create group %s: %w", group, e)
+			}
+		}
+	}
+	o.mu.Lock()
+	o.groups[group] = true
+	o.mu.Unlock()
+	return nil
+}
+
+// Read returns the next deliveries for a member of a group: first actions
+// other members (or this one, before a restart) left unacknowledged past the
+// visibility timeout, then new actions, waiting up to Options.Block for
+// them. Actions past MaxDeliveries go to the dead-letter stream instead.
+func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, error) {
+	if err := o.ensureGroup(ctx, group); err != nil {
+		return nil, err
+	}
+	out, err := o.claim(ctx, group, consumer)
+	if err != nil || len(out) > 0 {
+		return out, err
+	}
+	streams := make([]string, 0, 2*len(o.keys))
+	streams = append(streams, o.keys...)
+	for range o.keys {
+		streams = append(streams, ">")
+	}
+	res, err := o.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: group, Consumer: consumer, Streams: streams, Count: int64(o.opt.Count), Block: o.opt.Block,
+	}).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("delivery: read group %s: %w", group, err)
+	}
+	for _, s := range res {
+		for _, m := range s.Messages {
+			d, err := o.delivery(s.Stream, m, 1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// claim takes over the group's actions idle past the visibility timeout,
+// at most once per half the timeout per member.
+func (o *Outbox) claim(ctx context.Context, group, consumer string) ([]Delivery, error) {
+	key := group + "\x00" + consumer
+	o.mu.Lock()
+	due := time.Since(o.lastClaim[key]) >= o.opt.Visibility/2
+	if due {
+		o.lastClaim[key] = time.Now()
+	}
+	o.mu.Unlock()
+	if !due {
+		return nil, nil
+	}
+	cmds := make([]*redis.XAutoClaimCmd, len(o.keys))
+	_, err := o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, k := range o.keys {
+			cmds[i] = pipe.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream: k, Group: group, Consumer: consumer, MinIdle: o.opt.Visibility, Start: "0-0", Count: int64(o.opt.Count),
+			})
+		}
+		return nil
+	})
+	_ = err // each command's own error is looked at below
+	var out []Delivery
+	for i, c := range cmds {
+		msgs, _, err := c.Result()
+		switch {
+		case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+			o.forgetGroup(group) // the stream was recreated: make the group again next time
+			continue
+		case err != nil && !errors.Is(err, redis.Nil):
+			return nil, fmt.Errorf("delivery: claim for group %s on %s: %w", group, o.keys[i], err)
+		case len(msgs) == 0:
+			continue
+		}
+		counts, err := o.deliveryCounts(ctx, o.keys[i], group, msgs)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			if counts[m.ID] > int64(o.opt.MaxDeliveries) {
+				if err := o.deadLetter(ctx, o.keys[i], group, m, counts[m.ID]); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			d, err := o.delivery(o.keys[i], m, counts[m.ID])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (o *Outbox) forgetGroup(group string) {
+	o.mu.Lock()
+	delete(o.groups, group)
+	o.mu.Unlock()
+}
+
+// deliveryCounts returns the delivery count of claimed entries.
+func (o *Outbox) deliveryCounts(ctx context.Context, stream, group string, msgs []redis.XMessage) (map[string]int64, error) {
+	pending, err := o.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
+		Stream: stream, Group: group, Start: msgs[0].ID, End: msgs[len(msgs)-1].ID, Count: int64(len(msgs)) * 2,
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("delivery: pending of %s: %w", stream, err)
+	}
+	counts := make(map[string]int64, len(pending))
+	for _, p := range pending {
+		counts[p.ID] = p.RetryCount
+	}
+	return counts, nil
+}
+
+// deadLetter moves an action the group could not handle to the dead-letter
+// stream and acknowledges it for the group, in one transaction.
+func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.XMessage, count int64) error {
+	values := make(map[string]any, len(m.Values)+4)
+	for k, v := range m.Values {
+		values[k] = v
+	}
+	values["dead_group"] = group
+	values["dead_stream"] = stream
+	values["dead_id"] = m.ID
+	values["delivery_count"] = strconv.FormatInt(count, 10)
+	_, err := o.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values})
+		pipe.XAck(ctx, stream, group, m.ID)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delivery: dead-letter %s %s: %w", stream, m.ID, err)
+	}
+	return nil
+}
+
+func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Delivery, error) {
+	a, err := profile.DecodeAction(m.Values)
+	if err != nil {
+		return Delivery{}, fmt.Errorf("delivery: %s %s: %w", stream, m.ID, err)
+	}
+	return Delivery{AckID: strconv.Itoa(o.buckets[stream]) + "/" + m.ID, Action: a, Count: count}, nil
+}
+
+// Ack acknowledges deliveries of a group and returns how many were pending.
+func (o *Outbox) Ack(ctx context.Context, group string, ackIDs []string) (int, error) {
+	byStream := map[string][]string{}
+	for _, id := range ackIDs {
+		b, entry, ok := strings.Cut(id, "/")
+		n, err := strconv.Atoi(b)
+		if !ok || err != nil || n < 0 || n >= len(o.keys) || !validEntryID(entry) {
+			return 0, fmt.Errorf("%w: %q", ErrBadAckID, id)
+		}
+		byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
+	}
+	cmds := make([]*redis.IntCmd, 0, len(byStream))
+	_, err := o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for k, ids := range byStream {
+			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delivery: ack: %w", err)
+	}
+	acked := 0
+	for _, c := range cmds {
+		acked += int(c.Val())
+	}
+	return acked, nil
+}
+
+func validEntryID(s string) bool {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		return false
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}
