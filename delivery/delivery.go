@@ -42,7 +42,9 @@ type Options struct {
 	DeadStream string
 	// Block is how long one Read waits for new actions. Default 1s.
 	Block time.Duration
-	// Count is the most actions one Read returns. Default 100.
+	// Count is about the most actions one Read returns: XREADGROUP's COUNT
+	// applies per stream, so each stream gives Count/streams (at least 1).
+	// Default 100.
 	Count int
 }
 
@@ -138,7 +140,7 @@ func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, 
 		streams = append(streams, ">")
 	}
 	res, err := o.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: group, Consumer: consumer, Streams: streams, Count: int64(o.opt.Count), Block: o.opt.Block,
+		Group: group, Consumer: consumer, Streams: streams, Count: int64(max(1, o.opt.Count/len(o.keys))), Block: o.opt.Block,
 	}).Result()
 	switch {
 	case errors.Is(err, redis.Nil):

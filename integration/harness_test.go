@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
@@ -36,6 +37,7 @@ type env struct {
 	ingest nudgev1.IngestServiceClient
 	decide nudgev1.DecisionServiceClient
 	prof   nudgev1.ProfileServiceClient
+	acts   nudgev1.ActionServiceClient
 }
 
 func newEnv(t testing.TB, opt profile.Options) *env {
@@ -71,6 +73,12 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg se
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Outbox == nil {
+		// Short timeouts, so redelivery happens within a test.
+		cfg.Outbox = delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{
+			Visibility: 3 * time.Second, MaxDeliveries: 3, Block: 100 * time.Millisecond,
+		})
+	}
 	if cfg.DefaultBudget == 0 {
 		cfg.DefaultBudget = time.Second // correctness here; budgets have their own tests
 	}
@@ -95,6 +103,7 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg se
 		ingest: nudgev1.NewIngestServiceClient(conn),
 		decide: nudgev1.NewDecisionServiceClient(conn),
 		prof:   nudgev1.NewProfileServiceClient(conn),
+		acts:   nudgev1.NewActionServiceClient(conn),
 	}
 }
 

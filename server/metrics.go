@@ -21,6 +21,8 @@ type instruments struct {
 	decisions    metric.Int64Counter
 	triggerErrs  metric.Int64Counter
 	eventLag     metric.Float64Histogram
+	delivered    metric.Int64Counter
+	acked        metric.Int64Counter
 	statusAttrs  map[profile.Status]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
 }
@@ -46,6 +48,12 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	if in.eventLag, err = m.Float64Histogram("nudge.event.lag", metric.WithUnit("s"),
 		metric.WithDescription("Commit time minus occurred_at of applied events."),
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.delivered, err = m.Int64Counter("nudge.actions.delivered", metric.WithDescription("Actions sent to subscribers (redeliveries included).")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.acked, err = m.Int64Counter("nudge.actions.acked", metric.WithDescription("Deliveries acknowledged by subscribers.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	in.statusAttrs = make(map[profile.Status]metric.MeasurementOption)

@@ -86,6 +86,9 @@ type Config struct {
 	Meter metric.Meter
 	// Audit receives sampled decisions. Default: none.
 	Audit AuditLog
+	// Outbox delivers actions to ActionService subscribers. Default: none
+	// (ActionService answers UNIMPLEMENTED).
+	Outbox Outbox
 }
 
 func (c Config) withDefaults() Config {
@@ -125,6 +128,7 @@ type Server struct {
 	nudgev1.UnimplementedDecisionServiceServer
 	nudgev1.UnimplementedProfileServiceServer
 	nudgev1.UnimplementedAdminServiceServer
+	nudgev1.UnimplementedActionServiceServer
 
 	store     Store
 	rules     RuleSource
@@ -168,6 +172,7 @@ var serviceNames = []string{
 	nudgev1.DecisionService_ServiceDesc.ServiceName,
 	nudgev1.ProfileService_ServiceDesc.ServiceName,
 	nudgev1.AdminService_ServiceDesc.ServiceName,
+	nudgev1.ActionService_ServiceDesc.ServiceName,
 }
 
 // NewGRPCServer returns a grpc.Server with nudge's services, health and
@@ -210,6 +215,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	nudgev1.RegisterDecisionServiceServer(g, s)
 	nudgev1.RegisterProfileServiceServer(g, s)
 	nudgev1.RegisterAdminServiceServer(g, s)
+	nudgev1.RegisterActionServiceServer(g, s)
 	healthpb.RegisterHealthServer(g, s.health)
 	for _, name := range append([]string{""}, serviceNames...) {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/server"
@@ -57,6 +58,15 @@ type Config struct {
 	// ReservationTTL is how long a reserved cap slot waits for its
 	// confirming message_sent event (server.Config).
 	ReservationTTL time.Duration
+	// Visibility and MaxDeliveries configure action delivery
+	// (delivery.Options).
+	Visibility    time.Duration
+	MaxDeliveries int
+	// OutboxRetention is how long acknowledged actions stay in the outbox
+	// (for replay by a new group) before trimming. Default 24h.
+	OutboxRetention time.Duration
+	// TrimInterval is how often the outbox is trimmed. Default 1m.
+	TrimInterval time.Duration
 	// Logger receives the logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -67,6 +77,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RulesReload == 0 {
 		c.RulesReload = 5 * time.Second
+	}
+	if c.OutboxRetention <= 0 {
+		c.OutboxRetention = 24 * time.Hour
+	}
+	if c.TrimInterval <= 0 {
+		c.TrimInterval = time.Minute
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
@@ -113,7 +129,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
 	go func() { auditLog.Run(auditCtx); close(auditDone) }()
 	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
+	outbox := delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{Visibility: cfg.Visibility, MaxDeliveries: cfg.MaxDeliveries})
 	srv, err := server.New(store, rules, server.Config{
+		Outbox:         outbox,
 		DefaultBudget:  cfg.DecisionBudget,
 		MaxBudget:      cfg.DecisionBudgetMax,
 		ReservationTTL: cfg.ReservationTTL,
@@ -143,6 +161,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 	}
 	go rules.Watch(ctx, cfg.RulesReload, reported)
+	go trimLoop(ctx, outbox, cfg, log)
 	// SIGHUP reloads the rules file at once.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -176,6 +195,27 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// trimLoop trims the outbox every TrimInterval until ctx ends (see
+// delivery.Outbox.Trim: never an entry a group still needs).
+func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slog.Logger) {
+	t := time.NewTicker(cfg.TrimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := outbox.Trim(ctx, cfg.OutboxRetention, time.Now())
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("outbox trim failed; retrying at the next interval", "err", err)
+			case n > 0:
+				log.Info("outbox trimmed", "removed", n)
+			}
+		}
+	}
 }
 
 func rulesSource(cfg Config) string {
@@ -223,6 +263,9 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 	// loop); go-redis's own retries would spend a decision's whole budget
 	// redialling a Redis that is down instead of degrading at once.
 	opt.MaxRetries = -1
+	// Every ActionService subscriber holds a connection for its blocking
+	// XREADGROUP: leave room for them beside the ingest transactions.
+	opt.PoolSize = max(opt.PoolSize, 64)
 	rdb := redis.NewClient(opt)
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nudge-dm/nudge/delivery"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// Outbox is what the server needs to deliver actions.
+type Outbox interface {
+	Read(ctx context.Context, group, consumer string) ([]delivery.Delivery, error)
+	Ack(ctx context.Context, group string, ackIDs []string) (int, error)
+}
+
+var _ Outbox = (*delivery.Outbox)(nil)
+
+// Subscribe streams the group's actions to one member until the caller
+// goes away or the server drains (UNAVAILABLE: resubscribe elsewhere; what
+// was not acknowledged is redelivered).
+func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStreamingServer[nudgev1.SubscribeResponse]) error {
+	if err := s.validator.Validate(req); err != nil {
+		return invalidArgument(err)
+	}
+	if s.cfg.Outbox == nil {
+		return status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+	}
+	ctx := stream.Context()
+	group, consumer := req.GetGroup(), req.GetConsumer()
+	if consumer == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		consumer = "c-" + hex.EncodeToString(b[:])
+	}
+	for {
+		select {
+		case <-s.draining:
+			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
+		default:
+		}
+		ds, err := s.cfg.Outbox.Read(ctx, group, consumer)
+		if err != nil {
+			if ctx.Err() != nil {
+				return toStatus(ctx.Err())
+			}
+			return status.Errorf(codes.Unavailable, "read the outbox: %v", err)
+		}
+		var skipped []string
+		for _, d := range ds {
+			if len(req.GetChannels()) > 0 && !slices.Contains(req.GetChannels(), d.Action.Channel) {
+				skipped = append(skipped, d.AckID)
+				continue
+			}
+			a := actionToProto(&d.Action)
+			if err := stream.Send(&nudgev1.SubscribeResponse{Action: a, AckId: d.AckID, DeliveryCount: uint32(d.Count)}); err != nil {
+				return err
+			}
+			s.metrics.delivered.Add(ctx, 1)
+		}
+		if len(skipped) > 0 {
+			if _, err := s.cfg.Outbox.Ack(ctx, group, skipped); err != nil && ctx.Err() == nil {
+				return status.Errorf(codes.Unavailable, "acknowledge filtered actions: %v", err)
+			}
+		}
+	}
+}
+
+// Ack acknowledges deliveries.
+func (s *Server) Ack(ctx context.Context, req *nudgev1.AckRequest) (*nudgev1.AckResponse, error) {
+	if err := s.validator.Validate(req); err != nil {
+		return nil, invalidArgument(err)
+	}
+	if s.cfg.Outbox == nil {
+		return nil, status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+	}
+	n, err := s.cfg.Outbox.Ack(ctx, req.GetGroup(), req.GetAckIds())
+	switch {
+	case errors.Is(err, delivery.ErrBadAckID):
+		return nil, status.Errorf(codes.InvalidArgument, "%v (ack ids come from SubscribeResponse.ack_id)", err)
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	s.metrics.acked.Add(ctx, int64(n))
+	return &nudgev1.AckResponse{Acked: uint32(n)}, nil
+}
