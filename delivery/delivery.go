@@ -304,3 +304,28 @@ func validEntryID(s string) bool {
 	_, err2 := strconv.ParseUint(seq, 10, 64)
 	return err1 == nil && err2 == nil
 }
+
+// Pending returns how many actions of the group are delivered to the
+// member and not yet acknowledged, over every stream (one pipelined
+// XPENDING summary per stream).
+func (o *Outbox) Pending(ctx context.Context, group, consumer string) (int64, error) {
+	cmds := make([]*redis.XPendingCmd, len(o.keys))
+	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, k := range o.keys {
+			cmds[i] = pipe.XPending(ctx, k, group)
+		}
+		return nil
+	})
+	var n int64
+	for i, c := range cmds {
+		p, err := c.Result()
+		switch {
+		case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+			continue
+		case err != nil:
+			return 0, fmt.Errorf("delivery: pending of %s on %s: %w", group, o.keys[i], err)
+		}
+		n += p.Consumers[consumer]
+	}
+	return n, nil
+}

@@ -74,10 +74,16 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg se
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if cfg.Outbox == nil {
-		// Short timeouts, so redelivery happens within a test.
+		// Short timeouts, so redelivery happens within a test; a small
+		// unacked window, so that a member acking one call at a time
+		// (about 2 ms each under -race) never holds an action past the
+		// visibility timeout.
 		cfg.Outbox = delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{
-			Visibility: 3 * time.Second, MaxDeliveries: 3, Block: 100 * time.Millisecond,
+			Visibility: 5 * time.Second, MaxDeliveries: 3, Block: 100 * time.Millisecond,
 		})
+	}
+	if cfg.MaxUnacked == 0 {
+		cfg.MaxUnacked = 200
 	}
 	if cfg.DefaultBudget == 0 {
 		cfg.DefaultBudget = time.Second // correctness here; budgets have their own tests

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"slices"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,6 +20,7 @@ import (
 type Outbox interface {
 	Read(ctx context.Context, group, consumer string) ([]delivery.Delivery, error)
 	Ack(ctx context.Context, group string, ackIDs []string) (int, error)
+	Pending(ctx context.Context, group, consumer string) (int64, error)
 }
 
 var _ Outbox = (*delivery.Outbox)(nil)
@@ -40,11 +42,22 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 		_, _ = rand.Read(b[:])
 		consumer = "c-" + hex.EncodeToString(b[:])
 	}
+	sent := 0 // since the member's pending count was last read
 	for {
 		select {
 		case <-s.draining:
 			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
 		default:
+		}
+		// Read ahead at most MaxUnacked actions the member has not
+		// acknowledged: more would sit in buffers past the visibility
+		// timeout and be redelivered to another member while this one
+		// still works on them.
+		if sent >= s.cfg.MaxUnacked/2 {
+			if err := s.waitForAcks(ctx, group, consumer); err != nil {
+				return err
+			}
+			sent = 0
 		}
 		ds, err := s.cfg.Outbox.Read(ctx, group, consumer)
 		if err != nil {
@@ -64,11 +77,39 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 				return err
 			}
 			s.metrics.delivered.Add(ctx, 1)
+			sent++
 		}
 		if len(skipped) > 0 {
 			if _, err := s.cfg.Outbox.Ack(ctx, group, skipped); err != nil && ctx.Err() == nil {
 				return status.Errorf(codes.Unavailable, "acknowledge filtered actions: %v", err)
 			}
+		}
+	}
+}
+
+// waitForAcks waits until fewer than MaxUnacked actions are pending for the
+// member, polling its pending count.
+func (s *Server) waitForAcks(ctx context.Context, group, consumer string) error {
+	for {
+		n, err := s.cfg.Outbox.Pending(ctx, group, consumer)
+		if err != nil {
+			if ctx.Err() != nil {
+				return toStatus(ctx.Err())
+			}
+			return status.Errorf(codes.Unavailable, "read pending actions: %v", err)
+		}
+		if n < int64(s.cfg.MaxUnacked) {
+			return nil
+		}
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return toStatus(ctx.Err())
+		case <-s.draining:
+			t.Stop()
+			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
+		case <-t.C:
 		}
 	}
 }

@@ -89,6 +89,10 @@ type Config struct {
 	// Outbox delivers actions to ActionService subscribers. Default: none
 	// (ActionService answers UNIMPLEMENTED).
 	Outbox Outbox
+	// MaxUnacked bounds the actions a subscriber holds unacknowledged;
+	// delivery pauses at it. Keep it below what a subscriber handles within
+	// the visibility timeout. Default 1000.
+	MaxUnacked int
 }
 
 func (c Config) withDefaults() Config {
@@ -104,6 +108,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 8
+	}
+	if c.MaxUnacked <= 0 {
+		c.MaxUnacked = 1000
 	}
 	if c.ReservationTTL <= 0 {
 		c.ReservationTTL = 5 * time.Minute

@@ -38,6 +38,7 @@ func run() error {
 	fs.DurationVar(&cfg.ReservationTTL, "reservation-ttl", 0, "how long a reserved cap slot waits for its message_sent confirmation (default 5m)")
 	fs.DurationVar(&cfg.Visibility, "visibility-timeout", 0, "an action not acknowledged within this is redelivered (default 30s)")
 	fs.IntVar(&cfg.MaxDeliveries, "max-deliveries", 0, "deliveries of an action to a group before it goes to the dead-letter stream nudge:dead (default 5)")
+	fs.IntVar(&cfg.MaxUnacked, "max-unacked", 0, "actions a subscriber may hold unacknowledged before delivery to it pauses (default 1000)")
 	fs.DurationVar(&cfg.OutboxRetention, "outbox-retention", 0, "how long acknowledged actions stay in the outbox (default 24h)")
 	fs.Float64Var(&cfg.AuditSample, "audit-sample", 0.01, "share of decisions logged to the audit stream nudge:audit (0 to 1)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")

@@ -62,6 +62,9 @@ type Config struct {
 	// (delivery.Options).
 	Visibility    time.Duration
 	MaxDeliveries int
+	// MaxUnacked bounds the actions one subscriber holds unacknowledged
+	// (server.Config).
+	MaxUnacked int
 	// OutboxRetention is how long acknowledged actions stay in the outbox
 	// (for replay by a new group) before trimming. Default 24h.
 	OutboxRetention time.Duration
@@ -132,6 +135,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	outbox := delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{Visibility: cfg.Visibility, MaxDeliveries: cfg.MaxDeliveries})
 	srv, err := server.New(store, rules, server.Config{
 		Outbox:         outbox,
+		MaxUnacked:     cfg.MaxUnacked,
 		DefaultBudget:  cfg.DecisionBudget,
 		MaxBudget:      cfg.DecisionBudgetMax,
 		ReservationTTL: cfg.ReservationTTL,
