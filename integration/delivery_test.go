@@ -183,4 +183,3 @@ func TestActionsDeliveredAtLeastOnceToEveryGroup(t *testing.T) {
 		t.Errorf("dead letters per group = %v, want %d each", perGroup, poison)
 	}
 }
-
