@@ -401,3 +401,42 @@ func TestDecisionAuditTrail(t *testing.T) {
 		t.Errorf("%d audit entries left, want the other user's 1", len(left))
 	}
 }
+
+// nudgectl against a running nudged: decide, profile get and delete,
+// actions tail (consuming with --ack) and actions dead.
+func TestNudgectlAgainstNudged(t *testing.T) {
+	nudgedBin, ctl := buildNudged(t), buildCommand(t, "nudgectl")
+	rs := redistest.Start(t)
+	n := startNudged(t, nudgedBin, "--redis-addr", rs.Addr)
+	ingest := nudgev1.NewIngestServiceClient(dial(t, n.addr))
+	if _, err := ingest.Publish(ctxT(t), &nudgev1.PublishRequest{Events: []*nudgev1.Event{
+		inDaytime(ev("cli-user", "view", "phones", 3*time.Minute)), ev("cli-user", "view", "phones", 2*time.Minute), ev("cli-user", "view", "phones", time.Minute),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, ctl, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nudgectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if out := run("decide", "cli-user", "--channel", "sms", "--addr", n.addr, "--json"); !strings.Contains(out, `"verdict":"VERDICT_SEND"`) || !strings.Contains(out, `"id":"phones-coupon"`) {
+		t.Errorf("decide: %s", out)
+	}
+	if out := run("profile", "get", "cli-user", "--addr", n.addr, "--json"); !strings.Contains(out, `"view":"3"`) {
+		t.Errorf("profile get: %s", out)
+	}
+	if out := run("actions", "tail", "--group", "cli", "--ack", "-n", "1", "--addr", n.addr); !strings.Contains(out, "user=cli-user category-interest-coupon via sms") || !strings.Contains(out, "delivery=1") {
+		t.Errorf("actions tail: %s", out)
+	}
+	if out := run("actions", "dead", "--redis-addr", rs.Addr); !strings.Contains(out, "no dead letters") {
+		t.Errorf("actions dead: %s", out)
+	}
+	if out := run("profile", "delete", "cli-user", "--addr", n.addr, "--json"); !strings.Contains(out, `"deleted":true`) {
+		t.Errorf("profile delete: %s", out)
+	}
+}

@@ -11,6 +11,13 @@
 //	    trace: for rule authors, no server needed.
 //	nudgectl decisions tail [--redis-addr A] [--all] [-n N] [--json]
 //	    Follows the decision audit stream (nudged --audit-sample).
+//	nudgectl decide USER --channel C, nudgectl profile get|delete USER
+//	    Call nudged (--addr) and print the answer (--json for JSON).
+//	nudgectl actions tail --group G [--ack]
+//	    Subscribes to the actions as a member of group G; with --ack it
+//	    consumes them.
+//	nudgectl actions dead
+//	    Lists the dead-letter stream (actions delivered too many times).
 package main
 
 import (
@@ -29,6 +36,10 @@ const usage = `usage:
                                           what the rules fire and decide for an event
   nudgectl decisions tail [--redis-addr ADDR] [--all] [-n N] [--json]
                                           follow the decision audit stream
+  nudgectl decide USER --channel C [--explain] [--addr A] [--json]
+  nudgectl profile get|delete USER [--addr A] [--json]
+  nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json]
+  nudgectl actions dead [--redis-addr ADDR] [-n N] [--json]
 `
 
 // run executes one command line and returns the exit status: 0 success,
@@ -41,6 +52,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return rulesTest(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "decisions" && args[1] == "tail":
 		return decisionsTail(args[2:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "decide":
+		return decide(args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "profile":
+		return profileCmd(args[1:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "actions" && args[1] == "tail":
+		return actionsTail(args[2:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "actions" && args[1] == "dead":
+		return actionsDead(args[2:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return 2

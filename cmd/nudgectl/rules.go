@@ -94,3 +94,8 @@ func problems(err error) []checkProblem {
 	walk(err)
 	return out
 }
+
+func jsonLine(v any) string {
+	b, _ := json.Marshal(v) // maps of strings and numbers cannot fail
+	return string(b)
+}
