@@ -52,3 +52,4 @@ clean:
 	rm -rf $(BIN)
 
 include mk/generate.mk
+include mk/node.mk
