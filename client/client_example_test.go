@@ -1,0 +1,106 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nudge-dm/nudge/client"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// A producer publishes a user's page views; the third view of a category
+// fires the bundled rules' SMS coupon trigger.
+func ExamplePublisher() {
+	c, err := client.Dial(exampleAddr) // loopback: plaintext
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	user := exampleUser("alice")
+	p := c.NewPublisher(
+		client.OnResult(func(r *nudgev1.EventResult) {
+			fmt.Println(r.GetEventId(), r.GetStatus())
+		}),
+		client.OnAction(func(a *nudgev1.Action) {
+			fmt.Println("action:", a.GetTriggerId(), a.GetChannel(), a.GetPayload()["category"])
+		}),
+	)
+	ctx := context.Background()
+	for _, id := range []string{"v1", "v2", "v3", "v1"} { // v1 twice: deduplicated
+		err := p.Publish(ctx, &nudgev1.Event{
+			EventId:    id,
+			UserId:     user,
+			Type:       "view",
+			Category:   "phones",
+			OccurredAt: timestamppb.New(time.Now().Add(-time.Minute)),
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+		// Flush after every event only to print in a fixed order: results
+		// of different batches may come back in any order.
+		if err := p.Flush(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	st := p.Stats()
+	fmt.Printf("published %d: %d applied, %d duplicate\n", st.Published, st.Applied, st.Duplicate)
+	// Output:
+	// v1 EVENT_STATUS_APPLIED
+	// v2 EVENT_STATUS_APPLIED
+	// v3 EVENT_STATUS_APPLIED
+	// action: category-interest-coupon sms phones
+	// v1 EVENT_STATUS_DUPLICATE
+	// published 4: 3 applied, 1 duplicate
+}
+
+// A storefront asks what to show in a banner of a product page.
+func ExampleClient_Decide() {
+	c, err := client.Dial(exampleAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	d, err := c.Decide(context.Background(), exampleUser("bob"), "web",
+		client.WithPlacement("home_banner"),
+		client.WithBudget(50*time.Millisecond),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(d.GetVerdict(), d.GetOffer().GetId(), d.GetOffer().GetTemplate())
+	// Output:
+	// VERDICT_SEND web-welcome welcome
+}
+
+// A page of product tiles asks for all its users at once.
+func ExampleClient_DecideBatch() {
+	c, err := client.Dial(exampleAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	ds, err := c.DecideBatch(context.Background(), []client.Query{
+		{UserID: exampleUser("carol"), Channel: "web"},
+		{UserID: exampleUser("dave"), Channel: "email"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, d := range ds {
+		fmt.Println(d.GetVerdict(), d.GetOffer().GetId())
+	}
+	// Output:
+	// VERDICT_SEND web-welcome
+	// VERDICT_NONE
+}
