@@ -3,7 +3,9 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +25,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -438,5 +441,91 @@ func TestNudgectlAgainstNudged(t *testing.T) {
 	}
 	if out := run("profile", "delete", "cli-user", "--addr", n.addr, "--json"); !strings.Contains(out, `"deleted":true`) {
 		t.Errorf("profile delete: %s", out)
+	}
+}
+
+// nudgectl send replays a 100k-line file through the Publisher: progress,
+// an exact summary, a malformed line reported with its line number; and
+// re-feeding the same file counts nothing twice.
+func TestNudgectlSend(t *testing.T) {
+	nudgedBin, ctl := buildNudged(t), buildCommand(t, "nudgectl")
+	rs := redistest.Start(t)
+	n := startNudged(t, nudgedBin, "--redis-addr", rs.Addr)
+	const events, badLine = 100000, 5000
+	path := filepath.Join(t.TempDir(), "day.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-10 * time.Minute).UTC().Format(time.RFC3339)
+	w := bufio.NewWriter(f)
+	for i := range events {
+		if i == badLine-1 {
+			fmt.Fprintln(w, `{"event_id": "broken", "user_id": `) // line 5000
+		}
+		fmt.Fprintf(w, `{"event_id":"d-%d","user_id":"send-%d","type":"view","category":"c%d","occurred_at":"%s"}`+"\n", i, i%1000, i%7, at)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	send := func(args ...string) (string, string, error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, ctl, append([]string{"send", path, "--addr", n.addr, "--json"}, args...)...)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		return out.String(), errOut.String(), err
+	}
+	type summary struct {
+		Lines, Malformed                      int
+		Published, Applied, Duplicate, Failed uint64
+	}
+	parse := func(out string) summary {
+		t.Helper()
+		var s summary
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("summary %q: %v", out, err)
+		}
+		return s
+	}
+
+	// The malformed line makes the exit status 1 without --allow-rejects.
+	out, errOut, err := send()
+	if err == nil {
+		t.Errorf("send with a malformed line exited 0")
+	}
+	if !strings.Contains(errOut, fmt.Sprintf("day.jsonl:%d: malformed event", badLine)) {
+		t.Errorf("the malformed line is not reported with its number:\n%s", errOut)
+	}
+	if !strings.Contains(errOut, "events/s") {
+		t.Errorf("no progress line on stderr:\n%s", errOut)
+	}
+	if s := parse(out); s.Lines != events+1 || s.Malformed != 1 || s.Published != events || s.Applied != events || s.Failed != 0 {
+		t.Errorf("first send: %+v", s)
+	}
+	// Re-feeding the file (the seed's batch fallback) counts nothing twice.
+	out, _, err = send("--allow-rejects")
+	if err != nil {
+		t.Errorf("re-send with --allow-rejects: %v", err)
+	}
+	if s := parse(out); s.Applied != 0 || s.Duplicate != events {
+		t.Errorf("re-send: %+v, want every event a duplicate", s)
+	}
+	// The profiles hold exactly 100k views.
+	store := profile.NewRedisStore(rs.Client(t), profile.Options{})
+	var total uint64
+	for u := range 1000 {
+		p, err := store.Get(ctxT(t), fmt.Sprintf("send-%d", u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += p.Total("view")
+	}
+	if total != events {
+		t.Errorf("profiles count %d views, want %d", total, events)
 	}
 }

@@ -11,6 +11,11 @@
 //	    trace: for rule authors, no server needed.
 //	nudgectl decisions tail [--redis-addr A] [--all] [-n N] [--json]
 //	    Follows the decision audit stream (nudged --audit-sample).
+//	nudgectl send [FILE.jsonl|-] [--allow-rejects]
+//	    Replays events through the client's Publisher with progress and a
+//	    summary; exit status 1 on rejected events or malformed lines
+//	    (reported with their line number) unless --allow-rejects. Sending
+//	    a file again is safe: event ids make it exactly once in effect.
 //	nudgectl decide USER --channel C, nudgectl profile get|delete USER
 //	    Call nudged (--addr) and print the answer (--json for JSON).
 //	nudgectl actions tail --group G [--ack]
@@ -36,6 +41,8 @@ const usage = `usage:
                                           what the rules fire and decide for an event
   nudgectl decisions tail [--redis-addr ADDR] [--all] [-n N] [--json]
                                           follow the decision audit stream
+  nudgectl send [FILE.jsonl|-] [--addr A] [--allow-rejects] [--json]
+                                          replay events (one nudge.v1.Event JSON a line)
   nudgectl decide USER --channel C [--explain] [--addr A] [--json]
   nudgectl profile get|delete USER [--addr A] [--json]
   nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json]
@@ -52,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return rulesTest(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "decisions" && args[1] == "tail":
 		return decisionsTail(args[2:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "send":
+		return send(args[1:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "decide":
 		return decide(args[1:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "profile":
