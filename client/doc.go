@@ -1,5 +1,6 @@
 // Package client is the Go client of nudge: decisions (Decide,
-// DecideBatch) and reliable event ingestion (Publisher) over gRPC.
+// DecideBatch), reliable event ingestion (Publisher) and action delivery
+// (Subscribe) over gRPC.
 //
 // # Connecting
 //
@@ -49,5 +50,15 @@
 // per stream plus one for itself; Close stops all of them. Close every
 // Publisher before Client.Close.
 //
-// The Subscriber of ActionService is not part of this package yet.
+// # Receiving actions
+//
+// Subscribe runs a Handler for every action delivered to one member of a
+// consumer group (ActionService), one at a time, and acknowledges the
+// actions the handler returns nil for. An action the handler fails on is
+// left unacknowledged and comes back after the server's visibility timeout
+// with a higher delivery count, until the server moves it to the
+// dead-letter stream. Delivery is at least once: deduplicate on ActionId.
+// Subscribe reconnects after a broken stream and returns when its context
+// ends. Give each member a stable name (Consumer) so that after a restart
+// its unacknowledged actions are found.
 package client

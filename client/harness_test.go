@@ -23,6 +23,7 @@ import (
 
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
@@ -148,6 +149,10 @@ func (e *env) start() {
 	srv, err := server.New(e.store, e.rules, server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second, // correctness here, not budgets
+		Outbox: delivery.New(e.rdb, e.store.Buckets(), e.store.OutboxKey, delivery.Options{
+			Visibility: 2 * time.Second, Block: 100 * time.Millisecond,
+		}),
+		MaxUnacked: 200,
 	})
 	if err != nil {
 		e.t.Fatal(err)

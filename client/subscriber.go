@@ -1,0 +1,114 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// Handler handles one delivered action. Returning nil acknowledges it;
+// returning an error leaves it unacknowledged, so the server delivers it
+// again after its visibility timeout (and, after the maximum deliveries,
+// moves it to the dead-letter stream). Delivery is at least once: a handler
+// must tolerate seeing an action again (deduplicate on Action.ActionId).
+type Handler func(ctx context.Context, a *nudgev1.Action, deliveryCount uint32) error
+
+// SubscribeOption configures Subscribe.
+type SubscribeOption func(*subscribeConfig)
+
+type subscribeConfig struct {
+	consumer string
+	channels []string
+	onError  func(error)
+	min, max time.Duration
+}
+
+// Consumer names this member of the group. Give each member a stable name,
+// so that after a restart its unacknowledged actions are found under it.
+// Default: the server makes one up per stream.
+func Consumer(name string) SubscribeOption {
+	return func(c *subscribeConfig) { c.consumer = name }
+}
+
+// Channels delivers only actions on these channels. Every member of a group
+// must use the same filter: the server acknowledges the others for the
+// group.
+func Channels(ch ...string) SubscribeOption {
+	return func(c *subscribeConfig) { c.channels = ch }
+}
+
+// OnSubscribeError receives the errors Subscribe recovers from (a failed
+// ack, a broken stream before it reconnects, a handler error).
+func OnSubscribeError(f func(error)) SubscribeOption {
+	return func(c *subscribeConfig) { c.onError = f }
+}
+
+// Subscribe runs h for every action delivered to this member of group, one
+// at a time, and acknowledges each one h handled without error. It
+// reconnects with jittered backoff when the stream breaks (a server restart
+// or drain) and returns only when ctx ends (nil) or on an error that a retry
+// cannot fix (InvalidArgument, Unimplemented, PermissionDenied,
+// Unauthenticated).
+func (c *Client) Subscribe(ctx context.Context, group string, h Handler, opts ...SubscribeOption) error {
+	cfg := subscribeConfig{min: 50 * time.Millisecond, max: 5 * time.Second, onError: func(error) {}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	actions := nudgev1.NewActionServiceClient(c.conn)
+	wait := cfg.min
+	for ctx.Err() == nil {
+		err := c.subscribeOnce(ctx, actions, group, h, &cfg)
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.Unimplemented, codes.PermissionDenied, codes.Unauthenticated:
+			return fmt.Errorf("client: subscribe to %s: %w", group, err)
+		}
+		cfg.onError(fmt.Errorf("client: subscription to %s broke, reconnecting: %w", group, err))
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		wait = min(2*wait, cfg.max)
+	}
+	return nil
+}
+
+// subscribeOnce runs one stream until it breaks.
+func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServiceClient, group string, h Handler, cfg *subscribeConfig) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := actions.Subscribe(ctx, &nudgev1.SubscribeRequest{Group: group, Consumer: cfg.consumer, Channels: cfg.channels})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if err := h(ctx, resp.GetAction(), resp.GetDeliveryCount()); err != nil {
+			cfg.onError(fmt.Errorf("client: handler failed on action %s (delivery %d), left for redelivery: %w",
+				resp.GetAction().GetActionId(), resp.GetDeliveryCount(), err))
+			continue
+		}
+		if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: []string{resp.GetAckId()}}); err != nil {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return err
+			}
+			// Not acknowledged: it comes back after the visibility timeout.
+			cfg.onError(fmt.Errorf("client: ack of action %s: %w", resp.GetAction().GetActionId(), err))
+		}
+	}
+}
