@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/internal/streams"
 )
 
 // writeTimeout bounds one pipelined write of a batch.
@@ -202,33 +204,11 @@ func (l *Log) write(ctx context.Context, batch []Entry) {
 // DeleteUser removes every audit entry of a user (erasure). It scans the
 // stream, which MaxLen bounds.
 func (l *Log) DeleteUser(ctx context.Context, userID string) (int, error) {
-	deleted := 0
-	start, last := "-", ""
-	const page = 1000
-	for {
-		msgs, err := l.rdb.XRangeN(ctx, l.opt.Stream, start, "+", page).Result()
-		if err != nil {
-			return deleted, fmt.Errorf("audit: scan: %w", err)
-		}
-		var ids []string
-		for _, m := range msgs {
-			if m.ID != last && m.Values["user_id"] == userID {
-				ids = append(ids, m.ID)
-			}
-		}
-		if len(ids) > 0 {
-			n, err := l.rdb.XDel(ctx, l.opt.Stream, ids...).Result()
-			if err != nil {
-				return deleted, fmt.Errorf("audit: delete: %w", err)
-			}
-			deleted += int(n)
-		}
-		if len(msgs) < page {
-			return deleted, nil
-		}
-		last = msgs[len(msgs)-1].ID
-		start = last
+	n, err := streams.DeleteWhere(ctx, l.rdb, l.opt.Stream, "user_id", userID)
+	if err != nil {
+		return n, fmt.Errorf("audit: %w", err)
 	}
+	return n, nil
 }
 
 func fields(e *Entry) []any {

@@ -112,15 +112,12 @@ func profileFunctions() []cel.EnvOption {
 					if err != nil {
 						return err
 					}
-					w, ok := args[2].(types.Duration)
-					if !ok {
-						return types.MaybeNoSuchOverloadErr(args[2])
-					}
-					if w.Duration < 0 {
-						return types.NewErr("seen_within: negative window %s", w.Duration)
+					w, errv := windowArg("seen_within", args[2])
+					if errv != nil {
+						return errv
 					}
 					last, ok := v.p.LastSeenAt(string(t))
-					return types.Bool(ok && !last.Before(v.now.Add(-w.Duration)))
+					return types.Bool(ok && !last.Before(v.now.Add(-w)))
 				}))),
 		cel.Function("last_seen",
 			cel.MemberOverload("profile_last_seen_type", []*cel.Type{p, str}, cel.TimestampType,
@@ -155,14 +152,11 @@ func profileFunctions() []cel.EnvOption {
 					if err != nil {
 						return err
 					}
-					w, ok := args[2].(types.Duration)
-					if !ok {
-						return types.MaybeNoSuchOverloadErr(args[2])
+					w, errv := windowArg("sends", args[2])
+					if errv != nil {
+						return errv
 					}
-					if w.Duration < 0 {
-						return types.NewErr("sends: negative window %s", w.Duration)
-					}
-					return types.Int(v.p.Sends(string(ch), v.now.Add(-w.Duration)))
+					return types.Int(v.p.Sends(string(ch), v.now.Add(-w)))
 				}))),
 		cel.Function("last_purchase_within",
 			cel.MemberOverload("profile_last_purchase_within_category_window", []*cel.Type{p, str, dur}, cel.BoolType,
@@ -171,15 +165,12 @@ func profileFunctions() []cel.EnvOption {
 					if err != nil {
 						return err
 					}
-					w, ok := args[2].(types.Duration)
-					if !ok {
-						return types.MaybeNoSuchOverloadErr(args[2])
-					}
-					if w.Duration < 0 {
-						return types.NewErr("last_purchase_within: negative window %s", w.Duration)
+					w, errv := windowArg("last_purchase_within", args[2])
+					if errv != nil {
+						return errv
 					}
 					last, ok := v.p.LastPurchase(string(cat))
-					return types.Bool(ok && cat != "" && !last.Before(v.now.Add(-w.Duration)))
+					return types.Bool(ok && cat != "" && !last.Before(v.now.Add(-w)))
 				}))),
 		cel.Function("purchase_count",
 			cel.MemberOverload("profile_purchase_count", []*cel.Type{p}, cel.IntType,
@@ -252,14 +243,11 @@ func count(pv, typ, category, window ref.Val) ref.Val {
 			return types.Int(0)
 		}
 	}
-	w, ok := window.(types.Duration)
-	if !ok {
-		return types.MaybeNoSuchOverloadErr(window)
+	w, errv := windowArg("count", window)
+	if errv != nil {
+		return errv
 	}
-	if w.Duration < 0 {
-		return types.NewErr("count: negative window %s", w.Duration)
-	}
-	return types.Int(v.p.Count(string(t), string(cat), w.Duration, v.now))
+	return types.Int(v.p.Count(string(t), string(cat), w, v.now))
 }
 
 func clampInt(n uint64) types.Int {
@@ -465,4 +453,17 @@ func (eventFieldValidator) Validate(_ *cel.Env, _ cel.ValidatorConfig, a *ast.AS
 			}
 		}
 	}
+}
+
+// windowArg is the window argument of a profile function: a duration, not
+// negative.
+func windowArg(fn string, v ref.Val) (time.Duration, ref.Val) {
+	w, ok := v.(types.Duration)
+	if !ok {
+		return 0, types.MaybeNoSuchOverloadErr(v)
+	}
+	if w.Duration < 0 {
+		return 0, types.NewErr("%s: negative window %s", fn, w.Duration)
+	}
+	return w.Duration, nil
 }

@@ -543,30 +543,7 @@ func (p *Profile) Compact(now time.Time, l Limits) {
 		p.Seen = append(p.Seen[:0], p.Seen[k:]...)
 	}
 
-	for key, at := range p.Fired {
-		if at.Before(now.Add(-l.FiredRetention)) {
-			delete(p.Fired, key)
-		}
-	}
-	if len(p.Fired) > l.MaxFired {
-		type mark struct {
-			key string
-			at  time.Time
-		}
-		marks := make([]mark, 0, len(p.Fired))
-		for key, at := range p.Fired {
-			marks = append(marks, mark{key, at})
-		}
-		sort.Slice(marks, func(a, b int) bool {
-			if !marks[a].at.Equal(marks[b].at) {
-				return marks[a].at.After(marks[b].at)
-			}
-			return marks[a].key < marks[b].key
-		})
-		for _, m := range marks[l.MaxFired:] {
-			delete(p.Fired, m.key)
-		}
-	}
+	compactTimes(p.Fired, now.Add(-l.FiredRetention), l.MaxFired)
 
 	p.compactSends(now, l)
 	p.compactPurchases(now, l)
@@ -593,32 +570,35 @@ func (p *Profile) compactSends(now time.Time, l Limits) {
 }
 
 func (p *Profile) compactPurchases(now time.Time, l Limits) {
-	horizon := now.Add(-l.SendRetention)
-	for c, at := range p.LastPurchases {
-		if at.Before(horizon) {
-			delete(p.LastPurchases, c)
-		}
-	}
-	if len(p.LastPurchases) > l.MaxPurchaseCategories {
-		type bought struct {
-			category string
-			at       time.Time
-		}
-		all := make([]bought, 0, len(p.LastPurchases))
-		for c, at := range p.LastPurchases {
-			all = append(all, bought{c, at})
-		}
-		sort.Slice(all, func(a, b int) bool {
-			if !all[a].at.Equal(all[b].at) {
-				return all[a].at.After(all[b].at)
-			}
-			return all[a].category < all[b].category
-		})
-		for _, b := range all[l.MaxPurchaseCategories:] {
-			delete(p.LastPurchases, b.category)
-		}
-	}
+	compactTimes(p.LastPurchases, now.Add(-l.SendRetention), l.MaxPurchaseCategories)
 	if len(p.LastPurchases) == 0 {
 		p.LastPurchases = nil
+	}
+}
+
+// compactTimes drops the entries of m older than horizon, then all but the
+// max latest (ties: the smaller key is kept), so that what a profile keeps
+// does not depend on map order.
+func compactTimes(m map[string]time.Time, horizon time.Time, max int) {
+	for k, at := range m {
+		if at.Before(horizon) {
+			delete(m, k)
+		}
+	}
+	if len(m) <= max {
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(a, b int) bool {
+		if ta, tb := m[keys[a]], m[keys[b]]; !ta.Equal(tb) {
+			return ta.After(tb)
+		}
+		return keys[a] < keys[b]
+	})
+	for _, k := range keys[max:] {
+		delete(m, k)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/internal/streams"
 )
 
 // Errors returned by the store. Callers match them with errors.Is.
@@ -457,39 +459,11 @@ func (s *RedisStore) Delete(ctx context.Context, userID string) (DeleteResult, e
 		return res, fmt.Errorf("%w: delete profile: %w", ErrUnavailable, err)
 	}
 	res.Existed = n > 0
-	outbox := s.OutboxKey(s.Bucket(userID))
-	// Pages restart at the last id seen (inclusive, skipped) rather than
-	// with the exclusive "(id" form, which older servers and the embedded
-	// store lack.
-	start, last := "-", ""
-	const page = 1000
-	for {
-		msgs, err := s.rdb.XRangeN(ctx, outbox, start, "+", page).Result()
-		if err != nil {
-			return res, fmt.Errorf("%w: scan outbox: %w", ErrUnavailable, err)
-		}
-		var ids []string
-		for _, m := range msgs {
-			if m.ID == last {
-				continue
-			}
-			if m.Values["user_id"] == userID {
-				ids = append(ids, m.ID)
-			}
-		}
-		if len(ids) > 0 {
-			n, err := s.rdb.XDel(ctx, outbox, ids...).Result()
-			if err != nil {
-				return res, fmt.Errorf("%w: delete outbox entries: %w", ErrUnavailable, err)
-			}
-			res.Actions += int(n)
-		}
-		if len(msgs) < page {
-			return res, nil
-		}
-		last = msgs[len(msgs)-1].ID
-		start = last
+	res.Actions, err = streams.DeleteWhere(ctx, s.rdb, s.OutboxKey(s.Bucket(userID)), "user_id", userID)
+	if err != nil {
+		return res, fmt.Errorf("%w: outbox: %w", ErrUnavailable, err)
 	}
+	return res, nil
 }
 
 // actionFields is the outbox entry of an action: flat string fields, so the
