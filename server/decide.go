@@ -210,7 +210,9 @@ func (s *Server) reserve(ctx context.Context, q query, key string, budget *durat
 			dec := rules.Decide(p, q.request(), now)
 			d := decisionToProto(dec)
 			d.DecisionId, d.RulesVersion = newDecisionID(), rules.Version()
-			expires := now.Add(s.cfg.ReservationTTL)
+			// Announce the expiry as the profile stores it (milliseconds),
+			// so the slot never returns before the time the sender was told.
+			expires := now.Add(s.cfg.ReservationTTL).Truncate(time.Millisecond)
 			holds := dec.Verdict == decision.VerdictSend
 			if holds {
 				d.Reservation = &nudgev1.Reservation{IdempotencyKey: key, ExpiresAt: timestamppb.New(expires)}
