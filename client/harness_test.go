@@ -25,6 +25,7 @@ import (
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/daemon"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -116,7 +117,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	rs := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	rdb := redis.NewClient(nudgedRedisOptions(t, rs.Addr))
 	t.Cleanup(func() { _ = rdb.Close() })
 	rules, err := decision.Parse(examples.RulesName, examples.Rules)
 	if err != nil {
@@ -274,4 +275,14 @@ func wantErr(t testing.TB, err, target error) {
 	if !errors.Is(err, target) {
 		t.Fatalf("got %v, want %v", err, target)
 	}
+}
+
+// nudgedRedisOptions are the go-redis options nudged runs with.
+func nudgedRedisOptions(t testing.TB, addr string) *redis.Options {
+	t.Helper()
+	opt, err := daemon.RedisOptions(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opt
 }

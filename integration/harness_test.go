@@ -21,6 +21,7 @@ import (
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/daemon"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -61,9 +62,7 @@ func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 
 func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg server.Config) *env {
 	t.Helper()
-	// As nudged configures it (internal/daemon): context deadlines cut
-	// socket I/O short, and go-redis does not retry on its own.
-	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	rdb := redis.NewClient(nudgedRedisOptions(t, rs.Addr))
 	t.Cleanup(func() { _ = rdb.Close() })
 	store := profile.NewRedisStore(rdb, opt)
 	rules, err := decision.Parse(examples.RulesName, examples.Rules)
@@ -219,4 +218,14 @@ func daytimeTZ() string {
 func inDaytime(e *nudgev1.Event) *nudgev1.Event {
 	e.Attributes = map[string]string{"tz": daytimeTZ()}
 	return e
+}
+
+// nudgedRedisOptions are the go-redis options nudged runs with.
+func nudgedRedisOptions(t testing.TB, addr string) *redis.Options {
+	t.Helper()
+	opt, err := daemon.RedisOptions(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opt
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nudge-dm/nudge/audit"
+	"github.com/nudge-dm/nudge/internal/daemon"
 )
 
 var errCountReached = errors.New("count reached")
@@ -30,13 +31,10 @@ func decisionsTail(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	opt := &redis.Options{Addr: *addr}
-	if strings.Contains(*addr, "://") {
-		var err error
-		if opt, err = redis.ParseURL(*addr); err != nil {
-			fmt.Fprintln(stderr, "nudgectl: --redis-addr:", err)
-			return 2
-		}
+	opt, err := daemon.RedisOptions(*addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "nudgectl: --redis-addr:", err)
+		return 2
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
@@ -47,7 +45,7 @@ func decisionsTail(args []string, stdout, stderr io.Writer) int {
 		from = "0"
 	}
 	seen := 0
-	err := audit.Tail(ctx, rdb, *stream, from, func(_ string, e audit.Entry) error {
+	err = audit.Tail(ctx, rdb, *stream, from, func(_ string, e audit.Entry) error {
 		if *asJSON {
 			b, _ := json.Marshal(e) // plain struct cannot fail
 			fmt.Fprintln(stdout, string(b))

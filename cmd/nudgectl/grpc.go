@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/internal/daemon"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -213,7 +214,12 @@ func actionsDead(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: *addr})
+	opt, err := daemon.RedisOptions(*addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "nudgectl: --redis-addr:", err)
+		return 2
+	}
+	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -240,23 +240,15 @@ func loadRules(cfg Config) (*decision.Live, error) {
 	return decision.NewLive(r, examples.RulesName), nil
 }
 
-// openRedis connects to the configured Redis, or starts the embedded store.
-func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
-	if cfg.RedisAddr == "" {
-		mr := miniredis.NewMiniRedis()
-		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-			return nil, nil, fmt.Errorf("start embedded store: %w", err)
-		}
-		cfg.Logger.Warn("NOT DURABLE: no --redis-addr given, using the embedded in-process store; " +
-			"every profile and action is lost when nudged stops. Use --redis-addr in production.")
-		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
-	}
-	opt := &redis.Options{Addr: cfg.RedisAddr}
-	if strings.Contains(cfg.RedisAddr, "://") {
+// RedisOptions returns the go-redis options nudge runs with for an address
+// (host:port or a redis:// URL). Tests and tools that stand in for nudged
+// use it too, so they cannot drift from what nudged does.
+func RedisOptions(addr string) (*redis.Options, error) {
+	opt := &redis.Options{Addr: addr}
+	if strings.Contains(addr, "://") {
 		var err error
-		if opt, err = redis.ParseURL(cfg.RedisAddr); err != nil {
-			return nil, nil, fmt.Errorf("redis address: %w", err)
+		if opt, err = redis.ParseURL(addr); err != nil {
+			return nil, fmt.Errorf("redis address: %w", err)
 		}
 	}
 	// Without this go-redis ignores context deadlines for socket I/O and
@@ -270,6 +262,26 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 	// Every ActionService subscriber holds a connection for its blocking
 	// XREADGROUP: leave room for them beside the ingest transactions.
 	opt.PoolSize = max(opt.PoolSize, 64)
+	return opt, nil
+}
+
+// openRedis connects to the configured Redis, or starts the embedded store.
+func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
+	if cfg.RedisAddr == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, nil, fmt.Errorf("start embedded store: %w", err)
+		}
+		cfg.Logger.Warn("NOT DURABLE: no --redis-addr given, using the embedded in-process store; " +
+			"every profile and action is lost when nudged stops. Use --redis-addr in production.")
+		opt, _ := RedisOptions(mr.Addr()) // a host:port cannot fail
+		rdb := redis.NewClient(opt)
+		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
+	}
+	opt, err := RedisOptions(cfg.RedisAddr)
+	if err != nil {
+		return nil, nil, err
+	}
 	rdb := redis.NewClient(opt)
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
