@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"testing"
@@ -10,7 +11,10 @@ import (
 )
 
 // FuzzParse checks that no rules file makes Parse, or the rules it
-// accepts, panic, and that every rejection is an ErrInvalidRules.
+// accepts, panic, and that every rejection is what Parse promises: an
+// ErrInvalidRules made of *RuleError problems, each naming the file, a
+// line of it (or 0) and a known rule kind, at most maxReportedErrors of
+// them plus one summary.
 func FuzzParse(f *testing.F) {
 	if data, err := os.ReadFile("../examples/rules.yaml"); err == nil {
 		f.Add(data)
@@ -31,6 +35,7 @@ func FuzzParse(f *testing.F) {
 			if !errors.Is(err, ErrInvalidRules) {
 				t.Fatalf("error %v is not ErrInvalidRules", err)
 			}
+			checkRuleErrors(t, err, "fuzz.yaml", data)
 			return
 		}
 		// Whatever was accepted must evaluate without panicking.
@@ -54,4 +59,54 @@ func FuzzParse(f *testing.F) {
 			r.Fallback(ch)
 		}
 	})
+}
+
+// ruleKinds are the values of RuleError.Kind.
+var ruleKinds = map[string]bool{"": true, kindTrigger: true, kindOffer: true, kindFrequencyCap: true,
+	kindQuietHours: true, kindPurchaseCooldown: true, kindFallback: true}
+
+// checkRuleErrors fails the test unless every problem joined in err is a
+// *RuleError located in file, whose data has the given content.
+func checkRuleErrors(t *testing.T, err error, file string, data []byte) {
+	t.Helper()
+	// YAML breaks lines at \n, \r, NEL, LS and PS (\r\n counts twice here,
+	// which only loosens the bound). A problem at the very end of a file
+	// that has no final line break is on the line after its last: "---"
+	// alone is "fuzz.yaml:2: expected a mapping".
+	maxLine := 2
+	for _, brk := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
+		maxLine += bytes.Count(data, []byte(brk))
+	}
+	var leaves []error
+	var walk func(error)
+	walk = func(err error) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		leaves = append(leaves, err)
+	}
+	walk(err)
+	if len(leaves) == 0 || len(leaves) > maxReportedErrors+1 {
+		t.Fatalf("%d problems reported, want 1 to %d: %v", len(leaves), maxReportedErrors+1, err)
+	}
+	for _, leaf := range leaves {
+		re, ok := leaf.(*RuleError)
+		switch {
+		case !ok:
+			t.Fatalf("problem %v (%T) is not a *RuleError", leaf, leaf)
+		case re.File != file:
+			t.Fatalf("problem %q names file %q, want %q", re, re.File, file)
+		case re.Line < 0 || re.Line > maxLine:
+			t.Fatalf("problem %q is on line %d, after the end of the file (line %d at most)", re, re.Line, maxLine)
+		case !ruleKinds[re.Kind]:
+			t.Fatalf("problem %q has kind %q", re, re.Kind)
+		case re.Kind == "" && re.Rule != "":
+			t.Fatalf("file-level problem %q names rule %q", re, re.Rule)
+		case re.Msg == "":
+			t.Fatalf("problem %+v has no message", re)
+		}
+	}
 }

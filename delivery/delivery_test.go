@@ -249,3 +249,41 @@ func TestAckRejectsForeignIDs(t *testing.T) {
 		}
 	}
 }
+
+func TestBacklogsCountPendingAndUndeliveredPerGroup(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	o := newOutbox(rdb, delivery.Options{Count: 10})
+	if b, err := o.Backlogs(t.Context()); err != nil || len(b) != 0 {
+		t.Fatalf("Backlogs before any group = %v, %v; want empty", b, err)
+	}
+	addActions(t, rdb, 0, 40)
+	// "fast" reads 10 per stream (40 in all) and acks 5 of them; "slow"
+	// reads once without acking.
+	ds, err := o.Read(t.Context(), "fast", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range ds[:5] {
+		ids = append(ids, d.AckID)
+	}
+	if _, err := o.Ack(t.Context(), "fast", ids); err != nil {
+		t.Fatal(err)
+	}
+	slow, err := o.Read(t.Context(), "slow", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addActions(t, rdb, 40, 8)
+	got, err := o.Backlogs(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]delivery.Backlog{
+		"fast": {Pending: int64(len(ds) - 5), Undelivered: int64(48 - len(ds))},
+		"slow": {Pending: int64(len(slow)), Undelivered: int64(48 - len(slow))},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Backlogs = %v, want %v", got, want)
+	}
+}

@@ -49,7 +49,16 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	Reason string
+	// Code classifies a rejection for metrics, from a small fixed set
+	// (RejectTooOld, RejectTooNew); empty otherwise.
+	Code string
 }
+
+// Rejection codes of Result.Code.
+const (
+	RejectTooOld = "too_old"
+	RejectTooNew = "too_new"
+)
 
 // Event types with a meaning of their own in the model. Every other type is
 // only counted.
@@ -380,10 +389,10 @@ func (p *Profile) LastPurchase(category string) (time.Time, bool) {
 func (l Limits) Check(e *Event, now time.Time) (Result, bool) {
 	switch {
 	case e.OccurredAt.Before(now.Add(-l.Retention)):
-		return Result{Status: Rejected, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
+		return Result{Status: Rejected, Code: RejectTooOld, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
 			" is older than the retention of " + l.Retention.String()}, false
 	case e.OccurredAt.After(now.Add(l.MaxFuture)):
-		return Result{Status: Rejected, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
+		return Result{Status: Rejected, Code: RejectTooNew, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
 			" is more than " + l.MaxFuture.String() + " in the future"}, false
 	}
 	return Result{}, true

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/nudge-dm/nudge/internal/streams"
 )
@@ -61,6 +64,13 @@ type Options struct {
 	UserLocks int
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
+	// TracerProvider traces the store, each span a child of the one in the
+	// call's context: "nudge.profile.transaction" per user transaction of
+	// Apply and Update, "nudge.profile.read" per Get and GetMany,
+	// "nudge.profile.delete" per Delete. Spans carry counts, the bucket and
+	// the outcome, never a user id. Default nil: no tracing, at no cost (a
+	// nil check per call).
+	TracerProvider trace.TracerProvider
 }
 
 func (o Options) withDefaults() Options {
@@ -101,10 +111,11 @@ func (o Options) withDefaults() Options {
 // speaking the protocol, such as the embedded development store). It is safe
 // for concurrent use.
 type RedisStore struct {
-	rdb   redis.UniversalClient
-	opt   Options
-	locks []sync.Mutex // see Options.UserLocks
-	stats storeStats
+	rdb    redis.UniversalClient
+	opt    Options
+	locks  []sync.Mutex // see Options.UserLocks
+	stats  storeStats
+	tracer trace.Tracer // nil: tracing off
 }
 
 type storeStats struct {
@@ -129,7 +140,53 @@ func NewRedisStore(rdb redis.UniversalClient, opt Options) *RedisStore {
 	if s.opt.UserLocks > 0 {
 		s.locks = make([]sync.Mutex, s.opt.UserLocks)
 	}
+	if s.opt.TracerProvider != nil {
+		s.tracer = s.opt.TracerProvider.Tracer("github.com/nudge-dm/nudge/profile")
+	}
 	return s
+}
+
+// Span names and attributes of the store's traces. A user id is never an
+// attribute, nor in a recorded error (privacy): counts and the bucket are.
+const (
+	spanTransaction = "nudge.profile.transaction"
+	spanRead        = "nudge.profile.read"
+	spanDelete      = "nudge.profile.delete"
+
+	attrUsers     = attribute.Key("nudge.profile.users")
+	attrEvents    = attribute.Key("nudge.profile.events")
+	attrBucket    = attribute.Key("nudge.profile.bucket")
+	attrAttempts  = attribute.Key("nudge.profile.attempts")
+	attrConflicts = attribute.Key("nudge.profile.conflicts")
+	attrOutcome   = attribute.Key("nudge.profile.outcome")
+	attrNotFound  = attribute.Key("nudge.profile.not_found")
+	attrExisted   = attribute.Key("nudge.profile.existed")
+	attrActions   = attribute.Key("nudge.profile.actions")
+)
+
+// Values of nudge.profile.outcome on a transaction span.
+const (
+	outcomeCommitted = "committed" // the profile (and actions) written
+	outcomeUnchanged = "unchanged" // nothing to write: duplicates or rejects only, or no change
+	outcomeExhausted = "exhausted" // conflicts ran out the attempts (ErrConflict)
+	outcomeError     = "error"     // Redis, a corrupt profile, or the context
+)
+
+// startSpan starts a span under ctx's, or returns ctx and a nil span when
+// tracing is off. Callers check the span for nil before building
+// attributes, so that tracing off allocates nothing.
+func (s *RedisStore) startSpan(ctx context.Context, name string) (context.Context, trace.Span) {
+	if s.tracer == nil {
+		return ctx, nil
+	}
+	return s.tracer.Start(ctx, name)
+}
+
+// failSpan records err on span as its error status. err must not name a
+// user.
+func failSpan(span trace.Span, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
 }
 
 // lockUser serialises this process's transactions on a user and returns
@@ -268,7 +325,7 @@ func (s *RedisStore) applyUserRecovered(ctx context.Context, u UserEvents, step 
 
 func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {
 	var out Outcome
-	version, err := s.transact(ctx, u.UserID, func(p *Profile, now time.Time) (bool, []Action) {
+	version, err := s.transact(ctx, u.UserID, len(u.Events), func(p *Profile, now time.Time) (bool, []Action) {
 		out = step(p, u.Events, now)
 		return out.Changed(), out.Actions
 	})
@@ -285,17 +342,23 @@ func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) Use
 // runs again, on a freshly read profile, when the transaction conflicts. It
 // returns the profile version after the call.
 func (s *RedisStore) Update(ctx context.Context, userID string, fn func(p *Profile, now time.Time) (changed bool)) (uint64, error) {
-	return s.transact(ctx, userID, func(p *Profile, now time.Time) (bool, []Action) { return fn(p, now), nil })
+	return s.transact(ctx, userID, 0, func(p *Profile, now time.Time) (bool, []Action) { return fn(p, now), nil })
 }
 
 // transact is the transaction behind Apply and Update: read the profile
 // under WATCH, run fn, and if it changed something write the profile and
 // fn's actions (to the bucket's outbox) in one MULTI/EXEC, retrying
-// conflicts with backoff.
-func (s *RedisStore) transact(ctx context.Context, userID string, fn func(p *Profile, now time.Time) (bool, []Action)) (uint64, error) {
+// conflicts with backoff. Its span (when tracing) includes the wait for
+// the user's lock; events is the number of events, for the span.
+func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn func(p *Profile, now time.Time) (bool, []Action)) (uint64, error) {
+	ctx, span := s.startSpan(ctx, spanTransaction)
+	if span != nil {
+		defer span.End()
+	}
 	defer s.lockUser(userID)()
+	bucket := s.Bucket(userID)
 	key := s.ProfileKey(userID)
-	outbox := s.OutboxKey(s.Bucket(userID))
+	outbox := s.OutboxKey(bucket)
 	var version uint64
 	var changed bool
 	txn := func(tx *redis.Tx) error {
@@ -307,7 +370,7 @@ func (s *RedisStore) transact(ctx context.Context, userID string, fn func(p *Pro
 			return err
 		default:
 			if p, err = Decode(raw); err != nil {
-				return fmt.Errorf("user %q: %w", userID, err)
+				return err // wrapped with the user below
 			}
 		}
 		now := s.opt.Now()
@@ -335,35 +398,57 @@ func (s *RedisStore) transact(ctx context.Context, userID string, fn func(p *Pro
 		return err
 	}
 
-	conflicts, errorsSeen := 0, 0
-	for attempt := 0; ; attempt++ {
+	conflicts, errorsSeen, attempt := 0, 0, 0
+	// traced ends the span, if any, with what happened; cause never names
+	// the user.
+	traced := func(outcome string, cause error) {
+		if span == nil || !span.IsRecording() {
+			return
+		}
+		span.SetAttributes(
+			attrUsers.Int(1), attrEvents.Int(events), attrBucket.Int(bucket),
+			attrAttempts.Int(attempt+1), attrConflicts.Int(conflicts),
+			attrOutcome.String(outcome),
+		)
+		if cause != nil {
+			failSpan(span, cause)
+		}
+	}
+	fail := func(outcome string, cause error) (uint64, error) {
+		traced(outcome, cause)
+		return 0, fmt.Errorf("user %q: %w", userID, cause)
+	}
+	for ; ; attempt++ {
 		err := s.rdb.Watch(ctx, txn, key)
 		switch {
 		case err == nil:
+			outcome := outcomeUnchanged
 			if changed {
 				s.stats.transactions.Add(1)
+				outcome = outcomeCommitted
 			}
+			traced(outcome, nil)
 			return version, nil
 		case errors.Is(err, redis.TxFailedErr):
 			s.stats.conflicts.Add(1)
 			conflicts++
 			if conflicts >= s.opt.MaxAttempts {
 				s.stats.exhausted.Add(1)
-				return 0, fmt.Errorf("user %q: %d attempts: %w", userID, conflicts, ErrConflict)
+				return fail(outcomeExhausted, fmt.Errorf("%d attempts: %w", conflicts, ErrConflict))
 			}
 		case errors.Is(err, ErrCorrupt):
-			return 0, err
+			return fail(outcomeError, err)
 		case ctx.Err() != nil:
-			return 0, fmt.Errorf("user %q: %w", userID, ctx.Err())
+			return fail(outcomeError, ctx.Err())
 		default:
 			errorsSeen++
 			if errorsSeen > s.opt.MaxErrorRetries {
-				return 0, fmt.Errorf("user %q: %w: %w", userID, ErrUnavailable, err)
+				return fail(outcomeError, fmt.Errorf("%w: %w", ErrUnavailable, err))
 			}
 			s.stats.errorRetries.Add(1)
 		}
 		if err := sleep(ctx, s.backoff(attempt)); err != nil {
-			return 0, fmt.Errorf("user %q: %w", userID, err)
+			return fail(outcomeError, err)
 		}
 	}
 }
@@ -393,6 +478,40 @@ func sleep(ctx context.Context, d time.Duration) error {
 // Get reads a user's profile without a transaction. It returns ErrNotFound
 // when the user has none, and wraps ErrUnavailable when Redis fails.
 func (s *RedisStore) Get(ctx context.Context, userID string) (*Profile, error) {
+	ctx, span := s.startSpan(ctx, spanRead)
+	if span == nil {
+		return s.get(ctx, userID)
+	}
+	defer span.End()
+	p, err := s.get(ctx, userID)
+	endRead(span, err)
+	return p, err
+}
+
+// endRead sets a read span's attributes from the per-user errors of the
+// read, and its status from the first error other than ErrNotFound.
+func endRead(span trace.Span, errs ...error) {
+	if !span.IsRecording() {
+		return
+	}
+	notFound := 0
+	var failed error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrNotFound):
+			notFound++
+		case failed == nil:
+			failed = err
+		}
+	}
+	span.SetAttributes(attrUsers.Int(len(errs)), attrNotFound.Int(notFound))
+	if failed != nil {
+		failSpan(span, failed)
+	}
+}
+
+func (s *RedisStore) get(ctx context.Context, userID string) (*Profile, error) {
 	raw, err := s.rdb.Get(ctx, s.ProfileKey(userID)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -411,6 +530,17 @@ func (s *RedisStore) Get(ctx context.Context, userID string) (*Profile, error) {
 // ErrNotFound, ErrCorrupt, or a wrapped ErrUnavailable or context error
 // when the read failed.
 func (s *RedisStore) GetMany(ctx context.Context, userIDs []string) ([]*Profile, []error) {
+	ctx, span := s.startSpan(ctx, spanRead)
+	if span == nil {
+		return s.getMany(ctx, userIDs)
+	}
+	defer span.End()
+	profiles, errs := s.getMany(ctx, userIDs)
+	endRead(span, errs...)
+	return profiles, errs
+}
+
+func (s *RedisStore) getMany(ctx context.Context, userIDs []string) ([]*Profile, []error) {
 	profiles := make([]*Profile, len(userIDs))
 	errs := make([]error, len(userIDs))
 	cmds := make([]*redis.StringCmd, len(userIDs))
@@ -453,6 +583,23 @@ type DeleteResult struct {
 // bucket's outbox. Events of the user that arrive during or after the
 // erasure start a new profile.
 func (s *RedisStore) Delete(ctx context.Context, userID string) (DeleteResult, error) {
+	ctx, span := s.startSpan(ctx, spanDelete)
+	if span == nil {
+		return s.delete(ctx, userID)
+	}
+	defer span.End()
+	res, err := s.delete(ctx, userID)
+	if span.IsRecording() {
+		span.SetAttributes(attrUsers.Int(1), attrBucket.Int(s.Bucket(userID)),
+			attrExisted.Bool(res.Existed), attrActions.Int(res.Actions))
+		if err != nil {
+			failSpan(span, err)
+		}
+	}
+	return res, err
+}
+
+func (s *RedisStore) delete(ctx context.Context, userID string) (DeleteResult, error) {
 	var res DeleteResult
 	n, err := s.rdb.Del(ctx, s.ProfileKey(userID)).Result()
 	if err != nil {
