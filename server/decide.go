@@ -160,7 +160,7 @@ func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) 
 		defer func() { <-s.pendingReads }()
 		defer func() {
 			if p := recover(); p != nil {
-				s.cfg.Logger.ErrorContext(ctx, "panic in store call", "panic", p, "stack", string(debug.Stack()))
+				s.cfg.Logger.ErrorContext(ctx, "panic in store call", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
 				done <- result{panicked: true}
 			}
 		}()

@@ -1,7 +1,9 @@
 // Package server implements nudge's gRPC services (IngestService,
-// DecisionService, ProfileService) on a Store and a RuleSource, plus
-// health, reflection, the interceptor chain (panic recovery, call logging)
-// and the metrics of the calls.
+// DecisionService, ProfileService, AdminService, ActionService) on a Store
+// and a RuleSource, plus health, reflection, the interceptor chain (panic
+// recovery, wire-level decoding errors, request ids, call logging, bearer
+// tokens with roles, per-token rate limits; see NewGRPCServer) and the
+// metrics of the calls.
 //
 // It owns the edges only: validating requests (protovalidate), mapping
 // domain errors to status codes (toStatus, the single place that does),

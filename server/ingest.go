@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
@@ -21,6 +23,7 @@ import (
 
 // Publish applies one batch.
 func (s *Server) Publish(ctx context.Context, req *nudgev1.PublishRequest) (*nudgev1.PublishResponse, error) {
+	start := time.Now()
 	rejected, err := s.validateBatch(req)
 	if err != nil {
 		return nil, err
@@ -29,6 +32,7 @@ func (s *Server) Publish(ctx context.Context, req *nudgev1.PublishRequest) (*nud
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.metrics.observeAckLatency(ctx, time.Since(start))
 	return &nudgev1.PublishResponse{Results: results, Actions: actions}, nil
 }
 
@@ -58,8 +62,9 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 	}()
 
 	type batchDone struct {
-		resp *nudgev1.StreamResponse
-		err  error
+		resp  *nudgev1.StreamResponse
+		start time.Time // when the batch was received
+		err   error
 	}
 	// Buffered for every batch that can be in flight, so a worker never
 	// blocks (or leaks) when the handler has already returned.
@@ -87,6 +92,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 		}
 		select {
 		case req := <-in:
+			start := time.Now()
 			rejected, err := s.validateBatch(req)
 			if err != nil {
 				stop, stopped = err, true
@@ -97,7 +103,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 				// The recovery interceptor does not reach this goroutine.
 				defer func() {
 					if p := recover(); p != nil {
-						s.cfg.Logger.ErrorContext(ctx, "panic in ingest batch", "panic", p, "stack", string(debug.Stack()))
+						s.cfg.Logger.ErrorContext(ctx, "panic in ingest batch", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
 						done <- batchDone{err: status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")}
 					}
 				}()
@@ -106,7 +112,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 					done <- batchDone{err: err}
 					return
 				}
-				done <- batchDone{resp: &nudgev1.StreamResponse{Seq: req.GetSeq(), Results: results, Actions: actions}}
+				done <- batchDone{resp: &nudgev1.StreamResponse{Seq: req.GetSeq(), Results: results, Actions: actions}, start: start}
 			}()
 		case d := <-done:
 			inFlight--
@@ -119,6 +125,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 			if err := stream.Send(d.resp); err != nil {
 				return err
 			}
+			s.metrics.observeAckLatency(ctx, time.Since(d.start))
 		case err := <-recvErr:
 			if !stopped {
 				stopped = true
@@ -139,15 +146,18 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 // (field path events[i]...) reject that event only and are returned by
 // index; any other violation fails the request with InvalidArgument.
 func (s *Server) validateBatch(req proto.Message) (map[int]string, error) {
+	rejected := invalidEventTimes(req)
 	err := s.validator.Validate(req)
 	if err == nil {
-		return nil, nil
+		return rejected, nil
 	}
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) {
 		return nil, status.Errorf(codes.Internal, "validate request: %v", err)
 	}
-	rejected := make(map[int]string)
+	if rejected == nil {
+		rejected = make(map[int]string)
+	}
 	var whole []string
 	for _, v := range verr.Violations {
 		elems := v.Proto.GetField().GetElements()
@@ -168,6 +178,29 @@ func (s *Server) validateBatch(req proto.Message) (map[int]string, error) {
 		return nil, status.Error(codes.InvalidArgument, "invalid request: "+strings.Join(whole, "; "))
 	}
 	return rejected, nil
+}
+
+// invalidEventTimes rejects, by index, the events of a batch whose
+// occurred_at is not a valid google.protobuf.Timestamp (nanos outside
+// [0, 1e9), or outside years 1 to 9999): protovalidate does not check it,
+// and AsTime would quietly turn it into some other time.
+func invalidEventTimes(req proto.Message) map[int]string {
+	b, ok := req.(interface{ GetEvents() []*nudgev1.Event })
+	if !ok {
+		return nil
+	}
+	var bad map[int]string
+	for i, e := range b.GetEvents() {
+		if ts := e.GetOccurredAt(); ts != nil {
+			if err := ts.CheckValid(); err != nil {
+				if bad == nil {
+					bad = make(map[int]string)
+				}
+				bad[i] = "occurred_at: not a valid timestamp (" + err.Error() + ") [timestamp.valid]"
+			}
+		}
+	}
+	return bad
 }
 
 // describeViolation formats a violation as "field.path: message [rule]",
@@ -205,12 +238,13 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		validIdx = append(validIdx, i)
 	}
 	if len(valid) == 0 {
+		s.metrics.countEvents(ctx, statusReason{profile.Rejected, rejectInvalid}, len(rejected))
 		return results, nil, nil
 	}
 	users, index := profile.GroupByUser(valid)
 	outcomes := s.store.Apply(ctx, users, s.step())
 	now := s.cfg.Now()
-	counts := map[profile.Status]int{profile.Rejected: len(rejected)}
+	counts := map[statusReason]int{{profile.Rejected, rejectInvalid}: len(rejected)}
 	var actions []*nudgev1.Action
 	var errs []error
 	for u, o := range outcomes {
@@ -229,20 +263,20 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 			if r.Status == profile.Applied {
 				s.metrics.observeLag(ctx, now.Sub(valid[index[u][k]].OccurredAt))
 			}
-			counts[r.Status]++
+			counts[statusReason{r.Status, r.Code}]++
 		}
 		for i := range o.Actions {
 			actions = append(actions, actionToProto(&o.Actions[i]))
 		}
 	}
-	for st, n := range counts {
-		s.metrics.countEvents(ctx, st, n)
+	for sr, n := range counts {
+		s.metrics.countEvents(ctx, sr, n)
 	}
 	s.metrics.actions.Add(ctx, int64(len(actions)))
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		if perr, ok := errors.AsType[*profile.PanicError](err); ok {
-			s.cfg.Logger.ErrorContext(ctx, "panic in rules step", "panic", perr.Value, "stack", string(perr.Stack))
+			s.cfg.Logger.ErrorContext(ctx, "panic in rules step", "panic", s.redactUsers(fmt.Sprint(perr.Value)), "stack", string(perr.Stack))
 		}
 		return nil, nil, err
 	}

@@ -17,13 +17,14 @@ import (
 // configured they are no-ops.
 type instruments struct {
 	events       metric.Int64Counter
+	ackLatency   metric.Float64Histogram
 	actions      metric.Int64Counter
 	decisions    metric.Int64Counter
 	triggerErrs  metric.Int64Counter
 	eventLag     metric.Float64Histogram
 	delivered    metric.Int64Counter
 	acked        metric.Int64Counter
-	statusAttrs  map[profile.Status]metric.MeasurementOption
+	statusAttrs  map[statusReason]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
 }
 
@@ -34,6 +35,11 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	var in instruments
 	var err error
 	if in.events, err = m.Int64Counter("nudge.events", metric.WithDescription("Events processed, by status (applied, duplicate, rejected).")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.ackLatency, err = m.Float64Histogram("nudge.ingest.ack_latency", metric.WithUnit("s"),
+		metric.WithDescription("Time from receiving an ingest batch to answering it (Publish and Stream)."),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	if in.actions, err = m.Int64Counter("nudge.actions.emitted", metric.WithDescription("Actions written to the outbox by triggers.")); err != nil {
@@ -56,9 +62,21 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	if in.acked, err = m.Int64Counter("nudge.actions.acked", metric.WithDescription("Deliveries acknowledged by subscribers.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
-	in.statusAttrs = make(map[profile.Status]metric.MeasurementOption)
-	for _, s := range []profile.Status{profile.Applied, profile.Duplicate, profile.Rejected} {
-		in.statusAttrs[s] = metric.WithAttributeSet(attribute.NewSet(attribute.String("status", s.String())))
+	// Counters without attributes start at 0, so dashboards and alerts
+	// see a series before the first event.
+	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked} {
+		c.Add(context.Background(), 0)
+	}
+	in.statusAttrs = make(map[statusReason]metric.MeasurementOption)
+	for _, sr := range []statusReason{
+		{profile.Applied, ""}, {profile.Duplicate, ""}, {profile.Rejected, ""},
+		{profile.Rejected, rejectInvalid}, {profile.Rejected, profile.RejectTooOld}, {profile.Rejected, profile.RejectTooNew},
+	} {
+		attrs := []attribute.KeyValue{attribute.String("status", sr.status.String())}
+		if sr.reason != "" {
+			attrs = append(attrs, attribute.String("reason", sr.reason))
+		}
+		in.statusAttrs[sr] = metric.WithAttributeSet(attribute.NewSet(attrs...))
 	}
 	in.verdictAttrs = make(map[[2]string]metric.MeasurementOption)
 	for _, v := range []decision.Verdict{decision.VerdictSend, decision.VerdictHold, decision.VerdictNone} {
@@ -70,10 +88,29 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	return &in, nil
 }
 
-func (in *instruments) countEvents(ctx context.Context, s profile.Status, n int) {
-	if n > 0 {
-		in.events.Add(ctx, int64(n), in.statusAttrs[s])
+// statusReason labels the events counter. reason is set for rejections
+// only: rejectInvalid (the event failed validation) or a profile.Result
+// Code.
+type statusReason struct {
+	status profile.Status
+	reason string
+}
+
+const rejectInvalid = "invalid"
+
+func (in *instruments) countEvents(ctx context.Context, sr statusReason, n int) {
+	if n <= 0 {
+		return
 	}
+	attrs, ok := in.statusAttrs[sr]
+	if !ok { // a rejection code this table does not know yet: keep the status
+		attrs = in.statusAttrs[statusReason{sr.status, ""}]
+	}
+	in.events.Add(ctx, int64(n), attrs)
+}
+
+func (in *instruments) observeAckLatency(ctx context.Context, d time.Duration) {
+	in.ackLatency.Record(ctx, d.Seconds())
 }
 
 func (in *instruments) countDecision(ctx context.Context, v decision.Verdict, degraded bool) {

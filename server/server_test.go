@@ -42,10 +42,12 @@ func panickyStore() *fakeStore {
 	}
 }
 
-// TestPanicRecovery: a panicking unary handler answers Internal and the
-// server keeps serving.
+// TestPanicRecovery: a panicking handler, unary or streaming, answers
+// Internal, its stack goes to the log (not to the caller), and the server
+// keeps serving.
 func TestPanicRecovery(t *testing.T) {
-	h := start(t, panickyStore(), server.Config{})
+	var logs logBuffer
+	h := start(t, panickyStore(), server.Config{Logger: logs.logger(), Outbox: fakeOutbox{}})
 	calls := []struct {
 		name string
 		call func(ctx context.Context, user string) error
@@ -69,10 +71,38 @@ func TestPanicRecovery(t *testing.T) {
 			_, err := h.profiles.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: user})
 			return err
 		}},
+		{"Subscribe", func(ctx context.Context, group string) error { // a streaming handler
+			stream, err := nudgev1.NewActionServiceClient(h.conn).Subscribe(ctx, &nudgev1.SubscribeRequest{Group: group})
+			if err != nil {
+				return err
+			}
+			_, err = stream.Recv()
+			if group != "boom" && status.Code(err) == codes.Unavailable { // the fake's answer
+				return nil
+			}
+			return err
+		}},
+	}
+	panics := func() int {
+		n := 0
+		for _, e := range logs.entries(t) {
+			if stack, _ := e["stack"].(string); e["msg"] == "panic in handler" && strings.Contains(stack, "goroutine ") {
+				n++
+			}
+		}
+		return n
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) {
-			wantCode(t, c.call(callCtx(t), "boom"), codes.Internal, "recovered from a panic")
+			before := panics()
+			err := c.call(callCtx(t), "boom")
+			wantCode(t, err, codes.Internal, "recovered from a panic")
+			if strings.Contains(status.Convert(err).Message(), "goroutine") {
+				t.Errorf("the caller gets the stack: %q", status.Convert(err).Message())
+			}
+			if got := panics(); got != before+1 {
+				t.Errorf("%d new panic lines with a stack, want 1; log:\n%s", got-before, logs.String())
+			}
 			if err := c.call(callCtx(t), "u1"); err != nil {
 				t.Fatalf("call after the panic: %v", err)
 			}
@@ -84,7 +114,8 @@ func TestPanicRecovery(t *testing.T) {
 // interceptor's reach) ends that stream with Internal; the server and other
 // streams keep serving.
 func TestStreamPanicRecovery(t *testing.T) {
-	h := start(t, panickyStore(), server.Config{})
+	var logs logBuffer
+	h := start(t, panickyStore(), server.Config{Logger: logs.logger()})
 	other, err := h.ingest.Stream(callCtx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +129,9 @@ func TestStreamPanicRecovery(t *testing.T) {
 	}
 	_, err = stream.Recv()
 	wantCode(t, err, codes.Internal, "recovered from a panic")
+	if log := logs.String(); !strings.Contains(log, `"msg":"panic in ingest batch","panic":"apply: boom","stack":"goroutine `) {
+		t.Errorf("no panic line with its stack:\n%s", log)
+	}
 
 	if err := other.Send(&nudgev1.StreamRequest{Seq: 7, Events: []*nudgev1.Event{ev("e2", "u1", "view", "", now)}}); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// The largest batches the API accepts, read from the protovalidate rules
+// so that a limiter's burst always lets one through.
+var (
+	maxEventsPerBatch  = maxItems(&nudgev1.PublishRequest{}, "events")
+	maxQueriesPerBatch = maxItems(&nudgev1.BatchGetDecisionsRequest{}, "queries")
+)
+
+// maxItems is the max_items rule of msg's repeated field.
+func maxItems(msg proto.Message, field protoreflect.Name) int {
+	fd := msg.ProtoReflect().Descriptor().Fields().ByName(field)
+	rules, _ := proto.GetExtension(fd.Options(), validate.E_Field).(*validate.FieldRules)
+	n := rules.GetRepeated().GetMaxItems()
+	if n == 0 {
+		panic(fmt.Sprintf("server: %s.%s has no max_items rule", msg.ProtoReflect().Descriptor().FullName(), field))
+	}
+	return int(n)
+}
+
+// charge takes from p's limiters what msg costs: one unit per event of an
+// ingest batch, per decision asked for. Other messages are free. Past a
+// limit the call fails with ResourceExhausted and a RetryInfo.
+func (s *Server) charge(p *principal, msg any) error {
+	switch m := msg.(type) {
+	case *nudgev1.PublishRequest:
+		return take(p, p.events, "events", len(m.GetEvents()), s.cfg.Now())
+	case *nudgev1.StreamRequest:
+		return take(p, p.events, "events", len(m.GetEvents()), s.cfg.Now())
+	case *nudgev1.GetDecisionRequest:
+		return take(p, p.decisions, "decisions", 1, s.cfg.Now())
+	case *nudgev1.BatchGetDecisionsRequest:
+		return take(p, p.decisions, "decisions", len(m.GetQueries()), s.cfg.Now())
+	}
+	return nil
+}
+
+// take takes n units from l at now, or fails saying when they will be
+// there.
+func take(p *principal, l *rate.Limiter, unit string, n int, now time.Time) error {
+	if l == nil || n == 0 {
+		return nil
+	}
+	if n > l.Burst() {
+		// Larger than the API allows (the burst is at least the largest
+		// valid batch): validation refuses it with InvalidArgument, which
+		// it should get rather than a ResourceExhausted it could never
+		// pass. It does no work, so it costs nothing.
+		return nil
+	}
+	if l.AllowN(now, n) {
+		return nil
+	}
+	missing := float64(n) - l.TokensAt(now)
+	// Whole milliseconds, rounded up (past float noise) so that a retry
+	// after the delay finds the units there.
+	ms := math.Ceil(missing/float64(l.Limit())*1000 - 1e-6)
+	wait := time.Duration(min(max(ms, 1), float64(24*time.Hour/time.Millisecond))) * time.Millisecond
+	limit := strconv.FormatFloat(float64(l.Limit()), 'g', -1, 64)
+	st := status.Newf(codes.ResourceExhausted, "token %q is over its limit of %s %s per second: retry in %v", p.name, limit, unit, wait)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// limitUnary charges a unary call to its token before the handler runs.
+func (s *Server) limitUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if p := principalFrom(ctx); p != nil {
+		if err := s.charge(p, req); err != nil {
+			return nil, err
+		}
+	}
+	return handler(ctx, req)
+}
+
+// limitStream charges every message a stream receives to its token. Over
+// the limit, the receive fails with ResourceExhausted and the stream ends
+// with it once the batches already read are answered; the message that was
+// over is not processed. A producer re-sends its unanswered batches after
+// the RetryInfo delay: ending the stream rather than delaying the read
+// keeps the server from holding a stream's batches while it waits.
+func (s *Server) limitStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	p := principalFrom(ss.Context())
+	if p == nil || (p.events == nil && p.decisions == nil) {
+		return handler(srv, ss)
+	}
+	return handler(srv, &limitedStream{ServerStream: ss, s: s, p: p})
+}
+
+type limitedStream struct {
+	grpc.ServerStream
+	s *Server
+	p *principal
+}
+
+func (l *limitedStream) RecvMsg(m any) error {
+	if err := l.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return l.s.charge(l.p, m)
+}
