@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -33,6 +36,7 @@ type dialConfig struct {
 	insecure bool // explicitly asked for with WithInsecure
 	token    string
 	dialOpts []grpc.DialOption
+	tracer   trace.TracerProvider // nil: the global provider
 }
 
 // WithTLS connects with TLS using cfg (nil: the system roots and the
@@ -71,6 +75,17 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *dialConfig) { c.dialOpts = append(c.dialOpts, opts...) }
 }
 
+// WithTracerProvider makes a client span with tp for every call, a child of
+// the span in the call's context. Default (or nil): the global provider
+// (otel.GetTracerProvider), a no-op unless the application set one.
+//
+// Either way the call carries its trace context to the server as a W3C
+// traceparent header, so the server's spans join the caller's trace: with a
+// no-op provider the caller's own span is their parent.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(c *dialConfig) { c.tracer = tp }
+}
+
 // ErrTokenNeedsTLS is returned by Dial when WithToken is used on a
 // plaintext connection that was not asked for with WithInsecure.
 var ErrTokenNeedsTLS = errors.New("client: a token is sent only over TLS (give WithInsecure to send it in plaintext)")
@@ -82,6 +97,11 @@ var ErrTokenNeedsTLS = errors.New("client: a token is sent only over TLS (give W
 // Transport security: WithTLS or WithInsecure decide. Without either, a
 // loopback target (localhost, 127.0.0.0/8, ::1, unix sockets) is dialled
 // in plaintext, any other target with TLS and the system roots.
+//
+// Tracing: Dial installs an OpenTelemetry gRPC stats handler (see
+// WithTracerProvider) that propagates the W3C trace context, whatever the
+// global propagator; it also records the client RPC metrics on the global
+// meter provider.
 func Dial(target string, opts ...Option) (*Client, error) {
 	var cfg dialConfig
 	for _, o := range opts {
@@ -104,6 +124,13 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		}
 		dopts = append(dopts, grpc.WithPerRPCCredentials(bearer{token: cfg.token, secure: !plaintext}))
 	}
+	// The propagator is explicit: the global one is a no-op unless the
+	// application set one, and the server expects traceparent.
+	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(propagation.TraceContext{})}
+	if cfg.tracer != nil {
+		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.tracer))
+	}
+	dopts = append(dopts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)))
 	dopts = append(dopts, cfg.dialOpts...)
 	conn, err := grpc.NewClient(target, dopts...)
 	if err != nil {

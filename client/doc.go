@@ -30,8 +30,12 @@
 // A batch the server refuses as a whole with INVALID_ARGUMENT (today: more
 // than 5000 events, see MaxBatch) is never retried: each of its events is
 // given to OnError and dropped. Invalid single events are not errors: the
-// server answers them REJECTED with a reason, like any result. Every other
-// failure is retried until Close.
+// server answers them REJECTED with a reason, like any result. A refused
+// token (UNAUTHENTICATED, PERMISSION_DENIED) stops the publisher for good:
+// retrying cannot help until the configuration changes, so every event it
+// holds goes to OnError and Publish and Flush return the error. Every other
+// failure is retried until Close, after the server's RetryInfo delay when it
+// sends one (a rate limit), else with a jittered exponential backoff.
 //
 // Flush waits until every event published before it is acknowledged. Close
 // flushes, then stops the stream; events it had to give up on (its context

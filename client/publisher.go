@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -68,7 +69,11 @@ func MaxInFlight(n int) PublisherOption { return func(c *publisherConfig) { c.ma
 func NonBlocking() PublisherOption { return func(c *publisherConfig) { c.nonBlocking = true } }
 
 // ReconnectBackoff sets the bounds of the jittered exponential backoff
-// between stream attempts after a failure. Default 50ms and 5s.
+// between stream attempts after a failure. Default 50ms and 5s. A failure
+// whose status carries a google.rpc.RetryInfo (the server's
+// RESOURCE_EXHAUSTED over a token's events rate) waits that delay instead,
+// plus up to a tenth of it as jitter, even beyond the maximum: sooner, the
+// server would only refuse again.
 func ReconnectBackoff(min, max time.Duration) PublisherOption {
 	return func(c *publisherConfig) { c.backoffMin, c.backoffMax = min, max }
 }
@@ -87,10 +92,15 @@ func OnAction(f func(*nudgev1.Action)) PublisherOption {
 }
 
 // OnError receives every event the publisher gives up on, with the reason:
-// the status error of a batch the server refused as a whole
-// (InvalidArgument, never retried), or ErrClosed for events still unacked
-// when Close returned. Default: none (the events are only counted in
-// Stats().Failed).
+//   - the status error of a batch the server refused as a whole
+//     (InvalidArgument, never retried);
+//   - the status error of a stream the server refused for its credentials
+//     (Unauthenticated: no or an unknown token; PermissionDenied: the token
+//     lacks the ingest role), for every event the publisher held then: it
+//     has stopped (see Publisher);
+//   - ErrClosed for events still unacked when Close returned.
+//
+// Default: none (the events are only counted in Stats().Failed).
 func OnError(f func(ev *nudgev1.Event, err error)) PublisherOption {
 	return func(c *publisherConfig) { c.onError = f }
 }
@@ -109,6 +119,16 @@ type Stats struct {
 
 // Publisher sends events on one IngestService stream. See the package
 // documentation for its guarantees and concurrency contract.
+//
+// A stream refused with Unauthenticated or PermissionDenied stops the
+// publisher for good: no retry can succeed until the token or the server's
+// configuration changes, and retrying would hide the error behind what
+// looks like a hang. Every event it holds (sent or waiting) goes to
+// OnError with that status error and counts in Stats().Failed; waiting and
+// later Flush calls (so Close too) return the error, wrapped (status.Code
+// finds its code), and Publish refuses further events with it. No event is
+// dropped unreported. Close the publisher, then fix the configuration and
+// start a new one.
 type Publisher struct {
 	ingest nudgev1.IngestServiceClient
 	cfg    publisherConfig
@@ -121,6 +141,8 @@ type Publisher struct {
 	closeOnce sync.Once
 	stop      chan struct{} // tells the loop to stop
 	exited    chan struct{} // closed when the loop and its sessions are gone
+	stopped   chan struct{} // closed when the loop gives up for good (see giveUp)
+	stopErr   error         // why: set before stopped is closed
 
 	published, acked, applied, duplicate, rejected, failed, resent, reconnects atomic.Uint64
 }
@@ -155,6 +177,7 @@ func (c *Client) NewPublisher(opts ...PublisherOption) *Publisher {
 		closing: make(chan struct{}),
 		stop:    make(chan struct{}),
 		exited:  make(chan struct{}),
+		stopped: make(chan struct{}),
 	}
 	l := &loop{p: p, sessCh: make(chan sessMsg), outstanding: make(map[uint64]*batch), quit: make(chan struct{})}
 	go l.run()
@@ -165,7 +188,9 @@ func (c *Client) NewPublisher(opts ...PublisherOption) *Publisher {
 // it until the server acknowledges it. ev must not be modified afterwards.
 // It blocks while the publisher is full (up to ctx), or returns ErrFull
 // with NonBlocking. A nil error means the event will be acknowledged (see
-// OnResult), reported to OnError, or lost only if the process dies.
+// OnResult), reported to OnError, or lost only if the process dies. After
+// the server refused the publisher's credentials it returns that error
+// (see Publisher).
 func (p *Publisher) Publish(ctx context.Context, ev *nudgev1.Event) error {
 	if ev == nil {
 		return fmt.Errorf("%w: nil", ErrInvalidEvent)
@@ -180,6 +205,9 @@ func (p *Publisher) Publish(ctx context.Context, ev *nudgev1.Event) error {
 	if p.closed {
 		return ErrClosed
 	}
+	if err := p.stoppedErr(); err != nil {
+		return err
+	}
 	it := item{ev: ev}
 	if p.cfg.nonBlocking {
 		select {
@@ -190,10 +218,14 @@ func (p *Publisher) Publish(ctx context.Context, ev *nudgev1.Event) error {
 			return ErrFull
 		}
 	}
+	// An event that gets in just as the loop gives up is not lost: the
+	// loop keeps taking events and reports them to OnError.
 	select {
 	case p.in <- it:
 		p.published.Add(1)
 		return nil
+	case <-p.stopped:
+		return p.stoppedErr()
 	case <-p.closing:
 		return ErrClosed
 	case <-ctx.Done():
@@ -201,18 +233,38 @@ func (p *Publisher) Publish(ctx context.Context, ev *nudgev1.Event) error {
 	}
 }
 
+// stoppedErr is what Publish and Flush return once the loop has given up;
+// nil before.
+func (p *Publisher) stoppedErr() error {
+	select {
+	case <-p.stopped:
+		return fmt.Errorf("client: publisher stopped, the server refused its stream: %w", p.stopErr)
+	default:
+		return nil
+	}
+}
+
 // Flush sends what is waiting for a batch at once and waits until every
 // event published before the call is acknowledged (or given up on), or ctx
-// ends.
+// ends. It returns nil then, even if events were given up on (see
+// OnError), except when the publisher has stopped because the server
+// refused its credentials (see Publisher): then it returns that error.
 func (p *Publisher) Flush(ctx context.Context) error {
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
 		return ErrClosed
 	}
+	if err := p.stoppedErr(); err != nil {
+		p.mu.RUnlock()
+		return err
+	}
 	done := make(chan error, 1)
 	select {
 	case p.in <- item{flush: done}:
+	case <-p.stopped:
+		p.mu.RUnlock()
+		return p.stoppedErr()
 	case <-p.closing:
 		p.mu.RUnlock()
 		return ErrClosed
@@ -314,6 +366,8 @@ type loop struct {
 	attempt  int // failed attempts since the last response
 	backoffT *time.Timer
 	suspects map[uint64]bool // batches to send one at a time after an InvalidArgument
+
+	gaveUp error // the refused stream's status once the loop gave up (see giveUp)
 }
 
 func (l *loop) run() {
@@ -353,6 +407,16 @@ func (l *loop) run() {
 }
 
 func (l *loop) take(it item) {
+	if l.gaveUp != nil {
+		// Stopped: only Publish and Flush calls that raced with giveUp
+		// get here.
+		if it.flush != nil {
+			it.flush <- l.p.stoppedErr()
+		} else {
+			l.failEvents([]*nudgev1.Event{it.ev}, l.gaveUp)
+		}
+		return
+	}
 	if it.flush != nil {
 		w := flushWaiter{seq: l.nextSeq - 1, ch: it.flush}
 		if len(l.cur) > 0 {
@@ -463,7 +527,13 @@ func (l *loop) handle(m sessMsg) {
 func (l *loop) fail(s *session, err error) {
 	s.cancel()
 	l.sess = nil
-	if status.Code(err) == codes.InvalidArgument {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		// Credentials are fixed for the client's life and tokens for the
+		// server's: every retry would be refused the same way.
+		l.giveUp(err)
+		return
+	case codes.InvalidArgument:
 		// The server answers every batch it read before the invalid one
 		// and stops reading: a lone unanswered batch is the invalid one.
 		if s.inflight == 1 {
@@ -484,20 +554,76 @@ func (l *loop) fail(s *session, err error) {
 			return
 		}
 	}
-	d := l.p.cfg.backoffMin << min(l.attempt, 20)
-	d = min(d, l.p.cfg.backoffMax)
-	d = d/2 + rand.N(d/2+1) // jitter: [d/2, d]
+	var d time.Duration
+	if delay, ok := retryDelay(err); ok {
+		// The server said when it will take the batch (over a rate
+		// limit): sooner it would refuse it again. The jitter spreads
+		// publishers sharing a token.
+		d = delay + rand.N(delay/10+1)
+	} else {
+		d = l.p.cfg.backoffMin << min(l.attempt, 20)
+		d = min(d, l.p.cfg.backoffMax)
+		d = d/2 + rand.N(d/2+1) // jitter: [d/2, d]
+	}
 	l.attempt++
 	l.backoffT = time.NewTimer(d)
+}
+
+// retryDelay is the delay err's google.rpc.RetryInfo detail asks to wait
+// before retrying; false when err has none.
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			return max(ri.GetRetryDelay().AsDuration(), 0), true
+		}
+	}
+	return 0, false
+}
+
+// giveUp stops the publisher for good after the server refused its stream
+// with err (its credentials): every event held goes to OnError with err,
+// waiting flushes and later Publish and Flush calls get it. The loop keeps
+// running until Close, so that events that raced in are reported too.
+func (l *loop) giveUp(err error) {
+	l.gaveUp = err
+	l.p.stopErr = err
+	close(l.p.stopped)
+	for _, seq := range slices.Sorted(maps.Keys(l.outstanding)) {
+		l.drop(seq, err)
+	}
+	l.failEvents(l.cur, err)
+	l.cur = nil
+	l.suspects = nil
+	l.lingerDue, l.forceSeal = false, false
+	if l.lingerT != nil {
+		l.lingerT.Stop()
+	}
+	stopped := l.p.stoppedErr()
+	for _, w := range l.waiters {
+		w.ch <- stopped
+	}
+	l.waiters = nil
 }
 
 func (l *loop) drop(seq uint64, err error) {
 	b := l.outstanding[seq]
 	delete(l.outstanding, seq)
 	delete(l.suspects, seq)
-	l.p.failed.Add(uint64(len(b.req.Events)))
+	l.failEvents(b.req.Events, err)
+}
+
+// failEvents gives up on evs: counted in Failed, each one given to OnError.
+func (l *loop) failEvents(evs []*nudgev1.Event, err error) {
+	if len(evs) == 0 {
+		return
+	}
+	l.p.failed.Add(uint64(len(evs)))
 	if f := l.p.cfg.onError; f != nil {
-		for _, ev := range b.req.Events {
+		for _, ev := range evs {
 			f(ev, err)
 		}
 	}
@@ -555,9 +681,12 @@ drain:
 	for {
 		select {
 		case it := <-l.p.in:
-			if it.flush != nil {
+			switch {
+			case l.gaveUp != nil:
+				l.take(it) // the real reason, not ErrClosed
+			case it.flush != nil:
 				it.flush <- ErrClosed
-			} else {
+			default:
 				l.cur = append(l.cur, it.ev)
 			}
 		default:
@@ -568,14 +697,7 @@ drain:
 	for _, seq := range seqs {
 		l.drop(seq, ErrClosed)
 	}
-	if len(l.cur) > 0 {
-		l.p.failed.Add(uint64(len(l.cur)))
-		if f := l.p.cfg.onError; f != nil {
-			for _, ev := range l.cur {
-				f(ev, ErrClosed)
-			}
-		}
-	}
+	l.failEvents(l.cur, ErrClosed)
 	for _, w := range l.waiters {
 		w.ch <- ErrClosed
 	}

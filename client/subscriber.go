@@ -53,9 +53,12 @@ func OnSubscribeError(f func(error)) SubscribeOption {
 // Subscribe runs h for every action delivered to this member of group, one
 // at a time, and acknowledges each one h handled without error. It
 // reconnects with jittered backoff when the stream breaks (a server restart
-// or drain) and returns only when ctx ends (nil) or on an error that a retry
-// cannot fix (InvalidArgument, Unimplemented, PermissionDenied,
-// Unauthenticated).
+// or drain), after at least the delay of a google.rpc.RetryInfo the status
+// carries, and returns only when ctx ends (nil) or on an error that a retry
+// cannot fix, wrapped (status.Code finds its code): InvalidArgument,
+// Unimplemented (a server without an outbox), Unauthenticated (no or an
+// unknown token) and PermissionDenied (a token without the subscribe role)
+// are configuration errors, returned at once rather than retried forever.
 func (c *Client) Subscribe(ctx context.Context, group string, h Handler, opts ...SubscribeOption) error {
 	cfg := subscribeConfig{min: 50 * time.Millisecond, max: 5 * time.Second, onError: func(error) {}}
 	for _, o := range opts {
@@ -73,7 +76,11 @@ func (c *Client) Subscribe(ctx context.Context, group string, h Handler, opts ..
 			return fmt.Errorf("client: subscribe to %s: %w", group, err)
 		}
 		cfg.onError(fmt.Errorf("client: subscription to %s broke, reconnecting: %w", group, err))
-		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		d := wait/2 + rand.N(wait/2+1)
+		if delay, ok := retryDelay(err); ok {
+			d = delay + rand.N(delay/10+1) // as the Publisher does
+		}
+		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
