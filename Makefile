@@ -11,8 +11,9 @@ GO ?= go
 BIN := bin
 ARGS ?=
 DEMO_ADDR ?= 127.0.0.1:7071
+DEMO_METRICS ?= 127.0.0.1:9091
 
-.PHONY: all build run demo test ensure-redis bench lint fmt-check vet clean
+.PHONY: all build run demo test ensure-tools bench lint fmt-check vet clean fuzz
 
 all: build
 
@@ -26,17 +27,17 @@ run: build
 # the scripted producer against it, and stops it whatever happens.
 demo: build
 	@set -e; \
-	$(BIN)/nudged --listen $(DEMO_ADDR) --log-level warn & pid=$$!; \
+	$(BIN)/nudged --listen $(DEMO_ADDR) --metrics-listen $(DEMO_METRICS) --log-level warn & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
-	$(BIN)/nudge-demo --addr $(DEMO_ADDR) --wait 15s
+	$(BIN)/nudge-demo --addr $(DEMO_ADDR) --wait 15s --metrics http://$(DEMO_METRICS)/metrics
 
-ensure-redis:
-	@bash scripts/ensure-redis.sh >/dev/null
+ensure-tools:
+	@bash scripts/ensure-tools.sh >/dev/null
 
-test: ensure-redis vet
+test: ensure-tools vet
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-bench: ensure-redis
+bench: ensure-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./profile/ ./decision/ ./server/
 
 vet:
@@ -53,3 +54,4 @@ clean:
 
 include mk/generate.mk
 include mk/node.mk
+include mk/fuzz.mk

@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# Makes sure redis-server is on PATH: the tests start their own instances on
-# free loopback ports. Installs the Debian package when missing and possible;
-# otherwise stops with a message naming it. Never lets tests skip silently.
+# Makes sure the programs the tests run are on PATH: redis-server and
+# redis-cli (the tests start their own instances on free loopback ports) and
+# promtool (the tests check deploy/prometheus/alerts.yml with it). Installs
+# the Debian packages when missing and possible; otherwise stops with a
+# message naming them. Never lets tests skip silently.
 set -euo pipefail
-if command -v redis-server >/dev/null 2>&1; then
-  exit 0
-fi
-echo "redis-server not found: installing the Debian package redis-server" >&2
-if command -v apt-get >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
-      echo "not root and no sudo: install the Debian package redis-server (apt-get install -y redis-server) and re-run" >&2
-      exit 1
-    fi
+
+# need <command> <package> [apt options...]
+need() {
+  local cmd=$1 pkg=$2
+  shift 2
+  if command -v "$cmd" >/dev/null 2>&1; then
+    return 0
   fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
-  # The package starts a system service on 6379; the tests do not use it.
-  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop redis-server >/dev/null 2>&1 || true; fi
-fi
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "redis-server is still missing: install the Debian package redis-server (apt-get install -y redis-server)" >&2
-  exit 1
-fi
+  echo "$cmd not found: installing the Debian package $pkg" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; else
+        echo "not root and no sudo: install the Debian package $pkg (apt-get install -y $pkg) and re-run" >&2
+        exit 1
+      fi
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "${APT_UPDATED:-}" ]; then $sudo apt-get update -qq; APT_UPDATED=1; fi
+    $sudo apt-get install -y -qq "$@" "$pkg" >/dev/null
+    # The packages start system services; the tests do not use them.
+    if command -v systemctl >/dev/null 2>&1; then $sudo systemctl stop "$pkg" >/dev/null 2>&1 || true; fi
+  fi
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "$cmd is still missing: install the Debian package $pkg (apt-get install -y $pkg)" >&2
+    exit 1
+  fi
+}
+
+need redis-server redis-server
+need redis-cli redis-tools
+need promtool prometheus --no-install-recommends
 redis-server --version
+promtool --version 2>&1 | head -1

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -27,11 +28,50 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:7070", "nudged address")
 	user := flag.String("user", fmt.Sprintf("demo-shopper-%d", time.Now().Unix()%100000), "user id to play")
 	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
+	metrics := flag.String("metrics", "", "nudged's /metrics URL: print the figures the session moved")
 	flag.Parse()
 	if err := run(*addr, *user, *wait); err != nil {
 		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
 		os.Exit(1)
 	}
+	if *metrics != "" {
+		if err := printMetrics(*metrics); err != nil {
+			fmt.Fprintln(os.Stderr, "nudge-demo:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// shownMetrics are the series printed after the session, by name prefix.
+var shownMetrics = []string{
+	"nudge_events_total", "nudge_event_lag_seconds_count", "nudge_event_lag_seconds_sum",
+	"nudge_ingest_ack_latency_seconds_count", "nudge_store_transactions_total", "nudge_store_conflicts_total",
+	"nudge_decisions_total", "nudge_actions_emitted_total", "nudge_rules_info", "rpc_server_call_duration_seconds_count",
+}
+
+// printMetrics prints the series of shownMetrics from a /metrics scrape.
+func printMetrics(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("metrics: GET %s: %s", url, resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	fmt.Printf("== What an operator sees on %s (excerpt)\n", url)
+	for line := range strings.SplitSeq(string(body), "\n") {
+		for _, m := range shownMetrics {
+			if strings.HasPrefix(line, m+"{") || strings.HasPrefix(line, m+" ") {
+				fmt.Println("  " + line)
+			}
+		}
+	}
+	return nil
 }
 
 func run(addr, user string, wait time.Duration) error {

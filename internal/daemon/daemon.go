@@ -1,7 +1,8 @@
 // Package daemon builds and runs nudged from a plain Config: the store
-// (Redis, or the embedded development store), the rules, the gRPC server,
-// and its graceful shutdown. cmd/nudged only maps flags and environment
-// variables onto Config.
+// (Redis, or the embedded development store), the rules, the gRPC server
+// with its TLS, tokens, metrics and traces, and its graceful shutdown. Load
+// builds the Config from a YAML file, NUDGE_* variables and flags;
+// cmd/nudged only calls Load and Run.
 package daemon
 
 import (
@@ -18,6 +19,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
@@ -27,73 +30,25 @@ import (
 	"github.com/nudge-dm/nudge/server"
 )
 
-// Config is everything nudged can be told. The zero value of a field means
-// its default.
-type Config struct {
-	// Listen is the gRPC address. Default 127.0.0.1:7070.
-	Listen string
-	// RedisAddr is host:port or a redis:// URL. Empty starts the embedded,
-	// in-process store: for development only, it keeps nothing across
-	// restarts.
-	RedisAddr string
-	// RulesPath is the rules file. Empty uses the bundled
-	// examples/rules.yaml.
-	RulesPath string
-	// RulesReload is how often the rules file is checked for changes; a
-	// file that does not compile is refused and the old rules keep serving.
-	// Default 5s; negative disables reloading.
-	RulesReload time.Duration
-	// MetricsListen is the HTTP address of /metrics. Empty: off.
-	MetricsListen string
-	// Buckets is the number of key buckets (profile.Options.Buckets).
-	Buckets int
-	// DrainTimeout bounds the graceful shutdown. Default 10s.
-	DrainTimeout time.Duration
-	// DecisionBudget and DecisionBudgetMax are GetDecision's default and
-	// largest budget (server.Config).
-	DecisionBudget, DecisionBudgetMax time.Duration
-	// AuditSample is the share of decisions logged to the audit stream
-	// (audit.Options.Sample). Zero: none.
-	AuditSample float64
-	// ReservationTTL is how long a reserved cap slot waits for its
-	// confirming message_sent event (server.Config).
-	ReservationTTL time.Duration
-	// Visibility and MaxDeliveries configure action delivery
-	// (delivery.Options).
-	Visibility    time.Duration
-	MaxDeliveries int
-	// MaxUnacked bounds the actions one subscriber holds unacknowledged
-	// (server.Config).
-	MaxUnacked int
-	// OutboxRetention is how long acknowledged actions stay in the outbox
-	// (for replay by a new group) before trimming. Default 24h.
-	OutboxRetention time.Duration
-	// TrimInterval is how often the outbox is trimmed. Default 1m.
-	TrimInterval time.Duration
-	// Logger receives the logs. Default slog.Default().
-	Logger *slog.Logger
-}
-
 func (c Config) withDefaults() Config {
-	if c.Listen == "" {
-		c.Listen = "127.0.0.1:7070"
-	}
-	if c.RulesReload == 0 {
-		c.RulesReload = 5 * time.Second
-	}
-	if c.OutboxRetention <= 0 {
-		c.OutboxRetention = 24 * time.Hour
-	}
-	if c.TrimInterval <= 0 {
-		c.TrimInterval = time.Minute
-	}
-	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 10 * time.Second
-	}
+	d := Defaults()
+	setDefault(&c.Listen, d.Listen)
+	setDefault(&c.DrainTimeout, d.DrainTimeout)
+	setDefault(&c.Rules.Reload, d.Rules.Reload)
+	setDefault(&c.Delivery.OutboxRetention, d.Delivery.OutboxRetention)
+	setDefault(&c.Delivery.TrimInterval, d.Delivery.TrimInterval)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// setDefault sets *p to d when it is the zero value.
+func setDefault[T comparable](p *T, d T) {
+	var zero T
+	if *p == zero {
+		*p = d
+	}
 }
 
 // Run starts nudged and serves until ctx ends, then shuts down gracefully:
@@ -103,6 +58,13 @@ func (c Config) withDefaults() Config {
 func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	tokens, err := cfg.tokens()
+	if err != nil {
+		return err
+	}
 
 	rules, err := loadRules(cfg)
 	if err != nil {
@@ -111,42 +73,75 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	triggers, offers := rules.Rules().Counts()
 	log.Info("rules loaded", "source", rulesSource(cfg), "version", rules.Rules().Version(), "triggers", triggers, "offers", offers)
 
+	var creds credentials.TransportCredentials
+	if cfg.TLS.Enabled() {
+		certs, err := newCertReloader(cfg.TLS, log)
+		if err != nil {
+			return err
+		}
+		creds = credentials.NewTLS(certs.serverConfig())
+	}
+
 	rdb, closeStore, err := openRedis(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 
-	metrics, err := startMetrics(cfg.MetricsListen, log)
+	metrics, err := startMetrics(cfg.Metrics, cfg.Tracing.ServiceName, log)
 	if err != nil {
 		return err
 	}
 	defer metrics.close()
+	tp, stopTracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("flushing traces failed", "err", err)
+		}
+	}()
 
-	store := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets})
+	store := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets, TracerProvider: tp})
 	if err := server.RegisterStoreMetrics(metrics.meter, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	auditLog := audit.New(rdb, audit.Options{Sample: cfg.AuditSample})
+	auditLog := audit.New(rdb, audit.Options{Sample: cfg.Decision.AuditSample})
 	auditDone := make(chan struct{})
 	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
 	go func() { auditLog.Run(auditCtx); close(auditDone) }()
 	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
-	outbox := delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{Visibility: cfg.Visibility, MaxDeliveries: cfg.MaxDeliveries})
+	outbox := delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries})
+	rulesMetrics, err := registerDaemonMetrics(metrics.meter, rules, outbox, log)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	srv, err := server.New(store, rules, server.Config{
-		Outbox:         outbox,
-		MaxUnacked:     cfg.MaxUnacked,
-		DefaultBudget:  cfg.DecisionBudget,
-		MaxBudget:      cfg.DecisionBudgetMax,
-		ReservationTTL: cfg.ReservationTTL,
-		Logger:         log,
-		Meter:          metrics.meter,
-		Audit:          auditLog,
+		Outbox:          outbox,
+		MaxUnacked:      cfg.Delivery.MaxUnacked,
+		DefaultBudget:   cfg.Decision.Budget,
+		MaxBudget:       cfg.Decision.BudgetMax,
+		ReservationTTL:  cfg.Decision.ReservationTTL,
+		MaxInFlight:     cfg.Limits.MaxInFlight,
+		MaxPendingReads: cfg.Limits.MaxPendingReads,
+		MaxRecvMsgBytes: cfg.Limits.MaxMessageBytes,
+		Tokens:          tokens,
+		LogUserIDs:      cfg.Log.UserIDs,
+		Logger:          log,
+		Meter:           metrics.meter,
+		Audit:           auditLog,
 	})
 	if err != nil {
 		return err
 	}
-	g := srv.NewGRPCServer()
+	opts := []grpc.ServerOption{grpcServerStats(tp, metrics.provider)}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	g := srv.NewGRPCServer(opts...)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -155,6 +150,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reported := func(changed bool, err error) {
+		rulesMetrics.reloaded(ctx, changed, err)
 		switch {
 		case err != nil:
 			log.Error("rules reload refused; the previous rules keep serving", "version", rules.Rules().Version(), "err", err)
@@ -164,7 +160,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 			log.Info("rules unchanged", "version", rules.Rules().Version())
 		}
 	}
-	go rules.Watch(ctx, cfg.RulesReload, reported)
+	go rules.Watch(ctx, cfg.Rules.Reload, reported)
 	go trimLoop(ctx, outbox, cfg, log)
 	// SIGHUP reloads the rules file at once.
 	hup := make(chan os.Signal, 1)
@@ -183,7 +179,10 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.Serve(lis) }()
-	log.Info("nudged serving", "listen", lis.Addr().String())
+	log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
+	if len(tokens) == 0 {
+		log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
+	}
 	if ready != nil {
 		ready(lis.Addr())
 	}
@@ -201,17 +200,34 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	return nil
 }
 
+func tlsMode(c TLSConfig) string {
+	switch {
+	case c.ClientCAFile != "":
+		return "mutual"
+	case c.Enabled():
+		return "on"
+	}
+	return "off"
+}
+
+func authMode(tokens []server.Token) string {
+	if len(tokens) == 0 {
+		return "off"
+	}
+	return fmt.Sprintf("%d tokens", len(tokens))
+}
+
 // trimLoop trims the outbox every TrimInterval until ctx ends (see
 // delivery.Outbox.Trim: never an entry a group still needs).
 func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slog.Logger) {
-	t := time.NewTicker(cfg.TrimInterval)
+	t := time.NewTicker(cfg.Delivery.TrimInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := outbox.Trim(ctx, cfg.OutboxRetention, time.Now())
+			n, err := outbox.Trim(ctx, cfg.Delivery.OutboxRetention, time.Now())
 			switch {
 			case err != nil && ctx.Err() == nil:
 				log.Warn("outbox trim failed; retrying at the next interval", "err", err)
@@ -223,15 +239,15 @@ func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slo
 }
 
 func rulesSource(cfg Config) string {
-	if cfg.RulesPath == "" {
+	if cfg.Rules.File == "" {
 		return examples.RulesName
 	}
-	return cfg.RulesPath
+	return cfg.Rules.File
 }
 
 func loadRules(cfg Config) (*decision.Live, error) {
-	if cfg.RulesPath != "" {
-		return decision.LoadLive(cfg.RulesPath)
+	if cfg.Rules.File != "" {
+		return decision.LoadLive(cfg.Rules.File)
 	}
 	r, err := decision.Parse(examples.RulesName, examples.Rules)
 	if err != nil {
@@ -241,19 +257,46 @@ func loadRules(cfg Config) (*decision.Live, error) {
 }
 
 // RedisOptions returns the go-redis options nudge runs with for an address
-// (host:port or a redis:// URL). Tests and tools that stand in for nudged
-// use it too, so they cannot drift from what nudged does.
+// (host:port or a redis:// URL) and otherwise default settings. Tests and
+// tools that stand in for nudged use it too, so they cannot drift from what
+// nudged does.
 func RedisOptions(addr string) (*redis.Options, error) {
-	opt := &redis.Options{Addr: addr}
-	if strings.Contains(addr, "://") {
+	d := Defaults().Redis
+	d.Addr = addr
+	return d.Options()
+}
+
+// Options returns the go-redis options for c.
+func (c RedisConfig) Options() (*redis.Options, error) {
+	opt := &redis.Options{Addr: c.Addr}
+	if strings.Contains(c.Addr, "://") {
 		var err error
-		if opt, err = redis.ParseURL(addr); err != nil {
-			return nil, fmt.Errorf("redis address: %w", err)
+		if opt, err = redis.ParseURL(c.Addr); err != nil {
+			return nil, fmt.Errorf("redis.addr: %w", err)
 		}
 	}
+	if c.Username != "" {
+		opt.Username = c.Username
+	}
+	if c.Password != "" {
+		opt.Password = c.Password
+	}
+	if c.DB != 0 {
+		opt.DB = c.DB
+	}
+	opt.DialTimeout = c.DialTimeout
+	opt.ReadTimeout = c.ReadTimeout
+	opt.WriteTimeout = c.WriteTimeout
+	if c.TLS.Enabled || opt.TLSConfig != nil {
+		tc, err := c.TLS.config(opt.Addr)
+		if err != nil {
+			return nil, err
+		}
+		opt.TLSConfig = tc
+	}
 	// Without this go-redis ignores context deadlines for socket I/O and
-	// waits ReadTimeout (3s) and its retries: a decision's budget must cut
-	// a read short, and a cut connection is cheap to replace.
+	// waits ReadTimeout and its retries: a decision's budget must cut a
+	// read short, and a cut connection is cheap to replace.
 	opt.ContextTimeoutEnabled = true
 	// nudge retries where it is safe and bounded (the store's transaction
 	// loop); go-redis's own retries would spend a decision's whole budget
@@ -261,13 +304,13 @@ func RedisOptions(addr string) (*redis.Options, error) {
 	opt.MaxRetries = -1
 	// Every ActionService subscriber holds a connection for its blocking
 	// XREADGROUP: leave room for them beside the ingest transactions.
-	opt.PoolSize = max(opt.PoolSize, 64)
+	opt.PoolSize = max(c.PoolSize, opt.PoolSize, 64)
 	return opt, nil
 }
 
 // openRedis connects to the configured Redis, or starts the embedded store.
 func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
-	if cfg.RedisAddr == "" {
+	if cfg.Redis.Addr == "" {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, nil, fmt.Errorf("start embedded store: %w", err)
@@ -278,7 +321,7 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		rdb := redis.NewClient(opt)
 		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
 	}
-	opt, err := RedisOptions(cfg.RedisAddr)
+	opt, err := cfg.Redis.Options()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -289,6 +332,6 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		_ = rdb.Close()
 		return nil, nil, fmt.Errorf("cannot reach Redis at %s: %w", opt.Addr, err)
 	}
-	cfg.Logger.Info("using Redis", "addr", opt.Addr)
+	cfg.Logger.Info("using Redis", "addr", opt.Addr, "tls", opt.TLSConfig != nil, "user", opt.Username)
 	return rdb, func() { _ = rdb.Close() }, nil
 }

@@ -7,43 +7,71 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/delivery"
 )
 
 // metricsEndpoint serves /metrics (Prometheus text format) from an
 // OpenTelemetry meter provider.
 type metricsEndpoint struct {
 	meter    metric.Meter
-	provider *sdkmetric.MeterProvider
+	provider metric.MeterProvider
+	sdk      *sdkmetric.MeterProvider
 	srv      *http.Server
 	lis      net.Listener
 }
 
-// startMetrics starts the /metrics listener, or returns a no-op meter when
-// addr is empty.
-func startMetrics(addr string, log *slog.Logger) (*metricsEndpoint, error) {
+// startMetrics starts the /metrics listener (and /debug/pprof/ when
+// asked), or returns a no-op meter when no address is configured.
+func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*metricsEndpoint, error) {
+	addr := cfg.Listen
 	if addr == "" {
-		return &metricsEndpoint{meter: noop.NewMeterProvider().Meter("")}, nil
+		if cfg.Pprof {
+			log.Warn("pprof asked for but metrics.listen is empty: pprof is off")
+		}
+		p := noop.NewMeterProvider()
+		return &metricsEndpoint{meter: p.Meter(""), provider: p}, nil
 	}
 	reg := prometheus.NewRegistry()
+	// The Go runtime and the process (RSS, CPU, open files) beside nudge's
+	// own figures.
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
 	if err != nil {
 		return nil, fmt.Errorf("metrics exporter: %w", err)
 	}
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
+	if serviceName == "" {
+		serviceName = "nudged"
+	}
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp),
+		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", serviceName))))
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		log.Warn("pprof serving on the metrics listener: keep it off networks you do not trust", "addr", "http://"+lis.Addr().String()+"/debug/pprof/")
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -54,6 +82,7 @@ func startMetrics(addr string, log *slog.Logger) (*metricsEndpoint, error) {
 	return &metricsEndpoint{
 		meter:    provider.Meter("github.com/nudge-dm/nudge"),
 		provider: provider,
+		sdk:      provider,
 		srv:      srv,
 		lis:      lis,
 	}, nil
@@ -66,5 +95,73 @@ func (m *metricsEndpoint) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = m.srv.Shutdown(ctx)
-	_ = m.provider.Shutdown(ctx)
+	_ = m.sdk.Shutdown(ctx)
+}
+
+// daemonMetrics are the figures only the daemon sees: rules reloads and the
+// outbox backlog per consumer group.
+type daemonMetrics struct {
+	reloads    metric.Int64Counter
+	reloadAttr map[string]metric.AddOption
+}
+
+// registerDaemonMetrics registers the rules and outbox figures on m.
+func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *delivery.Outbox, log *slog.Logger) (*daemonMetrics, error) {
+	d := &daemonMetrics{reloadAttr: make(map[string]metric.AddOption)}
+	var err error
+	if d.reloads, err = m.Int64Counter("nudge.rules.reloads", metric.WithDescription("Rules reload attempts, by result (changed, unchanged, failed).")); err != nil {
+		return nil, err
+	}
+	for _, r := range []string{"changed", "unchanged", "failed"} {
+		d.reloadAttr[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", r)))
+	}
+	info, err := m.Int64ObservableGauge("nudge.rules.info", metric.WithDescription("1 for the rules in force, labelled with their version."))
+	if err != nil {
+		return nil, err
+	}
+	loadedAt, err := m.Float64ObservableGauge("nudge.rules.loaded_at", metric.WithUnit("s"), metric.WithDescription("Unix time the rules in force were loaded."))
+	if err != nil {
+		return nil, err
+	}
+	pending, err := m.Int64ObservableGauge("nudge.outbox.pending", metric.WithDescription("Actions delivered to a consumer group and not yet acknowledged."))
+	if err != nil {
+		return nil, err
+	}
+	undelivered, err := m.Int64ObservableGauge("nudge.outbox.undelivered", metric.WithDescription("Actions in the outbox not yet delivered to a consumer group."))
+	if err != nil {
+		return nil, err
+	}
+	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		r := rules.Rules()
+		o.ObserveInt64(info, 1, metric.WithAttributes(attribute.String("version", r.Version())))
+		o.ObserveFloat64(loadedAt, float64(rules.LoadedAt().UnixNano())/1e9)
+		// One pipelined round trip per scrape, bounded so a slow Redis
+		// does not hold the scrape.
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		backlogs, err := outbox.Backlogs(ctx)
+		if err != nil {
+			log.Warn("metrics: reading the outbox backlog failed", "err", err)
+			return nil
+		}
+		for group, b := range backlogs {
+			attrs := metric.WithAttributes(attribute.String("group", group))
+			o.ObserveInt64(pending, b.Pending, attrs)
+			o.ObserveInt64(undelivered, b.Undelivered, attrs)
+		}
+		return nil
+	}, info, loadedAt, pending, undelivered)
+	return d, err
+}
+
+// reloaded counts a rules reload attempt.
+func (d *daemonMetrics) reloaded(ctx context.Context, changed bool, err error) {
+	switch {
+	case err != nil:
+		d.reloads.Add(ctx, 1, d.reloadAttr["failed"])
+	case changed:
+		d.reloads.Add(ctx, 1, d.reloadAttr["changed"])
+	default:
+		d.reloads.Add(ctx, 1, d.reloadAttr["unchanged"])
+	}
 }

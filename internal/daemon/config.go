@@ -1,0 +1,646 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/nudge-dm/nudge/server"
+)
+
+// Config is everything nudged can be told: one YAML file (see
+// deploy/nudged.yaml), every scalar of which a flag and a NUDGE_*
+// environment variable override (see Settings). The zero value of a field
+// means its default, so programs that build a Config by hand only set what
+// they need; Defaults returns the defaults spelled out, as --print-config
+// shows them.
+type Config struct {
+	// Listen is the gRPC address. Default 127.0.0.1:7070.
+	Listen string `yaml:"listen"`
+	// Insecure allows a non-loopback Listen without TLS or without tokens.
+	// Default false: nudged refuses to serve plaintext or unauthenticated
+	// calls beyond this machine unless told so explicitly.
+	Insecure bool `yaml:"insecure"`
+	// DrainTimeout bounds the graceful shutdown. Default 10s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Buckets is the number of key buckets (profile.Options.Buckets), fixed
+	// for the life of a deployment. Default 1024.
+	Buckets int `yaml:"buckets"`
+
+	Redis    RedisConfig    `yaml:"redis"`
+	Rules    RulesConfig    `yaml:"rules"`
+	Decision DecisionConfig `yaml:"decision"`
+	Delivery DeliveryConfig `yaml:"delivery"`
+	Limits   LimitsConfig   `yaml:"limits"`
+	TLS      TLSConfig      `yaml:"tls"`
+	Auth     AuthConfig     `yaml:"auth"`
+	Metrics  MetricsConfig  `yaml:"metrics"`
+	Tracing  TracingConfig  `yaml:"tracing"`
+	Log      LogConfig      `yaml:"log"`
+
+	// Logger receives the logs. Default: built from Log by Load, else
+	// slog.Default().
+	Logger *slog.Logger `yaml:"-"`
+}
+
+// RedisConfig says how to reach Redis.
+type RedisConfig struct {
+	// Addr is host:port or a redis:// (rediss:// for TLS) URL, which may
+	// carry the user, password and database. Empty (and no Cluster) starts
+	// the embedded, in-process store: for development only, it keeps
+	// nothing across restarts.
+	Addr string `yaml:"addr"`
+	// Cluster lists Redis Cluster seed nodes (host:port). Not supported
+	// yet: nudged refuses it (see Validate).
+	Cluster []string `yaml:"cluster"`
+	// Username is the ACL user. Default: none ("default").
+	Username string `yaml:"username"`
+	// Password authenticates to Redis. Prefer PasswordFile or the
+	// NUDGE_REDIS_PASSWORD variable to a password in a config file.
+	Password string `yaml:"password"`
+	// PasswordFile holds the password (trailing newline ignored).
+	PasswordFile string `yaml:"password_file"`
+	// DB is the database number (standalone Redis only). Default 0.
+	DB int `yaml:"db"`
+	// PoolSize is the connections per node. Default 64, at least 64: every
+	// ActionService subscriber holds one during its blocking read.
+	PoolSize int `yaml:"pool_size"`
+	// DialTimeout bounds connecting. Default 5s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ReadTimeout and WriteTimeout bound socket reads and writes of calls
+	// without a shorter deadline of their own. Default 3s.
+	ReadTimeout  time.Duration   `yaml:"read_timeout"`
+	WriteTimeout time.Duration   `yaml:"write_timeout"`
+	TLS          ClientTLSConfig `yaml:"tls"`
+}
+
+// ClientTLSConfig is TLS towards Redis.
+type ClientTLSConfig struct {
+	// Enabled turns TLS on (a rediss:// Addr also does). Default false.
+	Enabled bool `yaml:"enabled"`
+	// CAFile verifies the server. Default: the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the client certificate, when Redis requires
+	// one (tls-auth-clients yes).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name verified in the server certificate.
+	// Default: the host of Addr.
+	ServerName string `yaml:"server_name"`
+}
+
+// RulesConfig says where the rules come from.
+type RulesConfig struct {
+	// File is the rules file. Empty uses the bundled examples/rules.yaml.
+	File string `yaml:"file"`
+	// Reload is how often the file is checked for changes; a file that does
+	// not compile is refused and the old rules keep serving. Default 5s;
+	// negative disables reloading (SIGHUP still reloads).
+	Reload time.Duration `yaml:"reload"`
+}
+
+// DecisionConfig configures GetDecision (server.Config).
+type DecisionConfig struct {
+	// Budget is the budget of a request that has none. Default 10ms.
+	Budget time.Duration `yaml:"budget"`
+	// BudgetMax is the largest budget a request may ask for. Default 1s.
+	BudgetMax time.Duration `yaml:"budget_max"`
+	// ReservationTTL is how long a reserved cap slot waits for its
+	// confirming message_sent event. Default 5m.
+	ReservationTTL time.Duration `yaml:"reservation_ttl"`
+	// AuditSample is the share of decisions logged to the audit stream
+	// nudge:audit, 0 to 1. Default 0.01 (the zero value means none).
+	AuditSample float64 `yaml:"audit_sample"`
+}
+
+// DeliveryConfig configures the outbox and ActionService.
+type DeliveryConfig struct {
+	// VisibilityTimeout: an action not acknowledged within it is
+	// redelivered. Default 30s.
+	VisibilityTimeout time.Duration `yaml:"visibility_timeout"`
+	// MaxDeliveries of an action to a group before it goes to the
+	// dead-letter stream nudge:dead. Default 5.
+	MaxDeliveries int `yaml:"max_deliveries"`
+	// MaxUnacked bounds the actions one subscriber holds unacknowledged.
+	// Default 1000.
+	MaxUnacked int `yaml:"max_unacked"`
+	// OutboxRetention is how long acknowledged actions stay in the outbox
+	// (for replay by a new group) before trimming. Default 24h.
+	OutboxRetention time.Duration `yaml:"outbox_retention"`
+	// TrimInterval is how often the outbox is trimmed. Default 1m.
+	TrimInterval time.Duration `yaml:"trim_interval"`
+}
+
+// LimitsConfig bounds what one caller can make the server hold.
+type LimitsConfig struct {
+	// MaxMessageBytes is the largest request message accepted; larger ones
+	// get RESOURCE_EXHAUSTED. Default 16 MiB.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxInFlight is the batches of one ingest stream processed at once.
+	// Default 8.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxPendingReads bounds the decision reads waiting on Redis; past it
+	// decisions degrade at once. Default 1024.
+	MaxPendingReads int `yaml:"max_pending_reads"`
+}
+
+// TLSConfig is the gRPC listener's TLS. The files are re-read when they
+// change (checked at each new connection), so certificates rotate without
+// a restart.
+type TLSConfig struct {
+	// CertFile and KeyFile turn TLS on. Default: plaintext.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile turns on mutual TLS: clients must present a certificate
+	// signed by one of these CAs.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Enabled says whether the listener uses TLS.
+func (c TLSConfig) Enabled() bool { return c.CertFile != "" }
+
+// AuthConfig lists the bearer tokens callers must present. With no tokens
+// the server is open, which nudged allows on a loopback Listen only (or
+// with Insecure).
+type AuthConfig struct {
+	Tokens []TokenConfig `yaml:"tokens"`
+	// TokenFile is a YAML file with more tokens, as `tokens: [...]`, for
+	// keeping secrets out of the main config.
+	TokenFile string `yaml:"token_file"`
+}
+
+// TokenConfig is one bearer token (server.Token).
+type TokenConfig struct {
+	// Name identifies the token in logs and errors; never the secret.
+	Name string `yaml:"name"`
+	// Secret is the token callers send as "authorization: Bearer <secret>".
+	Secret string `yaml:"secret"`
+	// Roles: ingest, decide, subscribe, admin.
+	Roles []string `yaml:"roles"`
+	// EventsPerSecond and DecisionsPerSecond limit the token's rate
+	// (RESOURCE_EXHAUSTED past it). 0: unlimited.
+	EventsPerSecond    float64 `yaml:"events_per_second"`
+	DecisionsPerSecond float64 `yaml:"decisions_per_second"`
+}
+
+// MetricsConfig configures the HTTP listener for /metrics.
+type MetricsConfig struct {
+	// Listen is the HTTP address of /metrics. Empty: off.
+	Listen string `yaml:"listen"`
+	// Pprof serves net/http/pprof under /debug/pprof/ on the same
+	// listener. Default false.
+	Pprof bool `yaml:"pprof"`
+}
+
+// LogConfig configures the logs.
+type LogConfig struct {
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// UserIDs logs user ids in clear, for debugging. Default false: logs
+	// carry a keyed hash of the id instead.
+	UserIDs bool `yaml:"user_ids"`
+}
+
+// Defaults returns the configuration nudged runs with when told nothing.
+func Defaults() Config {
+	return Config{
+		Listen:       "127.0.0.1:7070",
+		DrainTimeout: 10 * time.Second,
+		Buckets:      1024,
+		Redis: RedisConfig{
+			PoolSize:     64,
+			DialTimeout:  5 * time.Second,
+			ReadTimeout:  3 * time.Second,
+			WriteTimeout: 3 * time.Second,
+		},
+		Rules: RulesConfig{Reload: 5 * time.Second},
+		Decision: DecisionConfig{
+			Budget:         10 * time.Millisecond,
+			BudgetMax:      time.Second,
+			ReservationTTL: 5 * time.Minute,
+			AuditSample:    0.01,
+		},
+		Delivery: DeliveryConfig{
+			VisibilityTimeout: 30 * time.Second,
+			MaxDeliveries:     5,
+			MaxUnacked:        1000,
+			OutboxRetention:   24 * time.Hour,
+			TrimInterval:      time.Minute,
+		},
+		Limits: LimitsConfig{
+			MaxMessageBytes: 16 << 20,
+			MaxInFlight:     8,
+			MaxPendingReads: 1024,
+		},
+		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "nudged"},
+		Log:     LogConfig{Format: "text", Level: "info"},
+	}
+}
+
+// setting is one overridable scalar of Config: its YAML path, the flag that
+// overrides it (and so the variable NUDGE_<FLAG>), and the field.
+type setting struct {
+	key, flag, usage string
+	bind             func(fs *flag.FlagSet, name, usage string)
+}
+
+func str(p *string) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) { fs.StringVar(p, n, *p, u) }
+}
+func boolean(p *bool) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) { fs.BoolVar(p, n, *p, u) }
+}
+func integer(p *int) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) { fs.IntVar(p, n, *p, u) }
+}
+func float(p *float64) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) { fs.Float64Var(p, n, *p, u) }
+}
+func duration(p *time.Duration) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) { fs.DurationVar(p, n, *p, u) }
+}
+func list(p *[]string) func(*flag.FlagSet, string, string) {
+	return func(fs *flag.FlagSet, n, u string) {
+		fs.Func(n, u+" (comma-separated)", func(v string) error {
+			*p = nil
+			for s := range strings.SplitSeq(v, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					*p = append(*p, s)
+				}
+			}
+			return nil
+		})
+	}
+}
+
+// settings lists every scalar setting of c. The flag names of settings that
+// predate the config file are kept.
+func (c *Config) settings() []setting {
+	return []setting{
+		{"listen", "listen", "gRPC listen address", str(&c.Listen)},
+		{"insecure", "insecure", "allow a non-loopback listen address without TLS or without tokens", boolean(&c.Insecure)},
+		{"drain_timeout", "drain-timeout", "graceful shutdown limit", duration(&c.DrainTimeout)},
+		{"buckets", "buckets", "key buckets (hash tags); fixed for the life of a deployment", integer(&c.Buckets)},
+
+		{"redis.addr", "redis-addr", "Redis host:port or redis:// (rediss://) URL; empty starts the embedded, NOT durable, development store", str(&c.Redis.Addr)},
+		{"redis.cluster", "redis-cluster", "Redis Cluster seed nodes host:port", list(&c.Redis.Cluster)},
+		{"redis.username", "redis-username", "Redis ACL user", str(&c.Redis.Username)},
+		{"redis.password", "redis-password", "Redis password (prefer --redis-password-file or NUDGE_REDIS_PASSWORD)", str(&c.Redis.Password)},
+		{"redis.password_file", "redis-password-file", "file holding the Redis password", str(&c.Redis.PasswordFile)},
+		{"redis.db", "redis-db", "Redis database number", integer(&c.Redis.DB)},
+		{"redis.pool_size", "redis-pool-size", "Redis connections (at least 64)", integer(&c.Redis.PoolSize)},
+		{"redis.dial_timeout", "redis-dial-timeout", "Redis connect timeout", duration(&c.Redis.DialTimeout)},
+		{"redis.read_timeout", "redis-read-timeout", "Redis socket read timeout", duration(&c.Redis.ReadTimeout)},
+		{"redis.write_timeout", "redis-write-timeout", "Redis socket write timeout", duration(&c.Redis.WriteTimeout)},
+		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
+		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
+		{"redis.tls.cert_file", "redis-tls-cert-file", "client certificate for Redis", str(&c.Redis.TLS.CertFile)},
+		{"redis.tls.key_file", "redis-tls-key-file", "client key for Redis", str(&c.Redis.TLS.KeyFile)},
+		{"redis.tls.server_name", "redis-tls-server-name", "name verified in Redis's certificate", str(&c.Redis.TLS.ServerName)},
+
+		{"rules.file", "rules", "rules file (YAML); empty uses the bundled examples/rules.yaml", str(&c.Rules.File)},
+		{"rules.reload", "rules-reload", "how often to check the rules file for changes (negative: never)", duration(&c.Rules.Reload)},
+
+		{"decision.budget", "decision-budget", "default GetDecision budget", duration(&c.Decision.Budget)},
+		{"decision.budget_max", "decision-budget-max", "largest budget a request may ask for", duration(&c.Decision.BudgetMax)},
+		{"decision.reservation_ttl", "reservation-ttl", "how long a reserved cap slot waits for its message_sent confirmation", duration(&c.Decision.ReservationTTL)},
+		{"decision.audit_sample", "audit-sample", "share of decisions logged to the audit stream nudge:audit (0 to 1)", float(&c.Decision.AuditSample)},
+
+		{"delivery.visibility_timeout", "visibility-timeout", "an action not acknowledged within this is redelivered", duration(&c.Delivery.VisibilityTimeout)},
+		{"delivery.max_deliveries", "max-deliveries", "deliveries of an action to a group before it goes to the dead-letter stream nudge:dead", integer(&c.Delivery.MaxDeliveries)},
+		{"delivery.max_unacked", "max-unacked", "actions a subscriber may hold unacknowledged before delivery to it pauses", integer(&c.Delivery.MaxUnacked)},
+		{"delivery.outbox_retention", "outbox-retention", "how long acknowledged actions stay in the outbox", duration(&c.Delivery.OutboxRetention)},
+		{"delivery.trim_interval", "trim-interval", "how often the outbox is trimmed", duration(&c.Delivery.TrimInterval)},
+
+		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},
+		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
+		{"limits.max_pending_reads", "max-pending-reads", "decision reads waiting on Redis before decisions degrade at once", integer(&c.Limits.MaxPendingReads)},
+
+		{"tls.cert_file", "tls-cert-file", "TLS certificate of the gRPC listener (turns TLS on)", str(&c.TLS.CertFile)},
+		{"tls.key_file", "tls-key-file", "TLS key of the gRPC listener", str(&c.TLS.KeyFile)},
+		{"tls.client_ca_file", "tls-client-ca-file", "CA bundle for client certificates (turns mutual TLS on)", str(&c.TLS.ClientCAFile)},
+
+		{"auth.token_file", "auth-token-file", "YAML file with bearer tokens (tokens: [{name, secret, roles, ...}])", str(&c.Auth.TokenFile)},
+
+		{"metrics.listen", "metrics-listen", "HTTP address for /metrics (empty: off)", str(&c.Metrics.Listen)},
+		{"metrics.pprof", "pprof", "serve /debug/pprof/ on the metrics listener", boolean(&c.Metrics.Pprof)},
+
+		{"tracing.endpoint", "otlp-endpoint", "OTLP/gRPC collector host:port for traces (empty: tracing off)", str(&c.Tracing.Endpoint)},
+		{"tracing.insecure", "otlp-insecure", "send traces to the collector in plaintext", boolean(&c.Tracing.Insecure)},
+		{"tracing.sample_ratio", "trace-sample-ratio", "share of new traces sampled (0 to 1)", float(&c.Tracing.SampleRatio)},
+		{"tracing.service_name", "trace-service-name", "service.name of the spans", str(&c.Tracing.ServiceName)},
+
+		{"log.format", "log-format", "log format: text or json", str(&c.Log.Format)},
+		{"log.level", "log-level", "log level: debug, info, warn, error", str(&c.Log.Level)},
+		{"log.user_ids", "log-user-ids", "log user ids in clear (debugging only)", boolean(&c.Log.UserIDs)},
+	}
+}
+
+// EnvName is the environment variable that overrides a flag.
+func EnvName(flagName string) string {
+	return "NUDGE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ErrHelp is returned by Load when the usage was asked for (-h).
+var ErrHelp = flag.ErrHelp
+
+// Loaded is the outcome of Load.
+type Loaded struct {
+	Config Config
+	// PrintConfig is set when --print-config was given: show
+	// Config.Redacted() and exit.
+	PrintConfig bool
+}
+
+// Load builds the configuration from, lowest precedence first: Defaults,
+// the YAML file named by --config (or NUDGE_CONFIG), NUDGE_* variables
+// (lookupEnv, usually os.LookupEnv), then the flags in args. Unknown keys in
+// the file, unknown flags and invalid values are errors; so is a
+// configuration that Validate refuses. Usage goes to usage (os.Stderr).
+func Load(args []string, lookupEnv func(string) (string, bool), usage io.Writer) (Loaded, error) {
+	cfg := Defaults()
+	path, err := configPath(args, lookupEnv)
+	if err != nil {
+		return Loaded{}, err
+	}
+	if path != "" {
+		if err := cfg.readFile(path); err != nil {
+			return Loaded{}, err
+		}
+	}
+	fs := flag.NewFlagSet("nudged", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	fs.String("config", path, "YAML config file (every setting; flags and NUDGE_* variables override it)")
+	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted) and exit")
+	for _, s := range cfg.settings() {
+		s.bind(fs, s.flag, s.usage+" ["+s.key+"]")
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "config" || envErr != nil {
+			return
+		}
+		if v, ok := lookupEnv(EnvName(f.Name)); ok {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return Loaded{}, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return Loaded{}, err
+	}
+	if fs.NArg() > 0 {
+		return Loaded{}, fmt.Errorf("unexpected arguments %q: every setting is a flag (see -h)", fs.Args())
+	}
+	if err := cfg.resolveFiles(); err != nil {
+		return Loaded{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Loaded{}, err
+	}
+	return Loaded{Config: cfg, PrintConfig: *printConfig}, nil
+}
+
+// configPath finds --config in args (it must be known before the other
+// flags, whose defaults come from the file), else NUDGE_CONFIG.
+func configPath(args []string, lookupEnv func(string) (string, bool)) (string, error) {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "config" {
+			continue
+		}
+		if hasValue {
+			return value, nil
+		}
+		if i+1 >= len(args) {
+			return "", errors.New("flag needs an argument: -config")
+		}
+		return args[i+1], nil
+	}
+	v, _ := lookupEnv("NUDGE_CONFIG")
+	return v, nil
+}
+
+// readFile decodes a YAML config file over c. Unknown keys are errors.
+func (c *Config) readFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := decodeStrict(data, c); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// decodeStrict decodes YAML into v, refusing keys v has no field for. An
+// empty document leaves v as it is.
+func decodeStrict(data []byte, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return errors.New(strings.Join(te.Errors, "; "))
+		}
+		return err
+	}
+	return nil
+}
+
+// resolveFiles reads the secrets that live in files of their own.
+func (c *Config) resolveFiles() error {
+	if f := c.Redis.PasswordFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("redis.password_file: %w", err)
+		}
+		c.Redis.Password = strings.TrimRight(string(b), "\r\n")
+		c.Redis.PasswordFile = ""
+	}
+	if f := c.Auth.TokenFile; f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("auth.token_file: %w", err)
+		}
+		var tf struct {
+			Tokens []TokenConfig `yaml:"tokens"`
+		}
+		if err := decodeStrict(data, &tf); err != nil {
+			return fmt.Errorf("auth.token_file %s: %w", f, err)
+		}
+		c.Auth.Tokens = append(c.Auth.Tokens, tf.Tokens...)
+		c.Auth.TokenFile = ""
+	}
+	return nil
+}
+
+// Validate reports the first setting that cannot work, naming it by its
+// YAML key.
+func (c Config) Validate() error {
+	switch {
+	case c.Decision.AuditSample < 0 || c.Decision.AuditSample > 1:
+		return fmt.Errorf("decision.audit_sample: %v is not between 0 and 1", c.Decision.AuditSample)
+	case c.Buckets < 0:
+		return fmt.Errorf("buckets: %d is negative", c.Buckets)
+	case c.Limits.MaxMessageBytes < 0:
+		return fmt.Errorf("limits.max_message_bytes: %d is negative", c.Limits.MaxMessageBytes)
+	case len(c.Redis.Cluster) > 0:
+		return errors.New("redis.cluster: Redis Cluster is not supported by this version; use a standalone Redis (redis.addr)")
+	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
+		return errors.New("tls: cert_file and key_file go together")
+	case c.TLS.ClientCAFile != "" && c.TLS.CertFile == "":
+		return errors.New("tls.client_ca_file: mutual TLS needs the server's own cert_file and key_file")
+	case (c.Redis.TLS.CertFile == "") != (c.Redis.TLS.KeyFile == ""):
+		return errors.New("redis.tls: cert_file and key_file go together")
+	}
+	if err := c.Tracing.validate(); err != nil {
+		return err
+	}
+	if _, err := c.Log.handlerOptions(); err != nil {
+		return err
+	}
+	if c.Log.Format != "" && c.Log.Format != "text" && c.Log.Format != "json" {
+		return fmt.Errorf("log.format: %q is neither text nor json", c.Log.Format)
+	}
+	if _, err := c.tokens(); err != nil {
+		return err
+	}
+	return c.checkExposure()
+}
+
+// checkExposure refuses to serve beyond loopback without TLS or without
+// tokens unless Insecure says so.
+func (c Config) checkExposure() error {
+	if c.Insecure || isLoopback(c.listen()) {
+		return nil
+	}
+	switch {
+	case len(c.Auth.Tokens) == 0:
+		return fmt.Errorf("listen %s is not a loopback address and no auth tokens are configured: "+
+			"configure auth.tokens (or auth.token_file), or pass --insecure to serve everyone", c.listen())
+	case !c.TLS.Enabled():
+		return fmt.Errorf("listen %s is not a loopback address and TLS is off: tokens would travel in plaintext; "+
+			"configure tls.cert_file and tls.key_file, or pass --insecure (e.g. behind a TLS-terminating proxy)", c.listen())
+	}
+	return nil
+}
+
+func (c Config) listen() string {
+	if c.Listen == "" {
+		return Defaults().Listen
+	}
+	return c.Listen
+}
+
+// isLoopback says whether a listen address only accepts local connections.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// tokens converts the configured tokens for the server.
+func (c Config) tokens() ([]server.Token, error) {
+	out := make([]server.Token, 0, len(c.Auth.Tokens))
+	for i, t := range c.Auth.Tokens {
+		st := server.Token{Name: t.Name, Secret: t.Secret, EventsPerSecond: t.EventsPerSecond, DecisionsPerSecond: t.DecisionsPerSecond}
+		for _, r := range t.Roles {
+			st.Roles = append(st.Roles, server.Role(r))
+		}
+		if t.EventsPerSecond < 0 || t.DecisionsPerSecond < 0 {
+			return nil, fmt.Errorf("auth.tokens[%d] (%s): rates cannot be negative", i, t.Name)
+		}
+		out = append(out, st)
+	}
+	if err := server.ValidateTokens(out); err != nil {
+		return nil, fmt.Errorf("auth.tokens: %w", err)
+	}
+	return out, nil
+}
+
+// handlerOptions parses the log level.
+func (l LogConfig) handlerOptions() (*slog.HandlerOptions, error) {
+	var level slog.Level
+	if l.Level != "" {
+		if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+			return nil, fmt.Errorf("log.level: %w", err)
+		}
+	}
+	return &slog.HandlerOptions{Level: level}, nil
+}
+
+// NewLogger builds the logger the configuration asks for, writing to w.
+func (l LogConfig) NewLogger(w io.Writer) (*slog.Logger, error) {
+	opts, err := l.handlerOptions()
+	if err != nil {
+		return nil, err
+	}
+	switch l.Format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log.format: %q is neither text nor json", l.Format)
+}
+
+const redacted = "REDACTED"
+
+// Redacted returns the configuration as YAML with every secret replaced.
+func (c Config) Redacted() ([]byte, error) {
+	if c.Redis.Password != "" {
+		c.Redis.Password = redacted
+	}
+	c.Redis.Addr = redactURL(c.Redis.Addr)
+	c.Auth.Tokens = append([]TokenConfig(nil), c.Auth.Tokens...)
+	for i := range c.Auth.Tokens {
+		c.Auth.Tokens[i].Secret = redacted
+	}
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}
+
+// redactURL hides the password of a redis:// URL.
+func redactURL(addr string) string {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		return addr
+	}
+	userinfo, host, ok := strings.Cut(rest, "@")
+	if !ok {
+		return addr
+	}
+	if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
+		return scheme + "://" + user + ":" + redacted + "@" + host
+	}
+	return addr
+}

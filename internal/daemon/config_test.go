@@ -1,0 +1,273 @@
+package daemon
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadPrecedenceDefaultsFileEnvFlags(t *testing.T) {
+	file := writeFile(t, "nudged.yaml", `
+listen: 127.0.0.1:7001
+redis:
+  addr: 127.0.0.1:6390
+  pool_size: 100
+decision:
+  budget: 20ms
+  audit_sample: 0.5
+log:
+  format: json
+`)
+	got, err := Load(
+		[]string{"--config", file, "--decision-budget", "30ms"},
+		env(map[string]string{"NUDGE_REDIS_POOL_SIZE": "200", "NUDGE_DECISION_BUDGET": "25ms", "NUDGE_LOG_LEVEL": "debug"}),
+		io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := got.Config
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen from the file", c.Listen, "127.0.0.1:7001"},
+		{"redis.addr from the file", c.Redis.Addr, "127.0.0.1:6390"},
+		{"redis.pool_size: env over file", c.Redis.PoolSize, 200},
+		{"decision.budget: flag over env over file", c.Decision.Budget, 30 * time.Millisecond},
+		{"decision.audit_sample from the file", c.Decision.AuditSample, 0.5},
+		{"log.format from the file", c.Log.Format, "json"},
+		{"log.level from env", c.Log.Level, "debug"},
+		{"decision.budget_max default", c.Decision.BudgetMax, time.Second},
+		{"delivery.max_unacked default", c.Delivery.MaxUnacked, 1000},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s: got %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+}
+
+func TestLoadConfigFromEnvAndEqualsForm(t *testing.T) {
+	file := writeFile(t, "n.yaml", "buckets: 64\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{"NUDGE_CONFIG", nil, map[string]string{"NUDGE_CONFIG": file}},
+		{"--config=", []string{"--config=" + file}, nil},
+		{"-config", []string{"-config", file}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Load(tc.args, env(tc.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Config.Buckets != 64 {
+				t.Fatalf("buckets = %d, want 64 from the file", got.Config.Buckets)
+			}
+		})
+	}
+}
+
+func TestLoadRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name, file string
+		args       []string
+		env        map[string]string
+		want       string // in the error
+	}{
+		{name: "unknown top-level key", file: "listne: x\n", want: "field listne not found"},
+		{name: "unknown nested key", file: "redis:\n  adr: x\n", want: "line 2: field adr not found"},
+		{name: "wrong type", file: "buckets: many\n", want: "cannot unmarshal !!str `many` into int"},
+		{name: "bad duration", file: "decision:\n  budget: soon\n", want: "line 2: cannot unmarshal !!str `soon` into time.Duration"},
+		{name: "unknown flag", args: []string{"--no-such-flag"}, want: "no-such-flag"},
+		{name: "bad env value", env: map[string]string{"NUDGE_BUCKETS": "x"}, want: `NUDGE_BUCKETS="x"`},
+		{name: "stray argument", args: []string{"serve"}, want: "unexpected arguments"},
+		{name: "audit sample range", args: []string{"--audit-sample", "2"}, want: "decision.audit_sample: 2 is not between 0 and 1"},
+		{name: "log format", args: []string{"--log-format", "xml"}, want: `log.format: "xml"`},
+		{name: "log level", args: []string{"--log-level", "loud"}, want: "log.level"},
+		{name: "tls half", args: []string{"--tls-cert-file", "c.pem"}, want: "tls: cert_file and key_file go together"},
+		{name: "mtls without cert", args: []string{"--tls-client-ca-file", "ca.pem"}, want: "tls.client_ca_file"},
+		{name: "cluster", args: []string{"--redis-cluster", "127.0.0.1:7000,127.0.0.1:7001"}, want: "redis.cluster"},
+		{name: "public without tokens", args: []string{"--listen", "0.0.0.0:7070"}, want: "no auth tokens are configured"},
+		{name: "public without TLS", file: "listen: 0.0.0.0:7070\nauth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [ingest]}\n", want: "TLS is off"},
+		{name: "unknown role", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [root]}\n", want: "root"},
+		{name: "missing token file", args: []string{"--auth-token-file", "/nonexistent/tokens.yaml"}, want: "auth.token_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"--config", writeFile(t, "c.yaml", tc.file)}, args...)
+			}
+			_, err := Load(args, env(tc.env), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Load error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadAllowsExposureOnlyWhenSafeOrInsecure(t *testing.T) {
+	tokens := writeFile(t, "tokens.yaml", "tokens:\n- {name: shop, secret: abcdefabcdef, roles: [decide]}\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"loopback without tokens", []string{"--listen", "127.0.0.1:0"}},
+		{"localhost without tokens", []string{"--listen", "localhost:0"}},
+		{"ipv6 loopback", []string{"--listen", "[::1]:0"}},
+		{"public with --insecure", []string{"--listen", "0.0.0.0:0", "--insecure"}},
+		{"public with tokens and --insecure (TLS terminated in front)", []string{"--listen", ":0", "--auth-token-file", tokens, "--insecure"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Load(tc.args, env(nil), io.Discard); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestTokenFileAndPasswordFileAreRead(t *testing.T) {
+	tokens := writeFile(t, "tokens.yaml", "tokens:\n- name: sender\n  secret: fedcba987654\n  roles: [subscribe]\n  events_per_second: 0\n")
+	pw := writeFile(t, "pw", "hunter2-long\n")
+	file := writeFile(t, "c.yaml", "auth:\n  tokens:\n  - {name: shop, secret: abcdefabcdef, roles: [decide], decisions_per_second: 100}\n")
+	got, err := Load([]string{"--config", file, "--auth-token-file", tokens, "--redis-password-file", pw}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tk := range got.Config.Auth.Tokens {
+		names = append(names, tk.Name)
+	}
+	if !slices.Equal(names, []string{"shop", "sender"}) {
+		t.Errorf("tokens = %v, want shop (config) then sender (token file)", names)
+	}
+	if got.Config.Redis.Password != "hunter2-long" {
+		t.Errorf("redis password = %q, want the file's first line", got.Config.Redis.Password)
+	}
+	if _, err := Load([]string{"--auth-token-file", writeFile(t, "bad.yaml", "tokens:\n- {name: x, secret: y, rolez: [admin]}\n")}, env(nil), io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "rolez") {
+		t.Errorf("a token file with an unknown key: err = %v, want it named", err)
+	}
+}
+
+func TestRedactedHidesEverySecret(t *testing.T) {
+	c := Defaults()
+	c.Redis.Addr = "redis://app:pa55word@10.0.0.1:6379/0"
+	c.Redis.Password = "other-secret"
+	c.Auth.Tokens = []TokenConfig{{Name: "shop", Secret: "tok-secret-1", Roles: []string{"decide"}}}
+	out, err := c.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"pa55word", "other-secret", "tok-secret-1"} {
+		if bytes.Contains(out, []byte(secret)) {
+			t.Errorf("--print-config shows %q:\n%s", secret, out)
+		}
+	}
+	if c.Auth.Tokens[0].Secret != "tok-secret-1" {
+		t.Error("Redacted changed the caller's tokens")
+	}
+	// What --print-config prints loads back (secrets aside).
+	var back Config
+	if err := decodeStrict(out, &back); err != nil {
+		t.Fatalf("printed config does not load back: %v\n%s", err, out)
+	}
+	if back.Decision.Budget != c.Decision.Budget || back.Delivery.OutboxRetention != c.Delivery.OutboxRetention || back.Auth.Tokens[0].Name != "shop" {
+		t.Errorf("printed config loads back as %+v", back)
+	}
+}
+
+// yamlLeaves lists the YAML paths of the scalar (and list) fields of v.
+func yamlLeaves(t reflect.Type, prefix string) []string {
+	var out []string
+	for f := range t.Fields() {
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[time.Duration]() {
+			out = append(out, yamlLeaves(f.Type, key+".")...)
+			continue
+		}
+		out = append(out, key)
+	}
+	return out
+}
+
+// Every setting of the file can be overridden by a flag, and the example
+// file names every setting with its default value.
+func TestEverySettingHasAFlagAndIsInTheExampleFile(t *testing.T) {
+	var c Config
+	keys := map[string]bool{}
+	for _, s := range c.settings() {
+		keys[s.key] = true
+	}
+	leaves := yamlLeaves(reflect.TypeFor[Config](), "")
+	for _, leaf := range leaves {
+		if leaf == "auth.tokens" { // a list of records: the file or auth.token_file
+			continue
+		}
+		if !keys[leaf] {
+			t.Errorf("setting %s has no flag in Config.settings", leaf)
+		}
+	}
+	if len(keys) != len(leaves)-1 {
+		t.Errorf("settings lists %d keys, the struct has %d overridable ones", len(keys), len(leaves)-1)
+	}
+
+	example, err := os.ReadFile("../../deploy/nudged.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromFile Config
+	if err := decodeStrict(example, &fromFile); err != nil {
+		t.Fatalf("deploy/nudged.yaml: %v", err)
+	}
+	a, _ := yaml.Marshal(fromFile)
+	b, _ := yaml.Marshal(Defaults())
+	if !bytes.Equal(a, b) {
+		t.Errorf("deploy/nudged.yaml differs from Defaults():\n--- file\n%s\n--- Defaults\n%s", a, b)
+	}
+	var raw map[string]any
+	if err := yaml.Unmarshal(example, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, leaf := range leaves {
+		if !hasPath(raw, strings.Split(leaf, ".")) {
+			t.Errorf("deploy/nudged.yaml does not show %s", leaf)
+		}
+	}
+}
+
+func hasPath(m map[string]any, path []string) bool {
+	v, ok := m[path[0]]
+	if !ok || len(path) == 1 {
+		return ok
+	}
+	sub, ok := v.(map[string]any)
+	return ok && hasPath(sub, path[1:])
+}
