@@ -9,26 +9,49 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+	"github.com/nudge-dm/nudge/server"
 )
 
 // BenchmarkIngestStream measures ingest through IngestService/Stream into a
 // real redis-server, everything on this machine: 4 streams, batches of 500
 // events, users drawn uniformly from 100,000 (or Zipf s=1.1), the bundled
 // rules. One op is one batch; events/s is the figure to read.
+// The -tokens variant runs the same with bearer tokens and a (never
+// reached) rate limit, for the cost of the security interceptors.
 func BenchmarkIngestStream(b *testing.B) {
 	for _, dist := range []string{"uniform", "zipf"} {
-		b.Run(dist, func(b *testing.B) { benchIngest(b, dist) })
+		b.Run(dist, func(b *testing.B) { benchIngest(b, dist, false) })
 	}
+	b.Run("uniform-tokens", func(b *testing.B) { benchIngest(b, "uniform", true) })
 }
 
-func benchIngest(b *testing.B, dist string) {
+// benchToken is the token of the secured benchmark variants: every role,
+// rate limits far above what the machine reaches (so the limiter runs and
+// never refuses).
+var benchToken = server.Token{
+	Name: "bench", Secret: "bench-secret-0123456789",
+	Roles:           []server.Role{server.RoleIngest, server.RoleDecide, server.RoleSubscribe, server.RoleAdmin},
+	EventsPerSecond: 1e9, DecisionsPerSecond: 1e9,
+}
+
+// benchEnv starts the benchmark's server, with tokens when secured, and
+// returns the context its calls use.
+func benchEnv(b *testing.B, secured bool) (*env, context.Context) {
+	if !secured {
+		return newEnv(b, profile.Options{}), context.Background()
+	}
+	e := newEnvConfig(b, profile.Options{}, server.Config{Tokens: []server.Token{benchToken}})
+	return e, metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+benchToken.Secret)
+}
+
+func benchIngest(b *testing.B, dist string, secured bool) {
 	const streams, batchSize, users = 4, 500, 100_000
-	e := newEnv(b, profile.Options{})
-	ctx := context.Background()
+	e, ctx := benchEnv(b, secured)
 	var next atomic.Int64
 	var sent atomic.Int64
 	now := time.Now()
@@ -94,10 +117,15 @@ func benchIngest(b *testing.B, dist string) {
 }
 
 // BenchmarkGetDecision measures GetDecision on existing profiles through
-// gRPC on loopback, with 16 concurrent callers.
+// gRPC on loopback, with 16 concurrent callers; open, and with a bearer
+// token checked and rate-limited on every call.
 func BenchmarkGetDecision(b *testing.B) {
-	e := newEnv(b, profile.Options{})
-	ctx := context.Background()
+	b.Run("open", func(b *testing.B) { benchGetDecision(b, false) })
+	b.Run("tokens", func(b *testing.B) { benchGetDecision(b, true) })
+}
+
+func benchGetDecision(b *testing.B, secured bool) {
+	e, ctx := benchEnv(b, secured)
 	const users = 1000
 	var events []*nudgev1.Event
 	for u := range users {

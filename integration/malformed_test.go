@@ -18,12 +18,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nudge-dm/nudge/internal/wiretest"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -157,21 +157,6 @@ func snapshotRedis(t *testing.T, e *env) map[string]string {
 	}
 	return snap
 }
-
-// malformedRaw sends and receives *[]byte as they are, under the proto
-// content-subtype: a client that sends whatever bytes it likes.
-type malformedRaw struct{}
-
-func (malformedRaw) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
-}
-
-func (malformedRaw) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*[]byte) = data.Materialize()
-	return nil
-}
-
-func (malformedRaw) Name() string { return "proto" }
 
 // malformedTally counts the outcomes of one worker's messages.
 type malformedTally struct {
@@ -321,7 +306,7 @@ func (s *malformedStorm) run(ctx context.Context, rng *rand.Rand, first bool, n 
 func (s *malformedStorm) unary(ctx context.Context, method string, body []byte, tl *malformedTally) {
 	tl.sent++
 	var out []byte
-	err := s.conn.Invoke(ctx, method, &body, &out, grpc.ForceCodecV2(malformedRaw{}))
+	err := s.conn.Invoke(ctx, method, &body, &out, grpc.ForceCodecV2(wiretest.RawCodec{}))
 	if err != nil {
 		tl.rpcErr(method, err)
 		return
@@ -344,7 +329,7 @@ func (s *malformedStorm) stream(ctx context.Context, rng *rand.Rand, batches int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := s.conn.NewStream(ctx, &nudgev1.IngestService_ServiceDesc.Streams[0], nudgev1.IngestService_Stream_FullMethodName,
-		grpc.ForceCodecV2(malformedRaw{}))
+		grpc.ForceCodecV2(wiretest.RawCodec{}))
 	if err != nil {
 		tl.problem("%s: open: %v", what, err)
 		return

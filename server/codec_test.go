@@ -13,12 +13,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nudge-dm/nudge/internal/wiretest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -27,21 +27,6 @@ import (
 // here, the same way (Server.NewGRPCServer over bufconn), with the codec
 // and its interceptors passed as options, which puts the interceptors
 // after recovery and logging.
-
-// rawCodec sends and receives *[]byte as they are, under the proto
-// content-subtype: what a client sending garbage looks like on the wire.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
-}
-
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*[]byte) = data.Materialize()
-	return nil
-}
-
-func (rawCodec) Name() string { return "proto" }
 
 // wireServer is a Server on a memStore behind NewGRPCServer with the codec
 // of failures, on bufconn.
@@ -92,7 +77,7 @@ func (w *wireServer) pending() int64 { return w.failures.live.Load() }
 // invoke makes a unary call with body as the request bytes.
 func (w *wireServer) invoke(ctx context.Context, method string, body []byte) ([]byte, error) {
 	var out []byte
-	err := w.conn.Invoke(ctx, method, &body, &out, grpc.ForceCodecV2(rawCodec{}))
+	err := w.conn.Invoke(ctx, method, &body, &out, grpc.ForceCodecV2(wiretest.RawCodec{}))
 	return out, err
 }
 
@@ -166,7 +151,7 @@ func TestCodecStreamGarbageIsInvalidArgument(t *testing.T) {
 			w := startWire(t, maxUndecoded)
 			ctx := codecCtx(t)
 			st, err := w.conn.NewStream(ctx, &nudgev1.IngestService_ServiceDesc.Streams[0],
-				nudgev1.IngestService_Stream_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
+				nudgev1.IngestService_Stream_FullMethodName, grpc.ForceCodecV2(wiretest.RawCodec{}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +234,7 @@ func TestCodecUncheckedFailuresAreBounded(t *testing.T) {
 	ctx := codecCtx(t)
 	twoMessages := &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
 	for i := range 3 * capacity {
-		st, err := w.conn.NewStream(ctx, twoMessages, nudgev1.DecisionService_GetDecision_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
+		st, err := w.conn.NewStream(ctx, twoMessages, nudgev1.DecisionService_GetDecision_FullMethodName, grpc.ForceCodecV2(wiretest.RawCodec{}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +263,7 @@ func TestCodecServerStreamTakesFailureOnRecvError(t *testing.T) {
 	w := startWire(t, maxUndecoded)
 	ctx := codecCtx(t)
 	st, err := w.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
-		"/grpc.health.v1.Health/Watch", grpc.ForceCodecV2(rawCodec{}))
+		"/grpc.health.v1.Health/Watch", grpc.ForceCodecV2(wiretest.RawCodec{}))
 	if err != nil {
 		t.Fatal(err)
 	}

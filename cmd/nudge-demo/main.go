@@ -2,25 +2,31 @@
 // nudged and prints what nudge made of it: the per-event results, the coupon
 // the seed scenario triggers (3 views of one category in 30 minutes), the
 // decision a storefront would get, and the profile.
+//
+// Against a nudged with tokens, give one with the ingest, decide and admin
+// roles in $NUDGE_TOKEN (or --token); against one serving TLS, --ca-file
+// (or --tls for a certificate the system roots verify). As with the Go
+// client, a loopback --addr is dialled in plaintext unless --tls or
+// --ca-file, and a token is sent only over TLS unless --insecure.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nudge-dm/nudge/client"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -29,8 +35,24 @@ func main() {
 	user := flag.String("user", fmt.Sprintf("demo-shopper-%d", time.Now().Unix()%100000), "user id to play")
 	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
 	metrics := flag.String("metrics", "", "nudged's /metrics URL: print the figures the session moved")
+	// Not defaulted from the environment here: flag would print the secret
+	// in the usage text.
+	token := flag.String("token", "", "bearer token with the ingest, decide and admin roles (default: $"+tokenEnv+")")
+	useTLS := flag.Bool("tls", false, "connect with TLS (implied by --ca-file; default: TLS except to a loopback address)")
+	caFile := flag.String("ca-file", "", "PEM bundle of the CAs that verify nudged's certificate (default: the system roots)")
+	plaintext := flag.Bool("insecure", false, "connect in plaintext, and allow sending the token so")
 	flag.Parse()
-	if err := run(*addr, *user, *wait); err != nil {
+	tokenGiven := false
+	flag.Visit(func(f *flag.Flag) { tokenGiven = tokenGiven || f.Name == "token" })
+	if !tokenGiven {
+		*token = os.Getenv(tokenEnv)
+	}
+	opts, err := dialOptions(*token, *caFile, *useTLS, *plaintext)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
+		os.Exit(2)
+	}
+	if err := run(*addr, *user, *wait, opts); err != nil {
 		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
 		os.Exit(1)
 	}
@@ -40,6 +62,37 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+// tokenEnv is the environment variable --token defaults to.
+const tokenEnv = "NUDGE_TOKEN"
+
+// dialOptions maps the security flags onto the client's options.
+func dialOptions(token, caFile string, useTLS, plaintext bool) ([]client.Option, error) {
+	var opts []client.Option
+	switch {
+	case plaintext && (useTLS || caFile != ""):
+		return nil, errors.New("--insecure (plaintext) contradicts --tls and --ca-file")
+	case plaintext:
+		opts = append(opts, client.WithInsecure())
+	case useTLS || caFile != "":
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, fmt.Errorf("--ca-file: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", caFile)
+			}
+		}
+		opts = append(opts, client.WithTLS(cfg))
+	}
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
+	}
+	return opts, nil
 }
 
 // shownMetrics are the series printed after the session, by name prefix.
@@ -74,12 +127,16 @@ func printMetrics(url string) error {
 	return nil
 }
 
-func run(addr, user string, wait time.Duration) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func run(addr, user string, wait time.Duration, opts []client.Option) error {
+	c, err := client.Dial(addr, opts...)
+	if errors.Is(err, client.ErrTokenNeedsTLS) {
+		return fmt.Errorf("refusing to send the token in plaintext to %s: give --tls or --ca-file, or --insecure to send it in plaintext anyway", addr)
+	}
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer c.Close()
+	conn := c.Conn()
 	ctx, cancel := context.WithTimeout(context.Background(), wait+30*time.Second)
 	defer cancel()
 	if err := waitServing(ctx, healthpb.NewHealthClient(conn), wait); err != nil {
@@ -104,31 +161,34 @@ func run(addr, user string, wait time.Duration) error {
 	if err != nil {
 		return err
 	}
-	// One event per batch, as a click-stream collector would send them.
-	for i, e := range session {
-		if err := stream.Send(&nudgev1.StreamRequest{Seq: uint64(i + 1), Events: []*nudgev1.Event{e}}); err != nil {
-			return err
-		}
-	}
-	if err := stream.CloseSend(); err != nil {
-		return err
-	}
-	byID := make(map[string]*nudgev1.Event)
-	for _, e := range session {
-		byID[e.EventId] = e
-	}
+	// One event per batch, as a click-stream collector would send them,
+	// each once the previous one is answered: the server may apply batches
+	// in flight together in any order, and a trigger counts the views up to
+	// its event's time, so out of order the coupon might not fire.
 	var responses []*nudgev1.StreamResponse
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
+	for i, e := range session {
+		err := stream.Send(&nudgev1.StreamRequest{Seq: uint64(i + 1), Events: []*nudgev1.Event{e}})
+		var resp *nudgev1.StreamResponse
+		if err == nil || errors.Is(err, io.EOF) {
+			// On io.EOF the server ended the stream (a refused token,
+			// say): Recv has its status.
+			resp, err = stream.Recv()
 		}
 		if err != nil {
 			return err
 		}
 		responses = append(responses, resp)
 	}
-	sort.Slice(responses, func(a, b int) bool { return responses[a].Seq < responses[b].Seq })
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("stream end: %v, want io.EOF", err)
+	}
+	byID := make(map[string]*nudgev1.Event)
+	for _, e := range session {
+		byID[e.EventId] = e
+	}
 	coupons := 0
 	for _, resp := range responses {
 		for _, r := range resp.Results {

@@ -11,12 +11,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/internal/daemon"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -27,19 +26,20 @@ type connFlags struct {
 	addr    *string
 	timeout *time.Duration
 	asJSON  *bool
+	*securityFlags
 }
 
 func addConnFlags(fs *flag.FlagSet) connFlags {
 	return connFlags{
-		addr:    fs.String("addr", "127.0.0.1:7070", "nudged address"),
-		timeout: fs.Duration("timeout", 10*time.Second, "call timeout"),
-		asJSON:  fs.Bool("json", false, "print the response as JSON"),
+		addr:          fs.String("addr", "127.0.0.1:7070", "nudged address"),
+		timeout:       fs.Duration("timeout", 10*time.Second, "call timeout"),
+		asJSON:        fs.Bool("json", false, "print the response as JSON"),
+		securityFlags: addSecurityFlags(fs),
 	}
 }
 
-func (c connFlags) dial() (*grpc.ClientConn, error) {
-	return grpc.NewClient(*c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-}
+// dial connects to --addr with the security flags.
+func (c connFlags) dial() (*client.Client, error) { return c.securityFlags.dial(*c.addr) }
 
 // printProto prints a message as one line of JSON (--json, for scripts) or
 // as indented JSON for people.
@@ -82,24 +82,23 @@ func decide(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if len(pos) != 1 || *channel == "" {
-		fmt.Fprintln(stderr, "usage: nudgectl decide USER --channel C [--placement P] [--budget D] [--explain] [--json]")
+		fmt.Fprintln(stderr, "usage: nudgectl decide USER --channel C [--placement P] [--budget D] [--explain] [--addr A] [--json] [security flags: nudgectl help]")
 		return 2
 	}
-	conn, err := cf.dial()
+	c, err := cf.dial()
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl decide:", err)
-		return 1
+		return dialFailed(stderr, "nudgectl decide", err)
 	}
-	defer conn.Close()
+	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
 	defer cancel()
 	req := &nudgev1.GetDecisionRequest{UserId: pos[0], Channel: *channel, Placement: *placement, Explain: *explain}
 	if *budget > 0 {
 		req.Budget = durationpb.New(*budget)
 	}
-	resp, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, req)
+	resp, err := nudgev1.NewDecisionServiceClient(c.Conn()).GetDecision(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl decide:", err)
+		fmt.Fprintln(stderr, "nudgectl decide:", cf.describeCallError(err))
 		return 1
 	}
 	printProto(stdout, resp, *cf.asJSON)
@@ -116,18 +115,17 @@ func profileCmd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if len(pos) != 2 || (pos[0] != "get" && pos[0] != "delete") {
-		fmt.Fprintln(stderr, "usage: nudgectl profile get|delete USER [--addr A] [--json]")
+		fmt.Fprintln(stderr, "usage: nudgectl profile get|delete USER [--addr A] [--json] [security flags: nudgectl help]")
 		return 2
 	}
-	conn, err := cf.dial()
+	cl, err := cf.dial()
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl profile:", err)
-		return 1
+		return dialFailed(stderr, "nudgectl profile "+pos[0], err)
 	}
-	defer conn.Close()
+	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
 	defer cancel()
-	c := nudgev1.NewProfileServiceClient(conn)
+	c := nudgev1.NewProfileServiceClient(cl.Conn())
 	var resp proto.Message
 	if pos[0] == "get" {
 		resp, err = c.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: pos[1]})
@@ -135,7 +133,7 @@ func profileCmd(args []string, stdout, stderr io.Writer) int {
 		resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: pos[1]})
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "nudgectl profile %s: %v\n", pos[0], err)
+		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", pos[0], cf.describeCallError(err))
 		return 1
 	}
 	printProto(stdout, resp, *cf.asJSON)
@@ -156,25 +154,24 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *group == "" {
-		fmt.Fprintln(stderr, "usage: nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--json]")
+		fmt.Fprintln(stderr, "usage: nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json] [security flags: nudgectl help]")
 		return 2
 	}
-	conn, err := cf.dial()
+	cl, err := cf.dial()
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl actions tail:", err)
-		return 1
+		return dialFailed(stderr, "nudgectl actions tail", err)
 	}
-	defer conn.Close()
+	defer cl.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	c := nudgev1.NewActionServiceClient(conn)
+	c := nudgev1.NewActionServiceClient(cl.Conn())
 	req := &nudgev1.SubscribeRequest{Group: *group, Consumer: *consumer}
 	if *channels != "" {
 		req.Channels = strings.Split(*channels, ",")
 	}
 	stream, err := c.Subscribe(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl actions tail:", err)
+		fmt.Fprintln(stderr, "nudgectl actions tail:", cf.describeCallError(err))
 		return 1
 	}
 	for n := 0; *count == 0 || n < *count; n++ {
@@ -183,7 +180,7 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 			if ctx.Err() != nil {
 				return 0
 			}
-			fmt.Fprintln(stderr, "nudgectl actions tail:", err)
+			fmt.Fprintln(stderr, "nudgectl actions tail:", cf.describeCallError(err))
 			return 1
 		}
 		if *cf.asJSON {
@@ -196,7 +193,7 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 		}
 		if *ack {
 			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: *group, AckIds: []string{resp.GetAckId()}}); err != nil {
-				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", err)
+				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", cf.describeCallError(err))
 				return 1
 			}
 		}

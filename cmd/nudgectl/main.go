@@ -23,6 +23,16 @@
 //	    consumes them.
 //	nudgectl actions dead
 //	    Lists the dead-letter stream (actions delivered too many times).
+//
+// The commands that call nudged (send, decide, profile, actions tail)
+// share its security flags, with the Go client's rules: --token sends a
+// bearer token (default $NUDGE_TOKEN, which keeps the secret off the
+// command line); --tls, --ca-file, --cert-file/--key-file (mutual TLS) and
+// --server-name connect with TLS; without them a loopback --addr is dialled
+// in plaintext and any other with TLS and the system roots. A token is
+// only sent over TLS: --insecure connects in plaintext and allows it (e.g.
+// to a loopback nudged). A refused call prints its status code and message
+// on one line and exits 1; flags that cannot work exit 2.
 package main
 
 import (
@@ -47,12 +57,26 @@ const usage = `usage:
   nudgectl profile get|delete USER [--addr A] [--json]
   nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json]
   nudgectl actions dead [--redis-addr ADDR] [-n N] [--json]
+
+security flags of send, decide, profile and actions tail, which call nudged (--addr, default 127.0.0.1:7070):
+  --token T          bearer token (default: $NUDGE_TOKEN; prefer the variable,
+                     a command line is visible to other users)
+  --tls              connect with TLS (default: TLS, except to a loopback --addr)
+  --ca-file F        PEM CA bundle that verifies nudged (default: system roots; implies --tls)
+  --cert-file F --key-file F
+                     client certificate for mutual TLS (implies --tls)
+  --server-name N    name to verify nudged's certificate against (implies --tls)
+  --insecure         plaintext, and allow sending the token so (e.g. to a loopback nudged);
+                     without it a token is only sent over TLS
 `
 
 // run executes one command line and returns the exit status: 0 success,
 // 1 the command's check failed, 2 bad usage.
 func run(args []string, stdout, stderr io.Writer) int {
 	switch {
+	case len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help"):
+		fmt.Fprint(stdout, usage)
+		return 0
 	case len(args) >= 2 && args[0] == "rules" && args[1] == "check":
 		return rulesCheck(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "rules" && args[1] == "test":

@@ -3,10 +3,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestRulesCheck(t *testing.T) {
@@ -107,4 +114,136 @@ func TestRulesTest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The security flags of the commands that call nudged, up to the dial: no
+// server is needed to refuse what cannot work.
+func TestSecurityFlags(t *testing.T) {
+	dir := t.TempDir()
+	events := filepath.Join(dir, "events.jsonl")
+	if err := os.WriteFile(events, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	closed := closedAddr(t)
+	const refused = "refusing to send the token in plaintext to 127.0.0.1"
+	tests := []struct {
+		name       string
+		env        string // NUDGE_TOKEN
+		args       []string
+		wantStatus int
+		wantErr    []string
+		notErr     string
+	}{
+		{"a token is not sent in plaintext to a loopback nudged",
+			"", []string{"decide", "u", "--channel", "web", "--addr", closed, "--token", "t0ken"}, 2,
+			[]string{refused, "--insecure"}, ""},
+		{"the token defaults to NUDGE_TOKEN",
+			"env-t0ken", []string{"decide", "u", "--channel", "web", "--addr", closed}, 2,
+			[]string{refused}, "env-t0ken"},
+		{"an explicit empty --token sends none",
+			"env-t0ken", []string{"decide", "u", "--channel", "web", "--addr", closed, "--token="}, 1,
+			[]string{"nudgectl decide: Unavailable: ", "check --addr"}, ""},
+		{"profile refuses a plaintext token too",
+			"t0ken", []string{"profile", "get", "u", "--addr", closed}, 2, []string{refused}, ""},
+		{"actions tail refuses a plaintext token too",
+			"t0ken", []string{"actions", "tail", "--group", "g", "--addr", closed}, 2, []string{refused}, ""},
+		{"send refuses a plaintext token too",
+			"t0ken", []string{"send", events, "--addr", closed}, 2, []string{refused}, ""},
+		{"--insecure allows it",
+			"t0ken", []string{"decide", "u", "--channel", "web", "--addr", closed, "--insecure"}, 1,
+			[]string{"Unavailable"}, ""},
+		{"--insecure contradicts --ca-file",
+			"", []string{"decide", "u", "--channel", "web", "--insecure", "--ca-file", notPEM}, 2,
+			[]string{"--insecure (plaintext) contradicts"}, ""},
+		{"--cert-file needs --key-file",
+			"", []string{"profile", "get", "u", "--cert-file", notPEM}, 2,
+			[]string{"--cert-file and --key-file go together"}, ""},
+		{"a CA file without certificates",
+			"", []string{"decide", "u", "--channel", "web", "--ca-file", notPEM}, 1,
+			[]string{"no PEM certificate found"}, ""},
+		{"a missing CA file",
+			"", []string{"decide", "u", "--channel", "web", "--ca-file", filepath.Join(dir, "nope.pem")}, 1,
+			[]string{"--ca-file: open", "nope.pem"}, ""},
+		{"the usage text does not show the token",
+			"env-t0ken", []string{"decide", "-h"}, 2,
+			[]string{"-token", "NUDGE_TOKEN", "-ca-file", "-cert-file", "-key-file", "-server-name", "-insecure", "-tls"}, "env-t0ken"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("NUDGE_TOKEN", tt.env)
+			var out, errOut bytes.Buffer
+			if got := run(tt.args, &out, &errOut); got != tt.wantStatus {
+				t.Errorf("status %d, want %d; stderr:\n%s", got, tt.wantStatus, errOut.String())
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(errOut.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+				}
+			}
+			if tt.notErr != "" && strings.Contains(errOut.String()+out.String(), tt.notErr) {
+				t.Errorf("output shows %q:\n%s%s", tt.notErr, out.String(), errOut.String())
+			}
+		})
+	}
+}
+
+func TestHelpDocumentsSecurityFlags(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if got := run([]string{"help"}, &out, &errOut); got != 0 {
+		t.Fatalf("status %d: %s", got, errOut.String())
+	}
+	for _, want := range []string{"--token T", "$NUDGE_TOKEN", "--tls", "--ca-file F", "--cert-file F --key-file F", "--server-name N", "--insecure"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("usage lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestDescribeCallError(t *testing.T) {
+	tests := []struct {
+		name  string
+		token string
+		err   error
+		want  string
+	}{
+		{"no token", "", status.Error(codes.Unauthenticated, "missing bearer token"),
+			"Unauthenticated: missing bearer token (give a token with --token or $NUDGE_TOKEN)"},
+		{"unknown token", "t0ken", status.Error(codes.Unauthenticated, "unknown token"),
+			"Unauthenticated: unknown token (check --token or $NUDGE_TOKEN)"},
+		{"missing role", "t0ken", status.Error(codes.PermissionDenied, `token "shop" lacks role "admin"`),
+			`PermissionDenied: token "shop" lacks role "admin" (use a token with that role)`},
+		{"wrapped: the innermost message", "t0ken",
+			fmt.Errorf("client: publisher stopped: %w", status.Error(codes.PermissionDenied, `token "shop" lacks role "ingest"`)),
+			`PermissionDenied: token "shop" lacks role "ingest" (use a token with that role)`},
+		{"other codes as they are", "", status.Error(codes.NotFound, "no such user"), "NotFound: no such user"},
+		{"not a status", "", errors.New("boom"), "boom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			s := addSecurityFlags(fs)
+			if err := fs.Parse([]string{"--token=" + tt.token}); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.describeCallError(tt.err); got != tt.want {
+				t.Errorf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// closedAddr is a loopback address nobody listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }

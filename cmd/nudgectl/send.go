@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nudge-dm/nudge/client"
@@ -40,6 +43,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nudgectl send", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:7070", "nudged address")
+	sec := addSecurityFlags(fs)
 	allowRejects := fs.Bool("allow-rejects", false, "exit 0 even when events were rejected or lines malformed")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
@@ -49,7 +53,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if len(pos) > 1 {
-		fmt.Fprintln(stderr, "usage: nudgectl send [FILE.jsonl] [--addr A] [--allow-rejects] [--json]   (no FILE or -: standard input)")
+		fmt.Fprintln(stderr, "usage: nudgectl send [FILE.jsonl] [--addr A] [--allow-rejects] [--json] [security flags: nudgectl help]   (no FILE or -: standard input)")
 		return 2
 	}
 	in := io.Reader(os.Stdin)
@@ -66,10 +70,9 @@ func send(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	c, err := client.Dial(*addr)
+	c, err := sec.dial(*addr)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl send:", err)
-		return 1
+		return dialFailed(stderr, "nudgectl send", err)
 	}
 	defer c.Close()
 	var mu sync.Mutex
@@ -85,6 +88,9 @@ func send(args []string, stdout, stderr io.Writer) int {
 			}
 		}),
 		client.OnError(func(ev *nudgev1.Event, err error) {
+			if refusedCredentials(err) {
+				return // said once at the end, not for every event
+			}
 			mu.Lock()
 			if len(rejects) < 10 {
 				rejects = append(rejects, fmt.Sprintf("event %s failed: %v", ev.GetEventId(), err))
@@ -132,7 +138,9 @@ func send(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		if err := pub.Publish(ctx, ev); err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || !errors.Is(err, client.ErrInvalidEvent) {
+				// Interrupted, or the publisher stopped for good (the
+				// server refused the token): Close reports it.
 				break
 			}
 			sum.Malformed++
@@ -161,6 +169,9 @@ func send(args []string, stdout, stderr io.Writer) int {
 			name, sum.Lines, sum.Published, sum.Applied, sum.Duplicate, sum.Rejected, sum.Failed, sum.Malformed, sum.Seconds, sum.PerSecond)
 	}
 	switch {
+	case refusedCredentials(closeErr):
+		fmt.Fprintln(stderr, "nudgectl send:", sec.describeCallError(closeErr))
+		return 1
 	case readErr != nil:
 		fmt.Fprintf(stderr, "nudgectl send: reading %s: %v\n", name, readErr)
 		return 1
@@ -173,6 +184,16 @@ func send(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// refusedCredentials reports whether err is the server refusing the
+// publisher's token (the publisher stops for good then).
+func refusedCredentials(err error) bool {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return true
+	}
+	return false
 }
 
 func trimSpace(b []byte) []byte {

@@ -58,6 +58,10 @@ func setDefault[T comparable](p *T, d T) {
 func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
+	// Load has read these already; a Config built by hand has not.
+	if err := cfg.resolveFiles(); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -330,6 +334,9 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 	defer cancel()
 	if err := rdb.Ping(pingCtx).Err(); err != nil {
 		_ = rdb.Close()
+		if redis.IsAuthError(err) {
+			return nil, nil, fmt.Errorf("the Redis at %s refused nudged's credentials (redis.username, redis.password): %w", opt.Addr, err)
+		}
 		return nil, nil, fmt.Errorf("cannot reach Redis at %s: %w", opt.Addr, err)
 	}
 	cfg.Logger.Info("using Redis", "addr", opt.Addr, "tls", opt.TLSConfig != nil, "user", opt.Username)

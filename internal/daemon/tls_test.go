@@ -2,18 +2,11 @@ package daemon
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -26,84 +19,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/nudge-dm/nudge/internal/certtest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
-
-// testCA is a certificate authority made up for a test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-var serial int64
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and key signed by the CA, for a server
-// on 127.0.0.1 or a client.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte, serialNo int64) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), serial
-}
-
-func writeBytes(t *testing.T, path string, b []byte) {
-	t.Helper()
-	// Write then rename, as a certificate manager does, so a reader never
-	// sees half a file.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // startDaemon runs Run with cfg (the embedded store) and returns its
 // address; it stops when the test ends.
@@ -127,6 +45,7 @@ func startDaemon(t *testing.T, cfg Config) string {
 	case a := <-addrs:
 		return a
 	case err := <-done:
+		done <- err // for the cleanup, which waits for Run to return
 		t.Fatalf("Run: %v", err)
 	}
 	return ""
@@ -145,9 +64,9 @@ func healthCheck(t *testing.T, addr string, creds credentials.TransportCredentia
 	return err
 }
 
-func clientTLS(ca *testCA, cert tls.Certificate) credentials.TransportCredentials {
+func clientTLS(ca *certtest.CA, cert tls.Certificate) credentials.TransportCredentials {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.pem)
+	pool.AppendCertsFromPEM(ca.PEM)
 	c := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if cert.Certificate != nil {
 		c.Certificates = []tls.Certificate{cert}
@@ -156,12 +75,12 @@ func clientTLS(ca *testCA, cert tls.Certificate) credentials.TransportCredential
 }
 
 func TestTLSListenerRefusesPlaintextAndRotatesCertificates(t *testing.T) {
-	ca := newCA(t, "server CA")
+	ca := certtest.NewCA(t, "server CA")
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	c, k, first := ca.issue(t, "nudged", x509.ExtKeyUsageServerAuth)
-	writeBytes(t, certFile, c)
-	writeBytes(t, keyFile, k)
+	c, k, first := ca.Issue(t, "nudged", x509.ExtKeyUsageServerAuth)
+	certtest.WriteFile(t, certFile, c)
+	certtest.WriteFile(t, keyFile, k)
 	addr := startDaemon(t, Config{TLS: TLSConfig{CertFile: certFile, KeyFile: keyFile}})
 
 	if err := healthCheck(t, addr, insecure.NewCredentials()); status.Code(err) != codes.Unavailable {
@@ -172,7 +91,7 @@ func TestTLSListenerRefusesPlaintextAndRotatesCertificates(t *testing.T) {
 	}
 	servedSerial := func() int64 {
 		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(ca.pem)
+		pool.AppendCertsFromPEM(ca.PEM)
 		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, NextProtos: []string{"h2"}})
 		if err != nil {
 			t.Fatal(err)
@@ -185,35 +104,35 @@ func TestTLSListenerRefusesPlaintextAndRotatesCertificates(t *testing.T) {
 	}
 
 	// Rotation: the next connection gets the new certificate.
-	c2, k2, second := ca.issue(t, "nudged", x509.ExtKeyUsageServerAuth)
-	writeBytes(t, certFile, c2)
-	writeBytes(t, keyFile, k2)
+	c2, k2, second := ca.Issue(t, "nudged", x509.ExtKeyUsageServerAuth)
+	certtest.WriteFile(t, certFile, c2)
+	certtest.WriteFile(t, keyFile, k2)
 	if got := servedSerial(); got != second {
 		t.Fatalf("after rotation serves serial %d, want %d", got, second)
 	}
 	// A broken file is refused; the last good certificate keeps serving.
-	writeBytes(t, certFile, []byte("not a certificate"))
+	certtest.WriteFile(t, certFile, []byte("not a certificate"))
 	if got := servedSerial(); got != second {
 		t.Fatalf("after a broken write serves serial %d, want %d still", got, second)
 	}
 }
 
 func TestMutualTLSRejectsClientsOfAnotherCA(t *testing.T) {
-	serverCA, clientCA, otherCA := newCA(t, "server CA"), newCA(t, "client CA"), newCA(t, "other CA")
+	serverCA, clientCA, otherCA := certtest.NewCA(t, "server CA"), certtest.NewCA(t, "client CA"), certtest.NewCA(t, "other CA")
 	dir := t.TempDir()
 	paths := map[string]string{}
-	for name, b := range map[string][]byte{"client-ca.pem": clientCA.pem} {
+	for name, b := range map[string][]byte{"client-ca.pem": clientCA.PEM} {
 		paths[name] = filepath.Join(dir, name)
-		writeBytes(t, paths[name], b)
+		certtest.WriteFile(t, paths[name], b)
 	}
-	c, k, _ := serverCA.issue(t, "nudged", x509.ExtKeyUsageServerAuth)
+	c, k, _ := serverCA.Issue(t, "nudged", x509.ExtKeyUsageServerAuth)
 	paths["cert"], paths["key"] = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeBytes(t, paths["cert"], c)
-	writeBytes(t, paths["key"], k)
+	certtest.WriteFile(t, paths["cert"], c)
+	certtest.WriteFile(t, paths["key"], k)
 	addr := startDaemon(t, Config{TLS: TLSConfig{CertFile: paths["cert"], KeyFile: paths["key"], ClientCAFile: paths["client-ca.pem"]}})
 
-	clientCert := func(ca *testCA) tls.Certificate {
-		cp, kp, _ := ca.issue(t, "storefront", x509.ExtKeyUsageClientAuth)
+	clientCert := func(ca *certtest.CA) tls.Certificate {
+		cp, kp, _ := ca.Issue(t, "storefront", x509.ExtKeyUsageClientAuth)
 		cert, err := tls.X509KeyPair(cp, kp)
 		if err != nil {
 			t.Fatal(err)

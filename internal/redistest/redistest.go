@@ -5,6 +5,7 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -23,6 +24,9 @@ type Server struct {
 	Dir  string
 	cmd  *exec.Cmd
 	args []string
+	// tls is how the harness's own clients reach a TLS-only server (see
+	// StartTLS); nil for plaintext.
+	tls *tls.Config
 }
 
 // Start starts redis-server on a free loopback port with persistence off
@@ -43,8 +47,10 @@ func Start(tb testing.TB, extra ...string) *Server {
 	}
 	args = append(args, extra...)
 	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Dir: dir, args: append([]string{bin}, args...)}
-	s.start(tb)
+	// Registered before starting: a server that starts but never answers
+	// fails the test in start, and must still be stopped.
 	tb.Cleanup(s.Stop)
+	s.start(tb)
 	return s
 }
 
@@ -54,7 +60,7 @@ func (s *Server) start(tb testing.TB) {
 	if err := s.cmd.Start(); err != nil {
 		tb.Fatalf("start redis-server: %v", err)
 	}
-	if err := waitReady(s.Addr, 10*time.Second); err != nil {
+	if err := waitReady(s.ClientOptions(), 10*time.Second); err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.Dir, "redis.log"))
 		tb.Fatalf("redis-server on %s did not come up: %v\n%s", s.Addr, err, log)
 	}
@@ -74,9 +80,20 @@ func (s *Server) Stop() {
 // ends.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(s.ClientOptions())
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// ClientOptions returns new go-redis options that reach the server as
+// Client does (with TLS for a server from StartTLS), for a test that
+// needs to change them, e.g. to authenticate.
+func (s *Server) ClientOptions() *redis.Options {
+	o := &redis.Options{Addr: s.Addr}
+	if s.tls != nil {
+		o.TLSConfig = s.tls.Clone()
+	}
+	return o
 }
 
 func freePort(tb testing.TB) int {
@@ -89,15 +106,18 @@ func freePort(tb testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// waitReady polls PING until it answers or the timeout passes.
-func waitReady(addr string, timeout time.Duration) error {
+// waitReady polls PING until it answers or the timeout passes. A refusal
+// to authenticate is an answer too: the server is up and wants a password
+// (e.g. --requirepass) the harness was not given.
+func waitReady(opt *redis.Options, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	opt.MaxRetries = -1
+	c := redis.NewClient(opt)
 	defer c.Close()
 	var err error
 	for ctx.Err() == nil {
-		if err = c.Ping(ctx).Err(); err == nil {
+		if err = c.Ping(ctx).Err(); err == nil || redis.IsAuthError(err) {
 			return nil
 		}
 		select {
