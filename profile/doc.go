@@ -16,8 +16,13 @@
 // takes a batch of users' events and a pure Step, and hides
 // WATCH/MULTI/EXEC, retries and backoff: callers never see Redis commands.
 //
+// Apply commits a batch's users in groups (Options.MaxGroupUsers, default
+// 64): one WATCH over the group's keys pipelined with one MGET, a pure step
+// per user, and one MULTI/EXEC with every write; an aborted EXEC splits the
+// group and retries its halves.
+//
 // Concurrency: a Profile is not safe for concurrent use; a RedisStore is.
-// Apply runs up to Options.Parallelism users at once, and serialises the
+// Apply runs up to Options.Parallelism groups at once, and serialises the
 // transactions of one process on one user (Options.UserLocks), so WATCH
 // only ever fails because of another process.
 package profile

@@ -45,7 +45,10 @@ type Options struct {
 	// means no expiry.
 	TTL time.Duration
 	// MaxAttempts bounds the transactions tried per user and Apply call when
-	// other writers conflict. Default 64.
+	// other writers conflict. An aborted group transaction (see
+	// MaxGroupUsers) is split rather than counted against its users, so a
+	// user is also tried in up to log2(MaxGroupUsers) shared transactions
+	// before it runs alone. Default 64.
 	MaxAttempts int
 	// MaxErrorRetries bounds the retries after a Redis error (not a
 	// conflict), such as a cut connection. Default 3; negative means none.
@@ -53,23 +56,35 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the jittered exponential backoff
 	// between attempts. Defaults 100µs and 20ms.
 	BackoffMin, BackoffMax time.Duration
-	// Parallelism is how many users of one Apply call are committed at the
-	// same time. Default 16.
+	// MaxGroupUsers is the most users Apply commits in one transaction: one
+	// WATCH over all their profile keys pipelined with one read, and one
+	// MULTI/EXEC with every write (DESIGN.md, principle 2). An aborted EXEC
+	// splits the group in halves, retried apart. On a standalone Redis a
+	// group may span buckets; a Redis Cluster mode will need groups of one
+	// hash slot (bucket) each. 1 commits every user in a transaction of its
+	// own. Default 64.
+	MaxGroupUsers int
+	// Parallelism is how many transactions of one Apply call (groups, or
+	// users when MaxGroupUsers is 1) are committed at the same time.
+	// Default 16.
 	Parallelism int
 	// UserLocks is the number of in-process lock stripes that serialise
 	// transactions on the same user, so one server never races itself on a
 	// user (WATCH then only catches other servers' writes). Two users
-	// sharing a stripe also wait for each other. Default 4096; negative
+	// sharing a stripe also wait for each other: a group transaction holds
+	// up to MaxGroupUsers stripes, so the stripes must far outnumber the
+	// users of the groups in flight. Default 65536 (512 KiB); negative
 	// disables the locks.
 	UserLocks int
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
 	// TracerProvider traces the store, each span a child of the one in the
-	// call's context: "nudge.profile.transaction" per user transaction of
-	// Apply and Update, "nudge.profile.read" per Get and GetMany,
-	// "nudge.profile.delete" per Delete. Spans carry counts, the bucket and
-	// the outcome, never a user id. Default nil: no tracing, at no cost (a
-	// nil check per call).
+	// call's context: "nudge.profile.transaction" per group of Apply (all
+	// its attempts, splits included; no bucket, as a group may span
+	// buckets) and per single-user transaction of Apply and Update,
+	// "nudge.profile.read" per Get and GetMany, "nudge.profile.delete" per
+	// Delete. Spans carry counts, the bucket and the outcome, never a user
+	// id. Default nil: no tracing, at no cost (a nil check per call).
 	TracerProvider trace.TracerProvider
 }
 
@@ -95,11 +110,14 @@ func (o Options) withDefaults() Options {
 	if o.BackoffMax < o.BackoffMin {
 		o.BackoffMax = o.BackoffMin
 	}
+	if o.MaxGroupUsers <= 0 {
+		o.MaxGroupUsers = 64
+	}
 	if o.Parallelism <= 0 {
 		o.Parallelism = 16
 	}
 	if o.UserLocks == 0 {
-		o.UserLocks = 4096
+		o.UserLocks = 65536
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -124,11 +142,15 @@ type storeStats struct {
 
 // Stats are cumulative counters of a store's transactions.
 type Stats struct {
-	// Transactions counts committed EXECs.
+	// Transactions counts committed EXECs. One EXEC commits a whole group
+	// of users (Options.MaxGroupUsers), so a batch of n users that all
+	// change commits in about n/MaxGroupUsers transactions, not n.
 	Transactions uint64
-	// Conflicts counts EXECs aborted because a watched key changed.
+	// Conflicts counts EXECs aborted because a watched key changed (of a
+	// group or of a single user).
 	Conflicts uint64
-	// ErrorRetries counts attempts repeated after a Redis error.
+	// ErrorRetries counts attempts (of a group or of a single user)
+	// repeated after a Redis error.
 	ErrorRetries uint64
 	// Exhausted counts users whose retries ran out (ErrConflict).
 	Exhausted uint64
@@ -272,10 +294,15 @@ func GroupByUser(events []Event) ([]UserEvents, [][]int) {
 }
 
 // Apply runs step on each user's stored profile and events, and commits the
-// new profile and the outcome's actions (to the user's bucket outbox) in one
-// WATCH/MULTI/EXEC transaction per user. Conflicting writers make it re-read
-// and re-run step, with backoff, up to MaxAttempts. Users commit
-// independently: the result for users[i] is outcomes[i].
+// new profiles and the outcomes' actions (to each user's bucket outbox) in
+// WATCH/MULTI/EXEC transactions of up to MaxGroupUsers users each, up to
+// Parallelism at once. A conflicting writer aborts a group's EXEC: the group
+// is split in halves, which re-read and re-run step apart, with backoff,
+// down to single users, each tried up to MaxAttempts times alone. Users
+// succeed or fail independently: the result for users[i] is outcomes[i]. A
+// user whose profile is corrupt or whose step panics fails alone, and none
+// of its writes are committed. A call with one user commits it in a
+// transaction of its own.
 //
 // Deduplication happens inside step, on the profile read in the same
 // transaction, so re-running a transaction whose EXEC was applied but whose
@@ -285,6 +312,10 @@ func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) [
 	out := make([]UserOutcome, len(users))
 	if len(users) == 1 {
 		out[0] = s.applyUserRecovered(ctx, users[0], step)
+		return out
+	}
+	if s.opt.MaxGroupUsers > 1 {
+		s.applyGroups(ctx, users, step, out)
 		return out
 	}
 	sem := make(chan struct{}, s.opt.Parallelism)
@@ -345,10 +376,10 @@ func (s *RedisStore) Update(ctx context.Context, userID string, fn func(p *Profi
 	return s.transact(ctx, userID, 0, func(p *Profile, now time.Time) (bool, []Action) { return fn(p, now), nil })
 }
 
-// transact is the transaction behind Apply and Update: read the profile
-// under WATCH, run fn, and if it changed something write the profile and
-// fn's actions (to the bucket's outbox) in one MULTI/EXEC, retrying
-// conflicts with backoff. Its span (when tracing) includes the wait for
+// transact is the single-user transaction behind Update, and behind Apply
+// for one user or with MaxGroupUsers 1: read the profile under WATCH, run
+// fn, and if it changed something write the profile and fn's actions (to
+// the bucket's outbox) in one MULTI/EXEC, retrying conflicts with backoff. Its span (when tracing) includes the wait for
 // the user's lock; events is the number of events, for the span.
 func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn func(p *Profile, now time.Time) (bool, []Action)) (uint64, error) {
 	ctx, span := s.startSpan(ctx, spanTransaction)
