@@ -1,0 +1,219 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nudge-dm/nudge/client"
+)
+
+// tokenEnv is the environment variable --token defaults to.
+const tokenEnv = "NUDGE_TOKEN"
+
+// config is every setting of a run, from the flags.
+type config struct {
+	Workloads []string // ingest, decide, floor, mixed; "decide,floor" is the only pair
+	Addr      string
+	Conns     int
+	// Security, as nudgectl and nudge-demo: a loopback --addr is dialled in
+	// plaintext unless --tls or --ca-file; a token only over TLS unless
+	// --insecure.
+	Token    string
+	TLS      bool
+	CAFile   string
+	Insecure bool
+
+	// Users and their ids: UserPrefix + 0..Users-1.
+	Users      int
+	UserPrefix string
+	Dist       string // zipf or uniform
+	ZipfS      float64
+
+	// Ingest.
+	Events     int
+	Streams    int
+	Batch      int
+	InFlight   int
+	Prefix     string  // event id prefix, unique per run
+	IngestRate float64 // events/s of mixed
+
+	// Decide and floor.
+	Rate        float64 // calls/s; 0: as fast as Concurrency callers go
+	Concurrency int
+	Duration    time.Duration
+	Channel     string
+	Budget      time.Duration // 0: the server's
+	Rounds      int           // decide,floor: alternate the two this many times
+	Seed        bool
+
+	Verify    bool
+	RedisAddr string
+	Buckets   int
+	Quiet     bool
+}
+
+// usageError is a flag value or combination that cannot work: exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// parseConfig reads the flags; getenv supplies $NUDGE_TOKEN and now the
+// default event id prefix.
+func parseConfig(args []string, stderr io.Writer, getenv func(string) string, now time.Time) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, or decide,floor (both in one run, alternating, see --rounds)")
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
+	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
+	fs.StringVar(&c.Token, "token", "", "bearer token with the ingest and decide roles (default: $"+tokenEnv+")")
+	fs.BoolVar(&c.TLS, "tls", false, "connect with TLS (implied by --ca-file; default: TLS except to a loopback address)")
+	fs.StringVar(&c.CAFile, "ca-file", "", "PEM bundle of the CAs that verify nudged's certificate (default: the system roots)")
+	fs.BoolVar(&c.Insecure, "insecure", false, "connect in plaintext, and allow sending the token so")
+	fs.IntVar(&c.Users, "users", 100_000, "users: events are spread over them, decisions asked for them, --seed writes them")
+	fs.StringVar(&c.UserPrefix, "user-prefix", "bench-user-", "user ids are this prefix and 0..users-1")
+	fs.StringVar(&c.Dist, "dist", "zipf", "how users are drawn: zipf or uniform")
+	fs.Float64Var(&c.ZipfS, "zipf-s", 1.1, "Zipf exponent s (> 1)")
+	fs.IntVar(&c.Events, "events", 1_000_000, "ingest: events to send")
+	fs.IntVar(&c.Streams, "streams", 4, "ingest: concurrent IngestService/Stream calls")
+	fs.IntVar(&c.Batch, "batch", 500, "ingest: events per batch (at most 5000)")
+	fs.IntVar(&c.InFlight, "inflight", 8, "ingest: batches in flight per stream")
+	fs.StringVar(&c.Prefix, "prefix", "", "ingest: event id prefix, so that a re-run does not deduplicate (default: from the start time)")
+	fs.Float64Var(&c.IngestRate, "ingest-rate", 20_000, "mixed: events per second sent during --duration")
+	fs.Float64Var(&c.Rate, "rate", 5000, "decide, floor, mixed: calls per second, open loop (0: as fast as --concurrency callers go)")
+	fs.IntVar(&c.Concurrency, "concurrency", 16, "decide, floor, mixed: concurrent callers")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "decide, floor, mixed: how long to send (decide,floor: each)")
+	fs.StringVar(&c.Channel, "channel", "sms", "decide: channel asked for")
+	fs.DurationVar(&c.Budget, "budget", 0, "decide: budget of each call (default: the server's)")
+	fs.IntVar(&c.Rounds, "rounds", 2, "decide,floor: alternate decide and floor this many times, each for duration/rounds")
+	fs.BoolVar(&c.Seed, "seed", false, "decide, floor, mixed: first write one profile per user through IngestService/Publish")
+	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor, and by --verify to read profiles back")
+	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
+	fs.BoolVar(&c.Quiet, "quiet", false, "no progress lines on stderr")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	tokenGiven := false
+	fs.Visit(func(f *flag.Flag) { tokenGiven = tokenGiven || f.Name == "token" })
+	if !tokenGiven {
+		c.Token = getenv(tokenEnv)
+	}
+	if c.Prefix == "" {
+		c.Prefix = "nb" + now.UTC().Format("20060102T150405.000")
+	}
+	c.Workloads = strings.Split(*workload, ",")
+	return c, c.validate()
+}
+
+// validate checks the values and their combinations.
+func (c config) validate() error {
+	bad := func(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+	switch w := strings.Join(c.Workloads, ","); w {
+	case "ingest", "decide", "floor", "mixed", "decide,floor":
+	default:
+		return bad("--workload %q: want ingest, decide, floor, mixed or decide,floor", w)
+	}
+	switch {
+	case c.Insecure && (c.TLS || c.CAFile != ""):
+		return bad("--insecure (plaintext) contradicts --tls and --ca-file")
+	case c.Conns < 1:
+		return bad("--conns must be at least 1")
+	case c.Users < 1:
+		return bad("--users must be at least 1")
+	case c.Dist != "zipf" && c.Dist != "uniform":
+		return bad("--dist %q: want zipf or uniform", c.Dist)
+	case c.Dist == "zipf" && c.ZipfS <= 1:
+		return bad("--zipf-s must be above 1")
+	case c.Events < 1:
+		return bad("--events must be at least 1")
+	case c.Streams < 1 || c.InFlight < 1:
+		return bad("--streams and --inflight must be at least 1")
+	case c.Batch < 1 || c.Batch > 5000:
+		return bad("--batch must be within 1..5000 (the server's limit)")
+	case c.Rate < 0 || c.IngestRate <= 0:
+		return bad("--rate must be 0 or more, --ingest-rate above 0")
+	case c.Concurrency < 1:
+		return bad("--concurrency must be at least 1")
+	case c.Duration <= 0:
+		return bad("--duration must be positive")
+	case c.Rounds < 1:
+		return bad("--rounds must be at least 1")
+	case c.Buckets < 1:
+		return bad("--buckets must be at least 1")
+	case c.has("floor") && c.RedisAddr == "":
+		return bad("floor reads a profile from Redis on every call: give --redis-addr")
+	case c.Seed && c.only("ingest"):
+		return bad("--seed is for decide, floor and mixed")
+	}
+	return nil
+}
+
+func (c config) has(w string) bool  { return slices.Contains(c.Workloads, w) }
+func (c config) only(w string) bool { return len(c.Workloads) == 1 && c.Workloads[0] == w }
+
+// userID is the id of user u.
+func (c config) userID(u int) string { return c.UserPrefix + strconv.Itoa(u) }
+
+// dialOptions maps the security flags onto the client's options. The same
+// mapping as nudge-demo's (nudgectl's has more flags); kept here rather
+// than shared because each command is a main package.
+func (c config) dialOptions() ([]client.Option, error) {
+	var opts []client.Option
+	switch {
+	case c.Insecure:
+		opts = append(opts, client.WithInsecure())
+	case c.TLS || c.CAFile != "":
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("--ca-file: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", c.CAFile)
+			}
+		}
+		opts = append(opts, client.WithTLS(cfg))
+	}
+	if c.Token != "" {
+		opts = append(opts, client.WithToken(c.Token))
+	}
+	return opts, nil
+}
+
+// dial opens --conns connections.
+func (c config) dial() ([]*client.Client, error) {
+	opts, err := c.dialOptions()
+	if err != nil {
+		return nil, err
+	}
+	var conns []*client.Client
+	for range c.Conns {
+		cl, err := client.Dial(c.Addr, opts...)
+		if errors.Is(err, client.ErrTokenNeedsTLS) {
+			err = usageError{fmt.Sprintf("refusing to send the token in plaintext to %s: give --tls or --ca-file, or --insecure to send it in plaintext anyway", c.Addr)}
+		}
+		if err != nil {
+			for _, d := range conns {
+				_ = d.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, cl)
+	}
+	return conns, nil
+}

@@ -1,0 +1,29 @@
+// Command nudge-bench is nudge's load generator. It runs one workload
+// against a nudged and prints progress once a second on stderr, then a
+// summary (throughput, latency quantiles, errors by gRPC code, degraded
+// answers) and one JSON line for scripts on stdout:
+//
+//   - ingest: --events view events over --users users (Zipf or uniform)
+//     on --streams IngestService/Stream calls, --batch events per batch,
+//     --inflight batches in flight per stream. Latency: a batch's send to
+//     its response. --verify checks exactly once: every event applied (or
+//     duplicate) and none rejected, and with --redis-addr that the users'
+//     view totals in Redis grew by the events sent.
+//   - decide: GetDecision at --rate calls/s for --duration, open loop: each
+//     call is due at a fixed time and its latency runs from then, so a
+//     stall counts against every call it delays (no coordinated omission).
+//     --rate 0: as fast as --concurrency callers go.
+//   - floor: the same pacing, each call the server's gRPC health check plus
+//     one Redis GET of the user's profile key: what GetDecision cannot beat.
+//     decide,floor runs both, alternating --rounds times, each for
+//     --duration/--rounds, and prints decide's p50 and p99 over floor's.
+//   - mixed: ingest at --ingest-rate events/s and decide at --rate, at once.
+//
+// --seed writes one profile per user through Publish before decide. The
+// connection flags (--token or $NUDGE_TOKEN, --tls, --ca-file, --insecure)
+// are those of nudgectl and nudge-demo.
+package main
+
+import "os"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
