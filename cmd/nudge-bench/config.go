@@ -1,36 +1,25 @@
 package main
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/internal/clientflags"
 )
-
-// tokenEnv is the environment variable --token defaults to.
-const tokenEnv = "NUDGE_TOKEN"
 
 // config is every setting of a run, from the flags.
 type config struct {
 	Workloads []string // ingest, decide, floor, mixed; "decide,floor" is the only pair
 	Addr      string
 	Conns     int
-	// Security, as nudgectl and nudge-demo: a loopback --addr is dialled in
-	// plaintext unless --tls or --ca-file; a token only over TLS unless
-	// --insecure.
-	Token    string
-	TLS      bool
-	CAFile   string
-	Insecure bool
+	// Security, as nudgectl and nudge-demo (clientflags).
+	Security *clientflags.Flags
 
 	// Users and their ids: UserPrefix + 0..Users-1.
 	Users      int
@@ -62,9 +51,7 @@ type config struct {
 }
 
 // usageError is a flag value or combination that cannot work: exit 2.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
+type usageError = clientflags.UsageError
 
 // parseConfig reads the flags; getenv supplies $NUDGE_TOKEN and now the
 // default event id prefix.
@@ -75,10 +62,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, or decide,floor (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
-	fs.StringVar(&c.Token, "token", "", "bearer token with the ingest and decide roles (default: $"+tokenEnv+")")
-	fs.BoolVar(&c.TLS, "tls", false, "connect with TLS (implied by --ca-file; default: TLS except to a loopback address)")
-	fs.StringVar(&c.CAFile, "ca-file", "", "PEM bundle of the CAs that verify nudged's certificate (default: the system roots)")
-	fs.BoolVar(&c.Insecure, "insecure", false, "connect in plaintext, and allow sending the token so")
+	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
 	fs.IntVar(&c.Users, "users", 100_000, "users: events are spread over them, decisions asked for them, --seed writes them")
 	fs.StringVar(&c.UserPrefix, "user-prefix", "bench-user-", "user ids are this prefix and 0..users-1")
 	fs.StringVar(&c.Dist, "dist", "zipf", "how users are drawn: zipf or uniform")
@@ -104,12 +88,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 		return c, err
 	}
 	if fs.NArg() > 0 {
-		return c, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
-	}
-	tokenGiven := false
-	fs.Visit(func(f *flag.Flag) { tokenGiven = tokenGiven || f.Name == "token" })
-	if !tokenGiven {
-		c.Token = getenv(tokenEnv)
+		return c, usageError{Msg: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
 	if c.Prefix == "" {
 		c.Prefix = "nb" + now.UTC().Format("20060102T150405.000")
@@ -120,15 +99,16 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 
 // validate checks the values and their combinations.
 func (c config) validate() error {
-	bad := func(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
 	case "ingest", "decide", "floor", "mixed", "decide,floor":
 	default:
 		return bad("--workload %q: want ingest, decide, floor, mixed or decide,floor", w)
 	}
+	if _, err := c.Security.Options(); err != nil { // contradictory flags, unreadable files
+		return err
+	}
 	switch {
-	case c.Insecure && (c.TLS || c.CAFile != ""):
-		return bad("--insecure (plaintext) contradicts --tls and --ca-file")
 	case c.Conns < 1:
 		return bad("--conns must be at least 1")
 	case c.Users < 1:
@@ -167,46 +147,11 @@ func (c config) only(w string) bool { return len(c.Workloads) == 1 && c.Workload
 // userID is the id of user u.
 func (c config) userID(u int) string { return c.UserPrefix + strconv.Itoa(u) }
 
-// dialOptions maps the security flags onto the client's options. The same
-// mapping as nudge-demo's (nudgectl's has more flags); kept here rather
-// than shared because each command is a main package.
-func (c config) dialOptions() ([]client.Option, error) {
-	var opts []client.Option
-	switch {
-	case c.Insecure:
-		opts = append(opts, client.WithInsecure())
-	case c.TLS || c.CAFile != "":
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.CAFile != "" {
-			pem, err := os.ReadFile(c.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("--ca-file: %w", err)
-			}
-			cfg.RootCAs = x509.NewCertPool()
-			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", c.CAFile)
-			}
-		}
-		opts = append(opts, client.WithTLS(cfg))
-	}
-	if c.Token != "" {
-		opts = append(opts, client.WithToken(c.Token))
-	}
-	return opts, nil
-}
-
 // dial opens --conns connections.
 func (c config) dial() ([]*client.Client, error) {
-	opts, err := c.dialOptions()
-	if err != nil {
-		return nil, err
-	}
 	var conns []*client.Client
 	for range c.Conns {
-		cl, err := client.Dial(c.Addr, opts...)
-		if errors.Is(err, client.ErrTokenNeedsTLS) {
-			err = usageError{fmt.Sprintf("refusing to send the token in plaintext to %s: give --tls or --ca-file, or --insecure to send it in plaintext anyway", c.Addr)}
-		}
+		cl, err := c.Security.Dial(c.Addr)
 		if err != nil {
 			for _, d := range conns {
 				_ = d.Close()

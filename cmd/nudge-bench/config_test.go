@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nudge-dm/nudge/internal/clientflags"
 )
 
 func parse(t *testing.T, env map[string]string, args ...string) (config, error) {
@@ -32,21 +34,22 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("workloads %v", c.Workloads)
 	}
 	c.Workloads, want.Workloads = nil, nil
+	c.Security = nil // its own package's tests cover it
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
 	}
 }
 
 func TestTokenFromEnvironment(t *testing.T) {
-	env := map[string]string{tokenEnv: "from-env"}
-	if c, _ := parse(t, env); c.Token != "from-env" {
-		t.Errorf("token %q, want the variable's", c.Token)
+	env := map[string]string{clientflags.TokenEnv: "from-env"}
+	if c, _ := parse(t, env); c.Security.Token() != "from-env" {
+		t.Errorf("token %q, want the variable's", c.Security.Token())
 	}
-	if c, _ := parse(t, env, "--token", "flag"); c.Token != "flag" {
-		t.Errorf("token %q, want the flag's", c.Token)
+	if c, _ := parse(t, env, "--token", "flag"); c.Security.Token() != "flag" {
+		t.Errorf("token %q, want the flag's", c.Security.Token())
 	}
-	if c, _ := parse(t, env, "--token="); c.Token != "" {
-		t.Errorf("token %q, want none with an explicit empty --token", c.Token)
+	if c, _ := parse(t, env, "--token="); c.Security.Token() != "" {
+		t.Errorf("token %q, want none with an explicit empty --token", c.Security.Token())
 	}
 }
 

@@ -31,9 +31,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	if errors.Is(err, flag.ErrHelp) {
 		return 2
 	}
-	if err != nil {
-		var ue usageError
-		if errors.As(err, &ue) {
+	if err != nil { // flag's own errors are printed by the flag set already
+		if errors.As(err, new(usageError)) || !strings.HasPrefix(err.Error(), "flag ") {
 			fmt.Fprintln(stderr, "nudge-bench:", err)
 		}
 		return 2

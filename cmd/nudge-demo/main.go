@@ -12,8 +12,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,7 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/internal/clientflags"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -35,25 +33,13 @@ func main() {
 	user := flag.String("user", fmt.Sprintf("demo-shopper-%d", time.Now().Unix()%100000), "user id to play")
 	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
 	metrics := flag.String("metrics", "", "nudged's /metrics URL: print the figures the session moved")
-	// Not defaulted from the environment here: flag would print the secret
-	// in the usage text.
-	token := flag.String("token", "", "bearer token with the ingest, decide and admin roles (default: $"+tokenEnv+")")
-	useTLS := flag.Bool("tls", false, "connect with TLS (implied by --ca-file; default: TLS except to a loopback address)")
-	caFile := flag.String("ca-file", "", "PEM bundle of the CAs that verify nudged's certificate (default: the system roots)")
-	plaintext := flag.Bool("insecure", false, "connect in plaintext, and allow sending the token so")
+	sec := clientflags.Register(flag.CommandLine, "ingest, decide and admin", os.Getenv)
 	flag.Parse()
-	tokenGiven := false
-	flag.Visit(func(f *flag.Flag) { tokenGiven = tokenGiven || f.Name == "token" })
-	if !tokenGiven {
-		*token = os.Getenv(tokenEnv)
-	}
-	opts, err := dialOptions(*token, *caFile, *useTLS, *plaintext)
-	if err != nil {
+	if err := run(*addr, *user, *wait, sec); err != nil {
 		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
-		os.Exit(2)
-	}
-	if err := run(*addr, *user, *wait, opts); err != nil {
-		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
+		if errors.As(err, new(clientflags.UsageError)) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 	if *metrics != "" {
@@ -62,37 +48,6 @@ func main() {
 			os.Exit(1)
 		}
 	}
-}
-
-// tokenEnv is the environment variable --token defaults to.
-const tokenEnv = "NUDGE_TOKEN"
-
-// dialOptions maps the security flags onto the client's options.
-func dialOptions(token, caFile string, useTLS, plaintext bool) ([]client.Option, error) {
-	var opts []client.Option
-	switch {
-	case plaintext && (useTLS || caFile != ""):
-		return nil, errors.New("--insecure (plaintext) contradicts --tls and --ca-file")
-	case plaintext:
-		opts = append(opts, client.WithInsecure())
-	case useTLS || caFile != "":
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return nil, fmt.Errorf("--ca-file: %w", err)
-			}
-			cfg.RootCAs = x509.NewCertPool()
-			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", caFile)
-			}
-		}
-		opts = append(opts, client.WithTLS(cfg))
-	}
-	if token != "" {
-		opts = append(opts, client.WithToken(token))
-	}
-	return opts, nil
 }
 
 // shownMetrics are the series printed after the session, by name prefix.
@@ -127,11 +82,8 @@ func printMetrics(url string) error {
 	return nil
 }
 
-func run(addr, user string, wait time.Duration, opts []client.Option) error {
-	c, err := client.Dial(addr, opts...)
-	if errors.Is(err, client.ErrTokenNeedsTLS) {
-		return fmt.Errorf("refusing to send the token in plaintext to %s: give --tls or --ca-file, or --insecure to send it in plaintext anyway", addr)
-	}
+func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
+	c, err := sec.Dial(addr)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/internal/clientflags"
 	"github.com/nudge-dm/nudge/internal/daemon"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -26,20 +28,20 @@ type connFlags struct {
 	addr    *string
 	timeout *time.Duration
 	asJSON  *bool
-	*securityFlags
+	*clientflags.Flags
 }
 
 func addConnFlags(fs *flag.FlagSet) connFlags {
 	return connFlags{
-		addr:          fs.String("addr", "127.0.0.1:7070", "nudged address"),
-		timeout:       fs.Duration("timeout", 10*time.Second, "call timeout"),
-		asJSON:        fs.Bool("json", false, "print the response as JSON"),
-		securityFlags: addSecurityFlags(fs),
+		addr:    fs.String("addr", "127.0.0.1:7070", "nudged address"),
+		timeout: fs.Duration("timeout", 10*time.Second, "call timeout"),
+		asJSON:  fs.Bool("json", false, "print the response as JSON"),
+		Flags:   clientflags.Register(fs, "command's", os.Getenv),
 	}
 }
 
 // dial connects to --addr with the security flags.
-func (c connFlags) dial() (*client.Client, error) { return c.securityFlags.dial(*c.addr) }
+func (c connFlags) dial() (*client.Client, error) { return c.Dial(*c.addr) }
 
 // printProto prints a message as one line of JSON (--json, for scripts) or
 // as indented JSON for people.
@@ -98,7 +100,7 @@ func decide(args []string, stdout, stderr io.Writer) int {
 	}
 	resp, err := nudgev1.NewDecisionServiceClient(c.Conn()).GetDecision(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl decide:", cf.describeCallError(err))
+		fmt.Fprintln(stderr, "nudgectl decide:", cf.Describe(err))
 		return 1
 	}
 	printProto(stdout, resp, *cf.asJSON)
@@ -133,7 +135,7 @@ func profileCmd(args []string, stdout, stderr io.Writer) int {
 		resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: pos[1]})
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", pos[0], cf.describeCallError(err))
+		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", pos[0], cf.Describe(err))
 		return 1
 	}
 	printProto(stdout, resp, *cf.asJSON)
@@ -171,7 +173,7 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 	}
 	stream, err := c.Subscribe(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl actions tail:", cf.describeCallError(err))
+		fmt.Fprintln(stderr, "nudgectl actions tail:", cf.Describe(err))
 		return 1
 	}
 	for n := 0; *count == 0 || n < *count; n++ {
@@ -180,7 +182,7 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 			if ctx.Err() != nil {
 				return 0
 			}
-			fmt.Fprintln(stderr, "nudgectl actions tail:", cf.describeCallError(err))
+			fmt.Fprintln(stderr, "nudgectl actions tail:", cf.Describe(err))
 			return 1
 		}
 		if *cf.asJSON {
@@ -193,7 +195,7 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 		}
 		if *ack {
 			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: *group, AckIds: []string{resp.GetAckId()}}); err != nil {
-				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", cf.describeCallError(err))
+				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", cf.Describe(err))
 				return 1
 			}
 		}

@@ -14,6 +14,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/nudge-dm/nudge/internal/clientflags"
 )
 
 func TestRulesCheck(t *testing.T) {
@@ -225,11 +227,11 @@ func TestDescribeCallError(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fs := flag.NewFlagSet("test", flag.ContinueOnError)
-			s := addSecurityFlags(fs)
+			s := clientflags.Register(fs, "test", os.Getenv)
 			if err := fs.Parse([]string{"--token=" + tt.token}); err != nil {
 				t.Fatal(err)
 			}
-			if got := s.describeCallError(tt.err); got != tt.want {
+			if got := s.Describe(tt.err); got != tt.want {
 				t.Errorf("got  %s\nwant %s", got, tt.want)
 			}
 		})

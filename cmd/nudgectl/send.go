@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/internal/clientflags"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -43,7 +44,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nudgectl send", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:7070", "nudged address")
-	sec := addSecurityFlags(fs)
+	sec := clientflags.Register(fs, "ingest", os.Getenv)
 	allowRejects := fs.Bool("allow-rejects", false, "exit 0 even when events were rejected or lines malformed")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line")
@@ -70,7 +71,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	c, err := sec.dial(*addr)
+	c, err := sec.Dial(*addr)
 	if err != nil {
 		return dialFailed(stderr, "nudgectl send", err)
 	}
@@ -170,7 +171,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case refusedCredentials(closeErr):
-		fmt.Fprintln(stderr, "nudgectl send:", sec.describeCallError(closeErr))
+		fmt.Fprintln(stderr, "nudgectl send:", sec.Describe(closeErr))
 		return 1
 	case readErr != nil:
 		fmt.Fprintf(stderr, "nudgectl send: reading %s: %v\n", name, readErr)
