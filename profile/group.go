@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -99,9 +98,7 @@ func (s *RedisStore) lockUsers(users []UserEvents, idx []int) func() {
 	}
 	stripes := make([]uint32, len(idx))
 	for k, i := range idx {
-		h := fnv.New32a()
-		h.Write([]byte(users[i].UserID))
-		stripes[k] = h.Sum32() % uint32(len(s.locks))
+		stripes[k] = s.stripe(users[i].UserID)
 	}
 	slices.Sort(stripes)
 	stripes = slices.Compact(stripes)

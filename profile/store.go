@@ -217,11 +217,16 @@ func (s *RedisStore) lockUser(userID string) func() {
 	if s.locks == nil {
 		return func() {}
 	}
-	h := fnv.New32a()
-	h.Write([]byte(userID))
-	mu := &s.locks[h.Sum32()%uint32(len(s.locks))]
+	mu := &s.locks[s.stripe(userID)]
 	mu.Lock()
 	return mu.Unlock
+}
+
+// stripe is the index of the user's lock in s.locks (not nil).
+func (s *RedisStore) stripe(userID string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(userID))
+	return h.Sum32() % uint32(len(s.locks))
 }
 
 // Stats returns the store's counters so far.
