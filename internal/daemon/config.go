@@ -566,13 +566,10 @@ func isLoopback(addr string) bool {
 // tokens converts the configured tokens for the server.
 func (c Config) tokens() ([]server.Token, error) {
 	out := make([]server.Token, 0, len(c.Auth.Tokens))
-	for i, t := range c.Auth.Tokens {
+	for _, t := range c.Auth.Tokens {
 		st := server.Token{Name: t.Name, Secret: t.Secret, EventsPerSecond: t.EventsPerSecond, DecisionsPerSecond: t.DecisionsPerSecond}
 		for _, r := range t.Roles {
 			st.Roles = append(st.Roles, server.Role(r))
-		}
-		if t.EventsPerSecond < 0 || t.DecisionsPerSecond < 0 {
-			return nil, fmt.Errorf("auth.tokens[%d] (%s): rates cannot be negative", i, t.Name)
 		}
 		out = append(out, st)
 	}
