@@ -227,15 +227,20 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var samples []sample
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		samples = parseScrape(t, httpGet(t, n.metrics))
-		if v, _ := sum(samples, "nudge_rules_reloads_total", `result="failed"`); v >= 1 || time.Now().After(deadline) {
-			break
+	// nudged logs the refusal after counting it: wait for that line.
+	refused := time.After(20 * time.Second)
+	for waiting := true; waiting; {
+		select {
+		case line, ok := <-n.logs:
+			if !ok {
+				t.Fatal("nudged exited")
+			}
+			waiting = !strings.Contains(line, "rules reload refused")
+		case <-refused:
+			t.Fatal("nudged did not log the refused reload within 20s")
 		}
-		time.Sleep(50 * time.Millisecond) // polling for the SIGHUP to be handled, bounded by the deadline
 	}
+	samples := parseScrape(t, httpGet(t, n.metrics))
 	names := map[string]bool{}
 	for _, s := range samples {
 		names[s.name] = true
