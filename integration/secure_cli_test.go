@@ -173,7 +173,7 @@ func TestSecureNudgectlAndDemo(t *testing.T) {
 			wantStatus: 1, wantErr: []string{"Unauthenticated"}},
 		{name: "nudge-demo refuses a token in plaintext", token: operator, bin: demo,
 			args:       args([]string{"--user", "secure-demo-3"}, addr),
-			wantStatus: 1, wantErr: []string{"refusing to send the token in plaintext"}},
+			wantStatus: 2, wantErr: []string{"refusing to send the token in plaintext"}}, // a usage error, as in nudgectl
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
