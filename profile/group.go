@@ -19,8 +19,8 @@ import (
 // per group instead of per user.
 //
 // On a standalone Redis a group may span buckets. Redis Cluster allows the
-// keys of one hash slot per transaction, so a cluster mode will have to form
-// groups per bucket (one slot each) instead of in input order.
+// keys of one hash slot per transaction, so there a group holds the users of
+// one bucket (see cluster.go).
 
 // groupMember is one user of a group transaction.
 type groupMember struct {
@@ -31,8 +31,9 @@ type groupMember struct {
 	// while a part holds several users the conflict may be any of theirs,
 	// so it splits the part instead (see applyGroup).
 	conflicts int
-	// errs counts the Redis errors of this user's attempts.
-	errs int
+	// errs counts the Redis errors of this user's attempts, redirects
+	// the cluster's refusals of a moving slot (see cluster.go).
+	errs, redirects int
 	done bool // the outcome is final
 }
 
@@ -44,18 +45,38 @@ type groupPart struct {
 }
 
 // groupsOf splits the indexes of users into groups of at most size users,
-// in input order. A user id given twice goes into another group than its
-// first occurrence: within one transaction both would read the same stored
-// profile and the second SET would drop the first's events. Groups of one
-// Apply call lock the same user's stripe, so such repeats commit one after
-// the other.
-func groupsOf(users []UserEvents, size int) [][]int {
+// in input order; with a bucket function (cluster mode), each group holds
+// users of one bucket, the buckets in the order they first appear. A user id
+// given twice goes into another group than its first occurrence: within one
+// transaction both would read the same stored profile and the second SET
+// would drop the first's events. Groups of one Apply call lock the same
+// user's stripe, so such repeats commit one after the other.
+func groupsOf(users []UserEvents, size int, bucket func(userID string) int) [][]int {
+	order := make([]int, len(users))
+	for i := range order {
+		order[i] = i
+	}
+	var rank []int // the rank of each user's bucket, in cluster mode
+	if bucket != nil {
+		rank = make([]int, len(users))
+		first := make(map[int]int)
+		for i := range users {
+			b := bucket(users[i].UserID)
+			r, ok := first[b]
+			if !ok {
+				r = len(first)
+				first[b] = r
+			}
+			rank[i] = r
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return rank[a] - rank[b] })
+	}
 	var groups [][]int
 	var cur []int
 	in := make(map[string]struct{}, min(size, len(users)))
-	for i := range users {
+	for _, i := range order {
 		_, twice := in[users[i].UserID]
-		if len(cur) == size || twice {
+		if len(cur) == size || twice || (rank != nil && len(cur) > 0 && rank[cur[0]] != rank[i]) {
 			groups = append(groups, cur)
 			cur = nil
 			clear(in)
@@ -72,7 +93,11 @@ func groupsOf(users []UserEvents, size int) [][]int {
 // applyGroups commits users in groups, up to Parallelism groups at once,
 // writing each user's outcome to out.
 func (s *RedisStore) applyGroups(ctx context.Context, users []UserEvents, step Step, out []UserOutcome) {
-	groups := groupsOf(users, s.opt.MaxGroupUsers)
+	var bucket func(string) int
+	if s.cluster != nil {
+		bucket = s.Bucket
+	}
+	groups := groupsOf(users, s.opt.MaxGroupUsers, bucket)
 	if len(groups) == 1 {
 		s.applyGroup(ctx, users, groups[0], step, out)
 		return
@@ -199,6 +224,19 @@ func (s *RedisStore) applyGroup(ctx context.Context, users []UserEvents, idx []i
 			}
 		case ctx.Err() != nil:
 			failAll(live, ctx.Err())
+		case s.redirected(ctx, err):
+			var again []*groupMember
+			for _, m := range live {
+				if m.redirects++; m.redirects > s.opt.MaxRedirects {
+					fail(m, fmt.Errorf("%w: %d redirections: %w", ErrUnavailable, m.redirects-1, err))
+				} else {
+					again = append(again, m)
+				}
+			}
+			if len(again) > 0 {
+				s.stats.redirects.Add(1)
+				queue = append(queue, groupPart{members: again, retries: part.retries + 1})
+			}
 		default:
 			var again []*groupMember
 			for _, m := range live {
@@ -270,7 +308,7 @@ func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []
 	}
 	results := make([]result, 0, len(part))
 	wrote := 0
-	err := s.rdb.Watch(ctx, func(tx *redis.Tx) (err error) {
+	err := s.watchOn(ctx, part[0].key, func(tx *redis.Tx) (err error) {
 		// The WATCH goes in the read's pipeline rather than through
 		// tx.Watch, which would cost a round trip of its own; so go-redis
 		// does not know it is armed, and the connection must be released

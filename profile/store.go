@@ -53,6 +53,13 @@ type Options struct {
 	// MaxErrorRetries bounds the retries after a Redis error (not a
 	// conflict), such as a cut connection. Default 3; negative means none.
 	MaxErrorRetries int
+	// MaxRedirects bounds, on a Redis Cluster, the retries of a user's
+	// transaction whose slot is moving or moved (MOVED, ASK, TRYAGAIN,
+	// CLUSTERDOWN during a reshard or a failover), each after a backoff and
+	// a reload of the slot map. Redis refuses such a transaction before
+	// anything is written, so a retry never counts an event twice. Default
+	// 200 (with the default backoff, about 4 s of a slot in migration).
+	MaxRedirects int
 	// BackoffMin and BackoffMax bound the jittered exponential backoff
 	// between attempts. Defaults 100µs and 20ms.
 	BackoffMin, BackoffMax time.Duration
@@ -60,9 +67,9 @@ type Options struct {
 	// WATCH over all their profile keys pipelined with one read, and one
 	// MULTI/EXEC with every write (DESIGN.md, principle 2). An aborted EXEC
 	// splits the group in halves, retried apart. On a standalone Redis a
-	// group may span buckets; a Redis Cluster mode will need groups of one
-	// hash slot (bucket) each. 1 commits every user in a transaction of its
-	// own. Default 64.
+	// group may span buckets; on a Redis Cluster a group holds the users of
+	// one bucket (one hash slot). 1 commits every user in a transaction of
+	// its own. Default 64.
 	MaxGroupUsers int
 	// Parallelism is how many transactions of one Apply call (groups, or
 	// users when MaxGroupUsers is 1) are committed at the same time.
@@ -101,6 +108,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxErrorRetries == 0 {
 		o.MaxErrorRetries = 3
 	}
+	if o.MaxRedirects <= 0 {
+		o.MaxRedirects = 200
+	}
 	if o.BackoffMin <= 0 {
 		o.BackoffMin = 100 * time.Microsecond
 	}
@@ -125,11 +135,15 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// RedisStore keeps profiles and outboxes in Redis (standalone, or any server
-// speaking the protocol, such as the embedded development store). It is safe
-// for concurrent use.
+// RedisStore keeps profiles and outboxes in Redis: a standalone server (or
+// any server speaking the protocol, such as the embedded development store),
+// or a Redis Cluster when given a *redis.ClusterClient. It is safe for
+// concurrent use.
 type RedisStore struct {
-	rdb    redis.UniversalClient
+	rdb redis.UniversalClient
+	// cluster is rdb when it is a Redis Cluster client: transactions then
+	// run on the master of their slot, and groups hold one bucket each.
+	cluster *redis.ClusterClient
 	opt    Options
 	locks  []sync.Mutex // see Options.UserLocks
 	stats  storeStats
@@ -137,7 +151,7 @@ type RedisStore struct {
 }
 
 type storeStats struct {
-	transactions, conflicts, errorRetries, exhausted atomic.Uint64
+	transactions, conflicts, errorRetries, redirects, exhausted atomic.Uint64
 }
 
 // Stats are cumulative counters of a store's transactions.
@@ -152,13 +166,19 @@ type Stats struct {
 	// ErrorRetries counts attempts (of a group or of a single user)
 	// repeated after a Redis error.
 	ErrorRetries uint64
+	// Redirects counts attempts repeated because a Redis Cluster slot was
+	// moving or had moved (see Options.MaxRedirects).
+	Redirects uint64
 	// Exhausted counts users whose retries ran out (ErrConflict).
 	Exhausted uint64
 }
 
-// NewRedisStore returns a store on rdb.
+// NewRedisStore returns a store on rdb. With a *redis.ClusterClient the
+// store runs in cluster mode: every transaction touches one bucket, whose
+// keys share one hash slot, and follows the slot when it moves.
 func NewRedisStore(rdb redis.UniversalClient, opt Options) *RedisStore {
 	s := &RedisStore{rdb: rdb, opt: opt.withDefaults()}
+	s.cluster, _ = rdb.(*redis.ClusterClient)
 	if s.opt.UserLocks > 0 {
 		s.locks = make([]sync.Mutex, s.opt.UserLocks)
 	}
@@ -235,6 +255,7 @@ func (s *RedisStore) Stats() Stats {
 		Transactions: s.stats.transactions.Load(),
 		Conflicts:    s.stats.conflicts.Load(),
 		ErrorRetries: s.stats.errorRetries.Load(),
+		Redirects:    s.stats.redirects.Load(),
 		Exhausted:    s.stats.exhausted.Load(),
 	}
 }
@@ -434,7 +455,7 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 		return err
 	}
 
-	conflicts, errorsSeen, attempt := 0, 0, 0
+	conflicts, errorsSeen, redirects, attempt := 0, 0, 0, 0
 	// traced ends the span, if any, with what happened; cause never names
 	// the user.
 	traced := func(outcome string, cause error) {
@@ -455,7 +476,7 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 		return 0, fmt.Errorf("user %q: %w", userID, cause)
 	}
 	for ; ; attempt++ {
-		err := s.rdb.Watch(ctx, txn, key)
+		err := s.watchOn(ctx, key, txn, key)
 		switch {
 		case err == nil:
 			outcome := outcomeUnchanged
@@ -476,6 +497,11 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 			return fail(outcomeError, err)
 		case ctx.Err() != nil:
 			return fail(outcomeError, ctx.Err())
+		case s.redirected(ctx, err):
+			if redirects++; redirects > s.opt.MaxRedirects {
+				return fail(outcomeError, fmt.Errorf("%w: %d redirections: %w", ErrUnavailable, redirects-1, err))
+			}
+			s.stats.redirects.Add(1)
 		default:
 			errorsSeen++
 			if errorsSeen > s.opt.MaxErrorRetries {

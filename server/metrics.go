@@ -140,6 +140,10 @@ func RegisterStoreMetrics(m metric.Meter, stats func() profile.Stats) error {
 	if err != nil {
 		return err
 	}
+	redirects, err := m.Int64ObservableCounter("nudge.store.redirects", metric.WithDescription("Transactions retried because their Redis Cluster slot was moving or had moved."))
+	if err != nil {
+		return err
+	}
 	exhausted, err := m.Int64ObservableCounter("nudge.store.retries_exhausted", metric.WithDescription("Users whose transaction gave up after the maximum attempts."))
 	if err != nil {
 		return err
@@ -149,8 +153,9 @@ func RegisterStoreMetrics(m metric.Meter, stats func() profile.Stats) error {
 		o.ObserveInt64(txns, int64(s.Transactions))
 		o.ObserveInt64(conflicts, int64(s.Conflicts))
 		o.ObserveInt64(retries, int64(s.ErrorRetries))
+		o.ObserveInt64(redirects, int64(s.Redirects))
 		o.ObserveInt64(exhausted, int64(s.Exhausted))
 		return nil
-	}, txns, conflicts, retries, exhausted)
+	}, txns, conflicts, retries, redirects, exhausted)
 	return err
 }
