@@ -46,11 +46,18 @@ type Options struct {
 	// applies per stream, so each stream gives Count/streams (at least 1).
 	// Default 100.
 	Count int
+	// PollMax bounds, on a Redis Cluster, the wait between two polls of an
+	// idle outbox: a cluster refuses one blocking XREADGROUP over streams
+	// of several slots, so Read polls every stream instead (see
+	// readCluster), first after 5ms, doubling while nothing arrives, up to
+	// PollMax. Default 100ms.
+	PollMax time.Duration
 }
 
 // Outbox reads the outbox streams of all buckets for consumer groups.
 type Outbox struct {
 	rdb     redis.UniversalClient
+	cluster bool     // rdb is a Redis Cluster client
 	keys    []string // the outbox stream of every bucket
 	buckets map[string]int
 	opt     Options
@@ -77,7 +84,11 @@ func New(rdb redis.UniversalClient, buckets int, outboxKey func(bucket int) stri
 	if opt.Count <= 0 {
 		opt.Count = 100
 	}
+	if opt.PollMax <= 0 {
+		opt.PollMax = 100 * time.Millisecond
+	}
 	o := &Outbox{rdb: rdb, opt: opt, buckets: make(map[string]int, buckets), groups: map[string]bool{}, lastClaim: map[string]time.Time{}}
+	_, o.cluster = rdb.(*redis.ClusterClient)
 	for b := range buckets {
 		k := outboxKey(b)
 		o.keys = append(o.keys, k)
@@ -134,6 +145,9 @@ func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, 
 	if err != nil || len(out) > 0 {
 		return out, err
 	}
+	if o.cluster {
+		return o.readCluster(ctx, group, consumer)
+	}
 	streams := make([]string, 0, 2*len(o.keys))
 	streams = append(streams, o.keys...)
 	for range o.keys {
@@ -158,6 +172,67 @@ func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, 
 		}
 	}
 	return out, nil
+}
+
+// readCluster is Read's wait for new actions on a Redis Cluster, which
+// refuses one XREADGROUP over the streams of several slots: one
+// non-blocking XREADGROUP per stream, pipelined (go-redis sends each node
+// its share in parallel), repeated with a growing pause (5ms doubling up to
+// PollMax) until actions arrive or Block passes. Entries read before a
+// later stream's error stay pending for the member and are delivered again
+// after the visibility timeout.
+func (o *Outbox) readCluster(ctx context.Context, group, consumer string) ([]Delivery, error) {
+	deadline := time.Now().Add(o.opt.Block)
+	per := int64(max(1, o.opt.Count/len(o.keys)))
+	pause := 5 * time.Millisecond
+	cmds := make([]*redis.XStreamSliceCmd, len(o.keys))
+	for {
+		_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i, k := range o.keys {
+				cmds[i] = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+					Group: group, Consumer: consumer, Streams: []string{k, ">"}, Count: per, Block: -1,
+				})
+			}
+			return nil
+		}) // each command's own error is looked at below
+		var out []Delivery
+		for i, c := range cmds {
+			res, err := c.Result()
+			switch {
+			case errors.Is(err, redis.Nil):
+				continue
+			case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+				o.forgetGroup(group) // the stream was recreated
+				return nil, fmt.Errorf("delivery: read group %s on %s: %w", group, o.keys[i], err)
+			case err != nil:
+				return nil, fmt.Errorf("delivery: read group %s on %s: %w", group, o.keys[i], err)
+			}
+			for _, s := range res {
+				for _, m := range s.Messages {
+					d, err := o.delivery(s.Stream, m, 1)
+					if err != nil {
+						return nil, err
+					}
+					out = append(out, d)
+				}
+			}
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		wait := min(pause, time.Until(deadline))
+		if wait <= 0 {
+			return nil, nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, o.opt.PollMax)
+	}
 }
 
 // claim takes over the group's actions idle past the visibility timeout,
@@ -248,11 +323,22 @@ func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.X
 	values["dead_stream"] = stream
 	values["dead_id"] = m.ID
 	values["delivery_count"] = strconv.FormatInt(count, 10)
-	_, err := o.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values})
-		pipe.XAck(ctx, stream, group, m.ID)
-		return nil
-	})
+	var err error
+	if o.cluster {
+		// The dead-letter stream and the outbox are in different slots,
+		// which a cluster transaction refuses: add, then acknowledge. A
+		// failure between the two leaves the action pending, so it is
+		// dead-lettered again later: at least once, as every delivery.
+		if err = o.rdb.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values}).Err(); err == nil {
+			err = o.rdb.XAck(ctx, stream, group, m.ID).Err()
+		}
+	} else {
+		_, err = o.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values})
+			pipe.XAck(ctx, stream, group, m.ID)
+			return nil
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("delivery: dead-letter %s %s: %w", stream, m.ID, err)
 	}

@@ -18,7 +18,7 @@ const buckets = 4
 func outboxKey(b int) string { return fmt.Sprintf("nudge:{%d}:out", b) }
 
 // addActions writes n actions spread over the buckets, as the store would.
-func addActions(t *testing.T, rdb *redis.Client, from, n int) {
+func addActions(t *testing.T, rdb redis.UniversalClient, from, n int) {
 	t.Helper()
 	for i := from; i < from+n; i++ {
 		err := rdb.XAdd(t.Context(), &redis.XAddArgs{Stream: outboxKey(i % buckets), Values: []any{
@@ -31,11 +31,30 @@ func addActions(t *testing.T, rdb *redis.Client, from, n int) {
 	}
 }
 
-func newOutbox(rdb *redis.Client, opt delivery.Options) *delivery.Outbox {
+func newOutbox(rdb redis.UniversalClient, opt delivery.Options) *delivery.Outbox {
 	if opt.Block == 0 {
 		opt.Block = 50 * time.Millisecond
 	}
 	return delivery.New(rdb, buckets, outboxKey, opt)
+}
+
+// backends are the Redis deployments every outbox test runs against: a
+// standalone redis-server, where Read blocks on one XREADGROUP over every
+// stream, and a 3-master Redis Cluster, where Read polls per stream and
+// dead-lettering is not one transaction.
+var backends = []struct {
+	name  string
+	start func(t *testing.T) redis.UniversalClient
+}{
+	{"standalone", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client(t) }},
+	{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3).Client(t) }},
+}
+
+// forBackends runs test once per backend, as a subtest.
+func forBackends(t *testing.T, test func(t *testing.T, rdb redis.UniversalClient)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { test(t, b.start(t)) })
+	}
 }
 
 // drain reads (and acks, if ack) until n distinct actions were seen or the
@@ -65,179 +84,182 @@ func drain(t *testing.T, o *delivery.Outbox, group, consumer string, n int, ack 
 }
 
 func TestEveryGroupGetsEveryActionMembersShare(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	addActions(t, rdb, 0, 400)
-	o := newOutbox(rdb, delivery.Options{Count: 50})
-	for _, g := range []string{"sms-sender", "analytics"} {
-		// Two members alternate reads until the group has everything.
-		seen := map[string]int{}
-		for i := 0; len(seen) < 400 && i < 1000; i++ {
-			for id, c := range drain(t, o, g, fmt.Sprintf("m%d", i%2), 1, true) {
-				seen[id] += c
+	forBackends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		addActions(t, rdb, 0, 400)
+		o := newOutbox(rdb, delivery.Options{Count: 50})
+		for _, g := range []string{"sms-sender", "analytics"} {
+			// Two members alternate reads until the group has everything.
+			seen := map[string]int{}
+			for i := 0; len(seen) < 400 && i < 1000; i++ {
+				for id, c := range drain(t, o, g, fmt.Sprintf("m%d", i%2), 1, true) {
+					seen[id] += c
+				}
+			}
+			if len(seen) != 400 {
+				t.Fatalf("group %s got %d distinct actions, want 400", g, len(seen))
+			}
+			for id, c := range seen {
+				if c != 1 {
+					t.Errorf("group %s got %s %d times", g, id, c)
+				}
 			}
 		}
-		if len(seen) != 400 {
-			t.Fatalf("group %s got %d distinct actions, want 400", g, len(seen))
-		}
-		for id, c := range seen {
-			if c != 1 {
-				t.Errorf("group %s got %s %d times", g, id, c)
-			}
-		}
-	}
+	})
 }
 
 func TestUnackedActionsAreRedeliveredThenDeadLettered(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	addActions(t, rdb, 0, 10)
-	o := newOutbox(rdb, delivery.Options{Visibility: 100 * time.Millisecond, MaxDeliveries: 3})
-	// A member takes everything and dies without acking.
-	if got := drain(t, o, "g", "dead-member", 10, false); len(got) != 10 {
-		t.Fatalf("first member got %d", len(got))
-	}
-	// Another member gets them again once they are idle past the
-	// visibility timeout, with their delivery count.
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	counts := map[string]int64{}
-	for len(counts) < 10 && ctx.Err() == nil {
-		ds, err := o.Read(ctx, "g", "live-member")
-		if err != nil {
-			t.Fatal(err)
+	forBackends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		addActions(t, rdb, 0, 10)
+		o := newOutbox(rdb, delivery.Options{Visibility: 100 * time.Millisecond, MaxDeliveries: 3})
+		// A member takes everything and dies without acking.
+		if got := drain(t, o, "g", "dead-member", 10, false); len(got) != 10 {
+			t.Fatalf("first member got %d", len(got))
 		}
-		for _, d := range ds {
-			counts[d.Action.ID] = d.Count
+		// Another member gets them again once they are idle past the
+		// visibility timeout, with their delivery count.
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		counts := map[string]int64{}
+		for len(counts) < 10 && ctx.Err() == nil {
+			ds, err := o.Read(ctx, "g", "live-member")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds {
+				counts[d.Action.ID] = d.Count
+			}
 		}
-	}
-	for id, c := range counts {
-		if c != 2 {
-			t.Errorf("%s redelivered with count %d, want 2", id, c)
+		for id, c := range counts {
+			if c != 2 {
+				t.Errorf("%s redelivered with count %d, want 2", id, c)
+			}
 		}
-	}
-	// Never acked, they are delivered a third time, and then go to the
-	// dead-letter stream instead of a fourth.
-	var dead []delivery.DeadEntry
-	for len(dead) < 10 && ctx.Err() == nil {
-		if _, err := o.Read(ctx, "g", "live-member"); err != nil {
-			t.Fatal(err)
+		// Never acked, they are delivered a third time, and then go to the
+		// dead-letter stream instead of a fourth.
+		var dead []delivery.DeadEntry
+		for len(dead) < 10 && ctx.Err() == nil {
+			if _, err := o.Read(ctx, "g", "live-member"); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if dead, err = o.Dead(ctx, 100); err != nil {
+				t.Fatal(err)
+			}
 		}
-		var err error
-		if dead, err = o.Dead(ctx, 100); err != nil {
-			t.Fatal(err)
+		if len(dead) != 10 {
+			t.Fatalf("%d dead letters, want 10", len(dead))
 		}
-	}
-	if len(dead) != 10 {
-		t.Fatalf("%d dead letters, want 10", len(dead))
-	}
-	for _, d := range dead {
-		if d.Group != "g" || d.DeliveryCount != 4 || d.Values["action_id"] == "" {
-			t.Errorf("dead letter %+v", d)
+		for _, d := range dead {
+			if d.Group != "g" || d.DeliveryCount != 4 || d.Values["action_id"] == "" {
+				t.Errorf("dead letter %+v", d)
+			}
 		}
-	}
-	pending, err := rdb.XPending(ctx, outboxKey(0), "g").Result()
-	if err != nil || pending.Count != 0 {
-		t.Errorf("dead-lettered actions still pending: %+v, %v", pending, err)
-	}
+		pending, err := rdb.XPending(ctx, outboxKey(0), "g").Result()
+		if err != nil || pending.Count != 0 {
+			t.Errorf("dead-lettered actions still pending: %+v, %v", pending, err)
+		}
+	})
 }
 
 // A slow group that has not acknowledged (or not even read) actions keeps
 // them through trimming; once every group acknowledged, they go.
 func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	ctx := t.Context()
-	addActions(t, rdb, 0, 100)
-	o := newOutbox(rdb, delivery.Options{Count: 1000})
-	total := func() int64 {
-		var n int64
-		for b := range buckets {
-			n += rdb.XLen(ctx, outboxKey(b)).Val()
+	forBackends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := t.Context()
+		addActions(t, rdb, 0, 100)
+		o := newOutbox(rdb, delivery.Options{Count: 1000})
+		total := func() int64 {
+			var n int64
+			for b := range buckets {
+				n += rdb.XLen(ctx, outboxKey(b)).Val()
+			}
+			return n
 		}
-		return n
-	}
-	pendingOf := func(group string) map[int][]string {
-		out := map[int][]string{}
-		for b := range buckets {
-			p, err := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: outboxKey(b), Group: group, Start: "-", End: "+", Count: 1000}).Result()
+		pendingOf := func(group string) map[int][]string {
+			out := map[int][]string{}
+			for b := range buckets {
+				p, err := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: outboxKey(b), Group: group, Start: "-", End: "+", Count: 1000}).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range p {
+					out[b] = append(out[b], e.ID)
+				}
+			}
+			return out
+		}
+		trim := func() int64 {
+			t.Helper()
+			n, err := o.Trim(ctx, 0, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, e := range p {
-				out[b] = append(out[b], e.ID)
+			return n
+		}
+
+		if n := trim(); n != 0 {
+			t.Fatalf("Trim without groups removed %d", n)
+		}
+		drain(t, o, "fast", "m", 100, true)  // acked everything
+		drain(t, o, "slow", "m", 100, false) // took everything, acked nothing
+		if n := trim(); n != 0 || total() != 100 {
+			t.Fatalf("Trim with a slow group's 100 pending removed %d, %d left", n, total())
+		}
+
+		// The slow group acknowledges the older half of each stream; 20 new
+		// actions arrive that it has not read. Only the acknowledged half may go.
+		acked := 0
+		for b, ids := range pendingOf("slow") {
+			var half []string
+			for _, id := range ids[:len(ids)/2] {
+				half = append(half, fmt.Sprintf("%d/%s", b, id))
+			}
+			n, err := o.Ack(ctx, "slow", half)
+			if err != nil || n != len(half) {
+				t.Fatalf("Ack = %d, %v; want %d", n, err, len(half))
+			}
+			acked += n
+		}
+		addActions(t, rdb, 100, 20)
+		if n := trim(); n != int64(acked) {
+			t.Errorf("Trim after the slow group acked the oldest %d removed %d", acked, n)
+		}
+		for b, ids := range pendingOf("slow") {
+			for _, id := range ids {
+				if msgs := rdb.XRange(ctx, outboxKey(b), id, id).Val(); len(msgs) != 1 {
+					t.Errorf("pending entry %s of the slow group was trimmed", id)
+				}
 			}
 		}
-		return out
-	}
-	trim := func() int64 {
-		t.Helper()
-		n, err := o.Trim(ctx, 0, time.Now())
-		if err != nil {
-			t.Fatal(err)
+		if want := int64(100 - acked + 20); total() != want {
+			t.Errorf("%d entries left, want %d (pending + unread)", total(), want)
 		}
-		return n
-	}
 
-	if n := trim(); n != 0 {
-		t.Fatalf("Trim without groups removed %d", n)
-	}
-	drain(t, o, "fast", "m", 100, true)  // acked everything
-	drain(t, o, "slow", "m", 100, false) // took everything, acked nothing
-	if n := trim(); n != 0 || total() != 100 {
-		t.Fatalf("Trim with a slow group's 100 pending removed %d, %d left", n, total())
-	}
-
-	// The slow group acknowledges the older half of each stream; 20 new
-	// actions arrive that it has not read. Only the acknowledged half may go.
-	acked := 0
-	for b, ids := range pendingOf("slow") {
-		var half []string
-		for _, id := range ids[:len(ids)/2] {
-			half = append(half, fmt.Sprintf("%d/%s", b, id))
-		}
-		n, err := o.Ack(ctx, "slow", half)
-		if err != nil || n != len(half) {
-			t.Fatalf("Ack = %d, %v; want %d", n, err, len(half))
-		}
-		acked += n
-	}
-	addActions(t, rdb, 100, 20)
-	if n := trim(); n != int64(acked) {
-		t.Errorf("Trim after the slow group acked the oldest %d removed %d", acked, n)
-	}
-	for b, ids := range pendingOf("slow") {
-		for _, id := range ids {
-			if msgs := rdb.XRange(ctx, outboxKey(b), id, id).Val(); len(msgs) != 1 {
-				t.Errorf("pending entry %s of the slow group was trimmed", id)
+		// Both groups take and acknowledge everything: all but the last
+		// delivered entry of each stream can go.
+		for b, ids := range pendingOf("slow") {
+			for _, id := range ids {
+				if _, err := o.Ack(ctx, "slow", []string{fmt.Sprintf("%d/%s", b, id)}); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
-	}
-	if want := int64(100 - acked + 20); total() != want {
-		t.Errorf("%d entries left, want %d (pending + unread)", total(), want)
-	}
-
-	// Both groups take and acknowledge everything: all but the last
-	// delivered entry of each stream can go.
-	for b, ids := range pendingOf("slow") {
-		for _, id := range ids {
-			if _, err := o.Ack(ctx, "slow", []string{fmt.Sprintf("%d/%s", b, id)}); err != nil {
-				t.Fatal(err)
-			}
+		drain(t, o, "fast", "m", 20, true)
+		drain(t, o, "slow", "m", 20, true)
+		trim()
+		if left := total(); left > int64(buckets) {
+			t.Errorf("%d entries left after every group acknowledged everything", left)
 		}
-	}
-	drain(t, o, "fast", "m", 20, true)
-	drain(t, o, "slow", "m", 20, true)
-	trim()
-	if left := total(); left > int64(buckets) {
-		t.Errorf("%d entries left after every group acknowledged everything", left)
-	}
 
-	// Retention keeps recent entries even when acknowledged.
-	addActions(t, rdb, 200, 8)
-	drain(t, o, "fast", "m", 8, true)
-	drain(t, o, "slow", "m", 8, true)
-	before := total()
-	if n, err := o.Trim(ctx, time.Hour, time.Now()); err != nil || n != 0 || total() != before {
-		t.Errorf("Trim with 1h retention removed %d recent entries (%v)", n, err)
-	}
+		// Retention keeps recent entries even when acknowledged.
+		addActions(t, rdb, 200, 8)
+		drain(t, o, "fast", "m", 8, true)
+		drain(t, o, "slow", "m", 8, true)
+		before := total()
+		if n, err := o.Trim(ctx, time.Hour, time.Now()); err != nil || n != 0 || total() != before {
+			t.Errorf("Trim with 1h retention removed %d recent entries (%v)", n, err)
+		}
+	})
 }
 
 func TestAckRejectsForeignIDs(t *testing.T) {
@@ -251,39 +273,40 @@ func TestAckRejectsForeignIDs(t *testing.T) {
 }
 
 func TestBacklogsCountPendingAndUndeliveredPerGroup(t *testing.T) {
-	rdb := redistest.Start(t).Client(t)
-	o := newOutbox(rdb, delivery.Options{Count: 10})
-	if b, err := o.Backlogs(t.Context()); err != nil || len(b) != 0 {
-		t.Fatalf("Backlogs before any group = %v, %v; want empty", b, err)
-	}
-	addActions(t, rdb, 0, 40)
-	// "fast" reads 10 per stream (40 in all) and acks 5 of them; "slow"
-	// reads once without acking.
-	ds, err := o.Read(t.Context(), "fast", "m")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, d := range ds[:5] {
-		ids = append(ids, d.AckID)
-	}
-	if _, err := o.Ack(t.Context(), "fast", ids); err != nil {
-		t.Fatal(err)
-	}
-	slow, err := o.Read(t.Context(), "slow", "m")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addActions(t, rdb, 40, 8)
-	got, err := o.Backlogs(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]delivery.Backlog{
-		"fast": {Pending: int64(len(ds) - 5), Undelivered: int64(48 - len(ds))},
-		"slow": {Pending: int64(len(slow)), Undelivered: int64(48 - len(slow))},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("Backlogs = %v, want %v", got, want)
-	}
+	forBackends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		o := newOutbox(rdb, delivery.Options{Count: 10})
+		if b, err := o.Backlogs(t.Context()); err != nil || len(b) != 0 {
+			t.Fatalf("Backlogs before any group = %v, %v; want empty", b, err)
+		}
+		addActions(t, rdb, 0, 40)
+		// "fast" reads 10 per stream (40 in all) and acks 5 of them; "slow"
+		// reads once without acking.
+		ds, err := o.Read(t.Context(), "fast", "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range ds[:5] {
+			ids = append(ids, d.AckID)
+		}
+		if _, err := o.Ack(t.Context(), "fast", ids); err != nil {
+			t.Fatal(err)
+		}
+		slow, err := o.Read(t.Context(), "slow", "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addActions(t, rdb, 40, 8)
+		got, err := o.Backlogs(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]delivery.Backlog{
+			"fast": {Pending: int64(len(ds) - 5), Undelivered: int64(48 - len(ds))},
+			"slow": {Pending: int64(len(slow)), Undelivered: int64(48 - len(slow))},
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("Backlogs = %v, want %v", got, want)
+		}
+	})
 }
