@@ -55,12 +55,15 @@ type Config struct {
 // RedisConfig says how to reach Redis.
 type RedisConfig struct {
 	// Addr is host:port or a redis:// (rediss:// for TLS) URL, which may
-	// carry the user, password and database. Empty (and no Cluster) starts
-	// the embedded, in-process store: for development only, it keeps
-	// nothing across restarts.
+	// carry the user, password and database; or a Redis Cluster URL,
+	// redis+cluster://[user:password@]host:port[,host:port...][?options]
+	// (rediss+cluster:// for TLS). Empty (and no Cluster) starts the
+	// embedded, in-process store: for development only, it keeps nothing
+	// across restarts.
 	Addr string `yaml:"addr"`
-	// Cluster lists Redis Cluster seed nodes (host:port). Not supported
-	// yet: nudged refuses it (see Validate).
+	// Cluster lists Redis Cluster seed nodes (host:port); the client learns
+	// the other nodes from them. The other settings (user, password, TLS,
+	// pool and timeouts, per node) apply; DB must be 0.
 	Cluster []string `yaml:"cluster"`
 	// Username is the ACL user. Default: none ("default").
 	Username string `yaml:"username"`
@@ -502,8 +505,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("buckets: %d is negative", c.Buckets)
 	case c.Limits.MaxMessageBytes < 0:
 		return fmt.Errorf("limits.max_message_bytes: %d is negative", c.Limits.MaxMessageBytes)
-	case len(c.Redis.Cluster) > 0:
-		return errors.New("redis.cluster: Redis Cluster is not supported by this version; use a standalone Redis (redis.addr)")
+	case len(c.Redis.Cluster) > 0 && c.Redis.Addr != "":
+		return errors.New("redis.cluster and redis.addr exclude each other: give the cluster's seed nodes, or one Redis")
+	case c.Redis.IsCluster() && c.Redis.DB != 0:
+		return errors.New("redis.db: a Redis Cluster has only database 0")
 	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
 		return errors.New("tls: cert_file and key_file go together")
 	case c.TLS.ClientCAFile != "" && c.TLS.CertFile == "":

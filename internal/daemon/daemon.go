@@ -325,6 +325,9 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		rdb := redis.NewClient(opt)
 		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
 	}
+	if cfg.Redis.IsCluster() {
+		return openCluster(ctx, cfg)
+	}
 	opt, err := cfg.Redis.Options()
 	if err != nil {
 		return nil, nil, err
@@ -340,5 +343,36 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		return nil, nil, fmt.Errorf("cannot reach Redis at %s: %w", opt.Addr, err)
 	}
 	cfg.Logger.Info("using Redis", "addr", opt.Addr, "tls", opt.TLSConfig != nil, "user", opt.Username)
+	return rdb, func() { _ = rdb.Close() }, nil
+}
+
+// openCluster connects to the configured Redis Cluster and checks that
+// every master answers and the cluster serves all its slots.
+func openCluster(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
+	opt, err := cfg.Redis.ClusterOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb := redis.NewClusterClient(opt)
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err = rdb.ForEachMaster(pingCtx, func(ctx context.Context, c *redis.Client) error {
+		return c.Ping(ctx).Err()
+	})
+	var info string
+	if err == nil {
+		info, err = rdb.ClusterInfo(pingCtx).Result()
+	}
+	if err == nil && !strings.Contains(info, "cluster_state:ok") {
+		err = errors.New("cluster_state is not ok: some slots have no master")
+	}
+	if err != nil {
+		_ = rdb.Close()
+		if redis.IsAuthError(err) {
+			return nil, nil, fmt.Errorf("the Redis Cluster at %s refused nudged's credentials (redis.username, redis.password): %w", strings.Join(opt.Addrs, ","), err)
+		}
+		return nil, nil, fmt.Errorf("cannot use the Redis Cluster at %s: %w", strings.Join(opt.Addrs, ","), err)
+	}
+	cfg.Logger.Info("using Redis Cluster", "seeds", strings.Join(opt.Addrs, ","), "tls", opt.TLSConfig != nil, "user", opt.Username)
 	return rdb, func() { _ = rdb.Close() }, nil
 }

@@ -142,7 +142,9 @@ func loadPool(path string) (*x509.CertPool, error) {
 // config returns the TLS configuration towards Redis at addr.
 func (c ClientTLSConfig) config(addr string) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
-	if tc.ServerName == "" {
+	// An empty addr (a cluster's many nodes) leaves the name to the dialer,
+	// which verifies each node under the host it dials.
+	if tc.ServerName == "" && addr != "" {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, fmt.Errorf("redis.tls: server name of %q: %w", addr, err)
