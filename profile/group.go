@@ -34,7 +34,7 @@ type groupMember struct {
 	// errs counts the Redis errors of this user's attempts, redirects
 	// the cluster's refusals of a moving slot (see cluster.go).
 	errs, redirects int
-	done bool // the outcome is final
+	done            bool // the outcome is final
 }
 
 // groupPart is a set of a group's users committed in one transaction, with

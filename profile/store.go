@@ -144,10 +144,10 @@ type RedisStore struct {
 	// cluster is rdb when it is a Redis Cluster client: transactions then
 	// run on the master of their slot, and groups hold one bucket each.
 	cluster *redis.ClusterClient
-	opt    Options
-	locks  []sync.Mutex // see Options.UserLocks
-	stats  storeStats
-	tracer trace.Tracer // nil: tracing off
+	opt     Options
+	locks   []sync.Mutex // see Options.UserLocks
+	stats   storeStats
+	tracer  trace.Tracer // nil: tracing off
 }
 
 type storeStats struct {
