@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,40 +30,99 @@ import (
 )
 
 // env is one nudge server on a loopback port in front of its own
-// redis-server.
+// redis-server, or of its own Redis Cluster (see forBackends).
 type env struct {
-	redis  *redistest.Server
-	rdb    *redis.Client
-	store  *profile.RedisStore
-	conn   *grpc.ClientConn
-	ingest nudgev1.IngestServiceClient
-	decide nudgev1.DecisionServiceClient
-	prof   nudgev1.ProfileServiceClient
-	acts   nudgev1.ActionServiceClient
+	redis   *redistest.Server  // nil on a cluster
+	cluster *redistest.Cluster // nil on a standalone Redis
+	rdb     redis.UniversalClient
+	store   *profile.RedisStore
+	conn    *grpc.ClientConn
+	ingest  nudgev1.IngestServiceClient
+	decide  nudgev1.DecisionServiceClient
+	prof    nudgev1.ProfileServiceClient
+	acts    nudgev1.ActionServiceClient
 }
 
 func newEnv(t testing.TB, opt profile.Options) *env {
 	t.Helper()
-	return startServer(t, redistest.Start(t), opt, server.Config{})
+	return startServer(t, &env{redis: redistest.Start(t)}, opt, server.Config{})
 }
 
 // newEnvConfig is newEnv with server settings (zero fields: the test
 // defaults below).
 func newEnvConfig(t testing.TB, opt profile.Options, cfg server.Config) *env {
 	t.Helper()
-	return startServer(t, redistest.Start(t), opt, cfg)
+	return startServer(t, &env{redis: redistest.Start(t)}, opt, cfg)
+}
+
+// newClusterEnv is newEnv on a 3-master Redis Cluster.
+func newClusterEnv(t testing.TB, opt profile.Options) *env {
+	t.Helper()
+	return startServer(t, &env{cluster: redistest.StartCluster(t, 3)}, opt, server.Config{})
+}
+
+// backend is a Redis deployment the pipeline tests run against.
+type backend struct {
+	name   string
+	newEnv func(t testing.TB, opt profile.Options) *env
+}
+
+// forBackends runs test against a standalone redis-server and against a
+// 3-master Redis Cluster, as subtests: the pipeline must behave the same
+// on both.
+func forBackends(t *testing.T, test func(t *testing.T, b backend)) {
+	for _, b := range []backend{{"standalone", newEnv}, {"cluster", newClusterEnv}} {
+		t.Run(b.name, func(t *testing.T) { test(t, b) })
+	}
 }
 
 // addServer starts another nudge server, with its own Redis connections, on
-// the same redis-server: what a second replica behind a load balancer is.
+// the same Redis: what a second replica behind a load balancer is.
 func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 	t.Helper()
-	return startServer(t, e.redis, opt, server.Config{})
+	return startServer(t, &env{redis: e.redis, cluster: e.cluster}, opt, server.Config{})
 }
 
-func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg server.Config) *env {
+// redisClient connects to the env's Redis as nudged does.
+func (e *env) redisClient(t testing.TB) redis.UniversalClient {
 	t.Helper()
-	rdb := redis.NewClient(nudgedRedisOptions(t, rs.Addr))
+	if e.cluster != nil {
+		o := e.cluster.ClusterOptions()
+		o.ContextTimeoutEnabled, o.MaxRetries, o.MaxRedirects = true, -1, 8
+		return redis.NewClusterClient(o)
+	}
+	return redis.NewClient(nudgedRedisOptions(t, e.redis.Addr))
+}
+
+// keys lists every key of the env's Redis, on every master of a cluster.
+func (e *env) keys(t testing.TB) []string {
+	t.Helper()
+	c, ok := e.rdb.(*redis.ClusterClient)
+	if !ok {
+		keys, err := e.rdb.Keys(context.Background(), "*").Result()
+		if err != nil {
+			t.Fatalf("KEYS: %v", err)
+		}
+		return keys
+	}
+	var mu sync.Mutex
+	var keys []string
+	err := c.ForEachMaster(context.Background(), func(ctx context.Context, n *redis.Client) error {
+		k, err := n.Keys(ctx, "*").Result()
+		mu.Lock()
+		keys = append(keys, k...)
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	return keys
+}
+
+func startServer(t testing.TB, e *env, opt profile.Options, cfg server.Config) *env {
+	t.Helper()
+	rdb := e.redisClient(t)
 	t.Cleanup(func() { _ = rdb.Close() })
 	store := profile.NewRedisStore(rdb, opt)
 	rules, err := decision.Parse(examples.RulesName, examples.Rules)
@@ -104,7 +164,7 @@ func startServer(t testing.TB, rs *redistest.Server, opt profile.Options, cfg se
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return &env{
-		redis: rs, rdb: rdb, store: store, conn: conn,
+		redis: e.redis, cluster: e.cluster, rdb: rdb, store: store, conn: conn,
 		ingest: nudgev1.NewIngestServiceClient(conn),
 		decide: nudgev1.NewDecisionServiceClient(conn),
 		prof:   nudgev1.NewProfileServiceClient(conn),

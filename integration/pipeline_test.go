@@ -27,62 +27,64 @@ const (
 // Acceptance (1): the seed scenario triggers exactly one action, and the
 // action is in the outbox stream.
 func TestSeedScenarioTriggersOneActionInOutbox(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	const user = "shopper-1"
-	stream, err := e.ingest.Stream(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Five views of phones in 25 minutes, one batch each, and one laptop
-	// view: the third phone view fires the coupon, the cooldown holds the
-	// fourth and fifth.
-	events := []*nudgev1.Event{
-		ev(user, "view", "phones", 25*time.Minute),
-		ev(user, "view", "laptops", 22*time.Minute),
-		ev(user, "view", "phones", 20*time.Minute),
-		ev(user, "view", "phones", 10*time.Minute),
-		ev(user, "view", "phones", 5*time.Minute),
-		ev(user, "view", "phones", time.Minute),
-	}
-	for i, ev := range events {
-		if err := stream.Send(&nudgev1.StreamRequest{Seq: uint64(i + 1), Events: []*nudgev1.Event{ev}}); err != nil {
-			t.Fatal(err)
-		}
-		// Wait for each answer, so the events apply in this order.
-		resp, err := stream.Recv()
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		const user = "shopper-1"
+		stream, err := e.ingest.Stream(ctxT(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.Seq != uint64(i+1) || len(resp.Results) != 1 {
-			t.Fatalf("response %d: seq %d with %d results", i+1, resp.Seq, len(resp.Results))
+		// Five views of phones in 25 minutes, one batch each, and one laptop
+		// view: the third phone view fires the coupon, the cooldown holds the
+		// fourth and fifth.
+		events := []*nudgev1.Event{
+			ev(user, "view", "phones", 25*time.Minute),
+			ev(user, "view", "laptops", 22*time.Minute),
+			ev(user, "view", "phones", 20*time.Minute),
+			ev(user, "view", "phones", 10*time.Minute),
+			ev(user, "view", "phones", 5*time.Minute),
+			ev(user, "view", "phones", time.Minute),
 		}
-		wantStatus(t, resp.Results[0], applied)
-		wantActions := 0
-		if i == 3 {
-			wantActions = 1
-		}
-		if len(resp.Actions) != wantActions {
-			t.Fatalf("event %d (%s): %d actions, want %d: %v", i+1, ev.Category, len(resp.Actions), wantActions, resp.Actions)
-		}
-		if wantActions == 1 {
-			a := resp.Actions[0]
-			if a.TriggerId != seedTrigger || a.Channel != "sms" || a.Payload["category"] != "phones" || a.EventId != ev.EventId || a.UserId != user {
-				t.Errorf("action = %v", a)
+		for i, ev := range events {
+			if err := stream.Send(&nudgev1.StreamRequest{Seq: uint64(i + 1), Events: []*nudgev1.Event{ev}}); err != nil {
+				t.Fatal(err)
+			}
+			// Wait for each answer, so the events apply in this order.
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Seq != uint64(i+1) || len(resp.Results) != 1 {
+				t.Fatalf("response %d: seq %d with %d results", i+1, resp.Seq, len(resp.Results))
+			}
+			wantStatus(t, resp.Results[0], applied)
+			wantActions := 0
+			if i == 3 {
+				wantActions = 1
+			}
+			if len(resp.Actions) != wantActions {
+				t.Fatalf("event %d (%s): %d actions, want %d: %v", i+1, ev.Category, len(resp.Actions), wantActions, resp.Actions)
+			}
+			if wantActions == 1 {
+				a := resp.Actions[0]
+				if a.TriggerId != seedTrigger || a.Channel != "sms" || a.Payload["category"] != "phones" || a.EventId != ev.EventId || a.UserId != user {
+					t.Errorf("action = %v", a)
+				}
 			}
 		}
-	}
-	if err := stream.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
 
-	out := e.outbox(t, user)
-	if len(out) != 1 {
-		t.Fatalf("outbox has %d entries, want 1: %+v", len(out), out)
-	}
-	want := profile.ActionID(user, events[3].EventId, seedTrigger)
-	if out[0].ID != want || out[0].UserID != user || out[0].Payload["category"] != "phones" {
-		t.Errorf("outbox entry %+v, want action %s", out[0], want)
-	}
+		out := e.outbox(t, user)
+		if len(out) != 1 {
+			t.Fatalf("outbox has %d entries, want 1: %+v", len(out), out)
+		}
+		want := profile.ActionID(user, events[3].EventId, seedTrigger)
+		if out[0].ID != want || out[0].UserID != user || out[0].Payload["category"] != "phones" {
+			t.Errorf("outbox entry %+v, want action %s", out[0], want)
+		}
+	})
 }
 
 // Acceptance (2): 50 goroutines publishing to one hot user concurrently,
@@ -90,299 +92,309 @@ func TestSeedScenarioTriggersOneActionInOutbox(t *testing.T) {
 // conflicts were really retried. (One server serialises its own writes to a
 // user, so WATCH conflicts come from the other servers, as in production.)
 func TestHotUserConcurrentWritersLoseNothing(t *testing.T) {
-	e := newEnv(t, profile.Options{MaxAttempts: 10000})
-	const user, writers, perWriter, servers = "hot-user", 50, 20, 5
-	ingest := []nudgev1.IngestServiceClient{e.ingest}
-	stores := []*profile.RedisStore{e.store}
-	for range servers - 1 {
-		other := e.addServer(t, profile.Options{MaxAttempts: 10000})
-		ingest = append(ingest, other.ingest)
-		stores = append(stores, other.store)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		client := ingest[w%servers]
-		wg.Go(func() {
-			for i := range perWriter {
-				ev := ev(user, "click", fmt.Sprintf("c%d", i%3), time.Duration(w%30)*time.Minute)
-				resp, err := client.Publish(ctxT(t), &nudgev1.PublishRequest{Events: []*nudgev1.Event{ev}})
-				if err != nil {
-					errs <- err
-					return
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{MaxAttempts: 10000})
+		const user, writers, perWriter, servers = "hot-user", 50, 20, 5
+		ingest := []nudgev1.IngestServiceClient{e.ingest}
+		stores := []*profile.RedisStore{e.store}
+		for range servers - 1 {
+			other := e.addServer(t, profile.Options{MaxAttempts: 10000})
+			ingest = append(ingest, other.ingest)
+			stores = append(stores, other.store)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		for w := range writers {
+			client := ingest[w%servers]
+			wg.Go(func() {
+				for i := range perWriter {
+					ev := ev(user, "click", fmt.Sprintf("c%d", i%3), time.Duration(w%30)*time.Minute)
+					resp, err := client.Publish(ctxT(t), &nudgev1.PublishRequest{Events: []*nudgev1.Event{ev}})
+					if err != nil {
+						errs <- err
+						return
+					}
+					if resp.Results[0].Status != applied {
+						errs <- fmt.Errorf("event %s: %s %s", ev.EventId, resp.Results[0].Status, resp.Results[0].Reason)
+						return
+					}
 				}
-				if resp.Results[0].Status != applied {
-					errs <- fmt.Errorf("event %s: %s %s", ev.EventId, resp.Results[0].Status, resp.Results[0].Reason)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	p := e.profile(t, user)
-	if got := p.Totals["click"]; got != writers*perWriter {
-		t.Errorf("click total = %d, want %d", got, writers*perWriter)
-	}
-	if got := count(t, p, "click", "", time.Hour); got != writers*perWriter {
-		t.Errorf("click count over 1h = %d, want %d", got, writers*perWriter)
-	}
-	if p.Version != writers*perWriter {
-		t.Errorf("version = %d, want one per committed transaction (%d)", p.Version, writers*perWriter)
-	}
-	var st profile.Stats
-	for _, s := range stores {
-		x := s.Stats()
-		st.Transactions += x.Transactions
-		st.Conflicts += x.Conflicts
-		st.Exhausted += x.Exhausted
-	}
-	if st.Conflicts == 0 {
-		t.Errorf("no WATCH conflict among %d concurrent writers on %d servers: the retry path was not exercised", writers, servers)
-	}
-	if st.Exhausted != 0 {
-		t.Errorf("%d users exhausted their retries", st.Exhausted)
-	}
-	t.Logf("transactions %d, conflicts retried %d", st.Transactions, st.Conflicts)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		p := e.profile(t, user)
+		if got := p.Totals["click"]; got != writers*perWriter {
+			t.Errorf("click total = %d, want %d", got, writers*perWriter)
+		}
+		if got := count(t, p, "click", "", time.Hour); got != writers*perWriter {
+			t.Errorf("click count over 1h = %d, want %d", got, writers*perWriter)
+		}
+		if p.Version != writers*perWriter {
+			t.Errorf("version = %d, want one per committed transaction (%d)", p.Version, writers*perWriter)
+		}
+		var st profile.Stats
+		for _, s := range stores {
+			x := s.Stats()
+			st.Transactions += x.Transactions
+			st.Conflicts += x.Conflicts
+			st.Exhausted += x.Exhausted
+		}
+		if st.Conflicts == 0 {
+			t.Errorf("no WATCH conflict among %d concurrent writers on %d servers: the retry path was not exercised", writers, servers)
+		}
+		if st.Exhausted != 0 {
+			t.Errorf("%d users exhausted their retries", st.Exhausted)
+		}
+		t.Logf("transactions %d, conflicts retried %d", st.Transactions, st.Conflicts)
+	})
 }
 
 // Acceptance (3): re-sending a batch yields DUPLICATE for every event and
 // changes nothing.
 func TestResentBatchIsDuplicateAndChangesNothing(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	users := []string{"u-a", "u-b", "u-c"}
-	var batch []*nudgev1.Event
-	for i := range 12 {
-		batch = append(batch, ev(users[i%3], "view", "phones", time.Duration(i)*time.Minute))
-	}
-	first := e.publish(t, batch...)
-	for _, r := range first.Results {
-		wantStatus(t, r, applied)
-	}
-	before := map[string]string{}
-	for _, u := range users {
-		before[u] = e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val()
-	}
-	outboxBefore := len(e.outbox(t, "u-a")) + len(e.outbox(t, "u-b")) + len(e.outbox(t, "u-c"))
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		users := []string{"u-a", "u-b", "u-c"}
+		var batch []*nudgev1.Event
+		for i := range 12 {
+			batch = append(batch, ev(users[i%3], "view", "phones", time.Duration(i)*time.Minute))
+		}
+		first := e.publish(t, batch...)
+		for _, r := range first.Results {
+			wantStatus(t, r, applied)
+		}
+		before := map[string]string{}
+		for _, u := range users {
+			before[u] = e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val()
+		}
+		outboxBefore := len(e.outbox(t, "u-a")) + len(e.outbox(t, "u-b")) + len(e.outbox(t, "u-c"))
 
-	again := e.publish(t, batch...)
-	for i, r := range again.Results {
-		wantStatus(t, r, duplicate)
-		if r.ProfileVersion != first.Results[i].ProfileVersion {
-			t.Errorf("event %s: version %d after re-send, %d before", r.EventId, r.ProfileVersion, first.Results[i].ProfileVersion)
+		again := e.publish(t, batch...)
+		for i, r := range again.Results {
+			wantStatus(t, r, duplicate)
+			if r.ProfileVersion != first.Results[i].ProfileVersion {
+				t.Errorf("event %s: version %d after re-send, %d before", r.EventId, r.ProfileVersion, first.Results[i].ProfileVersion)
+			}
 		}
-	}
-	if len(again.Actions) != 0 {
-		t.Errorf("re-send triggered %d actions", len(again.Actions))
-	}
-	for _, u := range users {
-		if after := e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val(); after != before[u] {
-			t.Errorf("profile of %s changed on re-send", u)
+		if len(again.Actions) != 0 {
+			t.Errorf("re-send triggered %d actions", len(again.Actions))
 		}
-		if got := e.profile(t, u).Totals["view"]; got != 4 {
-			t.Errorf("%s: view total %d, want 4", u, got)
+		for _, u := range users {
+			if after := e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val(); after != before[u] {
+				t.Errorf("profile of %s changed on re-send", u)
+			}
+			if got := e.profile(t, u).Totals["view"]; got != 4 {
+				t.Errorf("%s: view total %d, want 4", u, got)
+			}
 		}
-	}
-	if n := len(e.outbox(t, "u-a")) + len(e.outbox(t, "u-b")) + len(e.outbox(t, "u-c")); n != outboxBefore {
-		t.Errorf("outbox grew from %d to %d on re-send", outboxBefore, n)
-	}
+		if n := len(e.outbox(t, "u-a")) + len(e.outbox(t, "u-b")) + len(e.outbox(t, "u-c")); n != outboxBefore {
+			t.Errorf("outbox grew from %d to %d on re-send", outboxBefore, n)
+		}
+	})
 }
 
 // Acceptance (4): out-of-order events land in their event-time window, and
 // triggers judge each event at its own time.
 func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	const user = "late-user"
-	// Two views an hour ago, then one that arrives late but happened
-	// between them: at its own time only 2 views are in its 30 minutes
-	// (the later one does not count), so nothing fires.
-	r := e.publish(t, ev(user, "view", "tv", 60*time.Minute), ev(user, "view", "tv", 56*time.Minute))
-	late := e.publish(t, ev(user, "view", "tv", 58*time.Minute))
-	recent := e.publish(t, ev(user, "view", "tv", 2*time.Minute))
-	for _, resp := range []*nudgev1.PublishResponse{r, late, recent} {
-		for _, res := range resp.Results {
-			wantStatus(t, res, applied)
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		const user = "late-user"
+		// Two views an hour ago, then one that arrives late but happened
+		// between them: at its own time only 2 views are in its 30 minutes
+		// (the later one does not count), so nothing fires.
+		r := e.publish(t, ev(user, "view", "tv", 60*time.Minute), ev(user, "view", "tv", 56*time.Minute))
+		late := e.publish(t, ev(user, "view", "tv", 58*time.Minute))
+		recent := e.publish(t, ev(user, "view", "tv", 2*time.Minute))
+		for _, resp := range []*nudgev1.PublishResponse{r, late, recent} {
+			for _, res := range resp.Results {
+				wantStatus(t, res, applied)
+			}
+			if len(resp.Actions) != 0 {
+				t.Errorf("unexpected actions: %v", resp.Actions)
+			}
 		}
-		if len(resp.Actions) != 0 {
-			t.Errorf("unexpected actions: %v", resp.Actions)
+		p := e.profile(t, user)
+		for _, c := range []struct {
+			window time.Duration
+			want   uint64
+		}{{5 * time.Minute, 1}, {30 * time.Minute, 1}, {time.Hour + 0, 4}, {24 * time.Hour, 4}} {
+			if got := count(t, p, "view", "tv", c.window); got != c.want {
+				t.Errorf("views of tv in %v = %d, want %d", c.window, got, c.want)
+			}
 		}
-	}
-	p := e.profile(t, user)
-	for _, c := range []struct {
-		window time.Duration
-		want   uint64
-	}{{5 * time.Minute, 1}, {30 * time.Minute, 1}, {time.Hour + 0, 4}, {24 * time.Hour, 4}} {
-		if got := count(t, p, "view", "tv", c.window); got != c.want {
-			t.Errorf("views of tv in %v = %d, want %d", c.window, got, c.want)
+		// A late event is judged at its own time: 50 minutes ago, its 30
+		// minutes hold the three earlier views, so it fires the coupon.
+		resp := e.publish(t, ev(user, "view", "tv", 50*time.Minute))
+		if len(resp.Actions) != 1 || resp.Actions[0].EventId != resp.Results[0].EventId {
+			t.Errorf("late view with 3 views before it in 30 minutes: actions %v, want one fired by %s", resp.Actions, resp.Results[0].EventId)
 		}
-	}
-	// A late event is judged at its own time: 50 minutes ago, its 30
-	// minutes hold the three earlier views, so it fires the coupon.
-	resp := e.publish(t, ev(user, "view", "tv", 50*time.Minute))
-	if len(resp.Actions) != 1 || resp.Actions[0].EventId != resp.Results[0].EventId {
-		t.Errorf("late view with 3 views before it in 30 minutes: actions %v, want one fired by %s", resp.Actions, resp.Results[0].EventId)
-	}
+	})
 }
 
 // Acceptance (5): an invalid event is REJECTED with the violation, without
 // affecting its batch neighbours.
 func TestInvalidEventRejectedAlone(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	const user = "mixed-user"
-	noUser := ev("", "view", "phones", time.Minute)
-	badType := ev(user, "View Page", "phones", time.Minute)
-	future := ev(user, "view", "phones", -2*time.Hour)
-	ancient := ev(user, "view", "phones", 48*time.Hour)
-	noTime := ev(user, "view", "phones", 0)
-	noTime.OccurredAt = nil
-	badAttr := ev(user, "view", "phones", time.Minute)
-	badAttr.Attributes = map[string]string{"": "empty key"}
-	batch := []*nudgev1.Event{
-		ev(user, "view", "phones", 3*time.Minute),
-		noUser, badType, future, ancient, noTime, badAttr,
-		ev(user, "view", "phones", time.Minute),
-	}
-	resp := e.publish(t, batch...)
-	wantStatus(t, resp.Results[0], applied)
-	wantStatus(t, resp.Results[7], applied)
-	for _, c := range []struct {
-		i      int
-		reason string
-	}{
-		{1, "user_id: value is required [required]"},
-		{2, "type: does not match regex pattern"},
-		{3, "in the future"},
-		{4, "older than the retention"},
-		{5, "occurred_at: value is required"},
-		{6, "attributes"},
-	} {
-		r := resp.Results[c.i]
-		wantStatus(t, r, rejected)
-		if !strings.Contains(r.Reason, c.reason) {
-			t.Errorf("event %d: reason %q does not contain %q", c.i, r.Reason, c.reason)
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		const user = "mixed-user"
+		noUser := ev("", "view", "phones", time.Minute)
+		badType := ev(user, "View Page", "phones", time.Minute)
+		future := ev(user, "view", "phones", -2*time.Hour)
+		ancient := ev(user, "view", "phones", 48*time.Hour)
+		noTime := ev(user, "view", "phones", 0)
+		noTime.OccurredAt = nil
+		badAttr := ev(user, "view", "phones", time.Minute)
+		badAttr.Attributes = map[string]string{"": "empty key"}
+		batch := []*nudgev1.Event{
+			ev(user, "view", "phones", 3*time.Minute),
+			noUser, badType, future, ancient, noTime, badAttr,
+			ev(user, "view", "phones", time.Minute),
 		}
-		if r.EventId != batch[c.i].EventId {
-			t.Errorf("result %d is for %s, want %s", c.i, r.EventId, batch[c.i].EventId)
+		resp := e.publish(t, batch...)
+		wantStatus(t, resp.Results[0], applied)
+		wantStatus(t, resp.Results[7], applied)
+		for _, c := range []struct {
+			i      int
+			reason string
+		}{
+			{1, "user_id: value is required [required]"},
+			{2, "type: does not match regex pattern"},
+			{3, "in the future"},
+			{4, "older than the retention"},
+			{5, "occurred_at: value is required"},
+			{6, "attributes"},
+		} {
+			r := resp.Results[c.i]
+			wantStatus(t, r, rejected)
+			if !strings.Contains(r.Reason, c.reason) {
+				t.Errorf("event %d: reason %q does not contain %q", c.i, r.Reason, c.reason)
+			}
+			if r.EventId != batch[c.i].EventId {
+				t.Errorf("result %d is for %s, want %s", c.i, r.EventId, batch[c.i].EventId)
+			}
 		}
-	}
-	if got := e.profile(t, user).Totals["view"]; got != 2 {
-		t.Errorf("view total %d, want 2", got)
-	}
+		if got := e.profile(t, user).Totals["view"]; got != 2 {
+			t.Errorf("view total %d, want 2", got)
+		}
 
-	// A malformed request as a whole is InvalidArgument.
-	_, err := e.ingest.Publish(ctxT(t), &nudgev1.PublishRequest{})
-	wantCode(t, err, codes.InvalidArgument, "events")
-	// On a stream too: the stream ends with InvalidArgument.
-	stream, err := e.ingest.Stream(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&nudgev1.StreamRequest{Seq: 1}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = stream.Recv()
-	wantCode(t, err, codes.InvalidArgument, "events")
+		// A malformed request as a whole is InvalidArgument.
+		_, err := e.ingest.Publish(ctxT(t), &nudgev1.PublishRequest{})
+		wantCode(t, err, codes.InvalidArgument, "events")
+		// On a stream too: the stream ends with InvalidArgument.
+		stream, err := e.ingest.Stream(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&nudgev1.StreamRequest{Seq: 1}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = stream.Recv()
+		wantCode(t, err, codes.InvalidArgument, "events")
+	})
 }
 
 // Acceptance (6): DeleteProfile leaves no key for that user and no entry in
 // the outbox, and leaves other users alone.
 func TestDeleteProfileLeavesNoKey(t *testing.T) {
-	e := newEnv(t, profile.Options{Buckets: 4})
-	victim := "erase-me"
-	// A neighbour in the same bucket, to check only the victim's entries go.
-	neighbour := ""
-	for i := 0; neighbour == ""; i++ {
-		if u := fmt.Sprintf("keep-%d", i); e.store.Bucket(u) == e.store.Bucket(victim) {
-			neighbour = u
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{Buckets: 4})
+		victim := "erase-me"
+		// A neighbour in the same bucket, to check only the victim's entries go.
+		neighbour := ""
+		for i := 0; neighbour == ""; i++ {
+			if u := fmt.Sprintf("keep-%d", i); e.store.Bucket(u) == e.store.Bucket(victim) {
+				neighbour = u
+			}
 		}
-	}
-	for _, u := range []string{victim, neighbour} {
-		resp := e.publish(t, ev(u, "view", "phones", 9*time.Minute), ev(u, "view", "phones", 6*time.Minute), ev(u, "view", "phones", 3*time.Minute))
-		if len(resp.Actions) != 1 {
-			t.Fatalf("%s: %d actions, want 1", u, len(resp.Actions))
+		for _, u := range []string{victim, neighbour} {
+			resp := e.publish(t, ev(u, "view", "phones", 9*time.Minute), ev(u, "view", "phones", 6*time.Minute), ev(u, "view", "phones", 3*time.Minute))
+			if len(resp.Actions) != 1 {
+				t.Fatalf("%s: %d actions, want 1", u, len(resp.Actions))
+			}
 		}
-	}
-	del, err := e.prof.DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: victim})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !del.Deleted || del.ActionsDeleted != 1 {
-		t.Errorf("DeleteProfile = %v, want deleted with 1 action", del)
-	}
-	keys, err := e.rdb.Keys(ctxT(t), "*").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range keys {
-		if strings.Contains(k, victim) {
-			t.Errorf("key %q still exists", k)
+		del, err := e.prof.DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: victim})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	for _, a := range e.outbox(t, victim) {
-		if a.UserID == victim {
-			t.Errorf("outbox still holds %+v", a)
+		if !del.Deleted || del.ActionsDeleted != 1 {
+			t.Errorf("DeleteProfile = %v, want deleted with 1 action", del)
 		}
-	}
-	if n := len(e.outbox(t, neighbour)); n != 1 {
-		t.Errorf("neighbour's outbox entries: %d, want 1", n)
-	}
-	_, err = e.prof.GetProfile(ctxT(t), &nudgev1.GetProfileRequest{UserId: victim})
-	wantCode(t, err, codes.NotFound, "not found")
-	if e.profile(t, neighbour).Totals["view"] != 3 {
-		t.Error("neighbour's profile changed")
-	}
-	again, err := e.prof.DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: victim})
-	if err != nil || again.Deleted {
-		t.Errorf("second delete = %v, %v; want deleted=false", again, err)
-	}
+		for _, k := range e.keys(t) {
+			if strings.Contains(k, victim) {
+				t.Errorf("key %q still exists", k)
+			}
+		}
+		for _, a := range e.outbox(t, victim) {
+			if a.UserID == victim {
+				t.Errorf("outbox still holds %+v", a)
+			}
+		}
+		if n := len(e.outbox(t, neighbour)); n != 1 {
+			t.Errorf("neighbour's outbox entries: %d, want 1", n)
+		}
+		_, err = e.prof.GetProfile(ctxT(t), &nudgev1.GetProfileRequest{UserId: victim})
+		wantCode(t, err, codes.NotFound, "not found")
+		if e.profile(t, neighbour).Totals["view"] != 3 {
+			t.Error("neighbour's profile changed")
+		}
+		again, err := e.prof.DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: victim})
+		if err != nil || again.Deleted {
+			t.Errorf("second delete = %v, %v; want deleted=false", again, err)
+		}
+	})
 }
 
 // GetDecision answers from the profile and the offers of the bundled rules.
 func TestGetDecisionAnswersFromProfile(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	const user = "decide-user"
-	e.publish(t, inDaytime(ev(user, "view", "phones", 9*time.Minute)), ev(user, "view", "phones", 6*time.Minute), ev(user, "view", "phones", 3*time.Minute))
-	resp, err := e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := resp.Decision
-	if d.Verdict != nudgev1.Verdict_VERDICT_SEND || d.Offer == nil || d.Degraded || resp.ProfileVersion != 1 {
-		t.Errorf("decision = %v, version %d; want SEND with an offer on version 1", d, resp.ProfileVersion)
-	}
-	if len(d.Reasons) == 0 {
-		t.Error("decision has no reasons")
-	}
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		const user = "decide-user"
+		e.publish(t, inDaytime(ev(user, "view", "phones", 9*time.Minute)), ev(user, "view", "phones", 6*time.Minute), ev(user, "view", "phones", 3*time.Minute))
+		resp, err := e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := resp.Decision
+		if d.Verdict != nudgev1.Verdict_VERDICT_SEND || d.Offer == nil || d.Degraded || resp.ProfileVersion != 1 {
+			t.Errorf("decision = %v, version %d; want SEND with an offer on version 1", d, resp.ProfileVersion)
+		}
+		if len(d.Reasons) == 0 {
+			t.Error("decision has no reasons")
+		}
 
-	unsub := ev(user, "unsubscribe", "", 0)
-	unsub.Channel = "sms"
-	e.publish(t, unsub)
-	resp, err = e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Decision.Verdict != nudgev1.Verdict_VERDICT_NONE {
-		t.Errorf("after unsubscribe from sms: %v, want NONE", resp.Decision)
-	}
+		unsub := ev(user, "unsubscribe", "", 0)
+		unsub.Channel = "sms"
+		e.publish(t, unsub)
+		resp, err = e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Decision.Verdict != nudgev1.Verdict_VERDICT_NONE {
+			t.Errorf("after unsubscribe from sms: %v, want NONE", resp.Decision)
+		}
 
-	_, err = e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user})
-	wantCode(t, err, codes.InvalidArgument, "channel")
+		_, err = e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user})
+		wantCode(t, err, codes.InvalidArgument, "channel")
+	})
 }
 
 // A stored event keeps its event time to the millisecond, whatever the
 // arrival order.
 func TestEventTimeIsKept(t *testing.T) {
-	e := newEnv(t, profile.Options{})
-	at := time.Now().Add(-7 * time.Minute).Truncate(time.Millisecond)
-	e.publish(t, &nudgev1.Event{EventId: "t1", UserId: "time-user", Type: "purchase", Category: "phones", Value: 199.5, OccurredAt: timestamppb.New(at)})
-	p := e.profile(t, "time-user")
-	if got := p.LastSeen["purchase"].AsTime(); !got.Equal(at) {
-		t.Errorf("last purchase at %v, want %v", got, at)
-	}
-	if p.PurchaseCount != 1 || p.PurchaseValue != 199.5 {
-		t.Errorf("purchases %d / %v", p.PurchaseCount, p.PurchaseValue)
-	}
+	forBackends(t, func(t *testing.T, b backend) {
+		e := b.newEnv(t, profile.Options{})
+		at := time.Now().Add(-7 * time.Minute).Truncate(time.Millisecond)
+		e.publish(t, &nudgev1.Event{EventId: "t1", UserId: "time-user", Type: "purchase", Category: "phones", Value: 199.5, OccurredAt: timestamppb.New(at)})
+		p := e.profile(t, "time-user")
+		if got := p.LastSeen["purchase"].AsTime(); !got.Equal(at) {
+			t.Errorf("last purchase at %v, want %v", got, at)
+		}
+		if p.PurchaseCount != 1 || p.PurchaseValue != 199.5 {
+			t.Errorf("purchases %d / %v", p.PurchaseCount, p.PurchaseValue)
+		}
+	})
 }

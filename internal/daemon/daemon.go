@@ -314,6 +314,9 @@ func (c RedisConfig) Options() (*redis.Options, error) {
 
 // openRedis connects to the configured Redis, or starts the embedded store.
 func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), error) {
+	if cfg.Redis.IsCluster() {
+		return openCluster(ctx, cfg)
+	}
 	if cfg.Redis.Addr == "" {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
@@ -324,9 +327,6 @@ func openRedis(ctx context.Context, cfg Config) (redis.UniversalClient, func(), 
 		opt, _ := RedisOptions(mr.Addr()) // a host:port cannot fail
 		rdb := redis.NewClient(opt)
 		return rdb, func() { _ = rdb.Close(); mr.Close() }, nil
-	}
-	if cfg.Redis.IsCluster() {
-		return openCluster(ctx, cfg)
 	}
 	opt, err := cfg.Redis.Options()
 	if err != nil {
