@@ -24,7 +24,7 @@ import (
 
 // groupMember is one user of a group transaction.
 type groupMember struct {
-	idx    int    // the user's index in Apply's input and output
+	w      *userWork
 	key    string // profile key
 	outbox string // the bucket's outbox key
 	// conflicts counts the aborted EXECs of parts holding this user alone:
@@ -44,45 +44,36 @@ type groupPart struct {
 	retries int
 }
 
-// groupsOf splits the indexes of users into groups of at most size users,
-// in input order; with a bucket function (cluster mode), each group holds
-// users of one bucket, the buckets in the order they first appear. A user id
-// given twice goes into another group than its first occurrence: within one
-// transaction both would read the same stored profile and the second SET
-// would drop the first's events. Groups of one Apply call lock the same
-// user's stripe, so such repeats commit one after the other.
-func groupsOf(users []UserEvents, size int, bucket func(userID string) int) [][]int {
-	order := make([]int, len(users))
-	for i := range order {
-		order[i] = i
-	}
-	var rank []int // the rank of each user's bucket, in cluster mode
+// groupsOf splits work into groups of at most size users, in order; with a
+// bucket function (cluster mode), each group holds users of one bucket, the
+// buckets in the order they first appear. Each user appears once in work
+// (the shard merged its calls' events).
+func groupsOf(work []*userWork, size int, bucket func(userID string) int) [][]*userWork {
+	order := work
+	var rank map[*userWork]int // the rank of each user's bucket, in cluster mode
 	if bucket != nil {
-		rank = make([]int, len(users))
+		rank = make(map[*userWork]int, len(work))
 		first := make(map[int]int)
-		for i := range users {
-			b := bucket(users[i].UserID)
+		for _, w := range work {
+			b := bucket(w.userID)
 			r, ok := first[b]
 			if !ok {
 				r = len(first)
 				first[b] = r
 			}
-			rank[i] = r
+			rank[w] = r
 		}
-		slices.SortStableFunc(order, func(a, b int) int { return rank[a] - rank[b] })
+		order = slices.Clone(work)
+		slices.SortStableFunc(order, func(a, b *userWork) int { return rank[a] - rank[b] })
 	}
-	var groups [][]int
-	var cur []int
-	in := make(map[string]struct{}, min(size, len(users)))
-	for _, i := range order {
-		_, twice := in[users[i].UserID]
-		if len(cur) == size || twice || (rank != nil && len(cur) > 0 && rank[cur[0]] != rank[i]) {
+	var groups [][]*userWork
+	var cur []*userWork
+	for _, w := range order {
+		if len(cur) == size || (rank != nil && len(cur) > 0 && rank[cur[0]] != rank[w]) {
 			groups = append(groups, cur)
 			cur = nil
-			clear(in)
 		}
-		cur = append(cur, i)
-		in[users[i].UserID] = struct{}{}
+		cur = append(cur, w)
 	}
 	if len(cur) > 0 {
 		groups = append(groups, cur)
@@ -90,16 +81,16 @@ func groupsOf(users []UserEvents, size int, bucket func(userID string) int) [][]
 	return groups
 }
 
-// applyGroups commits users in groups, up to Parallelism groups at once,
-// writing each user's outcome to out.
-func (s *RedisStore) applyGroups(ctx context.Context, users []UserEvents, step Step, out []UserOutcome) {
+// applyGroups commits work in groups, up to Parallelism groups at once,
+// finishing every part of every user.
+func (s *RedisStore) applyGroups(ctx context.Context, work []*userWork) {
 	var bucket func(string) int
 	if s.cluster != nil {
 		bucket = s.Bucket
 	}
-	groups := groupsOf(users, s.opt.MaxGroupUsers, bucket)
+	groups := groupsOf(work, s.opt.MaxGroupUsers, bucket)
 	if len(groups) == 1 {
-		s.applyGroup(ctx, users, groups[0], step, out)
+		s.applyGroup(ctx, groups[0])
 		return
 	}
 	sem := make(chan struct{}, s.opt.Parallelism)
@@ -108,7 +99,7 @@ func (s *RedisStore) applyGroups(ctx context.Context, users []UserEvents, step S
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			s.applyGroup(ctx, users, g, step, out)
+			s.applyGroup(ctx, g)
 		})
 	}
 	wg.Wait()
@@ -117,13 +108,13 @@ func (s *RedisStore) applyGroups(ctx context.Context, users []UserEvents, step S
 // lockUsers takes the lock stripes of the users at idx in ascending stripe
 // order, each once, so that groups sharing stripes never deadlock, and
 // returns the function that releases them.
-func (s *RedisStore) lockUsers(users []UserEvents, idx []int) func() {
+func (s *RedisStore) lockUsers(group []*userWork) func() {
 	if s.locks == nil {
 		return func() {}
 	}
-	stripes := make([]uint32, len(idx))
-	for k, i := range idx {
-		stripes[k] = s.stripe(users[i].UserID)
+	stripes := make([]uint32, len(group))
+	for k, w := range group {
+		stripes[k] = s.stripe(w.userID)
 	}
 	slices.Sort(stripes)
 	stripes = slices.Compact(stripes)
@@ -144,19 +135,31 @@ func (s *RedisStore) lockUsers(users []UserEvents, idx []int) func() {
 // So a user isolates a contended neighbour within log2(MaxGroupUsers)
 // aborts, and a conflicting user is tried at most MaxAttempts times alone.
 // A Redis error retries the same part up to MaxErrorRetries times.
-func (s *RedisStore) applyGroup(ctx context.Context, users []UserEvents, idx []int, step Step, out []UserOutcome) {
+func (s *RedisStore) applyGroup(ctx context.Context, group []*userWork) {
+	// The calls get their users' results once the span has ended and the
+	// locks are released (deferred calls run last in, first out).
+	defer func() {
+		for _, w := range group {
+			w.deliver()
+		}
+	}()
 	ctx, span := s.startSpan(ctx, spanTransaction)
 	if span != nil {
 		defer span.End()
 	}
-	defer s.lockUsers(users, idx)()
+	defer s.lockUsers(group)()
 
-	members := make([]*groupMember, len(idx))
-	events := 0
-	for k, i := range idx {
-		id := users[i].UserID
-		members[k] = &groupMember{idx: i, key: s.ProfileKey(id), outbox: s.OutboxKey(s.Bucket(id))}
-		events += len(users[i].Events)
+	members := make([]*groupMember, len(group))
+	events, bucket := 0, -1
+	for k, w := range group {
+		b := s.Bucket(w.userID)
+		members[k] = &groupMember{w: w, key: s.ProfileKey(w.userID), outbox: s.OutboxKey(b)}
+		events += w.events()
+		if k == 0 || b == bucket {
+			bucket = b
+		} else {
+			bucket = -2 // several buckets
+		}
 	}
 	attempts, conflicts, committed, exhausted := 0, 0, 0, 0
 	var firstErr error // the first failure, for the span; it never names a user
@@ -165,7 +168,7 @@ func (s *RedisStore) applyGroup(ctx context.Context, users []UserEvents, idx []i
 			firstErr = cause
 		}
 		m.done = true
-		out[m.idx] = UserOutcome{Err: fmt.Errorf("user %q: %w", users[m.idx].UserID, cause)}
+		m.w.fail(fmt.Errorf("user %q: %w", m.w.userID, cause))
 	}
 	failAll := func(part []*groupMember, cause error) {
 		for _, m := range part {
@@ -184,11 +187,11 @@ func (s *RedisStore) applyGroup(ctx context.Context, users []UserEvents, idx []i
 			}
 		}
 		attempts++
-		wrote, err := s.commitPart(ctx, users, part.members, step, out)
+		wrote, err := s.commitPart(ctx, part.members)
 		// Users whose profile was corrupt or whose step panicked are final
 		// whatever the EXEC did; they leave the part.
 		live := slices.DeleteFunc(part.members, func(m *groupMember) bool {
-			if err := out[m.idx].Err; m.done && err != nil && firstErr == nil {
+			if err := m.w.err; m.done && err != nil && firstErr == nil {
 				if isPanic(err) {
 					firstErr = errStepPanicked // the panic's value may name the user
 				} else {
@@ -266,10 +269,13 @@ func (s *RedisStore) applyGroup(ctx context.Context, users []UserEvents, idx []i
 		outcome = outcomeError
 	}
 	span.SetAttributes(
-		attrUsers.Int(len(idx)), attrEvents.Int(events),
+		attrUsers.Int(len(group)), attrEvents.Int(events),
 		attrAttempts.Int(attempts), attrConflicts.Int(conflicts),
 		attrOutcome.String(outcome),
 	)
+	if bucket >= 0 {
+		span.SetAttributes(attrBucket.Int(bucket))
+	}
 	if firstErr != nil {
 		failSpan(span, firstErr)
 	}
@@ -284,15 +290,16 @@ func isPanic(err error) bool {
 }
 
 // commitPart is one transaction over part's users: WATCH their keys and
-// MGET them in one pipelined round trip, run step on each user's profile,
-// and if any changed, one MULTI with every changed profile's SET and every
-// action's XADD, EXEC. It returns the number of profiles written.
+// MGET them in one pipelined round trip, run each user's steps (one per
+// Apply call the shard merged, in arrival order) on its profile, and if any
+// changed, one MULTI with every changed profile's SET and every action's
+// XADD, EXEC. It returns the number of profiles written.
 //
-// When it returns nil, every user's outcome is in out and marked done. A
-// user whose profile does not decode (ErrCorrupt) or whose step panicked
+// When it returns nil, every user's outcomes are set and it is marked done.
+// A user whose profile does not decode (ErrCorrupt) or whose step panicked
 // (*PanicError) is done whatever it returns, and none of its writes are in
-// the MULTI. Other users get their outcome only when it returns nil.
-func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []*groupMember, step Step, out []UserOutcome) (int, error) {
+// the MULTI. Other users get their outcomes only when it returns nil.
+func (s *RedisStore) commitPart(ctx context.Context, part []*groupMember) (int, error) {
 	watch := make([]any, 1, len(part)+1)
 	watch[0] = "watch"
 	keys := make([]string, len(part))
@@ -301,10 +308,10 @@ func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []
 		watch = append(watch, m.key)
 	}
 	type result struct {
-		m       *groupMember
-		p       *Profile
-		outcome Outcome
-		changed bool
+		m        *groupMember
+		p        *Profile
+		outcomes []Outcome // one per part of the user's work
+		changed  bool
 	}
 	results := make([]result, 0, len(part))
 	wrote := 0
@@ -342,17 +349,23 @@ func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []
 				var derr error
 				if p, derr = Decode([]byte(raw)); derr != nil {
 					m.done = true
-					out[m.idx] = UserOutcome{Err: fmt.Errorf("user %q: %w", users[m.idx].UserID, derr)}
+					m.w.fail(fmt.Errorf("user %q: %w", m.w.userID, derr))
 					continue
 				}
 			}
-			o, perr := runStep(step, p, users[m.idx].Events, now)
+			r := result{m: m, p: p, outcomes: make([]Outcome, len(m.w.parts))}
+			var perr error
+			for j, wp := range m.w.parts {
+				if r.outcomes[j], perr = runStep(wp.step, p, wp.events, now); perr != nil {
+					break
+				}
+				r.changed = r.changed || r.outcomes[j].Changed()
+			}
 			if perr != nil {
 				m.done = true
-				out[m.idx] = UserOutcome{Err: perr}
+				m.w.fail(perr)
 				continue
 			}
-			r := result{m: m, p: p, outcome: o, changed: o.Changed()}
 			if r.changed {
 				p.Version++
 				p.UpdatedAt = now
@@ -375,8 +388,10 @@ func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []
 					continue
 				}
 				pipe.Set(ctx, r.m.key, Encode(r.p), ttl)
-				for j := range r.outcome.Actions {
-					pipe.XAdd(ctx, &redis.XAddArgs{Stream: r.m.outbox, Values: actionFields(&r.outcome.Actions[j])})
+				for _, o := range r.outcomes {
+					for j := range o.Actions {
+						pipe.XAdd(ctx, &redis.XAddArgs{Stream: r.m.outbox, Values: actionFields(&o.Actions[j])})
+					}
 				}
 			}
 			return nil
@@ -388,7 +403,7 @@ func (s *RedisStore) commitPart(ctx context.Context, users []UserEvents, part []
 	}
 	for _, r := range results {
 		r.m.done = true
-		out[r.m.idx] = UserOutcome{Outcome: r.outcome, Version: r.p.Version}
+		r.m.w.succeed(r.outcomes, r.p.Version)
 	}
 	return wrote, nil
 }

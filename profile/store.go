@@ -71,10 +71,16 @@ type Options struct {
 	// one bucket (one hash slot). 1 commits every user in a transaction of
 	// its own. Default 64.
 	MaxGroupUsers int
-	// Parallelism is how many transactions of one Apply call (groups, or
-	// users when MaxGroupUsers is 1) are committed at the same time.
-	// Default 16.
+	// Parallelism is how many transactions of one shard cycle (groups), or
+	// of one Apply call when MaxGroupUsers is 1 (users), are committed at
+	// the same time. Default 16.
 	Parallelism int
+	// Shards is the number of queues Apply routes users to, by bucket (the
+	// keyBy of DESIGN.md): each shard commits one cycle at a time, all the
+	// events queued for it since its last cycle, one read and one write per
+	// user however many calls brought its events. At most Shards ×
+	// Parallelism transactions run at once. Default 32.
+	Shards int
 	// UserLocks is the number of in-process lock stripes that serialise
 	// transactions on the same user, so one server never races itself on a
 	// user (WATCH then only catches other servers' writes). Two users
@@ -87,8 +93,10 @@ type Options struct {
 	Now func() time.Time
 	// TracerProvider traces the store, each span a child of the one in the
 	// call's context: "nudge.profile.transaction" per group of Apply (all
-	// its attempts, splits included; no bucket, as a group may span
-	// buckets) and per single-user transaction of Apply and Update,
+	// its attempts, splits included; the bucket when the group's users
+	// share one; its parent is the context of the first call the shard
+	// cycle serves) and per single-user transaction of Update (and of
+	// Apply with MaxGroupUsers 1),
 	// "nudge.profile.read" per Get and GetMany, "nudge.profile.delete" per
 	// Delete. Spans carry counts, the bucket and the outcome, never a user
 	// id. Default nil: no tracing, at no cost (a nil check per call).
@@ -126,6 +134,9 @@ func (o Options) withDefaults() Options {
 	if o.Parallelism <= 0 {
 		o.Parallelism = 16
 	}
+	if o.Shards <= 0 {
+		o.Shards = 32
+	}
 	if o.UserLocks == 0 {
 		o.UserLocks = 65536
 	}
@@ -145,6 +156,7 @@ type RedisStore struct {
 	// run on the master of their slot, and groups hold one bucket each.
 	cluster *redis.ClusterClient
 	opt     Options
+	shards  []shard      // see Options.Shards
 	locks   []sync.Mutex // see Options.UserLocks
 	stats   storeStats
 	tracer  trace.Tracer // nil: tracing off
@@ -182,6 +194,7 @@ func NewRedisStore(rdb redis.UniversalClient, opt Options) *RedisStore {
 	if s.opt.UserLocks > 0 {
 		s.locks = make([]sync.Mutex, s.opt.UserLocks)
 	}
+	s.shards = make([]shard, s.opt.Shards)
 	if s.opt.TracerProvider != nil {
 		s.tracer = s.opt.TracerProvider.Tracer("github.com/nudge-dm/nudge/profile")
 	}
@@ -335,15 +348,13 @@ func GroupByUser(events []Event) ([]UserEvents, [][]int) {
 // reply was lost reports the events as duplicates instead of counting them
 // twice.
 func (s *RedisStore) Apply(ctx context.Context, users []UserEvents, step Step) []UserOutcome {
-	out := make([]UserOutcome, len(users))
-	if len(users) == 1 {
-		out[0] = s.applyUserRecovered(ctx, users[0], step)
-		return out
+	if len(users) == 0 {
+		return nil
 	}
 	if s.opt.MaxGroupUsers > 1 {
-		s.applyGroups(ctx, users, step, out)
-		return out
+		return s.applySharded(ctx, users, step)
 	}
+	out := make([]UserOutcome, len(users))
 	sem := make(chan struct{}, s.opt.Parallelism)
 	var wg sync.WaitGroup
 	for i := range users {
