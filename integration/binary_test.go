@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
@@ -315,9 +316,14 @@ func TestNudgedBinaryReloadsRulesOnSIGHUP(t *testing.T) {
 	}
 	offerNow := func() string {
 		t.Helper()
-		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "u", Channel: "web"})
+		// A generous budget: a cold first call on a busy test machine
+		// must not degrade to the fallback; budgets have their own tests.
+		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "u", Channel: "web", Budget: durationpb.New(time.Second)})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if d.GetDecision().GetDegraded() {
+			t.Fatalf("decision degraded: %v", d)
 		}
 		return d.GetDecision().GetOffer().GetId()
 	}

@@ -133,15 +133,17 @@ func TestHotUserConcurrentWritersLoseNothing(t *testing.T) {
 		if got := count(t, p, "click", "", time.Hour); got != writers*perWriter {
 			t.Errorf("click count over 1h = %d, want %d", got, writers*perWriter)
 		}
-		if p.Version != writers*perWriter {
-			t.Errorf("version = %d, want one per committed transaction (%d)", p.Version, writers*perWriter)
-		}
 		var st profile.Stats
 		for _, s := range stores {
 			x := s.Stats()
 			st.Transactions += x.Transactions
 			st.Conflicts += x.Conflicts
 			st.Exhausted += x.Exhausted
+		}
+		// A server's shard merges the calls queued for the user while it
+		// commits: the version counts commits, at most one per event.
+		if p.Version != st.Transactions || p.Version > writers*perWriter {
+			t.Errorf("version = %d after %d commits, want one per commit and at most %d", p.Version, st.Transactions, writers*perWriter)
 		}
 		if st.Conflicts == 0 {
 			t.Errorf("no WATCH conflict among %d concurrent writers on %d servers: the retry path was not exercised", writers, servers)

@@ -57,7 +57,8 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 		serviceName = "nudged"
 	}
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp),
-		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", serviceName))))
+		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", serviceName))),
+		sdkmetric.WithView(rpcDurationView))
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
@@ -165,3 +166,17 @@ func (d *daemonMetrics) reloaded(ctx context.Context, changed bool, err error) {
 		d.reloads.Add(ctx, 1, d.reloadAttr["unchanged"])
 	}
 }
+
+// rpcDurationView gives otelgrpc's call duration histogram buckets that
+// resolve a decision's sub-millisecond handling time: the SDK's default
+// boundaries (0, 5, 10, 25 ... in the instrument's unit, seconds) would put
+// every call in one bucket.
+var rpcDurationView = sdkmetric.NewView(
+	sdkmetric.Instrument{Name: "rpc.server.call.duration"},
+	sdkmetric.Stream{Aggregation: sdkmetric.AggregationExplicitBucketHistogram{
+		Boundaries: []float64{
+			0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+			0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+		},
+	}},
+)
