@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -136,14 +135,15 @@ func (s *Server) readProfiles(ctx context.Context, ids []string, read func(conte
 	return r.ps, r.errs
 }
 
-// runBounded runs fn on its own goroutine and waits for it at most until
-// ctx ends: the budget holds whatever the store does (a client library that
-// ignores deadlines, a paused Redis). A call abandoned at the deadline
-// finishes in the background (its result is dropped); at most
-// Config.MaxPendingReads calls run at once, and past that runBounded fails
-// at once with errReadsSaturated, so a stuck store cannot pile up
-// goroutines. A panic in fn is re-raised in the caller's goroutine, where
-// the recovery interceptor handles it.
+// runBounded runs fn with ctx, whose deadline is the read's share of the
+// budget, when fewer than Config.MaxPendingReads calls are running it;
+// past that it fails at once with errReadsSaturated, so that a slow store
+// degrades decisions instead of piling them up.
+//
+// fn runs on the caller's goroutine: a goroutine per decision cost about a
+// tenth of the server's CPU per decision (creation, stack growth, a
+// cross-CPU wake-up), so the budget relies on the store honouring ctx's
+// deadline (see Store). A panic in fn reaches the recovery interceptor.
 func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) T) (T, error) {
 	var zero T
 	select {
@@ -151,30 +151,15 @@ func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) 
 	default:
 		return zero, errReadsSaturated
 	}
-	type result struct {
-		v        T
-		panicked bool
+	defer func() { <-s.pendingReads }()
+	if err := ctx.Err(); err != nil {
+		return zero, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		defer func() { <-s.pendingReads }()
-		defer func() {
-			if p := recover(); p != nil {
-				s.cfg.Logger.ErrorContext(ctx, "panic in store call", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
-				done <- result{panicked: true}
-			}
-		}()
-		done <- result{v: fn(ctx)}
-	}()
-	select {
-	case r := <-done:
-		if r.panicked {
-			panic("store call panicked (see the log)")
-		}
-		return r.v, nil
-	case <-ctx.Done():
-		return zero, ctx.Err()
+	v := fn(ctx)
+	if err := ctx.Err(); err != nil {
+		return zero, err
 	}
+	return v, nil
 }
 
 // reserve decides with reserve: inside one transaction on the user's

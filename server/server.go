@@ -28,7 +28,10 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// Store is what the server needs from the profile store.
+// Store is what the server needs from the profile store. Get and GetMany
+// must return by their context's deadline: a decision's budget relies on
+// it. RedisStore does when its go-redis client has ContextTimeoutEnabled,
+// as nudged's has.
 type Store interface {
 	Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
 	Get(ctx context.Context, userID string) (*profile.Profile, error)
@@ -78,8 +81,7 @@ type Config struct {
 	// 5m.
 	ReservationTTL time.Duration
 	// MaxPendingReads bounds the decision reads waiting on the store at
-	// once, including reads abandoned at their budget that the store has not
-	// finished yet. Past it, decisions degrade at once. Default 1024.
+	// once. Past it, decisions degrade at once. Default 1024.
 	MaxPendingReads int
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
