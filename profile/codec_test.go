@@ -649,3 +649,23 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkApplyEvent is the pure profile update of one event (dedup,
+// event-time bucket, totals) on the typical profile of BenchmarkEncode,
+// followed by Compact, as a step does per batch. The one allocation per
+// op is the benchmark's own event id.
+func BenchmarkApplyEvent(b *testing.B) {
+	p := benchProfile()
+	now := p.UpdatedAt
+	l := profile.Limits{}.WithDefaults()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		e := profile.Event{ID: fmt.Sprintf("bench-%d", i), UserID: "u", Type: "view", Category: "phones", OccurredAt: now.Add(-time.Minute)}
+		if r := p.ApplyEvent(&e, now, l); r.Status != profile.Applied {
+			b.Fatalf("event %d: %v", i, r.Status)
+		}
+		p.Compact(now, l)
+		i++
+	}
+}
