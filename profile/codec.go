@@ -249,6 +249,10 @@ func Decode(b []byte) (*Profile, error) {
 			}
 		case num == fSeenAt && typ == protowire.BytesType:
 			prev := int64(0)
+			if seenAt == nil {
+				// Encode writes the hashes first: size for them.
+				seenAt = make([]int64, 0, len(p.Seen))
+			}
 			for len(v) > 0 {
 				d, n := protowire.ConsumeVarint(v)
 				if n < 0 {
