@@ -143,6 +143,19 @@ func (s *RedisStore) applyGroup(ctx context.Context, group []*userWork) {
 			w.deliver()
 		}
 	}()
+	// A panic outside the steps (runStep recovers theirs) is a bug; it
+	// fails the group's unfinished users instead of the process, since
+	// this runs on a shard's goroutine that no caller could recover.
+	defer func() {
+		if v := recover(); v != nil {
+			perr := &PanicError{Value: v, Stack: debug.Stack()}
+			for _, w := range group {
+				if w.err == nil && w.outcomes == nil {
+					w.err = perr
+				}
+			}
+		}
+	}()
 	ctx, span := s.startSpan(ctx, spanTransaction)
 	if span != nil {
 		defer span.End()

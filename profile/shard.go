@@ -2,6 +2,7 @@ package profile
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -78,8 +79,15 @@ func (w *userWork) succeed(outcomes []Outcome, version uint64) {
 	w.outcomes, w.version = outcomes, version
 }
 
+// errNoResult is the result of a user the group left without one, which
+// only a bug can do; it is delivered rather than leave a call waiting.
+var errNoResult = errors.New("profile: internal error: the transaction gave this user no result")
+
 // deliver finishes every part of the user with its result.
 func (w *userWork) deliver() {
+	if w.err == nil && len(w.outcomes) != len(w.parts) {
+		w.err = errNoResult
+	}
 	for j, p := range w.parts {
 		if w.err != nil {
 			p.call.finish(p.idx, UserOutcome{Err: w.err})
