@@ -99,7 +99,9 @@ func TestShardMergedCallsKeepTheirSteps(t *testing.T) {
 	go env.store.Apply(t.Context(), one(user, uev(user, "e0", "view", storeNow)), gate)
 	<-entered
 	a, b := make(chan profile.UserOutcome, 1), make(chan profile.UserOutcome, 1)
-	go func() { a <- env.store.Apply(t.Context(), one(user, uev(user, "e1", triggerType, storeNow)), trigger)[0] }()
+	go func() {
+		a <- env.store.Apply(t.Context(), one(user, uev(user, "e1", triggerType, storeNow)), trigger)[0]
+	}()
 	waitQueued(t, env.store, user, 1)
 	go func() {
 		// e1 again, then e2: e1 is a duplicate of the call before it.
