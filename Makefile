@@ -3,7 +3,7 @@
 #   make run       nudged with the embedded (not durable) store on 127.0.0.1:7070
 #   make demo      nudged + a scripted shopper: prints the triggered coupon and a decision
 #   make test      vet + every test (unit, real redis-server, integration), with -race
-#   make bench     Go benchmarks (see BENCHMARKS.md)
+#   make bench     the standard benchmark set; rewrites BENCHMARKS.md (about 10 min, not in CI)
 #   make generate  regenerate protobuf code (needs buf and the pinned plugins)
 #   make lint      gofmt, go vet, buf lint
 
@@ -37,8 +37,12 @@ ensure-tools:
 test: ensure-tools vet
 	$(GO) test -race -count=1 -timeout 15m ./...
 
+# The standard set of BENCHMARKS.md (about 15 minutes, not in CI): builds
+# nudged and nudge-bench, runs them against their own redis-server and
+# rewrites BENCHMARKS.md's generated section. BENCH_QUICK=1: one short
+# repetition to try it out; BENCH_REPS=N: repetitions (default 3).
 bench: ensure-tools
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./profile/ ./decision/ ./server/
+	bash scripts/bench.sh
 
 vet:
 	$(GO) vet ./...

@@ -15,7 +15,7 @@ import (
 
 // config is every setting of a run, from the flags.
 type config struct {
-	Workloads []string // ingest, decide, floor, mixed; "decide,floor" is the only pair
+	Workloads []string // ingest, decide, floor, mixed, actions, peer-watch; "decide,floor" is the only pair
 	Addr      string
 	Conns     int
 	// Security, as nudgectl and nudge-demo (clientflags).
@@ -33,7 +33,7 @@ type config struct {
 	Batch      int
 	InFlight   int
 	Prefix     string  // event id prefix, unique per run
-	IngestRate float64 // events/s of mixed
+	IngestRate float64 // events/s of mixed and actions
 
 	// Decide and floor.
 	Rate        float64 // calls/s; 0: as fast as Concurrency callers go
@@ -43,6 +43,13 @@ type config struct {
 	Budget      time.Duration // 0: the server's
 	Rounds      int           // decide,floor: alternate the two this many times
 	Seed        bool
+
+	// Actions: the subscriber's consumer group and how many members, the
+	// events per fired action, and how long to wait for stragglers.
+	Group       string
+	Subscribers int
+	ActionEvery int
+	Grace       time.Duration
 
 	Verify    bool
 	RedisAddr string
@@ -59,7 +66,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, or decide,floor (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -69,19 +76,23 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.Float64Var(&c.ZipfS, "zipf-s", 1.1, "Zipf exponent s (> 1)")
 	fs.IntVar(&c.Events, "events", 1_000_000, "ingest: events to send")
 	fs.IntVar(&c.Streams, "streams", 4, "ingest: concurrent IngestService/Stream calls")
-	fs.IntVar(&c.Batch, "batch", 500, "ingest: events per batch (at most 5000)")
+	fs.IntVar(&c.Batch, "batch", 0, "ingest, mixed, actions: events per batch, at most 5000 (default 500; actions 100)")
 	fs.IntVar(&c.InFlight, "inflight", 8, "ingest: batches in flight per stream")
 	fs.StringVar(&c.Prefix, "prefix", "", "ingest: event id prefix, so that a re-run does not deduplicate (default: from the start time)")
-	fs.Float64Var(&c.IngestRate, "ingest-rate", 20_000, "mixed: events per second sent during --duration")
+	fs.Float64Var(&c.IngestRate, "ingest-rate", 0, "mixed, actions: events per second sent during --duration (default 20000; actions 10000)")
 	fs.Float64Var(&c.Rate, "rate", 5000, "decide, floor, mixed: calls per second, open loop (0: as fast as --concurrency callers go)")
-	fs.IntVar(&c.Concurrency, "concurrency", 16, "decide, floor, mixed: concurrent callers")
-	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "decide, floor, mixed: how long to send (decide,floor: each)")
+	fs.IntVar(&c.Concurrency, "concurrency", 16, "decide, floor, mixed, peer-watch: concurrent callers (peer-watch: workers)")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "decide, floor, mixed, actions: how long to send (decide,floor: each); peer-watch: its time bound")
 	fs.StringVar(&c.Channel, "channel", "sms", "decide: channel asked for")
 	fs.DurationVar(&c.Budget, "budget", 0, "decide: budget of each call (default: the server's)")
 	fs.IntVar(&c.Rounds, "rounds", 2, "decide,floor: alternate decide and floor this many times, each for duration/rounds")
 	fs.BoolVar(&c.Seed, "seed", false, "decide, floor, mixed: first write one profile per user through IngestService/Publish")
-	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors")
-	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor, and by --verify to read profiles back")
+	fs.StringVar(&c.Group, "group", "nudge-bench", "actions: the subscribers' consumer group")
+	fs.IntVar(&c.Subscribers, "subscribers", 1, "actions: members of the group, each on its own ActionService/Subscribe stream")
+	fs.IntVar(&c.ActionEvery, "action-every", 10, "actions: one action per this many events, 3..18 (a fresh user views one category 3 times and others once)")
+	fs.DurationVar(&c.Grace, "grace", 5*time.Second, "actions: how long to wait for actions still due after the last event was answered")
+	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors; actions: every fired action delivered")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor and peer-watch, and by --verify to read profiles back")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +105,20 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 		c.Prefix = "nb" + now.UTC().Format("20060102T150405.000")
 	}
 	c.Workloads = strings.Split(*workload, ",")
+	// The actions workload measures latency, so it sends smaller batches at
+	// a lower rate than the throughput workloads by default.
+	if c.Batch == 0 {
+		c.Batch = 500
+		if c.has("actions") {
+			c.Batch = 100
+		}
+	}
+	if c.IngestRate == 0 {
+		c.IngestRate = 20_000
+		if c.has("actions") {
+			c.IngestRate = 10_000
+		}
+	}
 	return c, c.validate()
 }
 
@@ -101,9 +126,9 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "floor", "mixed", "decide,floor":
+	case "ingest", "decide", "floor", "mixed", "actions", "peer-watch", "decide,floor":
 	default:
-		return bad("--workload %q: want ingest, decide, floor, mixed or decide,floor", w)
+		return bad("--workload %q: want ingest, decide, floor, mixed, actions, peer-watch or decide,floor", w)
 	}
 	if _, err := c.Security.Options(); err != nil { // contradictory flags, unreadable files
 		return err
@@ -123,8 +148,8 @@ func (c config) validate() error {
 		return bad("--streams and --inflight must be at least 1")
 	case c.Batch < 1 || c.Batch > 5000:
 		return bad("--batch must be within 1..5000 (the server's limit)")
-	case c.Rate < 0 || c.IngestRate <= 0:
-		return bad("--rate must be 0 or more, --ingest-rate above 0")
+	case c.Rate < 0 || c.IngestRate < 0:
+		return bad("--rate and --ingest-rate must be 0 or more")
 	case c.Concurrency < 1:
 		return bad("--concurrency must be at least 1")
 	case c.Duration <= 0:
@@ -135,8 +160,18 @@ func (c config) validate() error {
 		return bad("--buckets must be at least 1")
 	case c.has("floor") && c.RedisAddr == "":
 		return bad("floor reads a profile from Redis on every call: give --redis-addr")
-	case c.Seed && c.only("ingest"):
+	case c.has("peer-watch") && c.RedisAddr == "":
+		return bad("peer-watch runs its transactions on Redis directly: give --redis-addr")
+	case c.Seed && (c.only("ingest") || c.only("actions") || c.only("peer-watch")):
 		return bad("--seed is for decide, floor and mixed")
+	case c.Subscribers < 1:
+		return bad("--subscribers must be at least 1")
+	case c.ActionEvery < 3 || c.ActionEvery > maxActionEvery:
+		return bad("--action-every must be within 3..%d", maxActionEvery)
+	case c.Grace < 0:
+		return bad("--grace must not be negative")
+	case c.Group == "":
+		return bad("--group must not be empty")
 	}
 	return nil
 }

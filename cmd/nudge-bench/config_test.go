@@ -29,6 +29,7 @@ func TestDefaults(t *testing.T) {
 		Users: 100_000, UserPrefix: "bench-user-", Dist: "zipf", ZipfS: 1.1,
 		Events: 1_000_000, Streams: 4, Batch: 500, InFlight: 8, Prefix: "nb20261124T210000.000", IngestRate: 20_000,
 		Rate: 5000, Concurrency: 16, Duration: 20 * time.Second, Channel: "sms", Rounds: 2, Buckets: 1024,
+		Group: "nudge-bench", Subscribers: 1, ActionEvery: 10, Grace: 5 * time.Second,
 	}
 	if !slices.Equal(c.Workloads, want.Workloads) {
 		t.Errorf("workloads %v", c.Workloads)
@@ -37,6 +38,28 @@ func TestDefaults(t *testing.T) {
 	c.Security = nil // its own package's tests cover it
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// The actions workload measures latency: smaller batches and a lower rate
+// by default, and explicit values win.
+func TestActionsDefaults(t *testing.T) {
+	c, err := parse(t, nil, "--workload", "actions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Batch != 100 || c.IngestRate != 10_000 {
+		t.Errorf("actions: batch %d, ingest rate %v; want 100 and 10000", c.Batch, c.IngestRate)
+	}
+	c, err = parse(t, nil, "--workload", "actions", "--batch", "20", "--ingest-rate", "500")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Batch != 20 || c.IngestRate != 500 {
+		t.Errorf("explicit: batch %d, ingest rate %v; want 20 and 500", c.Batch, c.IngestRate)
+	}
+	if c, _ := parse(t, nil, "--workload", "mixed"); c.Batch != 500 || c.IngestRate != 20_000 {
+		t.Errorf("mixed: batch %d, ingest rate %v; want 500 and 20000", c.Batch, c.IngestRate)
 	}
 }
 
@@ -63,6 +86,17 @@ func TestFlagValidation(t *testing.T) {
 		{"mixed with seed", []string{"--workload", "mixed", "--seed"}, ""},
 		{"closed loop", []string{"--workload", "decide", "--rate", "0"}, ""},
 		{"uniform ignores zipf-s", []string{"--dist", "uniform", "--zipf-s", "0.5"}, ""},
+		{"actions", []string{"--workload", "actions", "--subscribers", "2", "--action-every", "3", "--grace", "0s"}, ""},
+		{"peer-watch", []string{"--workload", "peer-watch", "--redis-addr", "127.0.0.1:6379", "--dist", "uniform"}, ""},
+		{"peer-watch needs redis", []string{"--workload", "peer-watch"}, "--redis-addr"},
+		{"actions with seed", []string{"--workload", "actions", "--seed"}, "--seed"},
+		{"peer-watch with seed", []string{"--workload", "peer-watch", "--redis-addr", "x:1", "--seed"}, "--seed"},
+		{"zero subscribers", []string{"--workload", "actions", "--subscribers", "0"}, "--subscribers"},
+		{"action-every too small", []string{"--workload", "actions", "--action-every", "2"}, "--action-every"},
+		{"action-every too large", []string{"--workload", "actions", "--action-every", "19"}, "--action-every"},
+		{"negative grace", []string{"--workload", "actions", "--grace", "-1s"}, "--grace"},
+		{"empty group", []string{"--workload", "actions", "--group", ""}, "--group"},
+		{"actions,ingest", []string{"--workload", "actions,ingest"}, "--workload"},
 		{"unknown workload", []string{"--workload", "read"}, "--workload"},
 		{"floor,decide order", []string{"--workload", "floor,decide", "--redis-addr", "x:1"}, "--workload"},
 		{"floor needs redis", []string{"--workload", "floor"}, "--redis-addr"},

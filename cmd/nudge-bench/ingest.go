@@ -44,6 +44,15 @@ type ingestPlan struct {
 	events int
 	rate   float64
 	start  time.Time
+	// event builds event i (nil: a view of a random user and category,
+	// up to 30 minutes old); now is the run's start.
+	event func(i int, now time.Time) *nudgev1.Event
+	// sent, when set, learns when each batch's latency starts (its due
+	// time when paced, else its send; see earlySlack), before the batch
+	// goes out.
+	sent func(req *nudgev1.StreamRequest, from time.Time)
+	// actions, when set, receives the actions each response reports.
+	actions func([]*nudgev1.Action)
 }
 
 // ingest sends the plan's events over cfg.Streams streams spread over
@@ -61,7 +70,7 @@ func ingest(ctx context.Context, cfg config, conns []*client.Client, plan ingest
 	var wg sync.WaitGroup
 	for w := range cfg.Streams {
 		wg.Go(func() {
-			iw := &ingestWorker{cfg: cfg, st: st, conn: conns[w%len(conns)], now: now, salt: hashString(cfg.Prefix)}
+			iw := &ingestWorker{cfg: cfg, plan: plan, st: st, conn: conns[w%len(conns)], now: now, salt: hashString(cfg.Prefix)}
 			iw.run(ctx, func() (int64, bool) {
 				b := next.Add(1) - 1
 				return b, b < int64(nBatches)
@@ -73,6 +82,7 @@ func ingest(ctx context.Context, cfg config, conns []*client.Client, plan ingest
 
 type ingestWorker struct {
 	cfg  config
+	plan ingestPlan
 	st   *stats
 	conn *client.Client
 	now  time.Time
@@ -106,6 +116,10 @@ func (w *ingestWorker) batch(b int64, total int) *nudgev1.StreamRequest {
 	hi := min(lo+w.cfg.Batch, total)
 	evs := make([]*nudgev1.Event, 0, hi-lo)
 	for i := lo; i < hi; i++ {
+		if w.plan.event != nil {
+			evs = append(evs, w.plan.event(i, w.now))
+			continue
+		}
 		evs = append(evs, &nudgev1.Event{
 			EventId:    w.cfg.Prefix + "-" + strconv.Itoa(i),
 			UserId:     w.cfg.userID(pick()),
@@ -151,6 +165,9 @@ func (w *ingestWorker) run(ctx context.Context, nextBatch func() (int64, bool), 
 					continue
 				}
 				end := time.Now()
+				if w.plan.actions != nil && len(resp.GetActions()) > 0 {
+					w.plan.actions(resp.GetActions())
+				}
 				w.st.lat.Record(end.Sub(p.from))
 				w.st.svc.Record(end.Sub(p.sentAt))
 				w.st.ops.Add(1)
@@ -182,6 +199,9 @@ func (w *ingestWorker) run(ctx context.Context, nextBatch func() (int64, bool), 
 			p.sentAt = time.Now()
 			if p.from.IsZero() || p.sentAt.Before(p.from) {
 				p.from = p.sentAt // see earlySlack
+			}
+			if w.plan.sent != nil {
+				w.plan.sent(p.req, p.from)
 			}
 			mu.Lock()
 			outstanding[p.req.GetSeq()] = p

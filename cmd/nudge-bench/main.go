@@ -18,6 +18,21 @@
 //     decide,floor runs both, alternating --rounds times, each for
 //     --duration/--rounds, and prints decide's p50 and p99 over floor's.
 //   - mixed: ingest at --ingest-rate events/s and decide at --rate, at once.
+//   - actions: event-to-action latency. Events at --ingest-rate (default
+//     10,000/s, open loop, batches of 100) for --duration, built so that
+//     the bundled trigger fires once per --action-every events (a fresh
+//     user views one category 3 times), while --subscribers members of
+//     --group receive and acknowledge the actions through the client's
+//     Subscribe. An action's latency runs from the send of the event that
+//     fired it (its event_id) to its arrival at a subscriber; the run
+//     waits up to --grace for stragglers and reports actions fired
+//     (per the ingest responses) against received.
+//   - peer-watch: no nudged; the seed's per-event optimistic transaction in
+//     Go against --redis-addr (Client.Watch, GET, TxPipelined SET of a
+//     small JSON blob, retried on redis.TxFailedErr up to 100 times) from
+//     --concurrency workers until --events or --duration, then a check that
+//     the blobs' counts grew by exactly the committed events: the floor the
+//     ingest figures are compared with.
 //
 // --seed writes one profile per user through Publish before decide. The
 // connection flags (--token or $NUDGE_TOKEN, --tls, --ca-file, --insecure)

@@ -99,6 +99,8 @@ type reportJSON struct {
 	Params     map[string]any `json:"params"`
 	Results    []workloadJSON `json:"results"`
 	FloorRatio *ratioJSON     `json:"floor_ratio,omitempty"`
+	Actions    *actionsJSON   `json:"actions,omitempty"` // the actions workload
+	Txn        *txnJSON       `json:"txn,omitempty"`     // the peer-watch workload
 	// ClientCores is the CPU nudge-bench itself used during the
 	// workloads, in cores: on a small machine it is taken from the server.
 	ClientCores float64 `json:"client_cores"`
@@ -169,6 +171,13 @@ func printHuman(out io.Writer, r reportJSON) {
 		if w.NotSent > 0 {
 			fmt.Fprintf(out, "   WARNING: the target rate was not sustained: %d planned calls never started (the callers were all busy until the drain limit); their latencies are missing from the quantiles, which are therefore too low; try more --concurrency or a lower --rate\n", w.NotSent)
 		}
+	}
+	if a := r.Actions; a != nil {
+		fmt.Fprintf(out, "actions: built to fire %d, fired %d, received %d (%.0f/s), missing %d, deliveries %d, other runs' %d; stragglers took %.2fs; subscribe errors %d %s\n",
+			a.Blocks, a.Fired, a.Received, a.ActionsPerSec, a.Missing, a.Deliveries, a.Foreign, a.GraceWaitS, a.SubErrors, a.LastSubErr)
+	}
+	if t := r.Txn; t != nil {
+		fmt.Fprintf(out, "transactions: %d committed, %d retries, %d failed %s\n", t.Committed, t.Retries, t.Failed, t.FirstErr)
 	}
 	fmt.Fprintf(out, "nudge-bench itself used %.2f cores\n", r.ClientCores)
 	if r.FloorRatio != nil {

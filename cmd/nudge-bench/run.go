@@ -60,18 +60,22 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 
 // bench runs the configured workloads and returns the report.
 func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error) {
-	conns, err := cfg.dial()
-	if err != nil {
-		return reportJSON{}, err
-	}
-	defer func() {
-		for _, c := range conns {
-			_ = c.Close()
+	var conns []*client.Client
+	if !cfg.only("peer-watch") { // the only workload without nudged
+		var err error
+		if conns, err = cfg.dial(); err != nil {
+			return reportJSON{}, err
 		}
-	}()
-	if err := waitReady(ctx, conns[0]); err != nil {
-		return reportJSON{}, err
+		defer func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}()
+		if err := waitReady(ctx, conns[0]); err != nil {
+			return reportJSON{}, err
+		}
 	}
+	var err error
 	var rdb *redis.Client
 	if cfg.RedisAddr != "" {
 		rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, PoolSize: cfg.Concurrency + 4})
@@ -91,7 +95,7 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	}
 	var ingestStats *stats
 	var baseline uint64
-	if cfg.has("ingest") || cfg.has("mixed") {
+	if cfg.has("ingest") || cfg.has("mixed") || cfg.has("actions") {
 		ingestStats = newStats("ingest")
 		if cfg.Verify && rdb != nil {
 			if baseline, err = sumViews(ctx, cfg, rdb); err != nil {
@@ -106,6 +110,20 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 			ingest(ctx, cfg, conns, ingestPlan{events: cfg.Events}, ingestStats)
 		}, ingestStats)
 		r.Results = append(r.Results, ingestStats.summary(elapsed))
+	case cfg.only("actions"):
+		ing, act, aj := runActions(ctx, cfg, conns, ingestStats, stderr)
+		r.Results = append(r.Results, ing, act)
+		r.Actions = &aj
+	case cfg.only("peer-watch"):
+		st := newStats("peer-watch")
+		var res workloadJSON
+		var tj txnJSON
+		withProgress(cfg, stderr, func() { res, tj, err = runPeerWatch(ctx, cfg, rdb, st) }, st)
+		if err != nil {
+			return r, err
+		}
+		r.Results = append(r.Results, res)
+		r.Txn = &tj
 	case cfg.only("mixed"):
 		dec := newStats("decide")
 		var ingestElapsed time.Duration
@@ -163,9 +181,15 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	}
 	if cfg.Verify {
 		r.Checks = verify(ctx, cfg, r.Results, rdb, baseline)
-		for _, c := range r.Checks {
-			r.OK = r.OK && c.OK
+		if r.Actions != nil {
+			r.Checks = append(r.Checks, actionChecks(*r.Actions)...)
 		}
+	}
+	if r.Txn != nil { // always: a floor that lost updates is no floor
+		r.Checks = append(r.Checks, peerCheck(*r.Txn))
+	}
+	for _, c := range r.Checks {
+		r.OK = r.OK && c.OK
 	}
 	return r, nil
 }
@@ -226,16 +250,26 @@ func (c config) params() map[string]any {
 	if c.Dist == "zipf" {
 		p["zipf_s"] = c.ZipfS
 	}
-	if c.has("ingest") || c.has("mixed") {
+	if c.has("ingest") || c.has("mixed") || c.has("actions") {
 		p["streams"], p["batch"], p["inflight"], p["prefix"] = c.Streams, c.Batch, c.InFlight, c.Prefix
 	}
 	if c.has("ingest") {
 		p["events"] = c.Events
 	}
-	if c.has("mixed") {
+	if c.has("mixed") || c.has("actions") {
 		p["ingest_rate"], p["events"] = c.IngestRate, c.mixedEvents()
 	}
-	if !c.only("ingest") {
+	switch {
+	case c.only("actions"):
+		p["duration_s"], p["group"], p["subscribers"], p["action_every"], p["grace_s"] = c.Duration.Seconds(), c.Group, c.Subscribers, c.ActionEvery, c.Grace.Seconds()
+		delete(p, "dist") // fresh users, one per block
+		delete(p, "zipf_s")
+		delete(p, "users")
+	case c.only("peer-watch"):
+		p["concurrency"], p["duration_s"], p["events"], p["max_attempts"] = c.Concurrency, c.Duration.Seconds(), c.Events, peerMaxAttempts
+		delete(p, "addr")
+		delete(p, "conns")
+	case !c.only("ingest"):
 		p["rate"], p["concurrency"], p["duration_s"], p["seed"] = c.Rate, c.Concurrency, c.Duration.Seconds(), c.Seed
 		if c.has("decide") || c.has("mixed") {
 			p["channel"] = c.Channel
@@ -290,7 +324,7 @@ func verify(ctx context.Context, cfg config, results []workloadJSON, rdb *redis.
 			continue
 		}
 		want := uint64(cfg.Events)
-		if cfg.has("mixed") {
+		if cfg.has("mixed") || cfg.has("actions") {
 			want = uint64(cfg.mixedEvents())
 		}
 		add("ingest exactly once", w.Applied+w.Duplicate == want && w.Rejected == 0,
