@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -98,8 +97,8 @@ func (c *contextStream) Context() context.Context { return c.ctx }
 // logFields are the fields of a call's log line beyond grpc's: request id,
 // token name (once authenticated) and trace id (when a valid span is in the
 // context).
-func logFields(ctx context.Context) logging.Fields {
-	var f logging.Fields
+func logFields(ctx context.Context) []any {
+	var f []any
 	if ci := callInfoFrom(ctx); ci != nil {
 		f = append(f, "request_id", ci.requestID)
 		if ci.token != "" {

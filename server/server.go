@@ -11,7 +11,6 @@ import (
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"go.opentelemetry.io/otel/metric"
@@ -230,9 +229,10 @@ var serviceNames = []string{
 //     Internal, logged at error with its stack.
 //  2. request id: the caller's x-request-id when sane, else a random one;
 //     sent back in the response header.
-//  3. logging: one line per finished call (never the payloads), with the
-//     request id, the token name once authenticated and the trace id. A
-//     user id in an error is hashed unless Config.LogUserIDs.
+//  3. call log (calllog.go): one line per finished call (never the
+//     payloads), with the request id, the token name once authenticated
+//     and the trace id. A user id in an error is hashed unless
+//     Config.LogUserIDs.
 //  4. auth, through selector so that the health service skips it (load
 //     balancers probe without tokens): bearer token, role per service
 //     (serviceRoles). Only with Config.Tokens.
@@ -250,44 +250,18 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		log.ErrorContext(ctx, "panic in handler", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")
 	})
-	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		for i := 0; i+1 < len(fields); i += 2 {
-			if fields[i] == "grpc.error" {
-				if e, ok := fields[i+1].(string); ok {
-					fields[i+1] = s.redactUsers(e)
-				}
-			}
-		}
-		log.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
-	logOpts := []logging.Option{
-		// FinishCall only: PayloadReceived and PayloadSent would log
-		// requests and responses, user ids included.
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithFieldsFromContext(logFields),
-		logging.WithLevels(func(c codes.Code) logging.Level {
-			switch c {
-			case codes.OK, codes.NotFound, codes.Canceled:
-				return logging.LevelDebug
-			case codes.InvalidArgument, codes.Aborted, codes.Unavailable, codes.DeadlineExceeded,
-				codes.Unauthenticated, codes.PermissionDenied, codes.ResourceExhausted:
-				return logging.LevelWarn
-			}
-			return logging.LevelError
-		}),
-	}
 	codec, checkDecodedUnary, checkDecodedStream := wireCodec()
 	unary := []grpc.UnaryServerInterceptor{
 		s.redactUnary,
 		recovery.UnaryServerInterceptor(recover),
 		requestIDUnary,
-		logging.UnaryServerInterceptor(logger, logOpts...),
+		s.callLogUnary,
 	}
 	stream := []grpc.StreamServerInterceptor{
 		s.redactStream,
 		recovery.StreamServerInterceptor(recover),
 		requestIDStream,
-		logging.StreamServerInterceptor(logger, logOpts...),
+		s.callLogStream,
 	}
 	if s.tokens != nil {
 		authenticated := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
