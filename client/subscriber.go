@@ -51,7 +51,8 @@ func OnSubscribeError(f func(error)) SubscribeOption {
 }
 
 // Subscribe runs h for every action delivered to this member of group, one
-// at a time, and acknowledges each one h handled without error. It
+// at a time, and acknowledges each one h handled without error (in the
+// background, batching the acks that accumulate during an Ack call). It
 // reconnects with jittered backoff when the stream breaks (a server restart
 // or drain), after at least the delay of a google.rpc.RetryInfo the status
 // carries, and returns only when ctx ends (nil) or on an error that a retry
@@ -92,7 +93,16 @@ func (c *Client) Subscribe(ctx context.Context, group string, h Handler, opts ..
 	return nil
 }
 
-// subscribeOnce runs one stream until it breaks.
+// maxAckBatch is the most ack ids one Ack call carries (the API allows
+// 1,000).
+const maxAckBatch = 500
+
+// subscribeOnce runs one stream until it breaks. The handler runs on this
+// goroutine, one action at a time; acknowledgements go to an acker
+// goroutine, which sends whatever accumulated while its previous Ack call
+// was in flight as one call. One Ack call per action, in line, held a
+// member to about 1,000 actions/s (one round trip each) and the actions
+// behind queued up to the server's read-ahead.
 func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServiceClient, group string, h Handler, cfg *subscribeConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -100,6 +110,18 @@ func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServic
 	if err != nil {
 		return err
 	}
+	acks := make(chan string, maxAckBatch)
+	acked := make(chan struct{})
+	go func() {
+		defer close(acked)
+		ackLoop(ctx, actions, group, acks, cfg)
+	}()
+	// The acks of handled actions are sent before the stream's context is
+	// cancelled (deferred calls run last in, first out).
+	defer func() {
+		close(acks)
+		<-acked
+	}()
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -110,12 +132,35 @@ func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServic
 				resp.GetAction().GetActionId(), resp.GetDeliveryCount(), err))
 			continue
 		}
-		if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: []string{resp.GetAckId()}}); err != nil {
-			if errors.Is(ctx.Err(), context.Canceled) {
-				return err
+		select {
+		case acks <- resp.GetAckId():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// ackLoop acknowledges the ids sent on acks, in batches of whatever is
+// waiting (up to maxAckBatch) per Ack call, until acks is closed.
+func ackLoop(ctx context.Context, actions nudgev1.ActionServiceClient, group string, acks <-chan string, cfg *subscribeConfig) {
+	for id := range acks {
+		ids := []string{id}
+	more:
+		for len(ids) < maxAckBatch {
+			select {
+			case id, ok := <-acks:
+				if !ok {
+					break more
+				}
+				ids = append(ids, id)
+			default:
+				break more
 			}
-			// Not acknowledged: it comes back after the visibility timeout.
-			cfg.onError(fmt.Errorf("client: ack of action %s: %w", resp.GetAction().GetActionId(), err))
+		}
+		if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: ids}); err != nil && !errors.Is(ctx.Err(), context.Canceled) {
+			// Not acknowledged: they come back after the visibility
+			// timeout.
+			cfg.onError(fmt.Errorf("client: ack of %d actions: %w", len(ids), err))
 		}
 	}
 }

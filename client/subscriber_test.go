@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/nudge-dm/nudge/client"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -98,5 +100,75 @@ func TestSubscriberRefusesBadGroup(t *testing.T) {
 	err := c.Subscribe(ctxT(t), "Bad Group!", func(context.Context, *nudgev1.Action, uint32) error { return nil })
 	if err == nil {
 		t.Fatal("Subscribe with an invalid group returned nil")
+	}
+}
+
+// The Subscriber acknowledges in the background, and sends the acks that
+// accumulated during an Ack call as one call: with each Ack call held
+// 20 ms, 300 actions take a handful of calls, not 300 round trips.
+func TestSubscriberBatchesAcks(t *testing.T) {
+	e := newEnv(t)
+	const users = 300
+	pub := e.dial(t).NewPublisher()
+	for u := range users {
+		for i := range 3 { // 3 views of phones: the seed trigger fires once per user
+			if err := pub.Publish(ctxT(t), view(fmt.Sprintf("b%d-%d", u, i), fmt.Sprintf("batch-user-%d", u), "phones")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := pub.Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	calls, acked := 0, map[string]bool{}
+	allAcked := make(chan struct{})
+	slowAck := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*nudgev1.AckRequest); ok {
+			time.Sleep(20 * time.Millisecond) // a slow network, on purpose
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				calls++
+				for _, id := range r.GetAckIds() {
+					acked[id] = true
+				}
+				if len(acked) == users {
+					close(allAcked)
+				}
+			}
+			return err
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	c, err := client.Dial(e.addr, client.WithDialOptions(grpc.WithUnaryInterceptor(slowAck)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Subscribe(ctx, "batched", func(context.Context, *nudgev1.Action, uint32) error { return nil })
+	}()
+	select {
+	case <-allAcked:
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("%d of %d actions acknowledged before the deadline", len(acked), users)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Subscribe returned %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d actions acknowledged in %d Ack calls", len(acked), calls)
+	if calls > 30 {
+		t.Errorf("%d Ack calls for %d actions: the acks were not batched", calls, users)
 	}
 }
