@@ -42,6 +42,7 @@ func run() error {
 	if cfg.Logger, err = cfg.Log.NewLogger(os.Stderr); err != nil {
 		return err
 	}
+	daemon.ApplyRuntime(cfg.Runtime, os.LookupEnv, cfg.Logger)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Run(ctx, cfg, nil)
