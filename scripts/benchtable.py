@@ -145,11 +145,13 @@ def build(meta, recs, golines):
         bpp = med(vals(row, lambda r: (r["used_memory_after"] - r["used_memory_before"]) / r["profiles"]))
         nprof = med(vals(row, lambda r: r["profiles"]))
         add(f"Redis memory per profile after ingest ({dist}): `used_memory` growth / profile keys (outbox included)",
-            f"`{row}`", fmt_range(bpp, " B") + (f" over {fmt_num(nprof[0])} profiles" if nprof else ""))
+            f"`{row}`", fmt_range(bpp, " B") + (f" over {fmt_num(nprof[0])} profiles" if nprof else ""),
+            "< 1 KiB", ("yes" if bpp[0] < 1024 else "**no**") if bpp else "n/a")
     for dist in ("zipf", "uniform"):
         row = "ingest-" + dist
         rss = med(vals(row, lambda r: r["nudged_vm_hwm_kb"] / 1024))
-        add(f"nudged peak RSS during ingest ({dist}, VmHWM of a fresh nudged)", f"`{row}`", fmt_range(rss, " MiB", 1))
+        add(f"nudged peak RSS during ingest ({dist}, VmHWM of a fresh nudged)", f"`{row}`", fmt_range(rss, " MiB", 1),
+            "< 200 MiB", ("yes" if rss[0] < 200 else "**no**") if rss else "n/a")
 
     for row, label in (("seed-py-1", "Seed pattern in Python, 1 process"),
                        ("seed-py-2", "Seed pattern in Python, 2 processes"),
@@ -180,7 +182,8 @@ def build(meta, recs, golines):
             "≤ 1.5×", met)
     srv = med(vals("decide-floor", lambda r: hist_quantile(0.99, r["metrics_before"], r["metrics_after"])))
     add("GetDecision p99 as the server measures it (`rpc_server_call_duration_seconds`, /metrics delta)",
-        "`decide-floor`", fmt_range(srv, " µs", 0, 1e6))
+        "`decide-floor`", fmt_range(srv, " µs", 0, 1e6),
+        "< 1 ms", ("yes" if srv[0] < 1e-3 else "**no**") if srv else "n/a")
     deg = med(vals("decide-floor", lambda r: result(r["data"], "decide")["degraded"]))
     add("Degraded decisions during the decide phases", "`decide-floor`", fmt_range(deg))
     mx = med(vals("decide-max", lambda r: result(r["data"], "decide")["ops_per_sec"]))
