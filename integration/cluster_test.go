@@ -51,6 +51,25 @@ func ingestRounds(ctx context.Context, tag string, pubs []*client.Publisher, use
 	return rounds, sum, nil
 }
 
+// wantViews reads the profiles of users cu-0..cu-<users-1> straight from
+// Redis and fails the test unless each counts want views.
+func wantViews(ctx context.Context, t *testing.T, rdb redis.UniversalClient, users int, want uint64) {
+	t.Helper()
+	ids := make([]string, users)
+	for u := range ids {
+		ids[u] = fmt.Sprintf("cu-%d", u)
+	}
+	ps, errs := profile.NewRedisStore(rdb, profile.Options{}).GetMany(ctx, ids)
+	for u, p := range ps {
+		if errs[u] != nil {
+			t.Fatalf("read %s: %v", ids[u], errs[u])
+		}
+		if p.Total("view") != want {
+			t.Fatalf("%s: %d views stored, want %d", ids[u], p.Total("view"), want)
+		}
+	}
+}
+
 // metricValue is the sum of a counter's samples in a /metrics scrape.
 func metricValue(t *testing.T, scrape, name string) float64 {
 	t.Helper()
@@ -128,19 +147,7 @@ func TestNudgedClusterReshardDuringIngest(t *testing.T) {
 
 	rdb := redis.NewClusterClient(c.ClusterOptions())
 	t.Cleanup(func() { _ = rdb.Close() })
-	ids := make([]string, users)
-	for u := range ids {
-		ids[u] = fmt.Sprintf("cu-%d", u)
-	}
-	ps, errs := profile.NewRedisStore(rdb, profile.Options{}).GetMany(ctx, ids)
-	for u, p := range ps {
-		if errs[u] != nil {
-			t.Fatalf("read %s: %v", ids[u], errs[u])
-		}
-		if p.Total("view") != uint64(rounds) {
-			t.Fatalf("%s: %d views stored, want %d", ids[u], p.Total("view"), rounds)
-		}
-	}
+	wantViews(ctx, t, rdb, users, uint64(rounds))
 	scrape := httpGet(t, n.metrics)
 	if r := metricValue(t, scrape, "nudge_store_redirects_total"); r == 0 {
 		t.Error("nudge_store_redirects_total is 0: no transaction met a moved slot")
@@ -203,19 +210,7 @@ func TestTwoNudgedSameUsersExact(t *testing.T) {
 				}
 				conflicts += metricValue(t, httpGet(t, r.metrics), "nudge_store_conflicts_total")
 			}
-			ids := make([]string, users)
-			for u := range ids {
-				ids[u] = fmt.Sprintf("cu-%d", u)
-			}
-			ps, errs := profile.NewRedisStore(rdb, profile.Options{}).GetMany(ctx, ids)
-			for u, p := range ps {
-				if errs[u] != nil {
-					t.Fatalf("read %s: %v", ids[u], errs[u])
-				}
-				if p.Total("view") != 2*rounds {
-					t.Fatalf("%s: %d views stored, want %d", ids[u], p.Total("view"), 2*rounds)
-				}
-			}
+			wantViews(ctx, t, rdb, users, 2*rounds)
 			t.Logf("%d users × %d rounds through each of two nudged: counts exact; WATCH conflicts retried: %v", users, rounds, conflicts)
 		})
 	}
