@@ -16,13 +16,19 @@
 // takes a batch of users' events and a pure Step, and hides
 // WATCH/MULTI/EXEC, retries and backoff: callers never see Redis commands.
 //
-// Apply commits a batch's users in groups (Options.MaxGroupUsers, default
-// 64): one WATCH over the group's keys pipelined with one MGET, a pure step
-// per user, and one MULTI/EXEC with every write; an aborted EXEC splits the
-// group and retries its halves.
+// Apply routes each user to a shard by bucket (Options.Shards, the keyBy of
+// DESIGN.md). A shard commits one cycle at a time: every call's events
+// queued for a user since its last cycle merge into one read, each call's
+// step in turn, and one write. A cycle commits its users in groups
+// (Options.MaxGroupUsers, default 64): one WATCH over the group's keys
+// pipelined with one MGET, and one MULTI/EXEC with every write; an aborted
+// EXEC splits the group and retries its halves. On a Redis Cluster
+// (a *redis.ClusterClient) a group holds one bucket, so one hash slot, and
+// a transaction refused because its slot moves is retried (cluster.go).
 //
 // Concurrency: a Profile is not safe for concurrent use; a RedisStore is.
-// Apply runs up to Options.Parallelism groups at once, and serialises the
-// transactions of one process on one user (Options.UserLocks), so WATCH
-// only ever fails because of another process.
+// A shard runs its cycles on a goroutine that exists only while it has
+// work, up to Options.Parallelism groups at once; the transactions of one
+// process on one user are serialised (shards, and Options.UserLocks for
+// Update), so WATCH only ever fails because of another process.
 package profile
