@@ -1,0 +1,407 @@
+package integration
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/internal/redistest"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// The chaos suite (issue 7): real redis-server and nudged processes, faults
+// injected on loopback, and a checker independent of the code under test
+// (it reads Redis with its own wire-format reader). `make chaos-short`
+// runs the short form (part of `make test`); `make chaos` passes
+// -chaos.full for the sizes of RELIABILITY.md.
+
+var chaosFull = flag.Bool("chaos.full", false, "run the chaos scenarios at full size (make chaos)")
+
+// chaosSize picks the short or the full figure.
+func chaosSize(short, full int) int {
+	if *chaosFull {
+		return full
+	}
+	return short
+}
+
+// ledger records, per event id, what a producer sent and what the server
+// acknowledged, for the checker.
+type ledger struct {
+	mu    sync.Mutex
+	sent  map[string]string // event id -> user
+	acked map[string]nudgev1.EventStatus
+}
+
+func newLedger() *ledger {
+	return &ledger{sent: map[string]string{}, acked: map[string]nudgev1.EventStatus{}}
+}
+
+func (l *ledger) send(id, user string) {
+	l.mu.Lock()
+	l.sent[id] = user
+	l.mu.Unlock()
+}
+
+// result records the last status acknowledged for an event (a re-sent
+// event that was applied before is DUPLICATE the second time).
+func (l *ledger) result(r *nudgev1.EventResult) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if prev, ok := l.acked[r.GetEventId()]; !ok || prev != nudgev1.EventStatus_EVENT_STATUS_APPLIED {
+		l.acked[r.GetEventId()] = r.GetStatus()
+	}
+}
+
+// verdict is the checker's result, in the style of Kafka's and Flink's
+// exactly-once validators.
+type verdict struct {
+	sent, acked, stored     int
+	lost, doubleCounted     int
+	actions, duplicateActns int
+	unacked                 int
+}
+
+func (v verdict) String() string {
+	return fmt.Sprintf("sent %d, acknowledged %d, counted in Redis %d: lost %d, double_counted %d, unacknowledged %d; actions %d, duplicate actions %d",
+		v.sent, v.acked, v.stored, v.lost, v.doubleCounted, v.unacked, v.actions, v.duplicateActns)
+}
+
+// check compares, per user, the view counts stored in Redis with the
+// events acknowledged (APPLIED or DUPLICATE) and sent: a user counting
+// fewer than its acknowledged events lost some, one counting more than it
+// was sent counted some twice. Every outbox entry's action id must be
+// unique.
+func (l *ledger) check(ctx context.Context, t *testing.T, rdb *redis.Client) verdict {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sentPer, ackedPer := map[string]int{}, map[string]int{}
+	var v verdict
+	for id, u := range l.sent {
+		sentPer[u]++
+		v.sent++
+		switch l.acked[id] {
+		case nudgev1.EventStatus_EVENT_STATUS_APPLIED, nudgev1.EventStatus_EVENT_STATUS_DUPLICATE:
+			ackedPer[u]++
+			v.acked++
+		default:
+			v.unacked++
+		}
+	}
+	stored := storedViews(ctx, t, rdb)
+	for u, n := range sentPer {
+		s := stored[u]
+		v.stored += s
+		v.lost += max(0, ackedPer[u]-s)
+		v.doubleCounted += max(0, s-n)
+	}
+	v.actions, v.duplicateActns = outboxActions(ctx, t, rdb)
+	return v
+}
+
+// storedViews reads every profile key and returns each user's all-time
+// "view" total, decoding the stored form (a version byte, then protobuf
+// wire format, totals in field 4 as {1: type, 2: count}) on its own.
+func storedViews(ctx context.Context, t *testing.T, rdb *redis.Client) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	iter := rdb.Scan(ctx, 0, "nudge:*:p:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		raw, err := rdb.Get(ctx, key).Bytes()
+		if err != nil {
+			t.Fatalf("GET %s: %v", key, err)
+		}
+		user := key[strings.Index(key, ":p:")+3:]
+		out[user] = wireViews(t, key, raw)
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatalf("SCAN: %v", err)
+	}
+	return out
+}
+
+func wireViews(t *testing.T, key string, raw []byte) int {
+	t.Helper()
+	if len(raw) == 0 || raw[0] != 0x01 {
+		t.Fatalf("%s: not a version 1 profile", key)
+	}
+	b := raw[1:]
+	views := 0
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			t.Fatalf("%s: bad tag", key)
+		}
+		b = b[n:]
+		if num == 4 && typ == protowire.BytesType {
+			msg, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				t.Fatalf("%s: bad totals entry", key)
+			}
+			var name string
+			var count uint64
+			for len(msg) > 0 {
+				fn, ft, k := protowire.ConsumeTag(msg)
+				msg = msg[k:]
+				switch {
+				case fn == 1 && ft == protowire.BytesType:
+					s, k := protowire.ConsumeBytes(msg)
+					name, msg = string(s), msg[k:]
+				case fn == 2 && ft == protowire.VarintType:
+					c, k := protowire.ConsumeVarint(msg)
+					count, msg = c, msg[k:]
+				default:
+					k := protowire.ConsumeFieldValue(fn, ft, msg)
+					msg = msg[k:]
+				}
+			}
+			if name == "view" {
+				views = int(count)
+			}
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			t.Fatalf("%s: bad field %d", key, num)
+		}
+		b = b[m:]
+	}
+	return views
+}
+
+// outboxActions counts the outbox entries and those whose action id was
+// already seen.
+func outboxActions(ctx context.Context, t *testing.T, rdb *redis.Client) (total, duplicates int) {
+	t.Helper()
+	seen := map[string]bool{}
+	iter := rdb.Scan(ctx, 0, "nudge:*:out", 1000).Iterator()
+	for iter.Next(ctx) {
+		msgs, err := rdb.XRange(ctx, iter.Val(), "-", "+").Result()
+		if err != nil {
+			t.Fatalf("XRANGE %s: %v", iter.Val(), err)
+		}
+		for _, m := range msgs {
+			id, _ := m.Values["action_id"].(string)
+			total++
+			if seen[id] {
+				duplicates++
+			}
+			seen[id] = true
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatalf("SCAN: %v", err)
+	}
+	return total, duplicates
+}
+
+// chaosProducer streams view events (3 per user and category, so the
+// bundled coupon trigger fires) over publishers that reconnect fast and
+// re-send what was not acknowledged.
+type chaosProducer struct {
+	pubs []*client.Publisher
+	led  *ledger
+}
+
+func newChaosProducer(t *testing.T, addr string, streams int, led *ledger) *chaosProducer {
+	t.Helper()
+	c, err := client.Dial(addr, client.WithInsecure(), client.WithDialOptions(grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
+		MinConnectTimeout: time.Second,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	p := &chaosProducer{led: led}
+	for range streams {
+		p.pubs = append(p.pubs, c.NewPublisher(client.MaxBatch(500), client.ReconnectBackoff(20*time.Millisecond, 300*time.Millisecond),
+			client.OnResult(led.result)))
+	}
+	return p
+}
+
+// run publishes events (ids <tag>-<i>) for users in round robin and
+// returns once every one is acknowledged. during runs alongside, with the
+// share of events published so far.
+func (p *chaosProducer) run(ctx context.Context, t *testing.T, tag string, events, users int) {
+	t.Helper()
+	at := timestamppb.New(time.Now().Add(-time.Minute))
+	for i := range events {
+		u := i % users
+		user := fmt.Sprintf("chaos-%s-%d", tag, u)
+		ev := &nudgev1.Event{EventId: fmt.Sprintf("%s-%d", tag, i), UserId: user, Type: "view", Category: "c" + strconv.Itoa((i/users)%4), OccurredAt: at}
+		p.led.send(ev.EventId, user)
+		if err := p.pubs[u%len(p.pubs)].Publish(ctx, ev); err != nil {
+			t.Fatalf("publish %s: %v", ev.EventId, err)
+		}
+	}
+	for _, pub := range p.pubs {
+		if err := pub.Flush(ctx); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+	}
+}
+
+func (p *chaosProducer) stats() client.Stats {
+	var s client.Stats
+	for _, pub := range p.pubs {
+		x := pub.Stats()
+		s.Published += x.Published
+		s.Applied += x.Applied
+		s.Duplicate += x.Duplicate
+		s.Failed += x.Failed
+		s.Resent += x.Resent
+		s.Reconnects += x.Reconnects
+	}
+	return s
+}
+
+// wantExact fails the test unless the verdict is exact and complete.
+func wantExact(t *testing.T, v verdict) {
+	t.Helper()
+	t.Logf("checker: %v", v)
+	if v.lost != 0 || v.doubleCounted != 0 || v.unacked != 0 || v.duplicateActns != 0 || v.stored != v.sent {
+		t.Errorf("not exactly once: %v", v)
+	}
+}
+
+// freeLoopbackAddr returns a loopback address nothing listens on, so that
+// a restarted nudged can come back on the same one.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Scenario 1: nudged is killed with SIGKILL several times while producers
+// stream; they reconnect to the restarted process and re-send what was not
+// acknowledged. Nothing acknowledged is lost, nothing counts twice, no
+// action is written twice.
+func TestChaosKillNudged(t *testing.T) {
+	events, users, kills := chaosSize(40_000, 200_000), chaosSize(2_000, 10_000), chaosSize(2, 5)
+	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
+	bin := buildNudged(t)
+	addr := freeLoopbackAddr(t)
+	args := []string{"--listen", addr, "--redis-addr", rs.Addr}
+	n := startNudged(t, bin, args...)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	led := newLedger()
+	prod := newChaosProducer(t, addr, 4, led)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		prod.run(ctx, t, "k", events, users)
+	}()
+	// Kill when a share of the events has been acknowledged, k/(kills+1).
+	for k := 1; k <= kills; k++ {
+		for prod.stats().Applied+prod.stats().Duplicate < uint64(events*k/(kills+1)) {
+			select {
+			case <-done:
+				t.Fatalf("the stream finished before kill %d", k)
+			case <-ctx.Done():
+				t.Fatal(ctx.Err())
+			case <-time.After(5 * time.Millisecond): // polling the producer's progress
+			}
+		}
+		if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-n.done
+		n = startNudged(t, bin, args...)
+	}
+	<-done
+	st := prod.stats()
+	t.Logf("%d events over %d users, nudged killed %d times: publisher %+v", events, users, kills, st)
+	if st.Failed != 0 || st.Reconnects < uint64(kills) {
+		t.Errorf("publisher stats %+v: want no failure and at least %d reconnects", st, kills)
+	}
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
+}
+
+// Scenario 2: the connections between nudged and Redis are cut mid-reply
+// (a toxiproxy limit_data toxic closes a connection after a random number
+// of reply bytes), including after EXEC ran: the store retries, and a lost
+// EXEC reply comes back as DUPLICATE. Counts stay exact.
+func TestChaosCutRedisReplies(t *testing.T) {
+	events, users, cuts := chaosSize(20_000, 100_000), chaosSize(1_000, 5_000), chaosSize(100, 1_000)
+	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "redis", "127.0.0.1:0", rs.Addr)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Stop)
+	n := startNudged(t, buildNudged(t), "--redis-addr", proxy.Listen, "--metrics-listen", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	led := newLedger()
+	prod := newChaosProducer(t, n.addr, 4, led)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		prod.run(ctx, t, "x", events, users)
+	}()
+	rng := rand.New(rand.NewPCG(7, 7))
+	made := 0
+cutting:
+	for made < cuts {
+		select {
+		case <-done:
+			break cutting
+		default:
+		}
+		// Each toxic lets a connection carry some bytes, then closes it;
+		// removing it leaves new connections alone.
+		body := fmt.Sprintf(`{"name":"cut","type":"limit_data","stream":"downstream","attributes":{"bytes":%d}}`, 64+rng.IntN(4096))
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(5+rng.IntN(20)) * time.Millisecond) // the fault's duration, not a wait for a result
+		if err := proxy.Toxics.RemoveToxic(ctx, "cut"); err != nil {
+			t.Fatal(err)
+		}
+		made++
+		time.Sleep(time.Duration(10+rng.IntN(40)) * time.Millisecond)
+	}
+	<-done
+	st := prod.stats()
+	t.Logf("%d events over %d users, %d reply cuts: publisher %+v", events, users, made, st)
+	if made == 0 {
+		t.Error("no cut was made before the stream finished")
+	}
+	if st.Failed != 0 {
+		t.Errorf("publisher stats %+v: want no failure", st)
+	}
+	scrape := httpGet(t, n.metrics)
+	t.Logf("store error retries: %v", metricValue(t, scrape, "nudge_store_error_retries_total"))
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
+}
