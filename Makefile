@@ -3,6 +3,7 @@
 #   make run       nudged with the embedded (not durable) store on 127.0.0.1:7070
 #   make demo      nudged + a scripted shopper: prints the triggered coupon and a decision
 #   make test      vet + every test (unit, real redis-server, integration), with -race
+#   make chaos-short / make chaos   fault scenarios with exact counts (RELIABILITY.md)
 #   make bench     the standard benchmark set; rewrites BENCHMARKS.md (about 10 min, not in CI)
 #   make generate  regenerate protobuf code (needs buf and the pinned plugins)
 #   make lint      gofmt, go vet, buf lint
@@ -59,3 +60,4 @@ clean:
 include mk/generate.mk
 include mk/node.mk
 include mk/fuzz.mk
+include mk/chaos.mk
