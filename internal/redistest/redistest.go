@@ -66,7 +66,15 @@ func (s *Server) start(tb testing.TB) {
 	}
 }
 
-// Stop kills the server and waits for it to exit.
+// Restart starts the server again after Stop (or a crash), with the same
+// port, arguments and directory: with AOF on, it reloads what was synced.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop()
+	s.start(tb)
+}
+
+// Stop kills the server (SIGKILL) and waits for it to exit.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
