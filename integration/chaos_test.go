@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -530,4 +533,137 @@ func TestChaosRedisKilled(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Scenario 7: SIGTERM while 50 streams are live. nudged stops within its
+// drain timeout (in-flight batches answered, then each stream ends with
+// UNAVAILABLE); the producers re-send the rest to a new nudged on the same
+// address, and nothing is lost or counted twice.
+func TestChaosSIGTERMDuringStreams(t *testing.T) {
+	events, users := chaosSize(20_000, 100_000), chaosSize(1_000, 5_000)
+	const drain = 5 * time.Second
+	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
+	bin := buildNudged(t)
+	addr := freeLoopbackAddr(t)
+	args := []string{"--listen", addr, "--redis-addr", rs.Addr, "--drain-timeout", drain.String()}
+	n := startNudged(t, bin, args...)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	led := newLedger()
+	prod := newChaosProducer(t, []string{addr}, 50, 100, led)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		prod.run(ctx, t, "g", events, users)
+	}()
+	for st := prod.stats(); st.Applied+st.Duplicate < uint64(events/3); st = prod.stats() {
+		select {
+		case <-done:
+			t.Fatal("the stream finished before SIGTERM")
+		case <-time.After(5 * time.Millisecond): // polling the producer's progress
+		}
+	}
+	sent := time.Now()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-n.done:
+		if err != nil {
+			t.Errorf("nudged exited with %v", err)
+		}
+	case <-time.After(drain + 5*time.Second):
+		t.Fatalf("nudged still running %v after SIGTERM (drain timeout %v)", drain+5*time.Second, drain)
+	}
+	stopped := time.Since(sent)
+	startNudged(t, bin, args...)
+	<-done
+	st := prod.stats()
+	t.Logf("%d events over %d users on 50 streams: SIGTERM, stopped in %v (drain timeout %v), new nudged on the same address; publisher %+v",
+		events, users, stopped.Round(time.Millisecond), drain, st)
+	if st.Failed != 0 {
+		t.Errorf("publisher stats %+v: want no failure", st)
+	}
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
+}
+
+// Scenario 9: a broken rules file is reloaded (SIGHUP) while events and
+// decisions flow: the reload is refused, the old rules keep serving, and
+// no call fails.
+func TestChaosBrokenRulesReload(t *testing.T) {
+	events, users := chaosSize(20_000, 100_000), chaosSize(1_000, 5_000)
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rules, examples.Rules, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rs := redistest.Start(t)
+	n := startNudged(t, buildNudged(t), "--redis-addr", rs.Addr, "--rules", rules, "--rules-reload", "50ms")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	admin := nudgev1.NewAdminServiceClient(dial(t, n.addr))
+	before, err := admin.GetRules(ctx, &nudgev1.GetRulesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	led := newLedger()
+	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		prod.run(ctx, t, "b", events, users)
+	}()
+	stop := make(chan struct{})
+	decided := make(chan []time.Duration, 1)
+	go func() {
+		lat, _ := decideDuring(ctx, t, n.addr, stop)
+		decided <- lat
+	}()
+	broken := 0
+	minimum := time.After(time.Duration(chaosSize(2, 10)) * time.Second)
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+			done = nil // keep going until the minimum duration too
+			continue
+		case <-minimum:
+			minimum = nil
+			continue
+		default:
+		}
+		if done != nil || minimum != nil {
+			body := []byte("version: 1\noffers:\n  - id: typo\n    when: profile.count(\"view\", 3) >= 1\n    template: t\n")
+			if i%2 == 1 {
+				body = []byte("offers: [unclosed\n")
+			}
+			if err := os.WriteFile(rules, body, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			broken++
+			time.Sleep(20 * time.Millisecond) // the pace of the faults, not a wait for a result
+			continue
+		}
+		break
+	}
+	close(stop)
+	lat := <-decided
+	after, err := admin.GetRules(ctx, &nudgev1.GetRulesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := prod.stats()
+	t.Logf("%d events and %d decisions while %d broken rules files were written and signalled: rules version %s before, %s after; publisher %+v",
+		events, len(lat), broken, before.GetVersion(), after.GetVersion(), st)
+	if after.GetVersion() != before.GetVersion() {
+		t.Errorf("rules version changed from %s to %s: a broken file replaced the rules in force", before.GetVersion(), after.GetVersion())
+	}
+	if broken == 0 {
+		t.Error("no broken rules file was written before the stream finished")
+	}
+	if st.Failed != 0 || st.Rejected != 0 {
+		t.Errorf("publisher stats %+v: want no failure and no rejection", st)
+	}
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
 }
