@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -666,4 +667,96 @@ func TestChaosBrokenRulesReload(t *testing.T) {
 		t.Errorf("publisher stats %+v: want no failure and no rejection", st)
 	}
 	wantExact(t, led.check(ctx, t, rs.Client(t)))
+}
+
+// vmRSS is a process's resident memory in KiB.
+func vmRSS(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return kb
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// Scenario 6: producers that send batches and never read the acks. The
+// server answers each batch into the producer's HTTP/2 receive window;
+// once that is full it stops reading the stream (at most
+// limits.max_in_flight batches in work), flow control stops the producer,
+// and its stream costs nothing more. Then a well-behaved producer on other
+// streams gets every event applied, and nudged does not grow.
+func TestChaosProducerStopsReadingAcks(t *testing.T) {
+	rude, events, users := chaosSize(8, 32), chaosSize(20_000, 100_000), chaosSize(1_000, 5_000)
+	rs := redistest.Start(t)
+	n := startNudged(t, buildNudged(t), "--redis-addr", rs.Addr)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	rss0 := vmRSS(t, n.cmd.Process.Pid)
+
+	// Each rude producer sends 500-event batches until its stream's
+	// windows are full (Send blocks), bounded by a deadline.
+	ingest := nudgev1.NewIngestServiceClient(dial(t, n.addr))
+	at := timestamppb.New(time.Now().Add(-time.Minute))
+	var sentBatches atomic.Int64
+	var wg sync.WaitGroup
+	for r := range rude {
+		sctx, scancel := context.WithCancel(ctx)
+		t.Cleanup(scancel)
+		stream, err := ingest.Stream(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for seq := range 1000 {
+				evs := make([]*nudgev1.Event, 500)
+				for i := range evs {
+					u := fmt.Sprintf("rude-%d-%d", r, i%50)
+					evs[i] = &nudgev1.Event{EventId: fmt.Sprintf("rude-%d-%d-%d", r, seq, i), UserId: u, Type: "view", Category: "c0", OccurredAt: at}
+				}
+				if stream.Send(&nudgev1.StreamRequest{Seq: uint64(seq), Events: evs}) != nil {
+					return
+				}
+				sentBatches.Add(1)
+			}
+		})
+	}
+	// Wait until the rude producers are stalled: no batch taken for 500 ms.
+	for last, quiet := int64(-1), 0; quiet < 10; {
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(50 * time.Millisecond): // polling the producers' progress
+		}
+		if now := sentBatches.Load(); now == last {
+			quiet++
+		} else {
+			last, quiet = now, 0
+		}
+	}
+	stalledRSS := vmRSS(t, n.cmd.Process.Pid)
+	led := newLedger()
+	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
+	start := time.Now()
+	prod.run(ctx, t, "p", events, users)
+	took := time.Since(start)
+	rss1 := vmRSS(t, n.cmd.Process.Pid)
+	stalled := sentBatches.Load()
+	t.Logf("%d producers sent %d batches of 500 events, read no ack and stalled; then a polite producer's %d events took %v (%.0f events/s); nudged RSS %d MiB before, %d once they stalled, %d after",
+		rude, stalled, events, took.Round(time.Millisecond), float64(events)/took.Seconds(), rss0/1024, stalledRSS/1024, rss1/1024)
+	if stalled >= int64(rude)*1000 {
+		t.Errorf("every rude batch was taken: nothing held the producers back")
+	}
+	if rss1-stalledRSS > 100*1024 {
+		t.Errorf("nudged grew by %d MiB more while the stalled producers held their streams", (rss1-stalledRSS)/1024)
+	}
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
+	cancel()
+	wg.Wait()
 }
