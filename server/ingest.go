@@ -28,7 +28,12 @@ func (s *Server) Publish(ctx context.Context, req *nudgev1.PublishRequest) (*nud
 	if err != nil {
 		return nil, err
 	}
+	w := s.weight(len(req.GetEvents()))
+	if err := s.admit.Acquire(ctx, w); err != nil {
+		return nil, toStatus(err)
+	}
 	results, actions, err := s.applyBatch(ctx, req.GetEvents(), rejected)
+	s.admit.Release(w)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -98,8 +103,15 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 				stop, stopped = err, true
 				continue
 			}
+			// Room among the events in work on the whole server; the
+			// stream is not read meanwhile (see Config.MaxInFlightEvents).
+			w := s.weight(len(req.GetEvents()))
+			if err := s.admit.Acquire(ctx, w); err != nil {
+				return toStatus(err)
+			}
 			inFlight++
 			go func() {
+				defer s.admit.Release(w)
 				// The recovery interceptor does not reach this goroutine.
 				defer func() {
 					if p := recover(); p != nil {
@@ -140,6 +152,12 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 			}
 		}
 	}
+}
+
+// weight is what a batch of n events takes of Config.MaxInFlightEvents:
+// n, at least 1 and at most the whole.
+func (s *Server) weight(n int) int64 {
+	return int64(min(max(n, 1), s.cfg.MaxInFlightEvents))
 }
 
 // validateBatch validates a batch request. Violations inside one event

@@ -14,6 +14,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"go.opentelemetry.io/otel/metric"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -75,6 +76,11 @@ type Config struct {
 	// same time; the server stops reading the stream while it is reached.
 	// Default 8.
 	MaxInFlight int
+	// MaxInFlightEvents bounds the events being applied at once across
+	// all calls (Stream batches and Publish): a batch waits for room, in
+	// arrival order, and its stream is not read meanwhile, so the server's
+	// memory does not grow with the number of streams. Default 32768.
+	MaxInFlightEvents int
 	// ReservationTTL is how long a reservation (GetDecision with reserve)
 	// holds its cap slot unless a message_sent event confirms it. Default
 	// 5m.
@@ -126,6 +132,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 8
 	}
+	if c.MaxInFlightEvents <= 0 {
+		c.MaxInFlightEvents = 32768
+	}
 	if c.MaxUnacked <= 0 {
 		c.MaxUnacked = 1000
 	}
@@ -169,7 +178,8 @@ type Server struct {
 	// userKey keys the hash standing for user ids in logs (logUser).
 	userKey []byte
 
-	pendingReads chan struct{} // semaphore, see Config.MaxPendingReads
+	pendingReads chan struct{}       // semaphore, see Config.MaxPendingReads
+	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -201,6 +211,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		tokens:       tokens,
 		userKey:      newUserKey(),
 		pendingReads: make(chan struct{}, cfg.MaxPendingReads),
+		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
 		draining:     make(chan struct{}),
 	}, nil
 }
@@ -213,6 +224,15 @@ var serviceNames = []string{
 	nudgev1.AdminService_ServiceDesc.ServiceName,
 	nudgev1.ActionService_ServiceDesc.ServiceName,
 }
+
+// HTTP/2 flow-control windows of the server (see NewGRPCServer): a stream
+// may have streamWindow bytes of requests in transit, a connection
+// connWindow. 1 MiB holds about 25 batches of 500 events, three times the
+// default limits.max_in_flight.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 4 << 20
+)
 
 // NewGRPCServer returns a grpc.Server with nudge's services, health and
 // reflection registered, behind the interceptor chain below. opts come
@@ -280,6 +300,12 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append([]grpc.ServerOption{
 		codec,
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgBytes),
+		// Fixed HTTP/2 windows bound what a connection's unread requests
+		// take in the server: grpc's default dynamic windows grow to
+		// 16 MiB per stream, so streams waiting for room (see
+		// Config.MaxInFlightEvents) could hold that much each.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}, opts...)

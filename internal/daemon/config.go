@@ -152,6 +152,10 @@ type LimitsConfig struct {
 	// MaxInFlight is the batches of one ingest stream processed at once.
 	// Default 8.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxInFlightEvents is the events being applied at once over all
+	// streams and Publish calls; a batch waits for room and its stream is
+	// not read meanwhile. Default 32768.
+	MaxInFlightEvents int `yaml:"max_in_flight_events"`
 	// MaxPendingReads bounds the decision reads waiting on Redis; past it
 	// decisions degrade at once. Default 1024.
 	MaxPendingReads int `yaml:"max_pending_reads"`
@@ -260,9 +264,10 @@ func Defaults() Config {
 			TrimInterval:      time.Minute,
 		},
 		Limits: LimitsConfig{
-			MaxMessageBytes: 16 << 20,
-			MaxInFlight:     8,
-			MaxPendingReads: 1024,
+			MaxMessageBytes:   16 << 20,
+			MaxInFlight:       8,
+			MaxInFlightEvents: 32768,
+			MaxPendingReads:   1024,
 		},
 		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "nudged"},
 		Log:     LogConfig{Format: "text", Level: "info"},
@@ -347,6 +352,7 @@ func (c *Config) settings() []setting {
 
 		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
+		{"limits.max_in_flight_events", "max-in-flight-events", "events applied at once over all streams; then batches wait and their streams are not read", integer(&c.Limits.MaxInFlightEvents)},
 		{"limits.max_pending_reads", "max-pending-reads", "decision reads waiting on Redis before decisions degrade at once", integer(&c.Limits.MaxPendingReads)},
 
 		{"tls.cert_file", "tls-cert-file", "TLS certificate of the gRPC listener (turns TLS on)", str(&c.TLS.CertFile)},

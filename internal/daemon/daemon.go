@@ -124,19 +124,20 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	srv, err := server.New(store, rules, server.Config{
-		Outbox:          outbox,
-		MaxUnacked:      cfg.Delivery.MaxUnacked,
-		DefaultBudget:   cfg.Decision.Budget,
-		MaxBudget:       cfg.Decision.BudgetMax,
-		ReservationTTL:  cfg.Decision.ReservationTTL,
-		MaxInFlight:     cfg.Limits.MaxInFlight,
-		MaxPendingReads: cfg.Limits.MaxPendingReads,
-		MaxRecvMsgBytes: cfg.Limits.MaxMessageBytes,
-		Tokens:          tokens,
-		LogUserIDs:      cfg.Log.UserIDs,
-		Logger:          log,
-		Meter:           metrics.meter,
-		Audit:           auditLog,
+		Outbox:            outbox,
+		MaxUnacked:        cfg.Delivery.MaxUnacked,
+		DefaultBudget:     cfg.Decision.Budget,
+		MaxBudget:         cfg.Decision.BudgetMax,
+		ReservationTTL:    cfg.Decision.ReservationTTL,
+		MaxInFlight:       cfg.Limits.MaxInFlight,
+		MaxInFlightEvents: cfg.Limits.MaxInFlightEvents,
+		MaxPendingReads:   cfg.Limits.MaxPendingReads,
+		MaxRecvMsgBytes:   cfg.Limits.MaxMessageBytes,
+		Tokens:            tokens,
+		LogUserIDs:        cfg.Log.UserIDs,
+		Logger:            log,
+		Meter:             metrics.meter,
+		Audit:             auditLog,
 	})
 	if err != nil {
 		return err
