@@ -286,3 +286,43 @@ func TestShutdown(t *testing.T) {
 		})
 	})
 }
+
+// TestStreamsShareInFlightEvents: MaxInFlightEvents bounds the events in
+// work over all streams together (MaxInFlight bounds one stream's
+// batches): with room for 2 one-event batches, 3 streams of 2 batches each
+// get 2 into Apply, and the others start only as those finish.
+func TestStreamsShareInFlightEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := newBlockingStore()
+		h := start(t, store, server.Config{MaxInFlight: 8, MaxInFlightEvents: 2})
+		const streams, perStream = 3, 2
+		var ss []nudgev1.IngestService_StreamClient
+		for s := range streams {
+			stream := openStream(t, h)
+			ss = append(ss, stream)
+			for b := range perStream {
+				seq := uint64(s*perStream + b + 1)
+				sendView(t, stream, seq, fmt.Sprint("u", seq))
+			}
+		}
+		receive(t, store.entered, "first Apply")
+		receive(t, store.entered, "second Apply")
+		noneEntered(t, store, "MaxInFlightEvents is 2, over all streams")
+		for started := 2; started < streams*perStream; started++ {
+			releaseOne(t, store)
+			receive(t, store.entered, "the next waiting batch")
+			noneEntered(t, store, "one finished, one started")
+		}
+		releaseOne(t, store)
+		releaseOne(t, store)
+		for _, stream := range ss {
+			for range perStream {
+				resp := recvResponse(t, stream)
+				checkApplied(t, resp, resp.GetSeq())
+			}
+		}
+		if m := store.maxActive(); m != 2 {
+			t.Fatalf("at most %d Apply calls ran at once, want 2", m)
+		}
+	})
+}
