@@ -251,9 +251,9 @@ func newChaosProducer(t *testing.T, addrs []string, streams, batch int, led *led
 
 // run publishes events (ids <tag>-<i>) for users in round robin, over the
 // publishers in round robin (so every stream, and every nudged, carries
-// every user), and returns once every one is acknowledged.
-func (p *chaosProducer) run(ctx context.Context, t *testing.T, tag string, events, users int) {
-	t.Helper()
+// every user), and returns once every one is acknowledged. It may run on
+// a goroutine of its own: it reports failures as an error.
+func (p *chaosProducer) run(ctx context.Context, tag string, events, users int) error {
 	at := timestamppb.New(time.Now().Add(-time.Minute))
 	for i := range events {
 		u := i % users
@@ -261,24 +261,57 @@ func (p *chaosProducer) run(ctx context.Context, t *testing.T, tag string, event
 		ev := &nudgev1.Event{EventId: fmt.Sprintf("%s-%d", tag, i), UserId: user, Type: "view", Category: "c" + strconv.Itoa((i/users)%4), OccurredAt: at}
 		p.led.send(ev.EventId, user)
 		if err := p.pubs[i%len(p.pubs)].Publish(ctx, ev); err != nil {
-			t.Fatalf("publish %s: %v", ev.EventId, err)
+			return fmt.Errorf("publish %s: %w", ev.EventId, err)
 		}
 	}
 	for _, pub := range p.pubs {
 		if err := pub.Flush(ctx); err != nil {
-			t.Fatalf("flush: %v", err)
+			return fmt.Errorf("flush: %w", err)
+		}
+	}
+	return nil
+}
+
+// start runs run on its own goroutine; the channel closes when it
+// returns, its error reported on t.
+func (p *chaosProducer) start(ctx context.Context, t *testing.T, tag string, events, users int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.run(ctx, tag, events, users); err != nil {
+			t.Error(err)
+		}
+	}()
+	return done
+}
+
+// waitAcked waits until n events are acknowledged, and fails the test if
+// the producer finishes first (the fault would come too late).
+func (p *chaosProducer) waitAcked(ctx context.Context, t *testing.T, n uint64, done <-chan struct{}) {
+	t.Helper()
+	for st := p.stats(); st.Applied+st.Duplicate < n; st = p.stats() {
+		select {
+		case <-done:
+			t.Fatalf("the stream finished before %d events were acknowledged", n)
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(5 * time.Millisecond): // polling the producer's progress
 		}
 	}
 }
 
-func (p *chaosProducer) stats() client.Stats {
+func (p *chaosProducer) stats() client.Stats { return sumStats(p.pubs) }
+
+// sumStats adds up publishers' stats.
+func sumStats(pubs []*client.Publisher) client.Stats {
 	var s client.Stats
-	for _, pub := range p.pubs {
+	for _, pub := range pubs {
 		x := pub.Stats()
 		s.Published += x.Published
 		s.Acked += x.Acked
 		s.Applied += x.Applied
 		s.Duplicate += x.Duplicate
+		s.Rejected += x.Rejected
 		s.Failed += x.Failed
 		s.Resent += x.Resent
 		s.Reconnects += x.Reconnects
@@ -323,22 +356,10 @@ func TestChaosKillNudged(t *testing.T) {
 	led := newLedger()
 	prod := newChaosProducer(t, []string{addr}, 4, 500, led)
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		prod.run(ctx, t, "k", events, users)
-	}()
+	done := prod.start(ctx, t, "k", events, users)
 	// Kill when a share of the events has been acknowledged, k/(kills+1).
 	for k := 1; k <= kills; k++ {
-		for prod.stats().Applied+prod.stats().Duplicate < uint64(events*k/(kills+1)) {
-			select {
-			case <-done:
-				t.Fatalf("the stream finished before kill %d", k)
-			case <-ctx.Done():
-				t.Fatal(ctx.Err())
-			case <-time.After(5 * time.Millisecond): // polling the producer's progress
-			}
-		}
+		prod.waitAcked(ctx, t, uint64(events*k/(kills+1)), done)
 		if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -373,11 +394,7 @@ func TestChaosCutRedisReplies(t *testing.T) {
 	led := newLedger()
 	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		prod.run(ctx, t, "x", events, users)
-	}()
+	done := prod.start(ctx, t, "x", events, users)
 	rng := rand.New(rand.NewPCG(7, 7))
 	made := 0
 cutting:
@@ -429,7 +446,9 @@ func TestChaosHotUsers(t *testing.T) {
 	defer cancel()
 	led := newLedger()
 	prod := newChaosProducer(t, []string{a.addr, b.addr}, 64, 5, led)
-	prod.run(ctx, t, "h", events, 10)
+	if err := prod.run(ctx, "h", events, 10); err != nil {
+		t.Fatal(err)
+	}
 	st := prod.stats()
 	var conflicts, exhausted, txns float64
 	for _, n := range []*nudged{a, b} {
@@ -492,18 +511,8 @@ func TestChaosRedisKilled(t *testing.T) {
 			defer cancel()
 			led := newLedger()
 			prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				prod.run(ctx, t, "r", events, users)
-			}()
-			for st := prod.stats(); st.Applied+st.Duplicate < uint64(events/3); st = prod.stats() {
-				select {
-				case <-done:
-					t.Fatal("the stream finished before the kill")
-				case <-time.After(5 * time.Millisecond): // polling the producer's progress
-				}
-			}
+			done := prod.start(ctx, t, "r", events, users)
+			prod.waitAcked(ctx, t, uint64(events/3), done)
 			before := prod.stats()
 			rs.Stop() // SIGKILL
 			stop := make(chan struct{})
@@ -552,18 +561,8 @@ func TestChaosSIGTERMDuringStreams(t *testing.T) {
 	defer cancel()
 	led := newLedger()
 	prod := newChaosProducer(t, []string{addr}, 50, 100, led)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		prod.run(ctx, t, "g", events, users)
-	}()
-	for st := prod.stats(); st.Applied+st.Duplicate < uint64(events/3); st = prod.stats() {
-		select {
-		case <-done:
-			t.Fatal("the stream finished before SIGTERM")
-		case <-time.After(5 * time.Millisecond): // polling the producer's progress
-		}
-	}
+	done := prod.start(ctx, t, "g", events, users)
+	prod.waitAcked(ctx, t, uint64(events/3), done)
 	sent := time.Now()
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -608,11 +607,7 @@ func TestChaosBrokenRulesReload(t *testing.T) {
 	}
 	led := newLedger()
 	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		prod.run(ctx, t, "b", events, users)
-	}()
+	done := prod.start(ctx, t, "b", events, users)
 	stop := make(chan struct{})
 	decided := make(chan []time.Duration, 1)
 	go func() {
@@ -744,7 +739,9 @@ func TestChaosProducerStopsReadingAcks(t *testing.T) {
 	led := newLedger()
 	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
 	start := time.Now()
-	prod.run(ctx, t, "p", events, users)
+	if err := prod.run(ctx, "p", events, users); err != nil {
+		t.Fatal(err)
+	}
 	took := time.Since(start)
 	rss1 := vmRSS(t, n.cmd.Process.Pid)
 	stalled := sentBatches.Load()

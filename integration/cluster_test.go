@@ -35,20 +35,12 @@ func ingestRounds(ctx context.Context, tag string, pubs []*client.Publisher, use
 			}
 		}
 	}
-	var sum client.Stats
 	for _, p := range pubs {
 		if err := p.Flush(ctx); err != nil {
-			return rounds, sum, fmt.Errorf("flush: %w", err)
+			return rounds, client.Stats{}, fmt.Errorf("flush: %w", err)
 		}
-		st := p.Stats()
-		sum.Published += st.Published
-		sum.Applied += st.Applied
-		sum.Duplicate += st.Duplicate
-		sum.Rejected += st.Rejected
-		sum.Failed += st.Failed
-		sum.Resent += st.Resent
 	}
-	return rounds, sum, nil
+	return rounds, sumStats(pubs), nil
 }
 
 // wantViews reads the profiles of users cu-0..cu-<users-1> straight from
