@@ -757,3 +757,75 @@ func TestChaosProducerStopsReadingAcks(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// Scenario 5, paused and slow: Redis paused (CLIENT PAUSE ALL) and then
+// slow (50 ms of latency each way through toxiproxy) while producers
+// stream and decisions are asked for. Every decision answers (degraded
+// when the read misses its 10 ms budget) and counts stay exact.
+func TestChaosRedisPausedAndSlow(t *testing.T) {
+	events, users := chaosSize(10_000, 50_000), chaosSize(1_000, 5_000)
+	fault := time.Duration(chaosSize(2, 30)) * time.Second
+	rs := redistest.Start(t)
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "redis", "127.0.0.1:0", rs.Addr)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Stop)
+	n := startNudged(t, buildNudged(t), "--redis-addr", proxy.Listen, "--decision-budget", "10ms")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	led := newLedger()
+	prod := newChaosProducer(t, []string{n.addr}, 4, 100, led)
+	done := prod.start(ctx, t, "s", events, users)
+	prod.waitAcked(ctx, t, uint64(events/10), done)
+
+	for _, f := range []struct {
+		name          string
+		begin, finish func()
+	}{
+		{"paused", func() {
+			ms := strconv.Itoa(int(fault.Milliseconds()))
+			if err := rs.Client(t).Do(ctx, "CLIENT", "PAUSE", ms, "ALL").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}, func() {
+			if err := rs.Client(t).Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"slow (50 ms each way)", func() {
+			if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":50}}`)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"slow-up","type":"latency","stream":"upstream","attributes":{"latency":50}}`)); err != nil {
+				t.Fatal(err)
+			}
+		}, func() {
+			for _, name := range []string{"slow", "slow-up"} {
+				if err := proxy.Toxics.RemoveToxic(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		f.begin()
+		stop := make(chan struct{})
+		time.AfterFunc(fault, func() { close(stop) })
+		lat, degraded := decideDuring(ctx, t, n.addr, stop)
+		f.finish()
+		slices.Sort(lat)
+		t.Logf("Redis %s for %v: %d decisions answered (%d degraded), p50 %v, p99 %v, max %v",
+			f.name, fault, len(lat), degraded, lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
+		if degraded == 0 {
+			t.Errorf("Redis %s: no decision degraded: the fault did not reach the reads", f.name)
+		}
+	}
+	<-done
+	st := prod.stats()
+	t.Logf("%d events over %d users through the faults: publisher %+v", events, users, st)
+	if st.Failed != 0 {
+		t.Errorf("publisher stats %+v: want no failure", st)
+	}
+	wantExact(t, led.check(ctx, t, rs.Client(t)))
+}
