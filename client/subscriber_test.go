@@ -104,8 +104,11 @@ func TestSubscriberRefusesBadGroup(t *testing.T) {
 }
 
 // The Subscriber acknowledges in the background, and sends the acks that
-// accumulated during an Ack call as one call: with each Ack call held
-// 20 ms, 300 actions take a handful of calls, not 300 round trips.
+// accumulated during an Ack call as one call: the first Ack call is held
+// until the handler has handled 150 actions (the server delivers up to its
+// MaxUnacked, 200 here, without acks), so the 149 acks behind it go out
+// together in the second call. (In line, one call per action, the handler
+// could not get past the first.)
 func TestSubscriberBatchesAcks(t *testing.T) {
 	e := newEnv(t)
 	const users = 300
@@ -121,45 +124,64 @@ func TestSubscriberBatchesAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	allHandled := make(chan struct{})
 	var mu sync.Mutex
-	calls, acked := 0, map[string]bool{}
+	const hold = 150
+	var sizes []int // ack ids per Ack call
+	acked := map[string]bool{}
 	allAcked := make(chan struct{})
-	slowAck := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if r, ok := req.(*nudgev1.AckRequest); ok {
-			time.Sleep(20 * time.Millisecond) // a slow network, on purpose
-			err := invoker(ctx, method, req, reply, cc, opts...)
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil {
-				calls++
-				for _, id := range r.GetAckIds() {
-					acked[id] = true
-				}
-				if len(acked) == users {
-					close(allAcked)
-				}
-			}
-			return err
+	heldAck := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		r, ok := req.(*nudgev1.AckRequest)
+		if !ok {
+			return invoker(ctx, method, req, reply, cc, opts...)
 		}
-		return invoker(ctx, method, req, reply, cc, opts...)
+		mu.Lock()
+		first := len(sizes) == 0
+		sizes = append(sizes, len(r.GetAckIds()))
+		mu.Unlock()
+		if first {
+			select {
+			case <-allHandled:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			for _, id := range r.GetAckIds() {
+				acked[id] = true
+			}
+			if len(acked) == users {
+				close(allAcked)
+			}
+		}
+		return err
 	}
-	c, err := client.Dial(e.addr, client.WithDialOptions(grpc.WithUnaryInterceptor(slowAck)))
+	c, err := client.Dial(e.addr, client.WithDialOptions(grpc.WithUnaryInterceptor(heldAck)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
+	handled := 0
 	done := make(chan error, 1)
 	go func() {
-		done <- c.Subscribe(ctx, "batched", func(context.Context, *nudgev1.Action, uint32) error { return nil })
+		done <- c.Subscribe(ctx, "batched", func(context.Context, *nudgev1.Action, uint32) error {
+			if handled++; handled == hold {
+				close(allHandled)
+			}
+			return nil
+		})
 	}()
 	select {
 	case <-allAcked:
 	case <-ctx.Done():
 		mu.Lock()
 		defer mu.Unlock()
-		t.Fatalf("%d of %d actions acknowledged before the deadline", len(acked), users)
+		t.Fatalf("%d of %d actions acknowledged before the deadline (%d handled)", len(acked), users, handled)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -167,8 +189,8 @@ func TestSubscriberBatchesAcks(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	t.Logf("%d actions acknowledged in %d Ack calls", len(acked), calls)
-	if calls > 30 {
-		t.Errorf("%d Ack calls for %d actions: the acks were not batched", calls, users)
+	t.Logf("ack ids per Ack call: %v", sizes)
+	if len(sizes) < 2 || sizes[1] < hold-1 {
+		t.Errorf("ack ids per Ack call %v: want the %d acks that waited behind the first call in the second", sizes, hold-1)
 	}
 }

@@ -328,6 +328,20 @@ func wantExact(t *testing.T, v verdict) {
 	}
 }
 
+// startProxy starts an in-process toxiproxy on a free loopback port in
+// front of upstream, stopped when the test ends; its Listen is the address
+// to give nudged.
+func startProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
+	t.Helper()
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "redis", "127.0.0.1:0", upstream)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Stop)
+	return proxy
+}
+
 // freeLoopbackAddr returns a loopback address nothing listens on, so that
 // a restarted nudged can come back on the same one.
 func freeLoopbackAddr(t *testing.T) string {
@@ -382,12 +396,7 @@ func TestChaosKillNudged(t *testing.T) {
 func TestChaosCutRedisReplies(t *testing.T) {
 	events, users, cuts := chaosSize(20_000, 100_000), chaosSize(1_000, 5_000), chaosSize(100, 1_000)
 	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "redis", "127.0.0.1:0", rs.Addr)
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Stop)
+	proxy := startProxy(t, rs.Addr)
 	n := startNudged(t, buildNudged(t), "--redis-addr", proxy.Listen, "--metrics-listen", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
@@ -766,12 +775,7 @@ func TestChaosRedisPausedAndSlow(t *testing.T) {
 	events, users := chaosSize(10_000, 50_000), chaosSize(1_000, 5_000)
 	fault := time.Duration(chaosSize(2, 30)) * time.Second
 	rs := redistest.Start(t)
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "redis", "127.0.0.1:0", rs.Addr)
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Stop)
+	proxy := startProxy(t, rs.Addr)
 	n := startNudged(t, buildNudged(t), "--redis-addr", proxy.Listen, "--decision-budget", "10ms")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()

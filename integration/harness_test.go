@@ -87,8 +87,12 @@ func (e *env) addServer(t testing.TB, opt profile.Options) *env {
 func (e *env) redisClient(t testing.TB) redis.UniversalClient {
 	t.Helper()
 	if e.cluster != nil {
-		o := e.cluster.ClusterOptions()
-		o.ContextTimeoutEnabled, o.MaxRetries, o.MaxRedirects = true, -1, 8
+		cfg := daemon.Defaults().Redis
+		cfg.Cluster = e.cluster.Addrs()
+		o, err := cfg.ClusterOptions()
+		if err != nil {
+			t.Fatal(err)
+		}
 		return redis.NewClusterClient(o)
 	}
 	return redis.NewClient(nudgedRedisOptions(t, e.redis.Addr))
