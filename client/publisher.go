@@ -590,13 +590,15 @@ func retryDelay(err error) (time.Duration, bool) {
 // running until Close, so that events that raced in are reported too.
 func (l *loop) giveUp(err error) {
 	l.gaveUp = err
-	l.p.stopErr = err
-	close(l.p.stopped)
 	for _, seq := range slices.Sorted(maps.Keys(l.outstanding)) {
 		l.drop(seq, err)
 	}
 	l.failEvents(l.cur, err)
 	l.cur = nil
+	// Only now: a Flush or Publish that sees the publisher stopped must
+	// find every held event already reported (Stats, OnError).
+	l.p.stopErr = err
+	close(l.p.stopped)
 	l.suspects = nil
 	l.lingerDue, l.forceSeal = false, false
 	if l.lingerT != nil {
