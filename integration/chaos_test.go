@@ -95,7 +95,7 @@ func (v verdict) String() string {
 // fewer than its acknowledged events lost some, one counting more than it
 // was sent counted some twice. Every outbox entry's action id must be
 // unique.
-func (l *ledger) check(ctx context.Context, t *testing.T, rdb *redis.Client) verdict {
+func (l *ledger) check(ctx context.Context, t *testing.T, rdb redis.UniversalClient) verdict {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -123,24 +123,49 @@ func (l *ledger) check(ctx context.Context, t *testing.T, rdb *redis.Client) ver
 	return v
 }
 
+// scanKeys calls fn for every key matching pattern, on every master of a
+// cluster.
+func scanKeys(ctx context.Context, t *testing.T, rdb redis.UniversalClient, pattern string, fn func(key string)) {
+	t.Helper()
+	var mu sync.Mutex
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			fn(iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, scan)
+	case *redis.Client:
+		err = scan(ctx, c)
+	default:
+		t.Fatalf("scanKeys: unexpected client %T", rdb)
+	}
+	if err != nil {
+		t.Fatalf("SCAN %s: %v", pattern, err)
+	}
+}
+
 // storedViews reads every profile key and returns each user's all-time
 // "view" total, decoding the stored form (a version byte, then protobuf
 // wire format, totals in field 4 as {1: type, 2: count}) on its own.
-func storedViews(ctx context.Context, t *testing.T, rdb *redis.Client) map[string]int {
+func storedViews(ctx context.Context, t *testing.T, rdb redis.UniversalClient) map[string]int {
 	t.Helper()
+	var keys []string
+	scanKeys(ctx, t, rdb, "nudge:*:p:*", func(key string) { keys = append(keys, key) })
 	out := map[string]int{}
-	iter := rdb.Scan(ctx, 0, "nudge:*:p:*", 1000).Iterator()
-	for iter.Next(ctx) {
-		key := iter.Val()
+	for _, key := range keys {
 		raw, err := rdb.Get(ctx, key).Bytes()
 		if err != nil {
 			t.Fatalf("GET %s: %v", key, err)
 		}
 		user := key[strings.Index(key, ":p:")+3:]
 		out[user] = wireViews(t, key, raw)
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatalf("SCAN: %v", err)
 	}
 	return out
 }
@@ -197,14 +222,15 @@ func wireViews(t *testing.T, key string, raw []byte) int {
 
 // outboxActions counts the outbox entries and those whose action id was
 // already seen.
-func outboxActions(ctx context.Context, t *testing.T, rdb *redis.Client) (total, duplicates int) {
+func outboxActions(ctx context.Context, t *testing.T, rdb redis.UniversalClient) (total, duplicates int) {
 	t.Helper()
+	var streams []string
+	scanKeys(ctx, t, rdb, "nudge:*:out", func(key string) { streams = append(streams, key) })
 	seen := map[string]bool{}
-	iter := rdb.Scan(ctx, 0, "nudge:*:out", 1000).Iterator()
-	for iter.Next(ctx) {
-		msgs, err := rdb.XRange(ctx, iter.Val(), "-", "+").Result()
+	for _, key := range streams {
+		msgs, err := rdb.XRange(ctx, key, "-", "+").Result()
 		if err != nil {
-			t.Fatalf("XRANGE %s: %v", iter.Val(), err)
+			t.Fatalf("XRANGE %s: %v", key, err)
 		}
 		for _, m := range msgs {
 			id, _ := m.Values["action_id"].(string)
@@ -214,9 +240,6 @@ func outboxActions(ctx context.Context, t *testing.T, rdb *redis.Client) (total,
 			}
 			seen[id] = true
 		}
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatalf("SCAN: %v", err)
 	}
 	return total, duplicates
 }
