@@ -236,7 +236,8 @@ func (o *Outbox) readCluster(ctx context.Context, group, consumer string) ([]Del
 }
 
 // claim takes over the group's actions idle past the visibility timeout,
-// at most once per half the timeout per member.
+// at most once per half the timeout per member, unless its last claim
+// left some behind.
 func (o *Outbox) claim(ctx context.Context, group, consumer string) ([]Delivery, error) {
 	key := group + "\x00" + consumer
 	o.mu.Lock()
@@ -248,19 +249,31 @@ func (o *Outbox) claim(ctx context.Context, group, consumer string) ([]Delivery,
 	if !due {
 		return nil, nil
 	}
+	// Each stream gives its share of Count, as in Read; a stream with more
+	// to claim makes the member claim again at its next Read.
+	per := int64(max(1, o.opt.Count/len(o.keys)))
 	cmds := make([]*redis.XAutoClaimCmd, len(o.keys))
 	_, err := o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, k := range o.keys {
 			cmds[i] = pipe.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-				Stream: k, Group: group, Consumer: consumer, MinIdle: o.opt.Visibility, Start: "0-0", Count: int64(o.opt.Count),
+				Stream: k, Group: group, Consumer: consumer, MinIdle: o.opt.Visibility, Start: "0-0", Count: per,
 			})
 		}
 		return nil
 	})
 	_ = err // each command's own error is looked at below
 	var out []Delivery
+	more := false
+	defer func() {
+		if more {
+			o.mu.Lock()
+			delete(o.lastClaim, key)
+			o.mu.Unlock()
+		}
+	}()
 	for i, c := range cmds {
-		msgs, _, err := c.Result()
+		msgs, next, err := c.Result()
+		more = more || (err == nil && next != "0-0")
 		switch {
 		case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
 			o.forgetGroup(group) // the stream was recreated: make the group again next time
@@ -389,6 +402,147 @@ func validEntryID(s string) bool {
 	_, err1 := strconv.ParseUint(ms, 10, 64)
 	_, err2 := strconv.ParseUint(seq, 10, 64)
 	return err1 == nil && err2 == nil
+}
+
+// releaseBatch is the most pending entries Release reads per stream and
+// round trip.
+const releaseBatch = 1000
+
+// Release hands the actions delivered to a member and not acknowledged back
+// to its group at once, and returns how many. The server calls it when a
+// member's stream ends: a member that went away (killed, cut off, or
+// drained) never acknowledges what it held, and without Release those
+// actions would wait out the visibility timeout (30 s by default) before
+// another member got them. Each entry is re-claimed by the same member
+// with its idle time set to the visibility timeout (XCLAIM ... IDLE
+// JUSTID, which leaves the delivery count alone), so the group's next
+// claim takes it: at the next Read of any member on this Outbox, whose
+// members are told to claim then, and within half the timeout on other
+// servers.
+//
+// The delivery count of what the member cannot have been handling goes
+// back down by one, so that a member dying with a long read ahead does not
+// push actions it never saw towards the dead-letter stream: sent are the
+// ack ids sent to it, in order (the most recent ones suffice), and of its
+// pending actions only the first of them keeps its count. A member
+// handling actions one at a time, in order, as the Go client does, was at
+// most handling that one when it died (it may be what kills it); the rest
+// sat in buffers, were read for it and never sent (the stream broke
+// first), or were claimed for it by a call the broken stream cut short.
+//
+// Delivery stays at least once: a member that handled an action and lost
+// its ack with the connection gets it (or another member does) again.
+// Release a member's name only once it has no other live stream: the
+// actions that stream holds would be delivered twice.
+func (o *Outbox) Release(ctx context.Context, group, consumer string, sent []string) (int, error) {
+	pending, err := o.pendingOf(ctx, group, consumer)
+	if err != nil {
+		return 0, fmt.Errorf("delivery: release %s of %s: %w", consumer, group, err)
+	}
+	if len(pending) == 0 {
+		return 0, nil
+	}
+	order := make(map[string]int, len(sent))
+	for i, id := range sent {
+		order[id] = i
+	}
+	first, firstAt := "", len(sent) // the pending ack id sent first
+	for _, p := range pending {
+		if i, ok := order[p.ackID]; ok && i < firstAt {
+			first, firstAt = p.ackID, i
+		}
+	}
+	// One XCLAIM per stream and delivery count to set (RETRYCOUNT applies
+	// to all its ids); count -1 keeps the count.
+	type claimKey struct {
+		stream string
+		count  int64
+	}
+	claims := map[claimKey][]any{}
+	for _, p := range pending {
+		k := claimKey{p.stream, -1}
+		if p.ackID != first {
+			k.count = max(0, p.count-1)
+		}
+		claims[k] = append(claims[k], p.id)
+	}
+	cmds := make([]*redis.Cmd, 0, len(claims))
+	_, err = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for k, ids := range claims {
+			args := make([]any, 0, len(ids)+10)
+			args = append(args, "xclaim", k.stream, group, consumer, 0)
+			args = append(args, ids...)
+			args = append(args, "idle", o.opt.Visibility.Milliseconds())
+			if k.count >= 0 {
+				args = append(args, "retrycount", k.count)
+			}
+			cmds = append(cmds, pipe.Do(ctx, append(args, "justid")...))
+		}
+		return nil
+	})
+	released := 0
+	for _, c := range cmds {
+		ids, cerr := c.StringSlice()
+		if cerr != nil {
+			return released, fmt.Errorf("delivery: release %s of %s: %w", consumer, group, cerr)
+		}
+		released += len(ids)
+	}
+	if err != nil {
+		return released, fmt.Errorf("delivery: release %s of %s: %w", consumer, group, err)
+	}
+	o.mu.Lock()
+	for k := range o.lastClaim {
+		if g, _, _ := strings.Cut(k, "\x00"); g == group {
+			delete(o.lastClaim, k)
+		}
+	}
+	o.mu.Unlock()
+	return released, nil
+}
+
+// pendingEntry is one action delivered to a member and not acknowledged.
+type pendingEntry struct {
+	stream, id, ackID string
+	count             int64
+}
+
+// pendingOf returns the actions pending for a member on every stream,
+// releaseBatch per stream and round trip.
+func (o *Outbox) pendingOf(ctx context.Context, group, consumer string) ([]pendingEntry, error) {
+	var out []pendingEntry
+	from := make(map[string]string, len(o.keys)) // stream -> XPENDING start
+	for _, k := range o.keys {
+		from[k] = "-"
+	}
+	for len(from) > 0 {
+		keys := make([]string, 0, len(from))
+		cmds := make([]*redis.XPendingExtCmd, 0, len(from))
+		_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for k, start := range from {
+				keys = append(keys, k)
+				cmds = append(cmds, pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: k, Group: group, Start: start, End: "+", Count: releaseBatch, Consumer: consumer}))
+			}
+			return nil
+		}) // each command's own error is looked at below
+		clear(from)
+		for i, c := range cmds {
+			pending, err := c.Result()
+			switch {
+			case err != nil && (strings.HasPrefix(err.Error(), "NOGROUP") || errors.Is(err, redis.Nil)):
+				continue
+			case err != nil:
+				return nil, fmt.Errorf("pending on %s: %w", keys[i], err)
+			}
+			for _, p := range pending {
+				out = append(out, pendingEntry{stream: keys[i], id: p.ID, ackID: strconv.Itoa(o.buckets[keys[i]]) + "/" + p.ID, count: p.RetryCount})
+			}
+			if len(pending) == releaseBatch {
+				from[keys[i]] = "(" + pending[len(pending)-1].ID // read on after it
+			}
+		}
+	}
+	return out, nil
 }
 
 // Pending returns how many actions of the group are delivered to the

@@ -161,6 +161,90 @@ func TestUnackedActionsAreRedeliveredThenDeadLettered(t *testing.T) {
 	})
 }
 
+// A member that goes away has its unacknowledged actions released: another
+// member's next Read gets them, long before the visibility timeout, with
+// their delivery count, less the deliveries it cannot have handled; what
+// it acknowledged stays acknowledged.
+func TestReleaseHandsAGoneMembersActionsToTheGroup(t *testing.T) {
+	forBackends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		addActions(t, rdb, 0, 4400)
+		// The visibility timeout is far beyond the test's own deadline:
+		// only Release can hand the actions over in time.
+		o := newOutbox(rdb, delivery.Options{Visibility: time.Hour, Count: 4000})
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		// The member takes everything (more than one XPENDING batch per
+		// stream) and acknowledges the first 100 it was handed.
+		var took []delivery.Delivery
+		for len(took) < 4400 && ctx.Err() == nil {
+			ds, err := o.Read(ctx, "g", "gone")
+			if err != nil {
+				t.Fatal(err)
+			}
+			took = append(took, ds...)
+		}
+		acked := map[string]bool{}
+		for _, d := range took[:100] {
+			acked[d.Action.ID] = true
+		}
+		if _, err := o.Ack(ctx, "g", ackIDs(took[:100])); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing is claimable yet: a live member's read finds nothing.
+		if ds, err := o.Read(ctx, "g", "live"); err != nil || len(ds) != 0 {
+			t.Fatalf("before the release the live member read %d actions (err %v), want 0", len(ds), err)
+		}
+		// The server passes what it sent, in order (here only the most
+		// recent part). The first of them still pending keeps its count:
+		// the member may have died handling it. The others, and those not
+		// in the list, were never being handled: their count goes back down.
+		want := map[string]int64{} // the delivery count each gets next
+		for _, d := range took[100:] {
+			want[d.Action.ID] = 1
+		}
+		want[took[2000].Action.ID] = 2
+		n, err := o.Release(ctx, "g", "gone", ackIDs(took[2000:4300]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 4300 {
+			t.Fatalf("released %d, want the 4300 unacknowledged", n)
+		}
+		got := map[string]int64{}
+		for len(got) < 4300 && ctx.Err() == nil {
+			ds, err := o.Read(ctx, "g", "live")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds {
+				got[d.Action.ID] = d.Count
+			}
+		}
+		if len(got) != 4300 {
+			t.Fatalf("the live member got %d of the 4300 released actions", len(got))
+		}
+		for id, c := range got {
+			if acked[id] {
+				t.Errorf("%s was acknowledged, and delivered again", id)
+			}
+			if c != want[id] {
+				t.Errorf("%s delivered with count %d, want %d", id, c, want[id])
+			}
+		}
+		if n, err := o.Release(ctx, "g", "gone", nil); err != nil || n != 0 {
+			t.Errorf("second release: %d, %v; want nothing left to release", n, err)
+		}
+	})
+}
+
+func ackIDs(ds []delivery.Delivery) []string {
+	ids := make([]string, len(ds))
+	for i, d := range ds {
+		ids[i] = d.AckID
+	}
+	return ids
+}
+
 // A slow group that has not acknowledged (or not even read) actions keeps
 // them through trimming; once every group acknowledged, they go.
 func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {

@@ -224,9 +224,23 @@ func wireViews(t *testing.T, key string, raw []byte) int {
 // already seen.
 func outboxActions(ctx context.Context, t *testing.T, rdb redis.UniversalClient) (total, duplicates int) {
 	t.Helper()
+	seen := map[string]bool{}
+	for _, id := range outboxActionIDs(ctx, t, rdb) {
+		total++
+		if seen[id] {
+			duplicates++
+		}
+		seen[id] = true
+	}
+	return total, duplicates
+}
+
+// outboxActionIDs returns the action id of every outbox entry.
+func outboxActionIDs(ctx context.Context, t *testing.T, rdb redis.UniversalClient) []string {
+	t.Helper()
 	var streams []string
 	scanKeys(ctx, t, rdb, "nudge:*:out", func(key string) { streams = append(streams, key) })
-	seen := map[string]bool{}
+	var ids []string
 	for _, key := range streams {
 		msgs, err := rdb.XRange(ctx, key, "-", "+").Result()
 		if err != nil {
@@ -234,14 +248,10 @@ func outboxActions(ctx context.Context, t *testing.T, rdb redis.UniversalClient)
 		}
 		for _, m := range msgs {
 			id, _ := m.Values["action_id"].(string)
-			total++
-			if seen[id] {
-				duplicates++
-			}
-			seen[id] = true
+			ids = append(ids, id)
 		}
 	}
-	return total, duplicates
+	return ids
 }
 
 // chaosProducer streams view events (3 per user and category, so the

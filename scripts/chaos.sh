@@ -11,4 +11,4 @@ if [ "${1:-short}" = full ]; then
   timeout=60m
 fi
 "$GO" test -count=1 -timeout "$timeout" -run '^TestChaos' -v ./integration/ "${args[@]}" |
-  grep --line-buffered -E '^(=== RUN|--- |ok|FAIL|panic)|chaos_test.go'
+  grep --line-buffered -E '^(=== RUN|--- |ok|FAIL|panic)|(chaos[a-z_]*|execcut)_test.go'

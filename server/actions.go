@@ -21,14 +21,20 @@ type Outbox interface {
 	Read(ctx context.Context, group, consumer string) ([]delivery.Delivery, error)
 	Ack(ctx context.Context, group string, ackIDs []string) (int, error)
 	Pending(ctx context.Context, group, consumer string) (int64, error)
+	Release(ctx context.Context, group, consumer string, sent []string) (int, error)
 }
+
+// releaseTimeout bounds the release of a gone member's actions.
+const releaseTimeout = 5 * time.Second
 
 var _ Outbox = (*delivery.Outbox)(nil)
 
 // Subscribe streams the group's actions to one member until the caller
-// goes away or the server drains (UNAVAILABLE: resubscribe elsewhere; what
-// was not acknowledged is redelivered).
-func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStreamingServer[nudgev1.SubscribeResponse]) error {
+// goes away or the server drains (UNAVAILABLE: resubscribe elsewhere).
+// When the stream ends, the actions delivered to the member and not
+// acknowledged go back to the group at once (see delivery.Outbox.Release),
+// rather than after the visibility timeout.
+func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStreamingServer[nudgev1.SubscribeResponse]) (err error) {
 	if err := s.validator.Validate(req); err != nil {
 		return invalidArgument(err)
 	}
@@ -42,6 +48,17 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 		_, _ = rand.Read(b[:])
 		consumer = "c-" + hex.EncodeToString(b[:])
 	}
+	// handed is whether an action was read for the member; sentIDs are
+	// the ack ids sent to it, in order (the last 2 × MaxUnacked or more),
+	// from which the release tells what the member cannot have been
+	// handling.
+	handed := false
+	var sentIDs []string
+	defer func() {
+		if handed {
+			s.release(ctx, group, consumer, sentIDs)
+		}
+	}()
 	sent := 0 // since the member's pending count was last read
 	for {
 		select {
@@ -49,17 +66,18 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
 		default:
 		}
-		// Read ahead at most MaxUnacked actions the member has not
-		// acknowledged: more would sit in buffers past the visibility
-		// timeout and be redelivered to another member while this one
-		// still works on them.
+		// Send at most MaxUnacked actions the member has not acknowledged:
+		// more would sit in buffers past the visibility timeout and be
+		// redelivered to another member while this one still works on
+		// them.
 		if sent >= s.cfg.MaxUnacked/2 {
-			if err := s.waitForAcks(ctx, group, consumer); err != nil {
+			if err := s.waitForAcks(ctx, group, consumer, 0); err != nil {
 				return err
 			}
 			sent = 0
 		}
 		ds, err := s.cfg.Outbox.Read(ctx, group, consumer)
+		handed = true // even a failed read may have claimed actions for the member
 		if err != nil {
 			if ctx.Err() != nil {
 				return toStatus(ctx.Err())
@@ -67,10 +85,18 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			return status.Errorf(codes.Unavailable, "read the outbox: %v", err)
 		}
 		var skipped []string
-		for _, d := range ds {
+		for i, d := range ds {
 			if len(req.GetChannels()) > 0 && !slices.Contains(req.GetChannels(), d.Action.Channel) {
 				skipped = append(skipped, d.AckID)
 				continue
+			}
+			// A read returns up to one action per stream: with many
+			// buckets, more than MaxUnacked.
+			if sent >= s.cfg.MaxUnacked/2 {
+				if err := s.waitForAcks(ctx, group, consumer, int64(len(ds)-i)); err != nil {
+					return err
+				}
+				sent = 0
 			}
 			a := actionToProto(&d.Action)
 			if err := stream.Send(&nudgev1.SubscribeResponse{Action: a, AckId: d.AckID, DeliveryCount: uint32(d.Count)}); err != nil {
@@ -78,6 +104,9 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			}
 			s.metrics.delivered.Add(ctx, 1)
 			sent++
+			if sentIDs = append(sentIDs, d.AckID); len(sentIDs) > 4*s.cfg.MaxUnacked {
+				sentIDs = append(sentIDs[:0], sentIDs[len(sentIDs)-2*s.cfg.MaxUnacked:]...)
+			}
 		}
 		if len(skipped) > 0 {
 			if _, err := s.cfg.Outbox.Ack(ctx, group, skipped); err != nil && ctx.Err() == nil {
@@ -87,9 +116,25 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 	}
 }
 
+// release hands the actions a gone member did not acknowledge back to its
+// group; a failure leaves them to the visibility timeout.
+func (s *Server) release(ctx context.Context, group, consumer string, sent []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	n, err := s.cfg.Outbox.Release(ctx, group, consumer, sent)
+	if err != nil {
+		s.cfg.Logger.Warn("releasing a gone member's actions failed: they come back after the visibility timeout", "group", group, "consumer", consumer, "err", err)
+		return
+	}
+	if n > 0 {
+		s.metrics.released.Add(ctx, int64(n))
+	}
+}
+
 // waitForAcks waits until fewer than MaxUnacked actions are pending for the
-// member, polling its pending count.
-func (s *Server) waitForAcks(ctx context.Context, group, consumer string) error {
+// member, polling its pending count, of which held were read for it and
+// not sent yet.
+func (s *Server) waitForAcks(ctx context.Context, group, consumer string, held int64) error {
 	for {
 		n, err := s.cfg.Outbox.Pending(ctx, group, consumer)
 		if err != nil {
@@ -98,7 +143,7 @@ func (s *Server) waitForAcks(ctx context.Context, group, consumer string) error 
 			}
 			return status.Errorf(codes.Unavailable, "read pending actions: %v", err)
 		}
-		if n < int64(s.cfg.MaxUnacked) {
+		if n-held < int64(s.cfg.MaxUnacked) {
 			return nil
 		}
 		t := time.NewTimer(20 * time.Millisecond)

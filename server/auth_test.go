@@ -86,6 +86,10 @@ func (fakeOutbox) Ack(_ context.Context, _ string, ids []string) (int, error) { 
 
 func (fakeOutbox) Pending(context.Context, string, string) (int64, error) { return 0, nil }
 
+func (fakeOutbox) Release(context.Context, string, string, []string) (int, error) {
+	return 0, nil
+}
+
 // authConfig is a server with the test tokens and an outbox.
 func authConfig() server.Config {
 	return server.Config{Tokens: testTokens(), Outbox: fakeOutbox{}}

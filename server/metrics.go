@@ -24,6 +24,7 @@ type instruments struct {
 	eventLag     metric.Float64Histogram
 	delivered    metric.Int64Counter
 	acked        metric.Int64Counter
+	released     metric.Int64Counter
 	statusAttrs  map[statusReason]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
 }
@@ -62,9 +63,12 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	if in.acked, err = m.Int64Counter("nudge.actions.acked", metric.WithDescription("Deliveries acknowledged by subscribers.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
+	if in.released, err = m.Int64Counter("nudge.actions.released", metric.WithDescription("Unacknowledged deliveries handed back to their group when the member's stream ended.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
 	// Counters without attributes start at 0, so dashboards and alerts
 	// see a series before the first event.
-	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked} {
+	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked, in.released} {
 		c.Add(context.Background(), 0)
 	}
 	in.statusAttrs = make(map[statusReason]metric.MeasurementOption)
