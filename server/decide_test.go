@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,7 +156,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				return nil, fmt.Errorf("get: %w", ctx.Err())
 			},
 			budget: 20 * time.Millisecond,
-			reason: "profile read exceeded its budget of 19ms",
+			reason: "profile read exceeded its budget of 18ms",
 		},
 		{
 			name: "read past the default budget",
@@ -163,7 +164,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			},
-			reason: "profile read exceeded its budget of 9ms",
+			reason: "profile read exceeded its budget of 8ms",
 		},
 		{
 			name: "store unavailable",
@@ -201,6 +202,80 @@ func TestGetDecisionDegraded(t *testing.T) {
 				t.Fatalf("reasons = %v, want a degraded reason containing %q, then the fallback's", r, tt.reason)
 			}
 		})
+	}
+}
+
+// TestGetDecisionBreaker: after 3 reads in a row fail, decisions degrade at
+// once without reading, until a probe finds the store back. Reads that fail
+// only because the caller gave them less than the default budget do not
+// count.
+func TestGetDecisionBreaker(t *testing.T) {
+	var mu sync.Mutex
+	calls, healthy := 0, false
+	store := &fakeStore{get: func(ctx context.Context, _ string) (*profile.Profile, error) {
+		mu.Lock()
+		calls++
+		ok := healthy
+		mu.Unlock()
+		if ok {
+			return nil, profile.ErrNotFound
+		}
+		<-ctx.Done() // a paused store
+		return nil, ctx.Err()
+	}}
+	h := start(t, store, server.Config{DefaultBudget: 10 * time.Millisecond, BreakerCooldown: 20 * time.Millisecond})
+	decide := func(budget time.Duration) *nudgev1.Decision {
+		t.Helper()
+		req := &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web"}
+		if budget > 0 {
+			req.Budget = durationpb.New(budget)
+		}
+		got, err := h.decide.GetDecision(callCtx(t), req)
+		if err != nil {
+			t.Fatalf("GetDecision: %v", err)
+		}
+		return got.GetDecision()
+	}
+	storeCalls := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls
+	}
+	// Small budgets time out without telling anything about the store.
+	for range 5 {
+		if d := decide(2 * time.Millisecond); !d.GetDegraded() {
+			t.Fatalf("got %v, want degraded", d)
+		}
+	}
+	for i := range 3 {
+		d := decide(0)
+		if !d.GetDegraded() || !strings.Contains(d.GetReasons()[0].GetMessage(), "exceeded its budget") {
+			t.Fatalf("read %d: got %v, want degraded past its budget", i, d)
+		}
+	}
+	if got := storeCalls(); got != 8 {
+		t.Fatalf("%d store reads, want 8", got)
+	}
+	d := decide(0)
+	if !d.GetDegraded() || !strings.Contains(d.GetReasons()[0].GetMessage(), "the last 3 reads failed, so reads are paused") {
+		t.Fatalf("got %v, want degraded at once while reads are paused", d)
+	}
+	if got := storeCalls(); got != 8 {
+		t.Fatalf("%d store reads, want still 8: the breaker let a read through", got)
+	}
+	// The store comes back: a probe (after the cooldown) finds it, and
+	// decisions are fresh again.
+	mu.Lock()
+	healthy = true
+	mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for decide(0).GetDegraded() {
+		if time.Now().After(deadline) {
+			t.Fatal("still degraded 10s after the store came back")
+		}
+	}
+	if d := decide(0); d.GetDegraded() {
+		t.Fatalf("got %v after a successful probe, want fresh", d)
 	}
 }
 

@@ -88,6 +88,15 @@ type Config struct {
 	// MaxPendingReads bounds the decision reads waiting on the store at
 	// once. Past it, decisions degrade at once. Default 1024.
 	MaxPendingReads int
+	// BreakerFailures is how many decision reads in a row must fail (the
+	// store unreachable, or a read past the deadline of the default
+	// budget) for reads to stop for BreakerCooldown: decisions then degrade
+	// at once, then one read probes the store. Default 3; negative never
+	// stops reads.
+	BreakerFailures int
+	// BreakerCooldown is how long reads stop once BreakerFailures failed,
+	// and after each failed probe. Default 100ms.
+	BreakerCooldown time.Duration
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives the server's logs. Default slog.Default().
@@ -144,6 +153,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxPendingReads <= 0 {
 		c.MaxPendingReads = 1024
 	}
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = 3
+	}
+	if c.BreakerCooldown <= 0 {
+		c.BreakerCooldown = 100 * time.Millisecond
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -179,6 +194,8 @@ type Server struct {
 	userKey []byte
 
 	pendingReads chan struct{}       // semaphore, see Config.MaxPendingReads
+	reads        *breaker            // see Config.BreakerFailures
+	defaultRead  time.Duration       // the read's share of Config.DefaultBudget
 	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
 
 	drainOnce sync.Once
@@ -211,6 +228,8 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		tokens:       tokens,
 		userKey:      newUserKey(),
 		pendingReads: make(chan struct{}, cfg.MaxPendingReads),
+		reads:        &breaker{failures: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown},
+		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
 		draining:     make(chan struct{}),
 	}, nil
