@@ -727,14 +727,25 @@ func vmRSS(t *testing.T, pid int) int {
 // server answers each batch into the producer's HTTP/2 receive window;
 // once that is full it stops reading the stream (at most
 // limits.max_in_flight batches in work), flow control stops the producer,
-// and its stream costs nothing more. Then a well-behaved producer on other
-// streams gets every event applied, and nudged does not grow.
+// and its stream costs nothing more: the work such a producer can cause is
+// bounded by its windows. Then a well-behaved producer on other streams
+// gets every event applied, at its pace before the rude ones came, and
+// nudged does not grow.
 func TestChaosProducerStopsReadingAcks(t *testing.T) {
 	rude, events, users := chaosSize(8, 32), chaosSize(20_000, 100_000), chaosSize(1_000, 5_000)
 	rs := redistest.Start(t)
-	n := startNudged(t, buildNudged(t), "--redis-addr", rs.Addr)
+	n := startNudged(t, buildNudged(t), "--redis-addr", rs.Addr, "--metrics-listen", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
+	processed := func() float64 { return metricValue(t, httpGet(t, n.metrics), "nudge_events_total") }
+	// The polite producer's pace alone, for comparison.
+	led := newLedger()
+	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
+	start := time.Now()
+	if err := prod.run(ctx, "q", events, users); err != nil {
+		t.Fatal(err)
+	}
+	alone := time.Since(start)
 	rss0 := vmRSS(t, n.cmd.Process.Pid)
 
 	// Each rude producer sends 500-event batches until its stream's
@@ -764,31 +775,35 @@ func TestChaosProducerStopsReadingAcks(t *testing.T) {
 			}
 		})
 	}
-	// Wait until the rude producers are stalled: no batch taken for 500 ms.
-	for last, quiet := int64(-1), 0; quiet < 10; {
+	// Wait until the rude producers are stalled: no batch sent, and none
+	// processed by nudged, for 500 ms. Until then nudged works through
+	// what their windows hold (its 1 MiB receive window per stream, and
+	// the acks their own receive windows take, grpc-go's up to 16 MiB).
+	stallStart := time.Now()
+	for last, lastDone, quiet := int64(-1), -1.0, 0; quiet < 10; {
 		select {
 		case <-ctx.Done():
 			t.Fatal(ctx.Err())
 		case <-time.After(50 * time.Millisecond): // polling the producers' progress
 		}
-		if now := sentBatches.Load(); now == last {
+		now, done := sentBatches.Load(), processed()
+		if now == last && done == lastDone {
 			quiet++
 		} else {
-			last, quiet = now, 0
+			last, lastDone, quiet = now, done, 0
 		}
 	}
+	stalledAfter, rudeEvents := time.Since(stallStart), processed()
 	stalledRSS := vmRSS(t, n.cmd.Process.Pid)
-	led := newLedger()
-	prod := newChaosProducer(t, []string{n.addr}, 4, 500, led)
-	start := time.Now()
+	start = time.Now()
 	if err := prod.run(ctx, "p", events, users); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
 	rss1 := vmRSS(t, n.cmd.Process.Pid)
 	stalled := sentBatches.Load()
-	t.Logf("%d producers sent %d batches of 500 events, read no ack and stalled; then a polite producer's %d events took %v (%.0f events/s); nudged RSS %d MiB before, %d once they stalled, %d after",
-		rude, stalled, events, took.Round(time.Millisecond), float64(events)/took.Seconds(), rss0/1024, stalledRSS/1024, rss1/1024)
+	t.Logf("%d producers sent %d batches of 500 events, read no ack and stalled; nudged processed %.0f of their events, then stopped reading them (%v after the stall began); then a polite producer's %d events took %v (%.0f events/s; %.0f alone before the rude ones came); nudged RSS %d MiB before, %d once they stalled, %d after",
+		rude, stalled, rudeEvents, stalledAfter.Round(time.Millisecond), events, took.Round(time.Millisecond), float64(events)/took.Seconds(), float64(events)/alone.Seconds(), rss0/1024, stalledRSS/1024, rss1/1024)
 	if stalled >= int64(rude)*1000 {
 		t.Errorf("every rude batch was taken: nothing held the producers back")
 	}
