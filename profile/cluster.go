@@ -2,6 +2,7 @@ package profile
 
 import (
 	"context"
+	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -54,4 +55,21 @@ func (s *RedisStore) redirected(ctx context.Context, err error) bool {
 		s.cluster.ReloadState(ctx)
 	}
 	return true
+}
+
+// errorSeen notes an error that is neither a conflict nor a redirect before
+// the transaction is retried. On a cluster, an error that is not a Redis
+// reply (a refused or cut connection) may mean the slot's master died: the
+// slot map is reloaded so that, once a replica is promoted, the retries
+// and the next transactions go to it instead of waiting for the client's
+// periodic reload.
+func (s *RedisStore) errorSeen(ctx context.Context, err error) {
+	if s.cluster == nil || err == nil || ctx.Err() != nil {
+		return
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		return
+	}
+	s.cluster.ReloadState(ctx)
 }

@@ -238,6 +238,15 @@ func (s *RedisStore) applyGroup(ctx context.Context, group []*userWork) {
 				}
 				queue = append(queue, groupPart{members: live, retries: part.retries + 1})
 			}
+		case isReplicationError(err):
+			// Committed on the master, not confirmed by the replicas:
+			// final, the callers re-send (retrying here would wait another
+			// WaitTimeout on a replica that is likely down).
+			if wrote > 0 {
+				committed += wrote
+				s.stats.transactions.Add(1)
+			}
+			failAll(live, err)
 		case ctx.Err() != nil:
 			failAll(live, ctx.Err())
 		case s.redirected(ctx, err):
@@ -254,6 +263,7 @@ func (s *RedisStore) applyGroup(ctx context.Context, group []*userWork) {
 				queue = append(queue, groupPart{members: again, retries: part.retries + 1})
 			}
 		default:
+			s.errorSeen(ctx, err)
 			var again []*groupMember
 			for _, m := range live {
 				if m.errs++; m.errs > s.opt.MaxErrorRetries {
@@ -306,7 +316,9 @@ func isPanic(err error) bool {
 // MGET them in one pipelined round trip, run each user's steps (one per
 // Apply call the shard merged, in arrival order) on its profile, and if any
 // changed, one MULTI with every changed profile's SET and every action's
-// XADD, EXEC. It returns the number of profiles written.
+// XADD, EXEC, then (Options.WaitReplicas) WAIT for the replicas. It returns
+// the number of profiles written (also with a *ReplicationError, when the
+// EXEC was applied but not confirmed by the replicas).
 //
 // When it returns nil, every user's outcomes are set and it is marked done.
 // A user whose profile does not decode (ErrCorrupt) or whose step panicked
@@ -325,9 +337,13 @@ func (s *RedisStore) commitPart(ctx context.Context, part []*groupMember) (int, 
 		p        *Profile
 		outcomes []Outcome // one per part of the user's work
 		changed  bool
+		// rewrite is the stored profile of a user whose events were
+		// duplicates, written back unchanged before a WAIT (see
+		// Options.WaitReplicas); nil otherwise.
+		rewrite []byte
 	}
 	results := make([]result, 0, len(part))
-	wrote := 0
+	wrote, rewrites := 0, 0
 	err := s.watchOn(ctx, part[0].key, func(tx *redis.Tx) (err error) {
 		// The WATCH goes in the read's pipeline rather than through
 		// tx.Watch, which would cost a round trip of its own; so go-redis
@@ -379,24 +395,29 @@ func (s *RedisStore) commitPart(ctx context.Context, part []*groupMember) (int, 
 				m.w.fail(perr)
 				continue
 			}
-			if r.changed {
+			switch {
+			case r.changed:
 				p.Version++
 				p.UpdatedAt = now
 				wrote++
+			case s.opt.WaitReplicas > 0 && vals[k] != nil && hasDuplicate(r.outcomes...):
+				raw, _ := vals[k].(string)
+				r.rewrite = []byte(raw)
+				rewrites++
 			}
 			results = append(results, r)
 		}
-		if wrote == 0 {
+		if wrote == 0 && rewrites == 0 {
 			return nil
 		}
-		ttl := s.opt.TTL
-		if ttl < 0 {
-			ttl = 0 // no expiry
-		}
+		ttl := s.keyTTL()
 		armed = false
 		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i := range results {
 				r := &results[i]
+				if r.rewrite != nil {
+					pipe.Set(ctx, r.m.key, r.rewrite, ttl)
+				}
 				if !r.changed {
 					continue
 				}
@@ -409,10 +430,13 @@ func (s *RedisStore) commitPart(ctx context.Context, part []*groupMember) (int, 
 			}
 			return nil
 		})
-		return err
+		if err != nil {
+			return err
+		}
+		return s.waitReplicas(ctx, tx)
 	})
 	if err != nil {
-		return 0, err
+		return wrote, err
 	}
 	for _, r := range results {
 		r.m.done = true

@@ -29,10 +29,34 @@ var (
 	// writers until the attempts ran out. Nothing of that user's events was
 	// applied; re-sending them is safe.
 	ErrConflict = errors.New("profile: transaction conflicts exhausted the retries")
-	// ErrUnavailable means the store could not be reached. The events may or
-	// may not have been applied; re-sending them is safe (deduplication).
+	// ErrUnavailable means the store could not be reached, or (with
+	// Options.WaitReplicas) a write was not confirmed by enough replicas.
+	// The events may or may not have been applied; re-sending them is safe
+	// (deduplication).
 	ErrUnavailable = errors.New("profile: store unavailable")
 )
+
+// ReplicationError is a write that Redis committed on the master but that
+// fewer replicas than Options.WaitReplicas acknowledged within WaitTimeout:
+// it would be lost if the master failed now and a replica without it were
+// promoted. The caller gets it, matching ErrUnavailable, instead of an
+// acknowledgement, and re-sends: a re-send that finds the events applied
+// reports them as duplicates only once the profile holding them is
+// replicated (see Options.WaitReplicas).
+type ReplicationError struct {
+	// Acked is how many replicas acknowledged the write; Want is
+	// Options.WaitReplicas.
+	Acked, Want int
+	// Timeout is Options.WaitTimeout.
+	Timeout time.Duration
+}
+
+func (e *ReplicationError) Error() string {
+	return fmt.Sprintf("%v: written on the master but acknowledged by %d of %d replicas within %v", ErrUnavailable, e.Acked, e.Want, e.Timeout)
+}
+
+// Unwrap makes a ReplicationError match ErrUnavailable.
+func (e *ReplicationError) Unwrap() error { return ErrUnavailable }
 
 // Options configure a RedisStore. The zero value of a field means its
 // default.
@@ -81,6 +105,23 @@ type Options struct {
 	// user however many calls brought its events. At most Shards ×
 	// Parallelism transactions run at once. Default 32.
 	Shards int
+	// WaitReplicas is how many replicas must acknowledge a transaction's
+	// writes before the users' outcomes are reported: after each EXEC the
+	// store sends WAIT WaitReplicas WaitTimeout on the same connection. A
+	// shortfall fails the transaction's users with a *ReplicationError
+	// (ErrUnavailable), not retried by the store: the caller re-sends. So
+	// an acknowledged event survives the loss of the master when one of
+	// those replicas is promoted. With it on, a transaction whose events
+	// are all duplicates (a re-send) writes its users' profiles back
+	// unchanged (which renews their TTL) and waits too, so that a
+	// duplicate is acknowledged only once the profile that holds the event
+	// is on the replicas. Redis replicates asynchronously, so without it a
+	// write acknowledged just before the master dies can be missing from
+	// the promoted replica. Default 0: no WAIT (nudged's own default,
+	// redis.wait_replicas auto, is 1 when every master has a replica).
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT (WaitReplicas > 0). Default 1s.
+	WaitTimeout time.Duration
 	// UserLocks is the number of in-process lock stripes that serialise
 	// transactions on the same user, so one server never races itself on a
 	// user (WATCH then only catches other servers' writes). Two users
@@ -101,6 +142,13 @@ type Options struct {
 	// Delete. Spans carry counts, the bucket and the outcome, never a user
 	// id. Default nil: no tracing, at no cost (a nil check per call).
 	TracerProvider trace.TracerProvider
+	// Reader, when set, serves Get and GetMany (the decision reads) from
+	// a connection pool of its own, on the same Redis as the store's
+	// client: a decision's read then never queues for a connection behind
+	// the ingest transactions, which hold theirs for a round trip or more
+	// each (for seconds when Redis is slow or paused). Default nil: reads
+	// share the store's client.
+	Reader redis.UniversalClient
 }
 
 func (o Options) withDefaults() Options {
@@ -140,6 +188,12 @@ func (o Options) withDefaults() Options {
 	if o.UserLocks == 0 {
 		o.UserLocks = 65536
 	}
+	if o.WaitReplicas < 0 {
+		o.WaitReplicas = 0
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = time.Second
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -164,6 +218,7 @@ type RedisStore struct {
 
 type storeStats struct {
 	transactions, conflicts, errorRetries, redirects, exhausted atomic.Uint64
+	replicationFailed                                           atomic.Uint64
 }
 
 // Stats are cumulative counters of a store's transactions.
@@ -183,6 +238,10 @@ type Stats struct {
 	Redirects uint64
 	// Exhausted counts users whose retries ran out (ErrConflict).
 	Exhausted uint64
+	// ReplicationWaitsFailed counts transactions committed on the master
+	// whose WAIT saw fewer replicas than Options.WaitReplicas (their users
+	// got a *ReplicationError).
+	ReplicationWaitsFailed uint64
 }
 
 // NewRedisStore returns a store on rdb. With a *redis.ClusterClient the
@@ -270,6 +329,8 @@ func (s *RedisStore) Stats() Stats {
 		ErrorRetries: s.stats.errorRetries.Load(),
 		Redirects:    s.stats.redirects.Load(),
 		Exhausted:    s.stats.exhausted.Load(),
+
+		ReplicationWaitsFailed: s.stats.replicationFailed.Load(),
 	}
 }
 
@@ -393,9 +454,9 @@ func (s *RedisStore) applyUserRecovered(ctx context.Context, u UserEvents, step 
 
 func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) UserOutcome {
 	var out Outcome
-	version, err := s.transact(ctx, u.UserID, len(u.Events), func(p *Profile, now time.Time) (bool, []Action) {
+	version, err := s.transact(ctx, u.UserID, len(u.Events), func(p *Profile, now time.Time) (bool, bool, []Action) {
 		out = step(p, u.Events, now)
-		return out.Changed(), out.Actions
+		return out.Changed(), hasDuplicate(out), out.Actions
 	})
 	if err != nil {
 		return UserOutcome{Err: err}
@@ -410,15 +471,19 @@ func (s *RedisStore) applyUser(ctx context.Context, u UserEvents, step Step) Use
 // runs again, on a freshly read profile, when the transaction conflicts. It
 // returns the profile version after the call.
 func (s *RedisStore) Update(ctx context.Context, userID string, fn func(p *Profile, now time.Time) (changed bool)) (uint64, error) {
-	return s.transact(ctx, userID, 0, func(p *Profile, now time.Time) (bool, []Action) { return fn(p, now), nil })
+	return s.transact(ctx, userID, 0, func(p *Profile, now time.Time) (bool, bool, []Action) { return fn(p, now), false, nil })
 }
 
 // transact is the single-user transaction behind Update, and behind Apply
 // for one user or with MaxGroupUsers 1: read the profile under WATCH, run
 // fn, and if it changed something write the profile and fn's actions (to
-// the bucket's outbox) in one MULTI/EXEC, retrying conflicts with backoff. Its span (when tracing) includes the wait for
-// the user's lock; events is the number of events, for the span.
-func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn func(p *Profile, now time.Time) (bool, []Action)) (uint64, error) {
+// the bucket's outbox) in one MULTI/EXEC, retrying conflicts with backoff,
+// then (Options.WaitReplicas) WAIT for the replicas. fn reports whether it
+// changed the profile and whether any event was a duplicate (which, with
+// WAIT on, writes the stored profile back unchanged and waits: see
+// Options.WaitReplicas). Its span (when tracing) includes the wait for the
+// user's lock; events is the number of events, for the span.
+func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn func(p *Profile, now time.Time) (changed, duplicate bool, _ []Action)) (uint64, error) {
 	ctx, span := s.startSpan(ctx, spanTransaction)
 	if span != nil {
 		defer span.End()
@@ -434,6 +499,7 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 		raw, err := tx.Get(ctx, key).Bytes()
 		switch {
 		case errors.Is(err, redis.Nil):
+			raw = nil
 		case err != nil:
 			return err
 		default:
@@ -443,27 +509,30 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 		}
 		now := s.opt.Now()
 		var actions []Action
-		changed, actions = fn(p, now)
+		var duplicate bool
+		changed, duplicate, actions = fn(p, now)
 		version = p.Version
-		if !changed {
+		encoded := raw // a duplicate's profile, written back as stored
+		switch {
+		case changed:
+			p.Version++
+			p.UpdatedAt = now
+			version = p.Version
+			encoded = Encode(p)
+		case !duplicate || raw == nil || s.opt.WaitReplicas == 0:
 			return nil
 		}
-		p.Version++
-		p.UpdatedAt = now
-		version = p.Version
-		encoded := Encode(p)
 		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			ttl := s.opt.TTL
-			if ttl < 0 {
-				ttl = 0 // no expiry
-			}
-			pipe.Set(ctx, key, encoded, ttl)
+			pipe.Set(ctx, key, encoded, s.keyTTL())
 			for i := range actions {
 				pipe.XAdd(ctx, &redis.XAddArgs{Stream: outbox, Values: actionFields(&actions[i])})
 			}
 			return nil
 		})
-		return err
+		if err != nil {
+			return err
+		}
+		return s.waitReplicas(ctx, tx)
 	}
 
 	conflicts, errorsSeen, redirects, attempt := 0, 0, 0, 0
@@ -506,6 +575,14 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 			}
 		case errors.Is(err, ErrCorrupt):
 			return fail(outcomeError, err)
+		case isReplicationError(err):
+			// Committed on the master, not confirmed by the replicas: the
+			// caller re-sends (waiting again here would hold the user's
+			// lock for another WaitTimeout on a replica that is down).
+			if changed {
+				s.stats.transactions.Add(1)
+			}
+			return fail(outcomeError, err)
 		case ctx.Err() != nil:
 			return fail(outcomeError, ctx.Err())
 		case s.redirected(ctx, err):
@@ -514,6 +591,7 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 			}
 			s.stats.redirects.Add(1)
 		default:
+			s.errorSeen(ctx, err)
 			errorsSeen++
 			if errorsSeen > s.opt.MaxErrorRetries {
 				return fail(outcomeError, fmt.Errorf("%w: %w", ErrUnavailable, err))
@@ -524,6 +602,53 @@ func (s *RedisStore) transact(ctx context.Context, userID string, events int, fn
 			return fail(outcomeError, err)
 		}
 	}
+}
+
+// keyTTL is the expiry a profile is written with (0: none).
+func (s *RedisStore) keyTTL() time.Duration {
+	if s.opt.TTL < 0 {
+		return 0
+	}
+	return s.opt.TTL
+}
+
+// waitReplicas runs WAIT on tx's connection right after its EXEC, when
+// Options.WaitReplicas asks for it: Redis then blocks until that many
+// replicas acknowledged every write of the connection so far, or the
+// timeout. WAIT must follow EXEC, not sit inside MULTI, where Redis would
+// answer it at once without blocking.
+func (s *RedisStore) waitReplicas(ctx context.Context, tx *redis.Tx) error {
+	if s.opt.WaitReplicas == 0 {
+		return nil
+	}
+	n, err := tx.Wait(ctx, s.opt.WaitReplicas, s.opt.WaitTimeout).Result()
+	if err != nil {
+		// The EXEC was applied; a retry finds the events duplicates,
+		// writes the profile back and waits again.
+		return fmt.Errorf("WAIT after EXEC: %w", err)
+	}
+	if int(n) < s.opt.WaitReplicas {
+		s.stats.replicationFailed.Add(1)
+		return &ReplicationError{Acked: int(n), Want: s.opt.WaitReplicas, Timeout: s.opt.WaitTimeout}
+	}
+	return nil
+}
+
+// hasDuplicate reports whether any event of the outcomes was a duplicate.
+func hasDuplicate(outcomes ...Outcome) bool {
+	for _, o := range outcomes {
+		for _, r := range o.Results {
+			if r.Status == Duplicate {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isReplicationError(err error) bool {
+	var r *ReplicationError
+	return errors.As(err, &r)
 }
 
 // backoff returns a random wait in [BackoffMin, min(BackoffMax,
@@ -584,8 +709,16 @@ func endRead(span trace.Span, errs ...error) {
 	}
 }
 
+// reader is the client for decision reads (see Options.Reader).
+func (s *RedisStore) reader() redis.UniversalClient {
+	if s.opt.Reader != nil {
+		return s.opt.Reader
+	}
+	return s.rdb
+}
+
 func (s *RedisStore) get(ctx context.Context, userID string) (*Profile, error) {
-	raw, err := s.rdb.Get(ctx, s.ProfileKey(userID)).Bytes()
+	raw, err := s.reader().Get(ctx, s.ProfileKey(userID)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, ErrNotFound
@@ -617,7 +750,7 @@ func (s *RedisStore) getMany(ctx context.Context, userIDs []string) ([]*Profile,
 	profiles := make([]*Profile, len(userIDs))
 	errs := make([]error, len(userIDs))
 	cmds := make([]*redis.StringCmd, len(userIDs))
-	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := s.reader().Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, id := range userIDs {
 			cmds[i] = pipe.Get(ctx, s.ProfileKey(id))
 		}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,9 +83,25 @@ type RedisConfig struct {
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// ReadTimeout and WriteTimeout bound socket reads and writes of calls
 	// without a shorter deadline of their own. Default 3s.
-	ReadTimeout  time.Duration   `yaml:"read_timeout"`
-	WriteTimeout time.Duration   `yaml:"write_timeout"`
-	TLS          ClientTLSConfig `yaml:"tls"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// WaitReplicas is how many replicas must confirm an ingest write before
+	// its events are acknowledged: nudged sends WAIT after each EXEC, and
+	// answers a batch whose write fewer replicas confirmed within
+	// WaitTimeout as UNAVAILABLE, to be re-sent (see
+	// profile.Options.WaitReplicas). Then an acknowledged event survives
+	// the loss of a master when its replica is promoted; without WAIT,
+	// replication is asynchronous and the last writes acknowledged before
+	// a master dies can be missing from the promoted replica. "auto", or a
+	// number; "0" turns WAIT off. Default "auto": at start-up nudged asks
+	// every master for its replicas (INFO replication) and waits for 1 when
+	// every master has at least one, else for none, with a warning (the
+	// embedded store has none). It is decided once, at start-up, and
+	// logged.
+	WaitReplicas string `yaml:"wait_replicas"`
+	// WaitTimeout bounds each WAIT. Default 1s.
+	WaitTimeout time.Duration   `yaml:"wait_timeout"`
+	TLS         ClientTLSConfig `yaml:"tls"`
 }
 
 // ClientTLSConfig is TLS towards Redis.
@@ -248,6 +265,8 @@ func Defaults() Config {
 			DialTimeout:  5 * time.Second,
 			ReadTimeout:  3 * time.Second,
 			WriteTimeout: 3 * time.Second,
+			WaitReplicas: WaitReplicasAuto,
+			WaitTimeout:  time.Second,
 		},
 		Rules: RulesConfig{Reload: 5 * time.Second},
 		Decision: DecisionConfig{
@@ -330,6 +349,8 @@ func (c *Config) settings() []setting {
 		{"redis.dial_timeout", "redis-dial-timeout", "Redis connect timeout", duration(&c.Redis.DialTimeout)},
 		{"redis.read_timeout", "redis-read-timeout", "Redis socket read timeout", duration(&c.Redis.ReadTimeout)},
 		{"redis.write_timeout", "redis-write-timeout", "Redis socket write timeout", duration(&c.Redis.WriteTimeout)},
+		{"redis.wait_replicas", "redis-wait-replicas", "replicas that must confirm each ingest write before it is acknowledged (WAIT): auto (1 when every master has a replica, else 0), a number, or 0 for none", str(&c.Redis.WaitReplicas)},
+		{"redis.wait_timeout", "redis-wait-timeout", "bound of each WAIT for replicas; past it the batch answers UNAVAILABLE and is re-sent", duration(&c.Redis.WaitTimeout)},
 		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
 		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
 		{"redis.tls.cert_file", "redis-tls-cert-file", "client certificate for Redis", str(&c.Redis.TLS.CertFile)},
@@ -547,6 +568,15 @@ func (c Config) Validate() error {
 		return errors.New("tls.client_ca_file: mutual TLS needs the server's own cert_file and key_file")
 	case (c.Redis.TLS.CertFile == "") != (c.Redis.TLS.KeyFile == ""):
 		return errors.New("redis.tls: cert_file and key_file go together")
+	case c.Redis.WaitTimeout < 0:
+		return fmt.Errorf("redis.wait_timeout: %v is negative", c.Redis.WaitTimeout)
+	}
+	n, auto, err := c.Redis.waitReplicas()
+	if err != nil {
+		return err
+	}
+	if !auto && n > 0 && c.Redis.Addr == "" && !c.Redis.IsCluster() {
+		return fmt.Errorf("redis.wait_replicas: %d, but the embedded development store has no replicas: set redis.addr or redis.cluster, or wait_replicas 0", n)
 	}
 	if err := c.Tracing.validate(); err != nil {
 		return err
@@ -561,6 +591,24 @@ func (c Config) Validate() error {
 		return err
 	}
 	return c.checkExposure()
+}
+
+// WaitReplicasAuto is the default of RedisConfig.WaitReplicas: wait for
+// one replica when every master has one.
+const WaitReplicasAuto = "auto"
+
+// waitReplicas parses WaitReplicas: auto (or empty), or a number of
+// replicas, 0 for none.
+func (c RedisConfig) waitReplicas() (n int, auto bool, err error) {
+	v := strings.TrimSpace(c.WaitReplicas)
+	if v == "" || strings.EqualFold(v, WaitReplicasAuto) {
+		return 0, true, nil
+	}
+	n, err = strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("redis.wait_replicas: %q is neither auto nor a number of replicas (0 turns WAIT off)", c.WaitReplicas)
+	}
+	return n, false, nil
 }
 
 // checkExposure refuses to serve beyond loopback without TLS or without

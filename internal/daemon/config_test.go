@@ -116,6 +116,10 @@ func TestLoadRefuses(t *testing.T) {
 		{name: "public without tokens", args: []string{"--listen", "0.0.0.0:7070"}, want: "no auth tokens are configured"},
 		{name: "public without TLS", file: "listen: 0.0.0.0:7070\nauth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [ingest]}\n", want: "TLS is off"},
 		{name: "unknown role", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [root]}\n", want: "root"},
+		{name: "wait replicas word", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-replicas", "some"}, want: `redis.wait_replicas: "some" is neither auto nor a number of replicas`},
+		{name: "wait replicas negative", file: "redis:\n  addr: 127.0.0.1:6379\n  wait_replicas: -1\n", want: `redis.wait_replicas: "-1"`},
+		{name: "wait replicas embedded", args: []string{"--redis-wait-replicas", "1"}, want: "embedded development store has no replicas"},
+		{name: "wait timeout negative", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-timeout", "-1s"}, want: "redis.wait_timeout: -1s is negative"},
 		{name: "missing token file", args: []string{"--auth-token-file", "/nonexistent/tokens.yaml"}, want: "auth.token_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,4 +276,42 @@ func hasPath(m map[string]any, path []string) bool {
 	}
 	sub, ok := v.(map[string]any)
 	return ok && hasPath(sub, path[1:])
+}
+
+func TestLoadWaitReplicas(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		file     string
+		args     []string
+		env      map[string]string
+		want     int
+		wantAuto bool
+		timeout  time.Duration
+	}{
+		{name: "default is auto", want: 0, wantAuto: true, timeout: time.Second},
+		{name: "number in the file", file: "redis:\n  cluster: [127.0.0.1:7000]\n  wait_replicas: 1\n  wait_timeout: 250ms\n", want: 1, timeout: 250 * time.Millisecond},
+		{name: "zero turns it off", file: "redis:\n  addr: 127.0.0.1:6379\n  wait_replicas: 0\n", want: 0, timeout: time.Second},
+		{name: "auto spelled", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-replicas", "AUTO"}, want: 0, wantAuto: true, timeout: time.Second},
+		{name: "flag", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-replicas", "2", "--redis-wait-timeout", "2s"}, want: 2, timeout: 2 * time.Second},
+		{name: "env", args: []string{"--redis-addr", "127.0.0.1:6379"}, env: map[string]string{"NUDGE_REDIS_WAIT_REPLICAS": "0"}, want: 0, timeout: time.Second},
+		{name: "embedded store, explicit 0", args: []string{"--redis-wait-replicas", "0"}, want: 0, timeout: time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"--config", writeFile(t, "c.yaml", tc.file)}, args...)
+			}
+			got, err := Load(args, env(tc.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, auto, err := got.Config.Redis.waitReplicas()
+			if err != nil || n != tc.want || auto != tc.wantAuto {
+				t.Errorf("waitReplicas() = %d, auto %v, %v; want %d, auto %v", n, auto, err, tc.want, tc.wantAuto)
+			}
+			if got.Config.Redis.WaitTimeout != tc.timeout {
+				t.Errorf("wait_timeout %v, want %v", got.Config.Redis.WaitTimeout, tc.timeout)
+			}
+		})
+	}
 }

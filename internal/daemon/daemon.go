@@ -91,6 +91,16 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return err
 	}
 	defer closeStore()
+	waitReplicas, err := resolveWaitReplicas(ctx, cfg.Redis, countReplicas(rdb), log)
+	if err != nil {
+		return err
+	}
+	reader := newReader(rdb)
+	defer func() {
+		if reader != rdb {
+			_ = reader.Close()
+		}
+	}()
 
 	metrics, err := startMetrics(cfg.Metrics, cfg.Tracing.ServiceName, log)
 	if err != nil {
@@ -109,8 +119,17 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 	}()
 
-	store := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets, TracerProvider: tp})
+	store := profile.NewRedisStore(rdb, profile.Options{
+		Buckets:        cfg.Buckets,
+		Reader:         reader,
+		TracerProvider: tp,
+		WaitReplicas:   waitReplicas,
+		WaitTimeout:    cfg.Redis.WaitTimeout,
+	})
 	if err := server.RegisterStoreMetrics(metrics.meter, store.Stats); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if err := registerReplicationMetrics(metrics.meter, waitReplicas, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	auditLog := audit.New(rdb, audit.Options{Sample: cfg.Decision.AuditSample})

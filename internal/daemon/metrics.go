@@ -22,6 +22,7 @@ import (
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/profile"
 )
 
 // metricsEndpoint serves /metrics (Prometheus text format) from an
@@ -165,6 +166,27 @@ func (d *daemonMetrics) reloaded(ctx context.Context, changed bool, err error) {
 	default:
 		d.reloads.Add(ctx, 1, d.reloadAttr["unchanged"])
 	}
+}
+
+// registerReplicationMetrics registers the figures of WAIT (see
+// RedisConfig.WaitReplicas): the replicas each ingest write waits for, as
+// decided at start-up, and the transactions whose WAIT fell short, whose
+// batches were answered UNAVAILABLE.
+func registerReplicationMetrics(m metric.Meter, waitReplicas int, stats func() profile.Stats) error {
+	wait, err := m.Int64ObservableGauge("nudge.store.wait_replicas", metric.WithDescription("Replicas each ingest write waits for (WAIT) before it is acknowledged; 0: none."))
+	if err != nil {
+		return err
+	}
+	failed, err := m.Int64ObservableCounter("nudge.store.replication_waits_failed", metric.WithDescription("Transactions written on the master but confirmed by fewer replicas than wait_replicas within wait_timeout; their events were answered UNAVAILABLE."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(wait, int64(waitReplicas))
+		o.ObserveInt64(failed, int64(stats().ReplicationWaitsFailed))
+		return nil
+	}, wait, failed)
+	return err
 }
 
 // rpcDurationView gives otelgrpc's call duration histogram buckets that

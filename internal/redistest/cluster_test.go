@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -258,5 +259,142 @@ func TestClusterBusPortsAreOwn(t *testing.T) {
 		if !strings.Contains(nodes, s.Addr+"@") {
 			t.Errorf("node %s missing from CLUSTER NODES:\n%s", s.Addr, nodes)
 		}
+	}
+}
+
+// TestClusterFailover kills a master of a cluster with one replica per
+// master: WaitFailover returns once its replica serves its slots, every key
+// written (and replicated) before the kill is still readable, and the
+// killed node, restarted, rejoins as a replica.
+func TestClusterFailover(t *testing.T) {
+	c := StartClusterReplicas(t, 3, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if len(c.Nodes) != 6 {
+		t.Fatalf("%d nodes, want 6", len(c.Nodes))
+	}
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(masters) != 3 {
+		t.Fatalf("masters %v, want 3", masters)
+	}
+
+	rdb := c.Client(t)
+	const keys = 3000
+	for i := range keys {
+		if err := rdb.Set(ctx, fmt.Sprintf("k:{%d}", i), i, 0).Err(); err != nil {
+			t.Fatalf("SET k:{%d}: %v", i, err)
+		}
+	}
+	// Replication is asynchronous: wait until the replicas hold every
+	// key, so that the kill loses nothing.
+	for {
+		held := int64(0)
+		for i := range c.Nodes {
+			if role, err := c.Role(ctx, i); err != nil {
+				t.Fatal(err)
+			} else if role == "slave" {
+				n, err := c.admin[i].DBSize(ctx).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				held += n
+			}
+		}
+		if held == keys {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("replicas hold %d keys of %d: %v", held, keys, ctx.Err())
+		case <-time.After(stablePoll): // replication has nothing to wait on but polling
+		}
+	}
+
+	victim := masters[1]
+	heirs, err := c.ReplicasOf(ctx, victim)
+	if err != nil || len(heirs) != 1 {
+		t.Fatalf("replicas of node %d: %v, %v; want one", victim, heirs, err)
+	}
+	// A partitioned replica misses the writes that follow, until healed
+	// (the WaitStable at the end checks it is back online).
+	others, err := c.ReplicasOf(ctx, masters[0])
+	if err != nil || len(others) != 1 {
+		t.Fatalf("replicas of node %d: %v, %v; want one", masters[0], others, err)
+	}
+	if err := c.CutReplication(ctx, others[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CutReplication(ctx, masters[0]); err == nil {
+		t.Error("CutReplication on a master succeeded")
+	}
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("p:{%d}", i)
+		if owner, err := rdb.MasterForKey(ctx, k); err != nil {
+			t.Fatal(err)
+		} else if owner.Options().Addr == c.Nodes[masters[0]].Addr {
+			key = k
+		}
+	}
+	if err := rdb.Set(ctx, key, "after the cut", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the pace of the fault: longer than a replication cron
+	conn := c.admin[others[0]].Conn()
+	defer conn.Close()
+	if err := conn.ReadOnly(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Get(ctx, key).Err(); !errors.Is(err, redis.Nil) {
+		t.Errorf("the partitioned replica has %s: %v", key, err)
+	}
+	if err := c.HealReplication(ctx, others[0]); err != nil {
+		t.Fatal(err)
+	}
+	for conn.Get(ctx, key).Val() != "after the cut" {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the healed replica never got %s: %v", key, ctx.Err())
+		case <-time.After(stablePoll): // it reconnects at its next replication cron
+		}
+	}
+	id, err := c.KillMaster(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if err := c.WaitFailover(ctx); err != nil {
+		t.Fatalf("%v%s", err, c.logs())
+	}
+	t.Logf("master %s (%s) killed: its replica serves its slots after %v", c.Nodes[victim].Addr, id, time.Since(killed).Round(time.Millisecond))
+	after, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 3 || slices.Contains(after, victim) || !slices.Contains(after, heirs[0]) {
+		t.Errorf("masters after the failover %v, want 3 with node %d, without node %d", after, heirs[0], victim)
+	}
+	if _, err := c.KillMaster(ctx, victim); err == nil {
+		t.Error("KillMaster of a dead node succeeded")
+	}
+
+	// A fresh client learns the new layout; the keys are all there.
+	fresh := c.Client(t)
+	for i := range keys {
+		got, err := fresh.Get(ctx, fmt.Sprintf("k:{%d}", i)).Int()
+		if err != nil || got != i {
+			t.Fatalf("GET k:{%d} after the failover: %d, %v", i, got, err)
+		}
+	}
+
+	c.RestartNode(t, victim)
+	if err := c.WaitStable(ctx); err != nil {
+		t.Fatalf("after restarting node %d: %v%s", victim, err, c.logs())
+	}
+	if role, err := c.Role(ctx, victim); err != nil || role != "slave" {
+		t.Errorf("restarted node %d is %q (%v), want a replica", victim, role, err)
 	}
 }
