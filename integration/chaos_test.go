@@ -475,39 +475,53 @@ cutting:
 
 // Scenario 3: hot users. 64 streams through two nudged send every event to
 // one of 10 users: the two processes conflict on every user (WATCH), and
-// each merges its own streams' events per user. Counts stay exact, and a
-// user whose retries run out is reported (the batch is answered ABORTED
-// or UNAVAILABLE), re-sent by the producer, then applied: never lost.
+// each merges its own streams' events per user. Counts stay exact. Run
+// again with 2 attempts per user (redis.max_attempts): users then run out
+// of retries, which nudged reports (the stream ends ABORTED), the producer
+// re-sends, and the events are applied: never lost.
 func TestChaosHotUsers(t *testing.T) {
-	events := chaosSize(10_000, 50_000)
-	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
-	bin := buildNudged(t)
-	a := startNudged(t, bin, "--redis-addr", rs.Addr, "--metrics-listen", "127.0.0.1:0")
-	b := startNudged(t, bin, "--redis-addr", rs.Addr, "--metrics-listen", "127.0.0.1:0")
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	led := newLedger()
-	prod := newChaosProducer(t, []string{a.addr, b.addr}, 64, 5, led)
-	if err := prod.run(ctx, "h", events, 10); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name     string
+		attempts int
+	}{{"default attempts", 0}, {"2 attempts", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			events := chaosSize(10_000, 50_000)
+			rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "everysec")
+			bin := buildNudged(t)
+			args := []string{"--redis-addr", rs.Addr, "--metrics-listen", "127.0.0.1:0"}
+			if tc.attempts > 0 {
+				args = append(args, "--redis-max-attempts", strconv.Itoa(tc.attempts))
+			}
+			a, b := startNudged(t, bin, args...), startNudged(t, bin, args...)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+			defer cancel()
+			led := newLedger()
+			prod := newChaosProducer(t, []string{a.addr, b.addr}, 64, 5, led)
+			if err := prod.run(ctx, "h", events, 10); err != nil {
+				t.Fatal(err)
+			}
+			st := prod.stats()
+			var conflicts, exhausted, txns float64
+			for _, n := range []*nudged{a, b} {
+				scrape := httpGet(t, n.metrics)
+				conflicts += metricValue(t, scrape, "nudge_store_conflicts_total")
+				exhausted += metricValue(t, scrape, "nudge_store_retries_exhausted_total")
+				txns += metricValue(t, scrape, "nudge_store_transactions_total")
+			}
+			t.Logf("%d events to 10 users over 64 streams and 2 nudged, %s: publisher %+v; transactions %v, conflicts retried %v, users out of retries %v (answered ABORTED, re-sent)",
+				events, tc.name, st, txns, conflicts, exhausted)
+			if st.Failed != 0 {
+				t.Errorf("publisher stats %+v: want no failure", st)
+			}
+			if conflicts == 0 {
+				t.Error("no WATCH conflict between the two nudged: the hot users were not contended")
+			}
+			if tc.attempts > 0 && (exhausted == 0 || st.Resent == 0) {
+				t.Errorf("%v users out of retries, %d events re-sent: with %d attempts, want retries exhausted and re-sent", exhausted, st.Resent, tc.attempts)
+			}
+			wantExact(t, led.check(ctx, t, rs.Client(t)))
+		})
 	}
-	st := prod.stats()
-	var conflicts, exhausted, txns float64
-	for _, n := range []*nudged{a, b} {
-		scrape := httpGet(t, n.metrics)
-		conflicts += metricValue(t, scrape, "nudge_store_conflicts_total")
-		exhausted += metricValue(t, scrape, "nudge_store_retries_exhausted_total")
-		txns += metricValue(t, scrape, "nudge_store_transactions_total")
-	}
-	t.Logf("%d events to 10 users over 64 streams and 2 nudged: publisher %+v; transactions %v, conflicts retried %v, users out of retries %v",
-		events, st, txns, conflicts, exhausted)
-	if st.Failed != 0 {
-		t.Errorf("publisher stats %+v: want no failure", st)
-	}
-	if conflicts == 0 {
-		t.Error("no WATCH conflict between the two nudged: the hot users were not contended")
-	}
-	wantExact(t, led.check(ctx, t, rs.Client(t)))
 }
 
 // decideDuring calls GetDecision (budget 10 ms) one after the other until

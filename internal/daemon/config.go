@@ -99,6 +99,11 @@ type RedisConfig struct {
 	// embedded store has none). It is decided once, at start-up, and
 	// logged.
 	WaitReplicas string `yaml:"wait_replicas"`
+	// MaxAttempts bounds the transactions tried per user and ingest call
+	// when other writers change the user's profile meanwhile (WATCH
+	// conflicts, as between two nudged on hot users); past it the user's
+	// events are answered ABORTED, to be re-sent. Default 64.
+	MaxAttempts int `yaml:"max_attempts"`
 	// WaitTimeout bounds each WAIT. Default 1s.
 	WaitTimeout time.Duration   `yaml:"wait_timeout"`
 	TLS         ClientTLSConfig `yaml:"tls"`
@@ -141,6 +146,13 @@ type DecisionConfig struct {
 	// AuditSample is the share of decisions logged to the audit stream
 	// nudge:audit, 0 to 1. Default 0.01 (the zero value means none).
 	AuditSample float64 `yaml:"audit_sample"`
+	// BreakerFailures is how many decision reads in a row must fail (Redis
+	// unreachable, or a read with the default budget past its deadline)
+	// for reads to stop for BreakerCooldown: decisions then degrade at
+	// once, and then one read probes Redis. Default 3; -1: never stop.
+	BreakerFailures int `yaml:"breaker_failures"`
+	// BreakerCooldown is how long reads stop. Default 100ms.
+	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
 }
 
 // DeliveryConfig configures the outbox and ActionService.
@@ -267,13 +279,16 @@ func Defaults() Config {
 			WriteTimeout: 3 * time.Second,
 			WaitReplicas: WaitReplicasAuto,
 			WaitTimeout:  time.Second,
+			MaxAttempts:  64,
 		},
 		Rules: RulesConfig{Reload: 5 * time.Second},
 		Decision: DecisionConfig{
-			Budget:         10 * time.Millisecond,
-			BudgetMax:      time.Second,
-			ReservationTTL: 5 * time.Minute,
-			AuditSample:    0.01,
+			Budget:          10 * time.Millisecond,
+			BudgetMax:       time.Second,
+			ReservationTTL:  5 * time.Minute,
+			AuditSample:     0.01,
+			BreakerFailures: 3,
+			BreakerCooldown: 100 * time.Millisecond,
 		},
 		Delivery: DeliveryConfig{
 			VisibilityTimeout: 30 * time.Second,
@@ -350,6 +365,7 @@ func (c *Config) settings() []setting {
 		{"redis.read_timeout", "redis-read-timeout", "Redis socket read timeout", duration(&c.Redis.ReadTimeout)},
 		{"redis.write_timeout", "redis-write-timeout", "Redis socket write timeout", duration(&c.Redis.WriteTimeout)},
 		{"redis.wait_replicas", "redis-wait-replicas", "replicas that must confirm each ingest write before it is acknowledged (WAIT): auto (1 when every master has a replica, else 0), a number, or 0 for none", str(&c.Redis.WaitReplicas)},
+		{"redis.max_attempts", "redis-max-attempts", "transactions tried per user and ingest call on WATCH conflicts before its events answer ABORTED", integer(&c.Redis.MaxAttempts)},
 		{"redis.wait_timeout", "redis-wait-timeout", "bound of each WAIT for replicas; past it the batch answers UNAVAILABLE and is re-sent", duration(&c.Redis.WaitTimeout)},
 		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
 		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
@@ -364,6 +380,8 @@ func (c *Config) settings() []setting {
 		{"decision.budget_max", "decision-budget-max", "largest budget a request may ask for", duration(&c.Decision.BudgetMax)},
 		{"decision.reservation_ttl", "reservation-ttl", "how long a reserved cap slot waits for its message_sent confirmation", duration(&c.Decision.ReservationTTL)},
 		{"decision.audit_sample", "audit-sample", "share of decisions logged to the audit stream nudge:audit (0 to 1)", float(&c.Decision.AuditSample)},
+		{"decision.breaker_failures", "breaker-failures", "decision reads failed in a row that stop reads for breaker_cooldown (-1: never)", integer(&c.Decision.BreakerFailures)},
+		{"decision.breaker_cooldown", "breaker-cooldown", "how long decision reads stop after breaker_failures failed, before one probes", duration(&c.Decision.BreakerCooldown)},
 
 		{"delivery.visibility_timeout", "visibility-timeout", "an action not acknowledged within this is redelivered", duration(&c.Delivery.VisibilityTimeout)},
 		{"delivery.max_deliveries", "max-deliveries", "deliveries of an action to a group before it goes to the dead-letter stream nudge:dead", integer(&c.Delivery.MaxDeliveries)},
@@ -570,6 +588,12 @@ func (c Config) Validate() error {
 		return errors.New("redis.tls: cert_file and key_file go together")
 	case c.Redis.WaitTimeout < 0:
 		return fmt.Errorf("redis.wait_timeout: %v is negative", c.Redis.WaitTimeout)
+	case c.Redis.MaxAttempts < 0:
+		return fmt.Errorf("redis.max_attempts: %d is negative", c.Redis.MaxAttempts)
+	case c.Decision.BreakerFailures < -1:
+		return fmt.Errorf("decision.breaker_failures: %d; want a count, or -1 to never stop reads", c.Decision.BreakerFailures)
+	case c.Decision.BreakerCooldown < 0:
+		return fmt.Errorf("decision.breaker_cooldown: %v is negative", c.Decision.BreakerCooldown)
 	}
 	n, auto, err := c.Redis.waitReplicas()
 	if err != nil {

@@ -123,6 +123,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		Buckets:        cfg.Buckets,
 		Reader:         reader,
 		TracerProvider: tp,
+		MaxAttempts:    cfg.Redis.MaxAttempts,
 		WaitReplicas:   waitReplicas,
 		WaitTimeout:    cfg.Redis.WaitTimeout,
 	})
@@ -151,6 +152,8 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		MaxInFlight:       cfg.Limits.MaxInFlight,
 		MaxInFlightEvents: cfg.Limits.MaxInFlightEvents,
 		MaxPendingReads:   cfg.Limits.MaxPendingReads,
+		BreakerFailures:   cfg.Decision.BreakerFailures,
+		BreakerCooldown:   cfg.Decision.BreakerCooldown,
 		MaxRecvMsgBytes:   cfg.Limits.MaxMessageBytes,
 		Tokens:            tokens,
 		LogUserIDs:        cfg.Log.UserIDs,
