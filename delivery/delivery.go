@@ -1,8 +1,9 @@
 // Package delivery hands the actions of the outbox streams to senders, at
 // least once, with Redis consumer groups: XREADGROUP for new actions,
 // XAUTOCLAIM for actions a member took and did not acknowledge within the
-// visibility timeout, XACK for acknowledgements, and a dead-letter stream
-// for actions delivered too many times. Trim keeps the outbox bounded
+// visibility timeout (or that Release handed back when the member went
+// away), XACK for acknowledgements, and a dead-letter stream for actions
+// delivered too many times. Trim keeps the outbox bounded
 // without ever deleting an action a group has not acknowledged.
 //
 // Concurrency: an Outbox is safe for concurrent use; each subscriber calls

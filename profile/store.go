@@ -142,13 +142,6 @@ type Options struct {
 	// Delete. Spans carry counts, the bucket and the outcome, never a user
 	// id. Default nil: no tracing, at no cost (a nil check per call).
 	TracerProvider trace.TracerProvider
-	// Reader, when set, serves Get and GetMany (the decision reads) from
-	// a connection pool of its own, on the same Redis as the store's
-	// client: a decision's read then never queues for a connection behind
-	// the ingest transactions, which hold theirs for a round trip or more
-	// each (for seconds when Redis is slow or paused). Default nil: reads
-	// share the store's client.
-	Reader redis.UniversalClient
 }
 
 func (o Options) withDefaults() Options {
@@ -709,16 +702,8 @@ func endRead(span trace.Span, errs ...error) {
 	}
 }
 
-// reader is the client for decision reads (see Options.Reader).
-func (s *RedisStore) reader() redis.UniversalClient {
-	if s.opt.Reader != nil {
-		return s.opt.Reader
-	}
-	return s.rdb
-}
-
 func (s *RedisStore) get(ctx context.Context, userID string) (*Profile, error) {
-	raw, err := s.reader().Get(ctx, s.ProfileKey(userID)).Bytes()
+	raw, err := s.rdb.Get(ctx, s.ProfileKey(userID)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, ErrNotFound
@@ -750,7 +735,7 @@ func (s *RedisStore) getMany(ctx context.Context, userIDs []string) ([]*Profile,
 	profiles := make([]*Profile, len(userIDs))
 	errs := make([]error, len(userIDs))
 	cmds := make([]*redis.StringCmd, len(userIDs))
-	_, err := s.reader().Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, id := range userIDs {
 			cmds[i] = pipe.Get(ctx, s.ProfileKey(id))
 		}

@@ -13,18 +13,23 @@ import (
 // each one replace the connection the timed-out read had left unusable: a
 // connection storm against a Redis already in trouble.
 //
-// After Failures reads in a row failed, the breaker opens for Cooldown:
-// reads fail fast. Then one read at a time goes through as a probe; its
-// success closes the breaker, its failure opens it for another Cooldown.
-// The zero breaker is closed; a breaker with Failures <= 0 never opens.
+// After failures reads in a row failed, over at least minStreak, the
+// breaker opens for cooldown: reads fail fast. Then one read at a time goes
+// through as a probe; its success closes the breaker, its failure opens it
+// for another cooldown. minStreak keeps a burst of reads that timed out
+// together (a stall of the machine shorter than a read's deadline) from
+// opening it: an outage fails reads for longer than that. The zero breaker
+// is closed; a breaker with failures <= 0 never opens.
 //
 // It is pure logic; its clock is passed in.
 type breaker struct {
-	failures int           // reads in a row that open the breaker
-	cooldown time.Duration // how long it stays open before a probe
+	failures  int           // reads in a row that open the breaker
+	minStreak time.Duration // the least time those failures must span
+	cooldown  time.Duration // how long it stays open before a probe
 
 	mu        sync.Mutex
 	failed    int       // reads failed in a row
+	since     time.Time // when the first of them failed
 	openUntil time.Time // zero when closed
 	probing   bool      // a probe is in flight
 }
@@ -58,8 +63,10 @@ func (b *breaker) record(now time.Time, probe, failed bool) {
 		b.failed, b.openUntil = 0, time.Time{}
 		return
 	}
-	b.failed++
-	if b.failures > 0 && (probe || b.failed >= b.failures) {
+	if b.failed++; b.failed == 1 {
+		b.since = now
+	}
+	if b.failures > 0 && (probe || b.failed >= b.failures && now.Sub(b.since) >= b.minStreak) {
 		b.openUntil = now.Add(b.cooldown)
 	}
 }

@@ -17,10 +17,11 @@ func TestBreaker(t *testing.T) {
 		abandoned bool // the read never reached the store
 	}
 	tests := []struct {
-		name     string
-		failures int
-		cooldown time.Duration
-		steps    []step
+		name      string
+		failures  int
+		minStreak time.Duration
+		cooldown  time.Duration
+		steps     []step
 	}{{
 		name:     "a success resets the failures in a row",
 		failures: 3, cooldown: 100 * time.Millisecond,
@@ -47,6 +48,17 @@ func TestBreaker(t *testing.T) {
 			{ms: 203, allow: true},
 		},
 	}, {
+		name:     "failures bunched in less than minStreak do not open it",
+		failures: 3, minStreak: 8 * time.Millisecond, cooldown: 50 * time.Millisecond,
+		steps: []step{
+			{ms: 0, allow: true, failed: true},
+			{ms: 1, allow: true, failed: true},
+			{ms: 2, allow: true, failed: true},
+			{ms: 3, allow: true, failed: true},
+			{ms: 8, allow: true, failed: true, wantOpen: 50 * time.Millisecond},
+			{ms: 9, allow: false},
+		},
+	}, {
 		name:     "a probe that never reached the store lets the next read probe",
 		failures: 1, cooldown: 10 * time.Millisecond,
 		steps: []step{
@@ -67,7 +79,7 @@ func TestBreaker(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := &breaker{failures: tt.failures, cooldown: tt.cooldown}
+			b := &breaker{failures: tt.failures, minStreak: tt.minStreak, cooldown: tt.cooldown}
 			for i, s := range tt.steps {
 				ok, probe := b.allow(at(s.ms))
 				if ok != s.allow || probe != s.probe {

@@ -90,12 +90,12 @@ type Config struct {
 	MaxPendingReads int
 	// BreakerFailures is how many decision reads in a row must fail (the
 	// store unreachable, or a read past the deadline of the default
-	// budget) for reads to stop for BreakerCooldown: decisions then degrade
-	// at once, then one read probes the store. Default 3; negative never
-	// stops reads.
+	// budget), over at least the default budget's read share, for reads to
+	// stop for BreakerCooldown: decisions then degrade at once, then one
+	// read probes the store. Default 3; negative never stops reads.
 	BreakerFailures int
 	// BreakerCooldown is how long reads stop once BreakerFailures failed,
-	// and after each failed probe. Default 100ms.
+	// and after each failed probe. Default 50ms.
 	BreakerCooldown time.Duration
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
@@ -157,7 +157,7 @@ func (c Config) withDefaults() Config {
 		c.BreakerFailures = 3
 	}
 	if c.BreakerCooldown <= 0 {
-		c.BreakerCooldown = 100 * time.Millisecond
+		c.BreakerCooldown = 50 * time.Millisecond
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -228,7 +228,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		tokens:       tokens,
 		userKey:      newUserKey(),
 		pendingReads: make(chan struct{}, cfg.MaxPendingReads),
-		reads:        &breaker{failures: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown},
+		reads:        &breaker{failures: cfg.BreakerFailures, minStreak: readShare(cfg.DefaultBudget), cooldown: cfg.BreakerCooldown},
 		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
 		draining:     make(chan struct{}),

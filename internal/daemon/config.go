@@ -151,7 +151,7 @@ type DecisionConfig struct {
 	// for reads to stop for BreakerCooldown: decisions then degrade at
 	// once, and then one read probes Redis. Default 3; -1: never stop.
 	BreakerFailures int `yaml:"breaker_failures"`
-	// BreakerCooldown is how long reads stop. Default 100ms.
+	// BreakerCooldown is how long reads stop. Default 50ms.
 	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
 }
 
@@ -288,7 +288,7 @@ func Defaults() Config {
 			ReservationTTL:  5 * time.Minute,
 			AuditSample:     0.01,
 			BreakerFailures: 3,
-			BreakerCooldown: 100 * time.Millisecond,
+			BreakerCooldown: 50 * time.Millisecond,
 		},
 		Delivery: DeliveryConfig{
 			VisibilityTimeout: 30 * time.Second,

@@ -95,12 +95,6 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
-	reader := newReader(rdb)
-	defer func() {
-		if reader != rdb {
-			_ = reader.Close()
-		}
-	}()
 
 	metrics, err := startMetrics(cfg.Metrics, cfg.Tracing.ServiceName, log)
 	if err != nil {
@@ -121,7 +115,6 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 
 	store := profile.NewRedisStore(rdb, profile.Options{
 		Buckets:        cfg.Buckets,
-		Reader:         reader,
 		TracerProvider: tp,
 		MaxAttempts:    cfg.Redis.MaxAttempts,
 		WaitReplicas:   waitReplicas,
