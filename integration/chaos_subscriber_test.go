@@ -39,6 +39,20 @@ func (l *deliveryLog) counts() (total, distinct int) {
 	return l.total, len(l.delivered)
 }
 
+// missing counts the ids never delivered. The last member may still be
+// reporting redeliveries meanwhile.
+func (l *deliveryLog) missing(ids []string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		if l.delivered[id] == 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // subscriberProc is a subscriber process: the test binary run as
 // runSubscriber (see TestMain).
 type subscriberProc struct {
@@ -172,12 +186,7 @@ func TestChaosSubscriberKilled(t *testing.T) {
 	settled := time.Since(lastKill)
 
 	ids := outboxActionIDs(ctx, t, rdb)
-	missing := 0
-	for _, id := range ids {
-		if log.delivered[id] == 0 {
-			missing++
-		}
-	}
+	missing := log.missing(ids)
 	total, distinct := log.counts()
 	dead, err := rdb.XLen(ctx, "nudge:dead").Result()
 	if err != nil {
