@@ -151,17 +151,23 @@ func (s *Server) recordRead(ctx context.Context, probe bool, readBudget time.Dur
 		s.reads.abandon(probe)
 		return
 	}
-	failed := false
-	for _, err := range append(errs, runErr) {
-		switch {
-		case err == nil || ctx.Err() != nil:
-		case errors.Is(err, profile.ErrUnavailable):
-			failed = true
-		case errors.Is(err, context.DeadlineExceeded) && readBudget >= s.defaultRead:
-			failed = true
-		}
+	failed := s.storeFailed(ctx, runErr, readBudget)
+	for _, err := range errs {
+		failed = failed || s.storeFailed(ctx, err, readBudget)
 	}
 	s.reads.record(time.Now(), probe, failed)
+}
+
+// storeFailed reports whether a read's err tells of a failing store.
+func (s *Server) storeFailed(ctx context.Context, err error, readBudget time.Duration) bool {
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return false
+	case errors.Is(err, profile.ErrUnavailable):
+		return true
+	default:
+		return errors.Is(err, context.DeadlineExceeded) && readBudget >= s.defaultRead
+	}
 }
 
 // readProfiles reads profiles within readCtx's deadline (see runBounded),

@@ -257,16 +257,22 @@ func (c *Cluster) Reshard(ctx context.Context, from, to, slots int) error {
 // or a reshard they can disagree for a while. Without a deadline on ctx the
 // wait is bounded at 30 s.
 func (c *Cluster) WaitStable(ctx context.Context) error {
+	return poll(ctx, "cluster not stable", c.stable)
+}
+
+// poll calls check every stablePoll until it returns nil, or fails as what
+// with its last error at ctx's deadline (stableTimeout without one).
+func poll(ctx context.Context, what string, check func(context.Context) error) error {
 	ctx, cancel := withDefaultTimeout(ctx, stableTimeout)
 	defer cancel()
 	for {
-		err := c.stable(ctx)
+		err := check(ctx)
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("redistest: cluster not stable: %w (last: %v)", ctx.Err(), err)
+			return fmt.Errorf("redistest: %s: %w (last: %v)", what, ctx.Err(), err)
 		case <-time.After(stablePoll):
 		}
 	}
@@ -482,19 +488,7 @@ func (c *Cluster) RestartNode(tb testing.TB, i int) {
 // replica is promoted; with no replica to promote it never ends but at
 // ctx's deadline (30 s without one).
 func (c *Cluster) WaitFailover(ctx context.Context) error {
-	ctx, cancel := withDefaultTimeout(ctx, stableTimeout)
-	defer cancel()
-	for {
-		err := c.failedOver(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("redistest: no failover: %w (last: %v)", ctx.Err(), err)
-		case <-time.After(stablePoll):
-		}
-	}
+	return poll(ctx, "no failover", c.failedOver)
 }
 
 // failedOver reports why the live nodes do not yet serve every slot, or
