@@ -278,6 +278,23 @@ func poll(ctx context.Context, what string, check func(context.Context) error) e
 	}
 }
 
+// servesAllSlots returns a node's CLUSTER INFO fields, or why it does not
+// report cluster_state:ok with every slot assigned.
+func servesAllSlots(ctx context.Context, a *redis.Client, addr string) (map[string]string, error) {
+	info, err := a.ClusterInfo(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("CLUSTER INFO on %s: %w", addr, err)
+	}
+	fields := parseInfo(info)
+	if got := fields["cluster_state"]; got != "ok" {
+		return nil, fmt.Errorf("%s: cluster_state:%s", addr, got)
+	}
+	if got := fields["cluster_slots_assigned"]; got != strconv.Itoa(clusterSlots) {
+		return nil, fmt.Errorf("%s: cluster_slots_assigned:%s", addr, got)
+	}
+	return fields, nil
+}
+
 // stable reports why the cluster is not yet stable, or nil.
 func (c *Cluster) stable(ctx context.Context) error {
 	var first string
@@ -291,16 +308,9 @@ func (c *Cluster) stable(ctx context.Context) error {
 				return err
 			}
 		}
-		info, err := a.ClusterInfo(ctx).Result()
+		fields, err := servesAllSlots(ctx, a, addr)
 		if err != nil {
-			return fmt.Errorf("CLUSTER INFO on %s: %w", addr, err)
-		}
-		fields := parseInfo(info)
-		if got := fields["cluster_state"]; got != "ok" {
-			return fmt.Errorf("%s: cluster_state:%s", addr, got)
-		}
-		if got := fields["cluster_slots_assigned"]; got != strconv.Itoa(clusterSlots) {
-			return fmt.Errorf("%s: cluster_slots_assigned:%s", addr, got)
+			return err
 		}
 		if got := fields["cluster_known_nodes"]; got != strconv.Itoa(len(c.Nodes)) {
 			return fmt.Errorf("%s: cluster_known_nodes:%s, want %d", addr, got, len(c.Nodes))
@@ -511,16 +521,8 @@ func (c *Cluster) failedOver(ctx context.Context) error {
 			continue
 		}
 		addr := c.Nodes[i].Addr
-		info, err := a.ClusterInfo(ctx).Result()
-		if err != nil {
-			return fmt.Errorf("CLUSTER INFO on %s: %w", addr, err)
-		}
-		fields := parseInfo(info)
-		if got := fields["cluster_state"]; got != "ok" {
-			return fmt.Errorf("%s: cluster_state:%s", addr, got)
-		}
-		if got := fields["cluster_slots_assigned"]; got != strconv.Itoa(clusterSlots) {
-			return fmt.Errorf("%s: cluster_slots_assigned:%s", addr, got)
+		if _, err := servesAllSlots(ctx, a, addr); err != nil {
+			return err
 		}
 		slots, err := a.ClusterSlots(ctx).Result()
 		if err != nil {
