@@ -20,14 +20,14 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/nudge-dm/nudge/internal/streams"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // writeTimeout bounds one pipelined write of a batch.
 const writeTimeout = 2 * time.Second
 
 // DefaultStream is the audit stream's key.
-const DefaultStream = "nudge:audit"
+const DefaultStream = redisstore.AuditStream
 
 // Entry is one logged decision.
 type Entry struct {
@@ -204,7 +204,7 @@ func (l *Log) write(ctx context.Context, batch []Entry) {
 // DeleteUser removes every audit entry of a user (erasure). It scans the
 // stream, which MaxLen bounds.
 func (l *Log) DeleteUser(ctx context.Context, userID string) (int, error) {
-	n, err := streams.DeleteWhere(ctx, l.rdb, l.opt.Stream, "user_id", userID)
+	n, err := redisstore.DeleteWhere(ctx, l.rdb, l.opt.Stream, "user_id", userID)
 	if err != nil {
 		return n, fmt.Errorf("audit: %w", err)
 	}

@@ -24,7 +24,7 @@ import (
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/redistest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -100,12 +100,12 @@ func newAuthEnv(t *testing.T) *authEnv {
 	if err != nil {
 		t.Fatalf("bundled rules: %v", err)
 	}
-	store := profile.NewRedisStore(rdb, profile.Options{})
+	store := redisstore.New(rdb, redisstore.Options{})
 	clock := &thawClock{start: time.Now()}
 	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second,
-		Outbox: delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{
+		Outbox: delivery.New(rdb, store.Layout(), delivery.Options{
 			Visibility: 2 * time.Second, Block: 100 * time.Millisecond,
 		}),
 		Tokens: authTokens(),

@@ -27,7 +27,7 @@ import (
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/daemon"
 	"github.com/nudge-dm/nudge/internal/redistest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -67,7 +67,7 @@ func startExampleServer() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(profile.NewRedisStore(rdb, profile.Options{}), decision.NewLive(rules, examples.RulesName), server.Config{
+	srv, err := server.New(redisstore.New(rdb, redisstore.Options{}), decision.NewLive(rules, examples.RulesName), server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second, // miniredis answers are never late in examples
 	})
@@ -106,7 +106,7 @@ type env struct {
 	addr  string
 	redis *redistest.Server
 	rdb   *redis.Client
-	store *profile.RedisStore
+	store *redisstore.Store
 	rules *decision.Live
 
 	srv    *server.Server
@@ -125,7 +125,7 @@ func newEnv(t testing.TB) *env {
 	}
 	e := &env{
 		t: t, addr: freeAddr(t), redis: rs, rdb: rdb,
-		store: profile.NewRedisStore(rdb, profile.Options{}),
+		store: redisstore.New(rdb, redisstore.Options{}),
 		rules: decision.NewLive(rules, examples.RulesName),
 	}
 	e.start()
@@ -150,7 +150,7 @@ func (e *env) start() {
 	srv, err := server.New(e.store, e.rules, server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second, // correctness here, not budgets
-		Outbox: delivery.New(e.rdb, e.store.Buckets(), e.store.OutboxKey, delivery.Options{
+		Outbox: delivery.New(e.rdb, e.store.Layout(), delivery.Options{
 			Visibility: 2 * time.Second, Block: 100 * time.Millisecond,
 		}),
 		MaxUnacked: 200,

@@ -53,6 +53,13 @@ type Request struct {
 	Context map[string]string
 	// Explain asks for Decision.Trace.
 	Explain bool
+	// ID is the decision's id, given back in Decision.ID (callers draw it
+	// at random; the package draws nothing).
+	ID string
+	// MinVersion is the oldest profile version the caller accepts
+	// (read-your-writes): an older profile gets a Stale answer (Answer,
+	// Reserve).
+	MinVersion uint64
 }
 
 // Reason explains one step of a decision.
@@ -87,6 +94,8 @@ type Offer struct {
 
 // Decision is the answer to a Request, with its reasons.
 type Decision struct {
+	// ID is Request.ID (Answer, Reserve).
+	ID      string
 	Verdict Verdict
 	// Offer is set when the verdict is VerdictSend or VerdictHold.
 	Offer *Offer
@@ -105,6 +114,23 @@ type Decision struct {
 	Trace []TraceStep
 	// RulesVersion is the Version of the rules that decided.
 	RulesVersion string
+	// Degraded is set when the profile could not be read: the decision is
+	// the channel's fallback (Answer) or VerdictNone (ReserveFailed).
+	Degraded bool
+	// Stale is set when the profile was older than Request.MinVersion:
+	// the verdict is VerdictNone.
+	Stale bool
+	// Hold is set on a send decided with reserve: the cap slot it holds.
+	Hold *Hold
+}
+
+// Hold is the frequency-cap slot a send decided with reserve holds.
+type Hold struct {
+	// Key is the idempotency key of the reservation.
+	Key string `json:"key"`
+	// ExpiresAt is when the slot returns unless a message_sent event with
+	// the key confirms the send first.
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 var noContext = types.NewStringStringMap(types.DefaultTypeAdapter, nil)

@@ -374,7 +374,7 @@ func TestStepEvaluationErrors(t *testing.T) {
 func TestStepNilRules(t *testing.T) {
 	var r *Rules
 	out := r.Step(profile.Limits{})(&profile.Profile{}, views("v", "phones", t0, time.Minute, 3), t0.Add(5*time.Minute))
-	if !out.Changed() || len(out.Actions) != 0 {
+	if !out.Changed || len(out.Actions) != 0 {
 		t.Errorf("nil rules: %+v, want events applied and no actions", out)
 	}
 }

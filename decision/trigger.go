@@ -32,11 +32,14 @@ func OnEvalError(f func(*EvalError)) StepOption {
 // on) is evaluated on the updated profile at event time, and fires when its
 // when holds, its cooldown key is not within its cooldown, the user has
 // consented to the action's channel and every payload expression
-// evaluates. Finally the profile is compacted.
+// evaluates. Finally the profile is compacted. The outcome is Changed when
+// any event was applied: duplicates and rejections alone leave the stored
+// profile as it is.
 //
 // Duplicate and rejected events never fire triggers. An action's ID is
 // profile.ActionID(user, event, trigger), so a re-run step emits the same
-// ids; its RulesVersion is r.Version(). The returned step is safe for concurrent use on distinct profiles.
+// ids; its RulesVersion is r.Version(). The returned step is safe for
+// concurrent use on distinct profiles.
 func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 	limits = limits.WithDefaults()
 	var cfg stepConfig
@@ -56,6 +59,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			if res.Status != profile.Applied {
 				continue
 			}
+			out.Changed = true
 			ts := r.triggersFor(e.Type)
 			if len(ts) == 0 {
 				continue

@@ -22,10 +22,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
-
-// DefaultDeadStream is the key of the dead-letter stream.
-const DefaultDeadStream = "nudge:dead"
 
 // ErrBadAckID means an ack id was not made by this package.
 var ErrBadAckID = errors.New("delivery: malformed ack id")
@@ -37,10 +35,9 @@ type Options struct {
 	// 30s.
 	Visibility time.Duration
 	// MaxDeliveries is how many times an action is delivered to a group
-	// before it goes to the dead-letter stream. Default 5.
+	// before it goes to the dead-letter stream (redisstore.DeadStream).
+	// Default 5.
 	MaxDeliveries int
-	// DeadStream is the dead-letter stream. Default DefaultDeadStream.
-	DeadStream string
 	// Block is how long one Read waits for new actions. Default 1s.
 	Block time.Duration
 	// Count is about the most actions one Read returns: XREADGROUP's COUNT
@@ -53,6 +50,18 @@ type Options struct {
 	// readCluster), first after 5ms, doubling while nothing arrives, up to
 	// PollMax. Default 100ms.
 	PollMax time.Duration
+}
+
+// DefaultOptions returns the options an Outbox runs with when told
+// nothing.
+func DefaultOptions() Options {
+	return Options{
+		Visibility:    30 * time.Second,
+		MaxDeliveries: 5,
+		Block:         time.Second,
+		Count:         100,
+		PollMax:       100 * time.Millisecond,
+	}
 }
 
 // Outbox reads the outbox streams of all buckets for consumer groups.
@@ -68,31 +77,27 @@ type Outbox struct {
 	lastClaim map[string]time.Time // per group+consumer
 }
 
-// New returns an Outbox over the streams outboxKey(0..buckets-1).
-func New(rdb redis.UniversalClient, buckets int, outboxKey func(bucket int) string, opt Options) *Outbox {
+// New returns an Outbox over the outbox streams of every bucket of keys.
+func New(rdb redis.UniversalClient, keys redisstore.Layout, opt Options) *Outbox {
+	d := DefaultOptions()
 	if opt.Visibility <= 0 {
-		opt.Visibility = 30 * time.Second
+		opt.Visibility = d.Visibility
 	}
 	if opt.MaxDeliveries <= 0 {
-		opt.MaxDeliveries = 5
-	}
-	if opt.DeadStream == "" {
-		opt.DeadStream = DefaultDeadStream
+		opt.MaxDeliveries = d.MaxDeliveries
 	}
 	if opt.Block <= 0 {
-		opt.Block = time.Second
+		opt.Block = d.Block
 	}
 	if opt.Count <= 0 {
-		opt.Count = 100
+		opt.Count = d.Count
 	}
 	if opt.PollMax <= 0 {
-		opt.PollMax = 100 * time.Millisecond
+		opt.PollMax = d.PollMax
 	}
-	o := &Outbox{rdb: rdb, opt: opt, buckets: make(map[string]int, buckets), groups: map[string]bool{}, lastClaim: map[string]time.Time{}}
+	o := &Outbox{rdb: rdb, opt: opt, keys: keys.OutboxKeys(), buckets: make(map[string]int, keys.Buckets()), groups: map[string]bool{}, lastClaim: map[string]time.Time{}}
 	_, o.cluster = rdb.(*redis.ClusterClient)
-	for b := range buckets {
-		k := outboxKey(b)
-		o.keys = append(o.keys, k)
+	for b, k := range o.keys {
 		o.buckets[k] = b
 	}
 	return o
@@ -123,7 +128,7 @@ func (o *Outbox) ensureGroup(ctx context.Context, group string) error {
 	})
 	if err != nil {
 		for _, c := range cmds {
-			if e := c.Err(); e != nil && !strings.HasPrefix(e.Error(), "BUSYGROUP") {
+			if e := c.Err(); e != nil && !redisstore.IsBusyGroup(e) {
 				return fmt.Errorf("delivery: create group %s: %w", group, e)
 			}
 		}
@@ -202,7 +207,7 @@ func (o *Outbox) readCluster(ctx context.Context, group, consumer string) ([]Del
 			switch {
 			case errors.Is(err, redis.Nil):
 				continue
-			case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+			case redisstore.IsNoGroup(err):
 				o.forgetGroup(group) // the stream was recreated
 				return nil, fmt.Errorf("delivery: read group %s on %s: %w", group, o.keys[i], err)
 			case err != nil:
@@ -276,7 +281,7 @@ func (o *Outbox) claim(ctx context.Context, group, consumer string) ([]Delivery,
 		msgs, next, err := c.Result()
 		more = more || (err == nil && next != "0-0")
 		switch {
-		case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+		case redisstore.IsNoGroup(err):
 			o.forgetGroup(group) // the stream was recreated: make the group again next time
 			continue
 		case err != nil && !errors.Is(err, redis.Nil):
@@ -290,7 +295,9 @@ func (o *Outbox) claim(ctx context.Context, group, consumer string) ([]Delivery,
 		}
 		for _, m := range msgs {
 			if counts[m.ID] > int64(o.opt.MaxDeliveries) {
-				if err := o.deadLetter(ctx, o.keys[i], group, m, counts[m.ID]); err != nil {
+				// The claim itself counted as a delivery, which is not
+				// made: the entry records the deliveries the group had.
+				if err := o.deadLetter(ctx, o.keys[i], group, m, counts[m.ID]-1); err != nil {
 					return nil, err
 				}
 				continue
@@ -327,8 +334,9 @@ func (o *Outbox) deliveryCounts(ctx context.Context, stream, group string, msgs 
 }
 
 // deadLetter moves an action the group could not handle to the dead-letter
-// stream and acknowledges it for the group, in one transaction.
-func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.XMessage, count int64) error {
+// stream, with delivered, the deliveries made to the group, and
+// acknowledges it for the group, in one transaction.
+func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.XMessage, delivered int64) error {
 	values := make(map[string]any, len(m.Values)+4)
 	for k, v := range m.Values {
 		values[k] = v
@@ -336,19 +344,19 @@ func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.X
 	values["dead_group"] = group
 	values["dead_stream"] = stream
 	values["dead_id"] = m.ID
-	values["delivery_count"] = strconv.FormatInt(count, 10)
+	values["delivery_count"] = strconv.FormatInt(delivered, 10)
 	var err error
 	if o.cluster {
 		// The dead-letter stream and the outbox are in different slots,
 		// which a cluster transaction refuses: add, then acknowledge. A
 		// failure between the two leaves the action pending, so it is
 		// dead-lettered again later: at least once, as every delivery.
-		if err = o.rdb.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values}).Err(); err == nil {
+		if err = o.rdb.XAdd(ctx, &redis.XAddArgs{Stream: redisstore.DeadStream, Values: values}).Err(); err == nil {
 			err = o.rdb.XAck(ctx, stream, group, m.ID).Err()
 		}
 	} else {
 		_, err = o.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: o.opt.DeadStream, Values: values})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: redisstore.DeadStream, Values: values})
 			pipe.XAck(ctx, stream, group, m.ID)
 			return nil
 		})
@@ -360,7 +368,7 @@ func (o *Outbox) deadLetter(ctx context.Context, stream, group string, m redis.X
 }
 
 func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Delivery, error) {
-	a, err := profile.DecodeAction(m.Values)
+	a, err := redisstore.DecodeAction(m.Values)
 	if err != nil {
 		return Delivery{}, fmt.Errorf("delivery: %s %s: %w", stream, m.ID, err)
 	}
@@ -530,7 +538,7 @@ func (o *Outbox) pendingOf(ctx context.Context, group, consumer string) ([]pendi
 		for i, c := range cmds {
 			pending, err := c.Result()
 			switch {
-			case err != nil && (strings.HasPrefix(err.Error(), "NOGROUP") || errors.Is(err, redis.Nil)):
+			case redisstore.IsNoGroup(err) || errors.Is(err, redis.Nil):
 				continue
 			case err != nil:
 				return nil, fmt.Errorf("pending on %s: %w", keys[i], err)
@@ -561,7 +569,7 @@ func (o *Outbox) Pending(ctx context.Context, group, consumer string) (int64, er
 	for i, c := range cmds {
 		p, err := c.Result()
 		switch {
-		case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+		case redisstore.IsNoGroup(err):
 			continue
 		case err != nil:
 			return 0, fmt.Errorf("delivery: pending of %s on %s: %w", group, o.keys[i], err)
@@ -599,7 +607,7 @@ func (o *Outbox) Backlogs(ctx context.Context) (map[string]Backlog, error) {
 	for i, c := range cmds {
 		groups, err := c.Result()
 		switch {
-		case err != nil && (strings.Contains(err.Error(), "no such key") || errors.Is(err, redis.Nil)):
+		case redisstore.IsNoSuchKey(err) || errors.Is(err, redis.Nil):
 			continue
 		case err != nil:
 			return nil, fmt.Errorf("delivery: groups of %s: %w", o.keys[i], err)

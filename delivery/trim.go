@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // Trim removes from every outbox stream the entries that every consumer
@@ -48,7 +50,7 @@ func (o *Outbox) Trim(ctx context.Context, retention time.Duration, now time.Tim
 func (o *Outbox) safeMinID(ctx context.Context, stream string) (string, bool, error) {
 	groups, err := o.rdb.XInfoGroups(ctx, stream).Result()
 	if err != nil {
-		if strings.Contains(err.Error(), "no such key") || errors.Is(err, redis.Nil) {
+		if redisstore.IsNoSuchKey(err) || errors.Is(err, redis.Nil) {
 			return "", false, nil
 		}
 		return "", false, fmt.Errorf("delivery: groups of %s: %w", stream, err)
@@ -110,7 +112,7 @@ type DeadEntry struct {
 
 // Dead lists up to count entries of the dead-letter stream, oldest first.
 func (o *Outbox) Dead(ctx context.Context, count int64) ([]DeadEntry, error) {
-	msgs, err := o.rdb.XRangeN(ctx, o.opt.DeadStream, "-", "+", count).Result()
+	msgs, err := o.rdb.XRangeN(ctx, redisstore.DeadStream, "-", "+", count).Result()
 	if err != nil {
 		return nil, fmt.Errorf("delivery: dead letters: %w", err)
 	}

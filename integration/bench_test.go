@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -43,9 +43,9 @@ var benchToken = server.Token{
 // returns the context its calls use.
 func benchEnv(b *testing.B, secured bool) (*env, context.Context) {
 	if !secured {
-		return newEnv(b, profile.Options{}), context.Background()
+		return newEnv(b, redisstore.Options{}), context.Background()
 	}
-	e := newEnvConfig(b, profile.Options{}, server.Config{Tokens: []server.Token{benchToken}})
+	e := newEnvConfig(b, redisstore.Options{}, server.Config{Tokens: []server.Token{benchToken}})
 	return e, metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+benchToken.Secret)
 }
 
@@ -165,7 +165,7 @@ func benchGetDecision(b *testing.B, secured bool) {
 // WATCH/MULTI transaction per call, writing the reservation), 16
 // concurrent callers over 1,000 users, a fresh idempotency key per call.
 func BenchmarkGetDecisionReserve(b *testing.B) {
-	e := newEnv(b, profile.Options{})
+	e := newEnv(b, redisstore.Options{})
 	ctx := context.Background()
 	var n atomic.Int64
 	b.SetParallelism(8)

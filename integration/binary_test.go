@@ -26,7 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -522,7 +522,7 @@ func TestNudgectlSend(t *testing.T) {
 		t.Errorf("re-send: %+v, want every event a duplicate", s)
 	}
 	// The profiles hold exactly 100k views.
-	store := profile.NewRedisStore(rs.Client(t), profile.Options{})
+	store := redisstore.New(rs.Client(t), redisstore.Options{})
 	var total uint64
 	for u := range 1000 {
 		p, err := store.Get(ctxT(t), fmt.Sprintf("send-%d", u))

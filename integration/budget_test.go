@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -44,7 +44,7 @@ func pct(d []time.Duration, p float64) time.Duration {
 // The latencies are logged (the budget + 2 ms figure is a benchmark
 // figure: see BENCHMARKS.md), not asserted.
 func TestDecisionsDegradeWhenRedisPausedOrDown(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const budget = 5 * time.Millisecond
 	budgetCalls(t, e, 50, time.Second, false) // warm: connections open
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/internal/redistest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -51,7 +51,7 @@ func wantViews(ctx context.Context, t *testing.T, rdb redis.UniversalClient, use
 	for u := range ids {
 		ids[u] = fmt.Sprintf("cu-%d", u)
 	}
-	ps, errs := profile.NewRedisStore(rdb, profile.Options{}).GetMany(ctx, ids)
+	ps, errs := redisstore.New(rdb, redisstore.Options{}).GetMany(ctx, ids)
 	for u, p := range ps {
 		if errs[u] != nil {
 			t.Fatalf("read %s: %v", ids[u], errs[u])

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -84,7 +84,7 @@ func subscribe(ctx context.Context, t *testing.T, e *env, group, member string, 
 // maximum deliveries (3 here).
 func TestActionsDeliveredAtLeastOnceToEveryGroup(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{Buckets: 16})
+		e := b.newEnv(t, redisstore.Options{Buckets: 16})
 		const actions, poison = 10000, 5
 		// big-purchase-thanks fires once per user for a purchase of 200 or more.
 		for start := 0; start < actions; start += 1000 {

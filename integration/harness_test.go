@@ -25,6 +25,7 @@ import (
 	"github.com/nudge-dm/nudge/internal/daemon"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -35,7 +36,7 @@ type env struct {
 	redis   *redistest.Server  // nil on a cluster
 	cluster *redistest.Cluster // nil on a standalone Redis
 	rdb     redis.UniversalClient
-	store   *profile.RedisStore
+	store   *redisstore.Store
 	conn    *grpc.ClientConn
 	ingest  nudgev1.IngestServiceClient
 	decide  nudgev1.DecisionServiceClient
@@ -43,20 +44,20 @@ type env struct {
 	acts    nudgev1.ActionServiceClient
 }
 
-func newEnv(t testing.TB, opt profile.Options) *env {
+func newEnv(t testing.TB, opt redisstore.Options) *env {
 	t.Helper()
 	return startServer(t, &env{redis: redistest.Start(t)}, opt, server.Config{})
 }
 
 // newEnvConfig is newEnv with server settings (zero fields: the test
 // defaults below).
-func newEnvConfig(t testing.TB, opt profile.Options, cfg server.Config) *env {
+func newEnvConfig(t testing.TB, opt redisstore.Options, cfg server.Config) *env {
 	t.Helper()
 	return startServer(t, &env{redis: redistest.Start(t)}, opt, cfg)
 }
 
 // newClusterEnv is newEnv on a 3-master Redis Cluster.
-func newClusterEnv(t testing.TB, opt profile.Options) *env {
+func newClusterEnv(t testing.TB, opt redisstore.Options) *env {
 	t.Helper()
 	return startServer(t, &env{cluster: redistest.StartCluster(t, 3)}, opt, server.Config{})
 }
@@ -64,7 +65,7 @@ func newClusterEnv(t testing.TB, opt profile.Options) *env {
 // backend is a Redis deployment the pipeline tests run against.
 type backend struct {
 	name   string
-	newEnv func(t testing.TB, opt profile.Options) *env
+	newEnv func(t testing.TB, opt redisstore.Options) *env
 }
 
 // forBackends runs test against a standalone redis-server and against a
@@ -78,7 +79,7 @@ func forBackends(t *testing.T, test func(t *testing.T, b backend)) {
 
 // addServer starts another nudge server, with its own Redis connections, on
 // the same Redis: what a second replica behind a load balancer is.
-func (e *env) addServer(t testing.TB, opt profile.Options) *env {
+func (e *env) addServer(t testing.TB, opt redisstore.Options) *env {
 	t.Helper()
 	return startServer(t, &env{redis: e.redis, cluster: e.cluster}, opt, server.Config{})
 }
@@ -124,11 +125,11 @@ func (e *env) keys(t testing.TB) []string {
 	return keys
 }
 
-func startServer(t testing.TB, e *env, opt profile.Options, cfg server.Config) *env {
+func startServer(t testing.TB, e *env, opt redisstore.Options, cfg server.Config) *env {
 	t.Helper()
 	rdb := e.redisClient(t)
 	t.Cleanup(func() { _ = rdb.Close() })
-	store := profile.NewRedisStore(rdb, opt)
+	store := redisstore.New(rdb, opt)
 	rules, err := decision.Parse(examples.RulesName, examples.Rules)
 	if err != nil {
 		t.Fatalf("bundled rules: %v", err)
@@ -141,7 +142,7 @@ func startServer(t testing.TB, e *env, opt profile.Options, cfg server.Config) *
 		// unacked window, so that a member acking one call at a time
 		// (about 2 ms each under -race) never holds an action past the
 		// visibility timeout.
-		cfg.Outbox = delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{
+		cfg.Outbox = delivery.New(rdb, store.Layout(), delivery.Options{
 			Visibility: 5 * time.Second, MaxDeliveries: 3, Block: 100 * time.Millisecond,
 		})
 	}
@@ -249,13 +250,13 @@ func wantCode(t *testing.T, err error, want codes.Code, msgPart string) {
 // outbox returns the decoded outbox entries of a user's bucket.
 func (e *env) outbox(t *testing.T, user string) []profile.Action {
 	t.Helper()
-	msgs, err := e.rdb.XRange(ctxT(t), e.store.OutboxKey(e.store.Bucket(user)), "-", "+").Result()
+	msgs, err := e.rdb.XRange(ctxT(t), e.store.Layout().OutboxKey(e.store.Layout().Bucket(user)), "-", "+").Result()
 	if err != nil {
 		t.Fatalf("XRANGE: %v", err)
 	}
 	var out []profile.Action
 	for _, m := range msgs {
-		a, err := profile.DecodeAction(m.Values)
+		a, err := redisstore.DecodeAction(m.Values)
 		if err != nil {
 			t.Fatalf("outbox entry %s: %v", m.ID, err)
 		}

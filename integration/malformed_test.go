@@ -24,7 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/internal/wiretest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -42,7 +42,7 @@ const malformedSeed = 20250301
 // Bytes that are not a valid message are InvalidArgument, not grpc-go's
 // Internal, because of the codec NewGRPCServer installs (server/codec.go).
 func TestMalformedRequests(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	users := seedMalformedUsers(t, e)
 	before := snapshotRedis(t, e)
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -28,7 +29,7 @@ const (
 // action is in the outbox stream.
 func TestSeedScenarioTriggersOneActionInOutbox(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		const user = "shopper-1"
 		stream, err := e.ingest.Stream(ctxT(t))
 		if err != nil {
@@ -93,12 +94,12 @@ func TestSeedScenarioTriggersOneActionInOutbox(t *testing.T) {
 // user, so WATCH conflicts come from the other servers, as in production.)
 func TestHotUserConcurrentWritersLoseNothing(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{MaxAttempts: 10000})
+		e := b.newEnv(t, redisstore.Options{MaxAttempts: 10000})
 		const user, writers, perWriter, servers = "hot-user", 50, 20, 5
 		ingest := []nudgev1.IngestServiceClient{e.ingest}
-		stores := []*profile.RedisStore{e.store}
+		stores := []*redisstore.Store{e.store}
 		for range servers - 1 {
-			other := e.addServer(t, profile.Options{MaxAttempts: 10000})
+			other := e.addServer(t, redisstore.Options{MaxAttempts: 10000})
 			ingest = append(ingest, other.ingest)
 			stores = append(stores, other.store)
 		}
@@ -133,7 +134,7 @@ func TestHotUserConcurrentWritersLoseNothing(t *testing.T) {
 		if got := count(t, p, "click", "", time.Hour); got != writers*perWriter {
 			t.Errorf("click count over 1h = %d, want %d", got, writers*perWriter)
 		}
-		var st profile.Stats
+		var st redisstore.Stats
 		for _, s := range stores {
 			x := s.Stats()
 			st.Transactions += x.Transactions
@@ -159,7 +160,7 @@ func TestHotUserConcurrentWritersLoseNothing(t *testing.T) {
 // changes nothing.
 func TestResentBatchIsDuplicateAndChangesNothing(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		users := []string{"u-a", "u-b", "u-c"}
 		var batch []*nudgev1.Event
 		for i := range 12 {
@@ -171,7 +172,7 @@ func TestResentBatchIsDuplicateAndChangesNothing(t *testing.T) {
 		}
 		before := map[string]string{}
 		for _, u := range users {
-			before[u] = e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val()
+			before[u] = e.rdb.Get(ctxT(t), e.store.Layout().ProfileKey(u)).Val()
 		}
 		outboxBefore := len(e.outbox(t, "u-a")) + len(e.outbox(t, "u-b")) + len(e.outbox(t, "u-c"))
 
@@ -186,7 +187,7 @@ func TestResentBatchIsDuplicateAndChangesNothing(t *testing.T) {
 			t.Errorf("re-send triggered %d actions", len(again.Actions))
 		}
 		for _, u := range users {
-			if after := e.rdb.Get(ctxT(t), e.store.ProfileKey(u)).Val(); after != before[u] {
+			if after := e.rdb.Get(ctxT(t), e.store.Layout().ProfileKey(u)).Val(); after != before[u] {
 				t.Errorf("profile of %s changed on re-send", u)
 			}
 			if got := e.profile(t, u).Totals["view"]; got != 4 {
@@ -203,7 +204,7 @@ func TestResentBatchIsDuplicateAndChangesNothing(t *testing.T) {
 // triggers judge each event at its own time.
 func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		const user = "late-user"
 		// Two views an hour ago, then one that arrives late but happened
 		// between them: at its own time only 2 views are in its 30 minutes
@@ -241,7 +242,7 @@ func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 // affecting its batch neighbours.
 func TestInvalidEventRejectedAlone(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		const user = "mixed-user"
 		noUser := ev("", "view", "phones", time.Minute)
 		badType := ev(user, "View Page", "phones", time.Minute)
@@ -303,12 +304,12 @@ func TestInvalidEventRejectedAlone(t *testing.T) {
 // the outbox, and leaves other users alone.
 func TestDeleteProfileLeavesNoKey(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{Buckets: 4})
+		e := b.newEnv(t, redisstore.Options{Buckets: 4})
 		victim := "erase-me"
 		// A neighbour in the same bucket, to check only the victim's entries go.
 		neighbour := ""
 		for i := 0; neighbour == ""; i++ {
-			if u := fmt.Sprintf("keep-%d", i); e.store.Bucket(u) == e.store.Bucket(victim) {
+			if u := fmt.Sprintf("keep-%d", i); e.store.Layout().Bucket(u) == e.store.Layout().Bucket(victim) {
 				neighbour = u
 			}
 		}
@@ -353,7 +354,7 @@ func TestDeleteProfileLeavesNoKey(t *testing.T) {
 // GetDecision answers from the profile and the offers of the bundled rules.
 func TestGetDecisionAnswersFromProfile(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		const user = "decide-user"
 		e.publish(t, inDaytime(ev(user, "view", "phones", 9*time.Minute)), ev(user, "view", "phones", 6*time.Minute), ev(user, "view", "phones", 3*time.Minute))
 		resp, err := e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms"})
@@ -388,7 +389,7 @@ func TestGetDecisionAnswersFromProfile(t *testing.T) {
 // arrival order.
 func TestEventTimeIsKept(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
-		e := b.newEnv(t, profile.Options{})
+		e := b.newEnv(t, redisstore.Options{})
 		at := time.Now().Add(-7 * time.Minute).Truncate(time.Millisecond)
 		e.publish(t, &nudgev1.Event{EventId: "t1", UserId: "time-user", Type: "purchase", Category: "phones", Value: 199.5, OccurredAt: timestamppb.New(at)})
 		p := e.profile(t, "time-user")

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -43,7 +43,7 @@ func sent(user, channel, offer string, ago time.Duration) *nudgev1.Event {
 // A cap of 2 SMS per 24 h holds across 3 decisions with the senders'
 // outcome events in between.
 func TestFrequencyCapHoldsAcrossDecisions(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const user = "capped"
 	phoneFan(t, e, user, daytimeTZ())
 	for i := range 3 {
@@ -69,7 +69,7 @@ func TestFrequencyCapHoldsAcrossDecisions(t *testing.T) {
 // Quiet hours: a user for whom it is now 23:xx local time gets HOLD with
 // not_before at 08:00 the next local morning, whatever the server's zone.
 func TestQuietHoursHoldUntilLocalMorning(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	now := time.Now().UTC()
 	off := (23 - now.Hour() + 24) % 24 // hours east of UTC where it is 23:xx
 	if off > 14 {
@@ -109,7 +109,7 @@ func TestQuietHoursHoldUntilLocalMorning(t *testing.T) {
 
 // An unsubscribe suppresses the channel until a subscribe.
 func TestUnsubscribeSuppressesUntilSubscribe(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const user = "fickle"
 	phoneFan(t, e, user, daytimeTZ())
 	unsub := ev(user, "unsubscribe", "", 2*time.Minute)
@@ -128,7 +128,7 @@ func TestUnsubscribeSuppressesUntilSubscribe(t *testing.T) {
 
 // A purchase in a category suppresses that category's offer.
 func TestPurchaseCooldownSuppressesCategoryOffer(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const user = "new-phone"
 	phoneFan(t, e, user, daytimeTZ())
 	if d := e.decideSMS(t, user); d.GetOffer().GetId() != "phones-coupon" {
@@ -143,7 +143,7 @@ func TestPurchaseCooldownSuppressesCategoryOffer(t *testing.T) {
 // The A/B control group of cart-reminder (control 0.1) is stable per user
 // and about 10% of 10,000 users, decided in batches.
 func TestControlGroupStableAndProportional(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const users = 10000
 	var events []*nudgev1.Event
 	for u := range users {
@@ -196,7 +196,7 @@ func TestControlGroupStableAndProportional(t *testing.T) {
 
 // explain: true returns the evaluation trace.
 func TestExplainTrace(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const user = "curious"
 	phoneFan(t, e, user, daytimeTZ())
 	resp, err := e.decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms", Explain: true})

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -32,8 +32,8 @@ func lastSlot(t *testing.T, e *env, user string) {
 // Two senders, on two servers, reserving the last cap slot of one user at
 // the same time: exactly one gets SEND, in every one of 1,000 trials.
 func TestReservationLastSlotGoesToOneSender(t *testing.T) {
-	a := newEnv(t, profile.Options{MaxAttempts: 1000})
-	b := a.addServer(t, profile.Options{MaxAttempts: 1000})
+	a := newEnv(t, redisstore.Options{MaxAttempts: 1000})
+	b := a.addServer(t, redisstore.Options{MaxAttempts: 1000})
 	const trials = 1000
 	for i := range trials {
 		user := fmt.Sprintf("contested-%d", i)
@@ -75,7 +75,7 @@ func TestReservationLastSlotGoesToOneSender(t *testing.T) {
 // Asking again with the same key returns the same decision; a different
 // key does not get the held slot.
 func TestReservationIsIdempotentAndConfirmed(t *testing.T) {
-	e := newEnv(t, profile.Options{})
+	e := newEnv(t, redisstore.Options{})
 	const user = "steady"
 	lastSlot(t, e, user)
 	first := e.reserveSMS(t, user, "k1")
@@ -113,7 +113,7 @@ func TestReservationIsIdempotentAndConfirmed(t *testing.T) {
 // An unconfirmed reservation lapses and its slot returns.
 func TestReservationLapses(t *testing.T) {
 	const ttl = 200 * time.Millisecond
-	e := newEnvConfig(t, profile.Options{}, server.Config{ReservationTTL: ttl})
+	e := newEnvConfig(t, redisstore.Options{}, server.Config{ReservationTTL: ttl})
 	const user = "forgetful"
 	lastSlot(t, e, user)
 	d := e.reserveSMS(t, user, "k1")

@@ -19,7 +19,7 @@ import (
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/redistest"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -37,7 +37,7 @@ func startTracedServer(t *testing.T, tp trace.TracerProvider) (addr string, stop
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := profile.NewRedisStore(rdb, profile.Options{TracerProvider: tp})
+	store := redisstore.New(rdb, redisstore.Options{TracerProvider: tp})
 	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), server.Config{
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DefaultBudget: time.Second,

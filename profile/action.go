@@ -41,22 +41,51 @@ type Outcome struct {
 	Results []Result
 	// Actions are written to the outbox with the profile.
 	Actions []Action
-}
-
-// Changed reports whether any event was applied, that is whether the
-// profile must be written.
-func (o Outcome) Changed() bool {
-	for _, r := range o.Results {
-		if r.Status == Applied {
-			return true
-		}
-	}
-	return false
+	// Changed says that the step changed the profile, so that it must be
+	// written (with Actions). A step that sets it to false leaves the
+	// stored profile as it was, whatever it did to its copy, and its
+	// actions are dropped.
+	Changed bool
 }
 
 // Step computes one user's new profile from the stored one (modified in
-// place; an empty Profile when the user has none) and the user's events, at
+// place; an empty Profile when the user has none) and the user's events
+// (none for an update that is not about events, such as a reservation), at
 // processing time now. It must be deterministic and free of side effects:
 // the store calls it again, on a freshly read profile, when a transaction
 // conflicts.
 type Step func(p *Profile, events []Event, now time.Time) Outcome
+
+// EventOutcome is what became of one event given to the store.
+type EventOutcome struct {
+	// Result is the step's result for the event; zero when Err is set.
+	Result
+	// Version is the user's profile version once the transaction that
+	// handled the event committed (or the stored version, when it
+	// changed nothing).
+	Version uint64
+	// Err is set when the user's transaction did not commit: ErrConflict,
+	// ErrUnavailable, ErrCorrupt, a *PanicError or the context's error,
+	// wrapped with the user. Every event of the user in the call has it.
+	Err error
+}
+
+// BatchOutcome is the outcome of applying a batch of events.
+type BatchOutcome struct {
+	// Events has one outcome per event given, in the same order.
+	Events []EventOutcome
+	// Actions are the actions the committed steps emitted (and the store
+	// wrote to the outbox), user after user in the order of each user's
+	// first event, each user's in the order its step emitted them.
+	Actions []Action
+}
+
+// DeleteResult says what erasing a user removed.
+type DeleteResult struct {
+	// Existed reports whether the user had a profile.
+	Existed bool
+	// Actions is the number of the user's outbox entries removed.
+	Actions int
+	// DeadLetters is the number of the user's dead-letter entries removed.
+	DeadLetters int
+}

@@ -1,7 +1,6 @@
 package profile
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -10,9 +9,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
-
-// ErrCorrupt means a stored profile could not be decoded.
-var ErrCorrupt = errors.New("profile: corrupt encoding")
 
 // encodingV1 is the first byte of every stored profile. The rest is
 // protobuf wire format (fields below), so fields can be added without a new

@@ -125,39 +125,46 @@ type Limits struct {
 	MaxPurchaseCategories int
 }
 
-// WithDefaults returns l with every zero field set to its default.
+// DefaultLimits returns the limits a profile is kept under when told
+// nothing: the documented dedup horizon (24 h, 2048 ids) and retention
+// (24 h + 1 min).
+func DefaultLimits() Limits {
+	return Limits{
+		Retention:             24*time.Hour + time.Minute,
+		MaxFuture:             5 * time.Minute,
+		DedupWindow:           24 * time.Hour,
+		DedupMax:              2048,
+		MaxSeries:             256,
+		FiredRetention:        30 * 24 * time.Hour,
+		MaxFired:              256,
+		SendRetention:         30 * 24 * time.Hour,
+		MaxSends:              512,
+		MaxPurchaseCategories: 256,
+	}
+}
+
+// WithDefaults returns l with every zero (or negative) field set to its
+// default (DefaultLimits).
 func (l Limits) WithDefaults() Limits {
-	if l.Retention <= 0 {
-		l.Retention = 24*time.Hour + time.Minute
-	}
-	if l.MaxFuture <= 0 {
-		l.MaxFuture = 5 * time.Minute
-	}
-	if l.DedupWindow <= 0 {
-		l.DedupWindow = 24 * time.Hour
-	}
-	if l.DedupMax <= 0 {
-		l.DedupMax = 2048
-	}
-	if l.MaxSeries <= 0 {
-		l.MaxSeries = 256
-	}
-	if l.FiredRetention <= 0 {
-		l.FiredRetention = 30 * 24 * time.Hour
-	}
-	if l.MaxFired <= 0 {
-		l.MaxFired = 256
-	}
-	if l.SendRetention <= 0 {
-		l.SendRetention = 30 * 24 * time.Hour
-	}
-	if l.MaxSends <= 0 {
-		l.MaxSends = 512
-	}
-	if l.MaxPurchaseCategories <= 0 {
-		l.MaxPurchaseCategories = 256
-	}
+	d := DefaultLimits()
+	orDefault(&l.Retention, d.Retention)
+	orDefault(&l.MaxFuture, d.MaxFuture)
+	orDefault(&l.DedupWindow, d.DedupWindow)
+	orDefault(&l.DedupMax, d.DedupMax)
+	orDefault(&l.MaxSeries, d.MaxSeries)
+	orDefault(&l.FiredRetention, d.FiredRetention)
+	orDefault(&l.MaxFired, d.MaxFired)
+	orDefault(&l.SendRetention, d.SendRetention)
+	orDefault(&l.MaxSends, d.MaxSends)
+	orDefault(&l.MaxPurchaseCategories, d.MaxPurchaseCategories)
 	return l
+}
+
+// orDefault sets *p to d when it is not positive.
+func orDefault[T int | time.Duration](p *T, d T) {
+	if *p <= 0 {
+		*p = d
+	}
 }
 
 // Profile is what nudge knows about one user. The zero value is an empty

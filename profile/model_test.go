@@ -899,51 +899,6 @@ func TestCompact(t *testing.T) {
 	})
 }
 
-func TestGroupByUser(t *testing.T) {
-	e := func(id, user string) profile.Event { return profile.Event{ID: id, UserID: user} }
-	tests := []struct {
-		name       string
-		events     []profile.Event
-		wantGroups []profile.UserEvents
-		wantIndex  [][]int
-	}{
-		{"empty", nil, nil, nil},
-		{"one user", []profile.Event{e("1", "a"), e("2", "a")},
-			[]profile.UserEvents{{UserID: "a", Events: []profile.Event{e("1", "a"), e("2", "a")}}},
-			[][]int{{0, 1}}},
-		{"interleaved users keep first-seen order", []profile.Event{
-			e("1", "b"), e("2", "a"), e("3", "b"), e("4", "c"), e("5", "a"), e("6", "b"),
-		}, []profile.UserEvents{
-			{UserID: "b", Events: []profile.Event{e("1", "b"), e("3", "b"), e("6", "b")}},
-			{UserID: "a", Events: []profile.Event{e("2", "a"), e("5", "a")}},
-			{UserID: "c", Events: []profile.Event{e("4", "c")}},
-		}, [][]int{{0, 2, 5}, {1, 4}, {3}}},
-		{"empty user id is a user", []profile.Event{e("1", ""), e("2", "a"), e("3", "")},
-			[]profile.UserEvents{
-				{UserID: "", Events: []profile.Event{e("1", ""), e("3", "")}},
-				{UserID: "a", Events: []profile.Event{e("2", "a")}},
-			}, [][]int{{0, 2}, {1}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			groups, index := profile.GroupByUser(tt.events)
-			if !reflect.DeepEqual(groups, tt.wantGroups) {
-				t.Errorf("groups = %+v\nwant %+v", groups, tt.wantGroups)
-			}
-			if !reflect.DeepEqual(index, tt.wantIndex) {
-				t.Errorf("index = %v, want %v", index, tt.wantIndex)
-			}
-			for g := range groups {
-				for k, i := range index[g] {
-					if !reflect.DeepEqual(groups[g].Events[k], tt.events[i]) {
-						t.Errorf("group %d event %d is not input event %d", g, k, i)
-					}
-				}
-			}
-		})
-	}
-}
-
 func TestActionID(t *testing.T) {
 	base := profile.ActionID("user-1", "event-1", "trigger-1")
 	if again := profile.ActionID("user-1", "event-1", "trigger-1"); again != base {
@@ -975,31 +930,6 @@ func TestActionID(t *testing.T) {
 			if a == b {
 				t.Errorf("ActionID(%q, %q, %q) == ActionID(%q, %q, %q) == %q",
 					tt.user, tt.event, tt.trigger, tt.otherUser, tt.otherEvent, tt.otherTrigger, a)
-			}
-		})
-	}
-}
-
-func TestOutcomeChanged(t *testing.T) {
-	applied := profile.Result{Status: profile.Applied}
-	dup := profile.Result{Status: profile.Duplicate}
-	rejected := profile.Result{Status: profile.Rejected, Reason: "too old"}
-	tests := []struct {
-		name    string
-		outcome profile.Outcome
-		want    bool
-	}{
-		{"no results", profile.Outcome{}, false},
-		{"only duplicates", profile.Outcome{Results: []profile.Result{dup, dup}}, false},
-		{"only rejected", profile.Outcome{Results: []profile.Result{rejected}}, false},
-		{"actions alone do not count", profile.Outcome{Actions: []profile.Action{{ID: "a"}}}, false},
-		{"one applied", profile.Outcome{Results: []profile.Result{dup, rejected, applied}}, true},
-		{"all applied", profile.Outcome{Results: []profile.Result{applied, applied}}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.outcome.Changed(); got != tt.want {
-				t.Errorf("Changed() = %v, want %v", got, tt.want)
 			}
 		})
 	}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/nudge-dm/nudge/delivery"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -39,7 +37,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 		return invalidArgument(err)
 	}
 	if s.cfg.Outbox == nil {
-		return status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+		return errNoOutbox
 	}
 	ctx := stream.Context()
 	group, consumer := req.GetGroup(), req.GetConsumer()
@@ -63,7 +61,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 	for {
 		select {
 		case <-s.draining:
-			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
+			return errSubscribeDraining
 		default:
 		}
 		// Send at most MaxUnacked actions the member has not acknowledged:
@@ -82,7 +80,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			if ctx.Err() != nil {
 				return toStatus(ctx.Err())
 			}
-			return status.Errorf(codes.Unavailable, "read the outbox: %v", err)
+			return unavailable("read the outbox", err)
 		}
 		var skipped []string
 		for i, d := range ds {
@@ -110,7 +108,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 		}
 		if len(skipped) > 0 {
 			if _, err := s.cfg.Outbox.Ack(ctx, group, skipped); err != nil && ctx.Err() == nil {
-				return status.Errorf(codes.Unavailable, "acknowledge filtered actions: %v", err)
+				return unavailable("acknowledge filtered actions", err)
 			}
 		}
 	}
@@ -141,7 +139,7 @@ func (s *Server) waitForAcks(ctx context.Context, group, consumer string, held i
 			if ctx.Err() != nil {
 				return toStatus(ctx.Err())
 			}
-			return status.Errorf(codes.Unavailable, "read pending actions: %v", err)
+			return unavailable("read pending actions", err)
 		}
 		if n-held < int64(s.cfg.MaxUnacked) {
 			return nil
@@ -153,7 +151,7 @@ func (s *Server) waitForAcks(ctx context.Context, group, consumer string, held i
 			return toStatus(ctx.Err())
 		case <-s.draining:
 			t.Stop()
-			return status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
+			return errSubscribeDraining
 		case <-t.C:
 		}
 	}
@@ -165,14 +163,14 @@ func (s *Server) Ack(ctx context.Context, req *nudgev1.AckRequest) (*nudgev1.Ack
 		return nil, invalidArgument(err)
 	}
 	if s.cfg.Outbox == nil {
-		return nil, status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+		return nil, errNoOutbox
 	}
 	n, err := s.cfg.Outbox.Ack(ctx, req.GetGroup(), req.GetAckIds())
 	switch {
 	case errors.Is(err, delivery.ErrBadAckID):
-		return nil, status.Errorf(codes.InvalidArgument, "%v (ack ids come from SubscribeResponse.ack_id)", err)
+		return nil, toStatus(err)
 	case err != nil:
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
+		return nil, unavailable("acknowledge", err)
 	}
 	s.metrics.acked.Add(ctx, int64(n))
 	return &nudgev1.AckResponse{Acked: uint32(n)}, nil

@@ -11,10 +11,8 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
-	"google.golang.org/grpc/status"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -182,9 +180,6 @@ func newLimiter(token, field string, perSecond float64, maxBatch int) (*rate.Lim
 	return rate.NewLimiter(rate.Limit(perSecond), burst), nil
 }
 
-// errNoToken answers a call without a usable "authorization" header.
-var errNoToken = status.Error(codes.Unauthenticated, "missing bearer token: send metadata 'authorization: Bearer <token>'")
-
 // authenticate is the auth.AuthFunc: it finds the caller's token, checks it
 // has the role the method requires, and puts the principal in the context.
 // Messages name the token, never the secret.
@@ -198,7 +193,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	// nothing about the real secret.
 	p := s.tokens[secretDigest(sha256.Sum256([]byte(secret)))]
 	if p == nil {
-		return nil, status.Error(codes.Unauthenticated, "unknown token: send a token configured on this server")
+		return nil, errUnknownToken
 	}
 	if ci := callInfoFrom(ctx); ci != nil {
 		ci.token = p.name // for the call's log line, which is written outside
@@ -207,9 +202,9 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	role, ok := requiredRole(method)
 	switch {
 	case !ok:
-		return nil, status.Errorf(codes.PermissionDenied, "token %q: no access rule covers %s, so it is denied", p.name, method)
+		return nil, noAccessRule(p.name, method)
 	case role != anyRole && !slices.Contains(p.roles, role):
-		return nil, status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required by %s", p.name, role, method)
+		return nil, lacksRole(p.name, role, method)
 	}
 	return context.WithValue(ctx, principalKey{}, p), nil
 }

@@ -59,7 +59,7 @@ func withToken(ctx context.Context, secret string) context.Context {
 // profile, deletes that find nothing.
 func okStore() *fakeStore {
 	return &fakeStore{
-		apply: func(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+		apply: func(_ context.Context, users []userEvents, step profile.Step) []userOutcome {
 			return stepAll(users, step)
 		},
 		get: func(context.Context, string) (*profile.Profile, error) { return nil, profile.ErrNotFound },

@@ -6,11 +6,9 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -99,8 +97,7 @@ func (c *lenientCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		return err // not a request nudge can answer for: grpc's Internal is right
 	}
 	proto.Reset(m) // no half-decoded request ever reaches a handler
-	c.failures.record(m, status.Errorf(codes.InvalidArgument, "request is not a valid %s: %v",
-		m.ProtoReflect().Descriptor().FullName(), err))
+	c.failures.record(m, notAMessage(m.ProtoReflect().Descriptor().FullName(), err))
 	return nil
 }
 

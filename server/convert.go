@@ -65,18 +65,15 @@ func verdictToProto(v decision.Verdict) nudgev1.Verdict {
 	return nudgev1.Verdict_VERDICT_UNSPECIFIED
 }
 
-func verdictFromProto(v nudgev1.Verdict) decision.Verdict {
-	switch v {
-	case nudgev1.Verdict_VERDICT_SEND:
-		return decision.VerdictSend
-	case nudgev1.Verdict_VERDICT_HOLD:
-		return decision.VerdictHold
-	}
-	return decision.VerdictNone
-}
-
 func decisionToProto(d decision.Decision) *nudgev1.Decision {
-	out := &nudgev1.Decision{Verdict: verdictToProto(d.Verdict)}
+	out := &nudgev1.Decision{
+		Verdict:      verdictToProto(d.Verdict),
+		DecisionId:   d.ID,
+		RulesVersion: d.RulesVersion,
+		Control:      d.Control,
+		Degraded:     d.Degraded,
+		Stale:        d.Stale,
+	}
 	if d.Offer != nil {
 		out.Offer = &nudgev1.Offer{
 			Id:       d.Offer.ID,
@@ -91,8 +88,9 @@ func decisionToProto(d decision.Decision) *nudgev1.Decision {
 	if !d.NotBefore.IsZero() {
 		out.NotBefore = timestamppb.New(d.NotBefore)
 	}
-	out.Control = d.Control
-	out.RulesVersion = d.RulesVersion
+	if d.Hold != nil {
+		out.Reservation = &nudgev1.Reservation{IdempotencyKey: d.Hold.Key, ExpiresAt: timestamppb.New(d.Hold.ExpiresAt)}
+	}
 	for _, t := range d.Trace {
 		out.Trace = append(out.Trace, &nudgev1.TraceStep{RuleId: t.RuleID, Subject: t.Subject, Value: t.Value, Passed: t.Passed})
 	}

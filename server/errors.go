@@ -3,15 +3,25 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/profile"
 )
 
-// toStatus maps a domain error to a gRPC status. It is the only place that
-// does: handlers return what this gives them.
+// This file is the server's only source of gRPC statuses: toStatus maps
+// domain errors to codes, and the functions below build the statuses of
+// the edges (validation, auth, limits, draining). A handler returns what
+// these give it; nothing else in the package calls status.Error.
+
+// toStatus maps a domain error to a gRPC status.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -20,6 +30,7 @@ func toStatus(err error) error {
 		return err
 	}
 	var code codes.Code
+	msg := err.Error()
 	switch {
 	case errors.Is(err, profile.ErrNotFound):
 		code = codes.NotFound
@@ -29,6 +40,8 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, profile.ErrCorrupt):
 		code = codes.DataLoss
+	case errors.Is(err, delivery.ErrBadAckID):
+		code, msg = codes.InvalidArgument, msg+" (ack ids come from SubscribeResponse.ack_id)"
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
@@ -36,5 +49,68 @@ func toStatus(err error) error {
 	default:
 		code = codes.Internal
 	}
-	return status.Error(code, err.Error())
+	return status.Error(code, msg)
+}
+
+// unavailable is the status of a call that failed doing what, because of
+// a dependency (the outbox, the audit stream) that may work on a retry.
+func unavailable(what string, err error) error {
+	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
+}
+
+// Statuses of the edges.
+var (
+	errIngestDraining    = status.Error(codes.Unavailable, "server is shutting down: re-send unanswered batches to another instance")
+	errSubscribeDraining = status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
+	errPanicked          = status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")
+	errNoOutbox          = status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+	errNoToken           = status.Error(codes.Unauthenticated, "missing bearer token: send metadata 'authorization: Bearer <token>'")
+	errUnknownToken      = status.Error(codes.Unauthenticated, "unknown token: send a token configured on this server")
+)
+
+// invalidArgument is the status of a request protovalidate refused.
+func invalidArgument(err error) error {
+	return invalidRequest(err.Error())
+}
+
+// invalidRequest is the status of a request that is invalid as a whole.
+func invalidRequest(why string) error {
+	return status.Error(codes.InvalidArgument, "invalid request: "+why)
+}
+
+// validatorFailed is the status of a request the validator could not
+// judge (a bug, not the caller's fault).
+func validatorFailed(err error) error {
+	return status.Errorf(codes.Internal, "validate request: %v", err)
+}
+
+// notAMessage is the status of a request that does not decode as the
+// method's message.
+func notAMessage(name protoreflect.FullName, err error) error {
+	return status.Errorf(codes.InvalidArgument, "request is not a valid %s: %v", name, err)
+}
+
+// noAccessRule and lacksRole refuse an authenticated token a method.
+func noAccessRule(token, method string) error {
+	return status.Errorf(codes.PermissionDenied, "token %q: no access rule covers %s, so it is denied", token, method)
+}
+
+func lacksRole(token string, role Role, method string) error {
+	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required by %s", token, role, method)
+}
+
+// overLimit is the status of a call past its token's rate, with the delay
+// after which a retry finds room, also as a RetryInfo detail.
+func overLimit(token, limit, unit string, wait time.Duration) error {
+	st := status.Newf(codes.ResourceExhausted, "token %q is over its limit of %s %s per second: retry in %v", token, limit, unit, wait)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// auditNotErased is the status of an erasure whose profile went but whose
+// audit entries could not.
+func auditNotErased(err error) error {
+	return unavailable("profile erased, but its audit entries could not be", fmt.Errorf("%w (retry the call)", err))
 }

@@ -197,17 +197,36 @@ func (m *memStore) transact(userID string, fn func(p *profile.Profile, now time.
 	return p.Version, nil
 }
 
-func (m *memStore) Apply(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
-	out := make([]profile.UserOutcome, len(users))
-	for i, u := range users {
+func (m *memStore) Apply(_ context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
+	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
+	byUser := map[string][]int{}
+	var users []string
+	for i, e := range events {
+		if _, ok := byUser[e.UserID]; !ok {
+			users = append(users, e.UserID)
+		}
+		byUser[e.UserID] = append(byUser[e.UserID], i)
+	}
+	for _, u := range users {
+		idx := byUser[u]
+		evs := make([]profile.Event, len(idx))
+		for k, i := range idx {
+			evs[k] = events[i]
+		}
 		var o profile.Outcome
-		v, err := m.transact(u.UserID, func(p *profile.Profile, now time.Time) bool {
-			o = step(p, u.Events, now)
-			return o.Changed()
+		v, err := m.transact(u, func(p *profile.Profile, now time.Time) bool {
+			o = step(p, evs, now)
+			return o.Changed
 		})
-		out[i] = profile.UserOutcome{Outcome: o, Version: v, Err: err}
-		if err != nil {
-			out[i].Outcome = profile.Outcome{}
+		for k, i := range idx {
+			if err != nil {
+				out.Events[i].Err = err
+			} else {
+				out.Events[i] = profile.EventOutcome{Result: o.Results[k], Version: v}
+			}
+		}
+		if err == nil {
+			out.Actions = append(out.Actions, o.Actions...)
 		}
 	}
 	return out

@@ -23,6 +23,7 @@ import (
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -137,14 +138,14 @@ func start(t testing.TB, store server.Store, cfg server.Config) *harness {
 	}
 }
 
-// redisStore is a real RedisStore on an in-process miniredis, on the test
-// clock.
-func redisStore(t testing.TB) *profile.RedisStore {
+// redisStore is a real redisstore.Store on an in-process miniredis, on the
+// test clock.
+func redisStore(t testing.TB) *redisstore.Store {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	return profile.NewRedisStore(rdb, profile.Options{Now: clock})
+	return redisstore.New(rdb, redisstore.Options{Now: clock})
 }
 
 // callCtx bounds one call or stream.
@@ -222,7 +223,7 @@ func checkResults(t testing.TB, got []*nudgev1.EventResult, want []result) {
 // fakeStore runs the given functions; a nil one answers an error that
 // becomes Internal, which no test expects.
 type fakeStore struct {
-	apply func(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
+	apply func(ctx context.Context, users []userEvents, step profile.Step) []userOutcome
 	get   func(ctx context.Context, userID string) (*profile.Profile, error)
 	del   func(ctx context.Context, userID string) (profile.DeleteResult, error)
 }
@@ -243,11 +244,60 @@ var _ server.Store = (*fakeStore)(nil)
 
 var errUnexpectedCall = errors.New("fakeStore: unexpected call")
 
-func (f *fakeStore) Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
-	if f.apply == nil {
-		return failAll(users, errUnexpectedCall)
+func (f *fakeStore) Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
+	apply := f.apply
+	if apply == nil {
+		apply = func(_ context.Context, users []userEvents, _ profile.Step) []userOutcome {
+			return failAll(users, errUnexpectedCall)
+		}
 	}
-	return f.apply(ctx, users, step)
+	return applyByUser(ctx, events, step, apply)
+}
+
+// userEvents and userOutcome are a fake store's view of a batch: user by
+// user, as a store groups it.
+type userEvents struct {
+	UserID string
+	Events []profile.Event
+}
+
+type userOutcome struct {
+	profile.Outcome
+	Version uint64
+	Err     error
+}
+
+// applyByUser answers Apply with apply, called on the events grouped by
+// user (in the order of their first events).
+func applyByUser(ctx context.Context, events []profile.Event, step profile.Step, apply func(context.Context, []userEvents, profile.Step) []userOutcome) profile.BatchOutcome {
+	var users []userEvents
+	var index [][]int
+	at := map[string]int{}
+	for i, e := range events {
+		u, ok := at[e.UserID]
+		if !ok {
+			u = len(users)
+			at[e.UserID] = u
+			users = append(users, userEvents{UserID: e.UserID})
+			index = append(index, nil)
+		}
+		users[u].Events = append(users[u].Events, e)
+		index[u] = append(index[u], i)
+	}
+	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
+	for u, o := range apply(ctx, users, step) {
+		for k, i := range index[u] {
+			if o.Err != nil {
+				out.Events[i].Err = o.Err
+				continue
+			}
+			out.Events[i] = profile.EventOutcome{Result: o.Results[k], Version: o.Version}
+		}
+		if o.Err == nil {
+			out.Actions = append(out.Actions, o.Actions...)
+		}
+	}
+	return out
 }
 
 func (f *fakeStore) Get(ctx context.Context, userID string) (*profile.Profile, error) {
@@ -274,16 +324,16 @@ func (f *fakeStore) Delete(ctx context.Context, userID string) (profile.DeleteRe
 }
 
 // stepAll runs step on empty profiles, as a store would for new users.
-func stepAll(users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
-	out := make([]profile.UserOutcome, len(users))
+func stepAll(users []userEvents, step profile.Step) []userOutcome {
+	out := make([]userOutcome, len(users))
 	for i, u := range users {
-		out[i] = profile.UserOutcome{Outcome: step(&profile.Profile{}, u.Events, now), Version: 1}
+		out[i] = userOutcome{Outcome: step(&profile.Profile{}, u.Events, now), Version: 1}
 	}
 	return out
 }
 
-func failAll(users []profile.UserEvents, err error) []profile.UserOutcome {
-	out := make([]profile.UserOutcome, len(users))
+func failAll(users []userEvents, err error) []userOutcome {
+	out := make([]userOutcome, len(users))
 	for i := range out {
 		out[i].Err = err
 	}
@@ -308,7 +358,7 @@ func newBlockingStore() *blockingStore {
 	return b
 }
 
-func (b *blockingStore) block(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+func (b *blockingStore) block(ctx context.Context, users []userEvents, step profile.Step) []userOutcome {
 	b.mu.Lock()
 	b.active++
 	b.max = max(b.max, b.active)

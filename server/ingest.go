@@ -12,8 +12,6 @@ import (
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nudge-dm/nudge/decision"
@@ -84,7 +82,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 		case <-draining:
 			draining = nil
 			if !stopped {
-				stop, stopped = status.Error(codes.Unavailable, "server is shutting down: re-send unanswered batches to another instance"), true
+				stop, stopped = errIngestDraining, true
 			}
 		default:
 		}
@@ -116,7 +114,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 				defer func() {
 					if p := recover(); p != nil {
 						s.cfg.Logger.ErrorContext(ctx, "panic in ingest batch", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
-						done <- batchDone{err: status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")}
+						done <- batchDone{err: errPanicked}
 					}
 				}()
 				results, actions, err := s.applyBatch(ctx, req.GetEvents(), rejected)
@@ -148,7 +146,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 		case <-draining:
 			draining = nil
 			if !stopped {
-				stop, stopped = status.Error(codes.Unavailable, "server is shutting down: re-send unanswered batches to another instance"), true
+				stop, stopped = errIngestDraining, true
 			}
 		}
 	}
@@ -171,7 +169,7 @@ func (s *Server) validateBatch(req proto.Message) (map[int]string, error) {
 	}
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) {
-		return nil, status.Errorf(codes.Internal, "validate request: %v", err)
+		return nil, validatorFailed(err)
 	}
 	if rejected == nil {
 		rejected = make(map[int]string)
@@ -193,7 +191,7 @@ func (s *Server) validateBatch(req proto.Message) (map[int]string, error) {
 		whole = append(whole, describeViolation(v, elems))
 	}
 	if len(whole) > 0 {
-		return nil, status.Error(codes.InvalidArgument, "invalid request: "+strings.Join(whole, "; "))
+		return nil, invalidRequest(strings.Join(whole, "; "))
 	}
 	return rejected, nil
 }
@@ -238,9 +236,13 @@ func describeViolation(v *protovalidate.Violation, path []*validate.FieldPathEle
 }
 
 // applyBatch applies a batch's valid events and returns one result per event
-// in request order, and the triggered actions. It fails as a whole when any
-// user's transaction failed: the producer re-sends the batch, and the users
-// that did commit answer DUPLICATE.
+// in request order, and the triggered actions. The events of a user whose
+// stored profile cannot be read (profile.ErrCorrupt) are rejected, each
+// with the reason, and the rest of the batch goes on: re-sending them would
+// not help. Any other failure of a user's transaction (the store
+// unavailable, conflicts exhausted, a panic) fails the batch as a whole:
+// the producer re-sends it, and the users that did commit answer
+// DUPLICATE.
 func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, rejected map[int]string) ([]*nudgev1.EventResult, []*nudgev1.Action, error) {
 	results := make([]*nudgev1.EventResult, len(events))
 	valid := make([]profile.Event, 0, len(events))
@@ -255,49 +257,55 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		valid = append(valid, EventFromProto(e))
 		validIdx = append(validIdx, i)
 	}
+	counts := map[statusReason]int{{profile.Rejected, rejectInvalid}: len(rejected)}
+	defer func() {
+		for sr, n := range counts {
+			s.metrics.countEvents(ctx, sr, n)
+		}
+	}()
 	if len(valid) == 0 {
-		s.metrics.countEvents(ctx, statusReason{profile.Rejected, rejectInvalid}, len(rejected))
 		return results, nil, nil
 	}
-	users, index := profile.GroupByUser(valid)
-	outcomes := s.store.Apply(ctx, users, s.step())
+	out := s.ingest.Apply(ctx, valid, s.step())
 	now := s.cfg.Now()
-	counts := map[statusReason]int{{profile.Rejected, rejectInvalid}: len(rejected)}
-	var actions []*nudgev1.Action
-	var errs []error
-	for u, o := range outcomes {
-		if o.Err != nil {
-			errs = append(errs, o.Err)
-			continue
-		}
-		for k, r := range o.Results {
-			i := validIdx[index[u][k]]
-			res := results[i]
-			res.Status = statusToProto(r.Status)
-			res.Reason = r.Reason
-			if r.Status != profile.Rejected {
+	var failed error // the first failure that fails the batch
+	for k, o := range out.Events {
+		res := results[validIdx[k]]
+		switch {
+		case o.Err == nil:
+			res.Status = statusToProto(o.Status)
+			res.Reason = o.Reason
+			if o.Status != profile.Rejected {
 				res.ProfileVersion = o.Version
 			}
-			if r.Status == profile.Applied {
-				s.metrics.observeLag(ctx, now.Sub(valid[index[u][k]].OccurredAt))
+			if o.Status == profile.Applied {
+				s.metrics.observeLag(ctx, now.Sub(valid[k].OccurredAt))
 			}
-			counts[statusReason{r.Status, r.Code}]++
-		}
-		for i := range o.Actions {
-			actions = append(actions, actionToProto(&o.Actions[i]))
+			counts[statusReason{o.Status, o.Code}]++
+		case errors.Is(o.Err, profile.ErrCorrupt):
+			cause := o.Err
+			if c := errors.Unwrap(cause); c != nil {
+				cause = c // without the user, whom the producer knows
+			}
+			res.Status = nudgev1.EventStatus_EVENT_STATUS_REJECTED
+			res.Reason = "not applied: this user's stored profile cannot be read (" + cause.Error() +
+				"); an operator must repair or delete it (ProfileService.DeleteProfile)"
+			counts[statusReason{profile.Rejected, rejectCorrupt}]++
+		case failed == nil:
+			failed = o.Err
 		}
 	}
-	for sr, n := range counts {
-		s.metrics.countEvents(ctx, sr, n)
-	}
-	s.metrics.actions.Add(ctx, int64(len(actions)))
-	if len(errs) > 0 {
-		err := errors.Join(errs...)
-		if perr, ok := errors.AsType[*profile.PanicError](err); ok {
+	if failed != nil {
+		if perr, ok := errors.AsType[*profile.PanicError](failed); ok {
 			s.cfg.Logger.ErrorContext(ctx, "panic in rules step", "panic", s.redactUsers(fmt.Sprint(perr.Value)), "stack", string(perr.Stack))
 		}
-		return nil, nil, err
+		return nil, nil, failed
 	}
+	actions := make([]*nudgev1.Action, len(out.Actions))
+	for i := range out.Actions {
+		actions[i] = actionToProto(&out.Actions[i])
+	}
+	s.metrics.actions.Add(ctx, int64(len(actions)))
 	return results, actions, nil
 }
 

@@ -264,7 +264,7 @@ func TestInvalidBatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := start(t, &fakeStore{apply: func(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+			h := start(t, &fakeStore{apply: func(_ context.Context, users []userEvents, step profile.Step) []userOutcome {
 				return stepAll(users, step)
 			}}, server.Config{})
 
@@ -301,7 +301,7 @@ func TestInvalidBatch(t *testing.T) {
 }
 
 func TestMaxBatchIsAccepted(t *testing.T) {
-	h := start(t, &fakeStore{apply: func(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+	h := start(t, &fakeStore{apply: func(_ context.Context, users []userEvents, step profile.Step) []userOutcome {
 		return stepAll(users, step)
 	}}, server.Config{})
 	resp, err := h.ingest.Publish(callCtx(t), &nudgev1.PublishRequest{Events: manyEvents(5000)})
@@ -326,7 +326,6 @@ var storeFailures = []struct {
 }{
 	{"unavailable", fmt.Errorf("user %q: %w: dial tcp: refused", "u1", profile.ErrUnavailable), codes.Unavailable},
 	{"conflict", fmt.Errorf("user %q: 64 attempts: %w", "u1", profile.ErrConflict), codes.Aborted},
-	{"corrupt", fmt.Errorf("user %q: %w: empty", "u1", profile.ErrCorrupt), codes.DataLoss},
 	{"deadline", fmt.Errorf("user %q: %w", "u1", context.DeadlineExceeded), codes.DeadlineExceeded},
 	{"unknown", errors.New("disk on fire"), codes.Internal},
 }
@@ -336,11 +335,11 @@ func TestPublishStoreFailure(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// u2 commits, u1 fails: the batch fails as a whole, and
 			// re-sending it is safe (u2's events answer DUPLICATE).
-			store := &fakeStore{apply: func(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+			store := &fakeStore{apply: func(_ context.Context, users []userEvents, step profile.Step) []userOutcome {
 				out := stepAll(users, step)
 				for i, u := range users {
 					if u.UserID == "u1" {
-						out[i] = profile.UserOutcome{Err: tt.err}
+						out[i] = userOutcome{Err: tt.err}
 					}
 				}
 				return out
@@ -363,8 +362,8 @@ func TestPublishStoreFailure(t *testing.T) {
 func TestStreamStoreFailure(t *testing.T) {
 	for _, tt := range storeFailures {
 		t.Run(tt.name, func(t *testing.T) {
-			store := &fakeStore{apply: func(context.Context, []profile.UserEvents, profile.Step) []profile.UserOutcome {
-				return []profile.UserOutcome{{Err: tt.err}}
+			store := &fakeStore{apply: func(context.Context, []userEvents, profile.Step) []userOutcome {
+				return []userOutcome{{Err: tt.err}}
 			}}
 			h := start(t, store, server.Config{})
 			stream, err := h.ingest.Stream(callCtx(t))

@@ -75,6 +75,7 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	for _, sr := range []statusReason{
 		{profile.Applied, ""}, {profile.Duplicate, ""}, {profile.Rejected, ""},
 		{profile.Rejected, rejectInvalid}, {profile.Rejected, profile.RejectTooOld}, {profile.Rejected, profile.RejectTooNew},
+		{profile.Rejected, rejectCorrupt},
 	} {
 		attrs := []attribute.KeyValue{attribute.String("status", sr.status.String())}
 		if sr.reason != "" {
@@ -100,7 +101,12 @@ type statusReason struct {
 	reason string
 }
 
-const rejectInvalid = "invalid"
+// Rejection reasons of the server's own: the event failed validation, or
+// its user's stored profile cannot be read.
+const (
+	rejectInvalid = "invalid"
+	rejectCorrupt = "corrupt_profile"
+)
 
 func (in *instruments) countEvents(ctx context.Context, sr statusReason, n int) {
 	if n <= 0 {
@@ -127,39 +133,4 @@ func (in *instruments) countDecision(ctx context.Context, v decision.Verdict, de
 
 func (in *instruments) observeLag(ctx context.Context, lag time.Duration) {
 	in.eventLag.Record(ctx, lag.Seconds())
-}
-
-// RegisterStoreMetrics exports a store's cumulative transaction counters as
-// observable counters on m.
-func RegisterStoreMetrics(m metric.Meter, stats func() profile.Stats) error {
-	txns, err := m.Int64ObservableCounter("nudge.store.transactions", metric.WithDescription("Committed profile transactions (EXEC)."))
-	if err != nil {
-		return err
-	}
-	conflicts, err := m.Int64ObservableCounter("nudge.store.conflicts", metric.WithDescription("Transactions aborted by a concurrent writer and retried."))
-	if err != nil {
-		return err
-	}
-	retries, err := m.Int64ObservableCounter("nudge.store.error_retries", metric.WithDescription("Transactions retried after a Redis error."))
-	if err != nil {
-		return err
-	}
-	redirects, err := m.Int64ObservableCounter("nudge.store.redirects", metric.WithDescription("Transactions retried because their Redis Cluster slot was moving or had moved."))
-	if err != nil {
-		return err
-	}
-	exhausted, err := m.Int64ObservableCounter("nudge.store.retries_exhausted", metric.WithDescription("Users whose transaction gave up after the maximum attempts."))
-	if err != nil {
-		return err
-	}
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		s := stats()
-		o.ObserveInt64(txns, int64(s.Transactions))
-		o.ObserveInt64(conflicts, int64(s.Conflicts))
-		o.ObserveInt64(retries, int64(s.ErrorRetries))
-		o.ObserveInt64(redirects, int64(s.Redirects))
-		o.ObserveInt64(exhausted, int64(s.Exhausted))
-		return nil
-	}, txns, conflicts, retries, redirects, exhausted)
-	return err
 }

@@ -3,9 +3,6 @@ package server
 import (
 	"context"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -14,7 +11,7 @@ func (s *Server) GetProfile(ctx context.Context, req *nudgev1.GetProfileRequest)
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	p, err := s.store.Get(ctx, req.GetUserId())
+	p, err := s.profiles.Get(ctx, req.GetUserId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -26,13 +23,13 @@ func (s *Server) DeleteProfile(ctx context.Context, req *nudgev1.DeleteProfileRe
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	res, err := s.store.Delete(ctx, req.GetUserId())
+	res, err := s.profiles.Delete(ctx, req.GetUserId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	if s.cfg.Audit != nil {
 		if _, err := s.cfg.Audit.DeleteUser(ctx, req.GetUserId()); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "profile erased, but its audit entries could not be: %v (retry the call)", err)
+			return nil, auditNotErased(err)
 		}
 	}
 	return &nudgev1.DeleteProfileResponse{Deleted: res.Existed, ActionsDeleted: uint64(res.Actions)}, nil

@@ -9,13 +9,9 @@ import (
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"golang.org/x/time/rate"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -77,11 +73,7 @@ func take(p *principal, l *rate.Limiter, unit string, n int, now time.Time) erro
 	ms := math.Ceil(missing/float64(l.Limit())*1000 - 1e-6)
 	wait := time.Duration(min(max(ms, 1), float64(24*time.Hour/time.Millisecond))) * time.Millisecond
 	limit := strconv.FormatFloat(float64(l.Limit()), 'g', -1, 64)
-	st := status.Newf(codes.ResourceExhausted, "token %q is over its limit of %s %s per second: retry in %v", p.name, limit, unit, wait)
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}); err == nil {
-		st = d
-	}
-	return st.Err()
+	return overLimit(p.name, limit, unit, wait)
 }
 
 // limitUnary charges a unary call to its token before the handler runs.

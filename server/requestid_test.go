@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -222,7 +223,7 @@ func TestUserIDsNotLogged(t *testing.T) {
 			mr := miniredis.RunT(t)
 			rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 			t.Cleanup(func() { _ = rdb.Close() })
-			store := profile.NewRedisStore(rdb, profile.Options{Now: clock, MaxErrorRetries: -1})
+			store := redisstore.New(rdb, redisstore.Options{Now: clock, MaxErrorRetries: -1})
 			var logs logBuffer
 			h := start(t, store, server.Config{Logger: logs.logger(), LogUserIDs: logIDs})
 

@@ -16,11 +16,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
@@ -28,19 +26,34 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// Store is what the server needs from the profile store. Get and GetMany
-// must return by their context's deadline: a decision's budget relies on
-// it. RedisStore does when its go-redis client has ContextTimeoutEnabled,
-// as nudged's has.
-type Store interface {
-	Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome
-	Get(ctx context.Context, userID string) (*profile.Profile, error)
-	GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
-	Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
-	Delete(ctx context.Context, userID string) (profile.DeleteResult, error)
-}
-
-var _ Store = (*profile.RedisStore)(nil)
+// The profile store, narrowed to what each service uses. A
+// *redisstore.Store is all of them. Get, GetMany and Update must return by
+// their context's deadline: a decision's budget relies on it (a
+// redisstore.Store does when its go-redis client has ContextTimeoutEnabled,
+// as nudged's has).
+type (
+	// EventStore applies events: IngestService.
+	EventStore interface {
+		Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome
+	}
+	// DecisionStore reads profiles and takes reservations: DecisionService.
+	DecisionStore interface {
+		Get(ctx context.Context, userID string) (*profile.Profile, error)
+		GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
+		Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
+	}
+	// ProfileStore shows and erases profiles: ProfileService.
+	ProfileStore interface {
+		Get(ctx context.Context, userID string) (*profile.Profile, error)
+		Delete(ctx context.Context, userID string) (profile.DeleteResult, error)
+	}
+	// Store is every service's store.
+	Store interface {
+		EventStore
+		DecisionStore
+		ProfileStore
+	}
+)
 
 // RuleSource gives the rules in force. Rules may change between calls (hot
 // reload); each call uses one snapshot.
@@ -181,7 +194,9 @@ type Server struct {
 	nudgev1.UnimplementedAdminServiceServer
 	nudgev1.UnimplementedActionServiceServer
 
-	store     Store
+	ingest    EventStore
+	decisions DecisionStore
+	profiles  ProfileStore
 	rules     RuleSource
 	cfg       Config
 	validator protovalidate.Validator
@@ -219,7 +234,9 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 	}
 	cfg = cfg.withDefaults()
 	return &Server{
-		store:        store,
+		ingest:       store,
+		decisions:    store,
+		profiles:     store,
 		rules:        rules,
 		cfg:          cfg,
 		validator:    v,
@@ -287,7 +304,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	log := s.cfg.Logger
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.ErrorContext(ctx, "panic in handler", "panic", s.redactUsers(fmt.Sprint(p)), "stack", string(debug.Stack()))
-		return status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")
+		return errPanicked
 	})
 	codec, checkDecodedUnary, checkDecodedStream := wireCodec()
 	unary := []grpc.UnaryServerInterceptor{

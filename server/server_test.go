@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -21,7 +22,7 @@ import (
 // panickyStore panics on user "boom" and behaves otherwise.
 func panickyStore() *fakeStore {
 	return &fakeStore{
-		apply: func(_ context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+		apply: func(_ context.Context, users []userEvents, step profile.Step) []userOutcome {
 			if users[0].UserID == "boom" {
 				panic("apply: boom")
 			}
@@ -164,10 +165,10 @@ func TestStepPanicInStore(t *testing.T) {
 }
 
 // panicStepStore wraps the store's step so it panics on user "boom".
-type panicStepStore struct{ *profile.RedisStore }
+type panicStepStore struct{ *redisstore.Store }
 
-func (s panicStepStore) Apply(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
-	return s.RedisStore.Apply(ctx, users, func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
+func (s panicStepStore) Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
+	return s.Store.Apply(ctx, events, func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
 		if events[0].UserID == "boom" {
 			panic("step: boom")
 		}

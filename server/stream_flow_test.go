@@ -145,7 +145,7 @@ func TestStreamFailureAnswersOthersInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		entered := make(chan string, 8)
 		release := map[string]chan struct{}{"bad": make(chan struct{}), "good": make(chan struct{})}
-		store := &fakeStore{apply: func(ctx context.Context, users []profile.UserEvents, step profile.Step) []profile.UserOutcome {
+		store := &fakeStore{apply: func(ctx context.Context, users []userEvents, step profile.Step) []userOutcome {
 			u := users[0].UserID
 			entered <- u
 			select {

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/client"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -106,7 +106,7 @@ func floorCall(cfg config, conns []*client.Client, rdb *redis.Client) callFunc {
 	for i, c := range conns {
 		health[i] = healthpb.NewHealthClient(c.Conn())
 	}
-	keys := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets})
+	keys := redisstore.NewLayout(cfg.Buckets)
 	return func(ctx context.Context, w, u int) (bool, error) {
 		if _, err := health[w%len(health)].Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 			return false, err

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // readyTimeout bounds the wait for nudged to answer its health check.
@@ -288,7 +289,7 @@ const viewChunk = 1000
 // sumViews is the sum of the users' all-time view counts, read from Redis
 // directly.
 func sumViews(ctx context.Context, cfg config, rdb *redis.Client) (uint64, error) {
-	store := profile.NewRedisStore(rdb, profile.Options{Buckets: cfg.Buckets})
+	store := redisstore.New(rdb, redisstore.Options{Buckets: cfg.Buckets})
 	var sum uint64
 	ids := make([]string, 0, viewChunk)
 	for lo := 0; lo < cfg.Users; lo += viewChunk {

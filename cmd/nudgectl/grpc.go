@@ -20,6 +20,7 @@ import (
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/internal/clientflags"
 	"github.com/nudge-dm/nudge/internal/daemon"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -222,7 +223,7 @@ func actionsDead(args []string, stdout, stderr io.Writer) int {
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dead, err := delivery.New(rdb, 0, nil, delivery.Options{}).Dead(ctx, *count)
+	dead, err := delivery.New(rdb, redisstore.Layout{}, delivery.Options{}).Dead(ctx, *count)
 	if err != nil {
 		fmt.Fprintln(stderr, "nudgectl actions dead:", err)
 		return 1

@@ -159,7 +159,7 @@ func countReplicas(rdb redis.UniversalClient) replicaCounter {
 }
 
 // resolveWaitReplicas decides how many replicas each ingest write waits for
-// (profile.Options.WaitReplicas), once, at start-up, and logs the choice:
+// (redisstore.Options.WaitReplicas), once, at start-up, and logs the choice:
 // an explicit number as it is (with a warning when some master has fewer
 // replicas now: its slots' ingest answers UNAVAILABLE until they connect);
 // auto as 1 when every master has at least one replica, else 0 with a

@@ -33,7 +33,7 @@ type Config struct {
 	Insecure bool `yaml:"insecure"`
 	// DrainTimeout bounds the graceful shutdown. Default 10s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
-	// Buckets is the number of key buckets (profile.Options.Buckets), fixed
+	// Buckets is the number of key buckets (redisstore.Options.Buckets), fixed
 	// for the life of a deployment. Default 1024.
 	Buckets int `yaml:"buckets"`
 
@@ -89,7 +89,7 @@ type RedisConfig struct {
 	// its events are acknowledged: nudged sends WAIT after each EXEC, and
 	// answers a batch whose write fewer replicas confirmed within
 	// WaitTimeout as UNAVAILABLE, to be re-sent (see
-	// profile.Options.WaitReplicas). Then an acknowledged event survives
+	// redisstore.Options.WaitReplicas). Then an acknowledged event survives
 	// the loss of a master when its replica is promoted; without WAIT,
 	// replication is asynchronous and the last writes acknowledged before
 	// a master dies can be missing from the promoted replica. "auto", or a

@@ -26,7 +26,7 @@ import (
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	"github.com/nudge-dm/nudge/server"
 )
 
@@ -113,14 +113,14 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 	}()
 
-	store := profile.NewRedisStore(rdb, profile.Options{
+	store := redisstore.New(rdb, redisstore.Options{
 		Buckets:        cfg.Buckets,
 		TracerProvider: tp,
 		MaxAttempts:    cfg.Redis.MaxAttempts,
 		WaitReplicas:   waitReplicas,
 		WaitTimeout:    cfg.Redis.WaitTimeout,
 	})
-	if err := server.RegisterStoreMetrics(metrics.meter, store.Stats); err != nil {
+	if err := registerStoreMetrics(metrics.meter, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if err := registerReplicationMetrics(metrics.meter, waitReplicas, store.Stats); err != nil {
@@ -131,7 +131,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
 	go func() { auditLog.Run(auditCtx); close(auditDone) }()
 	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
-	outbox := delivery.New(rdb, store.Buckets(), store.OutboxKey, delivery.Options{Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries})
+	outbox := delivery.New(rdb, store.Layout(), delivery.Options{Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries})
 	rulesMetrics, err := registerDaemonMetrics(metrics.meter, rules, outbox, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)

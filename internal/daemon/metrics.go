@@ -22,7 +22,7 @@ import (
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
-	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // metricsEndpoint serves /metrics (Prometheus text format) from an
@@ -172,7 +172,7 @@ func (d *daemonMetrics) reloaded(ctx context.Context, changed bool, err error) {
 // RedisConfig.WaitReplicas): the replicas each ingest write waits for, as
 // decided at start-up, and the transactions whose WAIT fell short, whose
 // batches were answered UNAVAILABLE.
-func registerReplicationMetrics(m metric.Meter, waitReplicas int, stats func() profile.Stats) error {
+func registerReplicationMetrics(m metric.Meter, waitReplicas int, stats func() redisstore.Stats) error {
 	wait, err := m.Int64ObservableGauge("nudge.store.wait_replicas", metric.WithDescription("Replicas each ingest write waits for (WAIT) before it is acknowledged; 0: none."))
 	if err != nil {
 		return err
@@ -202,3 +202,38 @@ var rpcDurationView = sdkmetric.NewView(
 		},
 	}},
 )
+
+// registerStoreMetrics exports a store's cumulative transaction counters as
+// observable counters on m.
+func registerStoreMetrics(m metric.Meter, stats func() redisstore.Stats) error {
+	txns, err := m.Int64ObservableCounter("nudge.store.transactions", metric.WithDescription("Committed profile transactions (EXEC)."))
+	if err != nil {
+		return err
+	}
+	conflicts, err := m.Int64ObservableCounter("nudge.store.conflicts", metric.WithDescription("Transactions aborted by a concurrent writer and retried."))
+	if err != nil {
+		return err
+	}
+	retries, err := m.Int64ObservableCounter("nudge.store.error_retries", metric.WithDescription("Transactions retried after a Redis error."))
+	if err != nil {
+		return err
+	}
+	redirects, err := m.Int64ObservableCounter("nudge.store.redirects", metric.WithDescription("Transactions retried because their Redis Cluster slot was moving or had moved."))
+	if err != nil {
+		return err
+	}
+	exhausted, err := m.Int64ObservableCounter("nudge.store.retries_exhausted", metric.WithDescription("Users whose transaction gave up after the maximum attempts."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := stats()
+		o.ObserveInt64(txns, int64(s.Transactions))
+		o.ObserveInt64(conflicts, int64(s.Conflicts))
+		o.ObserveInt64(retries, int64(s.ErrorRetries))
+		o.ObserveInt64(redirects, int64(s.Redirects))
+		o.ObserveInt64(exhausted, int64(s.Exhausted))
+		return nil
+	}, txns, conflicts, retries, redirects, exhausted)
+	return err
+}

@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"bytes"
@@ -18,15 +18,16 @@ import (
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // groupBatch returns n users u-<i> with, for each, one trigger_me event
 // and one view event; ids are prefixed with tag.
-func groupBatch(n int, tag string) []profile.UserEvents {
-	users := make([]profile.UserEvents, n)
+func groupBatch(n int, tag string) []userEvents {
+	users := make([]userEvents, n)
 	for i := range users {
 		u := fmt.Sprintf("u-%d", i)
-		users[i] = profile.UserEvents{UserID: u, Events: []profile.Event{
+		users[i] = userEvents{UserID: u, Events: []profile.Event{
 			uev(u, tag+"-t", triggerType, storeNow), uev(u, tag+"-v", "view", storeNow),
 		}}
 	}
@@ -37,8 +38,8 @@ func groupBatch(n int, tag string) []profile.UserEvents {
 func outboxTotal(t *testing.T, env storeEnv) int64 {
 	t.Helper()
 	var n int64
-	for b := range env.store.Buckets() {
-		x, err := env.rdb.XLen(t.Context(), env.store.OutboxKey(b)).Result()
+	for b := range env.store.Layout().Buckets() {
+		x, err := env.rdb.XLen(t.Context(), env.store.Layout().OutboxKey(b)).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,10 +54,10 @@ func outboxTotal(t *testing.T, env storeEnv) int64 {
 // reply sees).
 func TestApplyGroupsTransactions(t *testing.T) {
 	const n = 500
-	env := newStore(t, profile.Options{Shards: 1})
+	env := newStore(t, redisstore.Options{Shards: 1})
 	step := triggerStep(profile.Limits{})
 	users := groupBatch(n, "e")
-	out := env.store.Apply(t.Context(), users, step)
+	out := applyUsers(t.Context(), env.store, users, step)
 	if len(out) != n {
 		t.Fatalf("%d outcomes for %d users", len(out), n)
 	}
@@ -69,7 +70,7 @@ func TestApplyGroupsTransactions(t *testing.T) {
 			t.Fatalf("outcome %d has the action of %s, want %s", i, o.Actions[0].UserID, users[i].UserID)
 		}
 	}
-	if s := env.store.Stats(); s != (profile.Stats{Transactions: (n + 63) / 64}) {
+	if s := env.store.Stats(); s != (redisstore.Stats{Transactions: (n + 63) / 64}) {
 		t.Errorf("Stats() = %+v, want %d transactions and nothing else", s, (n+63)/64)
 	}
 	ps, errs := env.store.GetMany(t.Context(), []string{"u-0", "u-63", "u-64", "u-499"})
@@ -83,7 +84,7 @@ func TestApplyGroupsTransactions(t *testing.T) {
 	}
 
 	before := rawProfile(t, env, "u-7")
-	again := env.store.Apply(t.Context(), users, step)
+	again := applyUsers(t.Context(), env.store, users, step)
 	for i, o := range again {
 		if o.Err != nil || o.Version != 1 || len(o.Actions) != 0 ||
 			fmt.Sprint(statuses(o.Results)) != fmt.Sprint([]profile.Status{profile.Duplicate, profile.Duplicate}) {
@@ -105,14 +106,14 @@ func TestApplyGroupsTransactions(t *testing.T) {
 // shard merges the two entries into one read and one write (separate SETs
 // of one read would drop the first's events), each with its own outcome.
 func TestApplyGroupsRepeatedUser(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	step := triggerStep(profile.Limits{})
-	users := []profile.UserEvents{
+	users := []userEvents{
 		{UserID: "a", Events: []profile.Event{uev("a", "a1", "view", storeNow)}},
 		{UserID: "b", Events: []profile.Event{uev("b", "b1", "view", storeNow)}},
 		{UserID: "a", Events: []profile.Event{uev("a", "a2", "view", storeNow)}},
 	}
-	for i, o := range env.store.Apply(t.Context(), users, step) {
+	for i, o := range applyUsers(t.Context(), env.store, users, step) {
 		if o.Err != nil || len(o.Results) != 1 || o.Results[0].Status != profile.Applied {
 			t.Errorf("user %d: %+v, want applied", i, o)
 		}
@@ -131,7 +132,7 @@ func groupInterfering(t *testing.T, env storeEnv, user string, other []byte, n i
 	var calls atomic.Int32
 	return func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
 		if events[0].UserID == user && calls.Add(1) <= n {
-			if err := intruder.Set(context.Background(), env.store.ProfileKey(user), other, 0).Err(); err != nil {
+			if err := intruder.Set(context.Background(), env.store.Layout().ProfileKey(user), other, 0).Err(); err != nil {
 				t.Errorf("intruding write: %v", err)
 			}
 		}
@@ -147,10 +148,10 @@ func TestApplyGroupsConflictSplits(t *testing.T) {
 	const hot = "u-7"
 
 	t.Run("one conflict", func(t *testing.T) {
-		env := newStore(t, profile.Options{Shards: 1})
+		env := newStore(t, redisstore.Options{Shards: 1})
 		step, calls := groupInterfering(t, env, hot, intruder, 1, triggerStep(profile.Limits{}))
 		users := groupBatch(20, "e")
-		out := env.store.Apply(t.Context(), users, step)
+		out := applyUsers(t.Context(), env.store, users, step)
 		for i, o := range out {
 			want := uint64(1)
 			if users[i].UserID == hot {
@@ -167,7 +168,7 @@ func TestApplyGroupsConflictSplits(t *testing.T) {
 		if err != nil || p.Total("other") != 1 || p.Total(triggerType) != 1 {
 			t.Errorf("contended profile %+v, %v: the retry must build on the intruder's write", p, err)
 		}
-		if s := env.store.Stats(); s != (profile.Stats{Transactions: 2, Conflicts: 1}) {
+		if s := env.store.Stats(); s != (redisstore.Stats{Transactions: 2, Conflicts: 1}) {
 			t.Errorf("Stats() = %+v, want 1 conflict and 2 transactions (the halves)", s)
 		}
 		if got := outboxTotal(t, env); got != 20 {
@@ -176,10 +177,10 @@ func TestApplyGroupsConflictSplits(t *testing.T) {
 	})
 
 	t.Run("contended user exhausted alone", func(t *testing.T) {
-		env := newStore(t, profile.Options{MaxAttempts: 3, Shards: 1})
+		env := newStore(t, redisstore.Options{MaxAttempts: 3, Shards: 1})
 		step, calls := groupInterfering(t, env, hot, intruder, 1<<30, triggerStep(profile.Limits{}))
 		users := groupBatch(8, "e") // u-7 is last: 8 -> 4 -> 2 -> 1
-		out := env.store.Apply(t.Context(), users, step)
+		out := applyUsers(t.Context(), env.store, users, step)
 		for i, o := range out[:7] {
 			if o.Err != nil || o.Version != 1 {
 				t.Errorf("user %d: %+v, want committed: a contended neighbour must not fail it", i, o)
@@ -195,7 +196,7 @@ func TestApplyGroupsConflictSplits(t *testing.T) {
 		if got := rawProfile(t, env, hot); !bytes.Equal(got, intruder) {
 			t.Errorf("the contended user's profile is not the intruder's")
 		}
-		if s := env.store.Stats(); s != (profile.Stats{Transactions: 3, Conflicts: 6, Exhausted: 1}) {
+		if s := env.store.Stats(); s != (redisstore.Stats{Transactions: 3, Conflicts: 6, Exhausted: 1}) {
 			t.Errorf("Stats() = %+v, want 3 transactions, 6 conflicts, 1 exhausted", s)
 		}
 		if got := outboxTotal(t, env); got != 7 {
@@ -216,7 +217,7 @@ func TestApplyGroupsFailAlone(t *testing.T) {
 		wantErr func(error) bool
 	}{
 		{"corrupt profile", func(t *testing.T, env storeEnv) {
-			if err := env.rdb.Set(t.Context(), env.store.ProfileKey(bad), "garbage", 0).Err(); err != nil {
+			if err := env.rdb.Set(t.Context(), env.store.Layout().ProfileKey(bad), "garbage", 0).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}, triggerStep(profile.Limits{}), func(err error) bool {
@@ -234,11 +235,11 @@ func TestApplyGroupsFailAlone(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := newStore(t, profile.Options{Shards: 1})
+			env := newStore(t, redisstore.Options{Shards: 1})
 			tt.setup(t, env)
-			before, _ := env.rdb.Get(t.Context(), env.store.ProfileKey(bad)).Bytes()
+			before, _ := env.rdb.Get(t.Context(), env.store.Layout().ProfileKey(bad)).Bytes()
 			users := groupBatch(10, "e")
-			out := env.store.Apply(t.Context(), users, tt.step)
+			out := applyUsers(t.Context(), env.store, users, tt.step)
 			for i, o := range out {
 				if users[i].UserID == bad {
 					if !tt.wantErr(o.Err) || len(o.Results) != 0 || o.Version != 0 {
@@ -250,7 +251,7 @@ func TestApplyGroupsFailAlone(t *testing.T) {
 					t.Errorf("user %s: %+v, want committed", users[i].UserID, o)
 				}
 			}
-			after, _ := env.rdb.Get(t.Context(), env.store.ProfileKey(bad)).Bytes()
+			after, _ := env.rdb.Get(t.Context(), env.store.Layout().ProfileKey(bad)).Bytes()
 			if !bytes.Equal(after, before) {
 				t.Errorf("the failing user's key changed from %q to %q", before, after)
 			}
@@ -260,7 +261,7 @@ func TestApplyGroupsFailAlone(t *testing.T) {
 			if got := outboxTotal(t, env); got != 9 {
 				t.Errorf("outboxes hold %d entries, want 9", got)
 			}
-			if s := env.store.Stats(); s != (profile.Stats{Transactions: 1}) {
+			if s := env.store.Stats(); s != (redisstore.Stats{Transactions: 1}) {
 				t.Errorf("Stats() = %+v, want 1 transaction and no retry", s)
 			}
 		})
@@ -287,12 +288,12 @@ func (h *loseExecReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // the retry re-reads the group's profiles and answers DUPLICATE for every
 // event, so nothing counts twice and no action is emitted twice.
 func TestApplyGroupsLostExecReply(t *testing.T) {
-	env := newStore(t, profile.Options{Shards: 1})
+	env := newStore(t, redisstore.Options{Shards: 1})
 	hook := &loseExecReply{}
 	env.rdb.AddHook(hook)
 	hook.armed.Store(true)
 	users := groupBatch(10, "e")
-	out := env.store.Apply(t.Context(), users, triggerStep(profile.Limits{}))
+	out := applyUsers(t.Context(), env.store, users, triggerStep(profile.Limits{}))
 	for i, o := range out {
 		if o.Err != nil || o.Version != 1 || len(o.Actions) != 0 ||
 			fmt.Sprint(statuses(o.Results)) != fmt.Sprint([]profile.Status{profile.Duplicate, profile.Duplicate}) {
@@ -321,21 +322,21 @@ func TestApplyGroupsReleasesWatch(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	env := storeEnv{srv: srv, rdb: rdb, store: profile.NewRedisStore(rdb, profile.Options{
+	env := storeEnv{srv: srv, rdb: rdb, store: redisstore.New(rdb, redisstore.Options{
 		Buckets: 16, Now: func() time.Time { return storeNow },
 	})}
 	step := triggerStep(profile.Limits{})
 	first := groupBatch(4, "e")
-	env.store.Apply(t.Context(), first, step)
-	env.store.Apply(t.Context(), first, step) // duplicates only: no EXEC
-	if err := srv.Client(t).Set(t.Context(), env.store.ProfileKey("u-0"), "x", 0).Err(); err != nil {
+	applyUsers(t.Context(), env.store, first, step)
+	applyUsers(t.Context(), env.store, first, step) // duplicates only: no EXEC
+	if err := srv.Client(t).Set(t.Context(), env.store.Layout().ProfileKey("u-0"), "x", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	others := []profile.UserEvents{
+	others := []userEvents{
 		{UserID: "v-1", Events: []profile.Event{uev("v-1", "f", "view", storeNow)}},
 		{UserID: "v-2", Events: []profile.Event{uev("v-2", "f", "view", storeNow)}},
 	}
-	for _, o := range env.store.Apply(t.Context(), others, step) {
+	for _, o := range applyUsers(t.Context(), env.store, others, step) {
 		if o.Err != nil {
 			t.Fatal(o.Err)
 		}
@@ -352,12 +353,12 @@ func TestApplyGroupsReleasesWatch(t *testing.T) {
 func TestApplyGroupsConcurrentStores(t *testing.T) {
 	const servers, callers, batches, pool, perBatch = 2, 4, 15, 48, 40
 	srv := redistest.Start(t)
-	stores := make([]*profile.RedisStore, servers)
+	stores := make([]*redisstore.Store, servers)
 	for i := range stores {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: callers * 4})
 		t.Cleanup(func() { _ = rdb.Close() })
 		// Groups of 8, so a batch is several groups committed at once.
-		stores[i] = profile.NewRedisStore(rdb, profile.Options{
+		stores[i] = redisstore.New(rdb, redisstore.Options{
 			Buckets: 16, MaxAttempts: 1000, MaxGroupUsers: 8, Now: func() time.Time { return storeNow },
 		})
 	}
@@ -379,21 +380,20 @@ func TestApplyGroupsConcurrentStores(t *testing.T) {
 					u := fmt.Sprintf("u-%d", rng.IntN(pool))
 					events = append(events, uev(u, fmt.Sprintf("c%d-b%d-%d", c, b, k), triggerType, storeNow))
 				}
-				users, _ := profile.GroupByUser(events)
-				out := store.Apply(t.Context(), users, step)
+				out := store.Apply(t.Context(), events, step)
 				mu.Lock()
-				for i, o := range out {
-					if o.Err != nil {
-						t.Errorf("user %s: %v", users[i].UserID, o.Err)
+				named := map[string]bool{}
+				for i, o := range out.Events {
+					u := events[i].UserID
+					if o.Err != nil || o.Status != profile.Applied {
+						t.Errorf("user %s: %+v, want applied", u, o)
 						continue
 					}
-					for _, r := range o.Results {
-						if r.Status != profile.Applied {
-							t.Errorf("user %s: %v, want applied", users[i].UserID, r.Status)
-						}
+					want[u]++
+					if !named[u] {
+						named[u] = true
+						applies[u]++
 					}
-					want[users[i].UserID] += uint64(len(users[i].Events))
-					applies[users[i].UserID]++
 				}
 				mu.Unlock()
 			}
@@ -422,7 +422,7 @@ func TestApplyGroupsConcurrentStores(t *testing.T) {
 	if got := outboxTotal(t, env); got != int64(total) {
 		t.Errorf("outboxes hold %d entries, want %d", got, total)
 	}
-	var s profile.Stats
+	var s redisstore.Stats
 	for _, st := range stores {
 		x := st.Stats()
 		s.Transactions += x.Transactions
@@ -442,10 +442,10 @@ func TestApplyGroupsConcurrentStores(t *testing.T) {
 // TestApplyGroupsTracing checks a group's one transaction span: the
 // group's size and events, its attempts and conflicts, never a user id.
 func TestApplyGroupsTracing(t *testing.T) {
-	ts := newTracedStore(t, profile.Options{Shards: 1})
+	ts := newTracedStore(t, redisstore.Options{Shards: 1})
 	users := groupBatch(3, "e")
 	s := ts.traced(t, func(ctx context.Context) {
-		for _, o := range ts.store.Apply(ctx, users, triggerStep(profile.Limits{})) {
+		for _, o := range applyUsers(ctx, ts.store, users, triggerStep(profile.Limits{})) {
 			if o.Err != nil {
 				t.Fatal(o.Err)
 			}
@@ -457,11 +457,11 @@ func TestApplyGroupsTracing(t *testing.T) {
 		attribute.String("nudge.profile.outcome", "committed"),
 	}, "u-0", "u-1", "u-2")
 
-	if err := ts.rdb.Set(t.Context(), ts.store.ProfileKey("u-1"), "garbage", 0).Err(); err != nil {
+	if err := ts.rdb.Set(t.Context(), ts.store.Layout().ProfileKey("u-1"), "garbage", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	s = ts.traced(t, func(ctx context.Context) {
-		ts.store.Apply(ctx, groupBatch(3, "f"), triggerStep(profile.Limits{}))
+		applyUsers(ctx, ts.store, groupBatch(3, "f"), triggerStep(profile.Limits{}))
 	})
 	wantSpan(t, s, "nudge.profile.transaction", codes.Error, []attribute.KeyValue{
 		attribute.Int("nudge.profile.users", 3), attribute.String("nudge.profile.outcome", "committed"),

@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // storeNow is the processing clock of every store test, so stored profiles
@@ -27,12 +28,12 @@ const triggerType = "trigger_me"
 type storeEnv struct {
 	srv   *redistest.Server
 	rdb   *redis.Client
-	store *profile.RedisStore
+	store *redisstore.Store
 }
 
 // newStore starts a redis-server and a store on it with 16 buckets and the
 // fixed clock storeNow unless opt says otherwise.
-func newStore(t *testing.T, opt profile.Options) storeEnv {
+func newStore(t *testing.T, opt redisstore.Options) storeEnv {
 	t.Helper()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
@@ -42,7 +43,7 @@ func newStore(t *testing.T, opt profile.Options) storeEnv {
 	if opt.Now == nil {
 		opt.Now = func() time.Time { return storeNow }
 	}
-	return storeEnv{srv: srv, rdb: rdb, store: profile.NewRedisStore(rdb, opt)}
+	return storeEnv{srv: srv, rdb: rdb, store: redisstore.New(rdb, opt)}
 }
 
 // triggerStep is the step of the store tests: ApplyEvent for each event,
@@ -55,6 +56,7 @@ func triggerStep(limits profile.Limits) profile.Step {
 			e := &events[i]
 			r := p.ApplyEvent(e, now, l)
 			o.Results = append(o.Results, r)
+			o.Changed = o.Changed || r.Status == profile.Applied
 			if r.Status == profile.Applied && e.Type == triggerType {
 				o.Actions = append(o.Actions, triggerAction(e, now))
 			}
@@ -81,14 +83,14 @@ func uev(user, id, typ string, at time.Time) profile.Event {
 	return profile.Event{ID: id, UserID: user, Type: typ, Category: "c", OccurredAt: at}
 }
 
-func one(user string, events ...profile.Event) []profile.UserEvents {
-	return []profile.UserEvents{{UserID: user, Events: events}}
+func one(user string, events ...profile.Event) []userEvents {
+	return []userEvents{{UserID: user, Events: events}}
 }
 
 // applyOne applies one user's events and fails the test on a user error.
-func applyOne(t *testing.T, env storeEnv, step profile.Step, user string, events ...profile.Event) profile.UserOutcome {
+func applyOne(t *testing.T, env storeEnv, step profile.Step, user string, events ...profile.Event) userOutcome {
 	t.Helper()
-	out := env.store.Apply(t.Context(), one(user, events...), step)
+	out := applyUsers(t.Context(), env.store, one(user, events...), step)
 	if len(out) != 1 {
 		t.Fatalf("Apply returned %d outcomes for 1 user", len(out))
 	}
@@ -111,7 +113,7 @@ func statuses(rs []profile.Result) []profile.Status {
 
 func rawProfile(t *testing.T, env storeEnv, user string) []byte {
 	t.Helper()
-	b, err := env.rdb.Get(t.Context(), env.store.ProfileKey(user)).Bytes()
+	b, err := env.rdb.Get(t.Context(), env.store.Layout().ProfileKey(user)).Bytes()
 	if err != nil {
 		t.Fatalf("GET profile of %s: %v", user, err)
 	}
@@ -122,7 +124,7 @@ func rawProfile(t *testing.T, env storeEnv, user string) []byte {
 // order.
 func outboxActions(t *testing.T, env storeEnv, user string) []profile.Action {
 	t.Helper()
-	msgs, err := env.rdb.XRange(t.Context(), env.store.OutboxKey(env.store.Bucket(user)), "-", "+").Result()
+	msgs, err := env.rdb.XRange(t.Context(), env.store.Layout().OutboxKey(env.store.Layout().Bucket(user)), "-", "+").Result()
 	if err != nil {
 		t.Fatalf("XRANGE: %v", err)
 	}
@@ -131,7 +133,7 @@ func outboxActions(t *testing.T, env storeEnv, user string) []profile.Action {
 		if m.Values["user_id"] != user {
 			continue
 		}
-		a, err := profile.DecodeAction(m.Values)
+		a, err := redisstore.DecodeAction(m.Values)
 		if err != nil {
 			t.Fatalf("DecodeAction(%v): %v", m.Values, err)
 		}
@@ -142,7 +144,7 @@ func outboxActions(t *testing.T, env storeEnv, user string) []profile.Action {
 
 func outboxLen(t *testing.T, env storeEnv, user string) int64 {
 	t.Helper()
-	n, err := env.rdb.XLen(t.Context(), env.store.OutboxKey(env.store.Bucket(user))).Result()
+	n, err := env.rdb.XLen(t.Context(), env.store.Layout().OutboxKey(env.store.Layout().Bucket(user))).Result()
 	if err != nil {
 		t.Fatalf("XLEN: %v", err)
 	}
@@ -150,11 +152,11 @@ func outboxLen(t *testing.T, env storeEnv, user string) int64 {
 }
 
 // sameBucketUser returns a user id other than user in the same bucket.
-func sameBucketUser(t *testing.T, s *profile.RedisStore, user string) string {
+func sameBucketUser(t *testing.T, s *redisstore.Store, user string) string {
 	t.Helper()
 	for i := range 10000 {
 		other := fmt.Sprintf("neighbour-%d", i)
-		if s.Bucket(other) == s.Bucket(user) {
+		if s.Layout().Bucket(other) == s.Layout().Bucket(user) {
 			return other
 		}
 	}
@@ -163,41 +165,41 @@ func sameBucketUser(t *testing.T, s *profile.RedisStore, user string) string {
 }
 
 func TestRedisStoreKeys(t *testing.T) {
-	s := profile.NewRedisStore(nil, profile.Options{Buckets: 16})
-	if s.Buckets() != 16 {
-		t.Errorf("Buckets() = %d, want 16", s.Buckets())
+	s := redisstore.New(nil, redisstore.Options{Buckets: 16})
+	if s.Layout().Buckets() != 16 {
+		t.Errorf("Buckets() = %d, want 16", s.Layout().Buckets())
 	}
-	if got := profile.NewRedisStore(nil, profile.Options{}).Buckets(); got != 1024 {
+	if got := redisstore.New(nil, redisstore.Options{}).Layout().Buckets(); got != 1024 {
 		t.Errorf("default Buckets() = %d, want 1024", got)
 	}
 	seen := map[int]bool{}
 	for i := range 200 {
 		user := fmt.Sprintf("user-%d", i)
-		b := s.Bucket(user)
+		b := s.Layout().Bucket(user)
 		if b < 0 || b >= 16 {
 			t.Fatalf("Bucket(%s) = %d, out of [0, 16)", user, b)
 		}
 		seen[b] = true
-		if again := profile.NewRedisStore(nil, profile.Options{Buckets: 16}).Bucket(user); again != b {
+		if again := redisstore.New(nil, redisstore.Options{Buckets: 16}).Layout().Bucket(user); again != b {
 			t.Errorf("Bucket(%s) differs between stores: %d and %d", user, b, again)
 		}
-		if got, want := s.ProfileKey(user), fmt.Sprintf("nudge:{%d}:p:%s", b, user); got != want {
+		if got, want := s.Layout().ProfileKey(user), fmt.Sprintf("nudge:{%d}:p:%s", b, user); got != want {
 			t.Errorf("ProfileKey(%s) = %q, want %q", user, got, want)
 		}
 	}
 	if len(seen) != 16 {
 		t.Errorf("200 users used %d of 16 buckets", len(seen))
 	}
-	if got := s.OutboxKey(7); got != "nudge:{7}:out" {
+	if got := s.Layout().OutboxKey(7); got != "nudge:{7}:out" {
 		t.Errorf("OutboxKey(7) = %q", got)
 	}
 }
 
 func TestRedisStoreApplyAndGet(t *testing.T) {
-	env := newStore(t, profile.Options{TTL: time.Hour})
+	env := newStore(t, redisstore.Options{TTL: time.Hour})
 	step := triggerStep(profile.Limits{})
 	const user = "alice"
-	key := env.store.ProfileKey(user)
+	key := env.store.Layout().ProfileKey(user)
 	at := storeNow.Add(-time.Minute)
 
 	// Each step runs after the previous one; wantWrite says whether the
@@ -300,17 +302,17 @@ func TestRedisStoreApplyAndGet(t *testing.T) {
 }
 
 func TestRedisStoreOutbox(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	step := triggerStep(profile.Limits{})
 	at := storeNow.Add(-time.Minute)
-	users := []profile.UserEvents{
+	users := []userEvents{
 		{UserID: "alice", Events: []profile.Event{
 			uev("alice", "a1", triggerType, at), uev("alice", "a2", "view", at), uev("alice", "a3", triggerType, at),
 		}},
 		{UserID: "bob", Events: []profile.Event{uev("bob", "b1", triggerType, at)}},
 		{UserID: "carol", Events: []profile.Event{uev("carol", "c1", "view", at)}},
 	}
-	out := env.store.Apply(t.Context(), users, step)
+	out := applyUsers(t.Context(), env.store, users, step)
 	if len(out) != len(users) {
 		t.Fatalf("%d outcomes for %d users", len(out), len(users))
 	}
@@ -336,7 +338,7 @@ func TestRedisStoreOutbox(t *testing.T) {
 	}
 
 	t.Run("entry fields", func(t *testing.T) {
-		msgs, err := env.rdb.XRange(t.Context(), env.store.OutboxKey(env.store.Bucket("bob")), "-", "+").Result()
+		msgs, err := env.rdb.XRange(t.Context(), env.store.Layout().OutboxKey(env.store.Layout().Bucket("bob")), "-", "+").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -403,7 +405,7 @@ func TestDecodeAction(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := profile.DecodeAction(tt.values)
+			got, err := redisstore.DecodeAction(tt.values)
 			if tt.corrupt {
 				if !errors.Is(err, profile.ErrCorrupt) {
 					t.Errorf("DecodeAction error = %v, want one wrapping ErrCorrupt", err)
@@ -426,11 +428,11 @@ func TestDecodeAction(t *testing.T) {
 func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	const goroutines, perGoroutine, servers = 50, 20, 5
 	srv := redistest.Start(t)
-	stores := make([]*profile.RedisStore, servers)
+	stores := make([]*redisstore.Store, servers)
 	for i := range stores {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: goroutines / servers})
 		t.Cleanup(func() { _ = rdb.Close() })
-		stores[i] = profile.NewRedisStore(rdb, profile.Options{
+		stores[i] = redisstore.New(rdb, redisstore.Options{
 			Buckets: 16, MaxAttempts: 1000, Now: func() time.Time { return storeNow },
 		})
 	}
@@ -446,7 +448,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 			<-start
 			for i := range perGoroutine {
 				e := uev(user, fmt.Sprintf("g%d-e%d", g, i), triggerType, storeNow)
-				out := store.Apply(t.Context(), one(user, e), step)
+				out := applyUsers(t.Context(), store, one(user, e), step)
 				switch {
 				case out[0].Err != nil:
 					errs <- fmt.Errorf("event %s: %w", e.ID, out[0].Err)
@@ -474,7 +476,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	if got := p.Count(triggerType, "", 0, storeNow); got != total {
 		t.Errorf("Count = %d, want %d", got, total)
 	}
-	var s profile.Stats
+	var s redisstore.Stats
 	for _, st := range stores {
 		x := st.Stats()
 		s.Transactions += x.Transactions
@@ -498,7 +500,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	t.Logf("%d commits, %d conflicts", s.Transactions, s.Conflicts)
 
 	// Aborted attempts wrote no actions: exactly one per event.
-	msgs, err := srv.Client(t).XRange(t.Context(), stores[0].OutboxKey(stores[0].Bucket(user)), "-", "+").Result()
+	msgs, err := srv.Client(t).XRange(t.Context(), stores[0].Layout().OutboxKey(stores[0].Layout().Bucket(user)), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,7 +514,7 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 }
 
 func TestRedisStoreReapplyIsDuplicate(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	step := triggerStep(profile.Limits{})
 	const user = "bob"
 	at := storeNow.Add(-10 * time.Minute)
@@ -564,7 +566,7 @@ func TestRedisStoreReapplyIsDuplicate(t *testing.T) {
 }
 
 func TestRedisStoreDelete(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	step := triggerStep(profile.Limits{})
 	const user = "alice"
 	other := sameBucketUser(t, env.store, user)
@@ -596,7 +598,7 @@ func TestRedisStoreDelete(t *testing.T) {
 	if want := (profile.DeleteResult{Existed: true, Actions: 1200}); res != want {
 		t.Errorf("Delete = %+v, want %+v", res, want)
 	}
-	if n, err := env.rdb.Exists(ctx, env.store.ProfileKey(user)).Result(); err != nil || n != 0 {
+	if n, err := env.rdb.Exists(ctx, env.store.Layout().ProfileKey(user)).Result(); err != nil || n != 0 {
 		t.Errorf("EXISTS profile key = %d, %v; want 0", n, err)
 	}
 	if got := outboxActions(t, env, user); len(got) != 0 {
@@ -653,9 +655,9 @@ func TestRedisStoreTTL(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := newStore(t, profile.Options{TTL: tt.ttl})
+			env := newStore(t, redisstore.Options{TTL: tt.ttl})
 			step := triggerStep(profile.Limits{})
-			key := env.store.ProfileKey("u")
+			key := env.store.Layout().ProfileKey("u")
 			check := func(when string) {
 				t.Helper()
 				ttl, err := env.rdb.TTL(t.Context(), key).Result()
@@ -687,7 +689,7 @@ func TestRedisStoreTTL(t *testing.T) {
 }
 
 func TestRedisStoreGetNotFound(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	p, err := env.store.Get(t.Context(), "nobody")
 	if !errors.Is(err, profile.ErrNotFound) || p != nil {
 		t.Errorf("Get(unknown) = %v, %v; want nil, ErrNotFound", p, err)
@@ -700,7 +702,7 @@ func TestRedisStoreUnavailable(t *testing.T) {
 	// instead of go-redis's own dial and command retries.
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	env := storeEnv{srv: srv, rdb: rdb, store: profile.NewRedisStore(rdb, profile.Options{
+	env := storeEnv{srv: srv, rdb: rdb, store: redisstore.New(rdb, redisstore.Options{
 		Buckets: 16, MaxErrorRetries: 1, Now: func() time.Time { return storeNow },
 	})}
 	step := triggerStep(profile.Limits{})
@@ -719,7 +721,7 @@ func TestRedisStoreUnavailable(t *testing.T) {
 		t.Errorf("Get = %v, %v; want an error wrapping ErrUnavailable", p, err)
 	}
 	before := env.store.Stats()
-	out := env.store.Apply(ctx, one("u", uev("u", "e2", triggerType, storeNow)), step)
+	out := applyUsers(ctx, env.store, one("u", uev("u", "e2", triggerType, storeNow)), step)
 	if err := out[0].Err; !errors.Is(err, profile.ErrUnavailable) {
 		t.Errorf("Apply Err = %v, want one wrapping ErrUnavailable", err)
 	}
@@ -754,14 +756,14 @@ func TestRedisStoreCorruptProfile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := newStore(t, profile.Options{})
+			env := newStore(t, redisstore.Options{})
 			step := triggerStep(profile.Limits{})
 			const user = "u"
-			key := env.store.ProfileKey(user)
+			key := env.store.Layout().ProfileKey(user)
 			if err := env.rdb.Set(t.Context(), key, tt.stored, 0).Err(); err != nil {
 				t.Fatal(err)
 			}
-			out := env.store.Apply(t.Context(), one(user, uev(user, "e1", triggerType, storeNow)), step)
+			out := applyUsers(t.Context(), env.store, one(user, uev(user, "e1", triggerType, storeNow)), step)
 			if err := out[0].Err; !errors.Is(err, profile.ErrCorrupt) || errors.Is(err, profile.ErrUnavailable) {
 				t.Errorf("Apply Err = %v, want one wrapping ErrCorrupt only", err)
 			}
@@ -774,7 +776,7 @@ func TestRedisStoreCorruptProfile(t *testing.T) {
 			if _, err := env.store.Get(t.Context(), user); !errors.Is(err, profile.ErrCorrupt) {
 				t.Errorf("Get = %v, want an error wrapping ErrCorrupt", err)
 			}
-			if s := env.store.Stats(); s != (profile.Stats{}) {
+			if s := env.store.Stats(); s != (redisstore.Stats{}) {
 				t.Errorf("Stats() = %+v: a corrupt profile must not be retried", s)
 			}
 		})
@@ -790,7 +792,7 @@ func interferingStep(t *testing.T, env storeEnv, user string, other []byte, n in
 	var calls atomic.Int32
 	return func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
 		if calls.Add(1) <= n {
-			if err := intruder.Set(context.Background(), env.store.ProfileKey(user), other, 0).Err(); err != nil {
+			if err := intruder.Set(context.Background(), env.store.Layout().ProfileKey(user), other, 0).Err(); err != nil {
 				t.Errorf("intruding write: %v", err)
 			}
 			if onCall != nil {
@@ -808,7 +810,7 @@ func TestRedisStoreConflicts(t *testing.T) {
 	e := uev(user, "e1", triggerType, storeNow)
 
 	t.Run("retried after a conflict", func(t *testing.T) {
-		env := newStore(t, profile.Options{})
+		env := newStore(t, redisstore.Options{})
 		step, calls := interferingStep(t, env, user, intruder, 1, triggerStep(profile.Limits{}), nil)
 		out := applyOne(t, env, step, user, e)
 		if out.Version != 42 || out.Results[0].Status != profile.Applied || len(out.Actions) != 1 {
@@ -827,15 +829,15 @@ func TestRedisStoreConflicts(t *testing.T) {
 		if got := outboxActions(t, env, user); len(got) != 1 {
 			t.Errorf("%d outbox entries, want 1 (the aborted attempt writes none)", len(got))
 		}
-		if s := env.store.Stats(); s != (profile.Stats{Transactions: 1, Conflicts: 1}) {
+		if s := env.store.Stats(); s != (redisstore.Stats{Transactions: 1, Conflicts: 1}) {
 			t.Errorf("Stats() = %+v, want 1 transaction and 1 conflict", s)
 		}
 	})
 
 	t.Run("attempts exhausted", func(t *testing.T) {
-		env := newStore(t, profile.Options{MaxAttempts: 3})
+		env := newStore(t, redisstore.Options{MaxAttempts: 3})
 		step, calls := interferingStep(t, env, user, intruder, 1<<30, triggerStep(profile.Limits{}), nil)
-		out := env.store.Apply(t.Context(), one(user, e), step)
+		out := applyUsers(t.Context(), env.store, one(user, e), step)
 		if err := out[0].Err; !errors.Is(err, profile.ErrConflict) {
 			t.Errorf("Err = %v, want one wrapping ErrConflict", err)
 		}
@@ -851,7 +853,7 @@ func TestRedisStoreConflicts(t *testing.T) {
 		if n := outboxLen(t, env, user); n != 0 {
 			t.Errorf("%d outbox entries, want 0", n)
 		}
-		if s := env.store.Stats(); s != (profile.Stats{Conflicts: 3, Exhausted: 1}) {
+		if s := env.store.Stats(); s != (redisstore.Stats{Conflicts: 3, Exhausted: 1}) {
 			t.Errorf("Stats() = %+v, want 3 conflicts and 1 exhausted", s)
 		}
 	})
@@ -862,14 +864,14 @@ func TestRedisStoreContextCancelled(t *testing.T) {
 	e := uev(user, "e1", triggerType, storeNow)
 
 	t.Run("before Apply", func(t *testing.T) {
-		env := newStore(t, profile.Options{})
+		env := newStore(t, redisstore.Options{})
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		out := env.store.Apply(ctx, one(user, e), triggerStep(profile.Limits{}))
+		out := applyUsers(ctx, env.store, one(user, e), triggerStep(profile.Limits{}))
 		if err := out[0].Err; !errors.Is(err, context.Canceled) {
 			t.Errorf("Apply Err = %v, want one wrapping context.Canceled", err)
 		}
-		if n, err := env.rdb.Exists(t.Context(), env.store.ProfileKey(user)).Result(); err != nil || n != 0 {
+		if n, err := env.rdb.Exists(t.Context(), env.store.Layout().ProfileKey(user)).Result(); err != nil || n != 0 {
 			t.Errorf("EXISTS = %d, %v; want nothing written", n, err)
 		}
 		if _, err := env.store.Get(ctx, user); !errors.Is(err, context.Canceled) {
@@ -878,12 +880,12 @@ func TestRedisStoreContextCancelled(t *testing.T) {
 	})
 
 	t.Run("during a conflicting attempt", func(t *testing.T) {
-		env := newStore(t, profile.Options{})
+		env := newStore(t, redisstore.Options{})
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		intruder := profile.Encode(&profile.Profile{Version: 9})
 		step, calls := interferingStep(t, env, user, intruder, 1<<30, triggerStep(profile.Limits{}), cancel)
-		out := env.store.Apply(ctx, one(user, e), step)
+		out := applyUsers(ctx, env.store, one(user, e), step)
 		if err := out[0].Err; !errors.Is(err, context.Canceled) {
 			t.Errorf("Apply Err = %v, want one wrapping context.Canceled", err)
 		}
@@ -899,52 +901,65 @@ func TestRedisStoreContextCancelled(t *testing.T) {
 	})
 }
 
+// TestRedisStoreApplyManyUsers applies 300 events of 40 users,
+// interleaved, in one call: each event's outcome comes back at its index,
+// and the actions user after user (in the order of their first events),
+// each user's in event order.
 func TestRedisStoreApplyManyUsers(t *testing.T) {
-	env := newStore(t, profile.Options{Parallelism: 4})
+	env := newStore(t, redisstore.Options{Parallelism: 4})
 	step := triggerStep(profile.Limits{})
 	var events []profile.Event
 	want := map[string]uint64{}
+	var order []string              // users by first event
+	byUser := map[string][]string{} // event ids per user, in order
 	for i := range 300 {
 		user := fmt.Sprintf("user-%d", i*7%40)
 		events = append(events, uev(user, fmt.Sprintf("e%d", i), triggerType, storeNow))
-		want[user]++
-	}
-	groups, index := profile.GroupByUser(events)
-	out := env.store.Apply(t.Context(), groups, step)
-	if len(out) != len(groups) {
-		t.Fatalf("%d outcomes for %d users", len(out), len(groups))
-	}
-	for g, u := range groups {
-		o := out[g]
-		if o.Err != nil || o.Version != 1 || len(o.Results) != len(index[g]) || len(o.Actions) != len(index[g]) {
-			t.Errorf("user %s: err %v, version %d, %d results, %d actions; want nil, 1, %d, %d",
-				u.UserID, o.Err, o.Version, len(o.Results), len(o.Actions), len(index[g]), len(index[g]))
-			continue
+		if want[user]++; want[user] == 1 {
+			order = append(order, user)
 		}
-		for k, a := range o.Actions {
-			if a.UserID != u.UserID || a.EventID != events[index[g][k]].ID {
-				t.Errorf("user %s: action %d is %s/%s, want event %s", u.UserID, k, a.UserID, a.EventID, events[index[g][k]].ID)
-			}
+		byUser[user] = append(byUser[user], events[i].ID)
+	}
+	out := env.store.Apply(t.Context(), events, step)
+	if len(out.Events) != len(events) {
+		t.Fatalf("%d outcomes for %d events", len(out.Events), len(events))
+	}
+	for i, o := range out.Events {
+		if o.Err != nil || o.Status != profile.Applied || o.Version != 1 {
+			t.Errorf("event %d (%s): %+v, want applied at version 1", i, events[i].UserID, o)
 		}
-		p, err := env.store.Get(t.Context(), u.UserID)
+	}
+	var wantActions []string
+	for _, u := range order {
+		for _, id := range byUser[u] {
+			wantActions = append(wantActions, u+"/"+id)
+		}
+	}
+	var gotActions []string
+	for _, a := range out.Actions {
+		gotActions = append(gotActions, a.UserID+"/"+a.EventID)
+	}
+	if !reflect.DeepEqual(gotActions, wantActions) {
+		t.Errorf("actions %v\nwant %v", gotActions, wantActions)
+	}
+	buckets := map[int]bool{}
+	for u, n := range want {
+		p, err := env.store.Get(t.Context(), u)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.Total(triggerType) != want[u.UserID] {
-			t.Errorf("user %s: Total = %d, want %d", u.UserID, p.Total(triggerType), want[u.UserID])
+		if p.Total(triggerType) != n {
+			t.Errorf("user %s: Total = %d, want %d", u, p.Total(triggerType), n)
 		}
+		buckets[env.store.Layout().Bucket(u)] = true
 	}
 	// Users go to shards by bucket, and each shard's 40 users or fewer fit
 	// in one group (default MaxGroupUsers 64): one EXEC per bucket used.
-	buckets := map[int]bool{}
-	for _, u := range groups {
-		buckets[env.store.Bucket(u.UserID)] = true
-	}
 	if s := env.store.Stats(); s.Transactions != uint64(len(buckets)) {
 		t.Errorf("Stats().Transactions = %d, want %d (one group per bucket)", s.Transactions, len(buckets))
 	}
-	if out := env.store.Apply(t.Context(), nil, step); len(out) != 0 {
-		t.Errorf("Apply(no users) = %+v, want empty", out)
+	if out := env.store.Apply(t.Context(), nil, step); len(out.Events) != 0 || len(out.Actions) != 0 {
+		t.Errorf("Apply(no events) = %+v, want empty", out)
 	}
 }
 
@@ -956,14 +971,14 @@ func TestRedisStoreSerialisesUsersInProcess(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: goroutines})
 	t.Cleanup(func() { _ = rdb.Close() })
-	store := profile.NewRedisStore(rdb, profile.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	store := redisstore.New(rdb, redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
 	step := triggerStep(profile.Limits{})
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
 			for i := range perGoroutine {
 				e := uev("solo", fmt.Sprintf("g%d-e%d", g, i), "view", storeNow)
-				if out := store.Apply(t.Context(), one("solo", e), step); out[0].Err != nil {
+				if out := applyUsers(t.Context(), store, one("solo", e), step); out[0].Err != nil {
 					t.Error(out[0].Err)
 				}
 			}
@@ -987,14 +1002,14 @@ func TestRedisStoreSerialisesUsersInProcess(t *testing.T) {
 func TestRedisStoreGetMany(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	store := profile.NewRedisStore(rdb, profile.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	store := redisstore.New(rdb, redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
 	step := triggerStep(profile.Limits{})
 	for _, u := range []string{"a", "b"} {
-		if out := store.Apply(t.Context(), one(u, uev(u, u+"1", "view", storeNow)), step); out[0].Err != nil {
+		if out := applyUsers(t.Context(), store, one(u, uev(u, u+"1", "view", storeNow)), step); out[0].Err != nil {
 			t.Fatal(out[0].Err)
 		}
 	}
-	if err := rdb.Set(t.Context(), store.ProfileKey("bad"), "garbage", 0).Err(); err != nil {
+	if err := rdb.Set(t.Context(), store.Layout().ProfileKey("bad"), "garbage", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	ps, errs := store.GetMany(t.Context(), []string{"a", "missing", "bad", "b"})

@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // gatedStep wraps step so that its first call blocks until release is
@@ -29,7 +30,7 @@ func gatedStep(step profile.Step) (gated profile.Step, entered <-chan struct{}, 
 }
 
 // waitQueued waits until n parts are queued on user's shard.
-func waitQueued(t *testing.T, s *profile.RedisStore, user string, n int) {
+func waitQueued(t *testing.T, s *redisstore.Store, user string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for s.Queued(user) < n {
@@ -44,19 +45,19 @@ func waitQueued(t *testing.T, s *profile.RedisStore, user string, n int) {
 // shard commits are merged into the next cycle: one read, each call's
 // step in turn, one write; every call gets its own outcome.
 func TestShardMergesQueuedCalls(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	const user, waiting = "hot", 20
 	step, entered, release := gatedStep(triggerStep(profile.Limits{}))
 
-	first := make(chan profile.UserOutcome, 1)
+	first := make(chan userOutcome, 1)
 	go func() {
-		first <- env.store.Apply(t.Context(), one(user, uev(user, "e0", triggerType, storeNow)), step)[0]
+		first <- applyUsers(t.Context(), env.store, one(user, uev(user, "e0", triggerType, storeNow)), step)[0]
 	}()
 	<-entered
-	outs := make(chan profile.UserOutcome, waiting)
+	outs := make(chan userOutcome, waiting)
 	for i := 1; i <= waiting; i++ {
 		go func() {
-			outs <- env.store.Apply(t.Context(), one(user, uev(user, fmt.Sprintf("e%d", i), triggerType, storeNow)), step)[0]
+			outs <- applyUsers(t.Context(), env.store, one(user, uev(user, fmt.Sprintf("e%d", i), triggerType, storeNow)), step)[0]
 		}()
 	}
 	waitQueued(t, env.store, user, waiting)
@@ -87,7 +88,7 @@ func TestShardMergesQueuedCalls(t *testing.T) {
 // step (rules may be reloaded between two calls), in arrival order, on the
 // profile the previous one left.
 func TestShardMergedCallsKeepTheirSteps(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	const user = "u"
 	trigger := triggerStep(profile.Limits{})
 	gate, entered, release := gatedStep(trigger)
@@ -96,16 +97,16 @@ func TestShardMergedCallsKeepTheirSteps(t *testing.T) {
 		o.Actions = nil // another rules version: nothing fires
 		return o
 	}
-	go env.store.Apply(t.Context(), one(user, uev(user, "e0", "view", storeNow)), gate)
+	go applyUsers(t.Context(), env.store, one(user, uev(user, "e0", "view", storeNow)), gate)
 	<-entered
-	a, b := make(chan profile.UserOutcome, 1), make(chan profile.UserOutcome, 1)
+	a, b := make(chan userOutcome, 1), make(chan userOutcome, 1)
 	go func() {
-		a <- env.store.Apply(t.Context(), one(user, uev(user, "e1", triggerType, storeNow)), trigger)[0]
+		a <- applyUsers(t.Context(), env.store, one(user, uev(user, "e1", triggerType, storeNow)), trigger)[0]
 	}()
 	waitQueued(t, env.store, user, 1)
 	go func() {
 		// e1 again, then e2: e1 is a duplicate of the call before it.
-		b <- env.store.Apply(t.Context(), one(user, uev(user, "e1", triggerType, storeNow), uev(user, "e2", triggerType, storeNow)), quiet)[0]
+		b <- applyUsers(t.Context(), env.store, one(user, uev(user, "e1", triggerType, storeNow), uev(user, "e2", triggerType, storeNow)), quiet)[0]
 	}()
 	waitQueued(t, env.store, user, 2)
 	close(release)
@@ -127,18 +128,18 @@ func TestShardMergedCallsKeepTheirSteps(t *testing.T) {
 // on a busy shard returns the context's error at once, and its events are
 // dropped unread when the shard gets to them.
 func TestShardDropsCancelledCalls(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	const user = "u"
 	gate, entered, release := gatedStep(triggerStep(profile.Limits{}))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		env.store.Apply(t.Context(), one(user, uev(user, "e0", "view", storeNow)), gate)
+		applyUsers(t.Context(), env.store, one(user, uev(user, "e0", "view", storeNow)), gate)
 	}()
 	<-entered
 	ctx, cancel := context.WithCancel(t.Context())
-	res := make(chan profile.UserOutcome, 1)
-	go func() { res <- env.store.Apply(ctx, one(user, uev(user, "late", "view", storeNow)), gate)[0] }()
+	res := make(chan userOutcome, 1)
+	go func() { res <- applyUsers(ctx, env.store, one(user, uev(user, "late", "view", storeNow)), gate)[0] }()
 	waitQueued(t, env.store, user, 1)
 	cancel()
 	if o := <-res; !errors.Is(o.Err, context.Canceled) {

@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // BenchmarkApplyGroups applies batches of 500 events of users drawn
@@ -14,11 +15,11 @@ import (
 // each user in its own transaction (MaxGroupUsers 1, the path before
 // groups); "groups" uses the default MaxGroupUsers.
 func BenchmarkApplyGroups(b *testing.B) {
-	b.Run("per-user", func(b *testing.B) { benchApplyGroups(b, profile.Options{MaxGroupUsers: 1}) })
-	b.Run("groups", func(b *testing.B) { benchApplyGroups(b, profile.Options{}) })
+	b.Run("per-user", func(b *testing.B) { benchApplyGroups(b, redisstore.Options{MaxGroupUsers: 1}) })
+	b.Run("groups", func(b *testing.B) { benchApplyGroups(b, redisstore.Options{}) })
 }
 
-func benchApplyGroups(b *testing.B, opt profile.Options) {
+func benchApplyGroups(b *testing.B, opt redisstore.Options) {
 	const users, batch = 100_000, 500
 	s := benchStore(b, opt)
 	step := triggerStep(profile.Limits{})
@@ -32,9 +33,8 @@ func benchApplyGroups(b *testing.B, opt profile.Options) {
 			user := fmt.Sprintf("u-%d", rng.IntN(users))
 			events[j] = uev(user, fmt.Sprintf("e-%d-%d", i, j), "view", storeNow)
 		}
-		groups, _ := profile.GroupByUser(events)
 		b.StartTimer()
-		for _, o := range s.Apply(ctx, groups, step) {
+		for _, o := range s.Apply(ctx, events, step).Events {
 			if o.Err != nil {
 				b.Fatal(o.Err)
 			}

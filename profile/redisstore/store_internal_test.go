@@ -1,4 +1,4 @@
-package profile
+package redisstore
 
 import (
 	"fmt"
@@ -25,7 +25,7 @@ func TestBackoffBounds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewRedisStore(nil, tt.opt)
+			s := New(nil, tt.opt)
 			lo, hi := s.opt.BackoffMin, max(s.opt.BackoffMin, s.opt.BackoffMax)
 			for attempt := range 70 {
 				ceil := hi
@@ -46,7 +46,7 @@ func TestBackoffBounds(t *testing.T) {
 	}
 }
 
-func backoffNoPanic(s *RedisStore, attempt int) (d time.Duration, err error) {
+func backoffNoPanic(s *Store, attempt int) (d time.Duration, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v", r)

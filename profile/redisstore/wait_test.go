@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // startReplicated starts a redis-server and a replica of it, and waits
@@ -55,18 +56,18 @@ func TestWaitReplicasAcknowledged(t *testing.T) {
 	for _, mode := range groupModes {
 		t.Run(mode.name, func(t *testing.T) {
 			rdb := master.Client(t)
-			store := profile.NewRedisStore(rdb, profile.Options{
+			store := redisstore.New(rdb, redisstore.Options{
 				Buckets: 16, MaxGroupUsers: mode.maxGroupUsers, WaitReplicas: 1, WaitTimeout: 5 * time.Second,
 				Now: func() time.Time { return storeNow },
 			})
 			step := triggerStep(profile.Limits{})
 			at := storeNow.Add(-time.Minute)
-			var users []profile.UserEvents
+			var users []userEvents
 			for u := range 50 {
 				id := fmt.Sprintf("%s-u%d", mode.name, u)
-				users = append(users, profile.UserEvents{UserID: id, Events: []profile.Event{uev(id, id+"-e1", "view", at), uev(id, id+"-e2", triggerType, at)}})
+				users = append(users, userEvents{UserID: id, Events: []profile.Event{uev(id, id+"-e1", "view", at), uev(id, id+"-e2", triggerType, at)}})
 			}
-			for i, o := range store.Apply(t.Context(), users, step) {
+			for i, o := range applyUsers(t.Context(), store, users, step) {
 				if o.Err != nil {
 					t.Fatalf("Apply(%s): %v", users[i].UserID, o.Err)
 				}
@@ -81,7 +82,7 @@ func TestWaitReplicasAcknowledged(t *testing.T) {
 			// polling needed.
 			rr := replica.Client(t)
 			for _, u := range users {
-				raw, err := rr.Get(t.Context(), store.ProfileKey(u.UserID)).Bytes()
+				raw, err := rr.Get(t.Context(), store.Layout().ProfileKey(u.UserID)).Bytes()
 				if err != nil {
 					t.Fatalf("GET %s on the replica: %v", u.UserID, err)
 				}
@@ -109,14 +110,14 @@ func TestWaitReplicasShortfall(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	for _, mode := range groupModes {
 		t.Run(mode.name, func(t *testing.T) {
-			env := newStore(t, profile.Options{MaxGroupUsers: mode.maxGroupUsers, WaitReplicas: 1, WaitTimeout: timeout})
+			env := newStore(t, redisstore.Options{MaxGroupUsers: mode.maxGroupUsers, WaitReplicas: 1, WaitTimeout: timeout})
 			step := triggerStep(profile.Limits{})
 			const user = "carol"
 			ev := uev(user, "e1", "view", storeNow.Add(-time.Minute))
 
 			for try := range 2 {
 				start := time.Now()
-				out := env.store.Apply(t.Context(), one(user, ev), step)
+				out := applyUsers(t.Context(), env.store, one(user, ev), step)
 				took := time.Since(start)
 				err := out[0].Err
 				var rerr *profile.ReplicationError
@@ -139,8 +140,8 @@ func TestWaitReplicasShortfall(t *testing.T) {
 
 			// The write is on the master, once: a store without WAIT
 			// reports the event as a duplicate.
-			plain := profile.NewRedisStore(env.rdb, profile.Options{Buckets: 16, MaxGroupUsers: mode.maxGroupUsers, Now: func() time.Time { return storeNow }})
-			out := plain.Apply(t.Context(), one(user, ev), step)
+			plain := redisstore.New(env.rdb, redisstore.Options{Buckets: 16, MaxGroupUsers: mode.maxGroupUsers, Now: func() time.Time { return storeNow }})
+			out := applyUsers(t.Context(), plain, one(user, ev), step)
 			if out[0].Err != nil || len(out[0].Results) != 1 || out[0].Results[0].Status != profile.Duplicate {
 				t.Fatalf("re-send without WAIT: %+v, want one duplicate", out[0])
 			}
@@ -166,7 +167,7 @@ func TestWaitReplicasShortfall(t *testing.T) {
 // TestWaitReplicasOff checks the zero value sends no WAIT: against a
 // master without replicas nothing waits or fails.
 func TestWaitReplicasOff(t *testing.T) {
-	env := newStore(t, profile.Options{})
+	env := newStore(t, redisstore.Options{})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	var (
@@ -174,7 +175,7 @@ func TestWaitReplicasOff(t *testing.T) {
 		cmds []string
 	)
 	env.rdb.AddHook(cmdRecorder{&mu, &cmds})
-	out := env.store.Apply(ctx, one("dave", uev("dave", "e1", "view", storeNow)), triggerStep(profile.Limits{}))
+	out := applyUsers(ctx, env.store, one("dave", uev("dave", "e1", "view", storeNow)), triggerStep(profile.Limits{}))
 	if out[0].Err != nil {
 		t.Fatal(out[0].Err)
 	}

@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"context"
@@ -11,11 +11,12 @@ import (
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // clusterStore is a store on a ClusterClient configured as nudged does
 // (deadlines cut I/O, nudge retries itself).
-func clusterStore(t *testing.T, c *redistest.Cluster, opt profile.Options) (*profile.RedisStore, *redis.ClusterClient) {
+func clusterStore(t *testing.T, c *redistest.Cluster, opt redisstore.Options) (*redisstore.Store, *redis.ClusterClient) {
 	t.Helper()
 	o := c.ClusterOptions()
 	o.ContextTimeoutEnabled = true
@@ -26,7 +27,7 @@ func clusterStore(t *testing.T, c *redistest.Cluster, opt profile.Options) (*pro
 	if opt.Now == nil {
 		opt.Now = func() time.Time { return storeNow }
 	}
-	return profile.NewRedisStore(rdb, opt), rdb
+	return redisstore.New(rdb, opt), rdb
 }
 
 // TestClusterApplyGroupsPerBucket: on a cluster a group transaction holds
@@ -36,25 +37,25 @@ func clusterStore(t *testing.T, c *redistest.Cluster, opt profile.Options) (*pro
 // work on the slot's master.
 func TestClusterApplyGroupsPerBucket(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
-	store, rdb := clusterStore(t, c, profile.Options{Buckets: 8})
+	store, rdb := clusterStore(t, c, redisstore.Options{Buckets: 8})
 	const n = 400
 	users := groupBatch(n, "e")
 	perBucket := map[int]int{}
 	for _, u := range users {
-		perBucket[store.Bucket(u.UserID)]++
+		perBucket[store.Layout().Bucket(u.UserID)]++
 	}
 	wantTxns := uint64(0)
 	for _, k := range perBucket {
 		wantTxns += uint64((k + 63) / 64)
 	}
 
-	out := store.Apply(t.Context(), users, triggerStep(profile.Limits{}))
+	out := applyUsers(t.Context(), store, users, triggerStep(profile.Limits{}))
 	for i, o := range out {
 		if o.Err != nil || o.Version != 1 || len(o.Actions) != 1 || o.Actions[0].UserID != users[i].UserID {
 			t.Fatalf("user %s: %+v, want both events applied at version 1 with its action", users[i].UserID, o)
 		}
 	}
-	if s := store.Stats(); s != (profile.Stats{Transactions: wantTxns}) {
+	if s := store.Stats(); s != (redisstore.Stats{Transactions: wantTxns}) {
 		t.Errorf("Stats() = %+v, want %d transactions (one per bucket and 64 users) and nothing else", s, wantTxns)
 	}
 
@@ -69,16 +70,16 @@ func TestClusterApplyGroupsPerBucket(t *testing.T) {
 		}
 	}
 	var actions int64
-	for b := range store.Buckets() {
-		actions += rdb.XLen(t.Context(), store.OutboxKey(b)).Val()
+	for b := range store.Layout().Buckets() {
+		actions += rdb.XLen(t.Context(), store.Layout().OutboxKey(b)).Val()
 	}
 	if actions != n {
 		t.Errorf("%d actions in the outboxes, want %d", actions, n)
 	}
 
-	again := store.Apply(t.Context(), groupBatch(n, "e"), triggerStep(profile.Limits{}))
+	again := applyUsers(t.Context(), store, groupBatch(n, "e"), triggerStep(profile.Limits{}))
 	for i, o := range again {
-		if o.Err != nil || o.Changed() || len(o.Actions) != 0 {
+		if o.Err != nil || o.Changed || len(o.Actions) != 0 {
 			t.Fatalf("re-applied user %d: %+v, want duplicates only", i, o)
 		}
 	}
@@ -105,21 +106,21 @@ func TestClusterApplyGroupsPerBucket(t *testing.T) {
 func TestClusterTwoStoresRaceExactly(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	const users, rounds = 50, 20
-	stores := make([]*profile.RedisStore, 2)
+	stores := make([]*redisstore.Store, 2)
 	for i := range stores {
-		stores[i], _ = clusterStore(t, c, profile.Options{Buckets: 4, MaxAttempts: 1000})
+		stores[i], _ = clusterStore(t, c, redisstore.Options{Buckets: 4, MaxAttempts: 1000})
 	}
 	var wg sync.WaitGroup
 	fails := make(chan string, 2*rounds*users)
 	for si, s := range stores {
 		wg.Go(func() {
 			for r := range rounds {
-				batch := make([]profile.UserEvents, users)
+				batch := make([]userEvents, users)
 				for u := range batch {
 					id := fmt.Sprintf("u-%d", u)
-					batch[u] = profile.UserEvents{UserID: id, Events: []profile.Event{uev(id, fmt.Sprintf("s%d-r%d", si, r), "view", storeNow)}}
+					batch[u] = userEvents{UserID: id, Events: []profile.Event{uev(id, fmt.Sprintf("s%d-r%d", si, r), "view", storeNow)}}
 				}
-				for i, o := range s.Apply(t.Context(), batch, triggerStep(profile.Limits{})) {
+				for i, o := range applyUsers(t.Context(), s, batch, triggerStep(profile.Limits{})) {
 					if o.Err != nil || len(o.Results) != 1 || o.Results[0].Status != profile.Applied {
 						fails <- fmt.Sprintf("store %d round %d user %d: %+v", si, r, i, o)
 					}
@@ -151,7 +152,7 @@ func TestClusterTwoStoresRaceExactly(t *testing.T) {
 // are retried), and the redirect path did run.
 func TestClusterReshardDuringApply(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
-	store, _ := clusterStore(t, c, profile.Options{})
+	store, _ := clusterStore(t, c, redisstore.Options{})
 	const users, batch = 3000, 500
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -169,12 +170,12 @@ func TestClusterReshardDuringApply(t *testing.T) {
 			after++
 		}
 		for start := 0; start < users; start += batch {
-			b := make([]profile.UserEvents, batch)
+			b := make([]userEvents, batch)
 			for i := range b {
 				id := fmt.Sprintf("u-%d", start+i)
-				b[i] = profile.UserEvents{UserID: id, Events: []profile.Event{uev(id, fmt.Sprintf("p%d", passes), "view", storeNow)}}
+				b[i] = userEvents{UserID: id, Events: []profile.Event{uev(id, fmt.Sprintf("p%d", passes), "view", storeNow)}}
 			}
-			for i, o := range store.Apply(ctx, b, triggerStep(profile.Limits{})) {
+			for i, o := range applyUsers(ctx, store, b, triggerStep(profile.Limits{})) {
 				switch {
 				case o.Err != nil:
 					failed++

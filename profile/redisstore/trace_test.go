@@ -1,4 +1,4 @@
-package profile_test
+package redisstore_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 // tracedStore is a store on its own redis-server whose spans are recorded.
@@ -28,7 +29,7 @@ type tracedStore struct {
 // newTracedStore is newStore with a span recorder, and a Redis client that
 // gives up at once when the server is down (some tests stop it), instead of
 // go-redis's dial and command retries.
-func newTracedStore(t *testing.T, opt profile.Options) tracedStore {
+func newTracedStore(t *testing.T, opt redisstore.Options) tracedStore {
 	t.Helper()
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1})
@@ -41,7 +42,7 @@ func newTracedStore(t *testing.T, opt profile.Options) tracedStore {
 		opt.Buckets = 16
 	}
 	opt.Now = func() time.Time { return storeNow }
-	return tracedStore{storeEnv: storeEnv{srv: srv, rdb: rdb, store: profile.NewRedisStore(rdb, opt)}, rec: rec, tp: tp}
+	return tracedStore{storeEnv: storeEnv{srv: srv, rdb: rdb, store: redisstore.New(rdb, opt)}, rec: rec, tp: tp}
 }
 
 // traced runs op under a parent span, as a server handler would, and
@@ -111,13 +112,13 @@ func wantSpan(t *testing.T, s sdktrace.ReadOnlySpan, name string, code codes.Cod
 // user's life goes: each is a child of the caller's span and carries
 // counts, never the user id.
 func TestStoreTracing(t *testing.T) {
-	ts := newTracedStore(t, profile.Options{})
+	ts := newTracedStore(t, redisstore.Options{})
 	const user, absent = "user-traced-1", "user-traced-absent"
-	bucket := int64(ts.store.Bucket(user))
+	bucket := int64(ts.store.Layout().Bucket(user))
 	step := triggerStep(profile.Limits{})
 	events := []profile.Event{uev(user, "e1", triggerType, storeNow), uev(user, "e2", "view", storeNow)}
 	apply := func(ctx context.Context) {
-		if out := ts.store.Apply(ctx, one(user, events...), step); out[0].Err != nil {
+		if out := applyUsers(ctx, ts.store, one(user, events...), step); out[0].Err != nil {
 			t.Fatal(out[0].Err)
 		}
 	}
@@ -182,21 +183,21 @@ func TestStoreTracing(t *testing.T) {
 // production) write the user between the first store's read and its EXEC:
 // the transaction span counts the conflict and the second attempt.
 func TestStoreTracingConflict(t *testing.T) {
-	ts := newTracedStore(t, profile.Options{})
-	other := profile.NewRedisStore(ts.srv.Client(t), profile.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	ts := newTracedStore(t, redisstore.Options{})
+	other := redisstore.New(ts.srv.Client(t), redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
 	const user = "user-contended-1"
 	step := triggerStep(profile.Limits{})
 	calls := 0
 	interfering := func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
 		if calls++; calls == 1 {
-			if out := other.Apply(t.Context(), one(user, uev(user, "other-1", "view", storeNow)), step); out[0].Err != nil {
+			if out := applyUsers(t.Context(), other, one(user, uev(user, "other-1", "view", storeNow)), step); out[0].Err != nil {
 				t.Errorf("the other store's Apply: %v", out[0].Err)
 			}
 		}
 		return step(p, events, now)
 	}
 	s := ts.traced(t, func(ctx context.Context) {
-		if out := ts.store.Apply(ctx, one(user, uev(user, "e1", "view", storeNow)), interfering); out[0].Err != nil {
+		if out := applyUsers(ctx, ts.store, one(user, uev(user, "e1", "view", storeNow)), interfering); out[0].Err != nil {
 			t.Fatal(out[0].Err)
 		}
 	})
@@ -217,23 +218,23 @@ func TestStoreTracingErrors(t *testing.T) {
 	e := uev(user, "e1", triggerType, storeNow)
 	tests := []struct {
 		name    string
-		opt     profile.Options
+		opt     redisstore.Options
 		setup   func(t *testing.T, ts tracedStore) profile.Step
 		outcome string
 		wantErr error
 	}{
-		{"conflicts exhausted", profile.Options{MaxAttempts: 2}, func(t *testing.T, ts tracedStore) profile.Step {
+		{"conflicts exhausted", redisstore.Options{MaxAttempts: 2}, func(t *testing.T, ts tracedStore) profile.Step {
 			intruder := profile.Encode(&profile.Profile{Version: 7})
 			step, _ := interferingStep(t, ts.storeEnv, user, intruder, 1<<30, triggerStep(profile.Limits{}), nil)
 			return step
 		}, "exhausted", profile.ErrConflict},
-		{"corrupt profile", profile.Options{}, func(t *testing.T, ts tracedStore) profile.Step {
-			if err := ts.rdb.Set(t.Context(), ts.store.ProfileKey(user), "garbage", 0).Err(); err != nil {
+		{"corrupt profile", redisstore.Options{}, func(t *testing.T, ts tracedStore) profile.Step {
+			if err := ts.rdb.Set(t.Context(), ts.store.Layout().ProfileKey(user), "garbage", 0).Err(); err != nil {
 				t.Fatal(err)
 			}
 			return triggerStep(profile.Limits{})
 		}, "error", profile.ErrCorrupt},
-		{"redis down", profile.Options{MaxErrorRetries: -1}, func(t *testing.T, ts tracedStore) profile.Step {
+		{"redis down", redisstore.Options{MaxErrorRetries: -1}, func(t *testing.T, ts tracedStore) profile.Step {
 			ts.srv.Stop()
 			return triggerStep(profile.Limits{})
 		}, "error", profile.ErrUnavailable},
@@ -244,7 +245,7 @@ func TestStoreTracingErrors(t *testing.T) {
 			step := tt.setup(t, ts)
 			var err error
 			s := ts.traced(t, func(ctx context.Context) {
-				err = ts.store.Apply(ctx, one(user, e), step)[0].Err
+				err = applyUsers(ctx, ts.store, one(user, e), step)[0].Err
 			})
 			if !errors.Is(err, tt.wantErr) || !strings.Contains(err.Error(), user) {
 				t.Errorf("Apply Err = %v, want one wrapping %v and naming the user", err, tt.wantErr)
@@ -259,7 +260,7 @@ func TestStoreTracingErrors(t *testing.T) {
 	}
 
 	t.Run("read with redis down", func(t *testing.T) {
-		ts := newTracedStore(t, profile.Options{})
+		ts := newTracedStore(t, redisstore.Options{})
 		ts.srv.Stop()
 		s := ts.traced(t, func(ctx context.Context) { ts.store.GetMany(ctx, []string{user, "user-failing-2"}) })
 		wantSpan(t, s, "nudge.profile.read", codes.Error, []attribute.KeyValue{
@@ -269,11 +270,11 @@ func TestStoreTracingErrors(t *testing.T) {
 }
 
 // benchStore is newStore for benchmarks.
-func benchStore(b *testing.B, opt profile.Options) *profile.RedisStore {
+func benchStore(b *testing.B, opt redisstore.Options) *redisstore.Store {
 	b.Helper()
 	opt.Buckets = 16
 	opt.Now = func() time.Time { return storeNow }
-	return profile.NewRedisStore(redistest.Start(b).Client(b), opt)
+	return redisstore.New(redistest.Start(b).Client(b), opt)
 }
 
 // BenchmarkStoreTracing measures a single-user, single-event Apply (one
@@ -281,22 +282,22 @@ func benchStore(b *testing.B, opt profile.Options) *profile.RedisStore {
 // default) and on (every span sampled, batched to an exporter that drops
 // them). The allocations of "off" must not grow with the tracing code.
 func BenchmarkStoreTracing(b *testing.B) {
-	on := func(b *testing.B) profile.Options {
+	on := func(b *testing.B) redisstore.Options {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-		return profile.Options{TracerProvider: tp}
+		return redisstore.Options{TracerProvider: tp}
 	}
-	b.Run("apply/off", func(b *testing.B) { benchApply(b, profile.Options{}) })
+	b.Run("apply/off", func(b *testing.B) { benchApply(b, redisstore.Options{}) })
 	b.Run("apply/on", func(b *testing.B) { benchApply(b, on(b)) })
-	b.Run("get/off", func(b *testing.B) { benchGet(b, profile.Options{}) })
+	b.Run("get/off", func(b *testing.B) { benchGet(b, redisstore.Options{}) })
 	b.Run("get/on", func(b *testing.B) { benchGet(b, on(b)) })
 }
 
-func benchApply(b *testing.B, opt profile.Options) {
+func benchApply(b *testing.B, opt redisstore.Options) {
 	s := benchStore(b, opt)
 	step := triggerStep(profile.Limits{})
 	const users = 256
-	batches := make([][]profile.UserEvents, b.N)
+	batches := make([][]userEvents, b.N)
 	for i := range batches {
 		user := fmt.Sprintf("u-%d", i%users)
 		batches[i] = one(user, uev(user, fmt.Sprintf("e-%d", i), "view", storeNow))
@@ -305,16 +306,16 @@ func benchApply(b *testing.B, opt profile.Options) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		if out := s.Apply(ctx, batches[i], step); out[0].Err != nil {
+		if out := applyUsers(ctx, s, batches[i], step); out[0].Err != nil {
 			b.Fatal(out[0].Err)
 		}
 	}
 }
 
-func benchGet(b *testing.B, opt profile.Options) {
+func benchGet(b *testing.B, opt redisstore.Options) {
 	s := benchStore(b, opt)
 	ctx := b.Context()
-	if out := s.Apply(ctx, one("u", uev("u", "e", "view", storeNow)), triggerStep(profile.Limits{})); out[0].Err != nil {
+	if out := applyUsers(ctx, s, one("u", uev("u", "e", "view", storeNow)), triggerStep(profile.Limits{})); out[0].Err != nil {
 		b.Fatal(out[0].Err)
 	}
 	b.ReportAllocs()

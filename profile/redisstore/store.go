@@ -1,0 +1,339 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// Store keeps profiles and outboxes in Redis: a standalone server (or any
+// server speaking the protocol, such as the embedded development store),
+// or a Redis Cluster when given a *redis.ClusterClient. It is safe for
+// concurrent use.
+type Store struct {
+	rdb redis.UniversalClient
+	// cluster is rdb when it is a Redis Cluster client: transactions then
+	// run on the master of their slot, and groups hold one bucket each.
+	cluster *redis.ClusterClient
+	keys    Layout
+	opt     Options
+	shards  []shard      // see Options.Shards
+	locks   []sync.Mutex // see Options.UserLocks
+	stats   storeStats
+	tracer  trace.Tracer // nil: tracing off
+}
+
+type storeStats struct {
+	transactions, conflicts, errorRetries, redirects, exhausted atomic.Uint64
+	replicationFailed                                           atomic.Uint64
+}
+
+// Stats are cumulative counters of a store's transactions.
+type Stats struct {
+	// Transactions counts committed EXECs. One EXEC commits a whole group
+	// of users (Options.MaxGroupUsers), so a batch of n users that all
+	// change commits in about n/MaxGroupUsers transactions, not n.
+	Transactions uint64
+	// Conflicts counts EXECs aborted because a watched key changed.
+	Conflicts uint64
+	// ErrorRetries counts attempts repeated after a Redis error.
+	ErrorRetries uint64
+	// Redirects counts attempts repeated because a Redis Cluster slot was
+	// moving or had moved (see Options.MaxRedirects).
+	Redirects uint64
+	// Exhausted counts users whose retries ran out (profile.ErrConflict).
+	Exhausted uint64
+	// ReplicationWaitsFailed counts transactions committed on the master
+	// whose WAIT saw fewer replicas than Options.WaitReplicas (their users
+	// got a *profile.ReplicationError).
+	ReplicationWaitsFailed uint64
+}
+
+// New returns a store on rdb. With a *redis.ClusterClient the store runs
+// in cluster mode: every transaction touches one bucket, whose keys share
+// one hash slot, and follows the slot when it moves.
+func New(rdb redis.UniversalClient, opt Options) *Store {
+	s := &Store{rdb: rdb, opt: opt.withDefaults()}
+	s.keys = NewLayout(s.opt.Buckets)
+	s.cluster, _ = rdb.(*redis.ClusterClient)
+	if s.opt.UserLocks > 0 {
+		s.locks = make([]sync.Mutex, s.opt.UserLocks)
+	}
+	s.shards = make([]shard, s.opt.Shards)
+	if s.opt.TracerProvider != nil {
+		s.tracer = s.opt.TracerProvider.Tracer("github.com/nudge-dm/nudge/profile/redisstore")
+	}
+	return s
+}
+
+// Layout returns the store's key layout.
+func (s *Store) Layout() Layout { return s.keys }
+
+// Stats returns the store's counters so far.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Transactions: s.stats.transactions.Load(),
+		Conflicts:    s.stats.conflicts.Load(),
+		ErrorRetries: s.stats.errorRetries.Load(),
+		Redirects:    s.stats.redirects.Load(),
+		Exhausted:    s.stats.exhausted.Load(),
+
+		ReplicationWaitsFailed: s.stats.replicationFailed.Load(),
+	}
+}
+
+// Span names and attributes of the store's traces. A user id is never an
+// attribute, nor in a recorded error (privacy): counts and the bucket are.
+const (
+	spanTransaction = "nudge.profile.transaction"
+	spanRead        = "nudge.profile.read"
+	spanDelete      = "nudge.profile.delete"
+
+	attrUsers     = attribute.Key("nudge.profile.users")
+	attrEvents    = attribute.Key("nudge.profile.events")
+	attrBucket    = attribute.Key("nudge.profile.bucket")
+	attrAttempts  = attribute.Key("nudge.profile.attempts")
+	attrConflicts = attribute.Key("nudge.profile.conflicts")
+	attrOutcome   = attribute.Key("nudge.profile.outcome")
+	attrNotFound  = attribute.Key("nudge.profile.not_found")
+	attrExisted   = attribute.Key("nudge.profile.existed")
+	attrActions   = attribute.Key("nudge.profile.actions")
+)
+
+// startSpan starts a span under ctx's, or returns ctx and a nil span when
+// tracing is off. Callers check the span for nil before building
+// attributes, so that tracing off allocates nothing.
+func (s *Store) startSpan(ctx context.Context, name string) (context.Context, trace.Span) {
+	if s.tracer == nil {
+		return ctx, nil
+	}
+	return s.tracer.Start(ctx, name)
+}
+
+// failSpan records err on span as its error status. err must not name a
+// user.
+func failSpan(span trace.Span, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+}
+
+// Apply runs step on the stored profile of each user of events with that
+// user's events, in order, and commits the new profiles and the steps'
+// actions (to each user's bucket outbox) in WATCH/MULTI/EXEC transactions
+// (txn.go). It returns one outcome per event, in the order given, and the
+// actions committed.
+//
+// The events are grouped by user here, once: each user's events go to the
+// shard of the user's bucket (shard.go), whose next cycle commits them with
+// every other call's events for the same users. Users succeed or fail
+// independently: a user whose profile is corrupt or whose step panics fails
+// alone, and none of its writes are committed; the others are.
+//
+// Deduplication happens inside step, on the profile read in the same
+// transaction, so re-running a transaction whose EXEC was applied but whose
+// reply was lost reports the events as duplicates instead of counting them
+// twice. If ctx ends first, the events not yet committed get its error
+// (they may still commit: re-sending them is safe).
+func (s *Store) Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
+	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
+	if len(events) == 0 {
+		return out
+	}
+	if err := ctx.Err(); err != nil {
+		for i := range out.Events {
+			out.Events[i].Err = err
+		}
+		return out
+	}
+	c := &call{ctx: ctx, done: make(chan struct{})}
+	byUser := make(map[string]*part)
+	for i := range events {
+		p := byUser[events[i].UserID]
+		if p == nil {
+			p = &part{userID: events[i].UserID, step: step, call: c}
+			byUser[p.userID] = p
+			c.parts = append(c.parts, p)
+		}
+		p.events = append(p.events, events[i])
+		p.idx = append(p.idx, i)
+	}
+	c.remaining.Store(int64(len(c.parts)))
+	s.enqueue(c.parts)
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+	}
+	for _, p := range c.parts {
+		p.collect(&out, ctx.Err())
+	}
+	return out
+}
+
+// Update runs fn on the user's stored profile (an empty Profile when the
+// user has none) at processing time now, and writes the profile back when
+// fn reports a change: a transaction of one user, on the caller's
+// goroutine, with the retries of Apply's. fn must be free of side effects
+// beyond the profile: it runs again, on a freshly read profile, when the
+// transaction conflicts. It returns the profile version after the call.
+func (s *Store) Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) (changed bool)) (uint64, error) {
+	w := &userWork{userID: userID, parts: []*part{{userID: userID, step: func(p *profile.Profile, _ []profile.Event, now time.Time) profile.Outcome {
+		return profile.Outcome{Changed: fn(p, now)}
+	}}}}
+	s.commitGroup(ctx, []*userWork{w})
+	if w.err != nil {
+		return 0, w.err
+	}
+	return w.version, nil
+}
+
+// Get reads a user's profile without a transaction. It returns
+// profile.ErrNotFound when the user has none, a wrapped
+// profile.ErrCorrupt when the key holds something else than a profile,
+// and a wrapped profile.ErrUnavailable when Redis fails.
+func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error) {
+	ctx, span := s.startSpan(ctx, spanRead)
+	if span == nil {
+		return s.get(ctx, userID)
+	}
+	defer span.End()
+	p, err := s.get(ctx, userID)
+	endRead(span, err)
+	return p, err
+}
+
+// endRead sets a read span's attributes from the per-user errors of the
+// read, and its status from the first error other than ErrNotFound.
+func endRead(span trace.Span, errs ...error) {
+	if !span.IsRecording() {
+		return
+	}
+	notFound := 0
+	var failed error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, profile.ErrNotFound):
+			notFound++
+		case failed == nil:
+			failed = err
+		}
+	}
+	span.SetAttributes(attrUsers.Int(len(errs)), attrNotFound.Int(notFound))
+	if failed != nil {
+		failSpan(span, failed)
+	}
+}
+
+func (s *Store) get(ctx context.Context, userID string) (*profile.Profile, error) {
+	raw, err := s.rdb.Get(ctx, s.keys.ProfileKey(userID)).Bytes()
+	if err != nil {
+		return nil, readError(ctx, err)
+	}
+	return profile.Decode(raw)
+}
+
+// readError is the error of a profile read that failed with err.
+func readError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, redis.Nil):
+		return profile.ErrNotFound
+	case isReplyOfKey(err):
+		return fmt.Errorf("%w: the profile key holds another Redis type: %w", profile.ErrCorrupt, err)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %w", profile.ErrUnavailable, err)
+}
+
+// GetMany reads several users' profiles in one pipelined round trip (one
+// per node on a cluster). For each user it returns the profile, or the
+// error Get would.
+func (s *Store) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	ctx, span := s.startSpan(ctx, spanRead)
+	if span == nil {
+		return s.getMany(ctx, userIDs)
+	}
+	defer span.End()
+	profiles, errs := s.getMany(ctx, userIDs)
+	endRead(span, errs...)
+	return profiles, errs
+}
+
+func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	profiles := make([]*profile.Profile, len(userIDs))
+	errs := make([]error, len(userIDs))
+	cmds := make([]*redis.StringCmd, len(userIDs))
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, id := range userIDs {
+			cmds[i] = pipe.Get(ctx, s.keys.ProfileKey(id))
+		}
+		return nil
+	})
+	// A reply about one key (WRONGTYPE) is that command's alone; only a
+	// failure of the connection is every command's.
+	var conn error
+	if err != nil && !errors.As(err, new(redis.Error)) {
+		conn = err
+	}
+	for i, cmd := range cmds {
+		raw, cerr := cmd.Bytes()
+		if cerr == nil {
+			cerr = conn
+		}
+		if cerr != nil {
+			errs[i] = readError(ctx, cerr)
+			continue
+		}
+		profiles[i], errs[i] = profile.Decode(raw)
+	}
+	return profiles, errs
+}
+
+// Delete erases a user from every key the store writes: the profile, the
+// user's entries in the bucket's outbox, and the user's entries in the
+// dead-letter stream (the audit stream is audit's). Events of the user that
+// arrive during or after the erasure start a new profile.
+func (s *Store) Delete(ctx context.Context, userID string) (profile.DeleteResult, error) {
+	ctx, span := s.startSpan(ctx, spanDelete)
+	if span == nil {
+		return s.delete(ctx, userID)
+	}
+	defer span.End()
+	res, err := s.delete(ctx, userID)
+	if span.IsRecording() {
+		span.SetAttributes(attrUsers.Int(1), attrBucket.Int(s.keys.Bucket(userID)),
+			attrExisted.Bool(res.Existed), attrActions.Int(res.Actions))
+		if err != nil {
+			failSpan(span, err)
+		}
+	}
+	return res, err
+}
+
+func (s *Store) delete(ctx context.Context, userID string) (profile.DeleteResult, error) {
+	var res profile.DeleteResult
+	n, err := s.rdb.Del(ctx, s.keys.ProfileKey(userID)).Result()
+	if err != nil {
+		return res, fmt.Errorf("%w: delete profile: %w", profile.ErrUnavailable, err)
+	}
+	res.Existed = n > 0
+	res.Actions, err = DeleteWhere(ctx, s.rdb, s.keys.OutboxKey(s.keys.Bucket(userID)), fieldUserID, userID)
+	if err != nil {
+		return res, fmt.Errorf("%w: outbox: %w", profile.ErrUnavailable, err)
+	}
+	res.DeadLetters, err = DeleteWhere(ctx, s.rdb, DeadStream, fieldUserID, userID)
+	if err != nil {
+		return res, fmt.Errorf("%w: dead letters: %w", profile.ErrUnavailable, err)
+	}
+	return res, nil
+}

@@ -1,0 +1,214 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// This file is the decision budget (DESIGN.md, principle 6: the budget is a
+// promise): the share of the budget the profile read gets, the bound on
+// reads waiting on the store, and the breaker that stops reads going to a
+// store that keeps failing them. A read that fails or misses its deadline
+// makes the answer degraded (decision.Rules.Answer), never an error.
+
+// evalHeadroom is the part of a decision budget kept for what follows the
+// profile read's deadline: go-redis and the runtime returning from a read
+// that missed it (about 1 ms late at the median on 2 shared cores, up to
+// 2-3 ms at the p99), evaluating the rules and sending the answer.
+const evalHeadroom = 2 * time.Millisecond
+
+// readShare is the part of budget b the profile read gets.
+func readShare(b time.Duration) time.Duration { return max(b-evalHeadroom, b/2) }
+
+// readContext returns the context for the profile read: the request's
+// budget (or the default, capped to the maximum) minus the evaluation
+// headroom.
+func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (context.Context, context.CancelFunc, time.Duration) {
+	b := s.cfg.DefaultBudget
+	if budget != nil && budget.AsDuration() > 0 {
+		b = min(budget.AsDuration(), s.cfg.MaxBudget)
+	}
+	read := readShare(b)
+	readCtx, cancel := context.WithTimeout(ctx, read)
+	return readCtx, cancel, read
+}
+
+// errReadsSaturated is the read error when too many profile reads are
+// already waiting on the store.
+var errReadsSaturated = errors.New("too many profile reads already waiting on the store")
+
+// errStoreFailing is the read error while the read breaker is open.
+type errStoreFailing struct {
+	failures int
+	resume   time.Duration
+}
+
+func (e errStoreFailing) Error() string {
+	return fmt.Sprintf("the last %d reads failed, so reads are paused for %v, then one probes the store", e.failures, e.resume.Round(time.Millisecond))
+}
+
+// boundedRead runs read, a read of the store for a decision, within
+// readCtx (see runBounded) unless the breaker is open, and tells the
+// breaker how it went. It returns read's value, or the error that kept it
+// from finishing in time. ctx is the call's.
+func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time.Duration, read func(context.Context) (T, []error)) (T, error) {
+	var zero T
+	now := time.Now() // the breaker's clock is the wall clock, not Config.Now
+	ok, probe := s.reads.allow(now)
+	if !ok {
+		return zero, errStoreFailing{failures: s.cfg.BreakerFailures, resume: s.reads.openFor(now)}
+	}
+	v, errs, err := runBounded(s, readCtx, read)
+	if errors.Is(err, errReadsSaturated) {
+		s.reads.abandon(probe)
+		return zero, err
+	}
+	// The breaker hears of the store's own errors only: a read that came
+	// back after its deadline (a large profile's decoding, a stall of this
+	// process) missed the budget, but the store did not fail.
+	failed := false
+	for _, e := range errs {
+		failed = failed || s.storeFailed(ctx, e, readBudget)
+	}
+	s.reads.record(time.Now(), probe, failed)
+	if err != nil {
+		return zero, err
+	}
+	return v, nil
+}
+
+// storeFailed reports whether a read's err tells of a failing store: the
+// store unreachable, or a read past its deadline when it had at least the
+// default budget's share (a caller's smaller budget says nothing about the
+// store); not a problem of one key (profile.ErrCorrupt), nor the caller's
+// own deadline or cancellation.
+func (s *Server) storeFailed(ctx context.Context, err error, readBudget time.Duration) bool {
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return false
+	case errors.Is(err, profile.ErrUnavailable):
+		return true
+	default:
+		return errors.Is(err, context.DeadlineExceeded) && readBudget >= s.defaultRead
+	}
+}
+
+// runBounded runs fn with ctx, whose deadline is the read's share of the
+// budget, when fewer than Config.MaxPendingReads calls are running it;
+// past that it fails at once with errReadsSaturated, so that a slow store
+// degrades decisions instead of piling them up. It returns fn's results
+// and, when ctx ended before or while fn ran, ctx's error.
+//
+// fn runs on the caller's goroutine: a goroutine per decision cost about a
+// tenth of the server's CPU per decision (creation, stack growth, a
+// cross-CPU wake-up), so the budget relies on the store honouring ctx's
+// deadline (see Store). A panic in fn reaches the recovery interceptor.
+func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) (T, []error)) (T, []error, error) {
+	var zero T
+	select {
+	case s.pendingReads <- struct{}{}:
+	default:
+		return zero, nil, errReadsSaturated
+	}
+	defer func() { <-s.pendingReads }()
+	if err := ctx.Err(); err != nil {
+		return zero, nil, err
+	}
+	v, errs := fn(ctx)
+	return v, errs, ctx.Err()
+}
+
+// breaker stops decision reads from going to a store that keeps failing
+// them, so that decisions degrade at once instead of each spending its
+// budget on a read that fails too. Without it, a paused or slow Redis made
+// every decision wait out its read deadline, which go-redis and the
+// runtime overshoot by about a millisecond (more at the tail), and made
+// each one replace the connection the timed-out read had left unusable: a
+// connection storm against a Redis already in trouble.
+//
+// After failures reads in a row failed, over at least minStreak, the
+// breaker opens for cooldown: reads fail fast. Then one read at a time goes
+// through as a probe; its success closes the breaker, its failure opens it
+// for another cooldown. minStreak keeps a burst of reads that timed out
+// together (a stall of the machine shorter than a read's deadline) from
+// opening it: an outage fails reads for longer than that. The zero breaker
+// is closed; a breaker with failures <= 0 never opens.
+//
+// It is pure logic; its clock is passed in.
+type breaker struct {
+	failures  int           // reads in a row that open the breaker
+	minStreak time.Duration // the least time those failures must span
+	cooldown  time.Duration // how long it stays open before a probe
+
+	mu        sync.Mutex
+	failed    int       // reads failed in a row
+	since     time.Time // when the first of them failed
+	openUntil time.Time // zero when closed
+	probing   bool      // a probe is in flight
+}
+
+// allow reports whether a read may go to the store now, and whether it is
+// the probe of an open breaker (whose outcome must then be recorded with
+// probe true).
+func (b *breaker) allow(now time.Time) (ok, probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.openUntil.IsZero():
+		return true, false
+	case now.Before(b.openUntil) || b.probing:
+		return false, false
+	default:
+		b.probing = true
+		return true, true
+	}
+}
+
+// record counts a read's outcome: failed is a store failure (unreachable,
+// or past a deadline long enough to tell), not a missing profile.
+func (b *breaker) record(now time.Time, probe, failed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if probe {
+		b.probing = false
+	}
+	if !failed {
+		b.failed, b.openUntil = 0, time.Time{}
+		return
+	}
+	if b.failed++; b.failed == 1 {
+		b.since = now
+	}
+	if b.failures > 0 && (probe || b.failed >= b.failures && now.Sub(b.since) >= b.minStreak) {
+		b.openUntil = now.Add(b.cooldown)
+	}
+}
+
+// abandon ends a probe that did not reach the store (the reads were
+// saturated): the next read probes instead.
+func (b *breaker) abandon(probe bool) {
+	if !probe {
+		return
+	}
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
+// openFor returns how long the breaker stays open from now, 0 when it is
+// closed or due a probe.
+func (b *breaker) openFor(now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.openUntil.IsZero() {
+		return 0
+	}
+	return max(0, b.openUntil.Sub(now))
+}
