@@ -178,7 +178,7 @@ func TestActionsDeliveredAtLeastOnceToEveryGroup(t *testing.T) {
 		}
 		perGroup := map[string]int{}
 		for _, m := range dead {
-			if !isPoison(m.Values["user_id"].(string)) || m.Values["delivery_count"] != "4" {
+			if !isPoison(m.Values["user_id"].(string)) || m.Values["delivery_count"] != "3" {
 				t.Errorf("dead letter %v is not a poisoned action after 3 deliveries", m.Values)
 			}
 			perGroup[m.Values["dead_group"].(string)]++

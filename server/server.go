@@ -140,48 +140,55 @@ type Config struct {
 	MaxRecvMsgBytes int
 }
 
+// DefaultConfig returns the settings a Server runs with when told
+// nothing (Limits: profile.DefaultLimits; no clock, logger, meter, audit,
+// outbox or tokens: their defaults are in Config).
+func DefaultConfig() Config {
+	return Config{
+		Limits:            profile.DefaultLimits(),
+		DefaultBudget:     10 * time.Millisecond,
+		MaxBudget:         time.Second,
+		MaxInFlight:       8,
+		MaxInFlightEvents: 32768,
+		ReservationTTL:    5 * time.Minute,
+		MaxPendingReads:   1024,
+		BreakerFailures:   3,
+		BreakerCooldown:   50 * time.Millisecond,
+		MaxUnacked:        1000,
+		MaxRecvMsgBytes:   16 << 20,
+	}
+}
+
 func (c Config) withDefaults() Config {
+	d := DefaultConfig()
 	c.Limits = c.Limits.WithDefaults()
-	if c.DefaultBudget <= 0 {
-		c.DefaultBudget = 10 * time.Millisecond
-	}
-	if c.MaxBudget <= 0 {
-		c.MaxBudget = time.Second
-	}
-	if c.DefaultBudget > c.MaxBudget {
-		c.DefaultBudget = c.MaxBudget
-	}
-	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 8
-	}
-	if c.MaxInFlightEvents <= 0 {
-		c.MaxInFlightEvents = 32768
-	}
-	if c.MaxUnacked <= 0 {
-		c.MaxUnacked = 1000
-	}
-	if c.ReservationTTL <= 0 {
-		c.ReservationTTL = 5 * time.Minute
-	}
-	if c.MaxPendingReads <= 0 {
-		c.MaxPendingReads = 1024
-	}
+	positive(&c.DefaultBudget, d.DefaultBudget)
+	positive(&c.MaxBudget, d.MaxBudget)
+	c.DefaultBudget = min(c.DefaultBudget, c.MaxBudget)
+	positive(&c.MaxInFlight, d.MaxInFlight)
+	positive(&c.MaxInFlightEvents, d.MaxInFlightEvents)
+	positive(&c.MaxUnacked, d.MaxUnacked)
+	positive(&c.ReservationTTL, d.ReservationTTL)
+	positive(&c.MaxPendingReads, d.MaxPendingReads)
 	if c.BreakerFailures == 0 {
-		c.BreakerFailures = 3
+		c.BreakerFailures = d.BreakerFailures
 	}
-	if c.BreakerCooldown <= 0 {
-		c.BreakerCooldown = 50 * time.Millisecond
-	}
+	positive(&c.BreakerCooldown, d.BreakerCooldown)
+	positive(&c.MaxRecvMsgBytes, d.MaxRecvMsgBytes)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.MaxRecvMsgBytes <= 0 {
-		c.MaxRecvMsgBytes = 16 << 20
-	}
 	return c
+}
+
+// positive sets *p to d when it is not positive.
+func positive[T int | time.Duration](p *T, d T) {
+	if *p <= 0 {
+		*p = d
+	}
 }
 
 // Server implements nudge's gRPC services on a Store and a RuleSource. It

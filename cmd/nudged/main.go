@@ -43,6 +43,7 @@ func run() error {
 		return err
 	}
 	daemon.ApplyRuntime(cfg.Runtime, os.LookupEnv, cfg.Logger)
+	daemon.RouteRedisLogs(cfg.Logger)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Run(ctx, cfg, nil)

@@ -15,6 +15,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	"github.com/nudge-dm/nudge/server"
 )
 
@@ -38,6 +41,7 @@ type Config struct {
 	Buckets int `yaml:"buckets"`
 
 	Redis    RedisConfig    `yaml:"redis"`
+	Profile  ProfileConfig  `yaml:"profile"`
 	Rules    RulesConfig    `yaml:"rules"`
 	Decision DecisionConfig `yaml:"decision"`
 	Delivery DeliveryConfig `yaml:"delivery"`
@@ -105,8 +109,76 @@ type RedisConfig struct {
 	// events are answered ABORTED, to be re-sent. Default 64.
 	MaxAttempts int `yaml:"max_attempts"`
 	// WaitTimeout bounds each WAIT. Default 1s.
-	WaitTimeout time.Duration   `yaml:"wait_timeout"`
-	TLS         ClientTLSConfig `yaml:"tls"`
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+	// MaxErrorRetries bounds the retries of a transaction after a Redis
+	// error (a cut connection); past it the batch answers UNAVAILABLE.
+	// Default 3; -1: none.
+	MaxErrorRetries int `yaml:"max_error_retries"`
+	// MaxRedirects bounds, on a Redis Cluster, the retries of a
+	// transaction whose slot is moving (reshard, failover). Default 200.
+	MaxRedirects int `yaml:"max_redirects"`
+	// BackoffMin and BackoffMax bound the jittered backoff between
+	// attempts. Defaults 100µs and 20ms.
+	BackoffMin time.Duration `yaml:"backoff_min"`
+	BackoffMax time.Duration `yaml:"backoff_max"`
+	// MaxGroupUsers is the most users written in one MULTI/EXEC. Default
+	// 64; 1 commits every user alone.
+	MaxGroupUsers int `yaml:"max_group_users"`
+	// Parallelism is the transactions one shard commits at once. Default
+	// 16.
+	Parallelism int `yaml:"parallelism"`
+	// Shards is the number of queues users are routed to by bucket (the
+	// keyBy of DESIGN.md). Default 32.
+	Shards int `yaml:"shards"`
+	// UserLocks is the number of in-process lock stripes serialising
+	// transactions on one user. Default 65536; -1: none.
+	UserLocks int             `yaml:"user_locks"`
+	TLS       ClientTLSConfig `yaml:"tls"`
+}
+
+// ProfileConfig says what a profile remembers and how long it is kept
+// (profile.Limits, redisstore.Options.TTL); docs/rules.md explains what
+// each bound means for rules.
+type ProfileConfig struct {
+	// TTL is how long an idle profile is kept in Redis. Default 720h (30
+	// days); negative (-1s): never expire.
+	TTL time.Duration `yaml:"ttl"`
+	// Retention is how far back event-time counts go: the longest window
+	// a rule can count, and the oldest event accepted. Default 24h1m.
+	Retention time.Duration `yaml:"retention"`
+	// MaxFuture is how far ahead of nudged's clock an event may be.
+	// Default 5m.
+	MaxFuture time.Duration `yaml:"max_future"`
+	// DedupWindow and DedupMax are the dedup horizon: an event id is
+	// remembered this long (processing time), and at most this many per
+	// user. Defaults 24h and 2048.
+	DedupWindow time.Duration `yaml:"dedup_window"`
+	DedupMax    int           `yaml:"dedup_max"`
+	// MaxSeries is the most (type, category) series kept per user.
+	// Default 256.
+	MaxSeries int `yaml:"max_series"`
+	// FiredRetention and MaxFired bound the trigger cooldown marks kept.
+	// Defaults 720h and 256.
+	FiredRetention time.Duration `yaml:"fired_retention"`
+	MaxFired       int           `yaml:"max_fired"`
+	// SendRetention and MaxSends bound the message_sent records kept (for
+	// frequency caps and offer cooldowns), MaxPurchaseCategories the
+	// categories whose last purchase is kept. Defaults 720h, 512, 256.
+	SendRetention         time.Duration `yaml:"send_retention"`
+	MaxSends              int           `yaml:"max_sends"`
+	MaxPurchaseCategories int           `yaml:"max_purchase_categories"`
+}
+
+// Limits returns the profile limits c configures.
+func (c ProfileConfig) Limits() profile.Limits {
+	return profile.Limits{
+		Retention: c.Retention, MaxFuture: c.MaxFuture,
+		DedupWindow: c.DedupWindow, DedupMax: c.DedupMax,
+		MaxSeries:      c.MaxSeries,
+		FiredRetention: c.FiredRetention, MaxFired: c.MaxFired,
+		SendRetention: c.SendRetention, MaxSends: c.MaxSends,
+		MaxPurchaseCategories: c.MaxPurchaseCategories,
+	}
 }
 
 // ClientTLSConfig is TLS towards Redis.
@@ -267,41 +339,61 @@ type LogConfig struct {
 }
 
 // Defaults returns the configuration nudged runs with when told nothing.
+// What belongs to a package (the store, the profile limits, the server,
+// delivery) is that package's default; the rest is nudged's own.
 func Defaults() Config {
+	store, srv, dlv, lim := redisstore.DefaultOptions(), server.DefaultConfig(), delivery.DefaultOptions(), profile.DefaultLimits()
 	return Config{
 		Listen:       "127.0.0.1:7070",
 		DrainTimeout: 10 * time.Second,
-		Buckets:      1024,
+		Buckets:      store.Buckets,
 		Redis: RedisConfig{
-			PoolSize:     64,
-			DialTimeout:  5 * time.Second,
-			ReadTimeout:  3 * time.Second,
-			WriteTimeout: 3 * time.Second,
-			WaitReplicas: WaitReplicasAuto,
-			WaitTimeout:  time.Second,
-			MaxAttempts:  64,
+			PoolSize:        64,
+			DialTimeout:     5 * time.Second,
+			ReadTimeout:     3 * time.Second,
+			WriteTimeout:    3 * time.Second,
+			WaitReplicas:    WaitReplicasAuto,
+			WaitTimeout:     store.WaitTimeout,
+			MaxAttempts:     store.MaxAttempts,
+			MaxErrorRetries: store.MaxErrorRetries,
+			MaxRedirects:    store.MaxRedirects,
+			BackoffMin:      store.BackoffMin,
+			BackoffMax:      store.BackoffMax,
+			MaxGroupUsers:   store.MaxGroupUsers,
+			Parallelism:     store.Parallelism,
+			Shards:          store.Shards,
+			UserLocks:       store.UserLocks,
+		},
+		Profile: ProfileConfig{
+			TTL:       store.TTL,
+			Retention: lim.Retention, MaxFuture: lim.MaxFuture,
+			DedupWindow: lim.DedupWindow, DedupMax: lim.DedupMax,
+			MaxSeries:      lim.MaxSeries,
+			FiredRetention: lim.FiredRetention, MaxFired: lim.MaxFired,
+			SendRetention: lim.SendRetention, MaxSends: lim.MaxSends,
+			MaxPurchaseCategories: lim.MaxPurchaseCategories,
 		},
 		Rules: RulesConfig{Reload: 5 * time.Second},
 		Decision: DecisionConfig{
-			Budget:          10 * time.Millisecond,
-			BudgetMax:       time.Second,
-			ReservationTTL:  5 * time.Minute,
+			Budget:          srv.DefaultBudget,
+			BudgetMax:       srv.MaxBudget,
+			ReservationTTL:  srv.ReservationTTL,
 			AuditSample:     0.01,
-			BreakerFailures: 3,
-			BreakerCooldown: 50 * time.Millisecond,
+			BreakerFailures: srv.BreakerFailures,
+			BreakerCooldown: srv.BreakerCooldown,
 		},
 		Delivery: DeliveryConfig{
-			VisibilityTimeout: 30 * time.Second,
-			MaxDeliveries:     5,
-			MaxUnacked:        1000,
+			VisibilityTimeout: dlv.Visibility,
+			MaxDeliveries:     dlv.MaxDeliveries,
+			MaxUnacked:        srv.MaxUnacked,
 			OutboxRetention:   24 * time.Hour,
 			TrimInterval:      time.Minute,
 		},
 		Limits: LimitsConfig{
-			MaxMessageBytes:   16 << 20,
-			MaxInFlight:       8,
-			MaxInFlightEvents: 32768,
-			MaxPendingReads:   1024,
+			MaxMessageBytes:   srv.MaxRecvMsgBytes,
+			MaxInFlight:       srv.MaxInFlight,
+			MaxInFlightEvents: srv.MaxInFlightEvents,
+			MaxPendingReads:   srv.MaxPendingReads,
 		},
 		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "nudged"},
 		Log:     LogConfig{Format: "text", Level: "info"},
@@ -367,6 +459,26 @@ func (c *Config) settings() []setting {
 		{"redis.wait_replicas", "redis-wait-replicas", "replicas that must confirm each ingest write before it is acknowledged (WAIT): auto (1 when every master has a replica, else 0), a number, or 0 for none", str(&c.Redis.WaitReplicas)},
 		{"redis.max_attempts", "redis-max-attempts", "transactions tried per user and ingest call on WATCH conflicts before its events answer ABORTED", integer(&c.Redis.MaxAttempts)},
 		{"redis.wait_timeout", "redis-wait-timeout", "bound of each WAIT for replicas; past it the batch answers UNAVAILABLE and is re-sent", duration(&c.Redis.WaitTimeout)},
+		{"redis.max_error_retries", "redis-max-error-retries", "retries of a transaction after a Redis error before its batch answers UNAVAILABLE (-1: none)", integer(&c.Redis.MaxErrorRetries)},
+		{"redis.max_redirects", "redis-max-redirects", "retries of a transaction whose Redis Cluster slot is moving", integer(&c.Redis.MaxRedirects)},
+		{"redis.backoff_min", "redis-backoff-min", "least backoff between transaction attempts", duration(&c.Redis.BackoffMin)},
+		{"redis.backoff_max", "redis-backoff-max", "most backoff between transaction attempts", duration(&c.Redis.BackoffMax)},
+		{"redis.max_group_users", "redis-max-group-users", "users written in one MULTI/EXEC (1: each alone)", integer(&c.Redis.MaxGroupUsers)},
+		{"redis.parallelism", "redis-parallelism", "transactions one shard commits at once", integer(&c.Redis.Parallelism)},
+		{"redis.shards", "redis-shards", "queues users are routed to by bucket", integer(&c.Redis.Shards)},
+		{"redis.user_locks", "redis-user-locks", "in-process lock stripes serialising transactions on one user (-1: none)", integer(&c.Redis.UserLocks)},
+
+		{"profile.ttl", "profile-ttl", "how long an idle profile is kept (negative: forever)", duration(&c.Profile.TTL)},
+		{"profile.retention", "profile-retention", "how far back event-time counts go: the longest window and the oldest event accepted", duration(&c.Profile.Retention)},
+		{"profile.max_future", "profile-max-future", "how far ahead of the clock an event may be", duration(&c.Profile.MaxFuture)},
+		{"profile.dedup_window", "profile-dedup-window", "how long an event id is remembered for deduplication", duration(&c.Profile.DedupWindow)},
+		{"profile.dedup_max", "profile-dedup-max", "most event ids remembered per user", integer(&c.Profile.DedupMax)},
+		{"profile.max_series", "profile-max-series", "most (type, category) series kept per user", integer(&c.Profile.MaxSeries)},
+		{"profile.fired_retention", "profile-fired-retention", "how long trigger cooldown marks are kept", duration(&c.Profile.FiredRetention)},
+		{"profile.max_fired", "profile-max-fired", "most trigger cooldown marks kept per user", integer(&c.Profile.MaxFired)},
+		{"profile.send_retention", "profile-send-retention", "how long message_sent records and last purchases are kept", duration(&c.Profile.SendRetention)},
+		{"profile.max_sends", "profile-max-sends", "most message_sent records kept per user", integer(&c.Profile.MaxSends)},
+		{"profile.max_purchase_categories", "profile-max-purchase-categories", "most categories whose last purchase is kept per user", integer(&c.Profile.MaxPurchaseCategories)},
 		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
 		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
 		{"redis.tls.cert_file", "redis-tls-cert-file", "client certificate for Redis", str(&c.Redis.TLS.CertFile)},
@@ -590,10 +702,21 @@ func (c Config) Validate() error {
 		return fmt.Errorf("redis.wait_timeout: %v is negative", c.Redis.WaitTimeout)
 	case c.Redis.MaxAttempts < 0:
 		return fmt.Errorf("redis.max_attempts: %d is negative", c.Redis.MaxAttempts)
+	case c.Redis.MaxErrorRetries < -1:
+		return fmt.Errorf("redis.max_error_retries: %d; want a count, or -1 for none", c.Redis.MaxErrorRetries)
+	case c.Redis.UserLocks < -1:
+		return fmt.Errorf("redis.user_locks: %d; want a count, or -1 for none", c.Redis.UserLocks)
+	case c.Redis.BackoffMin < 0 || c.Redis.BackoffMax < 0:
+		return fmt.Errorf("redis.backoff_min, redis.backoff_max: %v, %v; want durations that are not negative", c.Redis.BackoffMin, c.Redis.BackoffMax)
+	case c.Redis.MaxRedirects < 0 || c.Redis.MaxGroupUsers < 0 || c.Redis.Parallelism < 0 || c.Redis.Shards < 0:
+		return errors.New("redis.max_redirects, max_group_users, parallelism, shards: none may be negative")
 	case c.Decision.BreakerFailures < -1:
 		return fmt.Errorf("decision.breaker_failures: %d; want a count, or -1 to never stop reads", c.Decision.BreakerFailures)
 	case c.Decision.BreakerCooldown < 0:
 		return fmt.Errorf("decision.breaker_cooldown: %v is negative", c.Decision.BreakerCooldown)
+	}
+	if err := c.Profile.validate(); err != nil {
+		return err
 	}
 	n, auto, err := c.Redis.waitReplicas()
 	if err != nil {
@@ -615,6 +738,27 @@ func (c Config) Validate() error {
 		return err
 	}
 	return c.checkExposure()
+}
+
+// validate refuses negative bounds (TTL may be negative: no expiry).
+func (c ProfileConfig) validate() error {
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"retention", c.Retention}, {"max_future", c.MaxFuture}, {"dedup_window", c.DedupWindow}, {"fired_retention", c.FiredRetention}, {"send_retention", c.SendRetention}} {
+		if d.v < 0 {
+			return fmt.Errorf("profile.%s: %v is negative", d.key, d.v)
+		}
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}} {
+		if n.v < 0 {
+			return fmt.Errorf("profile.%s: %d is negative", n.key, n.v)
+		}
+	}
+	return nil
 }
 
 // WaitReplicasAuto is the default of RedisConfig.WaitReplicas: wait for

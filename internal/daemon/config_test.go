@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 func env(vars map[string]string) func(string) (string, bool) {
@@ -121,6 +124,9 @@ func TestLoadRefuses(t *testing.T) {
 		{name: "wait replicas embedded", args: []string{"--redis-wait-replicas", "1"}, want: "embedded development store has no replicas"},
 		{name: "wait timeout negative", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-timeout", "-1s"}, want: "redis.wait_timeout: -1s is negative"},
 		{name: "missing token file", args: []string{"--auth-token-file", "/nonexistent/tokens.yaml"}, want: "auth.token_file"},
+		{name: "profile bound negative", args: []string{"--profile-dedup-window", "-1h"}, want: "profile.dedup_window: -1h0m0s is negative"},
+		{name: "profile count negative", file: "profile:\n  max_sends: -5\n", want: "profile.max_sends: -5 is negative"},
+		{name: "user locks", args: []string{"--redis-user-locks", "-2"}, want: "redis.user_locks: -2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
@@ -313,5 +319,66 @@ func TestLoadWaitReplicas(t *testing.T) {
 				t.Errorf("wait_timeout %v, want %v", got.Config.Redis.WaitTimeout, tc.timeout)
 			}
 		})
+	}
+}
+
+// TestProfileAndStoreSettingsReachTheirPackages: every profile and store
+// setting of the file arrives in the options nudged builds the store and
+// the server with.
+func TestProfileAndStoreSettingsReachTheirPackages(t *testing.T) {
+	file := `buckets: 64
+profile:
+  ttl: -1s
+  retention: 48h
+  max_future: 1m
+  dedup_window: 36h
+  dedup_max: 100
+  max_series: 10
+  fired_retention: 1h
+  max_fired: 11
+  send_retention: 2h
+  max_sends: 12
+  max_purchase_categories: 13
+redis:
+  max_attempts: 5
+  max_error_retries: -1
+  max_redirects: 6
+  backoff_min: 1ms
+  backoff_max: 2ms
+  max_group_users: 7
+  parallelism: 8
+  shards: 9
+  user_locks: -1
+  wait_timeout: 3s
+`
+	loaded, err := Load([]string{"--config", writeFile(t, "c.yaml", file)}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := loaded.Config
+	gotStore := c.storeOptions(2, nil)
+	wantStore := redisstore.Options{
+		Buckets: 64, TTL: -time.Second, MaxAttempts: 5, MaxErrorRetries: -1, MaxRedirects: 6,
+		BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond, MaxGroupUsers: 7, Parallelism: 8, Shards: 9,
+		UserLocks: -1, WaitReplicas: 2, WaitTimeout: 3 * time.Second,
+	}
+	if !reflect.DeepEqual(gotStore, wantStore) {
+		t.Errorf("store options %+v\nwant %+v", gotStore, wantStore)
+	}
+	gotLimits := c.serverConfig(nil, nil, nil, nil).Limits
+	wantLimits := profile.Limits{
+		Retention: 48 * time.Hour, MaxFuture: time.Minute, DedupWindow: 36 * time.Hour, DedupMax: 100, MaxSeries: 10,
+		FiredRetention: time.Hour, MaxFired: 11, SendRetention: 2 * time.Hour, MaxSends: 12, MaxPurchaseCategories: 13,
+	}
+	if gotLimits != wantLimits {
+		t.Errorf("profile limits %+v\nwant %+v", gotLimits, wantLimits)
+	}
+	// Nothing said: the packages' own defaults.
+	d := Defaults()
+	if o := d.storeOptions(0, nil); o.TTL != redisstore.DefaultOptions().TTL || o.Shards != redisstore.DefaultOptions().Shards {
+		t.Errorf("default store options %+v, want the store's defaults", o)
+	}
+	if l := d.serverConfig(nil, nil, nil, nil).Limits; l != profile.DefaultLimits() {
+		t.Errorf("default limits %+v, want profile.DefaultLimits()", l)
 	}
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -52,9 +54,10 @@ func setDefault[T comparable](p *T, d T) {
 }
 
 // Run starts nudged and serves until ctx ends, then shuts down gracefully:
-// it stops accepting, answers the ingest batches in flight, and waits at
-// most DrainTimeout. ready, if not nil, is called with the gRPC address once
-// the server accepts calls.
+// it stops accepting, answers the ingest batches in flight, waits at most
+// DrainTimeout, then stops the other actors (actors.go) and joins them.
+// ready, if not nil, is called with the gRPC address once the server
+// accepts calls.
 func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
@@ -113,13 +116,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 	}()
 
-	store := redisstore.New(rdb, redisstore.Options{
-		Buckets:        cfg.Buckets,
-		TracerProvider: tp,
-		MaxAttempts:    cfg.Redis.MaxAttempts,
-		WaitReplicas:   waitReplicas,
-		WaitTimeout:    cfg.Redis.WaitTimeout,
-	})
+	store := redisstore.New(rdb, cfg.storeOptions(waitReplicas, tp))
 	if err := registerStoreMetrics(metrics.meter, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -127,33 +124,12 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	auditLog := audit.New(rdb, audit.Options{Sample: cfg.Decision.AuditSample})
-	auditDone := make(chan struct{})
-	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
-	go func() { auditLog.Run(auditCtx); close(auditDone) }()
-	defer func() { stopAudit(); <-auditDone }() // after the gRPC server stopped: flushes the last entries
 	outbox := delivery.New(rdb, store.Layout(), delivery.Options{Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries})
 	rulesMetrics, err := registerDaemonMetrics(metrics.meter, rules, outbox, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	srv, err := server.New(store, rules, server.Config{
-		Outbox:            outbox,
-		MaxUnacked:        cfg.Delivery.MaxUnacked,
-		DefaultBudget:     cfg.Decision.Budget,
-		MaxBudget:         cfg.Decision.BudgetMax,
-		ReservationTTL:    cfg.Decision.ReservationTTL,
-		MaxInFlight:       cfg.Limits.MaxInFlight,
-		MaxInFlightEvents: cfg.Limits.MaxInFlightEvents,
-		MaxPendingReads:   cfg.Limits.MaxPendingReads,
-		BreakerFailures:   cfg.Decision.BreakerFailures,
-		BreakerCooldown:   cfg.Decision.BreakerCooldown,
-		MaxRecvMsgBytes:   cfg.Limits.MaxMessageBytes,
-		Tokens:            tokens,
-		LogUserIDs:        cfg.Log.UserIDs,
-		Logger:            log,
-		Meter:             metrics.meter,
-		Audit:             auditLog,
-	})
+	srv, err := server.New(store, rules, cfg.serverConfig(tokens, outbox, auditLog, metrics.meter))
 	if err != nil {
 		return err
 	}
@@ -162,14 +138,12 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		opts = append(opts, grpc.Creds(creds))
 	}
 	g := srv.NewGRPCServer(opts...)
-
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	reported := func(changed bool, err error) {
+
+	reported := func(ctx context.Context, changed bool, err error) {
 		rulesMetrics.reloaded(ctx, changed, err)
 		switch {
 		case err != nil:
@@ -180,44 +154,107 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 			log.Info("rules unchanged", "version", rules.Rules().Version())
 		}
 	}
-	go rules.Watch(ctx, cfg.Rules.Reload, reported)
-	go trimLoop(ctx, outbox, cfg, log)
-	// SIGHUP reloads the rules file at once.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
+	// Stopped in the reverse order: the gRPC server drains first, and the
+	// audit writer flushes what the last decisions logged.
+	parts := actors{log: log}
+	parts.add("audit", func(ctx context.Context) error { auditLog.Run(ctx); return nil })
+	parts.add("metrics", metrics.serve)
+	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, log); return nil })
+	parts.add("rules watcher", func(ctx context.Context) error {
+		if cfg.Rules.File == "" || cfg.Rules.Reload <= 0 {
+			<-ctx.Done() // nothing to watch
+			return nil
+		}
+		rules.Watch(ctx, cfg.Rules.Reload, func(changed bool, err error) { reported(ctx, changed, err) })
+		return nil
+	})
+	parts.add("SIGHUP", func(ctx context.Context) error {
+		// SIGHUP reloads the rules file at once.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-hup:
-				reported(rules.Reload())
+				changed, err := rules.Reload()
+				reported(ctx, changed, err)
 			}
 		}
-	}()
-
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- g.Serve(lis) }()
-	log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
-	if len(tokens) == 0 {
-		log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
-	}
-	if ready != nil {
-		ready(lis.Addr())
-	}
-	select {
-	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down", "drain_timeout", cfg.DrainTimeout)
-	srv.Shutdown(g, cfg.DrainTimeout)
-	if err := <-serveErr; err != nil && !errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("serve: %w", err)
+	})
+	parts.add("grpc", func(ctx context.Context) error {
+		served := make(chan error, 1)
+		go func() { served <- g.Serve(lis) }()
+		log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
+		if len(tokens) == 0 {
+			log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
+		}
+		if ready != nil {
+			ready(lis.Addr())
+		}
+		select {
+		case err := <-served:
+			return fmt.Errorf("serve: %w", err)
+		case <-ctx.Done():
+		}
+		log.Info("shutting down", "drain_timeout", cfg.DrainTimeout)
+		srv.Shutdown(g, cfg.DrainTimeout)
+		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	if err := parts.run(ctx); err != nil {
+		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// storeOptions are the Redis store's options from c (zero fields: the
+// store's defaults).
+func (c Config) storeOptions(waitReplicas int, tp trace.TracerProvider) redisstore.Options {
+	return redisstore.Options{
+		Buckets:         c.Buckets,
+		TTL:             c.Profile.TTL,
+		MaxAttempts:     c.Redis.MaxAttempts,
+		MaxErrorRetries: c.Redis.MaxErrorRetries,
+		MaxRedirects:    c.Redis.MaxRedirects,
+		BackoffMin:      c.Redis.BackoffMin,
+		BackoffMax:      c.Redis.BackoffMax,
+		MaxGroupUsers:   c.Redis.MaxGroupUsers,
+		Parallelism:     c.Redis.Parallelism,
+		Shards:          c.Redis.Shards,
+		UserLocks:       c.Redis.UserLocks,
+		WaitReplicas:    waitReplicas,
+		WaitTimeout:     c.Redis.WaitTimeout,
+		TracerProvider:  tp,
+	}
+}
+
+// serverConfig is the gRPC server's configuration from c (zero fields: the
+// server's defaults).
+func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, auditLog *audit.Log, meter metric.Meter) server.Config {
+	return server.Config{
+		Limits:            c.Profile.Limits(),
+		Outbox:            outbox,
+		MaxUnacked:        c.Delivery.MaxUnacked,
+		DefaultBudget:     c.Decision.Budget,
+		MaxBudget:         c.Decision.BudgetMax,
+		ReservationTTL:    c.Decision.ReservationTTL,
+		MaxInFlight:       c.Limits.MaxInFlight,
+		MaxInFlightEvents: c.Limits.MaxInFlightEvents,
+		MaxPendingReads:   c.Limits.MaxPendingReads,
+		BreakerFailures:   c.Decision.BreakerFailures,
+		BreakerCooldown:   c.Decision.BreakerCooldown,
+		MaxRecvMsgBytes:   c.Limits.MaxMessageBytes,
+		Tokens:            tokens,
+		LogUserIDs:        c.Log.UserIDs,
+		Logger:            c.Logger,
+		Meter:             meter,
+		Audit:             auditLog,
+	}
 }
 
 func tlsMode(c TLSConfig) string {

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,30 +73,45 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		log.Warn("pprof serving on the metrics listener: keep it off networks you do not trust", "addr", "http://"+lis.Addr().String()+"/debug/pprof/")
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics listener failed", "err", err)
-		}
-	}()
 	log.Info("metrics serving", "addr", "http://"+lis.Addr().String()+"/metrics")
 	return &metricsEndpoint{
 		meter:    provider.Meter("github.com/nudge-dm/nudge"),
 		provider: provider,
 		sdk:      provider,
-		srv:      srv,
+		srv:      &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		lis:      lis,
 	}, nil
 }
 
-func (m *metricsEndpoint) close() {
+// serve answers scrapes until ctx ends (the "metrics" actor), then shuts
+// the listener and the meter provider down. Without a listener it only
+// waits.
+func (m *metricsEndpoint) serve(ctx context.Context) error {
 	if m.srv == nil {
-		return
+		<-ctx.Done()
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	errc := make(chan error, 1)
+	go func() { errc <- m.srv.Serve(m.lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics listener: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	_ = m.srv.Shutdown(ctx)
-	_ = m.sdk.Shutdown(ctx)
+	_ = m.srv.Shutdown(sctx)
+	<-errc // ErrServerClosed
+	_ = m.sdk.Shutdown(sctx)
+	return nil
+}
+
+// close releases a listener that never served (Run failed before its
+// actors started).
+func (m *metricsEndpoint) close() {
+	if m.lis != nil {
+		_ = m.lis.Close()
+	}
 }
 
 // daemonMetrics are the figures only the daemon sees: rules reloads and the

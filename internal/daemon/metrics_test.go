@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -29,6 +30,9 @@ func TestPprofOnlyWhenAskedFor(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ctx, cancel := context.WithCancel(t.Context())
+		served := make(chan error, 1)
+		go func() { served <- m.serve(ctx) }()
 		base := "http://" + m.lis.Addr().String()
 		code, body := get(t, base+"/metrics")
 		if code != http.StatusOK || !strings.Contains(body, `service_name="nudged-test"`) || !strings.Contains(body, "process_resident_memory_bytes") {
@@ -41,6 +45,9 @@ func TestPprofOnlyWhenAskedFor(t *testing.T) {
 		case !pprof && code != http.StatusNotFound:
 			t.Errorf("pprof off: /debug/pprof/ answered %d, want 404", code)
 		}
-		m.close()
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 	}
 }

@@ -1,8 +1,13 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ApplyRuntime sets the garbage collector's target and the soft memory
@@ -31,4 +36,19 @@ func ApplyRuntime(c RuntimeConfig, lookupEnv func(string) (string, bool), log *s
 	}
 	// SetMemoryLimit with a negative value only reads the limit.
 	log.Debug("go runtime tuned", "gc_target_from", gogc, "memory_limit_bytes", debug.SetMemoryLimit(-1))
+}
+
+// RouteRedisLogs sends go-redis's own log lines (a failed dial, a cluster
+// reload) through log at warn level, so that they follow log.format
+// instead of breaking a JSON log with plain text. go-redis has one logger
+// per process: only a program's main calls this.
+func RouteRedisLogs(log *slog.Logger) {
+	redis.SetLogger(redisLog{log})
+}
+
+// redisLog is go-redis's logger interface on a slog.Logger.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "), "component", "go-redis")
 }
