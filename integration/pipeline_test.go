@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -300,8 +301,32 @@ func TestInvalidEventRejectedAlone(t *testing.T) {
 	})
 }
 
+// deadLetter delivers every action of the outbox to a group, never
+// acknowledged, until n of them are in the dead-letter stream (one
+// delivery each: MaxDeliveries 1).
+func deadLetter(t *testing.T, e *env, n int) {
+	t.Helper()
+	o := delivery.New(e.rdb, e.store.Layout(), delivery.Options{Visibility: 20 * time.Millisecond, MaxDeliveries: 1, Block: 20 * time.Millisecond})
+	ctx := ctxT(t)
+	for {
+		if _, err := o.Read(ctx, "never-acks", "m"); err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		dead, err := o.Dead(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dead) >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d dead letters, want %d: %v", len(dead), n, ctx.Err())
+		}
+	}
+}
+
 // Acceptance (6): DeleteProfile leaves no key for that user and no entry in
-// the outbox, and leaves other users alone.
+// the outbox or the dead-letter stream, and leaves other users alone.
 func TestDeleteProfileLeavesNoKey(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
 		e := b.newEnv(t, redisstore.Options{Buckets: 4})
@@ -319,12 +344,22 @@ func TestDeleteProfileLeavesNoKey(t *testing.T) {
 				t.Fatalf("%s: %d actions, want 1", u, len(resp.Actions))
 			}
 		}
+		// Both actions go to the dead-letter stream, as a sender that
+		// never acknowledges them would make them: erasure covers it too.
+		deadLetter(t, e, 2)
 		del, err := e.prof.DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: victim})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !del.Deleted || del.ActionsDeleted != 1 {
 			t.Errorf("DeleteProfile = %v, want deleted with 1 action", del)
+		}
+		dead, err := delivery.New(e.rdb, e.store.Layout(), delivery.Options{}).Dead(ctxT(t), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dead) != 1 || dead[0].Values["user_id"] != neighbour {
+			t.Errorf("dead letters after erasing %s: %v, want the neighbour's only", victim, dead)
 		}
 		for _, k := range e.keys(t) {
 			if strings.Contains(k, victim) {

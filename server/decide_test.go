@@ -279,6 +279,42 @@ func TestGetDecisionBreaker(t *testing.T) {
 	}
 }
 
+// TestGetDecisionBreakerIgnoresOneUser: a user whose profile is corrupt,
+// or whose read comes back after its deadline (a huge profile's decoding),
+// gets degraded decisions, but the store did not fail: the breaker stays
+// closed and another user's decisions are fresh.
+func TestGetDecisionBreakerIgnoresOneUser(t *testing.T) {
+	store := &fakeStore{get: func(ctx context.Context, user string) (*profile.Profile, error) {
+		switch user {
+		case "late":
+			<-ctx.Done() // the bytes arrived; decoding them took the rest
+			return &profile.Profile{Version: 1}, nil
+		case "corrupt":
+			return nil, fmt.Errorf("user %q: %w: the profile key holds another Redis type", user, profile.ErrCorrupt)
+		}
+		return nil, profile.ErrNotFound
+	}}
+	h := start(t, store, server.Config{DefaultBudget: 10 * time.Millisecond, BreakerFailures: 3})
+	decide := func(user string) *nudgev1.Decision {
+		t.Helper()
+		got, err := h.decide.GetDecision(callCtx(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web"})
+		if err != nil {
+			t.Fatalf("GetDecision(%s): %v", user, err)
+		}
+		return got.GetDecision()
+	}
+	// Five late reads in a row span 40 ms, five times the streak that
+	// would open it were they failures.
+	for _, user := range []string{"late", "late", "late", "late", "late", "corrupt", "corrupt", "corrupt"} {
+		if d := decide(user); !d.GetDegraded() {
+			t.Fatalf("%s: got %v, want degraded", user, d)
+		}
+	}
+	if d := decide("good"); d.GetDegraded() {
+		t.Fatalf("a healthy user got %v: one user's profile opened the breaker for everyone", d)
+	}
+}
+
 // TestGetDecisionConfiguredFallback: a channel with a fallback offer in the
 // rules gets it, marked degraded, when the profile cannot be read.
 func TestGetDecisionConfiguredFallback(t *testing.T) {

@@ -1031,3 +1031,28 @@ func TestRedisStoreGetMany(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisStoreWrongTypeKey: a profile key holding another Redis type is
+// that user's problem (ErrCorrupt), not the store's (ErrUnavailable), in Get
+// and in GetMany, where the other users read fine.
+func TestRedisStoreWrongTypeKey(t *testing.T) {
+	env := newStore(t, redisstore.Options{})
+	if err := env.rdb.LPush(t.Context(), env.store.Layout().ProfileKey("listed"), "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	applyOne(t, env, triggerStep(profile.Limits{}), "fine", uev("fine", "e1", "view", storeNow))
+	_, err := env.store.Get(t.Context(), "listed")
+	if !errors.Is(err, profile.ErrCorrupt) || errors.Is(err, profile.ErrUnavailable) {
+		t.Errorf("Get = %v, want ErrCorrupt and not ErrUnavailable", err)
+	}
+	ps, errs := env.store.GetMany(t.Context(), []string{"fine", "listed", "nobody"})
+	if errs[0] != nil || ps[0] == nil || ps[0].Total("view") != 1 {
+		t.Errorf("GetMany fine = %+v, %v; want its profile", ps[0], errs[0])
+	}
+	if !errors.Is(errs[1], profile.ErrCorrupt) || errors.Is(errs[1], profile.ErrUnavailable) {
+		t.Errorf("GetMany listed = %v, want ErrCorrupt and not ErrUnavailable", errs[1])
+	}
+	if !errors.Is(errs[2], profile.ErrNotFound) {
+		t.Errorf("GetMany nobody = %v, want ErrNotFound", errs[2])
+	}
+}
