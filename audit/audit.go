@@ -26,7 +26,8 @@ import (
 // writeTimeout bounds one pipelined write of a batch.
 const writeTimeout = 2 * time.Second
 
-// DefaultStream is the audit stream's key.
+// DefaultStream is the audit stream's key (redisstore's key layout; the
+// store's Delete erases a user's entries from it).
 const DefaultStream = redisstore.AuditStream
 
 // Entry is one logged decision.
@@ -54,8 +55,6 @@ type Reason struct {
 
 // Options configure a Log. The zero value of a field means its default.
 type Options struct {
-	// Stream is the key of the audit stream. Default DefaultStream.
-	Stream string
 	// Sample is the share of decisions logged, in [0, 1]. Default 0: none.
 	Sample float64
 	// MaxLen caps the stream, approximately (XADD MAXLEN ~): the oldest
@@ -81,9 +80,6 @@ type Log struct {
 
 // New returns a Log on rdb; call Run to start writing.
 func New(rdb redis.UniversalClient, opt Options) *Log {
-	if opt.Stream == "" {
-		opt.Stream = DefaultStream
-	}
 	if opt.MaxLen <= 0 {
 		opt.MaxLen = 100_000
 	}
@@ -190,7 +186,7 @@ func (l *Log) write(ctx context.Context, batch []Entry) {
 	defer cancel()
 	_, err := l.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i := range batch {
-			pipe.XAdd(ctx, &redis.XAddArgs{Stream: l.opt.Stream, MaxLen: l.opt.MaxLen, Approx: true, Values: fields(&batch[i])})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: DefaultStream, MaxLen: l.opt.MaxLen, Approx: true, Values: fields(&batch[i])})
 		}
 		return nil
 	})
@@ -199,16 +195,6 @@ func (l *Log) write(ctx context.Context, batch []Entry) {
 		return
 	}
 	l.written.Add(uint64(len(batch)))
-}
-
-// DeleteUser removes every audit entry of a user (erasure). It scans the
-// stream, which MaxLen bounds.
-func (l *Log) DeleteUser(ctx context.Context, userID string) (int, error) {
-	n, err := redisstore.DeleteWhere(ctx, l.rdb, l.opt.Stream, "user_id", userID)
-	if err != nil {
-		return n, fmt.Errorf("audit: %w", err)
-	}
-	return n, nil
 }
 
 func fields(e *Entry) []any {

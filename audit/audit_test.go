@@ -9,6 +9,7 @@ import (
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
 func TestSampled(t *testing.T) {
@@ -54,8 +55,9 @@ func TestRecordDropsWhenFull(t *testing.T) {
 	}
 }
 
-// Entries written by Run come back through Tail, and DeleteUser erases one
-// user's entries only; against a real redis-server.
+// Entries written by Run come back through Tail, and erasing a user (the
+// store's Delete) removes that user's entries only; against a real
+// redis-server.
 func TestWriteTailDelete(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	l := audit.New(rdb, audit.Options{Sample: 1, Batch: 3})
@@ -100,9 +102,9 @@ func TestWriteTailDelete(t *testing.T) {
 		}
 	}
 
-	n, err := l.DeleteUser(t.Context(), "alice")
-	if err != nil || n != 2 {
-		t.Fatalf("DeleteUser = %d, %v; want 2", n, err)
+	res, err := redisstore.New(rdb, redisstore.Options{}).Delete(t.Context(), "alice")
+	if err != nil || res.AuditEntries != 2 {
+		t.Fatalf("erasing alice = %+v, %v; want 2 audit entries", res, err)
 	}
 	left, err := rdb.XRange(t.Context(), audit.DefaultStream, "-", "+").Result()
 	if err != nil || len(left) != 1 || left[0].Values["user_id"] != "bob" {

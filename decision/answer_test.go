@@ -51,6 +51,8 @@ func TestAnswer(t *testing.T) {
 		{"read-your-writes met", Read{Profile: viewer}, "sms", 7, VerdictSend, "phones-coupon", false, false, "phones-coupon"},
 		{"stale profile", Read{Profile: viewer}, "sms", 8, VerdictNone, "", false, true,
 			"stored profile is at version 7, older than the requested minimum 8"},
+		{"unknown user asked with a minimum", Read{Err: profile.ErrNotFound}, "sms", 1, VerdictNone, "", false, true,
+			"stored profile is at version 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,8 +1,15 @@
 // Package decision owns nudge's rules: it loads and validates the rules
 // file, compiles its CEL expressions once, evaluates triggers on applied
-// events (Rules.Step), picks offers under the policies for decisions
-// (Rules.Decide) and gives the degraded answer when no profile can be read
-// (Rules.Fallback).
+// events (Rules.Step, the profile.Step a store runs in its transactions)
+// and picks offers under the policies for decisions (Rules.Decide).
+//
+// Every answer a decider gets is built here (answer.go): Rules.Answer
+// turns a profile read into the decision, the channel's degraded fallback
+// when the read failed (Rules.Fallback), or the stale answer when the
+// profile is older than the caller wrote; Rules.Reserve is the step of a
+// decision taken with reserve (replayed for the same idempotency key,
+// holding a frequency-cap slot); Rules.ReserveFailed is its degraded
+// answer. Each answer carries the rules' version, stamped once.
 //
 // The rules file — its keys, durations, policies, the order in which a
 // decision is made, the CEL variables and every profile function, with
@@ -27,6 +34,7 @@
 // profile it is given. The step function returned by Step modifies the
 // profile it is given, so it may run concurrently only on distinct
 // profiles. Live holds the rules in force, swaps them atomically on
-// reload, and is safe for concurrent use; a decision or step keeps the
-// *Rules it started with.
+// reload, remembers the last file it refused (Refused: when, why), and is
+// safe for concurrent use; a decision or step keeps the *Rules it started
+// with.
 package decision

@@ -3,25 +3,58 @@ package decision
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Live holds the rules in force and replaces them when their file changes.
-// A file that does not compile is refused: the previous rules keep serving.
+// A file that does not compile, or cannot be read, is refused: the previous
+// rules keep serving, and Refused describes the file until one is put in
+// force or the file in force is back on disk.
 // It is safe for concurrent use.
 type Live struct {
 	path   string // empty: fixed rules, no reload
 	source string
-	cur    atomic.Pointer[loaded]
-	data   atomic.Pointer[[]byte]
+	// mu serialises reloads (Watch and an explicit Reload may race), so a
+	// refusal is news to exactly one of them. Readers take cur without it.
+	mu  sync.Mutex
+	cur atomic.Pointer[loaded]
 }
 
+// loaded is one state of a Live, replaced whole so readers see a consistent
+// snapshot.
 type loaded struct {
-	rules *Rules
-	at    time.Time
+	rules   *Rules
+	at      time.Time
+	data    []byte   // the bytes of the rules in force; nil for fixed rules
+	refused *refusal // nil: no file refused since the rules in force
+}
+
+// refusal is a Refusal and what identifies the refused file.
+type refusal struct {
+	Refusal
+	unread bool   // the file could not be read: Err is the read error
+	data   []byte // the refused bytes, unless unread
+}
+
+// Refusal describes the rules file Live last refused: the file on disk that
+// is not in force.
+type Refusal struct {
+	// At is when the file was refused: the first reload that read these
+	// bytes (or met this read error). Later reloads of the same bytes do not
+	// move it.
+	At time.Time
+	// Err says why: the read error, or every problem Parse found, joined
+	// (each a *RuleError with file and line; it matches ErrInvalidRules).
+	Err error
+	// Version is the content hash of the refused bytes, as Rules.Version
+	// would give it had they compiled; "" when the file could not be read.
+	Version string
 }
 
 // NewLive returns fixed rules, never reloaded; source names where they came
@@ -34,10 +67,16 @@ func NewLive(r *Rules, source string) *Live {
 
 // LoadLive loads the rules file at path.
 func LoadLive(path string) (*Live, error) {
-	l := &Live{path: path, source: path}
-	if _, err := l.Reload(); err != nil {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
+	}
+	r, err := Parse(path, data)
+	if err != nil {
 		return nil, err
 	}
+	l := &Live{path: path, source: path}
+	l.cur.Store(&loaded{rules: r, at: time.Now(), data: data})
 	return l, nil
 }
 
@@ -50,30 +89,93 @@ func (l *Live) LoadedAt() time.Time { return l.cur.Load().at }
 // Source names the file the rules came from.
 func (l *Live) Source() string { return l.source }
 
-// Reload reads the file again and, if it changed and compiles, puts it in
-// force. It reports whether the rules changed.
-func (l *Live) Reload() (bool, error) {
-	if l.path == "" {
-		return false, nil
+// Refused returns the last refused rules file, if the file on disk is not
+// the one in force because it was refused. It is cleared when a new file is
+// put in force, or when a reload finds the file in force back on disk.
+func (l *Live) Refused() (Refusal, bool) {
+	r := l.cur.Load().refused
+	if r == nil {
+		return Refusal{}, false
 	}
+	return r.Refusal, true
+}
+
+// Reload reads the file again and, if it changed and compiles, puts it in
+// force. It reports whether the rules changed. A file that cannot be read
+// or does not compile is refused (see Refused) and its error returned.
+//
+// A file whose bytes were already refused is not parsed again, but Reload
+// still returns its refusal's error, unchanged: an explicit reload (SIGHUP)
+// is an operator asking, and the answer is that the file on disk is still
+// not in force. Watch, which polls, reports a refusal only once.
+func (l *Live) Reload() (bool, error) {
+	changed, _, err := l.reload()
+	return changed, err
+}
+
+// reload is Reload, also saying whether the outcome is news: the rules
+// changed, or a file was refused that differs from the standing refusal
+// (other bytes, or another read error). A reload that finds the refused
+// file again, or the file in force unchanged, is not news.
+func (l *Live) reload() (changed, news bool, err error) {
+	if l.path == "" {
+		return false, false, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur := l.cur.Load()
 	data, err := os.ReadFile(l.path)
 	if err != nil {
-		return false, fmt.Errorf("read rules: %w", err)
+		err = fmt.Errorf("read rules: %w", err)
+		// The same text is the same error (the path and the errno
+		// message): a missing file stays missing without a new report.
+		// Only equality is asked of the text, never its meaning.
+		if r := cur.refused; r != nil && r.unread && r.Err.Error() == err.Error() {
+			return false, false, r.Err
+		}
+		l.refuse(cur, nil, err)
+		return false, true, err
 	}
-	if old := l.data.Load(); old != nil && bytes.Equal(*old, data) {
-		return false, nil
+	if bytes.Equal(cur.data, data) {
+		if cur.refused != nil {
+			// The file in force is back: nothing on disk is refused.
+			l.cur.Store(&loaded{rules: cur.rules, at: cur.at, data: cur.data})
+		}
+		return false, false, nil
 	}
-	r, err := Parse(l.path, data)
+	if r := cur.refused; r != nil && !r.unread && bytes.Equal(r.data, data) {
+		return false, false, r.Err
+	}
+	rules, err := Parse(l.path, data)
 	if err != nil {
-		return false, err
+		l.refuse(cur, data, err)
+		return false, true, err
 	}
-	l.cur.Store(&loaded{rules: r, at: time.Now()})
-	l.data.Store(&data)
-	return true, nil
+	l.cur.Store(&loaded{rules: rules, at: time.Now(), data: data})
+	return true, true, nil
+}
+
+// refuse records that data (nil: the file could not be read) was refused
+// for err, keeping the rules of cur in force. l.mu must be held.
+func (l *Live) refuse(cur *loaded, data []byte, err error) {
+	r := &refusal{Refusal: Refusal{At: time.Now(), Err: err}, unread: data == nil, data: data}
+	if !r.unread {
+		r.Version = contentVersion(data)
+	}
+	l.cur.Store(&loaded{rules: cur.rules, at: cur.at, data: cur.data, refused: r})
+}
+
+// contentVersion is the hash Parse gives Rules.Version, for content that
+// did not compile, so an operator can tell which file was refused.
+func contentVersion(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:6])
 }
 
 // Watch reloads the file every interval until ctx ends, calling report
-// after each reload that changed the rules or failed.
+// after each reload that changed the rules or refused a file not refused
+// before. A refused file left on disk is reported once, not at every
+// interval; it stays visible through Refused.
 func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(changed bool, err error)) {
 	if l.path == "" || interval <= 0 {
 		return
@@ -85,7 +187,7 @@ func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(ch
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if changed, err := l.Reload(); changed || err != nil {
+			if changed, news, err := l.reload(); news {
 				report(changed, err)
 			}
 		}

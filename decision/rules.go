@@ -2,8 +2,6 @@ package decision
 
 import (
 	"cmp"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"os"
@@ -124,8 +122,7 @@ func Parse(name string, data []byte) (*Rules, error) {
 		return nil, err
 	}
 	slices.SortStableFunc(r.offers, func(a, b *offer) int { return cmp.Compare(b.priority, a.priority) })
-	sum := sha256.Sum256(data)
-	r.version = hex.EncodeToString(sum[:6])
+	r.version = contentVersion(data)
 	return r, nil
 }
 

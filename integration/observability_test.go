@@ -274,6 +274,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 		{"nudge_outbox_pending", []string{`group="obs-lagging"`}, 1},
 		{"nudge_rules_info", []string{`version="`}, 1},
 		{"nudge_rules_reloads_total", []string{`result="failed"`}, 1},
+		{"nudge_rules_refused", nil, 1},
 		{"rpc_server_call_duration_seconds_count", []string{`rpc_method="nudge.v1.DecisionService/GetDecision"`, `rpc_response_status_code="OK"`}, 3},
 		{"rpc_server_call_duration_seconds_count", []string{`rpc_method="nudge.v1.IngestService/Publish"`}, 2},
 		{"process_resident_memory_bytes", nil, 1},

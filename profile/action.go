@@ -88,4 +88,6 @@ type DeleteResult struct {
 	Actions int
 	// DeadLetters is the number of the user's dead-letter entries removed.
 	DeadLetters int
+	// AuditEntries is the number of the user's sampled decisions removed.
+	AuditEntries int
 }

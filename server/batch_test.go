@@ -2,12 +2,16 @@ package server_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
@@ -138,5 +142,42 @@ func TestGetRules(t *testing.T) {
 	}
 	if resp.GetVersion() != testRulesVersion(t) || resp.GetSource() != "inline" || resp.GetTriggers() != 1 || resp.GetOffers() != 3 || resp.GetLoadedAt().AsTime().IsZero() {
 		t.Errorf("GetRules = %v", resp)
+	}
+	if resp.GetRefusal() != nil {
+		t.Errorf("GetRules of fixed rules has a refusal: %v", resp.GetRefusal())
+	}
+}
+
+// TestGetRulesRefusal: GetRules shows the rules file on disk that
+// decision.Live refused (when, why, which content) beside the rules in
+// force. (Live's own tests cover when a refusal starts and ends.)
+func TestGetRulesRefusal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(rulesYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := decision.LoadLive(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(rulesYAML+"  - id: broken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Reload(); err == nil {
+		t.Fatal("a broken file was not refused")
+	}
+	want, _ := live.Refused()
+	srv, err := server.New(&fakeStore{}, live, server.Config{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.GetRules(callCtx(t), &nudgev1.GetRulesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.GetRefusal()
+	if !got.GetAt().AsTime().Equal(want.At) || got.GetError() != want.Err.Error() || !strings.Contains(got.GetError(), path+":") ||
+		got.GetVersion() != want.Version || resp.GetVersion() != testRulesVersion(t) {
+		t.Errorf("GetRules = %v, want the rules in force and the refusal %+v", resp, want)
 	}
 }

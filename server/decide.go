@@ -24,15 +24,7 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	q := decision.Request{
-		UserID:     req.GetUserId(),
-		Channel:    req.GetChannel(),
-		Placement:  req.GetPlacement(),
-		Context:    req.GetContext(),
-		Explain:    req.GetExplain(),
-		MinVersion: req.GetMinProfileVersion(),
-		ID:         newDecisionID(),
-	}
+	q := request(req, req.GetExplain())
 	if req.GetReserve() {
 		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
 	}
@@ -82,17 +74,32 @@ func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDec
 		if err == nil {
 			read.Profile, read.Err = r.ps[i], r.errs[i]
 		}
-		out.Results[i] = s.answer(ctx, rules, decision.Request{
-			UserID:     q.GetUserId(),
-			Channel:    q.GetChannel(),
-			Placement:  q.GetPlacement(),
-			Context:    q.GetContext(),
-			Explain:    req.GetExplain(),
-			MinVersion: q.GetMinProfileVersion(),
-			ID:         newDecisionID(),
-		}, read)
+		out.Results[i] = s.answer(ctx, rules, request(q, req.GetExplain()), read)
 	}
 	return out, nil
+}
+
+// query is what GetDecisionRequest and a BatchGetDecisionsRequest's
+// queries ask.
+type query interface {
+	GetUserId() string
+	GetChannel() string
+	GetPlacement() string
+	GetContext() map[string]string
+	GetMinProfileVersion() uint64
+}
+
+// request is q as decision asks it, with a new decision id.
+func request(q query, explain bool) decision.Request {
+	return decision.Request{
+		UserID:     q.GetUserId(),
+		Channel:    q.GetChannel(),
+		Placement:  q.GetPlacement(),
+		Context:    q.GetContext(),
+		Explain:    explain,
+		MinVersion: q.GetMinProfileVersion(),
+		ID:         newDecisionID(),
+	}
 }
 
 // answer answers one query from its profile read, counts and audits it.

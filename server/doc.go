@@ -1,19 +1,31 @@
 // Package server implements nudge's gRPC services (IngestService,
 // DecisionService, ProfileService, AdminService, ActionService) on a Store
-// and a RuleSource, plus health, reflection, the interceptor chain (panic
-// recovery, wire-level decoding errors, request ids, call logging, bearer
-// tokens with roles, per-token rate limits; see NewGRPCServer) and the
-// metrics of the calls.
+// and a RuleSource, plus health, reflection and the interceptor chain
+// (panic recovery, wire-level decoding errors, request ids, call logging,
+// bearer tokens with roles, per-token rate limits; see NewGRPCServer).
 //
-// It owns the edges only: validating requests (protovalidate), mapping
-// domain errors to status codes (toStatus, the single place that does),
-// flow control of ingest streams, the GetDecision budget and fallback, and
-// graceful draining. Profile arithmetic and rules live in profile and
-// decision.
+// It owns the edges only, one file per concern:
+//
+//   - errors.go: every gRPC status, and the one map from domain errors
+//     (profile, delivery, context) to codes (toStatus);
+//   - budget.go: the decision budget: the read's share, the bound on reads
+//     waiting on the store, and the breaker that stops reads to a store
+//     that keeps failing (a problem of one user's key never opens it);
+//   - ingest.go: validation of batches and the flow control of streams;
+//     per-event results come from the store, in order;
+//   - decide.go: reading profiles within the budget; every answer (fresh,
+//     degraded, stale, reserved) is built by decision (Rules.Answer,
+//     Rules.Reserve);
+//   - actions.go, profiles.go, admin.go: the other services;
+//   - server.go: Config (DefaultConfig), the Store interfaces narrowed per
+//     service, the interceptor chain, draining.
+//
+// Profile arithmetic, transactions and rules live in profile,
+// profile/redisstore and decision.
 //
 // Concurrency: a Server is safe for concurrent use and keeps no state
-// between calls besides its configuration and metrics; any number of
-// servers can share one Redis. Each ingest stream has one goroutine that
-// reads it, and up to Config.MaxInFlight goroutines applying its batches;
-// all of them end before the stream's handler returns.
+// between calls besides its configuration, metrics and read breaker; any
+// number of servers can share one Redis. Each ingest stream has one
+// goroutine that reads it, and up to Config.MaxInFlight goroutines applying
+// its batches; all of them end before the stream's handler returns.
 package server

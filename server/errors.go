@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -107,10 +106,4 @@ func overLimit(token, limit, unit string, wait time.Duration) error {
 		st = d
 	}
 	return st.Err()
-}
-
-// auditNotErased is the status of an erasure whose profile went but whose
-// audit entries could not.
-func auditNotErased(err error) error {
-	return unavailable("profile erased, but its audit entries could not be", fmt.Errorf("%w (retry the call)", err))
 }

@@ -197,39 +197,19 @@ func (m *memStore) transact(userID string, fn func(p *profile.Profile, now time.
 	return p.Version, nil
 }
 
-func (m *memStore) Apply(_ context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
-	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
-	byUser := map[string][]int{}
-	var users []string
-	for i, e := range events {
-		if _, ok := byUser[e.UserID]; !ok {
-			users = append(users, e.UserID)
+func (m *memStore) Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
+	return ApplyByUser(ctx, events, step, func(_ context.Context, users []UserEvents, step profile.Step) []UserOutcome {
+		out := make([]UserOutcome, len(users))
+		for i, u := range users {
+			var o profile.Outcome
+			v, err := m.transact(u.UserID, func(p *profile.Profile, now time.Time) bool {
+				o = step(p, u.Events, now)
+				return o.Changed
+			})
+			out[i] = UserOutcome{Outcome: o, Version: v, Err: err}
 		}
-		byUser[e.UserID] = append(byUser[e.UserID], i)
-	}
-	for _, u := range users {
-		idx := byUser[u]
-		evs := make([]profile.Event, len(idx))
-		for k, i := range idx {
-			evs[k] = events[i]
-		}
-		var o profile.Outcome
-		v, err := m.transact(u, func(p *profile.Profile, now time.Time) bool {
-			o = step(p, evs, now)
-			return o.Changed
-		})
-		for k, i := range idx {
-			if err != nil {
-				out.Events[i].Err = err
-			} else {
-				out.Events[i] = profile.EventOutcome{Result: o.Results[k], Version: v}
-			}
-		}
-		if err == nil {
-			out.Actions = append(out.Actions, o.Actions...)
-		}
-	}
-	return out
+		return out
+	})
 }
 
 func (m *memStore) Get(_ context.Context, userID string) (*profile.Profile, error) {

@@ -251,54 +251,15 @@ func (f *fakeStore) Apply(ctx context.Context, events []profile.Event, step prof
 			return failAll(users, errUnexpectedCall)
 		}
 	}
-	return applyByUser(ctx, events, step, apply)
+	return server.ApplyByUser(ctx, events, step, apply)
 }
 
-// userEvents and userOutcome are a fake store's view of a batch: user by
-// user, as a store groups it.
-type userEvents struct {
-	UserID string
-	Events []profile.Event
-}
-
-type userOutcome struct {
-	profile.Outcome
-	Version uint64
-	Err     error
-}
-
-// applyByUser answers Apply with apply, called on the events grouped by
-// user (in the order of their first events).
-func applyByUser(ctx context.Context, events []profile.Event, step profile.Step, apply func(context.Context, []userEvents, profile.Step) []userOutcome) profile.BatchOutcome {
-	var users []userEvents
-	var index [][]int
-	at := map[string]int{}
-	for i, e := range events {
-		u, ok := at[e.UserID]
-		if !ok {
-			u = len(users)
-			at[e.UserID] = u
-			users = append(users, userEvents{UserID: e.UserID})
-			index = append(index, nil)
-		}
-		users[u].Events = append(users[u].Events, e)
-		index[u] = append(index[u], i)
-	}
-	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
-	for u, o := range apply(ctx, users, step) {
-		for k, i := range index[u] {
-			if o.Err != nil {
-				out.Events[i].Err = o.Err
-				continue
-			}
-			out.Events[i] = profile.EventOutcome{Result: o.Results[k], Version: o.Version}
-		}
-		if o.Err == nil {
-			out.Actions = append(out.Actions, o.Actions...)
-		}
-	}
-	return out
-}
+// userEvents and userOutcome are a fake store's view of a batch (see
+// export_test.go).
+type (
+	userEvents  = server.UserEvents
+	userOutcome = server.UserOutcome
+)
 
 func (f *fakeStore) Get(ctx context.Context, userID string) (*profile.Profile, error) {
 	if f.get == nil {

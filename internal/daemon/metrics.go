@@ -139,6 +139,10 @@ func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *deliver
 	if err != nil {
 		return nil, err
 	}
+	refused, err := m.Int64ObservableGauge("nudge.rules.refused", metric.WithDescription("1 while the rules file on disk was refused (the previous rules keep serving), else 0."))
+	if err != nil {
+		return nil, err
+	}
 	pending, err := m.Int64ObservableGauge("nudge.outbox.pending", metric.WithDescription("Actions delivered to a consumer group and not yet acknowledged."))
 	if err != nil {
 		return nil, err
@@ -151,6 +155,11 @@ func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *deliver
 		r := rules.Rules()
 		o.ObserveInt64(info, 1, metric.WithAttributes(attribute.String("version", r.Version())))
 		o.ObserveFloat64(loadedAt, float64(rules.LoadedAt().UnixNano())/1e9)
+		if _, ok := rules.Refused(); ok {
+			o.ObserveInt64(refused, 1)
+		} else {
+			o.ObserveInt64(refused, 0)
+		}
 		// One pipelined round trip per scrape, bounded so a slow Redis
 		// does not hold the scrape.
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -166,7 +175,7 @@ func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *deliver
 			o.ObserveInt64(undelivered, b.Undelivered, attrs)
 		}
 		return nil
-	}, info, loadedAt, pending, undelivered)
+	}, info, loadedAt, refused, pending, undelivered)
 	return d, err
 }
 

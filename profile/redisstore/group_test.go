@@ -102,28 +102,6 @@ func TestApplyGroupsTransactions(t *testing.T) {
 	}
 }
 
-// TestApplyGroupsRepeatedUser gives one user twice in one Apply call: the
-// shard merges the two entries into one read and one write (separate SETs
-// of one read would drop the first's events), each with its own outcome.
-func TestApplyGroupsRepeatedUser(t *testing.T) {
-	env := newStore(t, redisstore.Options{})
-	step := triggerStep(profile.Limits{})
-	users := []userEvents{
-		{UserID: "a", Events: []profile.Event{uev("a", "a1", "view", storeNow)}},
-		{UserID: "b", Events: []profile.Event{uev("b", "b1", "view", storeNow)}},
-		{UserID: "a", Events: []profile.Event{uev("a", "a2", "view", storeNow)}},
-	}
-	for i, o := range applyUsers(t.Context(), env.store, users, step) {
-		if o.Err != nil || len(o.Results) != 1 || o.Results[0].Status != profile.Applied {
-			t.Errorf("user %d: %+v, want applied", i, o)
-		}
-	}
-	p, err := env.store.Get(t.Context(), "a")
-	if err != nil || p.Total("view") != 2 || p.Version != 1 {
-		t.Errorf("Get(a) = %+v, %v; want 2 views at version 1 (one commit)", p, err)
-	}
-}
-
 // groupInterfering wraps step so that its first n calls on user write
 // other to the user's key with a second client, between the group's read
 // and its EXEC. calls counts the step's calls on user.

@@ -47,9 +47,10 @@ type part struct {
 	finished atomic.Bool
 }
 
-// finish sets the part's result and tells its call.
-func (p *part) finish(o profile.Outcome, version uint64, err error) {
-	p.outcome, p.version, p.err = o, version, err
+// finish sets the part's error, if any (its outcome is set when its
+// transaction commits), and tells its call.
+func (p *part) finish(err error) {
+	p.err = err
 	if p.call == nil {
 		return
 	}
@@ -149,7 +150,7 @@ func (s *Store) cycle(work []*userWork) {
 		parts := w.parts[:0]
 		for _, p := range w.parts {
 			if err := p.call.ctx.Err(); err != nil {
-				p.finish(profile.Outcome{}, 0, err)
+				p.finish(err)
 				continue
 			}
 			parts = append(parts, p)
@@ -210,32 +211,27 @@ func (s *Store) commitGroups(ctx context.Context, work []*userWork) {
 // users, in order; on a cluster each group holds users of one bucket, the
 // buckets in the order they first appear.
 func (s *Store) groupsOf(work []*userWork) [][]*userWork {
-	size := s.opt.MaxGroupUsers
-	if s.cluster == nil {
-		var groups [][]*userWork
-		for len(work) > size {
-			groups = append(groups, work[:size:size])
-			work = work[size:]
+	runs := [][]*userWork{work}
+	if s.cluster != nil {
+		runs = nil
+		at := make(map[int]int) // bucket -> its run
+		for _, w := range work {
+			b := s.keys.Bucket(w.userID)
+			r, ok := at[b]
+			if !ok {
+				r, at[b] = len(runs), len(runs)
+				runs = append(runs, nil)
+			}
+			runs[r] = append(runs[r], w)
 		}
-		return append(groups, work)
-	}
-	byBucket := make(map[int][]*userWork)
-	var buckets []int
-	for _, w := range work {
-		b := s.keys.Bucket(w.userID)
-		if _, ok := byBucket[b]; !ok {
-			buckets = append(buckets, b)
-		}
-		byBucket[b] = append(byBucket[b], w)
 	}
 	var groups [][]*userWork
-	for _, b := range buckets {
-		ws := byBucket[b]
-		for len(ws) > size {
-			groups = append(groups, ws[:size:size])
-			ws = ws[size:]
+	for _, run := range runs {
+		for len(run) > 0 {
+			n := min(len(run), s.opt.MaxGroupUsers)
+			groups = append(groups, run[:n:n])
+			run = run[n:]
 		}
-		groups = append(groups, ws)
 	}
 	return groups
 }

@@ -190,10 +190,12 @@ func (s *Store) Update(ctx context.Context, userID string, fn func(p *profile.Pr
 		return profile.Outcome{Changed: fn(p, now)}
 	}}}}
 	s.commitGroup(ctx, []*userWork{w})
-	if w.err != nil {
-		return 0, w.err
+	w.deliver()
+	p := w.parts[0]
+	if p.err != nil {
+		return 0, p.err
 	}
-	return w.version, nil
+	return p.version, nil
 }
 
 // Get reads a user's profile without a transaction. It returns
@@ -299,10 +301,10 @@ func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profi
 	return profiles, errs
 }
 
-// Delete erases a user from every key the store writes: the profile, the
-// user's entries in the bucket's outbox, and the user's entries in the
-// dead-letter stream (the audit stream is audit's). Events of the user that
-// arrive during or after the erasure start a new profile.
+// Delete erases a user from every key nudge writes (keys.go): the
+// profile, and the user's entries in the bucket's outbox, the dead-letter
+// stream and the audit stream. Events of the user that arrive during or
+// after the erasure start a new profile.
 func (s *Store) Delete(ctx context.Context, userID string) (profile.DeleteResult, error) {
 	ctx, span := s.startSpan(ctx, spanDelete)
 	if span == nil {
@@ -334,6 +336,10 @@ func (s *Store) delete(ctx context.Context, userID string) (profile.DeleteResult
 	res.DeadLetters, err = DeleteWhere(ctx, s.rdb, DeadStream, fieldUserID, userID)
 	if err != nil {
 		return res, fmt.Errorf("%w: dead letters: %w", profile.ErrUnavailable, err)
+	}
+	res.AuditEntries, err = DeleteWhere(ctx, s.rdb, AuditStream, fieldUserID, userID)
+	if err != nil {
+		return res, fmt.Errorf("%w: audit entries: %w", profile.ErrUnavailable, err)
 	}
 	return res, nil
 }

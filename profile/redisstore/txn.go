@@ -32,17 +32,14 @@ import (
 // WAIT shortfall and the end of the context are final.
 
 // userWork is one user of a group transaction: its parts (each with a
-// step) and, once done, its result. The retry counts are the user's own.
+// step, and once committed its outcome), or the error that failed them
+// all. The retry counts are the user's own.
 type userWork struct {
 	userID      string
 	key, outbox string
 	parts       []*part
-
-	// The result: each part's outcome and the version committed, or err.
-	outcomes []profile.Outcome
-	version  uint64
-	err      error
-	done     bool
+	err         error
+	done        bool
 
 	// conflicts counts the aborted EXECs of transactions holding this user
 	// alone: while a transaction holds several users the conflict may be
@@ -58,24 +55,23 @@ func (w *userWork) fail(err error) {
 }
 
 func (w *userWork) succeed(outcomes []profile.Outcome, version uint64) {
-	w.outcomes, w.version, w.done = outcomes, version, true
+	for j, p := range w.parts {
+		p.outcome, p.version = outcomes[j], version
+	}
+	w.done = true
 }
 
 // errNoResult is the result of a user the engine left without one, which
 // only a bug can do; it is delivered rather than leave a call waiting.
 var errNoResult = errors.New("profile: internal error: the transaction gave no result")
 
-// deliver finishes every part of the user with its result.
+// deliver finishes every part of the user.
 func (w *userWork) deliver() {
-	if w.err == nil && len(w.outcomes) != len(w.parts) {
+	if !w.done {
 		w.err = fmt.Errorf("user %q: %w", w.userID, errNoResult)
 	}
-	for j, p := range w.parts {
-		if w.err != nil {
-			p.finish(profile.Outcome{}, 0, w.err)
-		} else {
-			p.finish(w.outcomes[j], w.version, nil)
-		}
+	for _, p := range w.parts {
+		p.finish(w.err)
 	}
 }
 
@@ -239,12 +235,12 @@ func (s *Store) commitGroup(ctx context.Context, group []*userWork) {
 			}
 			return w.done
 		})
-		switch s.classify(ctx, err) {
-		case notFailed:
-			if wrote > 0 {
-				committed += wrote
-				s.stats.transactions.Add(1)
-			}
+		f := s.classify(ctx, err)
+		if wrote > 0 && (f == notFailed || f == unconfirmed) {
+			committed += wrote
+			s.stats.transactions.Add(1)
+		}
+		switch f {
 		case conflicted:
 			s.stats.conflicts.Add(1)
 			conflicts++
@@ -260,20 +256,15 @@ func (s *Store) commitGroup(ctx context.Context, group []*userWork) {
 				exhausted++
 				return fmt.Errorf("%d attempts: %w", n+1, profile.ErrConflict)
 			})
-		case unconfirmed:
-			// Committed on the master, not confirmed by the replicas:
-			// final, the callers re-send (retrying here would wait another
-			// WaitTimeout on a replica that is likely down).
-			if wrote > 0 {
-				committed += wrote
-				s.stats.transactions.Add(1)
+		case unconfirmed, cancelled:
+			// Final. Unconfirmed: committed on the master, not by the
+			// replicas; the callers re-send (retrying here would wait
+			// another WaitTimeout on a replica that is likely down).
+			if f == cancelled {
+				err = ctx.Err()
 			}
 			for _, w := range live {
 				fail(w, err)
-			}
-		case cancelled:
-			for _, w := range live {
-				fail(w, ctx.Err())
 			}
 		case redirected:
 			retry(live, a.retries, &s.stats.redirects, func(w *userWork) *int { return &w.redirects }, s.opt.MaxRedirects, func(n int) error {

@@ -67,9 +67,12 @@ type GetRulesResponse struct {
 	// When these rules were put in force.
 	LoadedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
 	// The file they came from.
-	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
-	Triggers      uint32 `protobuf:"varint,4,opt,name=triggers,proto3" json:"triggers,omitempty"`
-	Offers        uint32 `protobuf:"varint,5,opt,name=offers,proto3" json:"offers,omitempty"`
+	Source   string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Triggers uint32 `protobuf:"varint,4,opt,name=triggers,proto3" json:"triggers,omitempty"`
+	Offers   uint32 `protobuf:"varint,5,opt,name=offers,proto3" json:"offers,omitempty"`
+	// The last rules file refused on reload: the file on disk is not the one
+	// in force. Absent when it is.
+	Refusal       *RulesRefusal `protobuf:"bytes,6,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -139,18 +142,97 @@ func (x *GetRulesResponse) GetOffers() uint32 {
 	return 0
 }
 
+func (x *GetRulesResponse) GetRefusal() *RulesRefusal {
+	if x != nil {
+		return x.Refusal
+	}
+	return nil
+}
+
+// RulesRefusal describes a rules file that was refused on reload; the
+// previous rules keep serving.
+type RulesRefusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the file was refused (first seen with this content).
+	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// Why: the read error, or every problem found, each with its file and
+	// line.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// Content hash of the refused file, in the scheme of
+	// GetRulesResponse.version; empty when the file could not be read.
+	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RulesRefusal) Reset() {
+	*x = RulesRefusal{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RulesRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RulesRefusal) ProtoMessage() {}
+
+func (x *RulesRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RulesRefusal.ProtoReflect.Descriptor instead.
+func (*RulesRefusal) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RulesRefusal) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *RulesRefusal) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RulesRefusal) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
-	"\x0fGetRulesRequest\"\xb1\x01\n" +
+	"\x0fGetRulesRequest\"\xe3\x01\n" +
 	"\x10GetRulesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x127\n" +
 	"\tloaded_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x1a\n" +
 	"\btriggers\x18\x04 \x01(\rR\btriggers\x12\x16\n" +
-	"\x06offers\x18\x05 \x01(\rR\x06offers2Q\n" +
+	"\x06offers\x18\x05 \x01(\rR\x06offers\x120\n" +
+	"\arefusal\x18\x06 \x01(\v2\x16.nudge.v1.RulesRefusalR\arefusal\"j\n" +
+	"\fRulesRefusal\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion2Q\n" +
 	"\fAdminService\x12A\n" +
 	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponseB\x8d\x01\n" +
 	"\fcom.nudge.v1B\n" +
@@ -168,21 +250,24 @@ func file_nudge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_admin_proto_rawDescData
 }
 
-var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_nudge_v1_admin_proto_goTypes = []any{
 	(*GetRulesRequest)(nil),       // 0: nudge.v1.GetRulesRequest
 	(*GetRulesResponse)(nil),      // 1: nudge.v1.GetRulesResponse
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	(*RulesRefusal)(nil),          // 2: nudge.v1.RulesRefusal
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_nudge_v1_admin_proto_depIdxs = []int32{
-	2, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
-	0, // 1: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
-	1, // 2: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	2, // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
+	3, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
+	0, // 3: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
+	1, // 4: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_admin_proto_init() }
@@ -196,7 +281,7 @@ func file_nudge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_admin_proto_rawDesc), len(file_nudge_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

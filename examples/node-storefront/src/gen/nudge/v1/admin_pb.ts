@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/admin.proto.
  */
 export const file_nudge_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0IoQBChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNMlEKDEFkbWluU2VydmljZRJBCghHZXRSdWxlcxIZLm51ZGdlLnYxLkdldFJ1bGVzUmVxdWVzdBoaLm51ZGdlLnYxLkdldFJ1bGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJMlEKDEFkbWluU2VydmljZRJBCghHZXRSdWxlcxIZLm51ZGdlLnYxLkdldFJ1bGVzUmVxdWVzdBoaLm51ZGdlLnYxLkdldFJ1bGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetRulesRequest is empty.
@@ -65,6 +65,14 @@ export type GetRulesResponse = Message<"nudge.v1.GetRulesResponse"> & {
    * @generated from field: uint32 offers = 5;
    */
   offers: number;
+
+  /**
+   * The last rules file refused on reload: the file on disk is not the one
+   * in force. Absent when it is.
+   *
+   * @generated from field: nudge.v1.RulesRefusal refusal = 6;
+   */
+  refusal?: RulesRefusal | undefined;
 };
 
 /**
@@ -73,6 +81,44 @@ export type GetRulesResponse = Message<"nudge.v1.GetRulesResponse"> & {
  */
 export const GetRulesResponseSchema: GenMessage<GetRulesResponse> = /*@__PURE__*/
   messageDesc(file_nudge_v1_admin, 1);
+
+/**
+ * RulesRefusal describes a rules file that was refused on reload; the
+ * previous rules keep serving.
+ *
+ * @generated from message nudge.v1.RulesRefusal
+ */
+export type RulesRefusal = Message<"nudge.v1.RulesRefusal"> & {
+  /**
+   * When the file was refused (first seen with this content).
+   *
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * Why: the read error, or every problem found, each with its file and
+   * line.
+   *
+   * @generated from field: string error = 2;
+   */
+  error: string;
+
+  /**
+   * Content hash of the refused file, in the scheme of
+   * GetRulesResponse.version; empty when the file could not be read.
+   *
+   * @generated from field: string version = 3;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message nudge.v1.RulesRefusal.
+ * Use `create(RulesRefusalSchema)` to create a new message.
+ */
+export const RulesRefusalSchema: GenMessage<RulesRefusal> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 2);
 
 /**
  * AdminService is for operators.
