@@ -42,7 +42,7 @@ func TestAnswer(t *testing.T) {
 		wantReason  string // a reason's message contains it
 	}{
 		{"decided", Read{Profile: viewer}, "sms", 0, VerdictSend, "phones-coupon", false, false, "phones-coupon"},
-		{"unknown user decides on an empty profile", Read{Err: profile.ErrNotFound}, "sms", 0, VerdictNone, "", false, false, "no eligible offer"},
+		{"unknown user decides on an empty profile", Read{Err: fmt.Errorf("user %q: %w", "u1", profile.ErrNotFound)}, "sms", 0, VerdictNone, "", false, false, "no eligible offer"},
 		{"read past its budget", Read{Err: context.DeadlineExceeded, Budget: 8 * time.Millisecond}, "push", 0, VerdictSend, "push-fallback", true, false,
 			"profile read exceeded its budget of 8ms"},
 		{"store unavailable, no fallback", Read{Err: fmt.Errorf("%w: connection refused", profile.ErrUnavailable)}, "sms", 0, VerdictNone, "", true, false,

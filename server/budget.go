@@ -44,16 +44,6 @@ func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (
 // already waiting on the store.
 var errReadsSaturated = errors.New("too many profile reads already waiting on the store")
 
-// errStoreFailing is the read error while the read breaker is open.
-type errStoreFailing struct {
-	failures int
-	resume   time.Duration
-}
-
-func (e errStoreFailing) Error() string {
-	return fmt.Sprintf("the last %d reads failed, so reads are paused for %v, then one probes the store", e.failures, e.resume.Round(time.Millisecond))
-}
-
 // boundedRead runs read, a read of the store for a decision, within
 // readCtx (see runBounded) unless the breaker is open, and tells the
 // breaker how it went. It returns read's value, or the error that kept it
@@ -63,7 +53,8 @@ func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time
 	now := time.Now() // the breaker's clock is the wall clock, not Config.Now
 	ok, probe := s.reads.allow(now)
 	if !ok {
-		return zero, errStoreFailing{failures: s.cfg.BreakerFailures, resume: s.reads.openFor(now)}
+		return zero, fmt.Errorf("the last %d reads failed, so reads are paused for %v, then one probes the store",
+			s.cfg.BreakerFailures, s.reads.openFor(now).Round(time.Millisecond))
 	}
 	v, errs, err := runBounded(s, readCtx, read)
 	if errors.Is(err, errReadsSaturated) {

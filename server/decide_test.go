@@ -303,37 +303,6 @@ func TestGetDecisionBreakerIgnoresOneUser(t *testing.T) {
 	}
 }
 
-// TestGetDecisionConfiguredFallback: a channel with a fallback offer in the
-// rules gets it, marked degraded, when the profile cannot be read.
-func TestGetDecisionConfiguredFallback(t *testing.T) {
-	h := start(t, &fakeStore{get: func(context.Context, string) (*profile.Profile, error) {
-		return nil, profile.ErrUnavailable
-	}}, server.Config{})
-	got, err := h.decide.GetDecision(callCtx(t), &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "push"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := got.GetDecision()
-	if d.GetVerdict() != nudgev1.Verdict_VERDICT_SEND || !d.GetDegraded() || d.GetOffer().GetId() != "push-fallback" || d.GetOffer().GetTemplate() != "generic_push" {
-		t.Errorf("got %v, want the push fallback offer, degraded", d)
-	}
-}
-
-func TestGetDecisionNotFoundIsNotDegraded(t *testing.T) {
-	h := start(t, &fakeStore{get: func(_ context.Context, userID string) (*profile.Profile, error) {
-		return nil, fmt.Errorf("user %q: %w", userID, profile.ErrNotFound)
-	}}, server.Config{})
-	got, err := h.decide.GetDecision(callCtx(t), &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web"})
-	if err != nil {
-		t.Fatalf("GetDecision: %v", err)
-	}
-	checkProto(t, got, &nudgev1.GetDecisionResponse{Decision: &nudgev1.Decision{
-		Verdict: nudgev1.Verdict_VERDICT_SEND,
-		Offer:   &nudgev1.Offer{Id: "web-welcome", Channel: "web", Template: "welcome", Payload: map[string]string{}},
-		Reasons: []*nudgev1.Reason{{RuleId: "web-welcome", Message: "offer web-welcome is eligible"}},
-	}})
-}
-
 // TestGetDecisionBudget checks the deadline the store's read gets: the
 // request's budget, the default without one, never more than MaxBudget.
 func TestGetDecisionBudget(t *testing.T) {

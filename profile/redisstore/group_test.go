@@ -421,27 +421,16 @@ func TestApplyGroupsConcurrentStores(t *testing.T) {
 // group's size and events, its attempts and conflicts, never a user id.
 func TestApplyGroupsTracing(t *testing.T) {
 	ts := newTracedStore(t, redisstore.Options{Shards: 1})
-	users := groupBatch(3, "e")
-	s := ts.traced(t, func(ctx context.Context) {
-		for _, o := range applyUsers(ctx, ts.store, users, triggerStep(profile.Limits{})) {
-			if o.Err != nil {
-				t.Fatal(o.Err)
-			}
-		}
-	})
-	wantSpan(t, s, "nudge.profile.transaction", codes.Unset, []attribute.KeyValue{
-		attribute.Int("nudge.profile.users", 3), attribute.Int("nudge.profile.events", 6),
-		attribute.Int("nudge.profile.attempts", 1), attribute.Int("nudge.profile.conflicts", 0),
-		attribute.String("nudge.profile.outcome", "committed"),
-	}, "u-0", "u-1", "u-2")
-
 	if err := ts.rdb.Set(t.Context(), ts.store.Layout().ProfileKey("u-1"), "garbage", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	s = ts.traced(t, func(ctx context.Context) {
+	s := ts.traced(t, func(ctx context.Context) {
 		applyUsers(ctx, ts.store, groupBatch(3, "f"), triggerStep(profile.Limits{}))
 	})
+	// The group committed (two users) and failed (the corrupt one).
 	wantSpan(t, s, "nudge.profile.transaction", codes.Error, []attribute.KeyValue{
-		attribute.Int("nudge.profile.users", 3), attribute.String("nudge.profile.outcome", "committed"),
+		attribute.Int("nudge.profile.users", 3), attribute.Int("nudge.profile.events", 6),
+		attribute.Int("nudge.profile.attempts", 1), attribute.Int("nudge.profile.conflicts", 0),
+		attribute.String("nudge.profile.outcome", "committed"),
 	}, "u-0", "u-1", "u-2")
 }

@@ -2,8 +2,6 @@ package redisstore_test
 
 import (
 	"context"
-	"fmt"
-	"testing"
 
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
@@ -57,14 +55,4 @@ func applyUsers(ctx context.Context, s *redisstore.Store, users []userEvents, st
 		}
 	}
 	return out
-}
-
-// appliedProfile is a small valid profile: a few events applied.
-func appliedProfile(testing.TB) *profile.Profile {
-	p := &profile.Profile{}
-	for i, typ := range []string{"view", "view", "purchase"} {
-		e := uev("u", fmt.Sprintf("p%d", i), typ, storeNow)
-		p.ApplyEvent(&e, storeNow, profile.DefaultLimits())
-	}
-	return p
 }

@@ -41,63 +41,49 @@ func startReplicated(t *testing.T) (master, replica *redistest.Server) {
 	}
 }
 
-// groupModes are the two commit paths WAIT must follow: the group
-// transaction (default) and the single-user one (MaxGroupUsers 1).
-var groupModes = []struct {
-	name          string
-	maxGroupUsers int
-}{
-	{"group", 0},
-	{"single", 1},
-}
-
 func TestWaitReplicasAcknowledged(t *testing.T) {
 	master, replica := startReplicated(t)
-	for _, mode := range groupModes {
-		t.Run(mode.name, func(t *testing.T) {
-			rdb := master.Client(t)
-			store := redisstore.New(rdb, redisstore.Options{
-				Buckets: 16, MaxGroupUsers: mode.maxGroupUsers, WaitReplicas: 1, WaitTimeout: 5 * time.Second,
-				Now: func() time.Time { return storeNow },
-			})
-			step := triggerStep(profile.Limits{})
-			at := storeNow.Add(-time.Minute)
-			var users []userEvents
-			for u := range 50 {
-				id := fmt.Sprintf("%s-u%d", mode.name, u)
-				users = append(users, userEvents{UserID: id, Events: []profile.Event{uev(id, id+"-e1", "view", at), uev(id, id+"-e2", triggerType, at)}})
-			}
-			for i, o := range applyUsers(t.Context(), store, users, step) {
-				if o.Err != nil {
-					t.Fatalf("Apply(%s): %v", users[i].UserID, o.Err)
-				}
-			}
-			if _, err := store.Update(t.Context(), users[0].UserID, func(p *profile.Profile, _ time.Time) bool {
-				p.Totals["updated"]++
-				return true
-			}); err != nil {
-				t.Fatalf("Update: %v", err)
-			}
-			// WAIT returned: the replica has every write already, no
-			// polling needed.
-			rr := replica.Client(t)
-			for _, u := range users {
-				raw, err := rr.Get(t.Context(), store.Layout().ProfileKey(u.UserID)).Bytes()
-				if err != nil {
-					t.Fatalf("GET %s on the replica: %v", u.UserID, err)
-				}
-				p, err := profile.Decode(raw)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if p.Total("view") != 1 || p.Total(triggerType) != 1 {
-					t.Errorf("%s on the replica: totals %v, want one view and one %s", u.UserID, p.Totals, triggerType)
-				}
-			}
-			if s := store.Stats(); s.ReplicationWaitsFailed != 0 {
-				t.Errorf("Stats().ReplicationWaitsFailed = %d, want 0", s.ReplicationWaitsFailed)
-			}
-		})
+	rdb := master.Client(t)
+	store := redisstore.New(rdb, redisstore.Options{
+		Buckets: 16, WaitReplicas: 1, WaitTimeout: 5 * time.Second,
+		Now: func() time.Time { return storeNow },
+	})
+	step := triggerStep(profile.Limits{})
+	at := storeNow.Add(-time.Minute)
+	var users []userEvents
+	for u := range 50 {
+		id := fmt.Sprintf("u%d", u)
+		users = append(users, userEvents{UserID: id, Events: []profile.Event{uev(id, id+"-e1", "view", at), uev(id, id+"-e2", triggerType, at)}})
+	}
+	for i, o := range applyUsers(t.Context(), store, users, step) {
+		if o.Err != nil {
+			t.Fatalf("Apply(%s): %v", users[i].UserID, o.Err)
+		}
+	}
+	if _, err := store.Update(t.Context(), users[0].UserID, func(p *profile.Profile, _ time.Time) bool {
+		p.Totals["updated"]++
+		return true
+	}); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	// WAIT returned: the replica has every write already, no
+	// polling needed.
+	rr := replica.Client(t)
+	for _, u := range users {
+		raw, err := rr.Get(t.Context(), store.Layout().ProfileKey(u.UserID)).Bytes()
+		if err != nil {
+			t.Fatalf("GET %s on the replica: %v", u.UserID, err)
+		}
+		p, err := profile.Decode(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Total("view") != 1 || p.Total(triggerType) != 1 {
+			t.Errorf("%s on the replica: totals %v, want one view and one %s", u.UserID, p.Totals, triggerType)
+		}
+	}
+	if s := store.Stats(); s.ReplicationWaitsFailed != 0 {
+		t.Errorf("Stats().ReplicationWaitsFailed = %d, want 0", s.ReplicationWaitsFailed)
 	}
 }
 
@@ -108,59 +94,55 @@ func TestWaitReplicasAcknowledged(t *testing.T) {
 // before it is replicated either), and nothing counts twice.
 func TestWaitReplicasShortfall(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	for _, mode := range groupModes {
-		t.Run(mode.name, func(t *testing.T) {
-			env := newStore(t, redisstore.Options{MaxGroupUsers: mode.maxGroupUsers, WaitReplicas: 1, WaitTimeout: timeout})
-			step := triggerStep(profile.Limits{})
-			const user = "carol"
-			ev := uev(user, "e1", "view", storeNow.Add(-time.Minute))
+	env := newStore(t, redisstore.Options{WaitReplicas: 1, WaitTimeout: timeout})
+	step := triggerStep(profile.Limits{})
+	const user = "carol"
+	ev := uev(user, "e1", "view", storeNow.Add(-time.Minute))
 
-			for try := range 2 {
-				start := time.Now()
-				out := applyUsers(t.Context(), env.store, one(user, ev), step)
-				took := time.Since(start)
-				err := out[0].Err
-				var rerr *profile.ReplicationError
-				if !errors.Is(err, profile.ErrUnavailable) || !errors.As(err, &rerr) {
-					t.Fatalf("send %d: err %v, want a ReplicationError matching ErrUnavailable", try+1, err)
-				}
-				if rerr.Acked != 0 || rerr.Want != 1 || !strings.Contains(err.Error(), "acknowledged by 0 of 1 replicas") {
-					t.Errorf("send %d: %v (%+v)", try+1, err, *rerr)
-				}
-				if took < timeout || took > timeout+5*time.Second {
-					t.Errorf("send %d took %v, want the WAIT timeout %v and little more", try+1, took, timeout)
-				}
-				if len(out[0].Results) != 0 {
-					t.Errorf("send %d: results %v reported with the error", try+1, out[0].Results)
-				}
-			}
-			if s := env.store.Stats(); s.ReplicationWaitsFailed != 2 {
-				t.Errorf("Stats().ReplicationWaitsFailed = %d, want 2 (one per send)", s.ReplicationWaitsFailed)
-			}
+	for try := range 2 {
+		start := time.Now()
+		out := applyUsers(t.Context(), env.store, one(user, ev), step)
+		took := time.Since(start)
+		err := out[0].Err
+		var rerr *profile.ReplicationError
+		if !errors.Is(err, profile.ErrUnavailable) || !errors.As(err, &rerr) {
+			t.Fatalf("send %d: err %v, want a ReplicationError matching ErrUnavailable", try+1, err)
+		}
+		if rerr.Acked != 0 || rerr.Want != 1 || !strings.Contains(err.Error(), "acknowledged by 0 of 1 replicas") {
+			t.Errorf("send %d: %v (%+v)", try+1, err, *rerr)
+		}
+		if took < timeout || took > timeout+5*time.Second {
+			t.Errorf("send %d took %v, want the WAIT timeout %v and little more", try+1, took, timeout)
+		}
+		if len(out[0].Results) != 0 {
+			t.Errorf("send %d: results %v reported with the error", try+1, out[0].Results)
+		}
+	}
+	if s := env.store.Stats(); s.ReplicationWaitsFailed != 2 {
+		t.Errorf("Stats().ReplicationWaitsFailed = %d, want 2 (one per send)", s.ReplicationWaitsFailed)
+	}
 
-			// The write is on the master, once: a store without WAIT
-			// reports the event as a duplicate.
-			plain := redisstore.New(env.rdb, redisstore.Options{Buckets: 16, MaxGroupUsers: mode.maxGroupUsers, Now: func() time.Time { return storeNow }})
-			out := applyUsers(t.Context(), plain, one(user, ev), step)
-			if out[0].Err != nil || len(out[0].Results) != 1 || out[0].Results[0].Status != profile.Duplicate {
-				t.Fatalf("re-send without WAIT: %+v, want one duplicate", out[0])
-			}
-			p, err := plain.Get(t.Context(), user)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if p.Total("view") != 1 || p.Version != 1 {
-				t.Errorf("stored: %d views at version %d, want 1 at version 1", p.Total("view"), p.Version)
-			}
+	// The write is on the master, once: a store without WAIT
+	// reports the event as a duplicate.
+	plain := redisstore.New(env.rdb, redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})
+	out := applyUsers(t.Context(), plain, one(user, ev), step)
+	if out[0].Err != nil || len(out[0].Results) != 1 || out[0].Results[0].Status != profile.Duplicate {
+		t.Fatalf("re-send without WAIT: %+v, want one duplicate", out[0])
+	}
+	p, err := plain.Get(t.Context(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Total("view") != 1 || p.Version != 1 {
+		t.Errorf("stored: %d views at version %d, want 1 at version 1", p.Total("view"), p.Version)
+	}
 
-			_, err = env.store.Update(t.Context(), user, func(p *profile.Profile, _ time.Time) bool {
-				p.Totals["updated"]++
-				return true
-			})
-			if !errors.Is(err, profile.ErrUnavailable) {
-				t.Errorf("Update: %v, want ErrUnavailable", err)
-			}
-		})
+	_, err = env.store.Update(t.Context(), user, func(p *profile.Profile, _ time.Time) bool {
+		p.Totals["updated"]++
+		return true
+	})
+	if !errors.Is(err, profile.ErrUnavailable) {
+		t.Errorf("Update: %v, want ErrUnavailable", err)
 	}
 }
 
