@@ -1,10 +1,18 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"runtime/debug"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TestApplyRuntime sets the collector's target and the memory limit from
@@ -43,4 +51,53 @@ func TestApplyRuntime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRouteRedisLogs: go-redis's own lines (here: dials to a closed port)
+// come out as the configured logger's JSON, not as plain text.
+func TestRouteRedisLogs(t *testing.T) {
+	var buf syncBuffer
+	RouteRedisLogs(slog.New(slog.NewJSONHandler(&buf, nil)))
+	t.Cleanup(func() { RouteRedisLogs(slog.Default()) })
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	defer rdb.Close()
+	for range 10 {
+		if rdb.Ping(t.Context()).Err() == nil {
+			t.Fatal("a ping to a closed port succeeded")
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) == 0 || lines[0] == "" {
+		t.Fatal("go-redis logged nothing after 10 failed dials")
+	}
+	for _, l := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec["component"] != "go-redis" || rec["level"] != "WARN" {
+			t.Errorf("log line %q: want a JSON warning from component go-redis (%v)", l, err)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
