@@ -48,10 +48,6 @@ func IsNoSuchKey(err error) bool { return isReply(err, replyNoSuchKey) }
 // holds a value of another type.
 func IsWrongType(err error) bool { return isReply(err, replyWrongType) }
 
-// isReplyOfKey reports whether err is a Redis reply about one key's value
-// rather than about the server: the other keys are fine.
-func isReplyOfKey(err error) bool { return IsWrongType(err) }
-
 // DeleteWhere deletes the entries of a stream whose field equals value,
 // paging through it with XRANGE, and returns how many it deleted. Pages
 // restart at the last id seen (inclusive, skipped) rather than with the

@@ -204,18 +204,18 @@ func (s *Store) Update(ctx context.Context, userID string, fn func(p *profile.Pr
 // and a wrapped profile.ErrUnavailable when Redis fails.
 func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	if span == nil {
-		return s.get(ctx, userID)
-	}
-	defer span.End()
 	p, err := s.get(ctx, userID)
-	endRead(span, err)
+	if span != nil {
+		endRead(span, err)
+	}
 	return p, err
 }
 
 // endRead sets a read span's attributes from the per-user errors of the
-// read, and its status from the first error other than ErrNotFound.
+// read, and its status from the first error other than ErrNotFound, and
+// ends it.
 func endRead(span trace.Span, errs ...error) {
+	defer span.End()
 	if !span.IsRecording() {
 		return
 	}
@@ -249,7 +249,7 @@ func readError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, redis.Nil):
 		return profile.ErrNotFound
-	case isReplyOfKey(err):
+	case IsWrongType(err): // one key's value, not the server
 		return fmt.Errorf("%w: the profile key holds another Redis type: %w", profile.ErrCorrupt, err)
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -262,12 +262,10 @@ func readError(ctx context.Context, err error) error {
 // error Get would.
 func (s *Store) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	if span == nil {
-		return s.getMany(ctx, userIDs)
-	}
-	defer span.End()
 	profiles, errs := s.getMany(ctx, userIDs)
-	endRead(span, errs...)
+	if span != nil {
+		endRead(span, errs...)
+	}
 	return profiles, errs
 }
 
@@ -307,17 +305,16 @@ func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profi
 // after the erasure start a new profile.
 func (s *Store) Delete(ctx context.Context, userID string) (profile.DeleteResult, error) {
 	ctx, span := s.startSpan(ctx, spanDelete)
-	if span == nil {
-		return s.delete(ctx, userID)
-	}
-	defer span.End()
 	res, err := s.delete(ctx, userID)
-	if span.IsRecording() {
+	if span != nil && span.IsRecording() {
 		span.SetAttributes(attrUsers.Int(1), attrBucket.Int(s.keys.Bucket(userID)),
 			attrExisted.Bool(res.Existed), attrActions.Int(res.Actions))
 		if err != nil {
 			failSpan(span, err)
 		}
+	}
+	if span != nil {
+		span.End()
 	}
 	return res, err
 }

@@ -75,14 +75,6 @@ func (w *userWork) deliver() {
 	}
 }
 
-func (w *userWork) events() int {
-	n := 0
-	for _, p := range w.parts {
-		n += len(p.events)
-	}
-	return n
-}
-
 // failure is what a failed attempt of a transaction means (classify).
 type failure int
 
@@ -176,7 +168,9 @@ func (s *Store) commitGroup(ctx context.Context, group []*userWork) {
 	for k, w := range group {
 		b := s.keys.Bucket(w.userID)
 		w.key, w.outbox = s.keys.ProfileKey(w.userID), s.keys.OutboxKey(b)
-		events += w.events()
+		for _, p := range w.parts {
+			events += len(p.events)
+		}
 		if k == 0 || b == bucket {
 			bucket = b
 		} else {
