@@ -5,6 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/server"
 )
 
 // actors are the long-running parts of nudged, each a named function that
@@ -68,4 +78,76 @@ func (a *actors) run(ctx context.Context) error {
 		a.log.Debug("stopped", "actor", a.list[i].name)
 	}
 	return err
+}
+
+// serveGRPC is the "grpc" actor: it serves g on lis, calls ready (if not
+// nil) once it accepts calls, and when ctx ends drains srv and stops g,
+// waiting at most drain for calls to finish.
+func serveGRPC(ctx context.Context, srv *server.Server, g *grpc.Server, lis net.Listener, drain time.Duration, log *slog.Logger, ready func(net.Addr)) error {
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(lis) }()
+	if ready != nil {
+		ready(lis.Addr())
+	}
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "drain_timeout", drain)
+	srv.Shutdown(g, drain)
+	if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// rulesReloads are the "rules watcher" and "SIGHUP" actors: both reload the
+// rules file and report the outcome (log and metric) the same way.
+type rulesReloads struct {
+	rules   *decision.Live
+	metrics *daemonMetrics
+	log     *slog.Logger
+}
+
+func (r rulesReloads) report(ctx context.Context, changed bool, err error) {
+	r.metrics.reloaded(ctx, changed, err)
+	version := r.rules.Rules().Version()
+	switch {
+	case err != nil:
+		r.log.Error("rules reload refused; the previous rules keep serving", "version", version, "err", err)
+	case changed:
+		r.log.Info("rules reloaded", "version", version)
+	default:
+		r.log.Info("rules unchanged", "version", version)
+	}
+}
+
+// watch checks the file every interval (decision.Live.Watch), when there is
+// a file and an interval; otherwise it only waits.
+func (r rulesReloads) watch(file bool, interval time.Duration) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		if !file || interval <= 0 {
+			<-ctx.Done()
+			return nil
+		}
+		r.rules.Watch(ctx, interval, func(changed bool, err error) { r.report(ctx, changed, err) })
+		return nil
+	}
+}
+
+// onSIGHUP reloads the rules file at once on each SIGHUP.
+func (r rulesReloads) onSIGHUP(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			changed, err := r.rules.Reload()
+			r.report(ctx, changed, err)
+		}
+	}
 }

@@ -11,10 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -143,67 +140,21 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 
-	reported := func(ctx context.Context, changed bool, err error) {
-		rulesMetrics.reloaded(ctx, changed, err)
-		switch {
-		case err != nil:
-			log.Error("rules reload refused; the previous rules keep serving", "version", rules.Rules().Version(), "err", err)
-		case changed:
-			log.Info("rules reloaded", "version", rules.Rules().Version())
-		default:
-			log.Info("rules unchanged", "version", rules.Rules().Version())
-		}
-	}
+	rl := rulesReloads{rules: rules, metrics: rulesMetrics, log: log}
 	// Stopped in the reverse order: the gRPC server drains first, and the
 	// audit writer flushes what the last decisions logged.
 	parts := actors{log: log}
 	parts.add("audit", func(ctx context.Context) error { auditLog.Run(ctx); return nil })
 	parts.add("metrics", metrics.serve)
 	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, log); return nil })
-	parts.add("rules watcher", func(ctx context.Context) error {
-		if cfg.Rules.File == "" || cfg.Rules.Reload <= 0 {
-			<-ctx.Done() // nothing to watch
-			return nil
-		}
-		rules.Watch(ctx, cfg.Rules.Reload, func(changed bool, err error) { reported(ctx, changed, err) })
-		return nil
-	})
-	parts.add("SIGHUP", func(ctx context.Context) error {
-		// SIGHUP reloads the rules file at once.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-hup:
-				changed, err := rules.Reload()
-				reported(ctx, changed, err)
-			}
-		}
-	})
+	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
+	parts.add("SIGHUP", rl.onSIGHUP)
 	parts.add("grpc", func(ctx context.Context) error {
-		served := make(chan error, 1)
-		go func() { served <- g.Serve(lis) }()
 		log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
 		if len(tokens) == 0 {
 			log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
 		}
-		if ready != nil {
-			ready(lis.Addr())
-		}
-		select {
-		case err := <-served:
-			return fmt.Errorf("serve: %w", err)
-		case <-ctx.Done():
-		}
-		log.Info("shutting down", "drain_timeout", cfg.DrainTimeout)
-		srv.Shutdown(g, cfg.DrainTimeout)
-		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
+		return serveGRPC(ctx, srv, g, lis, cfg.DrainTimeout, log, ready)
 	})
 	if err := parts.run(ctx); err != nil {
 		return err
