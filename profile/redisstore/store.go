@@ -156,17 +156,7 @@ func (s *Store) Apply(ctx context.Context, events []profile.Event, step profile.
 		return out
 	}
 	c := &call{ctx: ctx, done: make(chan struct{})}
-	byUser := make(map[string]*part)
-	for i := range events {
-		p := byUser[events[i].UserID]
-		if p == nil {
-			p = &part{userID: events[i].UserID, step: step, call: c}
-			byUser[p.userID] = p
-			c.parts = append(c.parts, p)
-		}
-		p.events = append(p.events, events[i])
-		p.idx = append(p.idx, i)
-	}
+	c.parts = groupByUser(c, events, step)
 	c.remaining.Store(int64(len(c.parts)))
 	s.enqueue(c.parts)
 	select {
@@ -177,6 +167,43 @@ func (s *Store) Apply(ctx context.Context, events []profile.Event, step profile.
 		p.collect(&out, ctx.Err())
 	}
 	return out
+}
+
+// groupByUser cuts events into one part per user, in the order of each
+// user's first event, each part's events in their order. Two passes over
+// one backing array for all events and one for their indexes: a batch of
+// n users costs a few allocations, not a growing slice per user.
+func groupByUser(c *call, events []profile.Event, step profile.Step) []*part {
+	at := make(map[string]int) // user -> its part
+	counts := []int(nil)
+	for i := range events {
+		u, ok := at[events[i].UserID]
+		if !ok {
+			u = len(counts)
+			at[events[i].UserID] = u
+			counts = append(counts, 0)
+		}
+		counts[u]++
+	}
+	all := make([]part, len(counts))
+	parts := make([]*part, len(counts))
+	evs := make([]profile.Event, len(events))
+	idx := make([]int, len(events))
+	start := 0
+	for u, n := range counts {
+		p := &all[u]
+		p.step, p.call = step, c
+		p.events, p.idx = evs[start:start:start+n], idx[start:start:start+n]
+		parts[u] = p
+		start += n
+	}
+	for i := range events {
+		p := parts[at[events[i].UserID]]
+		p.userID = events[i].UserID
+		p.events = append(p.events, events[i])
+		p.idx = append(p.idx, i)
+	}
+	return parts
 }
 
 // Update runs fn on the user's stored profile (an empty Profile when the
