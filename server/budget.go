@@ -45,10 +45,23 @@ func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (
 var errReadsSaturated = errors.New("too many profile reads already waiting on the store")
 
 // boundedRead runs read, a read of the store for a decision, within
-// readCtx (see runBounded) unless the breaker is open, and tells the
+// readCtx, whose deadline is the read's share of the budget, and tells the
 // breaker how it went. It returns read's value, or the error that kept it
-// from finishing in time. ctx is the call's.
-func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time.Duration, read func(context.Context) (T, []error)) (T, error) {
+// from finishing in time: the breaker is open, more than
+// Config.MaxPendingReads reads are already waiting on the store (so a slow
+// store degrades decisions instead of piling them up), or readCtx ended.
+// ctx is the call's.
+//
+// read returns its value and the store's error (joined, for several
+// users): only the store's own failures count for the breaker. A read that
+// came back after its deadline (a large profile's decoding, a stall of this
+// process) misses the budget, but the store did not fail.
+//
+// read runs on the caller's goroutine: a goroutine per decision cost about
+// a tenth of the server's CPU per decision (creation, stack growth, a
+// cross-CPU wake-up), so the budget relies on the store honouring readCtx's
+// deadline (see Store). A panic in read reaches the recovery interceptor.
+func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time.Duration, read func(context.Context) (T, error)) (T, error) {
 	var zero T
 	now := time.Now() // the breaker's clock is the wall clock, not Config.Now
 	ok, probe := s.reads.allow(now)
@@ -56,20 +69,20 @@ func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time
 		return zero, fmt.Errorf("the last %d reads failed, so reads are paused for %v, then one probes the store",
 			s.cfg.BreakerFailures, s.reads.openFor(now).Round(time.Millisecond))
 	}
-	v, errs, err := runBounded(s, readCtx, read)
-	if errors.Is(err, errReadsSaturated) {
+	select {
+	case s.pendingReads <- struct{}{}:
+	default:
 		s.reads.abandon(probe)
-		return zero, err
+		return zero, errReadsSaturated
 	}
-	// The breaker hears of the store's own errors only: a read that came
-	// back after its deadline (a large profile's decoding, a stall of this
-	// process) missed the budget, but the store did not fail.
-	failed := false
-	for _, e := range errs {
-		failed = failed || s.storeFailed(ctx, e, readBudget)
+	defer func() { <-s.pendingReads }()
+	var v T
+	var storeErr error
+	if readCtx.Err() == nil {
+		v, storeErr = read(readCtx)
 	}
-	s.reads.record(time.Now(), probe, failed)
-	if err != nil {
+	s.reads.record(time.Now(), probe, s.storeFailed(ctx, storeErr, readBudget))
+	if err := readCtx.Err(); err != nil {
 		return zero, err
 	}
 	return v, nil
@@ -89,31 +102,6 @@ func (s *Server) storeFailed(ctx context.Context, err error, readBudget time.Dur
 	default:
 		return errors.Is(err, context.DeadlineExceeded) && readBudget >= s.defaultRead
 	}
-}
-
-// runBounded runs fn with ctx, whose deadline is the read's share of the
-// budget, when fewer than Config.MaxPendingReads calls are running it;
-// past that it fails at once with errReadsSaturated, so that a slow store
-// degrades decisions instead of piling them up. It returns fn's results
-// and, when ctx ended before or while fn ran, ctx's error.
-//
-// fn runs on the caller's goroutine: a goroutine per decision cost about a
-// tenth of the server's CPU per decision (creation, stack growth, a
-// cross-CPU wake-up), so the budget relies on the store honouring ctx's
-// deadline (see Store). A panic in fn reaches the recovery interceptor.
-func runBounded[T any](s *Server, ctx context.Context, fn func(context.Context) (T, []error)) (T, []error, error) {
-	var zero T
-	select {
-	case s.pendingReads <- struct{}{}:
-	default:
-		return zero, nil, errReadsSaturated
-	}
-	defer func() { <-s.pendingReads }()
-	if err := ctx.Err(); err != nil {
-		return zero, nil, err
-	}
-	v, errs := fn(ctx)
-	return v, errs, ctx.Err()
 }
 
 // breaker stops decision reads from going to a store that keeps failing

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"time"
 
@@ -30,9 +31,9 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 	}
 	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
 	defer cancel()
-	read, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (decision.Read, []error) {
+	read, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (decision.Read, error) {
 		p, err := s.decisions.Get(ctx, q.UserID)
-		return decision.Read{Profile: p, Err: err}, []error{err}
+		return decision.Read{Profile: p, Err: err}, err
 	})
 	if err != nil {
 		read.Err = err
@@ -60,9 +61,9 @@ func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDec
 		ps   []*profile.Profile
 		errs []error
 	}
-	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (many, []error) {
+	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (many, error) {
 		ps, errs := s.decisions.GetMany(ctx, ids)
-		return many{ps, errs}, errs
+		return many{ps, errs}, errors.Join(errs...)
 	})
 	if ctx.Err() != nil {
 		return nil, toStatus(ctx.Err())
@@ -130,13 +131,13 @@ func (s *Server) reserve(ctx context.Context, q decision.Request, key string, bu
 		version uint64
 		err     error
 	}
-	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (reserved, []error) {
+	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (reserved, error) {
 		var r reserved
 		r.version, r.err = s.decisions.Update(ctx, q.UserID, func(p *profile.Profile, now time.Time) bool {
 			r.Reserved = rules.Reserve(p, q, key, s.cfg.ReservationTTL, now)
 			return r.Fresh
 		})
-		return r, []error{r.err}
+		return r, r.err
 	})
 	if err == nil {
 		err = r.err
