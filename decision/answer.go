@@ -154,26 +154,10 @@ func (r *Rules) ReserveFailed(req Request, err error, budget time.Duration) Deci
 	}
 }
 
-// storedDecision is the form of a decision kept in a reservation: JSON,
-// so that it outlives changes of the API's messages.
-type storedDecision struct {
-	ID           string      `json:"id"`
-	Verdict      Verdict     `json:"verdict"`
-	Offer        *Offer      `json:"offer,omitempty"`
-	NotBefore    time.Time   `json:"not_before,omitzero"`
-	Control      bool        `json:"control,omitempty"`
-	Stale        bool        `json:"stale,omitempty"`
-	Reasons      []Reason    `json:"reasons,omitempty"`
-	Trace        []TraceStep `json:"trace,omitempty"`
-	RulesVersion string      `json:"rules_version"`
-	Hold         *Hold       `json:"hold,omitempty"`
-}
-
+// encodeDecision is the form of a decision kept in a reservation: JSON of
+// Decision itself, so that it outlives changes of the API's messages.
 func encodeDecision(d Decision) []byte {
-	b, err := json.Marshal(storedDecision{
-		ID: d.ID, Verdict: d.Verdict, Offer: d.Offer, NotBefore: d.NotBefore, Control: d.Control, Stale: d.Stale,
-		Reasons: d.Reasons, Trace: d.Trace, RulesVersion: d.RulesVersion, Hold: d.Hold,
-	})
+	b, err := json.Marshal(d)
 	if err != nil {
 		panic(fmt.Sprintf("decision: encode a decision: %v", err)) // plain fields cannot fail
 	}
@@ -181,15 +165,12 @@ func encodeDecision(d Decision) []byte {
 }
 
 func decodeDecision(b []byte) (Decision, error) {
-	var s storedDecision
-	if err := json.Unmarshal(b, &s); err != nil {
+	var d Decision
+	if err := json.Unmarshal(b, &d); err != nil {
 		return Decision{}, err
 	}
-	if s.Verdict < VerdictNone || s.Verdict > VerdictHold {
-		return Decision{}, fmt.Errorf("stored decision with verdict %d", s.Verdict)
+	if d.Verdict < VerdictNone || d.Verdict > VerdictHold {
+		return Decision{}, fmt.Errorf("stored decision with verdict %d", d.Verdict)
 	}
-	return Decision{
-		ID: s.ID, Verdict: s.Verdict, Offer: s.Offer, NotBefore: s.NotBefore, Control: s.Control, Stale: s.Stale,
-		Reasons: s.Reasons, Trace: s.Trace, RulesVersion: s.RulesVersion, Hold: s.Hold,
-	}, nil
+	return d, nil
 }

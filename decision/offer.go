@@ -66,60 +66,61 @@ type Request struct {
 type Reason struct {
 	// RuleID is the offer or policy id, "consent" for the consent check,
 	// "fallback" for a fallback decision, or "" when no rule is concerned.
-	RuleID  string
+	RuleID  string `json:"rule_id,omitempty"`
 	Message string
 }
 
 // TraceStep is one check of a decision's evaluation (Request.Explain).
 type TraceStep struct {
 	// RuleID is the offer or policy checked ("consent" for consent).
-	RuleID string
+	RuleID string `json:"rule_id,omitempty"`
 	// Subject says what was checked, e.g. "when: <expression>" or
 	// "frequency cap: at most 2 sms sends per 24h".
-	Subject string
+	Subject string `json:"subject"`
 	// Value is what it gave, e.g. "true", "1 of 2 sends used", or an
 	// evaluation error.
-	Value string
+	Value string `json:"value"`
 	// Passed is whether the candidate got past this check.
 	Passed bool
 }
 
 // Offer is the offer to send.
 type Offer struct {
-	ID       string
-	Channel  string
-	Template string
+	ID       string `json:"id"`
+	Channel  string `json:"channel"`
+	Template string `json:"template"`
 	Payload  map[string]string
 }
 
-// Decision is the answer to a Request, with its reasons.
+// Decision is the answer to a Request, with its reasons. Its JSON form is
+// what a reservation keeps (Rules.Reserve).
 type Decision struct {
 	// ID is Request.ID (Answer, Reserve).
-	ID      string
-	Verdict Verdict
+	ID      string  `json:"id,omitempty"`
+	Verdict Verdict `json:"verdict"`
 	// Offer is set when the verdict is VerdictSend or VerdictHold.
-	Offer *Offer
+	Offer *Offer `json:"offer,omitempty"`
 	// NotBefore is, for VerdictHold, when sending becomes allowed (in the
 	// user's time zone); zero otherwise.
-	NotBefore time.Time
+	NotBefore time.Time `json:"not_before,omitzero"`
 	// Control is true when the user is in the control group of the winning
 	// offer's A/B split: the verdict is then VerdictNone and Offer nil.
-	Control bool
+	Control bool `json:"control,omitempty"`
 	// Reasons says why, in evaluation order: each policy or failed
 	// expression that blocked a candidate, then the winner or why there is
 	// none.
-	Reasons []Reason
+	Reasons []Reason `json:"reasons,omitempty"`
 	// Trace has one step per check, in evaluation order, when the request
 	// asked for it (Request.Explain); nil otherwise.
-	Trace []TraceStep
+	Trace []TraceStep `json:"trace,omitempty"`
 	// RulesVersion is the Version of the rules that decided.
-	RulesVersion string
+	RulesVersion string `json:"rules_version"`
 	// Degraded is set when the profile could not be read: the decision is
 	// the channel's fallback (Answer) or VerdictNone (ReserveFailed).
-	Degraded bool
+	Degraded bool `json:"degraded,omitempty"`
 	// Stale is set when the profile was older than Request.MinVersion:
 	// the verdict is VerdictNone.
-	Stale bool
+	Stale bool `json:"stale,omitempty"`
 	// Hold is set on a send decided with reserve: the cap slot it holds.
 	Hold *Hold
 }
