@@ -283,12 +283,8 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 			}
 			counts[statusReason{o.Status, o.Code}]++
 		case errors.Is(o.Err, profile.ErrCorrupt):
-			cause := o.Err
-			if c := errors.Unwrap(cause); c != nil {
-				cause = c // without the user, whom the producer knows
-			}
 			res.Status = nudgev1.EventStatus_EVENT_STATUS_REJECTED
-			res.Reason = "not applied: this user's stored profile cannot be read (" + cause.Error() +
+			res.Reason = "not applied: the stored profile cannot be read (" + o.Err.Error() +
 				"); an operator must repair or delete it (ProfileService.DeleteProfile)"
 			counts[statusReason{profile.Rejected, rejectCorrupt}]++
 		case failed == nil:
