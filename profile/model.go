@@ -85,44 +85,44 @@ const AllChannels = "*"
 var rememberedAttributes = [...]string{"tz"}
 
 // Limits bound what a profile remembers. The zero value of a field means its
-// default.
+// default. The yaml names are the keys of nudged's profile settings.
 type Limits struct {
 	// Retention is how far back event-time counts are kept, and so the
 	// longest window a rule can ask for. Events older than now-Retention are
 	// rejected. Default 24h (plus one minute so a 24h window is complete).
-	Retention time.Duration
+	Retention time.Duration `yaml:"retention"`
 	// MaxFuture is how far ahead of the server clock an event may be.
 	// Default 5m.
-	MaxFuture time.Duration
+	MaxFuture time.Duration `yaml:"max_future"`
 	// DedupWindow is how long (processing time) an event id is remembered.
 	// Default 24h.
-	DedupWindow time.Duration
+	DedupWindow time.Duration `yaml:"dedup_window"`
 	// DedupMax is the most event ids remembered per user; the oldest are
 	// forgotten first. Default 2048.
-	DedupMax int
+	DedupMax int `yaml:"dedup_max"`
 	// MaxSeries is the most (type, category) series kept per user; the
 	// series whose latest event (by event time) is oldest is dropped first.
 	// Default 256.
-	MaxSeries int
+	MaxSeries int `yaml:"max_series"`
 	// FiredRetention is how long trigger cooldown marks are kept. Cooldowns
 	// longer than this are capped to it. Default 30 days.
-	FiredRetention time.Duration
+	FiredRetention time.Duration `yaml:"fired_retention"`
 	// MaxFired is the most trigger cooldown marks kept per user. Default 256.
-	MaxFired int
+	MaxFired int `yaml:"max_fired"`
 	// SendRetention is how long (by event time, measured from the
 	// processing time of the last change) message_sent records and the
 	// last purchase time per category are kept: the longest frequency-cap
 	// period, offer cooldown or purchase cooldown that sees everything.
 	// It is independent of Retention, because caps such as "5 push per 7
 	// days" need a week of sends. Default 30 days.
-	SendRetention time.Duration
+	SendRetention time.Duration `yaml:"send_retention"`
 	// MaxSends is the most message_sent records kept per user; the oldest
 	// (by event time) are dropped first. Default 512.
-	MaxSends int
+	MaxSends int `yaml:"max_sends"`
 	// MaxPurchaseCategories is the most categories whose last purchase
 	// time is kept per user; the least recently bought are dropped first.
 	// Default 256.
-	MaxPurchaseCategories int
+	MaxPurchaseCategories int `yaml:"max_purchase_categories"`
 }
 
 // DefaultLimits returns the limits a profile is kept under when told

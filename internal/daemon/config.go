@@ -136,49 +136,14 @@ type RedisConfig struct {
 	TLS       ClientTLSConfig `yaml:"tls"`
 }
 
-// ProfileConfig says what a profile remembers and how long it is kept
-// (profile.Limits, redisstore.Options.TTL); docs/rules.md explains what
-// each bound means for rules.
+// ProfileConfig says what a profile remembers (profile.Limits, whose
+// fields are the other keys of this section, with their defaults) and how
+// long it is kept; docs/rules.md explains what each bound means for rules.
 type ProfileConfig struct {
 	// TTL is how long an idle profile is kept in Redis. Default 720h (30
 	// days); negative (-1s): never expire.
-	TTL time.Duration `yaml:"ttl"`
-	// Retention is how far back event-time counts go: the longest window
-	// a rule can count, and the oldest event accepted. Default 24h1m.
-	Retention time.Duration `yaml:"retention"`
-	// MaxFuture is how far ahead of nudged's clock an event may be.
-	// Default 5m.
-	MaxFuture time.Duration `yaml:"max_future"`
-	// DedupWindow and DedupMax are the dedup horizon: an event id is
-	// remembered this long (processing time), and at most this many per
-	// user. Defaults 24h and 2048.
-	DedupWindow time.Duration `yaml:"dedup_window"`
-	DedupMax    int           `yaml:"dedup_max"`
-	// MaxSeries is the most (type, category) series kept per user.
-	// Default 256.
-	MaxSeries int `yaml:"max_series"`
-	// FiredRetention and MaxFired bound the trigger cooldown marks kept.
-	// Defaults 720h and 256.
-	FiredRetention time.Duration `yaml:"fired_retention"`
-	MaxFired       int           `yaml:"max_fired"`
-	// SendRetention and MaxSends bound the message_sent records kept (for
-	// frequency caps and offer cooldowns), MaxPurchaseCategories the
-	// categories whose last purchase is kept. Defaults 720h, 512, 256.
-	SendRetention         time.Duration `yaml:"send_retention"`
-	MaxSends              int           `yaml:"max_sends"`
-	MaxPurchaseCategories int           `yaml:"max_purchase_categories"`
-}
-
-// Limits returns the profile limits c configures.
-func (c ProfileConfig) Limits() profile.Limits {
-	return profile.Limits{
-		Retention: c.Retention, MaxFuture: c.MaxFuture,
-		DedupWindow: c.DedupWindow, DedupMax: c.DedupMax,
-		MaxSeries:      c.MaxSeries,
-		FiredRetention: c.FiredRetention, MaxFired: c.MaxFired,
-		SendRetention: c.SendRetention, MaxSends: c.MaxSends,
-		MaxPurchaseCategories: c.MaxPurchaseCategories,
-	}
+	TTL            time.Duration `yaml:"ttl"`
+	profile.Limits `yaml:",inline"`
 }
 
 // ClientTLSConfig is TLS towards Redis.
@@ -342,7 +307,7 @@ type LogConfig struct {
 // What belongs to a package (the store, the profile limits, the server,
 // delivery) is that package's default; the rest is nudged's own.
 func Defaults() Config {
-	store, srv, dlv, lim := redisstore.DefaultOptions(), server.DefaultConfig(), delivery.DefaultOptions(), profile.DefaultLimits()
+	store, srv, dlv := redisstore.DefaultOptions(), server.DefaultConfig(), delivery.DefaultOptions()
 	return Config{
 		Listen:       "127.0.0.1:7070",
 		DrainTimeout: 10 * time.Second,
@@ -364,15 +329,8 @@ func Defaults() Config {
 			Shards:          store.Shards,
 			UserLocks:       store.UserLocks,
 		},
-		Profile: ProfileConfig{
-			TTL:       store.TTL,
-			Retention: lim.Retention, MaxFuture: lim.MaxFuture,
-			DedupWindow: lim.DedupWindow, DedupMax: lim.DedupMax,
-			MaxSeries:      lim.MaxSeries,
-			FiredRetention: lim.FiredRetention, MaxFired: lim.MaxFired,
-			SendRetention: lim.SendRetention, MaxSends: lim.MaxSends,
-			MaxPurchaseCategories: lim.MaxPurchaseCategories,
-		},
+		Profile: ProfileConfig{TTL: store.TTL, Limits: profile.DefaultLimits()},
+
 		Rules: RulesConfig{Reload: 5 * time.Second},
 		Decision: DecisionConfig{
 			Budget:          srv.DefaultBudget,

@@ -216,7 +216,11 @@ func TestRedactedHidesEverySecret(t *testing.T) {
 func yamlLeaves(t reflect.Type, prefix string) []string {
 	var out []string
 	for f := range t.Fields() {
-		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" {
+			out = append(out, yamlLeaves(f.Type, prefix)...)
+			continue
+		}
 		if tag == "" || tag == "-" {
 			continue
 		}

@@ -188,7 +188,7 @@ func (c Config) storeOptions(waitReplicas int, tp trace.TracerProvider) redissto
 // server's defaults).
 func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, auditLog *audit.Log, meter metric.Meter) server.Config {
 	return server.Config{
-		Limits:            c.Profile.Limits(),
+		Limits:            c.Profile.Limits,
 		Outbox:            outbox,
 		MaxUnacked:        c.Delivery.MaxUnacked,
 		DefaultBudget:     c.Decision.Budget,
