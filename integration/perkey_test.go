@@ -99,7 +99,9 @@ func TestCorruptProfileFailsItsUserOnly(t *testing.T) {
 // decisions is degraded. Its own budget is large, so only the breaker,
 // which one user's problem must not open, could degrade it.
 func TestBreakerIgnoresBadKeys(t *testing.T) {
-	e := newEnvConfig(t, redisstore.Options{}, server.Config{DefaultBudget: 10 * time.Millisecond})
+	// The healthy user's budget is far above any stall of the machine, so
+	// only the breaker (which fails reads at once) can degrade it.
+	e := newEnvConfig(t, redisstore.Options{}, server.Config{DefaultBudget: 10 * time.Millisecond, MaxBudget: time.Minute})
 	// What 100,000 views over the last day in 60 categories build: every
 	// minute of every series, and the full dedup memory. (Built directly:
 	// applying 100k events one by one takes minutes under -race.)
@@ -158,7 +160,7 @@ func TestBreakerIgnoresBadKeys(t *testing.T) {
 	var degraded []string
 	for range decisions {
 		<-tick.C
-		resp, err := e.decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "healthy", Channel: "sms", Budget: durationpb.New(time.Second)})
+		resp, err := e.decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "healthy", Channel: "sms", Budget: durationpb.New(30 * time.Second)})
 		if err != nil {
 			t.Fatalf("GetDecision(healthy): %v", err)
 		}
