@@ -16,7 +16,7 @@
 //     a time, merging every queued call's parts for a user under one read
 //     and one write, in groups of up to Options.MaxGroupUsers users.
 //   - txn.go: the transaction engine, the only code that writes a profile:
-//     WATCH + MGET in one round trip, the pure steps, MULTI + SET + XADD +
+//     WATCH + a GET per key in one round trip, the pure steps, MULTI + SET + XADD +
 //     EXEC, WAIT for replicas; classify decides what a failed attempt
 //     means (conflict: split and retry; cluster redirect; broken
 //     connection; WAIT shortfall; cancelled). Update is a group of one.

@@ -1033,8 +1033,8 @@ func TestRedisStoreGetMany(t *testing.T) {
 }
 
 // TestRedisStoreWrongTypeKey: a profile key holding another Redis type is
-// that user's problem (ErrCorrupt), not the store's (ErrUnavailable), in Get
-// and in GetMany, where the other users read fine.
+// that user's problem (ErrCorrupt), not the store's (ErrUnavailable), in
+// Get, in GetMany and in Apply, where the other users read and write fine.
 func TestRedisStoreWrongTypeKey(t *testing.T) {
 	env := newStore(t, redisstore.Options{})
 	if err := env.rdb.LPush(t.Context(), env.store.Layout().ProfileKey("listed"), "x").Err(); err != nil {
@@ -1054,5 +1054,17 @@ func TestRedisStoreWrongTypeKey(t *testing.T) {
 	}
 	if !errors.Is(errs[2], profile.ErrNotFound) {
 		t.Errorf("GetMany nobody = %v, want ErrNotFound", errs[2])
+	}
+	// Ingest does not overwrite it: that user's events fail, the others'
+	// in the same transaction commit, and the list is left for an operator.
+	out := env.store.Apply(t.Context(), []profile.Event{uev("listed", "l1", "view", storeNow), uev("fine", "e2", "view", storeNow)}, triggerStep(profile.Limits{}))
+	if err := out.Events[0].Err; !errors.Is(err, profile.ErrCorrupt) {
+		t.Errorf("Apply to the listed user: %v, want ErrCorrupt", err)
+	}
+	if o := out.Events[1]; o.Err != nil || o.Status != profile.Applied {
+		t.Errorf("Apply to the fine user beside it: %+v, want applied", o)
+	}
+	if typ, err := env.rdb.Type(t.Context(), env.store.Layout().ProfileKey("listed")).Result(); err != nil || typ != "list" {
+		t.Errorf("the listed key is now a %q (%v), want it left a list", typ, err)
 	}
 }

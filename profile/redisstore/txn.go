@@ -20,7 +20,7 @@ import (
 // Apply's shard cycles and Update both hand it a group of users, each with
 // the steps to run on its profile (one per Apply call the cycle merged, or
 // Update's one). A group commits in one transaction (commit): one WATCH
-// over all its profile keys pipelined with one MGET, the pure steps, and
+// over all its profile keys pipelined with a GET of each, the pure steps, and
 // one MULTI with every changed profile's SET and every action's XADD,
 // EXEC, then WAIT when replicas must confirm: four round trips per group
 // instead of per user (DESIGN.md, principle 2).
@@ -315,7 +315,7 @@ func spanCause(err error) error {
 	return errors.Unwrap(err)
 }
 
-// commit is one transaction over users: WATCH their keys and MGET them in
+// commit is one transaction over users: WATCH their keys and GET them in
 // one pipelined round trip, run each user's steps (in the order of its
 // parts) on its profile, and if any changed, one MULTI with every changed
 // profile's SET and its steps' actions' XADDs, EXEC, then (WaitReplicas)
@@ -360,28 +360,37 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 				}
 			}
 		}()
-		var mget *redis.SliceCmd
+		// One GET per key rather than one MGET: MGET answers nil for a key
+		// of another type, which the SET below would then overwrite;
+		// GET answers WRONGTYPE, and that user fails alone, its key left
+		// for an operator (as a profile that does not decode).
+		gets := make([]*redis.StringCmd, len(users))
 		if _, err := tx.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			pipe.Do(ctx, watch...)
-			mget = pipe.MGet(ctx, keys...)
+			for k := range users {
+				gets[k] = pipe.Get(ctx, keys[k])
+			}
 			return nil
-		}); err != nil {
+		}); err != nil && !errors.Is(err, redis.Nil) && !IsWrongType(err) {
 			return err
-		}
-		vals := mget.Val()
-		if len(vals) != len(users) {
-			return fmt.Errorf("MGET returned %d values for %d keys", len(vals), len(users))
 		}
 		now := s.opt.Now()
 		for k, w := range users {
 			p := &profile.Profile{}
-			raw, stored := vals[k].(string)
-			if stored {
-				var derr error
-				if p, derr = profile.Decode([]byte(raw)); derr != nil {
-					w.fail(fmt.Errorf("user %q: %w", w.userID, derr))
+			raw, gerr := gets[k].Bytes()
+			stored := gerr == nil
+			if gerr != nil {
+				switch rerr := readError(ctx, gerr); {
+				case errors.Is(rerr, profile.ErrNotFound):
+				case errors.Is(rerr, profile.ErrCorrupt):
+					w.fail(fmt.Errorf("user %q: %w", w.userID, rerr))
 					continue
+				default:
+					return gerr // the attempt's failure, classified by the engine
 				}
+			} else if p, gerr = profile.Decode(raw); gerr != nil {
+				w.fail(fmt.Errorf("user %q: %w", w.userID, gerr))
+				continue
 			}
 			wr := write{w: w, p: p, outcomes: make([]profile.Outcome, len(w.parts))}
 			var perr error
@@ -401,7 +410,7 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 				p.UpdatedAt = now
 				wrote++
 			case s.opt.WaitReplicas > 0 && stored && hasDuplicate(wr.outcomes):
-				wr.rewrite = []byte(raw)
+				wr.rewrite = raw
 				rewrites++
 			}
 			writes = append(writes, wr)
