@@ -8,9 +8,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 
@@ -29,11 +29,20 @@ const (
 	RoleDecide Role = "decide"
 	// RoleSubscribe calls nudge.v1.ActionService (Subscribe, Ack).
 	RoleSubscribe Role = "subscribe"
-	// RoleAdmin calls nudge.v1.ProfileService and nudge.v1.AdminService.
+	// RoleAdmin calls nudge.v1.ProfileService and nudge.v1.AdminService,
+	// and may ask for explain traces.
 	RoleAdmin Role = "admin"
+	// RoleSend is a sender's: with RoleDecide, it may ask GetDecision to
+	// reserve a frequency-cap slot (GetDecisionRequest.reserve), which
+	// changes the user's state. A decide token alone stays read-only.
+	RoleSend Role = "send"
+	// RoleExplain may ask for a decision's explain trace, which shows the
+	// user's consent, time zone, local time, purchase state and send
+	// counts. RoleAdmin may too.
+	RoleExplain Role = "explain"
 )
 
-var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin}
+var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin, RoleSend, RoleExplain}
 
 // Token is a bearer token a caller sends as "authorization: Bearer
 // <Secret>". With no tokens configured the server does not authenticate.
@@ -48,14 +57,17 @@ type Token struct {
 	// may still use server reflection.
 	Roles []Role
 	// EventsPerSecond limits the events the token may ingest (Publish and
-	// Stream, counted per event). Bursts of one maximum batch (5000) or of
-	// one second's worth, whichever is larger, pass. Default 0: unlimited.
+	// Stream, counted per event). Default 0: unlimited.
 	EventsPerSecond float64
 	// DecisionsPerSecond limits the decisions the token may ask for
-	// (GetDecision counts 1, BatchGetDecisions one per query). Bursts of
-	// one maximum batch (1000) or of one second's worth, whichever is
-	// larger, pass. Default 0: unlimited.
+	// (GetDecision counts 1, BatchGetDecisions one per query). Default 0:
+	// unlimited.
 	DecisionsPerSecond float64
+	// BurstSeconds is how many seconds of its rate a limited token may
+	// use at once: the burst is the rate × BurstSeconds, rounded up (at
+	// least 1). A batch larger than the burst can never pass and is
+	// refused with InvalidArgument saying so. Default 1.
+	BurstSeconds float64
 }
 
 // anyRole is the rule of methods open to every valid token.
@@ -149,16 +161,22 @@ func compileTokens(tokens []Token) (map[secretDigest]*principal, error) {
 		}
 		for _, r := range t.Roles {
 			if !slices.Contains(knownRoles, r) {
-				return nil, fmt.Errorf("server: token %q: unknown role %q (known: %s, %s, %s, %s)",
-					t.Name, r, RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin)
+				return nil, fmt.Errorf("server: token %q: unknown role %q (known: %s)", t.Name, r, roleList())
 			}
 		}
 		p := &principal{name: t.Name, roles: slices.Clone(t.Roles)}
 		var err error
-		if p.events, err = newLimiter(t.Name, "EventsPerSecond", t.EventsPerSecond, maxEventsPerBatch); err != nil {
+		burst := t.BurstSeconds
+		switch {
+		case burst == 0:
+			burst = 1
+		case !(burst > 0) || math.IsInf(burst, 0):
+			return nil, fmt.Errorf("server: token %q: BurstSeconds is %v; want a finite number > 0 (default 1)", t.Name, burst)
+		}
+		if p.events, err = newLimiter(t.Name, "EventsPerSecond", t.EventsPerSecond, burst); err != nil {
 			return nil, err
 		}
-		if p.decisions, err = newLimiter(t.Name, "DecisionsPerSecond", t.DecisionsPerSecond, maxQueriesPerBatch); err != nil {
+		if p.decisions, err = newLimiter(t.Name, "DecisionsPerSecond", t.DecisionsPerSecond, burst); err != nil {
 			return nil, err
 		}
 		byDigest[d] = p
@@ -167,25 +185,39 @@ func compileTokens(tokens []Token) (map[secretDigest]*principal, error) {
 }
 
 // newLimiter returns the limiter of perSecond units, nil for 0
-// (unlimited). Its burst is one second's worth, and at least maxBatch so
-// that the largest batch the API accepts can always pass.
-func newLimiter(token, field string, perSecond float64, maxBatch int) (*rate.Limiter, error) {
+// (unlimited), with a burst of burstSeconds of its rate (at least 1).
+// The burst is what the token may use at once, also in one batch: it is
+// not raised to the largest batch the API accepts, which would let a
+// token limited to 2 decisions/s take 1,000 in one call.
+func newLimiter(token, field string, perSecond, burstSeconds float64) (*rate.Limiter, error) {
 	switch {
 	case perSecond == 0:
 		return nil, nil
 	case !(perSecond > 0) || math.IsInf(perSecond, 0):
 		return nil, fmt.Errorf("server: token %q: %s is %v; want a finite number ≥ 0 (0: unlimited)", token, field, perSecond)
 	}
-	burst := max(int(math.Min(math.Ceil(perSecond), math.MaxInt32)), maxBatch)
+	burst := max(int(math.Min(math.Ceil(perSecond*burstSeconds-1e-9), math.MaxInt32)), 1)
 	return rate.NewLimiter(rate.Limit(perSecond), burst), nil
 }
 
-// authenticate is the auth.AuthFunc: it finds the caller's token, checks it
-// has the role the method requires, and puts the principal in the context.
-// Messages name the token, never the secret.
-func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
-	secret, err := auth.AuthFromMD(ctx, "bearer")
-	if err != nil || secret == "" {
+// roleList is the known roles, for messages.
+func roleList() string {
+	names := make([]string, len(knownRoles))
+	for i, r := range knownRoles {
+		names[i] = string(r)
+	}
+	return strings.Join(names, ", ")
+}
+
+// has reports whether the principal holds role.
+func (p *principal) has(role Role) bool { return slices.Contains(p.roles, role) }
+
+// authorize finds the token whose secret the authorization header
+// (values of "authorization") carries and checks it has the role method
+// requires. Messages name the token, never the secret.
+func (s *Server) authorize(authorization []string, method string) (*principal, error) {
+	secret, ok := bearer(authorization)
+	if !ok {
 		return nil, errNoToken
 	}
 	// A map lookup compares digests, not secrets: its timing tells at
@@ -195,16 +227,72 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	if p == nil {
 		return nil, errUnknownToken
 	}
-	if ci := callInfoFrom(ctx); ci != nil {
-		ci.token = p.name // for the call's log line, which is written outside
-	}
-	method, _ := grpc.Method(ctx)
 	role, ok := requiredRole(method)
 	switch {
 	case !ok:
-		return nil, noAccessRule(p.name, method)
-	case role != anyRole && !slices.Contains(p.roles, role):
-		return nil, lacksRole(p.name, role, method)
+		return p, noAccessRule(p.name, method)
+	case role != anyRole && !p.has(role):
+		return p, lacksRole(p.name, role, method)
 	}
-	return context.WithValue(ctx, principalKey{}, p), nil
+	return p, nil
+}
+
+// bearer is the token of a single "Bearer <token>" authorization value
+// (the scheme in any case, as auth.AuthFromMD reads it).
+func bearer(values []string) (string, bool) {
+	if len(values) != 1 {
+		return "", false
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || token == "" {
+		return "", false
+	}
+	return token, true
+}
+
+// authenticate is the auth.AuthFunc. Calls are authorised before their
+// payload is read, by admitCall (admission.go), which leaves the principal
+// in the context; authenticate then only names the token for the call's
+// log line. It authorises the call itself when admitCall did not run (a
+// grpc.Server built without NewGRPCServer's options).
+func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+	p := principalFrom(ctx)
+	if p == nil {
+		method, _ := grpc.Method(ctx)
+		md, _ := metadata.FromIncomingContext(ctx)
+		var err error
+		if p, err = s.authorize(md.Get("authorization"), method); err != nil {
+			if p != nil {
+				s.nameToken(ctx, p)
+			}
+			return nil, err
+		}
+		ctx = context.WithValue(ctx, principalKey{}, p)
+	}
+	s.nameToken(ctx, p)
+	return ctx, nil
+}
+
+// nameToken records the call's token for its log line, which is written
+// outside the auth interceptor.
+func (s *Server) nameToken(ctx context.Context, p *principal) {
+	if ci := callInfoFrom(ctx); ci != nil {
+		ci.token = p.name
+	}
+}
+
+// mayDecide checks what a decision request asks beyond a plain, read-only
+// decision: reserve needs RoleSend, explain RoleExplain or RoleAdmin.
+// Without authentication everything is allowed.
+func mayDecide(ctx context.Context, reserve, explain bool) error {
+	p := principalFrom(ctx)
+	switch {
+	case p == nil:
+		return nil
+	case reserve && !p.has(RoleSend):
+		return lacksRoleFor(p.name, RoleSend, "reserve a frequency-cap slot (reserve: true)")
+	case explain && !p.has(RoleExplain) && !p.has(RoleAdmin):
+		return lacksRoleFor(p.name, RoleExplain, "ask for an explain trace (explain: true); admin may too")
+	}
+	return nil
 }

@@ -25,6 +25,9 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
+	if err := mayDecide(ctx, req.GetReserve(), req.GetExplain()); err != nil {
+		return nil, err
+	}
 	q := request(req, req.GetExplain())
 	if req.GetReserve() {
 		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
@@ -50,6 +53,9 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDecisionsRequest) (*nudgev1.BatchGetDecisionsResponse, error) {
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
+	}
+	if err := mayDecide(ctx, false, req.GetExplain()); err != nil {
+		return nil, err
 	}
 	ids := make([]string, len(req.GetQueries()))
 	for i, q := range req.GetQueries() {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -96,6 +97,36 @@ func noAccessRule(token, method string) error {
 
 func lacksRole(token string, role Role, method string) error {
 	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required by %s", token, role, method)
+}
+
+// lacksRoleFor is the status of a request asking what its token's roles
+// do not allow.
+func lacksRoleFor(token string, role Role, what string) error {
+	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required to %s", token, role, what)
+}
+
+// receiving is the status of a call refused because the server is already
+// receiving its bound of request bytes (see Config.MaxRecvBytesInFlight).
+func receiving(bound int64, yours bool) error {
+	msg := fmt.Sprintf("server is receiving its bound of %d MiB of requests at once", bound>>20)
+	if yours {
+		msg = fmt.Sprintf("this token's calls are receiving half the server's bound of %d MiB of requests at once", bound>>20)
+	}
+	st, _ := status.New(codes.ResourceExhausted, msg+": retry shortly, or send smaller batches").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(100 * time.Millisecond)})
+	return st.Err()
+}
+
+// streamIdle is the status that ends an ingest stream idle for d.
+func streamIdle(d time.Duration) error {
+	return status.Errorf(codes.Unavailable, "no batch on this stream for %v: it is closed; open a new stream to publish again", d)
+}
+
+// overBurst is the status of a batch larger than its token's burst.
+func overBurst(token, unit string, n, burst int) error {
+	return status.Errorf(codes.InvalidArgument,
+		"a batch of %d %s is more than token %q's burst of %d (its rate × burst_seconds): send batches of at most %d",
+		n, unit, token, burst, burst)
 }
 
 // overLimit is the status of a call past its token's rate, with the delay

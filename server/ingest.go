@@ -76,6 +76,11 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 	var stop error // set once the stream stops taking batches
 	stopped := false
 	draining := s.draining
+	// An ingest stream with no batch for StreamIdle, and none in work,
+	// ends: an idle producer does not hold a stream (and its goroutines)
+	// for ever.
+	idle := time.NewTimer(s.cfg.StreamIdle)
+	defer idle.Stop()
 	for {
 		// Draining wins over a batch that is waiting at the same time.
 		select {
@@ -93,8 +98,15 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 		if stopped || inFlight >= s.cfg.MaxInFlight {
 			in = nil
 		}
+		var idleC <-chan time.Time
+		if !stopped && inFlight == 0 {
+			idleC = idle.C
+		}
 		select {
+		case <-idleC:
+			stop, stopped = streamIdle(s.cfg.StreamIdle), true
 		case req := <-in:
+			idle.Reset(s.cfg.StreamIdle)
 			start := time.Now()
 			rejected, err := s.validateBatch(req)
 			if err != nil {
@@ -125,6 +137,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[nudgev1.StreamRequest, n
 				done <- batchDone{resp: &nudgev1.StreamResponse{Seq: req.GetSeq(), Results: results, Actions: actions}, start: start}
 			}()
 		case d := <-done:
+			idle.Reset(s.cfg.StreamIdle)
 			inFlight--
 			if d.err != nil {
 				if !stopped {

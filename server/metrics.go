@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/status"
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
@@ -25,6 +26,7 @@ type instruments struct {
 	delivered    metric.Int64Counter
 	acked        metric.Int64Counter
 	released     metric.Int64Counter
+	refusedCalls metric.Int64Counter
 	statusAttrs  map[statusReason]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
 }
@@ -64,6 +66,10 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	if in.released, err = m.Int64Counter("nudge.actions.released", metric.WithDescription("Unacknowledged deliveries handed back to their group when the member's stream ended.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.refusedCalls, err = m.Int64Counter("nudge.rpc.refused_unread",
+		metric.WithDescription("Calls refused from their headers, before their request was read, by code (Unauthenticated, PermissionDenied, ResourceExhausted).")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	// Counters without attributes start at 0, so dashboards and alerts
@@ -133,4 +139,9 @@ func (in *instruments) countDecision(ctx context.Context, v decision.Verdict, de
 
 func (in *instruments) observeLag(ctx context.Context, lag time.Duration) {
 	in.eventLag.Record(ctx, lag.Seconds())
+}
+
+// countRefused counts a call admitCall refused, by its code.
+func (in *instruments) countRefused(ctx context.Context, err error) {
+	in.refusedCalls.Add(ctx, 1, metric.WithAttributes(attribute.String("code", status.Code(err).String())))
 }

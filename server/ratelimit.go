@@ -2,37 +2,15 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"strconv"
 	"time"
 
-	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
-
-// The largest batches the API accepts, read from the protovalidate rules
-// so that a limiter's burst always lets one through.
-var (
-	maxEventsPerBatch  = maxItems(&nudgev1.PublishRequest{}, "events")
-	maxQueriesPerBatch = maxItems(&nudgev1.BatchGetDecisionsRequest{}, "queries")
-)
-
-// maxItems is the max_items rule of msg's repeated field.
-func maxItems(msg proto.Message, field protoreflect.Name) int {
-	fd := msg.ProtoReflect().Descriptor().Fields().ByName(field)
-	rules, _ := proto.GetExtension(fd.Options(), validate.E_Field).(*validate.FieldRules)
-	n := rules.GetRepeated().GetMaxItems()
-	if n == 0 {
-		panic(fmt.Sprintf("server: %s.%s has no max_items rule", msg.ProtoReflect().Descriptor().FullName(), field))
-	}
-	return int(n)
-}
 
 // charge takes from p's limiters what msg costs: one unit per event of an
 // ingest batch, per decision asked for. Other messages are free. Past a
@@ -58,11 +36,9 @@ func take(p *principal, l *rate.Limiter, unit string, n int, now time.Time) erro
 		return nil
 	}
 	if n > l.Burst() {
-		// Larger than the API allows (the burst is at least the largest
-		// valid batch): validation refuses it with InvalidArgument, which
-		// it should get rather than a ResourceExhausted it could never
-		// pass. It does no work, so it costs nothing.
-		return nil
+		// It could never pass: a ResourceExhausted with a delay would
+		// have the caller retry it for ever.
+		return overBurst(p.name, unit, n, l.Burst())
 	}
 	if l.AllowN(now, n) {
 		return nil

@@ -36,14 +36,16 @@ func (c *testClock) Advance(d time.Duration) {
 const limitedSecret = "secret-limited-1111"
 
 // limitedConfig is a server on clk with the test tokens plus "limited",
-// which may ingest and decide at the given rates.
-func limitedConfig(clk *testClock, eventsPerSecond, decisionsPerSecond float64) server.Config {
+// which may ingest and decide at the given rates, with bursts of
+// burstSeconds (0: the default, 1).
+func limitedConfig(clk *testClock, eventsPerSecond, decisionsPerSecond, burstSeconds float64) server.Config {
 	cfg := authConfig()
 	cfg.Now = clk.Now
 	cfg.Tokens = append(cfg.Tokens, server.Token{
 		Name: "limited", Secret: limitedSecret,
 		Roles:           []server.Role{server.RoleIngest, server.RoleDecide},
 		EventsPerSecond: eventsPerSecond, DecisionsPerSecond: decisionsPerSecond,
+		BurstSeconds: burstSeconds,
 	})
 	return cfg
 }
@@ -74,15 +76,22 @@ func queries(n int) []*nudgev1.DecisionQuery {
 
 func TestRateLimitDecisions(t *testing.T) {
 	clk := newTestClock()
-	h := start(t, okStore(), limitedConfig(clk, 0, 10))
+	h := start(t, okStore(), limitedConfig(clk, 0, 10, 0))
 	ctx := withToken(callCtx(t), limitedSecret)
 	decide := func() error {
 		_, err := h.decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"})
 		return err
 	}
-	// The burst is the largest batch (1000), not one second's worth.
-	if _, err := h.decide.BatchGetDecisions(ctx, &nudgev1.BatchGetDecisionsRequest{Queries: queries(1000)}); err != nil {
-		t.Fatalf("a maximum batch on a full bucket: %v", err)
+	batch := func(n int) error {
+		_, err := h.decide.BatchGetDecisions(ctx, &nudgev1.BatchGetDecisionsRequest{Queries: queries(n)})
+		return err
+	}
+	// The burst is one second's worth (10), not the largest batch the
+	// API accepts: a larger batch is refused for good, and costs nothing.
+	wantCode(t, batch(1000), codes.InvalidArgument,
+		`a batch of 1000 decisions is more than token "limited"'s burst of 10 (its rate × burst_seconds): send batches of at most 10`)
+	if err := batch(10); err != nil {
+		t.Fatalf("a batch of the burst on a full bucket: %v", err)
 	}
 	wantLimited(t, decide(), `token "limited" is over its limit of 10 decisions per second: retry in 100ms`, 100*time.Millisecond)
 
@@ -104,7 +113,7 @@ func TestRateLimitDecisions(t *testing.T) {
 // smaller one that fits still passes.
 func TestRateLimitRefusedCallsAreFree(t *testing.T) {
 	clk := newTestClock()
-	h := start(t, okStore(), limitedConfig(clk, 0, 1500)) // burst: one second, 1500
+	h := start(t, okStore(), limitedConfig(clk, 0, 1500, 0)) // burst: one second, 1500
 	ctx := withToken(callCtx(t), limitedSecret)
 	batch := func(n int) error {
 		_, err := h.decide.BatchGetDecisions(ctx, &nudgev1.BatchGetDecisionsRequest{Queries: queries(n)})
@@ -121,17 +130,17 @@ func TestRateLimitRefusedCallsAreFree(t *testing.T) {
 
 func TestRateLimitPublish(t *testing.T) {
 	clk := newTestClock()
-	h := start(t, okStore(), limitedConfig(clk, 100, 0))
+	h := start(t, okStore(), limitedConfig(clk, 100, 0, 50)) // burst: 5000
 	ctx := withToken(callCtx(t), limitedSecret)
 	publish := func(events []*nudgev1.Event) error {
 		_, err := h.ingest.Publish(ctx, &nudgev1.PublishRequest{Events: events})
 		return err
 	}
-	// Larger than the API allows: InvalidArgument, not a limit it could
-	// never pass, and free.
-	wantCode(t, publish(manyEvents(5001)), codes.InvalidArgument, "events")
+	// Larger than the burst: InvalidArgument, not a limit it could never
+	// pass, and free.
+	wantCode(t, publish(manyEvents(5001)), codes.InvalidArgument, "burst of 5000")
 	if err := publish(manyEvents(5000)); err != nil {
-		t.Fatalf("a maximum batch on a full bucket: %v", err)
+		t.Fatalf("a batch of the burst on a full bucket: %v", err)
 	}
 	one := []*nudgev1.Event{ev("late", "u1", "view", "", now)}
 	wantLimited(t, publish(one), `token "limited" is over its limit of 100 events per second: retry in 10ms`, 10*time.Millisecond)
@@ -151,7 +160,7 @@ func TestRateLimitPublish(t *testing.T) {
 // delay.
 func TestRateLimitStream(t *testing.T) {
 	clk := newTestClock()
-	h := start(t, okStore(), limitedConfig(clk, 1, 0))
+	h := start(t, okStore(), limitedConfig(clk, 1, 0, 5000))
 	stream, err := h.ingest.Stream(withToken(callCtx(t), limitedSecret))
 	if err != nil {
 		t.Fatal(err)

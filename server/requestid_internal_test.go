@@ -82,28 +82,26 @@ func TestSaneRequestID(t *testing.T) {
 	}
 }
 
-// TestBurstsFitTheLargestBatch: the bursts come from the API's limits.
-func TestBurstsFitTheLargestBatch(t *testing.T) {
-	if maxEventsPerBatch != 5000 || maxQueriesPerBatch != 1000 {
-		t.Errorf("max batches %d events, %d queries; want 5000 and 1000 (proto/nudge/v1)", maxEventsPerBatch, maxQueriesPerBatch)
-	}
+// TestBurst: the burst is the rate × burst seconds, rounded up, at least
+// 1, never raised to the largest batch.
+func TestBurst(t *testing.T) {
 	for _, tt := range []struct {
-		perSecond float64
-		maxBatch  int
-		burst     int
+		perSecond, seconds float64
+		burst              int
 	}{
-		{1, 5000, 5000},
-		{5000, 5000, 5000},
-		{5000.5, 5000, 5001},
-		{20000, 1000, 20000},
-		{1e300, 1000, 1<<31 - 1},
+		{2, 1, 2},
+		{0.5, 1, 1},
+		{5000.5, 1, 5001},
+		{2, 2.5, 5},
+		{10, 0.1, 1},
+		{1e300, 1, 1<<31 - 1},
 	} {
-		l, err := newLimiter("t", "EventsPerSecond", tt.perSecond, tt.maxBatch)
+		l, err := newLimiter("t", "DecisionsPerSecond", tt.perSecond, tt.seconds)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if l.Burst() != tt.burst {
-			t.Errorf("%v per second, batches of %d: burst %d, want %d", tt.perSecond, tt.maxBatch, l.Burst(), tt.burst)
+			t.Errorf("%v/s × %vs: burst %d, want %d", tt.perSecond, tt.seconds, l.Burst(), tt.burst)
 		}
 	}
 }

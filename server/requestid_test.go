@@ -58,6 +58,15 @@ func TestRequestID(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := header.Get("x-request-id")
+			if tt.secret == "" {
+				// Refused from its headers, before the request is read
+				// (admission.go): grpc answers with the status alone, so
+				// the request id is only in the log line.
+				if len(got) != 0 {
+					t.Errorf("response header x-request-id = %q on a call refused before reading", got)
+				}
+				got = []string{tt.sent}
+			}
 			if len(got) != 1 {
 				t.Fatalf("response header x-request-id = %q, want one value", got)
 			}
@@ -96,7 +105,7 @@ func TestRequestIDInHandlers(t *testing.T) {
 func TestCallLog(t *testing.T) {
 	clk := newTestClock()
 	var logs logBuffer
-	cfg := limitedConfig(clk, 0, 1)
+	cfg := limitedConfig(clk, 0, 1, 1000)
 	cfg.Logger = logs.logger()
 	h := start(t, okStore(), cfg)
 	admin := nudgev1.NewAdminServiceClient(h.conn)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/nudge-dm/nudge/audit"
@@ -140,6 +141,33 @@ type Config struct {
 	// RESOURCE_EXHAUSTED. Default 16 MiB (a batch of 5000 events with
 	// attributes takes a few MiB).
 	MaxRecvMsgBytes int
+	// MaxRecvBytesInFlight bounds the bytes that requests being received
+	// may take at once, across all calls (see admission.go): a batch call
+	// holds MaxRecvMsgBytes of it while its request is read, another call
+	// 64 KiB, and one token at most half of it. A call that does not fit
+	// is refused with RESOURCE_EXHAUSTED and a RetryInfo. Default 128 MiB.
+	MaxRecvBytesInFlight int
+	// MaxStreamsPerConn bounds the calls open at once on one connection
+	// (HTTP/2 MAX_CONCURRENT_STREAMS; a client waits for room). Default
+	// 1000.
+	MaxStreamsPerConn int
+	// MaxConnectionIdle closes a connection that has had no call for this
+	// long (the client reconnects when it next calls). Default 15m.
+	MaxConnectionIdle time.Duration
+	// KeepaliveTime is how long a connection may be silent before the
+	// server pings it, and KeepaliveTimeout how long it then waits for the
+	// answer before closing it: a peer that vanished does not hold its
+	// calls open. Defaults 2m and 20s.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	// KeepaliveMinTime is the shortest interval at which a client may
+	// ping; a client pinging more often is disconnected (GOAWAY
+	// too_many_pings). Default 10s (grpc-go's clients ping no more than
+	// that unless told to).
+	KeepaliveMinTime time.Duration
+	// StreamIdle ends an ingest stream that has sent no batch for this
+	// long and has none in work, with UNAVAILABLE (the Go publisher opens
+	// a new one when it next publishes). Default 10m.
+	StreamIdle time.Duration
 }
 
 // DefaultConfig returns the settings a Server runs with when told
@@ -158,6 +186,14 @@ func DefaultConfig() Config {
 		BreakerCooldown:   50 * time.Millisecond,
 		MaxUnacked:        1000,
 		MaxRecvMsgBytes:   16 << 20,
+		// Eight maximal batches.
+		MaxRecvBytesInFlight: 128 << 20,
+		MaxStreamsPerConn:    1000,
+		MaxConnectionIdle:    15 * time.Minute,
+		KeepaliveTime:        2 * time.Minute,
+		KeepaliveTimeout:     20 * time.Second,
+		KeepaliveMinTime:     10 * time.Second,
+		StreamIdle:           10 * time.Minute,
 	}
 }
 
@@ -177,6 +213,15 @@ func (c Config) withDefaults() Config {
 	}
 	positive(&c.BreakerCooldown, d.BreakerCooldown)
 	positive(&c.MaxRecvMsgBytes, d.MaxRecvMsgBytes)
+	positive(&c.MaxRecvBytesInFlight, d.MaxRecvBytesInFlight)
+	positive(&c.MaxStreamsPerConn, d.MaxStreamsPerConn)
+	positive(&c.MaxConnectionIdle, d.MaxConnectionIdle)
+	positive(&c.KeepaliveTime, d.KeepaliveTime)
+	positive(&c.KeepaliveTimeout, d.KeepaliveTimeout)
+	positive(&c.KeepaliveMinTime, d.KeepaliveMinTime)
+	positive(&c.StreamIdle, d.StreamIdle)
+	// A bound below one batch would refuse every batch.
+	c.MaxRecvBytesInFlight = max(c.MaxRecvBytesInFlight, 2*c.MaxRecvMsgBytes)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -221,6 +266,7 @@ type Server struct {
 	reads        *breaker            // see Config.BreakerFailures
 	defaultRead  time.Duration       // the read's share of Config.DefaultBudget
 	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
+	recv         *recvBound          // requests being received, see Config.MaxRecvBytesInFlight
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -257,6 +303,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		reads:        &breaker{failures: cfg.BreakerFailures, minStreak: readShare(cfg.DefaultBudget), cooldown: cfg.BreakerCooldown},
 		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
+		recv:         newRecvBound(int64(cfg.MaxRecvBytesInFlight)),
 		draining:     make(chan struct{}),
 	}, nil
 }
@@ -309,6 +356,12 @@ const (
 //
 // then the handler. Auth sits inside logging so that refused calls are
 // logged (at warn), and outside the rate limit, which needs the token.
+//
+// Before all of them, when a call's headers arrive and before its request
+// is read, admitCall (admission.go, grpc's InTapHandle) refuses calls without
+// a valid token or the method's role, and calls that do not fit in the
+// receive bound; it logs the calls it refuses as the call log would. The
+// auth interceptor then only names the token.
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	log := s.cfg.Logger
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -344,7 +397,24 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	}
 	opts = append([]grpc.ServerOption{
 		codec,
+		// Before any request is read: tokens, roles and the receive
+		// bound (admission.go).
+		grpc.InTapHandle(s.admitCall),
+		grpc.StatsHandler(recvReleaser{}),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgBytes),
+		// Idle and abusive connections: a stream limit per connection,
+		// pings that find vanished peers, idle connections closed, and
+		// clients that ping too often disconnected.
+		grpc.MaxConcurrentStreams(uint32(s.cfg.MaxStreamsPerConn)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.cfg.MaxConnectionIdle,
+			Time:              s.cfg.KeepaliveTime,
+			Timeout:           s.cfg.KeepaliveTimeout,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             s.cfg.KeepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
 		// Fixed HTTP/2 windows bound what a connection's unread requests
 		// take in the server: grpc's default dynamic windows grow to
 		// 16 MiB per stream, so streams waiting for room (see

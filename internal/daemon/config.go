@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -225,6 +226,27 @@ type LimitsConfig struct {
 	// MaxPendingReads bounds the decision reads waiting on Redis; past it
 	// decisions degrade at once. Default 1024.
 	MaxPendingReads int `yaml:"max_pending_reads"`
+	// MaxRecvBytesInFlight bounds the bytes of requests being received at
+	// once over all calls (server.Config.MaxRecvBytesInFlight). Default
+	// 128 MiB.
+	MaxRecvBytesInFlight int `yaml:"max_recv_bytes_in_flight"`
+	// MaxStreamsPerConn bounds the calls open at once on one connection.
+	// Default 1000.
+	MaxStreamsPerConn int `yaml:"max_streams_per_conn"`
+	// MaxConnectionIdle closes connections without calls for this long.
+	// Default 15m.
+	MaxConnectionIdle time.Duration `yaml:"max_connection_idle"`
+	// KeepaliveTime and KeepaliveTimeout: a silent connection is pinged
+	// after KeepaliveTime and closed if the ping is not answered within
+	// KeepaliveTimeout. Defaults 2m, 20s.
+	KeepaliveTime    time.Duration `yaml:"keepalive_time"`
+	KeepaliveTimeout time.Duration `yaml:"keepalive_timeout"`
+	// KeepaliveMinTime is the shortest ping interval allowed of clients.
+	// Default 10s.
+	KeepaliveMinTime time.Duration `yaml:"keepalive_min_time"`
+	// StreamIdle ends an ingest stream without a batch for this long.
+	// Default 10m.
+	StreamIdle time.Duration `yaml:"stream_idle"`
 }
 
 // RuntimeConfig tunes the Go runtime of nudged (see ApplyRuntime).
@@ -275,12 +297,16 @@ type TokenConfig struct {
 	Name string `yaml:"name"`
 	// Secret is the token callers send as "authorization: Bearer <secret>".
 	Secret string `yaml:"secret"`
-	// Roles: ingest, decide, subscribe, admin.
+	// Roles: ingest, decide, send, explain, subscribe, admin (see
+	// server.Role).
 	Roles []string `yaml:"roles"`
 	// EventsPerSecond and DecisionsPerSecond limit the token's rate
 	// (RESOURCE_EXHAUSTED past it). 0: unlimited.
 	EventsPerSecond    float64 `yaml:"events_per_second"`
 	DecisionsPerSecond float64 `yaml:"decisions_per_second"`
+	// BurstSeconds is how many seconds of its rates the token may use at
+	// once; a larger batch is refused (INVALID_ARGUMENT). Default 1.
+	BurstSeconds float64 `yaml:"burst_seconds"`
 }
 
 // MetricsConfig configures the HTTP listener for /metrics.
@@ -288,8 +314,12 @@ type MetricsConfig struct {
 	// Listen is the HTTP address of /metrics. Empty: off.
 	Listen string `yaml:"listen"`
 	// Pprof serves net/http/pprof under /debug/pprof/ on the same
-	// listener. Default false.
+	// listener. Default false. Profiles show the heap's contents, so on a
+	// non-loopback Listen it also needs PprofNonLoopback.
 	Pprof bool `yaml:"pprof"`
+	// PprofNonLoopback allows Pprof on a non-loopback Listen. Default
+	// false: nudged refuses to start with pprof on a network address.
+	PprofNonLoopback bool `yaml:"pprof_non_loopback"`
 }
 
 // LogConfig configures the logs.
@@ -352,6 +382,14 @@ func Defaults() Config {
 			MaxInFlight:       srv.MaxInFlight,
 			MaxInFlightEvents: srv.MaxInFlightEvents,
 			MaxPendingReads:   srv.MaxPendingReads,
+
+			MaxRecvBytesInFlight: srv.MaxRecvBytesInFlight,
+			MaxStreamsPerConn:    srv.MaxStreamsPerConn,
+			MaxConnectionIdle:    srv.MaxConnectionIdle,
+			KeepaliveTime:        srv.KeepaliveTime,
+			KeepaliveTimeout:     srv.KeepaliveTimeout,
+			KeepaliveMinTime:     srv.KeepaliveMinTime,
+			StreamIdle:           srv.StreamIdle,
 		},
 		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "nudged"},
 		Log:     LogConfig{Format: "text", Level: "info"},
@@ -463,6 +501,13 @@ func (c *Config) settings() []setting {
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
 		{"limits.max_in_flight_events", "max-in-flight-events", "events applied at once over all streams; then batches wait and their streams are not read", integer(&c.Limits.MaxInFlightEvents)},
 		{"limits.max_pending_reads", "max-pending-reads", "decision reads waiting on Redis before decisions degrade at once", integer(&c.Limits.MaxPendingReads)},
+		{"limits.max_recv_bytes_in_flight", "max-recv-bytes-in-flight", "bytes of requests being received at once over all calls", integer(&c.Limits.MaxRecvBytesInFlight)},
+		{"limits.max_streams_per_conn", "max-streams-per-conn", "calls open at once on one connection", integer(&c.Limits.MaxStreamsPerConn)},
+		{"limits.max_connection_idle", "max-connection-idle", "close connections without calls for this long", duration(&c.Limits.MaxConnectionIdle)},
+		{"limits.keepalive_time", "keepalive-time", "ping a silent connection after this long", duration(&c.Limits.KeepaliveTime)},
+		{"limits.keepalive_timeout", "keepalive-timeout", "close a connection whose ping is not answered within this", duration(&c.Limits.KeepaliveTimeout)},
+		{"limits.keepalive_min_time", "keepalive-min-time", "shortest ping interval allowed of clients", duration(&c.Limits.KeepaliveMinTime)},
+		{"limits.stream_idle", "stream-idle", "end an ingest stream without a batch for this long", duration(&c.Limits.StreamIdle)},
 
 		{"tls.cert_file", "tls-cert-file", "TLS certificate of the gRPC listener (turns TLS on)", str(&c.TLS.CertFile)},
 		{"tls.key_file", "tls-key-file", "TLS key of the gRPC listener", str(&c.TLS.KeyFile)},
@@ -472,6 +517,7 @@ func (c *Config) settings() []setting {
 
 		{"metrics.listen", "metrics-listen", "HTTP address for /metrics (empty: off)", str(&c.Metrics.Listen)},
 		{"metrics.pprof", "pprof", "serve /debug/pprof/ on the metrics listener", boolean(&c.Metrics.Pprof)},
+		{"metrics.pprof_non_loopback", "pprof-non-loopback", "allow --pprof on a non-loopback metrics listener (profiles show memory contents)", boolean(&c.Metrics.PprofNonLoopback)},
 
 		{"tracing.endpoint", "otlp-endpoint", "OTLP/gRPC collector host:port for traces (empty: tracing off)", str(&c.Tracing.Endpoint)},
 		{"tracing.insecure", "otlp-insecure", "send traces to the collector in plaintext", boolean(&c.Tracing.Insecure)},
@@ -646,6 +692,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("runtime.memory_limit_mib: %d; want MiB, or -1 for no limit", c.Runtime.MemoryLimitMiB)
 	case c.Limits.MaxMessageBytes < 0:
 		return fmt.Errorf("limits.max_message_bytes: %d is negative", c.Limits.MaxMessageBytes)
+	case c.Limits.MaxRecvBytesInFlight < 0:
+		return fmt.Errorf("limits.max_recv_bytes_in_flight: %d is negative", c.Limits.MaxRecvBytesInFlight)
+	case c.Limits.MaxStreamsPerConn < 0:
+		return fmt.Errorf("limits.max_streams_per_conn: %d is negative", c.Limits.MaxStreamsPerConn)
+	case c.Limits.MaxConnectionIdle < 0 || c.Limits.KeepaliveTime < 0 || c.Limits.KeepaliveTimeout < 0 || c.Limits.KeepaliveMinTime < 0 || c.Limits.StreamIdle < 0:
+		return errors.New("limits: max_connection_idle, keepalive_time, keepalive_timeout, keepalive_min_time and stream_idle must not be negative")
 	case len(c.Redis.Cluster) > 0 && c.Redis.Addr != "":
 		return errors.New("redis.cluster and redis.addr exclude each other: give the cluster's seed nodes, or one Redis")
 	case c.Redis.IsCluster() && c.Redis.DB != 0:
@@ -694,6 +746,10 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.tokens(); err != nil {
 		return err
+	}
+	if m := c.Metrics; m.Pprof && m.Listen != "" && !isLoopback(m.Listen) && !m.PprofNonLoopback {
+		return fmt.Errorf("metrics.pprof: metrics.listen %s is not a loopback address, and profiles show the heap's contents to anyone who can reach it: "+
+			"serve metrics on a loopback address to use pprof, or pass --pprof-non-loopback to accept the exposure", m.Listen)
 	}
 	return c.checkExposure()
 }
@@ -778,7 +834,8 @@ func isLoopback(addr string) bool {
 func (c Config) tokens() ([]server.Token, error) {
 	out := make([]server.Token, 0, len(c.Auth.Tokens))
 	for _, t := range c.Auth.Tokens {
-		st := server.Token{Name: t.Name, Secret: t.Secret, EventsPerSecond: t.EventsPerSecond, DecisionsPerSecond: t.DecisionsPerSecond}
+		st := server.Token{Name: t.Name, Secret: t.Secret, EventsPerSecond: t.EventsPerSecond,
+			DecisionsPerSecond: t.DecisionsPerSecond, BurstSeconds: t.BurstSeconds}
 		for _, r := range t.Roles {
 			st.Roles = append(st.Roles, server.Role(r))
 		}
@@ -835,6 +892,38 @@ func (c Config) Redacted() ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), enc.Close()
+}
+
+// secretFlags are the flags whose values are secrets, or may carry one
+// (a redis:// URL with a password).
+var secretFlags = map[string]func(string) string{
+	"redis-password": func(string) string { return redacted },
+	"redis-addr":     redactURL,
+	"redis-cluster":  redactURL,
+}
+
+// RedactArgs returns a command line with the values of secretFlags
+// redacted, for anything that shows it (pprof's /debug/pprof/cmdline).
+// Both "--flag value" and "--flag=value" forms are covered, with one dash
+// or two.
+func RedactArgs(args []string) []string {
+	out := slices.Clone(args)
+	for i := 0; i < len(out); i++ {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(out[i], "-"), "=")
+		if !strings.HasPrefix(out[i], "-") {
+			continue
+		}
+		redact, ok := secretFlags[name]
+		switch {
+		case !ok:
+		case hasValue:
+			out[i] = out[i][:len(out[i])-len(value)] + redact(value)
+		case i+1 < len(out):
+			i++
+			out[i] = redact(out[i])
+		}
+	}
+	return out
 }
 
 // redactURL hides the password of a redis:// URL.

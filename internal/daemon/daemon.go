@@ -200,11 +200,20 @@ func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, aud
 		BreakerFailures:   c.Decision.BreakerFailures,
 		BreakerCooldown:   c.Decision.BreakerCooldown,
 		MaxRecvMsgBytes:   c.Limits.MaxMessageBytes,
-		Tokens:            tokens,
-		LogUserIDs:        c.Log.UserIDs,
-		Logger:            c.Logger,
-		Meter:             meter,
-		Audit:             auditLog,
+
+		MaxRecvBytesInFlight: c.Limits.MaxRecvBytesInFlight,
+		MaxStreamsPerConn:    c.Limits.MaxStreamsPerConn,
+		MaxConnectionIdle:    c.Limits.MaxConnectionIdle,
+		KeepaliveTime:        c.Limits.KeepaliveTime,
+		KeepaliveTimeout:     c.Limits.KeepaliveTimeout,
+		KeepaliveMinTime:     c.Limits.KeepaliveMinTime,
+		StreamIdle:           c.Limits.StreamIdle,
+
+		Tokens:     tokens,
+		LogUserIDs: c.Log.UserIDs,
+		Logger:     c.Logger,
+		Meter:      meter,
+		Audit:      auditLog,
 	}
 }
 

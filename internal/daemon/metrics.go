@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,7 +69,7 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/cmdline", redactedCmdline)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -81,6 +83,14 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 		srv:      &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		lis:      lis,
 	}, nil
+}
+
+// redactedCmdline is pprof.Cmdline with secrets redacted (RedactArgs):
+// --redis-password in clear was on the page.
+func redactedCmdline(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
 }
 
 // serve answers scrapes until ctx ends (the "metrics" actor), then shuts
