@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"syscall"
+	"net"
+	"io"
 	"fmt"
 	"time"
 
@@ -85,11 +88,34 @@ func degradedReason(err error, budget time.Duration) Reason {
 	case errors.Is(err, context.DeadlineExceeded):
 		msg = "profile read exceeded its budget of " + budget.String()
 	case errors.Is(err, profile.ErrCorrupt):
-		msg = "stored profile cannot be decoded: " + err.Error()
+		msg = "stored profile cannot be decoded (the server's log has the details)"
 	default:
-		msg = "profile store unavailable: " + err.Error()
+		msg = "profile store unavailable: " + storeCause(err)
 	}
 	return Reason{RuleID: ruleDegraded, Message: msg}
+}
+
+// storeCause names why the store could not be reached, for callers: the
+// kind of failure, never its text, which names internal addresses (a
+// go-redis timeout reads "read tcp 10.0.0.5:46478->10.0.0.9:6379: i/o
+// timeout"). Errors the server makes itself (the breaker, saturation)
+// carry no address and are kept as they are.
+func storeCause(err error) string {
+	var ne net.Error
+	var op *net.OpError
+	switch {
+	case !errors.Is(err, profile.ErrUnavailable):
+		return err.Error()
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
+		return "connection lost"
+	case errors.As(err, &op):
+		return "network error on " + op.Op
+	}
+	return "the store answered with an error (the server's log has the details)"
 }
 
 // Reserved is a decision taken with reserve.

@@ -2,10 +2,14 @@ package decision
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +34,9 @@ func TestAnswer(t *testing.T) {
 	viewer := history(t, r, views("v", "phones", t0, time.Minute, 2)...)
 	viewer.Version = 7
 	corrupt := fmt.Errorf("user %q: %w: bad varint", "u1", profile.ErrCorrupt)
+	addr := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 9), Port: 6379}
+	refused := &net.OpError{Op: "dial", Net: "tcp", Addr: addr, Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}
+	timedOut := &net.OpError{Op: "read", Net: "tcp", Addr: addr, Err: os.ErrDeadlineExceeded}
 	tests := []struct {
 		name        string
 		read        Read
@@ -45,8 +52,12 @@ func TestAnswer(t *testing.T) {
 		{"unknown user decides on an empty profile", Read{Err: fmt.Errorf("user %q: %w", "u1", profile.ErrNotFound)}, "sms", 0, VerdictNone, "", false, false, "no eligible offer"},
 		{"read past its budget", Read{Err: context.DeadlineExceeded, Budget: 8 * time.Millisecond}, "push", 0, VerdictSend, "push-fallback", true, false,
 			"profile read exceeded its budget of 8ms"},
-		{"store unavailable, no fallback", Read{Err: fmt.Errorf("%w: connection refused", profile.ErrUnavailable)}, "sms", 0, VerdictNone, "", true, false,
-			"profile store unavailable: profile: store unavailable: connection refused"},
+		{"store unavailable, no fallback", Read{Err: fmt.Errorf("%w: %w", profile.ErrUnavailable, refused)}, "sms", 0, VerdictNone, "", true, false,
+			"profile store unavailable: connection refused"},
+		{"store timed out: no address in the reason", Read{Err: fmt.Errorf("%w: %w", profile.ErrUnavailable, timedOut)}, "sms", 0, VerdictNone, "", true, false,
+			"profile store unavailable: timed out"},
+		{"the breaker's own message", Read{Err: errors.New("the last 3 reads failed, so reads are paused for 50ms")}, "sms", 0, VerdictNone, "", true, false,
+			"profile store unavailable: the last 3 reads failed"},
 		{"corrupt profile", Read{Err: corrupt}, "sms", 0, VerdictNone, "", true, false, "stored profile cannot be decoded"},
 		{"read-your-writes met", Read{Profile: viewer}, "sms", 7, VerdictSend, "phones-coupon", false, false, "phones-coupon"},
 		{"stale profile", Read{Profile: viewer}, "sms", 8, VerdictNone, "", false, true,
@@ -70,6 +81,9 @@ func TestAnswer(t *testing.T) {
 			}
 			if !slices.ContainsFunc(d.Reasons, func(r Reason) bool { return strings.Contains(r.Message, tt.wantReason) }) {
 				t.Errorf("reasons %+v, want one containing %q", d.Reasons, tt.wantReason)
+			}
+			if strings.Contains(d.Reasons[0].Message, "10.0.0.9") {
+				t.Errorf("the reason %q names an internal address", d.Reasons[0].Message)
 			}
 			if tt.degraded && d.Reasons[0].RuleID != ruleDegraded {
 				t.Errorf("degraded answer's first reason %+v, want rule %q", d.Reasons[0], ruleDegraded)

@@ -430,7 +430,7 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 	switch e.Type {
 	case TypePurchase:
 		p.PurchaseCount++
-		p.PurchaseValue += e.Value
+		p.PurchaseValue = saturate(p.PurchaseValue + e.Value)
 		if e.Category != "" {
 			if p.LastPurchases == nil {
 				p.LastPurchases = make(map[string]time.Time)
@@ -618,3 +618,15 @@ func compactTimes(m map[string]time.Time, horizon time.Time, max int) {
 		delete(m, k)
 	}
 }
+
+// MaxValueTotal is where a sum of event values (PurchaseValue) saturates,
+// in either sign: the API bounds one value to ±1e12, and a sum past 1e15
+// (where float64 still counts units exactly) says nothing more, while two
+// values of 1.7e308 made the sum +Inf, which JSON cannot carry.
+const MaxValueTotal = 1e15
+
+// saturate clamps v to ±MaxValueTotal.
+func saturate(v float64) float64 {
+	return max(-MaxValueTotal, min(v, MaxValueTotal))
+}
+

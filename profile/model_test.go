@@ -391,6 +391,14 @@ func TestPurchases(t *testing.T) {
 			{ID: "2", Type: "purchase", Value: 20.25, OccurredAt: t0},
 			{ID: "3", Type: "purchase", Value: 0, OccurredAt: t0},
 		}, 3, 30.75},
+		{"saturates instead of reaching Infinity", []profile.Event{
+			{ID: "1", Type: "purchase", Value: 1.7e308, OccurredAt: t0},
+			{ID: "2", Type: "purchase", Value: 1.7e308, OccurredAt: t0},
+		}, 2, profile.MaxValueTotal},
+		{"saturates below too", []profile.Event{
+			{ID: "1", Type: "purchase", Value: -1.7e308, OccurredAt: t0},
+			{ID: "2", Type: "purchase", Value: -1.7e308, OccurredAt: t0},
+		}, 2, -profile.MaxValueTotal},
 		{"refund as negative value", []profile.Event{
 			{ID: "1", Type: "purchase", Value: 40, OccurredAt: t0},
 			{ID: "2", Type: "purchase", Value: -15, OccurredAt: t0},

@@ -438,6 +438,31 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	return g
 }
 
+// storeServices are the services that cannot work without the store:
+// reported NOT_SERVING while it is unreachable. DecisionService is not
+// among them: it answers degraded decisions without the store.
+var storeServices = []string{
+	nudgev1.IngestService_ServiceDesc.ServiceName,
+	nudgev1.ProfileService_ServiceDesc.ServiceName,
+	nudgev1.ActionService_ServiceDesc.ServiceName,
+}
+
+// SetStoreReachable reports in the health service whether the store is
+// reachable: while it is not, IngestService, ProfileService and
+// ActionService are NOT_SERVING (a readiness probe on IngestService takes
+// the instance out of ingest load balancing), while the server as a whole
+// ("") and DecisionService stay SERVING, since decisions degrade instead
+// of failing. After Drain it changes nothing.
+func (s *Server) SetStoreReachable(ok bool) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if !ok {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	for _, name := range storeServices {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
 // Drain makes the server report NOT_SERVING and ends every ingest stream
 // once its in-flight batches are answered (the stream then ends with
 // UNAVAILABLE, so producers re-send the rest elsewhere). Call it before

@@ -140,12 +140,17 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 
+	health := newStoreHealth(rdb, srv.SetStoreReachable, log)
+	metrics.handle("/readyz", health.readyz)
+	metrics.handle("/healthz", healthz)
+
 	rl := rulesReloads{rules: rules, metrics: rulesMetrics, log: log}
 	// Stopped in the reverse order: the gRPC server drains first, and the
 	// audit writer flushes what the last decisions logged.
 	parts := actors{log: log}
 	parts.add("audit", func(ctx context.Context) error { auditLog.Run(ctx); return nil })
 	parts.add("metrics", metrics.serve)
+	parts.add("store health", health.run)
 	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, log); return nil })
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
 	parts.add("SIGHUP", rl.onSIGHUP)

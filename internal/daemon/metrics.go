@@ -33,7 +33,15 @@ type metricsEndpoint struct {
 	provider metric.MeterProvider
 	sdk      *sdkmetric.MeterProvider
 	srv      *http.Server
+	mux      *http.ServeMux
 	lis      net.Listener
+}
+
+// handle serves h at path on the metrics listener, if there is one.
+func (m *metricsEndpoint) handle(path string, h http.HandlerFunc) {
+	if m.mux != nil {
+		m.mux.HandleFunc(path, h)
+	}
 }
 
 // startMetrics starts the /metrics listener (and /debug/pprof/ when
@@ -81,6 +89,7 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 		provider: provider,
 		sdk:      provider,
 		srv:      &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		mux:      mux,
 		lis:      lis,
 	}, nil
 }

@@ -43,7 +43,8 @@ type Event struct {
 	Category string `protobuf:"bytes,5,opt,name=category,proto3" json:"category,omitempty"`
 	// Item (SKU) identifier. Optional.
 	ItemId string `protobuf:"bytes,6,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
-	// A value such as a price. Must be finite.
+	// A value such as a price: finite, at most 1e12 in absolute value. Sums
+	// of values in a profile saturate at ±1e15.
 	Value float64 `protobuf:"fixed64,7,opt,name=value,proto3" json:"value,omitempty"`
 	// Channel for message and consent events: sms, push, email, web, ... For
 	// subscribe/unsubscribe, "all" (or empty) means every channel.
@@ -268,7 +269,7 @@ var File_nudge_v1_event_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x14nudge/v1/event.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x04\n" +
+	"\x14nudge/v1/event.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x04\n" +
 	"\x05Event\x126\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\aeventId\x124\n" +
 	"\auser_id\x18\x02 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\x123\n" +
@@ -276,8 +277,8 @@ const file_nudge_v1_event_proto_rawDesc = "" +
 	"\voccurred_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\n" +
 	"occurredAt\x125\n" +
 	"\bcategory\x18\x05 \x01(\tB\x19\xbaH\x16r\x14\x18\x80\x012\x0f^[^\\x00-\\x1f]*$R\bcategory\x12!\n" +
-	"\aitem_id\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06itemId\x12\x1d\n" +
-	"\x05value\x18\a \x01(\x01B\a\xbaH\x04\x12\x02@\x01R\x05value\x128\n" +
+	"\aitem_id\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06itemId\x12/\n" +
+	"\x05value\x18\a \x01(\x01B\x19\xbaH\x16\x12\x14@\x01\x19\x00\x00\x00\xa2\x94\x1amB)\x00\x00\x00\xa2\x94\x1am\xc2R\x05value\x128\n" +
 	"\achannel\x18\b \x01(\tB\x1e\xbaH\x1br\x19\x18 2\x15^([a-z][a-z0-9_-]*)?$R\achannel\x12X\n" +
 	"\n" +
 	"attributes\x18\t \x03(\v2\x1f.nudge.v1.Event.AttributesEntryB\x17\xbaH\x14\x9a\x01\x11\x10 \"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x02R\n" +
