@@ -523,3 +523,60 @@ func TestTokenValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestDecideIsReadOnly: a decide token gets plain decisions only; reserving
+// a cap slot (which changes the user's state) needs send, and the explain
+// trace (which shows consent, time zone, purchases and sends) needs explain
+// or admin.
+func TestDecideIsReadOnly(t *testing.T) {
+	cfg := authConfig()
+	cfg.Tokens = append(cfg.Tokens,
+		server.Token{Name: "sms-sender", Secret: "secret-send-5e7d", Roles: []server.Role{server.RoleDecide, server.RoleSend}},
+		server.Token{Name: "support", Secret: "secret-explain-e8a1", Roles: []server.Role{server.RoleDecide, server.RoleExplain}},
+		server.Token{Name: "operator+decide", Secret: "secret-opdecide-0a0a", Roles: []server.Role{server.RoleDecide, server.RoleAdmin}},
+	)
+	h := start(t, okStore(), cfg)
+	single := func(reserve, explain bool) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			req := &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms", Reserve: reserve, Explain: explain}
+			if reserve {
+				req.IdempotencyKey = "k-1"
+			}
+			_, err := h.decide.GetDecision(ctx, req)
+			return err
+		}
+	}
+	batch := func(ctx context.Context) error {
+		_, err := h.decide.BatchGetDecisions(ctx, &nudgev1.BatchGetDecisionsRequest{Queries: queries(1), Explain: true})
+		return err
+	}
+	tests := []struct {
+		name   string
+		secret string
+		call   func(ctx context.Context) error
+		denied string // "" when allowed
+	}{
+		{"decide: plain decision", decideSecret, single(false, false), ""},
+		{"decide: reserve", decideSecret, single(true, false), `token "decider" lacks role "send", required to reserve a frequency-cap slot`},
+		{"decide: explain", decideSecret, single(false, true), `token "decider" lacks role "explain", required to ask for an explain trace`},
+		{"decide: batch explain", decideSecret, batch, `token "decider" lacks role "explain"`},
+		{"send: reserve", "secret-send-5e7d", single(true, false), ""},
+		{"send: explain", "secret-send-5e7d", single(false, true), `lacks role "explain"`},
+		{"explain: explain", "secret-explain-e8a1", single(false, true), ""},
+		{"explain: batch explain", "secret-explain-e8a1", batch, ""},
+		{"explain: reserve", "secret-explain-e8a1", single(true, false), `lacks role "send"`},
+		{"admin: explain", "secret-opdecide-0a0a", single(false, true), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call(withToken(callCtx(t), tt.secret))
+			if tt.denied == "" {
+				if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.Unauthenticated {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			wantCode(t, err, codes.PermissionDenied, tt.denied)
+		})
+	}
+}

@@ -326,3 +326,54 @@ func TestStreamsShareInFlightEvents(t *testing.T) {
 		}
 	})
 }
+
+// TestStreamIdle: an ingest stream without a batch for StreamIdle, and
+// none in work, ends with Unavailable; a batch in work keeps it open.
+func TestStreamIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := newBlockingStore()
+		h := start(t, store, server.Config{StreamIdle: 3 * time.Second})
+		stream := openStream(t, h)
+		sendView(t, stream, 1, "u1")
+		receive(t, store.entered, "Apply")
+		time.Sleep(5 * time.Second) // idle, but a batch is in work
+		releaseOne(t, store)
+		checkApplied(t, recvResponse(t, stream), 1)
+
+		start := time.Now()
+		_, err := stream.Recv()
+		wantCode(t, err, codes.Unavailable, "no batch on this stream for 3s")
+		if waited := time.Since(start); waited != 3*time.Second {
+			t.Errorf("ended after %v of idleness, want 3s", waited)
+		}
+	})
+}
+
+// TestHealthFollowsTheStore: with the store unreachable, the services that
+// need it report NOT_SERVING while decisions (which degrade) and the
+// server as a whole stay SERVING; a drain wins over a store that comes
+// back.
+func TestHealthFollowsTheStore(t *testing.T) {
+	h := start(t, okStore(), server.Config{})
+	want := func(svc string, st healthpb.HealthCheckResponse_ServingStatus) {
+		t.Helper()
+		resp, err := h.health.Check(callCtx(t), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || resp.GetStatus() != st {
+			t.Errorf("health %q = %v, %v; want %s", svc, resp.GetStatus(), err, st)
+		}
+	}
+	serving, notServing := healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING
+	h.srv.SetStoreReachable(false)
+	for _, svc := range []string{"nudge.v1.IngestService", "nudge.v1.ProfileService", "nudge.v1.ActionService"} {
+		want(svc, notServing)
+	}
+	for _, svc := range []string{"", "nudge.v1.DecisionService", "nudge.v1.AdminService"} {
+		want(svc, serving)
+	}
+	h.srv.SetStoreReachable(true)
+	want("nudge.v1.IngestService", serving)
+	h.srv.Drain()
+	h.srv.SetStoreReachable(true)
+	want("nudge.v1.IngestService", notServing)
+	want("", notServing)
+}

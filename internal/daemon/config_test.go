@@ -127,6 +127,12 @@ func TestLoadRefuses(t *testing.T) {
 		{name: "profile bound negative", args: []string{"--profile-dedup-window", "-1h"}, want: "profile.dedup_window: -1h0m0s is negative"},
 		{name: "profile count negative", file: "profile:\n  max_sends: -5\n", want: "profile.max_sends: -5 is negative"},
 		{name: "user locks", args: []string{"--redis-user-locks", "-2"}, want: "redis.user_locks: -2"},
+		{name: "pprof on a network address", args: []string{"--metrics-listen", "0.0.0.0:9090", "--pprof"},
+			want: "metrics.pprof: metrics.listen 0.0.0.0:9090 is not a loopback address"},
+		{name: "pprof on all interfaces", file: "metrics:\n  listen: :9090\n  pprof: true\n", want: "--pprof-non-loopback"},
+		{name: "negative stream idle", args: []string{"--stream-idle", "-1s"}, want: "stream_idle must not be negative"},
+		{name: "burst seconds negative", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [decide], decisions_per_second: 2, burst_seconds: -1}\n",
+			want: "BurstSeconds is -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
@@ -152,6 +158,8 @@ func TestLoadAllowsExposureOnlyWhenSafeOrInsecure(t *testing.T) {
 		{"ipv6 loopback", []string{"--listen", "[::1]:0"}},
 		{"public with --insecure", []string{"--listen", "0.0.0.0:0", "--insecure"}},
 		{"public with tokens and --insecure (TLS terminated in front)", []string{"--listen", ":0", "--auth-token-file", tokens, "--insecure"}},
+		{"pprof on loopback metrics", []string{"--metrics-listen", "127.0.0.1:0", "--pprof"}},
+		{"pprof on a network address, forced", []string{"--metrics-listen", "0.0.0.0:0", "--pprof", "--pprof-non-loopback"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Load(tc.args, env(nil), io.Discard); err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 )
@@ -49,5 +50,42 @@ func TestPprofOnlyWhenAskedFor(t *testing.T) {
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+	}
+}
+
+// TestPprofCmdlineIsRedacted: the command line pprof shows carries no
+// secret, in any flag form.
+func TestPprofCmdlineIsRedacted(t *testing.T) {
+	args := []string{"nudged", "--redis-password", "hunter2-a", "-redis-password=hunter2-b",
+		"--redis-addr", "redis://nudge:hunter2-c@10.0.0.9:6379/0", "--redis-cluster=rediss+cluster://u:hunter2-d@h1:7000,h2:7000",
+		"--listen", "127.0.0.1:7070", "--redis-password"}
+	got := strings.Join(RedactArgs(args), " ")
+	if strings.Contains(got, "hunter2") {
+		t.Errorf("RedactArgs left a secret: %s", got)
+	}
+	for _, kept := range []string{"--listen 127.0.0.1:7070", "redis://nudge:REDACTED@10.0.0.9:6379/0", "-redis-password=REDACTED", "--redis-password REDACTED"} {
+		if !strings.Contains(got, kept) {
+			t.Errorf("RedactArgs = %s, want %q in it", got, kept)
+		}
+	}
+
+	saved := os.Args
+	os.Args = args
+	t.Cleanup(func() { os.Args = saved })
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := startMetrics(MetricsConfig{Listen: "127.0.0.1:0", Pprof: true}, "nudged-test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- m.serve(ctx) }()
+	defer func() {
+		cancel()
+		<-served
+	}()
+	code, body := get(t, "http://"+m.lis.Addr().String()+"/debug/pprof/cmdline")
+	if code != http.StatusOK || strings.Contains(body, "hunter2") || !strings.Contains(body, "REDACTED") {
+		t.Errorf("/debug/pprof/cmdline %d: %q", code, body)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -294,5 +296,52 @@ func TestRunFailsFastWhenRedisRefuses(t *testing.T) {
 			err := runUntilError(t, nudgedConfig(tc.redis))
 			tc.check(t, err)
 		})
+	}
+}
+
+// TestStoreHealthFollowsRedis: the probe reports Redis unreachable after
+// probeFailures failed pings, and reachable again after one that succeeds;
+// /readyz follows.
+func TestStoreHealthFollowsRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := rs.Client(t)
+	changes := make(chan bool, 4)
+	h := newStoreHealth(rdb, func(ok bool) { changes <- ok }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h.interval = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- h.run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	next := func(want bool) {
+		t.Helper()
+		select {
+		case got := <-changes:
+			if got != want {
+				t.Fatalf("reachable = %v, want %v", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no report of reachable = %v within 10s", want)
+		}
+	}
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		h.readyz(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		return rec.Code
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d with Redis up", code)
+	}
+	rs.Stop()
+	next(false)
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d with Redis down, want 503", code)
+	}
+	rs.Restart(t)
+	next(true)
+	if code := ready(); code != http.StatusOK {
+		t.Errorf("/readyz = %d with Redis back", code)
 	}
 }
