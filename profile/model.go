@@ -629,4 +629,3 @@ const MaxValueTotal = 1e15
 func saturate(v float64) float64 {
 	return max(-MaxValueTotal, min(v, MaxValueTotal))
 }
-
