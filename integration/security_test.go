@@ -1,0 +1,423 @@
+package integration
+
+// The security suite: each test performs an attack of the adversarial pass
+// (SECURITY.md lists them all, with their outcomes) against the built
+// nudged, and asserts that it holds.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/nudge-dm/nudge/internal/redistest"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// The tokens of the suite's nudged.
+const (
+	secIngest    = "sec-ingest-0123456789"
+	secDecide    = "sec-decide-0123456789"
+	secSender    = "sec-sender-0123456789"
+	secSlow      = "sec-slow-0123456789ab"
+	secLimited   = "sec-limited-012345678"
+	secOperator  = "sec-operator-01234567"
+	secTokenYAML = "tokens:\n" +
+		"- {name: ingester, secret: " + secIngest + ", roles: [ingest]}\n" +
+		"- {name: storefront, secret: " + secDecide + ", roles: [decide]}\n" +
+		"- {name: sms-sender, secret: " + secSender + ", roles: [decide, send, subscribe]}\n" +
+		"- {name: slow-uploader, secret: " + secSlow + ", roles: [ingest, decide]}\n" +
+		"- {name: limited, secret: " + secLimited + ", roles: [decide], decisions_per_second: 2}\n" +
+		"- {name: operator, secret: " + secOperator + ", roles: [admin, decide]}\n"
+)
+
+// startSecureNudged starts the built nudged on a real Redis with the
+// suite's tokens, plus args.
+func startSecureNudged(t *testing.T, bin, redisAddr string, args ...string) *nudged {
+	t.Helper()
+	tokens := filepath.Join(t.TempDir(), "tokens.yaml")
+	if err := os.WriteFile(tokens, []byte(secTokenYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startNudged(t, bin, append([]string{"--redis-addr", redisAddr, "--auth-token-file", tokens}, args...)...)
+}
+
+func bearer(ctx context.Context, secret string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
+}
+
+// rawCodec sends a request's bytes as they are: an attacker's payload.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// peakRSS is the process's peak resident memory (VmHWM), in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc status")
+	return 0
+}
+
+// decideLoop asks for decisions with the storefront token until stop,
+// and returns how many succeeded and the first error.
+func decideLoop(ctx context.Context, conn *grpc.ClientConn, stop <-chan struct{}) (int, error) {
+	c := nudgev1.NewDecisionServiceClient(conn)
+	n := 0
+	for {
+		select {
+		case <-stop:
+			return n, nil
+		default:
+		}
+		cctx, cancel := context.WithTimeout(bearer(ctx, secDecide), 5*time.Second)
+		_, err := c.GetDecision(cctx, &nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"})
+		cancel()
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+}
+
+// Attack 1: 32 concurrent 16.7 MB calls without a token. Before the fix
+// each was read whole before the token was checked (RSS 38 MB -> 1.25 GB).
+// Now they are refused from their headers: the peak RSS stays under
+// 250 MB, and an authorised caller is answered throughout.
+func TestAttackUnauthenticatedHugeMessages(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr)
+	conn := dial(t, n.addr)
+	ctx := ctxT(t)
+
+	stop := make(chan struct{})
+	type result struct {
+		n   int
+		err error
+	}
+	bystander := make(chan result, 1)
+	go func() {
+		n, err := decideLoop(ctx, dial(t, n.addr), stop)
+		bystander <- result{n, err}
+	}()
+
+	payload := make([]byte, 16_700_000)
+	var wg sync.WaitGroup
+	codesSeen := make([]codes.Code, 32)
+	for i := range codesSeen {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var resp []byte
+			err := conn.Invoke(ctx, "/nudge.v1.IngestService/Publish", &payload, &resp, grpc.ForceCodec(rawCodec{}))
+			codesSeen[i] = status.Code(err)
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	for i, c := range codesSeen {
+		if c != codes.Unauthenticated {
+			t.Errorf("call %d: %s, want Unauthenticated", i, c)
+		}
+	}
+	if r := <-bystander; r.err != nil || r.n == 0 {
+		t.Errorf("the authorised caller during the attack: %d decisions, %v", r.n, r.err)
+	}
+	if rss := peakRSS(t, n.cmd.Process.Pid); rss > 250<<20 {
+		t.Errorf("peak RSS %d MiB during the attack, want under 250 MiB", rss>>20)
+	} else {
+		t.Logf("peak RSS %d MiB", rss>>20)
+	}
+}
+
+// Attack 1b: the same with a valid token, half-sent (a slow upload): the
+// requests being received are bounded (limits.max_recv_bytes_in_flight,
+// half of it per token), so the token's next batch call is refused with
+// RESOURCE_EXHAUSTED at once, and another token is still served.
+func TestAttackSlowUploadsAreBounded(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	// A bound of 64 MiB and messages of up to 16 MiB: one token holds at
+	// most two batch calls being received.
+	n := startSecureNudged(t, bin, rs.Addr, "--max-recv-bytes-in-flight", strconv.Itoa(64<<20))
+	raw := dialH2(t, n.addr)
+	auth := []string{"authorization", "Bearer " + secSlow}
+	for range 2 {
+		id := raw.open("/nudge.v1.IngestService/Publish", auth...)
+		raw.sendPart(id, 16<<20-100, 1<<20)
+	}
+	third := raw.open("/nudge.v1.IngestService/Publish", auth...)
+	code, msg := raw.status(third)
+	if code != strconv.Itoa(int(codes.ResourceExhausted)) || !strings.Contains(msg, "this token") {
+		t.Fatalf("a third slow upload of the token: grpc-status %q %q, want ResourceExhausted naming the token's share", code, msg)
+	}
+	// Others are served meanwhile.
+	dec, err := nudgev1.NewDecisionServiceClient(dial(t, n.addr)).GetDecision(bearer(ctxT(t), secDecide),
+		&nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"})
+	if err != nil || dec.GetDecision() == nil {
+		t.Fatalf("another token during the slow uploads: %v", err)
+	}
+	if rss := peakRSS(t, n.cmd.Process.Pid); rss > 250<<20 {
+		t.Errorf("peak RSS %d MiB, want under 250 MiB", rss>>20)
+	}
+}
+
+// Attack 3: a decide token reserved another user's cap slots and read
+// their state through explain. Reserve needs send, explain needs explain
+// or admin.
+func TestAttackDecideTokenIsReadOnly(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr)
+	dc := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
+	ctx := ctxT(t)
+	reserve := &nudgev1.GetDecisionRequest{UserId: "victim", Channel: "sms", Reserve: true, IdempotencyKey: "k1"}
+	explain := &nudgev1.GetDecisionRequest{UserId: "victim", Channel: "sms", Explain: true}
+	for _, tt := range []struct {
+		name   string
+		secret string
+		req    *nudgev1.GetDecisionRequest
+		want   codes.Code
+	}{
+		{"decide reserves", secDecide, reserve, codes.PermissionDenied},
+		{"decide explains", secDecide, explain, codes.PermissionDenied},
+		{"sender reserves", secSender, reserve, codes.OK},
+		{"operator explains", secOperator, explain, codes.OK},
+	} {
+		_, err := dc.GetDecision(bearer(ctx, tt.secret), tt.req)
+		if status.Code(err) != tt.want {
+			t.Errorf("%s: %v, want %s", tt.name, err, tt.want)
+		}
+	}
+}
+
+// Attack 4: pprof on a network address, and the Redis password on
+// /debug/pprof/cmdline.
+func TestAttackPprofAndSecrets(t *testing.T) {
+	bin := buildNudged(t)
+	out, err := exec.Command(bin, "--metrics-listen", "0.0.0.0:0", "--pprof").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--pprof-non-loopback") {
+		t.Errorf("pprof on 0.0.0.0: %v\n%s", err, out)
+	}
+
+	const password = "redis-pa55word-never-shown"
+	rs := redistest.Start(t, "--requirepass", password)
+	n := startNudged(t, bin, "--redis-addr", rs.Addr, "--redis-password", password,
+		"--metrics-listen", "127.0.0.1:0", "--pprof")
+	base := strings.TrimSuffix(n.metrics, "/metrics")
+	for _, page := range []string{"/debug/pprof/cmdline", "/metrics", "/debug/pprof/"} {
+		if body := httpGet(t, base+page); strings.Contains(body, password) {
+			t.Errorf("%s shows the Redis password", page)
+		}
+	}
+	if body := httpGet(t, base+"/debug/pprof/cmdline"); !strings.Contains(body, "REDACTED") {
+		t.Errorf("/debug/pprof/cmdline = %q, want the password REDACTED", body)
+	}
+}
+
+// Attack 6: idle and abusive connections. An ingest stream left idle
+// ends; a connection without calls is closed; a client pinging too often
+// is disconnected; one connection may open at most max_streams_per_conn
+// calls.
+func TestAttackIdleAndAbusiveConnections(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr, "--stream-idle", "1s", "--max-connection-idle", "1s",
+		"--keepalive-min-time", "10s", "--max-streams-per-conn", "50")
+
+	stream, err := nudgev1.NewIngestServiceClient(dial(t, n.addr)).Stream(bearer(ctxT(t), secIngest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no batch on this stream") {
+		t.Errorf("an idle ingest stream: %v, want Unavailable", err)
+	}
+	if waited := time.Since(start); waited > 30*time.Second {
+		t.Errorf("the idle stream ended after %v", waited)
+	}
+
+	idle := dialH2(t, n.addr)
+	if got := idle.settings[http2.SettingMaxConcurrentStreams]; got != 50 {
+		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d, want 50", got)
+	}
+	idle.deadline(30 * time.Second)
+	if code, _ := idle.awaitGoAway(); code != http2.ErrCodeNo {
+		t.Errorf("an idle connection's GOAWAY: %v, want NO_ERROR", code)
+	}
+
+	pinger := dialH2(t, n.addr)
+	pinger.deadline(30 * time.Second)
+	go func() {
+		for i := range 20 {
+			if pinger.fr.WritePing(false, [8]byte{byte(i)}) != nil {
+				return
+			}
+		}
+	}()
+	if code, debug := pinger.awaitGoAway(); code != http2.ErrCodeEnhanceYourCalm || !strings.Contains(debug, "too_many_pings") {
+		t.Errorf("a client pinging 20 times at once: GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", code, debug)
+	}
+}
+
+// Attack 7: two purchases of value 1.7e308 made the profile's purchase
+// value Infinity. value is bounded to ±1e12; the event is rejected alone.
+func TestAttackHugeValues(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr)
+	ctx := bearer(ctxT(t), secIngest)
+	huge := ev("rich", "purchase", "phones", time.Minute)
+	huge.Value = 1.7e308
+	fine := ev("rich", "purchase", "phones", time.Minute)
+	fine.Value = 1e12
+	resp, err := nudgev1.NewIngestServiceClient(dial(t, n.addr)).Publish(ctx, &nudgev1.PublishRequest{Events: []*nudgev1.Event{huge, fine}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := resp.GetResults()[0]; r.GetStatus() != nudgev1.EventStatus_EVENT_STATUS_REJECTED || !strings.Contains(r.GetReason(), "value") {
+		t.Errorf("a value of 1.7e308: %v %q, want REJECTED naming value", r.GetStatus(), r.GetReason())
+	}
+	if r := resp.GetResults()[1]; r.GetStatus() != nudgev1.EventStatus_EVENT_STATUS_APPLIED {
+		t.Errorf("a value of 1e12: %v %q, want APPLIED", r.GetStatus(), r.GetReason())
+	}
+	p, err := nudgev1.NewProfileServiceClient(dial(t, n.addr)).GetProfile(bearer(ctxT(t), secOperator), &nudgev1.GetProfileRequest{UserId: "rich"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := p.GetProfile().GetPurchaseValue(); math.IsInf(v, 0) || v != 1e12 {
+		t.Errorf("purchase value %v, want 1e12", v)
+	}
+}
+
+// Attack 8: a token limited to 2 decisions/s got 1,010 through in 2 s (the
+// burst was a whole batch of 1,000). The burst is now one second of the
+// rate: the batch is refused for good, and over a run no more than the
+// burst plus the rate × the time passes.
+func TestAttackRateLimitBurst(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr)
+	dc := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
+	ctx := bearer(ctxT(t), secLimited)
+	start := time.Now()
+	queries := make([]*nudgev1.DecisionQuery, 1000)
+	for i := range queries {
+		queries[i] = &nudgev1.DecisionQuery{UserId: "u" + strconv.Itoa(i), Channel: "sms"}
+	}
+	_, err := dc.BatchGetDecisions(ctx, &nudgev1.BatchGetDecisionsRequest{Queries: queries})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "burst of 2") {
+		t.Fatalf("a batch of 1000 on a token of 2/s: %v, want InvalidArgument naming the burst", err)
+	}
+	passed := 0
+	for time.Since(start) < 2*time.Second {
+		if _, err := dc.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"}); err == nil {
+			passed++
+		} else if status.Code(err) != codes.ResourceExhausted {
+			t.Fatal(err)
+		}
+	}
+	if most := 2 + int(math.Ceil(2*time.Since(start).Seconds())); passed > most || passed < 2 {
+		t.Errorf("%d decisions passed in %v at 2/s, want between 2 and %d", passed, time.Since(start).Round(time.Millisecond), most)
+	}
+}
+
+// Health tells the truth: with Redis gone, IngestService reports
+// NOT_SERVING while the server and DecisionService stay SERVING, decisions
+// answer degraded with a reason that names no internal address, and
+// /readyz answers 503.
+func TestAttackHealthWithRedisDown(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr, "--metrics-listen", "127.0.0.1:0")
+	conn := dial(t, n.addr)
+	hc := healthpb.NewHealthClient(conn)
+	ctx := ctxT(t)
+	check := func(svc string) healthpb.HealthCheckResponse_ServingStatus {
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetStatus()
+	}
+	if s := check("nudge.v1.IngestService"); s != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("IngestService %s with Redis up", s)
+	}
+	rs.Stop()
+	deadline := time.Now().Add(20 * time.Second)
+	for check("nudge.v1.IngestService") != healthpb.HealthCheckResponse_NOT_SERVING {
+		if time.Now().After(deadline) {
+			t.Fatal("IngestService still SERVING 20s after Redis went away")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, svc := range []string{"", "nudge.v1.DecisionService"} {
+		if s := check(svc); s != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("health %q = %s with Redis down, want SERVING (decisions degrade)", svc, s)
+		}
+	}
+	d, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(bearer(ctx, secDecide), &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.GetDecision().GetDegraded() {
+		t.Errorf("decision with Redis down not degraded: %v", d)
+	}
+	for _, r := range d.GetDecision().GetReasons() {
+		if strings.Contains(r.GetMessage(), "127.0.0.1") || strings.Contains(r.GetMessage(), "tcp") {
+			t.Errorf("a degraded reason names an internal address: %q", r.GetMessage())
+		}
+	}
+	resp, err := httpGetStatus(strings.TrimSuffix(n.metrics, "/metrics") + "/readyz")
+	if err != nil || resp != 503 {
+		t.Errorf("/readyz with Redis down: %d %v, want 503", resp, err)
+	}
+}
+
+// httpGetStatus is the status code of GET url.
+func httpGetStatus(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
