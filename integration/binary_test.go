@@ -94,6 +94,8 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	select {
 	case n.addr = <-addr:
+	case err := <-n.done:
+		t.Fatalf("nudged exited before serving: %v; logs:\n%s", err, n.drainLogs())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("nudged did not log that it serves within 30s; logs:\n%s", n.drainLogs())
 	}

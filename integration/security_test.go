@@ -421,3 +421,122 @@ func httpGetStatus(url string) (int, error) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode, nil
 }
+
+// aclRules are the rules of deploy/redis-users.acl's nudge user, with
+// password as its password.
+func aclRules(t *testing.T, password string) []any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "deploy", "redis-users.acl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "user nudge "); ok {
+			var out []any
+			for _, f := range strings.Fields(rest) {
+				if f == ">CHANGE-ME" {
+					f = ">" + password
+				}
+				out = append(out, f)
+			}
+			return out
+		}
+	}
+	t.Fatal("deploy/redis-users.acl has no nudge user")
+	return nil
+}
+
+// TestLeastPrivilegeRedisACL: nudged works as the least-privilege user of
+// deploy/redis-users.acl, with wait_replicas auto on a master with a
+// replica (INFO replication, then WAIT): ingest with triggers, decisions
+// with a reservation, the profile service, subscribers and acks, the
+// outbox trimmer, and erasure. Redis denies nothing (ACL LOG stays empty).
+func TestLeastPrivilegeRedisACL(t *testing.T) {
+	bin := buildNudged(t)
+	master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
+	host, port, _ := strings.Cut(master.Addr, ":")
+	redistest.Start(t, "--replicaof", host, port)
+	admin := master.Client(t)
+	ctx := ctxT(t)
+	args := append([]any{"ACL", "SETUSER", "nudge"}, aclRules(t, "acl-test-pa55")...)
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	for {
+		info, err := admin.Info(ctx, "replication").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the replica did not come online")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	n := startSecureNudged(t, bin, "redis://nudge:acl-test-pa55@"+master.Addr, "--trim-interval", "100ms", "--outbox-retention", "1ms")
+	conn := dial(t, n.addr)
+	pub, err := nudgev1.NewIngestServiceClient(conn).Publish(bearer(ctx, secIngest), &nudgev1.PublishRequest{Events: []*nudgev1.Event{
+		inDaytime(ev("acl-user", "view", "phones", 3*time.Minute)), ev("acl-user", "view", "phones", 2*time.Minute), ev("acl-user", "view", "phones", time.Minute),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pub.GetActions()) != 1 {
+		t.Fatalf("the seed scenario as the ACL user: %d actions, want 1", len(pub.GetActions()))
+	}
+	dc := nudgev1.NewDecisionServiceClient(conn)
+	if d, err := dc.GetDecision(bearer(ctx, secSender), &nudgev1.GetDecisionRequest{UserId: "acl-user", Channel: "sms", Reserve: true, IdempotencyKey: "k1"}); err != nil || d.GetDecision().GetDegraded() {
+		t.Fatalf("reserve as the ACL user: %v %v", d, err)
+	}
+	if _, err := nudgev1.NewProfileServiceClient(conn).GetProfile(bearer(ctx, secOperator), &nudgev1.GetProfileRequest{UserId: "acl-user"}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nudgev1.NewActionServiceClient(conn).Subscribe(bearer(ctx, secSender), &nudgev1.SubscribeRequest{Group: "acl-senders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := sub.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nudgev1.NewActionServiceClient(conn).Ack(bearer(ctx, secSender), &nudgev1.AckRequest{Group: "acl-senders", AckIds: []string{got.GetAckId()}}); err != nil {
+		t.Fatal(err)
+	}
+	// The trimmer removes the acknowledged action (retention 1ms).
+	for {
+		if l, err := admin.XLen(ctx, fmt.Sprintf("nudge:{%d}:out", bucketOf(got.GetAckId()))).Result(); err == nil && l == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the trimmer did not trim the acknowledged action")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := nudgev1.NewProfileServiceClient(conn).DeleteProfile(bearer(ctx, secOperator), &nudgev1.DeleteProfileRequest{UserId: "acl-user"}); err != nil {
+		t.Fatal(err)
+	}
+	denials, err := admin.Do(ctx, "ACL", "LOG").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(denials) > 0 {
+		t.Errorf("Redis denied nudged %d times: %v", len(denials), denials)
+	}
+	logs := n.drainLogs()
+	if strings.Contains(logs, "NOPERM") {
+		t.Errorf("nudged's log has a NOPERM:\n%s", logs)
+	}
+	if !strings.Contains(logs, "wait_replicas=1") {
+		t.Errorf("wait_replicas auto did not find the replica:\n%s", logs)
+	}
+}
+
+// bucketOf is the bucket of an ack id ("<bucket>/<entry id>").
+func bucketOf(ackID string) int {
+	b, _, _ := strings.Cut(ackID, "/")
+	n, _ := strconv.Atoi(b)
+	return n
+}
