@@ -16,7 +16,7 @@ import (
 //
 // The defaults let a file of 1,000 triggers and 1,000 offers through.
 // The worst file they allow (BenchmarkParseWorstCase) parses in about 3 s
-// of one core, creating about 0.6 GB of short-lived garbage, almost all of
+// of one core, creating about 650 MB of short-lived garbage, almost all of
 // it CEL's parser's; nudged spends that off the serving path, in the
 // goroutine that reloads, while the rules in force keep serving. The
 // costliest event or decision they allow takes 1 to 2 ms.

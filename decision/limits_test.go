@@ -472,10 +472,14 @@ func TestWorstCaseFileIsAccepted(t *testing.T) {
 }
 
 // BenchmarkParseWorstCase measures Parse of the worst file the default
-// limits allow. On the 2-core development machine (shared) it takes about
-// 2.5 s and allocates about 600 MB, almost all of it short-lived
-// garbage from CEL's parser: the cost of a reload at the limits, spent in
-// the watcher's goroutine while the rules in force keep serving.
+// limits allow (1,000 triggers, 256 KiB of CEL nested 8 deep, 1 MiB in
+// all). On the 2-core development machine (shared) it takes 2.8 to 3 s and
+// allocates 650 MB in 13 million allocations, almost all short-lived
+// garbage from CEL's parser; the rules it makes hold 13 MB. That is the
+// cost of a load or reload at the limits, spent in the reloading goroutine
+// while the rules in force keep serving. The file of issue 14 (3,000
+// triggers aliasing one expression of 4 KB), which took 33.7 s and 506 MB,
+// is refused in 60 ms.
 func BenchmarkParseWorstCase(b *testing.B) {
 	data := []byte(worstCaseFile())
 	b.ReportAllocs()
