@@ -20,7 +20,11 @@
 //
 // Parse reports every problem of a file at once, each as a *RuleError
 // naming the file, line, rule and field, joined with errors.Join; every
-// one matches ErrInvalidRules. An expression that fails at evaluation time
+// one matches ErrInvalidRules. A file is held to Limits (limits.go): its
+// size (Load reads no more than the limit), its YAML nodes with aliases
+// expanded, its rules, its expressions, and the cost of one event or one
+// decision from CEL's static estimate of every expression (cost.go), so
+// that no file can exhaust memory, stall a load, or slow every event. An expression that fails at evaluation time
 // never panics and never fails a batch or a decision: the trigger does not
 // fire (the error goes to the OnEvalError hook) or the offer is skipped
 // with the error in its reason.
@@ -36,5 +40,6 @@
 // profiles. Live holds the rules in force, swaps them atomically on
 // reload, remembers the last file it refused (Refused: when, why), and is
 // safe for concurrent use; a decision or step keeps the *Rules it started
-// with.
+// with. A reload reads and compiles under a lock of its own, which the
+// readers of the rules in force never take.
 package decision

@@ -31,9 +31,6 @@ const MaxCost = 10_000
 // duration("720h") reads "no purchase in 30 days" for new users too.
 const SinceNever = 100 * 365 * 24 * time.Hour
 
-// maxExprLen bounds the source length of one expression, in code points.
-const maxExprLen = 4096
-
 // ProfileType is the CEL type of the profile variable.
 var profileType = cel.OpaqueType("nudge.Profile")
 
@@ -50,7 +47,6 @@ var envs = sync.OnceValues(func() (*environments, error) {
 		ext.Strings(),
 		cel.CrossTypeNumericComparisons(true),
 		cel.DefaultUTCTimeZone(true),
-		cel.ParserExpressionSizeLimit(maxExprLen),
 		cel.ASTValidators(
 			cel.ValidateDurationLiterals(),
 			cel.ValidateTimestampLiterals(),

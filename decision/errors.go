@@ -111,6 +111,9 @@ func (c *collector) add(line int, kind, rule, field, format string, args ...any)
 	c.errs = append(c.errs, &RuleError{File: c.file, Line: line, Kind: kind, Rule: rule, Field: field, Msg: msg})
 }
 
+// full says whether further problems would only be counted.
+func (c *collector) full() bool { return len(c.errs) >= maxReportedErrors }
+
 func (c *collector) err() error {
 	if len(c.errs) == 0 {
 		return nil

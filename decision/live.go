@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +19,11 @@ import (
 type Live struct {
 	path   string // empty: fixed rules, no reload
 	source string
+	limits Limits // every reload is held to them
 	// mu serialises reloads (Watch and an explicit Reload may race), so a
-	// refusal is news to exactly one of them. Readers take cur without it.
+	// refusal is news to exactly one of them. Readers (Rules, LoadedAt,
+	// Refused: the decision and ingest paths) take cur without it, so a
+	// reload compiling a large file never holds them up.
 	mu  sync.Mutex
 	cur atomic.Pointer[loaded]
 }
@@ -65,17 +67,19 @@ func NewLive(r *Rules, source string) *Live {
 	return l
 }
 
-// LoadLive loads the rules file at path.
-func LoadLive(path string) (*Live, error) {
-	data, err := os.ReadFile(path)
+// LoadLive loads the rules file at path. Its reloads are held to the same
+// limits (WithLimits) as the first load.
+func LoadLive(path string, opts ...LoadOption) (*Live, error) {
+	cfg := newLoadConfig(opts)
+	data, size, err := readBounded(path, cfg.limits.MaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read rules: %w", err)
 	}
-	r, err := Parse(path, data)
+	r, err := parse(path, data, size, cfg.limits)
 	if err != nil {
 		return nil, err
 	}
-	l := &Live{path: path, source: path}
+	l := &Live{path: path, source: path, limits: cfg.limits}
 	l.cur.Store(&loaded{rules: r, at: time.Now(), data: data})
 	return l, nil
 }
@@ -124,7 +128,9 @@ func (l *Live) reload() (changed, news bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cur := l.cur.Load()
-	data, err := os.ReadFile(l.path)
+	// A file over the size limit reads as its first MaxBytes+1 bytes:
+	// enough for Parse to refuse it, and to tell it from the file in force.
+	data, size, err := readBounded(l.path, l.limits.MaxBytes)
 	if err != nil {
 		err = fmt.Errorf("read rules: %w", err)
 		// The same text is the same error (the path and the errno
@@ -146,7 +152,7 @@ func (l *Live) reload() (changed, news bool, err error) {
 	if r := cur.refused; r != nil && !r.unread && bytes.Equal(r.data, data) {
 		return false, false, r.Err
 	}
-	rules, err := Parse(l.path, data)
+	rules, err := parse(l.path, data, size, l.limits)
 	if err != nil {
 		l.refuse(cur, data, err)
 		return false, true, err

@@ -2,7 +2,6 @@ package decision
 
 import (
 	"maps"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -349,11 +348,12 @@ func (r *Rules) quietUntil(d *Decision, p *profile.Profile, req Request, now tim
 	var loc *time.Location
 	var badTZ, zone string
 	var local time.Time
-	var held []*quietHours
+	var mine, held []*quietHours
 	for _, q := range r.quiet {
-		if !slices.Contains(q.channels, req.Channel) {
+		if !q.channels.has(req.Channel) {
 			continue
 		}
+		mine = append(mine, q)
 		if loc == nil {
 			loc, badTZ = r.location(p)
 			local = now.In(loc)
@@ -369,7 +369,7 @@ func (r *Rules) quietUntil(d *Decision, p *profile.Profile, req Request, now tim
 			} else {
 				v += "outside"
 			}
-			d.trace(q.id, "quiet hours "+q.window+" for "+strings.Join(q.channels, ", "), v, !in)
+			d.trace(q.id, "quiet hours "+q.window+" for "+strings.Join(q.channels.list, ", "), v, !in)
 		}
 		if in {
 			held = append(held, q)
@@ -381,10 +381,10 @@ func (r *Rules) quietUntil(d *Decision, p *profile.Profile, req Request, now tim
 	// The hold ends when no window of the channel is active any more:
 	// windows may overlap or follow each other.
 	until := local
-	for range len(r.quiet) + 1 {
+	for range len(mine) + 1 {
 		next := until
-		for _, q := range r.quiet {
-			if slices.Contains(q.channels, req.Channel) && q.active(until) {
+		for _, q := range mine {
+			if q.active(until) {
 				if e := q.end(until); e.After(next) {
 					next = e
 				}

@@ -32,7 +32,7 @@ func (fc *frequencyCap) appliesTo(channel string) bool {
 // quietHours: no SEND on channels between from and to, local time.
 type quietHours struct {
 	id       string
-	channels []string
+	channels channelSet
 	from, to int // minutes since local midnight; from != to
 	window   string
 }
@@ -174,9 +174,7 @@ func compilePolicies(c *collector, raw *rawFile, r *Rules, offerIDs map[string]i
 				c.at(w, ch.line, "channels", "channel %q must match %s", ch.val, channelPattern)
 				continue
 			}
-			if !slices.Contains(q.channels, ch.val) {
-				q.channels = append(q.channels, ch.val)
-			}
+			q.channels.add(ch.val)
 		}
 		if len(rq.channels) == 0 {
 			c.at(w, rq.line, "channels", "required: the channels the quiet hours apply to, such as [sms, push]")

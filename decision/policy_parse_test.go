@@ -207,7 +207,7 @@ offers:
 	if len(r.caps) != 3 || r.caps[0].channel != "sms" || r.caps[1].channel != "" || r.caps[2].period != 36*time.Hour {
 		t.Errorf("caps %+v", r.caps)
 	}
-	if len(r.quiet) != 2 || len(r.quiet[0].channels) != 2 || r.quiet[0].from != 21*60 || r.quiet[1].to != 13*60+30 {
+	if len(r.quiet) != 2 || len(r.quiet[0].channels.list) != 2 || r.quiet[0].from != 21*60 || r.quiet[1].to != 13*60+30 {
 		t.Errorf("quiet hours %+v", r.quiet)
 	}
 	if r.purchaseCooldown == nil || r.purchaseCooldown.period != 7*day {

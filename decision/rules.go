@@ -4,14 +4,15 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"cel.dev/cel-go/cel"
+	celast "cel.dev/cel-go/common/ast"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 )
@@ -34,15 +35,51 @@ type Rules struct {
 	quiet            []*quietHours
 	purchaseCooldown *purchaseCooldown // nil: none
 	fallbacks        map[string]*fallback
-	// byType lists the triggers to evaluate for an event type, in file
-	// order; anyType those for types no trigger names (triggers without on).
+	// byType lists the triggers that name an event type in their on, in
+	// file order; anyType those without on, which every type reaches. An
+	// event's triggers are both lists merged by file position: the
+	// triggers without on are not copied into every type's list, which
+	// would take (types named) x (triggers without on) pointers.
 	byType  map[string][]*trigger
 	anyType []*trigger
 }
 
+// triggerList is the triggers one event type reaches, as two lists in
+// file order.
+type triggerList struct {
+	named, any []*trigger
+}
+
+// next returns the next trigger of l in file order, advancing i (in
+// named) or j (in any), or nil after the last.
+func (l *triggerList) next(i, j *int) *trigger {
+	switch {
+	case *i < len(l.named) && (*j >= len(l.any) || l.named[*i].pos < l.any[*j].pos):
+		*i++
+		return l.named[*i-1]
+	case *j < len(l.any):
+		*j++
+		return l.any[*j-1]
+	}
+	return nil
+}
+
+// all returns the triggers of l in file order.
+func (l triggerList) all() []*trigger {
+	out := make([]*trigger, 0, len(l.named)+len(l.any))
+	var i, j int
+	for t := l.next(&i, &j); t != nil; t = l.next(&i, &j) {
+		out = append(out, t)
+	}
+	return out
+}
+
 type trigger struct {
 	id         string
-	when       *expr // nil: always
+	pos        int    // in file order, for triggerList
+	line       int    // for cost reports
+	cost       uint64 // see Limits.MaxEventCost
+	when       *expr  // nil: always
 	cooldown   time.Duration
 	cooldownBy *expr // nil: the key is the trigger id
 	channel    string
@@ -53,9 +90,11 @@ type trigger struct {
 
 type offer struct {
 	id           string
+	line         int    // for cost reports
+	cost         uint64 // see Limits.MaxDecisionCost
 	priority     int
-	channels     []string // empty: any
-	category     string   // "": none (no purchase cooldown)
+	channels     channelSet // empty: any
+	category     string     // "": none (no purchase cooldown)
 	cooldown     time.Duration
 	cooldownText string
 	ab           bool
@@ -67,7 +106,41 @@ type offer struct {
 }
 
 func (o *offer) forChannel(ch string) bool {
-	return len(o.channels) == 0 || slices.Contains(o.channels, ch)
+	return len(o.channels.list) == 0 || o.channels.has(ch)
+}
+
+// channelSet is a list of distinct channels, in file order, that answers
+// "is ch listed" in constant time however long the list: every decision
+// asks it of every offer and quiet hours.
+type channelSet struct {
+	list []string
+	set  map[string]struct{} // nil while the list is short: a scan is faster
+}
+
+const channelScanMax = 8
+
+func (s *channelSet) add(ch string) {
+	if s.has(ch) {
+		return
+	}
+	s.list = append(s.list, ch)
+	switch {
+	case s.set != nil:
+		s.set[ch] = struct{}{}
+	case len(s.list) > channelScanMax:
+		s.set = make(map[string]struct{}, len(s.list))
+		for _, c := range s.list {
+			s.set[c] = struct{}{}
+		}
+	}
+}
+
+func (s *channelSet) has(ch string) bool {
+	if s.set != nil {
+		_, ok := s.set[ch]
+		return ok
+	}
+	return slices.Contains(s.list, ch)
 }
 
 type payloadExpr struct {
@@ -82,82 +155,152 @@ type expr struct {
 	src string // for the trace
 }
 
-// Load reads and compiles the rules file at path.
-func Load(path string) (*Rules, error) {
-	data, err := os.ReadFile(path)
+// Load reads and compiles the rules file at path, reading at most one byte
+// more than the size limit (Limits.MaxBytes), whatever the file is.
+func Load(path string, opts ...LoadOption) (*Rules, error) {
+	cfg := newLoadConfig(opts)
+	data, size, err := readBounded(path, cfg.limits.MaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("decision: read rules: %w", err)
 	}
-	return Parse(path, data)
+	return parse(path, data, size, cfg.limits)
 }
 
 // Parse compiles a rules file. name is used in error messages (usually the
-// file path). Every problem found is reported, each as a *RuleError, joined
-// with errors.Join; all of them match ErrInvalidRules.
-func Parse(name string, data []byte) (*Rules, error) {
+// file path). Every problem found is reported, each as a *RuleError,
+// joined with errors.Join; all of them match ErrInvalidRules. The file is
+// held to DefaultLimits unless WithLimits says otherwise.
+func Parse(name string, data []byte, opts ...LoadOption) (*Rules, error) {
+	return parse(name, data, int64(len(data)), newLoadConfig(opts).limits)
+}
+
+// parse is Parse of a file whose size is known to be size (-1: at least
+// len(data)).
+func parse(name string, data []byte, size int64, l Limits) (*Rules, error) {
 	env, err := envs()
 	if err != nil {
 		return nil, err
 	}
 	c := &collector{file: name}
-	raw := readFile(c, data)
+	if !checkSize(c, data, size, l) {
+		return nil, c.err()
+	}
+	raw := readFile(c, data, l)
+	if !checkExpressions(c, &raw, l) {
+		return nil, c.err()
+	}
+	cc := &compiler{c: c, limits: l, memo: make(map[exprKey]compiled)}
 	r := &Rules{}
 	seen := make(map[string]int) // id -> line of first definition
 	for i := range raw.triggers {
-		if t := compileTrigger(c, env.trigger, &raw.triggers[i], seen); t != nil {
+		if t := cc.compileTrigger(env.trigger, &raw.triggers[i], seen); t != nil {
+			t.pos = len(r.triggers)
 			r.triggers = append(r.triggers, t.trigger)
 			r.index(t.trigger, t.on)
 		}
 	}
 	clear(seen)
 	for i := range raw.offers {
-		if o := compileOffer(c, env.offer, &raw.offers[i], seen); o != nil {
+		if o := cc.compileOffer(env.offer, &raw.offers[i], seen); o != nil {
 			r.offers = append(r.offers, o)
 		}
 	}
 	compileSettings(c, &raw, r)
 	compilePolicies(c, &raw, r, seen)
 	compileFallbacks(c, &raw, r)
+	slices.SortStableFunc(r.offers, func(a, b *offer) int { return cmp.Compare(b.priority, a.priority) })
+	checkEventCost(c, r, l.MaxEventCost)
+	checkDecisionCost(c, r, l.MaxDecisionCost)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	slices.SortStableFunc(r.offers, func(a, b *offer) int { return cmp.Compare(b.priority, a.priority) })
 	r.version = contentVersion(data)
 	return r, nil
 }
 
-// index files t under the event types it looks at. Triggers without on
-// apply to every type, so they are also appended to every named type's
-// list; file order is kept because triggers are indexed in file order.
+// checkExpressions refuses a file with more expressions, or more
+// expression source, than the limits, before any is compiled: at the
+// first rule past a limit. (The rule, not the expression: an expression
+// repeated by an alias reads as being on the line of its anchor.)
+func checkExpressions(c *collector, raw *rawFile, l Limits) bool {
+	type rule struct {
+		kind, id     string
+		line, n, len int
+	}
+	var rules []rule
+	count := func(r *rule, vals ...string) {
+		for _, v := range vals {
+			if v != "" {
+				r.n++
+				r.len += len(v)
+			}
+		}
+	}
+	for i := range raw.triggers {
+		t := &raw.triggers[i]
+		r := rule{kind: kindTrigger, id: t.id.val, line: t.line}
+		count(&r, t.when.val, t.cooldownBy.val)
+		for _, e := range t.payloadExpr {
+			count(&r, e.val)
+		}
+		rules = append(rules, r)
+	}
+	for i := range raw.offers {
+		o := &raw.offers[i]
+		r := rule{kind: kindOffer, id: o.id.val, line: o.line}
+		count(&r, o.when.val)
+		for _, e := range o.payloadExpr {
+			count(&r, e.val)
+		}
+		rules = append(rules, r)
+	}
+	slices.SortStableFunc(rules, func(a, b rule) int { return cmp.Compare(a.line, b.line) })
+	var n, size int
+	overN, overSize := -1, -1
+	for i, r := range rules {
+		n += r.n
+		size += r.len
+		if overN < 0 && n > l.MaxExpressions {
+			overN = i
+		}
+		if overSize < 0 && size > l.MaxExpressionBytes {
+			overSize = i
+		}
+	}
+	if overN >= 0 {
+		r := rules[overN]
+		c.add(r.line, r.kind, r.id, "", "the file has %d expressions (when, cooldown_by, payload_expr), over the limit of %d (max_expressions) from this rule on",
+			n, l.MaxExpressions)
+	}
+	if overSize >= 0 {
+		r := rules[overSize]
+		c.add(r.line, r.kind, r.id, "", "the expressions of the file are %d bytes together, over the limit of %d (max_expression_bytes) from this rule on",
+			size, l.MaxExpressionBytes)
+	}
+	return overN < 0 && overSize < 0
+}
+
+// index files t under the event types it looks at; triggers without on
+// apply to every type.
 func (r *Rules) index(t *trigger, on []string) {
+	if len(on) == 0 {
+		r.anyType = append(r.anyType, t)
+		return
+	}
 	if r.byType == nil {
 		r.byType = make(map[string][]*trigger)
 	}
-	if len(on) == 0 {
-		r.anyType = append(r.anyType, t)
-		for typ := range r.byType {
-			r.byType[typ] = append(r.byType[typ], t)
-		}
-		return
-	}
 	for _, typ := range on {
-		if _, ok := r.byType[typ]; !ok {
-			r.byType[typ] = slices.Clone(r.anyType)
-		}
-		if l := r.byType[typ]; len(l) == 0 || l[len(l)-1] != t {
-			r.byType[typ] = append(l, t)
-		}
+		r.byType[typ] = append(r.byType[typ], t)
 	}
 }
 
-func (r *Rules) triggersFor(typ string) []*trigger {
+// triggersFor returns the triggers an event of type typ reaches.
+func (r *Rules) triggersFor(typ string) triggerList {
 	if r == nil {
-		return nil
+		return triggerList{}
 	}
-	if l, ok := r.byType[typ]; ok {
-		return l
-	}
-	return r.anyType
+	return triggerList{named: r.byType[typ], any: r.anyType}
 }
 
 // Version is a short hash of the rules file's content: it changes exactly
@@ -199,19 +342,46 @@ func checkID(c *collector, w where, id text, line int, seen map[string]int, what
 	}
 }
 
-func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]int) *compiledTrigger {
+// compiler compiles the rules of one file.
+type compiler struct {
+	c      *collector
+	limits Limits
+	// memo holds every expression compiled, by source: the same source
+	// (as YAML aliases repeat it) is compiled once, and its program, which
+	// is immutable, shared.
+	memo map[exprKey]compiled
+}
+
+type exprKey struct {
+	env  *cel.Env
+	src  string
+	want resultKind
+}
+
+// compiled is the outcome of compiling one source: a program and its
+// estimated cost, or the problem to report wherever the source appears.
+type compiled struct {
+	x       *expr
+	cost    uint64
+	problem string
+}
+
+func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string]int) *compiledTrigger {
+	c := cc.c
 	w := where{kind: kindTrigger, rule: rt.id.val}
 	before := len(c.errs) + c.dropped
 	checkID(c, w, rt.id, rt.line, seen, kindTrigger)
-	t := &trigger{id: rt.id.val}
+	t := &trigger{id: rt.id.val, line: rt.line, cost: ruleCost}
 
 	var on []string
+	named := make(map[string]bool, len(rt.on))
 	for _, typ := range rt.on {
 		if !eventTypePattern.MatchString(typ.val) {
 			c.at(w, typ.line, "on", "event type %q must match %s", typ.val, eventTypePattern)
 			continue
 		}
-		if !slices.Contains(on, typ.val) {
+		if !named[typ.val] {
+			named[typ.val] = true
 			on = append(on, typ.val)
 		}
 	}
@@ -219,7 +389,7 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 		c.at(w, rt.line, "", "needs on or when: as written it would fire on every event")
 	}
 	if rt.when.val != "" {
-		t.when = compileExpr(c, env, w, "when", rt.when, boolResult)
+		t.when = cc.compileExpr(env, w, "when", rt.when, boolResult, &t.cost)
 	}
 	var cooldownOK bool
 	t.cooldown, cooldownOK = checkDuration(c, w, "cooldown", rt.cooldown, rt.line, false)
@@ -227,7 +397,7 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 		if cooldownOK && t.cooldown == 0 {
 			c.at(w, rt.cooldownBy.line, "cooldown_by", "needs a positive cooldown")
 		}
-		t.cooldownBy = compileExpr(c, env, w, "cooldown_by", rt.cooldownBy, stringResult)
+		t.cooldownBy = cc.compileExpr(env, w, "cooldown_by", rt.cooldownBy, stringResult, &t.cost)
 	}
 
 	if !rt.hasAction {
@@ -239,7 +409,7 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 	} else {
 		t.channel = checkChannel(c, w, "action.channel", rt.channel, rt.actionLine)
 		t.template = checkTemplate(c, w, "action.template", rt.template, rt.actionLine)
-		t.payload, t.exprs = compilePayload(c, env, w, "action.", rt.payload, rt.payloadExpr)
+		t.payload, t.exprs = cc.compilePayload(env, w, "action.", rt.payload, rt.payloadExpr, &t.cost)
 	}
 	if len(c.errs)+c.dropped != before {
 		return nil
@@ -247,19 +417,18 @@ func compileTrigger(c *collector, env *cel.Env, rt *rawTrigger, seen map[string]
 	return &compiledTrigger{trigger: t, on: on}
 }
 
-func compileOffer(c *collector, env *cel.Env, ro *rawOffer, seen map[string]int) *offer {
+func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int) *offer {
+	c := cc.c
 	w := where{kind: kindOffer, rule: ro.id.val}
 	before := len(c.errs) + c.dropped
 	checkID(c, w, ro.id, ro.line, seen, kindOffer)
-	o := &offer{id: ro.id.val, priority: ro.priority}
+	o := &offer{id: ro.id.val, line: ro.line, cost: ruleCost, priority: ro.priority}
 	for _, ch := range ro.channels {
 		if !channelPattern.MatchString(ch.val) {
 			c.at(w, ch.line, "channels", "channel %q must match %s", ch.val, channelPattern)
 			continue
 		}
-		if !slices.Contains(o.channels, ch.val) {
-			o.channels = append(o.channels, ch.val)
-		}
+		o.channels.add(ch.val)
 	}
 	o.category = ro.category.val
 	if strings.ContainsFunc(o.category, unicode.IsControl) || len(o.category) > 128 {
@@ -279,10 +448,10 @@ func compileOffer(c *collector, env *cel.Env, ro *rawOffer, seen map[string]int)
 		}
 	}
 	if ro.when.val != "" {
-		o.when = compileExpr(c, env, w, "when", ro.when, boolResult)
+		o.when = cc.compileExpr(env, w, "when", ro.when, boolResult, &o.cost)
 	}
 	o.template = checkTemplate(c, w, "template", ro.template, ro.line)
-	o.payload, o.exprs = compilePayload(c, env, w, "", ro.payload, ro.payloadExpr)
+	o.payload, o.exprs = cc.compilePayload(env, w, "", ro.payload, ro.payloadExpr, &o.cost)
 	if len(c.errs)+c.dropped != before {
 		return nil
 	}
@@ -306,11 +475,15 @@ func checkTemplate(c *collector, w where, field string, tpl text, line int) stri
 	return tpl.val
 }
 
-func compilePayload(c *collector, env *cel.Env, w where, prefix string, lit, exprs []entry) (map[string]string, []payloadExpr) {
+// compilePayload compiles a rule's payload, adding 1 per entry to *cost:
+// each is copied into every action or offer the rule makes.
+func (cc *compiler) compilePayload(env *cel.Env, w where, prefix string, lit, exprs []entry, cost *uint64) (map[string]string, []payloadExpr) {
+	c := cc.c
 	payload := make(map[string]string, len(lit))
 	for _, e := range lit {
 		payload[e.key] = e.val
 	}
+	*cost = addCost(*cost, uint64(len(lit)+len(exprs)))
 	var out []payloadExpr
 	for _, e := range exprs {
 		field := prefix + "payload_expr." + e.key
@@ -322,7 +495,7 @@ func compilePayload(c *collector, env *cel.Env, w where, prefix string, lit, exp
 			c.at(w, e.line, field, "empty expression")
 			continue
 		}
-		x := compileExpr(c, env, w, field, text{val: e.val, line: e.line, set: true}, stringResult)
+		x := cc.compileExpr(env, w, field, text{val: e.val, line: e.line, set: true}, stringResult, cost)
 		out = append(out, payloadExpr{key: e.key, field: field, expr: x})
 	}
 	return payload, out
@@ -335,34 +508,106 @@ const (
 	stringResult
 )
 
-// compileExpr parses, type-checks and plans one expression. It returns nil
-// after reporting a problem.
-func compileExpr(c *collector, env *cel.Env, w where, field string, src text, want resultKind) *expr {
-	ast, iss := env.Compile(src.val)
-	if iss.Err() != nil {
-		c.at(w, src.line, field, "%s", iss.Err())
+// compileExpr compiles one expression and adds its cost (exprCost) to
+// *cost. It returns nil after reporting a problem.
+func (cc *compiler) compileExpr(env *cel.Env, w where, field string, src text, want resultKind, cost *uint64) *expr {
+	key := exprKey{env: env, src: src.val, want: want}
+	got, ok := cc.memo[key]
+	if !ok {
+		got = cc.compile(env, src.val, want)
+		cc.memo[key] = got
+	}
+	if got.problem != "" {
+		cc.c.at(w, src.line, field, "%s", got.problem)
 		return nil
+	}
+	*cost = addCost(*cost, got.cost)
+	return got.x
+}
+
+// compile parses, bounds, type-checks, estimates and plans one source.
+func (cc *compiler) compile(env *cel.Env, src string, want resultKind) compiled {
+	if n := utf8.RuneCountInString(src); n > cc.limits.MaxExpressionLength {
+		return compiled{problem: fmt.Sprintf("the expression is %d characters, over the limit of %d (max_expression_length)",
+			n, cc.limits.MaxExpressionLength)}
+	}
+	parsed, iss := env.Parse(src)
+	if iss.Err() != nil {
+		return compiled{problem: iss.Err().Error()}
+	}
+	if d := nesting(parsed.NativeRep().Expr()); d > maxNesting {
+		return compiled{problem: fmt.Sprintf("lists, maps and comprehensions (all, exists, map, filter) nest %d deep; at most %d", d, maxNesting)}
+	}
+	ast, iss := env.Check(parsed)
+	if iss.Err() != nil {
+		return compiled{problem: iss.Err().Error()}
 	}
 	out := ast.OutputType()
 	switch want {
 	case boolResult:
 		if !out.IsExactType(cel.BoolType) {
-			c.at(w, src.line, field, "must be a bool expression, but its type is %s", cel.FormatCELType(out))
-			return nil
+			return compiled{problem: "must be a bool expression, but its type is " + cel.FormatCELType(out)}
 		}
 	case stringResult:
 		if !stringConvertible(out) {
-			c.at(w, src.line, field, "must give a string (or a number, bool, timestamp or duration), but its type is %s",
-				cel.FormatCELType(out))
-			return nil
+			return compiled{problem: "must give a string (or a number, bool, timestamp or duration), but its type is " + cel.FormatCELType(out)}
 		}
+	}
+	est, err := env.EstimateCost(ast, sizeEstimator{})
+	if err != nil {
+		return compiled{problem: "estimating its cost: " + err.Error()}
 	}
 	prg, err := env.Program(ast, cel.CostLimit(MaxCost), cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
-		c.at(w, src.line, field, "%v", err)
-		return nil
+		return compiled{problem: err.Error()}
 	}
-	return &expr{prg: prg, src: src.val}
+	return compiled{x: &expr{prg: prg, src: src}, cost: exprCost(est)}
+}
+
+// nesting is how deeply list, map and message literals and comprehensions
+// nest in e (see maxNesting). The parser bounds the depth of the tree, and
+// so the recursion.
+func nesting(e celast.Expr) int {
+	if e == nil {
+		return 0
+	}
+	deepest := func(es ...celast.Expr) int {
+		d := 0
+		for _, x := range es {
+			d = max(d, nesting(x))
+		}
+		return d
+	}
+	switch e.Kind() {
+	case celast.CallKind:
+		call := e.AsCall()
+		d := deepest(call.Args()...)
+		if call.IsMemberFunction() {
+			d = max(d, nesting(call.Target()))
+		}
+		return d
+	case celast.SelectKind:
+		return nesting(e.AsSelect().Operand())
+	case celast.ListKind:
+		return 1 + deepest(e.AsList().Elements()...)
+	case celast.MapKind:
+		d := 0
+		for _, en := range e.AsMap().Entries() {
+			me := en.AsMapEntry()
+			d = max(d, nesting(me.Key()), nesting(me.Value()))
+		}
+		return 1 + d
+	case celast.StructKind:
+		d := 0
+		for _, f := range e.AsStruct().Fields() {
+			d = max(d, nesting(f.AsStructField().Value()))
+		}
+		return 1 + d
+	case celast.ComprehensionKind:
+		cx := e.AsComprehension()
+		return 1 + deepest(cx.IterRange(), cx.AccuInit(), cx.LoopCondition(), cx.LoopStep(), cx.Result())
+	}
+	return 0
 }
 
 func stringConvertible(t *cel.Type) bool {
@@ -423,7 +668,7 @@ func (r *Rules) Channels() []string {
 		set[t.channel] = true
 	}
 	for _, o := range r.offers {
-		for _, ch := range o.channels {
+		for _, ch := range o.channels.list {
 			set[ch] = true
 		}
 	}
@@ -433,7 +678,7 @@ func (r *Rules) Channels() []string {
 		}
 	}
 	for _, q := range r.quiet {
-		for _, ch := range q.channels {
+		for _, ch := range q.channels.list {
 			set[ch] = true
 		}
 	}

@@ -268,6 +268,9 @@ func (c *collector) stringMap(n *yaml.Node, w where, field string) []entry {
 		c.at(w, n.Line, field, "expected a mapping of strings, got %s", kindName(n))
 		return nil
 	}
+	// A set, not a scan of out: a mapping may be long (up to the node
+	// limit), and a scan per key would make reading it quadratic.
+	seen := make(map[string]bool, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := deref(n.Content[i]), deref(n.Content[i+1])
 		if k.Kind != yaml.ScalarNode || isNull(k) || k.Value == "" {
@@ -275,10 +278,11 @@ func (c *collector) stringMap(n *yaml.Node, w where, field string) []entry {
 			continue
 		}
 		f := field + "." + k.Value
-		if slices.ContainsFunc(out, func(e entry) bool { return e.key == k.Value }) {
+		if seen[k.Value] {
 			c.at(w, k.Line, f, "repeated")
 			continue
 		}
+		seen[k.Value] = true
 		if v.Kind != yaml.ScalarNode {
 			c.at(w, v.Line, f, "expected a string, got %s", kindName(v))
 			continue
@@ -293,8 +297,10 @@ func (c *collector) stringMap(n *yaml.Node, w where, field string) []entry {
 }
 
 // readFile reads the document's structure. Problems go to c; what could be
-// read is returned so later checks can still report on the rest.
-func readFile(c *collector, data []byte) rawFile {
+// read is returned so later checks can still report on the rest. The
+// limits on nodes, triggers, offers and policies are checked before what
+// they bound is read.
+func readFile(c *collector, data []byte, l Limits) rawFile {
 	var f rawFile
 	var doc, next yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -318,6 +324,9 @@ func readFile(c *collector, data []byte) rawFile {
 		return f
 	}
 	root := deref(doc.Content[0])
+	if !checkNodes(c, root, l.MaxYAMLNodes) {
+		return f
+	}
 	top := where{}
 	ok := c.fields(root, top, "", fileFields, func(key string, k, v *yaml.Node) {
 		switch key {
@@ -338,7 +347,7 @@ func readFile(c *collector, data []byte) rawFile {
 				return
 			}
 			c.fields(v, top, "policies", policiesFields, func(key string, _, v *yaml.Node) {
-				readPolicies(c, &f, key, v)
+				readPolicies(c, &f, key, v, l.MaxPolicies)
 			})
 		case "fallbacks":
 			if isNull(v) {
@@ -353,6 +362,9 @@ func readFile(c *collector, data []byte) rawFile {
 				c.at(top, v.Line, "triggers", "expected a list, got %s", kindName(v))
 				return
 			}
+			if !checkCount(c, v, "triggers", l.MaxTriggers, "max_triggers") {
+				return
+			}
 			for _, n := range v.Content {
 				f.triggers = append(f.triggers, readTrigger(c, deref(n)))
 			}
@@ -362,6 +374,9 @@ func readFile(c *collector, data []byte) rawFile {
 			}
 			if v.Kind != yaml.SequenceNode {
 				c.at(top, v.Line, "offers", "expected a list, got %s", kindName(v))
+				return
+			}
+			if !checkCount(c, v, "offers", l.MaxOffers, "max_offers") {
 				return
 			}
 			for _, n := range v.Content {
@@ -468,8 +483,9 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 	return o
 }
 
-// readPolicies reads one key of the policies section.
-func readPolicies(c *collector, f *rawFile, key string, v *yaml.Node) {
+// readPolicies reads one key of the policies section; max bounds the
+// frequency caps and quiet hours together.
+func readPolicies(c *collector, f *rawFile, key string, v *yaml.Node, max int) {
 	top := where{}
 	field := "policies." + key
 	if isNull(v) {
@@ -492,6 +508,15 @@ func readPolicies(c *collector, f *rawFile, key string, v *yaml.Node) {
 	}
 	if v.Kind != yaml.SequenceNode {
 		c.at(top, v.Line, field, "expected a list, got %s", kindName(v))
+		return
+	}
+	// Counted before reading: the other list, if read already, has its
+	// share of the limit.
+	if had := len(f.caps) + len(f.quiet); had+len(v.Content) > max {
+		at := max - had
+		c.add(deref(v.Content[at]).Line, "", "", field,
+			"the file has %d frequency caps and quiet hours, over the limit of %d (max_policies) from this one on",
+			had+len(v.Content), max)
 		return
 	}
 	for _, n := range v.Content {
@@ -546,7 +571,7 @@ func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
 		c.at(top, v.Line, "fallbacks", "expected a mapping of channel to offer, got %s", kindName(v))
 		return
 	}
-	var seen []string
+	seen := make(map[string]bool, len(v.Content)/2)
 	for i := 0; i+1 < len(v.Content); i += 2 {
 		k, n := deref(v.Content[i]), deref(v.Content[i+1])
 		if k.Kind != yaml.ScalarNode || isNull(k) {
@@ -554,11 +579,11 @@ func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
 			continue
 		}
 		w := where{kind: kindFallback, rule: k.Value}
-		if slices.Contains(seen, k.Value) {
+		if seen[k.Value] {
 			c.at(w, k.Line, "", "repeated")
 			continue
 		}
-		seen = append(seen, k.Value)
+		seen[k.Value] = true
 		fb := rawFallback{line: k.Line, channel: text{val: k.Value, line: k.Line, set: true}}
 		if isNull(n) {
 			c.at(w, n.Line, "", "expected a mapping (offer_id, template, payload), got nothing")
@@ -578,4 +603,95 @@ func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
 			f.fallbacks = append(f.fallbacks, fb)
 		}
 	}
+}
+
+// checkCount refuses a list of rules longer than the limit before any is
+// read, at the first one past it.
+func checkCount(c *collector, list *yaml.Node, field string, limit int, key string) bool {
+	if len(list.Content) <= limit {
+		return true
+	}
+	c.add(deref(list.Content[limit]).Line, "", "", field, "the file has %d %s, over the limit of %d (%s) from this one on",
+		len(list.Content), field, limit, key)
+	return false
+}
+
+// checkNodes refuses a document with more nodes than the limit once every
+// alias is counted as what it stands for, before it is walked. The count
+// takes time linear in the nodes written: the size of a node with an
+// anchor, the only kind an alias can name, is computed once. It is
+// iterative (aliases of aliases may nest deep) and saturates instead of
+// overflowing. An alias inside the node it names (&a [*a]) stands for a
+// document without end.
+func checkNodes(c *collector, root *yaml.Node, limit int) bool {
+	sizes := make(map[*yaml.Node]uint64) // anchored nodes; 0: being counted
+	cycle := false
+	type frame struct {
+		n    *yaml.Node
+		next int
+		sum  uint64
+	}
+	var stack []frame
+	count := func(n *yaml.Node) uint64 {
+		stack = append(stack[:0], frame{n: n, sum: 1})
+		if n.Anchor != "" {
+			sizes[n] = 0
+		}
+		var done uint64
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			children := top.n.Content
+			if top.n.Kind == yaml.AliasNode {
+				children = []*yaml.Node{top.n.Alias}
+			}
+			if top.next < len(children) {
+				ch := children[top.next]
+				top.next++
+				if ch == nil {
+					continue
+				}
+				if s, ok := sizes[ch]; ok {
+					if s == 0 {
+						cycle, s = true, math.MaxUint64
+					}
+					top.sum = addCost(top.sum, s)
+					continue
+				}
+				if ch.Anchor != "" {
+					sizes[ch] = 0
+				}
+				stack = append(stack, frame{n: ch, sum: 1})
+				continue
+			}
+			done = top.sum
+			if top.n.Anchor != "" {
+				sizes[top.n] = done
+			}
+			stack = stack[:len(stack)-1]
+			if len(stack) > 0 {
+				stack[len(stack)-1].sum = addCost(stack[len(stack)-1].sum, done)
+			}
+		}
+		return done
+	}
+	total := count(root)
+	if total <= uint64(limit) {
+		return true
+	}
+	// Name the top-level key that holds the most.
+	line, field, most := root.Line, "", uint64(0)
+	if root.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(root.Content); i += 2 {
+			if s := count(root.Content[i+1]); s >= most {
+				line, field, most = root.Content[i].Line, root.Content[i].Value, s
+			}
+		}
+	}
+	if cycle {
+		c.add(line, "", "", field, "an alias stands for a node that contains it: the document has no end once aliases are followed (max_yaml_nodes)")
+		return false
+	}
+	c.add(line, "", "", field, "the document has %s YAML nodes once aliases are followed, over the limit of %d (max_yaml_nodes)",
+		formatCost(total), limit)
+	return false
 }

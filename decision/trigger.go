@@ -61,13 +61,14 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			}
 			out.Changed = true
 			ts := r.triggersFor(e.Type)
-			if len(ts) == 0 {
+			if len(ts.named) == 0 && len(ts.any) == 0 {
 				continue
 			}
 			ev.set(e)
 			pv.now = e.OccurredAt
 			vars.now = types.Timestamp{Time: e.OccurredAt}
-			for _, t := range ts {
+			var ni, ai int
+			for t := ts.next(&ni, &ai); t != nil; t = ts.next(&ni, &ai) {
 				if a, ok := t.fire(p, e, vars, &cfg); ok {
 					a.RulesVersion = r.Version()
 					out.Actions = append(out.Actions, a)

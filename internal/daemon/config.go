@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
@@ -162,14 +163,19 @@ type ClientTLSConfig struct {
 	ServerName string `yaml:"server_name"`
 }
 
-// RulesConfig says where the rules come from.
+// RulesConfig says where the rules come from, and what a rules file may
+// ask of nudged (decision.Limits, whose fields are the other keys of this
+// section, with their defaults): a file over a limit is refused at start
+// and at every reload like any bad file. docs/rules.md ("Limits") explains
+// them for rule authors.
 type RulesConfig struct {
 	// File is the rules file. Empty uses the bundled examples/rules.yaml.
 	File string `yaml:"file"`
 	// Reload is how often the file is checked for changes; a file that does
 	// not compile is refused and the old rules keep serving. Default 5s;
 	// negative disables reloading (SIGHUP still reloads).
-	Reload time.Duration `yaml:"reload"`
+	Reload          time.Duration `yaml:"reload"`
+	decision.Limits `yaml:",inline"`
 }
 
 // DecisionConfig configures GetDecision (server.Config).
@@ -361,7 +367,7 @@ func Defaults() Config {
 		},
 		Profile: ProfileConfig{TTL: store.TTL, Limits: profile.DefaultLimits()},
 
-		Rules: RulesConfig{Reload: 5 * time.Second},
+		Rules: RulesConfig{Reload: 5 * time.Second, Limits: decision.DefaultLimits()},
 		Decision: DecisionConfig{
 			Budget:          srv.DefaultBudget,
 			BudgetMax:       srv.MaxBudget,
@@ -483,6 +489,16 @@ func (c *Config) settings() []setting {
 
 		{"rules.file", "rules", "rules file (YAML); empty uses the bundled examples/rules.yaml", str(&c.Rules.File)},
 		{"rules.reload", "rules-reload", "how often to check the rules file for changes (negative: never)", duration(&c.Rules.Reload)},
+		{"rules.max_bytes", "rules-max-bytes", "largest rules file, in bytes (no more is ever read)", integer(&c.Rules.MaxBytes)},
+		{"rules.max_yaml_nodes", "rules-max-yaml-nodes", "most YAML nodes of the rules file, aliases expanded", integer(&c.Rules.MaxYAMLNodes)},
+		{"rules.max_triggers", "rules-max-triggers", "most triggers of the rules file", integer(&c.Rules.MaxTriggers)},
+		{"rules.max_offers", "rules-max-offers", "most offers of the rules file", integer(&c.Rules.MaxOffers)},
+		{"rules.max_policies", "rules-max-policies", "most frequency caps and quiet hours of the rules file", integer(&c.Rules.MaxPolicies)},
+		{"rules.max_expressions", "rules-max-expressions", "most CEL expressions of the rules file", integer(&c.Rules.MaxExpressions)},
+		{"rules.max_expression_length", "rules-max-expression-length", "longest CEL expression, in characters", integer(&c.Rules.MaxExpressionLength)},
+		{"rules.max_expression_bytes", "rules-max-expression-bytes", "most bytes of CEL expressions in the rules file, together", integer(&c.Rules.MaxExpressionBytes)},
+		{"rules.max_event_cost", "rules-max-event-cost", "most estimated cost of the triggers one event type reaches (CEL cost units)", integer(&c.Rules.MaxEventCost)},
+		{"rules.max_decision_cost", "rules-max-decision-cost", "most estimated cost of the offers one channel reaches (CEL cost units)", integer(&c.Rules.MaxDecisionCost)},
 
 		{"decision.budget", "decision-budget", "default GetDecision budget", duration(&c.Decision.Budget)},
 		{"decision.budget_max", "decision-budget-max", "largest budget a request may ask for", duration(&c.Decision.BudgetMax)},
@@ -728,6 +744,9 @@ func (c Config) Validate() error {
 	if err := c.Profile.validate(); err != nil {
 		return err
 	}
+	if err := c.Rules.validate(); err != nil {
+		return err
+	}
 	n, auto, err := c.Redis.waitReplicas()
 	if err != nil {
 		return err
@@ -770,6 +789,24 @@ func (c ProfileConfig) validate() error {
 	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}} {
 		if n.v < 0 {
 			return fmt.Errorf("profile.%s: %d is negative", n.key, n.v)
+		}
+	}
+	return nil
+}
+
+// validate refuses negative limits (zero means the default).
+func (c RulesConfig) validate() error {
+	for _, n := range []struct {
+		key string
+		v   int
+	}{
+		{"max_bytes", c.MaxBytes}, {"max_yaml_nodes", c.MaxYAMLNodes}, {"max_triggers", c.MaxTriggers},
+		{"max_offers", c.MaxOffers}, {"max_policies", c.MaxPolicies}, {"max_expressions", c.MaxExpressions},
+		{"max_expression_length", c.MaxExpressionLength}, {"max_expression_bytes", c.MaxExpressionBytes},
+		{"max_event_cost", c.MaxEventCost}, {"max_decision_cost", c.MaxDecisionCost},
+	} {
+		if n.v < 0 {
+			return fmt.Errorf("rules.%s: %d is negative", n.key, n.v)
 		}
 	}
 	return nil

@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 )
@@ -133,6 +137,8 @@ func TestLoadRefuses(t *testing.T) {
 		{name: "negative stream idle", args: []string{"--stream-idle", "-1s"}, want: "stream_idle must not be negative"},
 		{name: "burst seconds negative", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [decide], decisions_per_second: 2, burst_seconds: -1}\n",
 			want: "BurstSeconds is -1"},
+		{name: "rules limit negative", args: []string{"--rules-max-triggers", "-1"}, want: "rules.max_triggers: -1 is negative"},
+		{name: "rules limit negative in the file", file: "rules:\n  max_event_cost: -3\n", want: "rules.max_event_cost: -3 is negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
@@ -392,5 +398,67 @@ redis:
 	}
 	if l := d.serverConfig(nil, nil, nil, nil).Limits; l != profile.DefaultLimits() {
 		t.Errorf("default limits %+v, want profile.DefaultLimits()", l)
+	}
+}
+
+// TestRulesLimitsReachTheRules: the rules settings are the limits the
+// rules file is held to, at start, from the file, the environment or the
+// flags.
+func TestRulesLimitsReachTheRules(t *testing.T) {
+	rules := writeFile(t, "rules.yaml", `version: 1
+triggers:
+  - {id: a, on: [view], action: {channel: sms, template: t}}
+  - {id: b, on: [view], action: {channel: sms, template: t}}
+`)
+	for _, tc := range []struct {
+		name string
+		file string
+		args []string
+		env  map[string]string
+		want string // "" for accepted
+	}{
+		{name: "defaults", args: []string{"--rules", rules}},
+		{name: "file", file: "rules:\n  file: " + rules + "\n  max_triggers: 1\n", want: "the file has 2 triggers, over the limit of 1 (max_triggers)"},
+		{name: "flag", args: []string{"--rules", rules, "--rules-max-bytes", "50"}, want: "over the limit of 50 (max_bytes)"},
+		{name: "env", args: []string{"--rules", rules}, env: map[string]string{"NUDGE_RULES_MAX_EVENT_COST": "15"},
+			want: "over the limit of 15 (max_event_cost)"},
+		{name: "bundled rules too", args: []string{"--rules-max-offers", "1"}, want: "over the limit of 1 (max_offers)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"--config", writeFile(t, "c.yaml", tc.file)}, args...)
+			}
+			loaded, err := Load(args, env(tc.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = loadRules(loaded.Config)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("loadRules: %v", err)
+			case tc.want != "" && (!errors.Is(err, decision.ErrInvalidRules) || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("loadRules: %v, want a refusal containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRunRefusesRulesThatNeverEnd: nudged --rules /dev/zero stops at once
+// with the size limit, instead of reading until memory runs out.
+func TestRunRefusesRulesThatNeverEnd(t *testing.T) {
+	if _, err := os.Stat("/dev/zero"); err != nil {
+		t.Skip("no /dev/zero")
+	}
+	loaded, err := Load([]string{"--rules", "/dev/zero"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := loaded.Config
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	err = Run(context.Background(), cfg, nil)
+	want := "/dev/zero: the file is larger than the limit of 1048576 bytes (max_bytes): reading stopped after 1048577 bytes"
+	if !errors.Is(err, decision.ErrInvalidRules) || !strings.Contains(err.Error(), want) {
+		t.Errorf("Run: %v, want %q", err, want)
 	}
 }

@@ -268,10 +268,11 @@ func rulesSource(cfg Config) string {
 }
 
 func loadRules(cfg Config) (*decision.Live, error) {
+	limits := decision.WithLimits(cfg.Rules.Limits)
 	if cfg.Rules.File != "" {
-		return decision.LoadLive(cfg.Rules.File)
+		return decision.LoadLive(cfg.Rules.File, limits)
 	}
-	r, err := decision.Parse(examples.RulesName, examples.Rules)
+	r, err := decision.Parse(examples.RulesName, examples.Rules, limits)
 	if err != nil {
 		return nil, err
 	}
