@@ -3,7 +3,6 @@ package decision
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"os"
 	"testing"
 	"time"
@@ -36,7 +35,6 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\noffers:\n  - {id: o, template: t, payload_expr: {a: 'context.a + string(1/0)'}}\n"))
 	f.Add([]byte("version: [1]\n---\nversion: 2\n"))
 	f.Add([]byte("\t\x00: \xff"))
-	shortenMinimizing(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := Parse("fuzz.yaml", data, WithLimits(fuzzLimits))
 		if err != nil {
@@ -67,25 +65,6 @@ func FuzzParse(f *testing.F) {
 			r.Fallback(ch)
 		}
 	})
-}
-
-// shortenMinimizing bounds how long the fuzzer minimizes an input to 2 s,
-// unless -fuzzminimizetime says otherwise. An input that finds new
-// coverage is minimized before it joins the corpus, by removing every run
-// of its bytes in turn: a number of executions quadratic in its length,
-// and CEL's parser makes new coverage frequent. With Go's default of 60 s
-// per input, runs spent almost all their time minimizing, counting no
-// executions (33 in a run of 20 s). A failing input is still written to
-// testdata, if less minimized.
-func shortenMinimizing(f *testing.F) {
-	set := false
-	flag.Visit(func(fl *flag.Flag) { set = set || fl.Name == "test.fuzzminimizetime" })
-	if set {
-		return
-	}
-	if err := flag.Set("test.fuzzminimizetime", "2s"); err != nil {
-		f.Logf("-fuzzminimizetime left as it is: %v", err)
-	}
 }
 
 // withoutComments drops the comment lines of a YAML file.
