@@ -540,3 +540,105 @@ func bucketOf(ackID string) int {
 	n, _ := strconv.Atoi(b)
 	return n
 }
+
+// aliasBomb is the adversarial pass's rules file: n triggers aliasing one
+// long expression (3,000: about 228 KB, which took 33.7 s and 506 MB to
+// check).
+func aliasBomb(n int) []byte {
+	var b strings.Builder
+	b.WriteString("version: 1\ntriggers:\n")
+	clause := `profile.count("view", event.category, duration("30m")) >= 3`
+	long := strings.TrimSuffix(strings.Repeat(clause+" && ", 40), " && ")
+	for i := range n {
+		when := "*e"
+		if i == 0 {
+			when = "&e '" + long + "'"
+		}
+		fmt.Fprintf(&b, "  - {id: t%d, on: [view], when: %s, action: {channel: sms, template: t}}\n", i, when)
+	}
+	return []byte(b.String())
+}
+
+// Attack 5: rules without bounds. The alias bomb and /dev/zero are refused
+// at start with the limit named, at once; a live reload of the bomb is
+// refused while decisions keep being answered, and the refusal names the
+// limit.
+func TestAttackRulesBombs(t *testing.T) {
+	bin := buildNudged(t)
+	dir := t.TempDir()
+	bomb := filepath.Join(dir, "bomb.yaml")
+	if err := os.WriteFile(bomb, aliasBomb(3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Under the trigger limit, the aliases still count as the text they
+	// stand for.
+	smaller := filepath.Join(dir, "smaller.yaml")
+	if err := os.WriteFile(smaller, aliasBomb(900), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		rules, want string
+	}{
+		{bomb, "max_triggers"},
+		{smaller, "max_expression_bytes"},
+		{"/dev/zero", "max_bytes"},
+	} {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, bin, "--rules", tt.rules, "--listen", "127.0.0.1:0").CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), tt.want) {
+			t.Errorf("--rules %s: %v, want a refusal naming %s:\n%s", tt.rules, err, tt.want, out)
+		}
+		if took := time.Since(start); took > 20*time.Second {
+			t.Errorf("--rules %s took %v to refuse", tt.rules, took)
+		}
+	}
+
+	rules := filepath.Join(dir, "rules.yaml")
+	examples, err := os.ReadFile(filepath.Join("..", "examples", "rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rules, examples, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr, "--rules", rules, "--rules-reload", "50ms")
+	conn := dial(t, n.addr)
+	ctx := ctxT(t)
+	stop := make(chan struct{})
+	type result struct {
+		n   int
+		err error
+	}
+	during := make(chan result, 1)
+	go func() {
+		n, err := decideLoop(ctx, conn, stop)
+		during <- result{n, err}
+	}()
+	if err := os.WriteFile(rules, aliasBomb(3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	admin := nudgev1.NewAdminServiceClient(conn)
+	for {
+		r, err := admin.GetRules(bearer(ctx, secOperator), &nudgev1.GetRulesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg := r.GetRefusal().GetError(); msg != "" {
+			if !strings.Contains(msg, "max_triggers") {
+				t.Errorf("the refused reload says %q, want the limit named", msg)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the bomb was never refused")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	if r := <-during; r.err != nil || r.n == 0 {
+		t.Errorf("decisions during the reload: %d, %v", r.n, r.err)
+	}
+}
