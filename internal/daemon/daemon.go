@@ -235,12 +235,15 @@ func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slo
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := outbox.Trim(ctx, cfg.Delivery.OutboxRetention, time.Now())
+			res, err := outbox.Trim(ctx, cfg.Delivery.OutboxRetention, time.Now())
 			switch {
 			case err != nil && ctx.Err() == nil:
 				log.Warn("outbox trim failed; retrying at the next interval", "err", err)
-			case n > 0:
-				log.Info("outbox trimmed", "removed", n)
+			case res.PastAbandoned > 0:
+				log.Warn("outbox trimmed past abandoned consumer groups: they lost actions they had not acknowledged",
+					"removed", res.Removed, "past_abandoned", res.PastAbandoned, "abandoned", res.Abandoned)
+			case res.Removed > 0:
+				log.Info("outbox trimmed", "removed", res.Removed)
 			}
 		}
 	}
