@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -82,7 +83,11 @@ func (fakeOutbox) Read(_ context.Context, group, _ string) ([]delivery.Delivery,
 	return nil, errOutboxDown
 }
 
-func (fakeOutbox) Ack(_ context.Context, _ string, ids []string) (int, error) { return len(ids), nil }
+func (fakeOutbox) Ack(_ context.Context, _, _ string, ids []string) (int, error) { return len(ids), nil }
+
+func (fakeOutbox) Groups(context.Context, time.Time) ([]delivery.Group, error) { return nil, nil }
+
+func (fakeOutbox) DeleteGroup(context.Context, string) (int, error) { return 1, nil }
 
 func (fakeOutbox) Pending(context.Context, string, string) (int64, error) { return 0, nil }
 

@@ -39,6 +39,8 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, profile.ErrCorrupt):
 		code = codes.DataLoss
+	case errors.Is(err, delivery.ErrGroupNotFound):
+		code = codes.NotFound
 	case errors.Is(err, delivery.ErrBadAckID):
 		code, msg = codes.InvalidArgument, msg+" (ack ids come from SubscribeResponse.ack_id)"
 	case errors.Is(err, context.DeadlineExceeded):
