@@ -48,6 +48,10 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 	}
 	ctx := stream.Context()
 	group, consumer := req.GetGroup(), req.GetConsumer()
+	// Before the first read, which would create the group.
+	if err := mayUseGroup(ctx, group); err != nil {
+		return err
+	}
 	if consumer == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
@@ -115,7 +119,8 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 		}
 		if len(skipped) > 0 {
 			// The filter drops these for the whole group (see
-			// SubscribeRequest.channels).
+			// SubscribeRequest.channels): only a token naming the group
+			// gets here.
 			if _, err := s.cfg.Outbox.Ack(ctx, group, consumer, skipped); err != nil && ctx.Err() == nil {
 				return unavailable("acknowledge filtered actions", err)
 			}
@@ -175,6 +180,9 @@ func (s *Server) Ack(ctx context.Context, req *nudgev1.AckRequest) (*nudgev1.Ack
 	}
 	if s.cfg.Outbox == nil {
 		return nil, errNoOutbox
+	}
+	if err := mayUseGroup(ctx, req.GetGroup()); err != nil {
+		return nil, err
 	}
 	n, err := s.cfg.Outbox.Ack(ctx, req.GetGroup(), req.GetConsumer(), req.GetAckIds())
 	switch {

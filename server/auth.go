@@ -56,6 +56,14 @@ type Token struct {
 	// one maximum batch (1000) or of one second's worth, whichever is
 	// larger, pass. Default 0: unlimited.
 	DecisionsPerSecond float64
+	// Groups are the consumer groups the token may Subscribe to and Ack
+	// for (with RoleSubscribe): group names, or prefixes ending in "*"
+	// ("sms-*" is every group whose name starts with "sms-"; "*" alone is
+	// every group). Default none: a subscribe token must name its groups,
+	// since a member of a group can drop the group's actions (Ack, a
+	// channel filter) and a new group name creates a group on every
+	// outbox stream.
+	Groups []string
 }
 
 // anyRole is the rule of methods open to every valid token.
@@ -93,8 +101,20 @@ func requiredRole(fullMethod string) (Role, bool) {
 type principal struct {
 	name      string
 	roles     []Role
+	groups    []string // Token.Groups
 	events    *rate.Limiter
 	decisions *rate.Limiter
+}
+
+// allowsGroup says whether the token names the consumer group, itself or
+// by a prefix ending in "*".
+func (p *principal) allowsGroup(group string) bool {
+	for _, g := range p.groups {
+		if prefix, wildcard := strings.CutSuffix(g, groupWildcard); g == group || (wildcard && strings.HasPrefix(group, prefix)) {
+			return true
+		}
+	}
+	return false
 }
 
 type principalKey struct{}
@@ -153,7 +173,12 @@ func compileTokens(tokens []Token) (map[secretDigest]*principal, error) {
 					t.Name, r, RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin)
 			}
 		}
-		p := &principal{name: t.Name, roles: slices.Clone(t.Roles)}
+		for _, g := range t.Groups {
+			if err := checkTokenGroup(g); err != nil {
+				return nil, fmt.Errorf("server: token %q: %w", t.Name, err)
+			}
+		}
+		p := &principal{name: t.Name, roles: slices.Clone(t.Roles), groups: slices.Clone(t.Groups)}
 		var err error
 		if p.events, err = newLimiter(t.Name, "EventsPerSecond", t.EventsPerSecond, maxEventsPerBatch); err != nil {
 			return nil, err

@@ -100,6 +100,11 @@ func lacksRole(token string, role Role, method string) error {
 	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required by %s", token, role, method)
 }
 
+// groupDenied refuses a token a consumer group it does not name.
+func groupDenied(token, group string) error {
+	return status.Errorf(codes.PermissionDenied, "token %q may not use consumer group %q: add the group to the token's groups", token, group)
+}
+
 // overLimit is the status of a call past its token's rate, with the delay
 // after which a retry finds room, also as a RetryInfo detail.
 func overLimit(token, limit, unit string, wait time.Duration) error {
