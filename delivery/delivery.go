@@ -416,131 +416,99 @@ func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Deliver
 // are guessable (bucket and stream id), and an XACK alone would let a
 // caller drop actions it was never handed, or that the group handed to
 // another member after the visibility timeout. The others are left alone
-// and not counted. It takes two round trips (XPENDING over the range of
-// each stream's ids, then XACK), three when other members' pending entries
-// fill a range.
+// and not counted. One round trip: a script per stream (ackScript),
+// pipelined.
 func (o *Outbox) Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error) {
-	byStream := map[string][]string{}
+	byStream := map[string][]any{}
 	for _, id := range ackIDs {
 		b, entry, ok := strings.Cut(id, "/")
 		n, err := strconv.Atoi(b)
 		if !ok || err != nil || n < 0 || n >= len(o.keys) || !validEntryID(entry) {
 			return 0, fmt.Errorf("%w: %q", ErrBadAckID, id)
 		}
-		byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
+		k := o.keys[n]
+		if byStream[k] == nil {
+			byStream[k] = []any{group, consumer}
+		}
+		byStream[k] = append(byStream[k], entry)
 	}
-	owned, err := o.pendingAmong(ctx, group, consumer, byStream)
+	acked, err := o.runAckScript(ctx, byStream)
 	if err != nil {
-		return 0, fmt.Errorf("delivery: ack: %w", err)
+		return acked, fmt.Errorf("delivery: ack: %w", err)
 	}
-	if len(owned) == 0 {
-		return 0, nil
+	if acked > 0 {
+		// The group is in use. A failed record is not the ack's failure:
+		// the next Read records it, or fails.
+		_ = o.touch(ctx, group)
 	}
-	due, now := o.touchDue(group)
-	var touch *redis.IntCmd
-	cmds := make([]*redis.IntCmd, 0, len(owned))
-	_, err = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for k, ids := range owned {
-			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
-		}
-		if due {
-			touch = pipe.HSet(ctx, redisstore.GroupsKey, group, now.UnixMilli())
-		}
-		return nil
-	})
-	acked := 0
-	for _, c := range cmds {
-		if c.Err() != nil {
-			return acked, fmt.Errorf("delivery: ack: %w", c.Err())
-		}
-		acked += int(c.Val())
-	}
-	// A failed activity record is not the ack's failure: the next Read
-	// records it, or fails.
-	if touch != nil && touch.Err() == nil {
-		o.touchedAt(group, now)
-	}
-	_ = err // each command's own error was looked at above
 	return acked, nil
 }
 
-// ackPage is, per requested id, how many pending entries one XPENDING of
-// Ack reads over the range of a stream's ids.
-const ackPage = 2
+// ackScript acknowledges, on the stream KEYS[1], those of the ids
+// ARGV[3..] that are pending for the group ARGV[1] and, when ARGV[2] is
+// not empty, for that consumer. Check and XACK are one step, so an entry
+// another member claims meanwhile is not acknowledged for this one. A
+// stream without the group has nothing pending for it: 0.
+var ackScript = redis.NewScript(`
+local n = 0
+for i = 3, #ARGV do
+  local p
+  if ARGV[2] == '' then
+    p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  else
+    p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  end
+  if p.err then
+    if string.sub(p.err, 1, 7) == 'NOGROUP' then return 0 end
+    return redis.error_reply(p.err)
+  end
+  if #p > 0 then n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) end
+end
+return n
+`)
 
-// pendingAmong returns, per stream, those of ids that are pending for the
-// group (for the consumer, when it is not empty). One pipelined XPENDING
-// per stream covers the range of its ids; where other members' entries
-// fill that page before the range ends, the ids past it are looked up one
-// by one (XPENDING id id 1), in one more pipelined round trip.
-func (o *Outbox) pendingAmong(ctx context.Context, group, consumer string, byStream map[string][]string) (map[string][]string, error) {
-	owned := map[string][]string{}
-	type query struct {
-		stream string
-		want   []string // the requested ids this query decides
-		count  int64
-		cmd    *redis.XPendingExtCmd
-	}
-	run := func(qs []query) ([]query, error) {
+// runAckScript runs ackScript on every stream with its arguments, in one
+// pipeline (go-redis splits it per node on a cluster), and sums what it
+// acknowledged. A node that does not have the script yet (NOSCRIPT: first
+// use, a restart, a failover) gets it in full in one more round trip.
+func (o *Outbox) runAckScript(ctx context.Context, args map[string][]any) (int, error) {
+	acked := 0
+	run := func(eval func(pipe redis.Pipeliner, key string, a []any) *redis.Cmd, streams []string) ([]string, error) {
+		cmds := make([]*redis.Cmd, len(streams))
 		_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, q := range qs {
-				lo, hi := q.want[0], q.want[0]
-				for _, id := range q.want[1:] {
-					if lessID(id, lo) {
-						lo = id
-					}
-					if lessID(hi, id) {
-						hi = id
-					}
-				}
-				qs[i].count = int64(ackPage*len(q.want) + 1)
-				qs[i].cmd = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{
-					Stream: q.stream, Group: group, Start: lo, End: hi, Count: qs[i].count, Consumer: consumer,
-				})
+			for i, k := range streams {
+				cmds[i] = eval(pipe, k, args[k])
 			}
 			return nil
 		}) // each command's own error is looked at below
-		var undecided []query
-		for _, q := range qs {
-			pending, err := q.cmd.Result()
+		var noScript []string
+		for i, c := range cmds {
+			n, err := c.Int()
 			switch {
-			case redisstore.IsNoGroup(err) || errors.Is(err, redis.Nil):
-				continue // nothing pending for the group on that stream
+			case redis.HasErrorPrefix(err, "NOSCRIPT"):
+				noScript = append(noScript, streams[i])
 			case err != nil:
-				return nil, fmt.Errorf("pending of %s on %s: %w", group, q.stream, err)
-			}
-			found := make(map[string]bool, len(pending))
-			for _, p := range pending {
-				found[p.ID] = true
-			}
-			full := int64(len(pending)) == q.count
-			for _, id := range q.want {
-				switch {
-				case found[id]:
-					owned[q.stream] = append(owned[q.stream], id)
-				case full && lessID(pending[len(pending)-1].ID, id):
-					// Past the page: not decided by it.
-					undecided = append(undecided, query{stream: q.stream, want: []string{id}})
-				}
+				return nil, fmt.Errorf("%s: %w", streams[i], err)
+			default:
+				acked += n
 			}
 		}
-		return undecided, nil
+		return noScript, nil
 	}
-	qs := make([]query, 0, len(byStream))
-	for k, ids := range byStream {
-		qs = append(qs, query{stream: k, want: ids})
+	streams := make([]string, 0, len(args))
+	for k := range args {
+		streams = append(streams, k)
 	}
-	undecided, err := run(qs)
-	if err != nil {
-		return nil, err
+	missing, err := run(func(pipe redis.Pipeliner, k string, a []any) *redis.Cmd {
+		return ackScript.EvalSha(ctx, pipe, []string{k}, a...)
+	}, streams)
+	if err != nil || len(missing) == 0 {
+		return acked, err
 	}
-	if len(undecided) > 0 {
-		// Each query is one id: its page cannot be full and undecided.
-		if _, err := run(undecided); err != nil {
-			return nil, err
-		}
-	}
-	return owned, nil
+	_, err = run(func(pipe redis.Pipeliner, k string, a []any) *redis.Cmd {
+		return ackScript.Eval(ctx, pipe, []string{k}, a...)
+	}, missing)
+	return acked, err
 }
 
 func validEntryID(s string) bool {

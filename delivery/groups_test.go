@@ -157,8 +157,8 @@ func TestAckAfterRedeliveryBelongsToTheNewOwner(t *testing.T) {
 	})
 }
 
-// Ack looks up the ids past what one XPENDING page of a range returns when
-// other members' entries fill the range.
+// Ack finds its ids among many other pending entries of the group, and
+// an id it acknowledged before does not count again.
 func TestAckAmongManyPendingEntries(t *testing.T) {
 	rdb := standalone(t)
 	ctx := t.Context()
@@ -170,8 +170,8 @@ func TestAckAmongManyPendingEntries(t *testing.T) {
 		b := d.AckID[:1]
 		byBucket[b] = append(byBucket[b], d.AckID)
 	}
-	// The first and last entry of each stream, as the group: the range
-	// holds 100 pending entries, far more than one page.
+	// The first and last entry of each stream, as the group: 98 pending
+	// entries lie between them.
 	var ids []string
 	for _, bs := range byBucket {
 		ids = append(ids, bs[0], bs[len(bs)-1])
