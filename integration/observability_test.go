@@ -214,7 +214,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 			t.Fatal(err)
 		}
 		if group == "obs-sender" {
-			if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: []string{d.GetAckId()}}); err != nil {
+			if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, Consumer: d.GetConsumer(), AckIds: []string{d.GetAckId()}}); err != nil {
 				t.Fatal(err)
 			}
 		}
