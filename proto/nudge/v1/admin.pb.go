@@ -314,12 +314,12 @@ type ConsumerGroup struct {
 	UnknownLagStreams uint32 `protobuf:"varint,4,opt,name=unknown_lag_streams,json=unknownLagStreams,proto3" json:"unknown_lag_streams,omitempty"`
 	// Members the group knows: the most any one stream has.
 	Consumers uint32 `protobuf:"varint,5,opt,name=consumers,proto3" json:"consumers,omitempty"`
-	// When a member last read or acknowledged, to within a few seconds.
-	// Absent when no server has seen the group active since it started
-	// tracking it.
+	// When a member last read or acknowledged, to within a few seconds. For
+	// a group no member has used since activity is recorded (one made
+	// before), when outbox trimming first saw it. Absent until then.
 	LastActive *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_active,json=lastActive,proto3" json:"last_active,omitempty"`
-	// How long the group has been inactive (now minus last_active, or since
-	// the server first saw the group).
+	// How long the group has been inactive: now minus last_active. Absent
+	// with last_active.
 	Idle *durationpb.Duration `protobuf:"bytes,7,opt,name=idle,proto3" json:"idle,omitempty"`
 	// The group has been inactive longer than the server's group idle time
 	// (delivery.group_idle): trimming no longer keeps actions for it past

@@ -197,17 +197,17 @@ export type ConsumerGroup = Message<"nudge.v1.ConsumerGroup"> & {
   consumers: number;
 
   /**
-   * When a member last read or acknowledged, to within a few seconds.
-   * Absent when no server has seen the group active since it started
-   * tracking it.
+   * When a member last read or acknowledged, to within a few seconds. For
+   * a group no member has used since activity is recorded (one made
+   * before), when outbox trimming first saw it. Absent until then.
    *
    * @generated from field: google.protobuf.Timestamp last_active = 6;
    */
   lastActive?: Timestamp | undefined;
 
   /**
-   * How long the group has been inactive (now minus last_active, or since
-   * the server first saw the group).
+   * How long the group has been inactive: now minus last_active. Absent
+   * with last_active.
    *
    * @generated from field: google.protobuf.Duration idle = 7;
    */
