@@ -416,25 +416,48 @@ func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Deliver
 // are guessable (bucket and stream id), and an XACK alone would let a
 // caller drop actions it was never handed, or that the group handed to
 // another member after the visibility timeout. The others are left alone
-// and not counted. One round trip: a script per stream (ackScript),
-// pipelined.
+// and not counted.
+//
+// Two round trips: one XPENDING per id (XPENDING key group id id 1
+// [consumer]), pipelined, then the XACKs of those found, pipelined. An
+// entry another member claims between the two is still acknowledged: the
+// caller did hold it, and at least once holds. A Lua script would make it
+// one round trip and one step, but nudged's least-privilege Redis user
+// has no scripting.
 func (o *Outbox) Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error) {
-	byStream := map[string][]any{}
+	byStream := map[string][]string{}
+	seen := make(map[string]bool, len(ackIDs))
 	for _, id := range ackIDs {
 		b, entry, ok := strings.Cut(id, "/")
 		n, err := strconv.Atoi(b)
 		if !ok || err != nil || n < 0 || n >= len(o.keys) || !validEntryID(entry) {
 			return 0, fmt.Errorf("%w: %q", ErrBadAckID, id)
 		}
-		k := o.keys[n]
-		if byStream[k] == nil {
-			byStream[k] = []any{group, consumer}
+		if !seen[id] { // an id given twice is looked up once
+			seen[id] = true
+			byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
 		}
-		byStream[k] = append(byStream[k], entry)
 	}
-	acked, err := o.runAckScript(ctx, byStream)
+	owned, err := o.pendingAmong(ctx, group, consumer, byStream)
 	if err != nil {
-		return acked, fmt.Errorf("delivery: ack: %w", err)
+		return 0, fmt.Errorf("delivery: ack: %w", err)
+	}
+	if len(owned) == 0 {
+		return 0, nil
+	}
+	cmds := make([]*redis.IntCmd, 0, len(owned))
+	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for k, ids := range owned {
+			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
+		}
+		return nil
+	}) // each command's own error is looked at below
+	acked := 0
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return acked, fmt.Errorf("delivery: ack: %w", err)
+		}
+		acked += int(c.Val())
 	}
 	if acked > 0 {
 		// The group is in use. A failed record is not the ack's failure:
@@ -444,71 +467,43 @@ func (o *Outbox) Ack(ctx context.Context, group, consumer string, ackIDs []strin
 	return acked, nil
 }
 
-// ackScript acknowledges, on the stream KEYS[1], those of the ids
-// ARGV[3..] that are pending for the group ARGV[1] and, when ARGV[2] is
-// not empty, for that consumer. Check and XACK are one step, so an entry
-// another member claims meanwhile is not acknowledged for this one. A
-// stream without the group has nothing pending for it: 0.
-var ackScript = redis.NewScript(`
-local n = 0
-for i = 3, #ARGV do
-  local p
-  if ARGV[2] == '' then
-    p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  else
-    p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  end
-  if p.err then
-    if string.sub(p.err, 1, 7) == 'NOGROUP' then return 0 end
-    return redis.error_reply(p.err)
-  end
-  if #p > 0 then n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) end
-end
-return n
-`)
-
-// runAckScript runs ackScript on every stream with its arguments, in one
-// pipeline (go-redis splits it per node on a cluster), and sums what it
-// acknowledged. A node that does not have the script yet (NOSCRIPT: first
-// use, a restart, a failover) gets it in full in one more round trip.
-func (o *Outbox) runAckScript(ctx context.Context, args map[string][]any) (int, error) {
-	acked := 0
-	run := func(eval func(pipe redis.Pipeliner, key string, a []any) *redis.Cmd, streams []string) ([]string, error) {
-		cmds := make([]*redis.Cmd, len(streams))
-		_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, k := range streams {
-				cmds[i] = eval(pipe, k, args[k])
-			}
-			return nil
-		}) // each command's own error is looked at below
-		var noScript []string
-		for i, c := range cmds {
-			n, err := c.Int()
-			switch {
-			case redis.HasErrorPrefix(err, "NOSCRIPT"):
-				noScript = append(noScript, streams[i])
-			case err != nil:
-				return nil, fmt.Errorf("%s: %w", streams[i], err)
-			default:
-				acked += n
-			}
+// pendingAmong returns, per stream, those of ids that are pending for the
+// group (for the consumer, when it is not empty): one XPENDING per id,
+// whose range is the id alone, all in one pipeline. A range over a
+// stream's ids would be fewer commands, but it returns every pending entry
+// between them too, and a member holds up to max_unacked read ahead.
+func (o *Outbox) pendingAmong(ctx context.Context, group, consumer string, byStream map[string][]string) (map[string][]string, error) {
+	type lookup struct {
+		stream, id string
+		cmd        *redis.XPendingExtCmd
+	}
+	var ls []lookup
+	for k, ids := range byStream {
+		for _, id := range ids {
+			ls = append(ls, lookup{stream: k, id: id})
 		}
-		return noScript, nil
 	}
-	streams := make([]string, 0, len(args))
-	for k := range args {
-		streams = append(streams, k)
+	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, l := range ls {
+			ls[i].cmd = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{
+				Stream: l.stream, Group: group, Start: l.id, End: l.id, Count: 1, Consumer: consumer,
+			})
+		}
+		return nil
+	}) // each command's own error is looked at below
+	owned := map[string][]string{}
+	for _, l := range ls {
+		pending, err := l.cmd.Result()
+		switch {
+		case redisstore.IsNoGroup(err) || errors.Is(err, redis.Nil):
+			continue // the stream has no such group: nothing pending for it
+		case err != nil:
+			return nil, fmt.Errorf("pending of %s on %s: %w", group, l.stream, err)
+		case len(pending) == 1:
+			owned[l.stream] = append(owned[l.stream], l.id)
+		}
 	}
-	missing, err := run(func(pipe redis.Pipeliner, k string, a []any) *redis.Cmd {
-		return ackScript.EvalSha(ctx, pipe, []string{k}, a...)
-	}, streams)
-	if err != nil || len(missing) == 0 {
-		return acked, err
-	}
-	_, err = run(func(pipe redis.Pipeliner, k string, a []any) *redis.Cmd {
-		return ackScript.Eval(ctx, pipe, []string{k}, a...)
-	}, missing)
-	return acked, err
+	return owned, nil
 }
 
 func validEntryID(s string) bool {
