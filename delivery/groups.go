@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -211,15 +212,7 @@ func (o *Outbox) Groups(ctx context.Context, now time.Time) ([]Group, error) {
 		}
 		out = append(out, *g)
 	}
-	slices.SortFunc(out, func(a, b Group) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Group) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
