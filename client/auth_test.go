@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -51,7 +52,7 @@ func authTokens() []server.Token {
 		{Name: "ingest", Secret: ingestSecret, Roles: []server.Role{server.RoleIngest}},
 		{Name: "decide-only", Secret: decideSecret, Roles: []server.Role{server.RoleDecide}},
 		{Name: "limited", Secret: limitedSecret, Roles: []server.Role{server.RoleIngest}, EventsPerSecond: limitedRate},
-		{Name: "subscriber", Secret: subscribeSecret, Roles: []server.Role{server.RoleSubscribe}},
+		{Name: "subscriber", Secret: subscribeSecret, Roles: []server.Role{server.RoleSubscribe}, Groups: []string{"sms-sender"}},
 		{Name: "admin", Secret: adminSecret, Roles: []server.Role{server.RoleAdmin}},
 	}
 }
@@ -396,19 +397,23 @@ func TestSubscribeRefusedCredentials(t *testing.T) {
 	tests := []struct {
 		name   string
 		secret string
+		group  string // default sms-sender, the subscribe token's group
 		code   codes.Code
 		msg    string
 	}{
 		{name: "unknown token", secret: "not-a-configured-token", code: codes.Unauthenticated, msg: "unknown token"},
 		{name: "no token", secret: "", code: codes.Unauthenticated, msg: "missing bearer token"},
 		{name: "token without the subscribe role", secret: ingestSecret, code: codes.PermissionDenied, msg: `lacks role "subscribe"`},
+		{name: "a group the token does not name", secret: subscribeSecret, group: "push-sender", code: codes.PermissionDenied,
+			msg: `token "subscriber" may not use consumer group "push-sender"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 			defer cancel()
 			var retried atomic.Int64
-			err := e.dial(t, tt.secret).Subscribe(ctx, "sms-sender",
+			group := cmp.Or(tt.group, "sms-sender")
+			err := e.dial(t, tt.secret).Subscribe(ctx, group,
 				func(context.Context, *nudgev1.Action, uint32) error { return nil },
 				client.OnSubscribeError(func(error) { retried.Add(1) }))
 			if ctx.Err() != nil {

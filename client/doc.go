@@ -64,5 +64,10 @@
 // dead-letter stream. Delivery is at least once: deduplicate on ActionId.
 // Subscribe reconnects after a broken stream and returns when its context
 // ends. Give each member a stable name (Consumer) so that after a restart
-// its unacknowledged actions are found.
+// its unacknowledged actions are found. Acks name the member each action
+// was delivered to (the server acknowledges only that member's
+// deliveries), so an action redelivered to another member after the
+// visibility timeout is that member's to acknowledge. Against a server
+// with tokens, the token needs the subscribe role and the group among its
+// groups.
 package client

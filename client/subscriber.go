@@ -37,9 +37,10 @@ func Consumer(name string) SubscribeOption {
 	return func(c *subscribeConfig) { c.consumer = name }
 }
 
-// Channels delivers only actions on these channels. Every member of a group
-// must use the same filter: the server acknowledges the others for the
-// group.
+// Channels delivers only actions on these channels. The server
+// acknowledges the others for the whole group, so they are dropped for
+// every member: every member of a group must use the same filter, and a
+// sender that wants other channels subscribes with a group of its own.
 func Channels(ch ...string) SubscribeOption {
 	return func(c *subscribeConfig) { c.channels = ch }
 }
@@ -58,8 +59,9 @@ func OnSubscribeError(f func(error)) SubscribeOption {
 // carries, and returns only when ctx ends (nil) or on an error that a retry
 // cannot fix, wrapped (status.Code finds its code): InvalidArgument,
 // Unimplemented (a server without an outbox), Unauthenticated (no or an
-// unknown token) and PermissionDenied (a token without the subscribe role)
-// are configuration errors, returned at once rather than retried forever.
+// unknown token) and PermissionDenied (a token without the subscribe role,
+// or whose groups do not include group) are configuration errors, returned
+// at once rather than retried forever.
 func (c *Client) Subscribe(ctx context.Context, group string, h Handler, opts ...SubscribeOption) error {
 	cfg := subscribeConfig{min: 50 * time.Millisecond, max: 5 * time.Second, onError: func(error) {}}
 	for _, o := range opts {
@@ -110,7 +112,7 @@ func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServic
 	if err != nil {
 		return err
 	}
-	acks := make(chan string, maxAckBatch)
+	acks := make(chan ack, maxAckBatch)
 	acked := make(chan struct{})
 	go func() {
 		defer close(acked)
@@ -132,32 +134,55 @@ func (c *Client) subscribeOnce(ctx context.Context, actions nudgev1.ActionServic
 				resp.GetAction().GetActionId(), resp.GetDeliveryCount(), err))
 			continue
 		}
+		// The ack names the member the server delivered to (the name it
+		// made up when Consumer is not given): the server acknowledges
+		// only that member's deliveries. A server that does not say
+		// checks the group alone.
+		a := ack{id: resp.GetAckId(), consumer: resp.GetConsumer()}
+		if a.consumer == "" {
+			a.consumer = cfg.consumer
+		}
 		select {
-		case acks <- resp.GetAckId():
+		case acks <- a:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// ackLoop acknowledges the ids sent on acks, in batches of whatever is
-// waiting (up to maxAckBatch) per Ack call, until acks is closed.
-func ackLoop(ctx context.Context, actions nudgev1.ActionServiceClient, group string, acks <-chan string, cfg *subscribeConfig) {
-	for id := range acks {
-		ids := []string{id}
+// ack is a delivery to acknowledge, and the member it was made to.
+type ack struct{ id, consumer string }
+
+// ackLoop acknowledges the deliveries sent on acks, in batches of whatever
+// is waiting (up to maxAckBatch, of one member: one stream's deliveries
+// are all made to one) per Ack call, until acks is closed.
+func ackLoop(ctx context.Context, actions nudgev1.ActionServiceClient, group string, acks <-chan ack, cfg *subscribeConfig) {
+	var next *ack // taken from acks for the following batch
+	for {
+		first, ok := ack{}, true
+		if next != nil {
+			first, next = *next, nil
+		} else if first, ok = <-acks; !ok {
+			return
+		}
+		ids := []string{first.id}
 	more:
 		for len(ids) < maxAckBatch {
 			select {
-			case id, ok := <-acks:
+			case a, ok := <-acks:
 				if !ok {
 					break more
 				}
-				ids = append(ids, id)
+				if a.consumer != first.consumer {
+					next = &a
+					break more
+				}
+				ids = append(ids, a.id)
 			default:
 				break more
 			}
 		}
-		if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: ids}); err != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, Consumer: first.consumer, AckIds: ids}); err != nil && !errors.Is(ctx.Err(), context.Canceled) {
 			// Not acknowledged: they come back after the visibility
 			// timeout.
 			cfg.onError(fmt.Errorf("client: ack of %d actions: %w", len(ids), err))

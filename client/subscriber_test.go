@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,6 +132,7 @@ func TestSubscriberBatchesAcks(t *testing.T) {
 	var mu sync.Mutex
 	const hold = 150
 	var sizes []int // ack ids per Ack call
+	var miscounted []string
 	acked := map[string]bool{}
 	allAcked := make(chan struct{})
 	heldAck := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -153,6 +155,11 @@ func TestSubscriberBatchesAcks(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err == nil {
+			// The member's name is the one the server made up, and
+			// every ack counts (a wrong name would count none).
+			if n := reply.(*nudgev1.AckResponse).GetAcked(); n != uint32(len(r.GetAckIds())) || !strings.HasPrefix(r.GetConsumer(), "c-") {
+				miscounted = append(miscounted, fmt.Sprintf("%d of %d acked as %q", n, len(r.GetAckIds()), r.GetConsumer()))
+			}
 			for _, id := range r.GetAckIds() {
 				acked[id] = true
 			}
@@ -191,6 +198,9 @@ func TestSubscriberBatchesAcks(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	t.Logf("ack ids per Ack call: %v", sizes)
+	if len(miscounted) > 0 {
+		t.Errorf("Ack calls that did not acknowledge all they carried: %v", miscounted)
+	}
 	if len(sizes) < 2 || sizes[0]+sizes[1] < hold {
 		t.Errorf("ack ids per Ack call %v: want the acks that waited behind the first call (of the %d handled before it returned) in the second", sizes, hold)
 	}

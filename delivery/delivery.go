@@ -4,7 +4,9 @@
 // visibility timeout (or that Release handed back when the member went
 // away), XACK for acknowledgements, and a dead-letter stream for actions
 // delivered too many times. Trim keeps the outbox bounded
-// without ever deleting an action a group has not acknowledged.
+// without deleting an action a live group has not acknowledged; a group no
+// member has used for Options.GroupIdle is abandoned and no longer holds
+// trimming back (groups.go).
 //
 // Concurrency: an Outbox is safe for concurrent use; each subscriber calls
 // Read from its own goroutine.
@@ -28,6 +30,9 @@ import (
 // ErrBadAckID means an ack id was not made by this package.
 var ErrBadAckID = errors.New("delivery: malformed ack id")
 
+// ErrGroupNotFound means no outbox stream has the consumer group.
+var ErrGroupNotFound = errors.New("delivery: no such consumer group")
+
 // Options configure an Outbox. The zero value of a field means its default.
 type Options struct {
 	// Visibility is how long a delivered action may stay unacknowledged
@@ -50,6 +55,17 @@ type Options struct {
 	// readCluster), first after 5ms, doubling while nothing arrives, up to
 	// PollMax. Default 100ms.
 	PollMax time.Duration
+	// GroupIdle is how long a consumer group may go without a member
+	// reading or acknowledging before it is abandoned: Trim then cuts past
+	// what it has not acknowledged, at the retention cutoff, as if it had
+	// (see Trim). Activity is recorded in Redis (redisstore.GroupsKey), so
+	// every server sharing the outbox agrees on it. Default 24h; negative:
+	// a group is never abandoned, and one that stops reading keeps every
+	// action from then on.
+	GroupIdle time.Duration
+	// Now is the clock of activity records and of ListGroups' idle times.
+	// Default time.Now.
+	Now func() time.Time
 }
 
 // DefaultOptions returns the options an Outbox runs with when told
@@ -61,6 +77,7 @@ func DefaultOptions() Options {
 		Block:         time.Second,
 		Count:         100,
 		PollMax:       100 * time.Millisecond,
+		GroupIdle:     24 * time.Hour,
 	}
 }
 
@@ -75,6 +92,7 @@ type Outbox struct {
 	mu        sync.Mutex
 	groups    map[string]bool      // groups known to exist on every stream
 	lastClaim map[string]time.Time // per group+consumer
+	touched   map[string]time.Time // per group: its activity last recorded (Options.Now)
 }
 
 // New returns an Outbox over the outbox streams of every bucket of keys.
@@ -95,7 +113,16 @@ func New(rdb redis.UniversalClient, keys redisstore.Layout, opt Options) *Outbox
 	if opt.PollMax <= 0 {
 		opt.PollMax = d.PollMax
 	}
-	o := &Outbox{rdb: rdb, opt: opt, keys: keys.OutboxKeys(), buckets: make(map[string]int, keys.Buckets()), groups: map[string]bool{}, lastClaim: map[string]time.Time{}}
+	if opt.GroupIdle == 0 {
+		opt.GroupIdle = d.GroupIdle
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	o := &Outbox{
+		rdb: rdb, opt: opt, keys: keys.OutboxKeys(), buckets: make(map[string]int, keys.Buckets()),
+		groups: map[string]bool{}, lastClaim: map[string]time.Time{}, touched: map[string]time.Time{},
+	}
 	_, o.cluster = rdb.(*redis.ClusterClient)
 	for b, k := range o.keys {
 		o.buckets[k] = b
@@ -147,6 +174,11 @@ func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, 
 	if err := o.ensureGroup(ctx, group); err != nil {
 		return nil, err
 	}
+	// A read that cannot be recorded fails: a group whose reads go
+	// unrecorded would be taken for abandoned and trimmed past.
+	if err := o.touch(ctx, group); err != nil {
+		return nil, err
+	}
 	out, err := o.claim(ctx, group, consumer)
 	if err != nil || len(out) > 0 {
 		return out, err
@@ -165,6 +197,9 @@ func (o *Outbox) Read(ctx context.Context, group, consumer string) ([]Delivery, 
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, nil
+	case redisstore.IsNoGroup(err):
+		o.forgetGroup(group) // deleted (DeleteGroup) or the stream recreated: make it again next time
+		return nil, fmt.Errorf("delivery: read group %s: %w", group, err)
 	case err != nil:
 		return nil, fmt.Errorf("delivery: read group %s: %w", group, err)
 	}
@@ -375,32 +410,100 @@ func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Deliver
 	return Delivery{AckID: strconv.Itoa(o.buckets[stream]) + "/" + m.ID, Action: a, Count: count}, nil
 }
 
-// Ack acknowledges deliveries of a group and returns how many were pending.
-func (o *Outbox) Ack(ctx context.Context, group string, ackIDs []string) (int, error) {
+// Ack acknowledges deliveries of a group and returns how many it
+// acknowledged. Only entries pending for the group are acknowledged, and,
+// when consumer is not empty, only those pending for that member: ack ids
+// are guessable (bucket and stream id), and an XACK alone would let a
+// caller drop actions it was never handed, or that the group handed to
+// another member after the visibility timeout. The others are left alone
+// and not counted.
+//
+// Two round trips: one XPENDING per id (XPENDING key group id id 1
+// [consumer]), pipelined, then the XACKs of those found, pipelined. An
+// entry another member claims between the two is still acknowledged: the
+// caller did hold it, and at least once holds. A Lua script would make it
+// one round trip and one step, but nudged's least-privilege Redis user
+// has no scripting.
+func (o *Outbox) Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error) {
 	byStream := map[string][]string{}
+	seen := make(map[string]bool, len(ackIDs))
 	for _, id := range ackIDs {
 		b, entry, ok := strings.Cut(id, "/")
 		n, err := strconv.Atoi(b)
 		if !ok || err != nil || n < 0 || n >= len(o.keys) || !validEntryID(entry) {
 			return 0, fmt.Errorf("%w: %q", ErrBadAckID, id)
 		}
-		byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
-	}
-	cmds := make([]*redis.IntCmd, 0, len(byStream))
-	_, err := o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for k, ids := range byStream {
-			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
+		if !seen[id] { // an id given twice is looked up once
+			seen[id] = true
+			byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
 		}
-		return nil
-	})
+	}
+	owned, err := o.pendingAmong(ctx, group, consumer, byStream)
 	if err != nil {
 		return 0, fmt.Errorf("delivery: ack: %w", err)
 	}
+	if len(owned) == 0 {
+		return 0, nil
+	}
+	cmds := make([]*redis.IntCmd, 0, len(owned))
+	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for k, ids := range owned {
+			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
+		}
+		return nil
+	}) // each command's own error is looked at below
 	acked := 0
 	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return acked, fmt.Errorf("delivery: ack: %w", err)
+		}
 		acked += int(c.Val())
 	}
+	if acked > 0 {
+		// The group is in use. A failed record is not the ack's failure:
+		// the next Read records it, or fails.
+		_ = o.touch(ctx, group)
+	}
 	return acked, nil
+}
+
+// pendingAmong returns, per stream, those of ids that are pending for the
+// group (for the consumer, when it is not empty): one XPENDING per id,
+// whose range is the id alone, all in one pipeline. A range over a
+// stream's ids would be fewer commands, but it returns every pending entry
+// between them too, and a member holds up to max_unacked read ahead.
+func (o *Outbox) pendingAmong(ctx context.Context, group, consumer string, byStream map[string][]string) (map[string][]string, error) {
+	type lookup struct {
+		stream, id string
+		cmd        *redis.XPendingExtCmd
+	}
+	var ls []lookup
+	for k, ids := range byStream {
+		for _, id := range ids {
+			ls = append(ls, lookup{stream: k, id: id})
+		}
+	}
+	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, l := range ls {
+			ls[i].cmd = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{
+				Stream: l.stream, Group: group, Start: l.id, End: l.id, Count: 1, Consumer: consumer,
+			})
+		}
+		return nil
+	}) // each command's own error is looked at below
+	owned := map[string][]string{}
+	for _, l := range ls {
+		pending, err := l.cmd.Result()
+		switch {
+		case redisstore.IsNoGroup(err) || errors.Is(err, redis.Nil):
+			continue // the stream has no such group: nothing pending for it
+		case err != nil:
+			return nil, fmt.Errorf("pending of %s on %s: %w", group, l.stream, err)
+		case len(pending) == 1:
+			owned[l.stream] = append(owned[l.stream], l.id)
+		}
+	}
+	return owned, nil
 }
 
 func validEntryID(s string) bool {
@@ -596,32 +699,13 @@ type Backlog struct {
 // pipelined XINFO GROUPS per stream). It is meant for metrics: with many
 // buckets it costs one round trip carrying one command per bucket.
 func (o *Outbox) Backlogs(ctx context.Context) (map[string]Backlog, error) {
-	cmds := make([]*redis.XInfoGroupsCmd, len(o.keys))
-	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, k := range o.keys {
-			cmds[i] = pipe.XInfoGroups(ctx, k)
-		}
-		return nil
-	})
-	out := make(map[string]Backlog)
-	for i, c := range cmds {
-		groups, err := c.Result()
-		switch {
-		case redisstore.IsNoSuchKey(err) || errors.Is(err, redis.Nil):
-			continue
-		case err != nil:
-			return nil, fmt.Errorf("delivery: groups of %s: %w", o.keys[i], err)
-		}
-		for _, g := range groups {
-			b := out[g.Name]
-			b.Pending += g.Pending
-			if g.Lag >= 0 {
-				b.Undelivered += g.Lag
-			} else {
-				b.Unknown++
-			}
-			out[g.Name] = b
-		}
+	sums, _, err := o.groupSums(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Backlog, len(sums))
+	for name, g := range sums {
+		out[name] = g.Backlog
 	}
 	return out, nil
 }

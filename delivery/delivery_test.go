@@ -79,7 +79,7 @@ func drain(t *testing.T, o *delivery.Outbox, group, consumer string, n int, ack 
 			ids = append(ids, d.AckID)
 		}
 		if ack && len(ids) > 0 {
-			if _, err := o.Ack(ctx, group, ids); err != nil {
+			if _, err := o.Ack(ctx, group, consumer, ids); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -193,7 +193,7 @@ func TestReleaseHandsAGoneMembersActionsToTheGroup(t *testing.T) {
 		for _, d := range took[:100] {
 			acked[d.Action.ID] = true
 		}
-		if _, err := o.Ack(ctx, "g", ackIDs(took[:100])); err != nil {
+		if _, err := o.Ack(ctx, "g", "gone", ackIDs(took[:100])); err != nil {
 			t.Fatal(err)
 		}
 		// Nothing is claimable yet: a live member's read finds nothing.
@@ -280,11 +280,14 @@ func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {
 		}
 		trim := func() int64 {
 			t.Helper()
-			n, err := o.Trim(ctx, 0, time.Now())
+			res, err := o.Trim(ctx, 0, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
-			return n
+			if res.PastAbandoned != 0 || len(res.Abandoned) != 0 {
+				t.Errorf("Trim took live groups for abandoned: %+v", res)
+			}
+			return res.Removed
 		}
 
 		if n := trim(); n != 0 {
@@ -304,7 +307,7 @@ func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {
 			for _, id := range ids[:len(ids)/2] {
 				half = append(half, fmt.Sprintf("%d/%s", b, id))
 			}
-			n, err := o.Ack(ctx, "slow", half)
+			n, err := o.Ack(ctx, "slow", "m", half)
 			if err != nil || n != len(half) {
 				t.Fatalf("Ack = %d, %v; want %d", n, err, len(half))
 			}
@@ -329,7 +332,7 @@ func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {
 		// delivered entry of each stream can go.
 		for b, ids := range pendingOf("slow") {
 			for _, id := range ids {
-				if _, err := o.Ack(ctx, "slow", []string{fmt.Sprintf("%d/%s", b, id)}); err != nil {
+				if _, err := o.Ack(ctx, "slow", "", []string{fmt.Sprintf("%d/%s", b, id)}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -346,8 +349,8 @@ func TestTrimNeverDeletesWhatAGroupStillNeeds(t *testing.T) {
 		drain(t, o, "fast", "m", 8, true)
 		drain(t, o, "slow", "m", 8, true)
 		before := total()
-		if n, err := o.Trim(ctx, time.Hour, time.Now()); err != nil || n != 0 || total() != before {
-			t.Errorf("Trim with 1h retention removed %d recent entries (%v)", n, err)
+		if res, err := o.Trim(ctx, time.Hour, time.Now()); err != nil || res.Removed != 0 || total() != before {
+			t.Errorf("Trim with 1h retention removed %d recent entries (%v)", res.Removed, err)
 		}
 	})
 }
@@ -356,7 +359,7 @@ func TestAckRejectsForeignIDs(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	o := newOutbox(rdb, delivery.Options{})
 	for _, id := range []string{"", "x", "9/1-0", "-1/1-0", "0/abc", "0/1"} {
-		if _, err := o.Ack(t.Context(), "g", []string{id}); !errors.Is(err, delivery.ErrBadAckID) {
+		if _, err := o.Ack(t.Context(), "g", "", []string{id}); !errors.Is(err, delivery.ErrBadAckID) {
 			t.Errorf("Ack(%q) = %v, want ErrBadAckID", id, err)
 		}
 	}
@@ -379,7 +382,7 @@ func TestBacklogsCountPendingAndUndeliveredPerGroup(t *testing.T) {
 		for _, d := range ds[:5] {
 			ids = append(ids, d.AckID)
 		}
-		if _, err := o.Ack(t.Context(), "fast", ids); err != nil {
+		if _, err := o.Ack(t.Context(), "fast", "m", ids); err != nil {
 			t.Fatal(err)
 		}
 		slow, err := o.Read(t.Context(), "slow", "m")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,68 +14,124 @@ import (
 	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
-// Trim removes from every outbox stream the entries that every consumer
-// group has acknowledged and that are older than retention (processing
-// time), and returns how many it removed.
+// Trimmed is what one Trim did.
+type Trimmed struct {
+	// Removed counts the entries removed.
+	Removed int64
+	// PastAbandoned counts the removed entries that an abandoned group had
+	// not acknowledged (or not even read): without GroupIdle they would
+	// have been kept.
+	PastAbandoned int64
+	// Abandoned lists the abandoned groups, by name.
+	Abandoned []string
+}
+
+// Trim removes from every outbox stream the entries that every live
+// consumer group has acknowledged and that are older than retention
+// (processing time), and says how many it removed.
 //
 // It never trims by length: on Redis 7, XADD/XTRIM MAXLEN silently deletes
 // delivered-but-unacknowledged entries, and XAUTOCLAIM then drops them
 // without error. Instead, per stream, the cut (MINID) is the lowest of,
-// over every group, its oldest pending entry or, when it has none pending,
-// the entry after the last one delivered to it; and of the retention
-// cutoff. A stream without groups is not trimmed: nobody has consumed it.
-func (o *Outbox) Trim(ctx context.Context, retention time.Duration, now time.Time) (int64, error) {
-	var removed int64
+// over every live group, its oldest pending entry or, when it has none
+// pending, the entry after the last one delivered to it; and of the
+// retention cutoff. A stream without groups is not trimmed: nobody has
+// consumed it.
+//
+// A group no member has read from or acknowledged for Options.GroupIdle
+// (at now) is abandoned and does not hold the cut back: for it, Trim cuts
+// at the retention cutoff as if it had acknowledged everything, so that
+// one group nobody reads any more cannot keep the outbox growing for
+// ever. What it had not acknowledged is gone for it: if it comes back, it
+// reads on from the oldest entry left. The entries trimmed that way are
+// counted in PastAbandoned (the stream is then trimmed in two steps, to
+// the cut its groups would have allowed, then on to the real cut).
+func (o *Outbox) Trim(ctx context.Context, retention time.Duration, now time.Time) (Trimmed, error) {
+	var res Trimmed
 	cutoff := streamID(now.Add(-retention))
+	last, err := o.activity(ctx)
+	if err != nil {
+		return res, err
+	}
+	act := &activitySnapshot{last: last, unseen: map[string]bool{}}
+	seen := map[string]bool{}
+	abandoned := map[string]bool{}
 	for _, k := range o.keys {
-		minID, ok, err := o.safeMinID(ctx, k)
+		need, err := o.needs(ctx, k)
 		if err != nil {
-			return removed, err
+			return res, err
 		}
-		if !ok {
+		if len(need) == 0 {
 			continue
 		}
-		if lessID(cutoff, minID) {
-			minID = cutoff
+		cut, held := cutoff, ""
+		for g, id := range need {
+			seen[g] = true
+			if act.isAbandoned(o, g, now) {
+				abandoned[g] = true
+				if held == "" || lessID(id, held) {
+					held = id
+				}
+				continue
+			}
+			if lessID(id, cut) {
+				cut = id
+			}
 		}
-		n, err := o.rdb.XTrimMinID(ctx, k, minID).Result()
+		if held != "" && lessID(held, cut) {
+			// Without the abandoned groups' release the cut would be at
+			// held: trim to there first, so that what goes past it counts.
+			n, err := o.rdb.XTrimMinID(ctx, k, held).Result()
+			if err != nil {
+				return res, fmt.Errorf("delivery: trim %s: %w", k, err)
+			}
+			res.Removed += n
+			if n, err = o.rdb.XTrimMinID(ctx, k, cut).Result(); err != nil {
+				return res, fmt.Errorf("delivery: trim %s: %w", k, err)
+			}
+			res.Removed += n
+			res.PastAbandoned += n
+			continue
+		}
+		n, err := o.rdb.XTrimMinID(ctx, k, cut).Result()
 		if err != nil {
-			return removed, fmt.Errorf("delivery: trim %s: %w", k, err)
+			return res, fmt.Errorf("delivery: trim %s: %w", k, err)
 		}
-		removed += n
+		res.Removed += n
 	}
-	return removed, nil
+	for g := range abandoned {
+		res.Abandoned = append(res.Abandoned, g)
+	}
+	slices.Sort(res.Abandoned)
+	return res, act.record(ctx, o, seen, now)
 }
 
-// safeMinID returns the lowest id any group of the stream still needs.
-func (o *Outbox) safeMinID(ctx context.Context, stream string) (string, bool, error) {
+// needs returns, for every group of the stream, the lowest id it still
+// needs: its oldest pending entry, or the entry after the last one
+// delivered to it.
+func (o *Outbox) needs(ctx context.Context, stream string) (map[string]string, error) {
 	groups, err := o.rdb.XInfoGroups(ctx, stream).Result()
 	if err != nil {
 		if redisstore.IsNoSuchKey(err) || errors.Is(err, redis.Nil) {
-			return "", false, nil
+			return nil, nil
 		}
-		return "", false, fmt.Errorf("delivery: groups of %s: %w", stream, err)
+		return nil, fmt.Errorf("delivery: groups of %s: %w", stream, err)
 	}
-	if len(groups) == 0 {
-		return "", false, nil
-	}
-	minID := ""
+	out := make(map[string]string, len(groups))
 	for _, g := range groups {
 		need := nextID(g.LastDeliveredID)
 		if g.Pending > 0 {
 			p, err := o.rdb.XPending(ctx, stream, g.Name).Result()
 			if err != nil {
-				return "", false, fmt.Errorf("delivery: pending of %s in %s: %w", g.Name, stream, err)
+				return nil, fmt.Errorf("delivery: pending of %s in %s: %w", g.Name, stream, err)
 			}
 			if p.Count > 0 && lessID(p.Lower, need) {
 				need = p.Lower
 			}
 		}
-		if minID == "" || lessID(need, minID) {
-			minID = need
-		}
+		out[g.Name] = need
 	}
-	return minID, true, nil
+	return out, nil
 }
 
 // streamID is the stream id of a time (its first possible entry).

@@ -36,6 +36,7 @@ func BenchmarkIngestStream(b *testing.B) {
 var benchToken = server.Token{
 	Name: "bench", Secret: "bench-secret-0123456789",
 	Roles:           []server.Role{server.RoleIngest, server.RoleDecide, server.RoleSubscribe, server.RoleAdmin},
+	Groups:          []string{"*"},
 	EventsPerSecond: 1e9, DecisionsPerSecond: 1e9,
 }
 

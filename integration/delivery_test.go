@@ -65,7 +65,7 @@ func subscribe(ctx context.Context, t *testing.T, e *env, group, member string, 
 		if poisoned(resp.GetAction().GetUserId()) {
 			continue
 		}
-		if _, err := e.acts.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: []string{resp.GetAckId()}}); err != nil {
+		if _, err := e.acts.Ack(ctx, &nudgev1.AckRequest{Group: group, Consumer: member, AckIds: []string{resp.GetAckId()}}); err != nil {
 			if ctx.Err() == nil {
 				t.Error(err)
 			}

@@ -214,7 +214,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 			t.Fatal(err)
 		}
 		if group == "obs-sender" {
-			if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, AckIds: []string{d.GetAckId()}}); err != nil {
+			if _, err := actions.Ack(ctx, &nudgev1.AckRequest{Group: group, Consumer: d.GetConsumer(), AckIds: []string{d.GetAckId()}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -290,6 +290,8 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 	}{
 		{"nudge_store_retries_exhausted_total", nil}, // present, zero: nothing gave up
 		{"nudge_outbox_pending", []string{`group="obs-sender"`}},
+		{"nudge_outbox_abandoned", []string{`group="obs-lagging"`}}, // idle, not for 24h
+		{"nudge_outbox_trimmed_past_abandoned_total", nil},
 	} {
 		if got, found := sum(samples, c.name, c.fragments...); !found || got != 0 {
 			t.Errorf("%s%v = %v (found %v), want a zero series", c.name, c.fragments, got, found)

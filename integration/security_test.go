@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -39,10 +40,12 @@ const (
 	secSlow      = "sec-slow-0123456789ab"
 	secLimited   = "sec-limited-012345678"
 	secOperator  = "sec-operator-01234567"
+	secAnalytics = "sec-analytics-0123456"
 	secTokenYAML = "tokens:\n" +
 		"- {name: ingester, secret: " + secIngest + ", roles: [ingest]}\n" +
 		"- {name: storefront, secret: " + secDecide + ", roles: [decide]}\n" +
-		"- {name: sms-sender, secret: " + secSender + ", roles: [decide, send, subscribe]}\n" +
+		"- {name: sms-sender, secret: " + secSender + ", roles: [decide, send, subscribe], groups: [sms-senders, acl-senders]}\n" +
+		"- {name: analytics, secret: " + secAnalytics + ", roles: [subscribe], groups: [\"analytics-*\"]}\n" +
 		"- {name: slow-uploader, secret: " + secSlow + ", roles: [ingest, decide]}\n" +
 		"- {name: limited, secret: " + secLimited + ", roles: [decide], decisions_per_second: 2}\n" +
 		"- {name: operator, secret: " + secOperator + ", roles: [admin, decide]}\n"
@@ -449,8 +452,9 @@ func aclRules(t *testing.T, password string) []any {
 // TestLeastPrivilegeRedisACL: nudged works as the least-privilege user of
 // deploy/redis-users.acl, with wait_replicas auto on a master with a
 // replica (INFO replication, then WAIT): ingest with triggers, decisions
-// with a reservation, the profile service, subscribers and acks, the
-// outbox trimmer, and erasure. Redis denies nothing (ACL LOG stays empty).
+// with a reservation, the profile service, subscribers and acks (with
+// group activity), the outbox trimmer, listing and deleting groups, and
+// erasure. Redis denies nothing (ACL LOG stays empty).
 func TestLeastPrivilegeRedisACL(t *testing.T) {
 	bin := buildNudged(t)
 	master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
@@ -488,7 +492,9 @@ func TestLeastPrivilegeRedisACL(t *testing.T) {
 		t.Fatalf("the seed scenario as the ACL user: %d actions, want 1", len(pub.GetActions()))
 	}
 	dc := nudgev1.NewDecisionServiceClient(conn)
-	if d, err := dc.GetDecision(bearer(ctx, secSender), &nudgev1.GetDecisionRequest{UserId: "acl-user", Channel: "sms", Reserve: true, IdempotencyKey: "k1"}); err != nil || d.GetDecision().GetDegraded() {
+	if d, err := dc.GetDecision(bearer(ctx, secSender), &nudgev1.GetDecisionRequest{UserId: "acl-user", Channel: "sms", Reserve: true, IdempotencyKey: "k1",
+		// A reservation waits for the replica (WAIT): room for a slow machine.
+		Budget: durationpb.New(time.Second)}); err != nil || d.GetDecision().GetDegraded() {
 		t.Fatalf("reserve as the ACL user: %v %v", d, err)
 	}
 	if _, err := nudgev1.NewProfileServiceClient(conn).GetProfile(bearer(ctx, secOperator), &nudgev1.GetProfileRequest{UserId: "acl-user"}); err != nil {
@@ -514,6 +520,13 @@ func TestLeastPrivilegeRedisACL(t *testing.T) {
 			t.Fatal("the trimmer did not trim the acknowledged action")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	adminRPC := nudgev1.NewAdminServiceClient(conn)
+	if gs, err := adminRPC.ListGroups(bearer(ctx, secOperator), &nudgev1.ListGroupsRequest{}); err != nil || len(gs.GetGroups()) != 1 {
+		t.Fatalf("ListGroups as the ACL user: %v, %v", gs, err)
+	}
+	if _, err := adminRPC.DeleteGroup(bearer(ctx, secOperator), &nudgev1.DeleteGroupRequest{Group: "acl-senders"}); err != nil {
+		t.Fatalf("DeleteGroup as the ACL user: %v", err)
 	}
 	if _, err := nudgev1.NewProfileServiceClient(conn).DeleteProfile(bearer(ctx, secOperator), &nudgev1.DeleteProfileRequest{UserId: "acl-user"}); err != nil {
 		t.Fatal(err)
@@ -640,5 +653,105 @@ func TestAttackRulesBombs(t *testing.T) {
 	close(stop)
 	if r := <-during; r.err != nil || r.n == 0 {
 		t.Errorf("decisions during the reload: %d, %v", r.n, r.err)
+	}
+}
+
+// Attack 2: subscribe tokens were not scoped. A token acked another
+// group's pending entries (ack ids are guessable), joined any group with a
+// channel filter that drops the other channels' actions, and created
+// groups on every outbox; a group that never reads stopped trimming for
+// good. Tokens now name their groups, an ack counts only for the member
+// it was delivered to, and an idle group stops holding back trimming.
+func TestAttackSubscribeScopes(t *testing.T) {
+	bin := buildNudged(t)
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, bin, rs.Addr, "--group-idle", "2s", "--outbox-retention", "1ms", "--trim-interval", "100ms",
+		"--metrics-listen", "127.0.0.1:0")
+	conn := dial(t, n.addr)
+	ctx := ctxT(t)
+	actions := nudgev1.NewActionServiceClient(conn)
+	pub, err := nudgev1.NewIngestServiceClient(conn).Publish(bearer(ctx, secIngest), &nudgev1.PublishRequest{Events: []*nudgev1.Event{
+		inDaytime(ev("scoped", "view", "phones", 3*time.Minute)), ev("scoped", "view", "phones", 2*time.Minute), ev("scoped", "view", "phones", time.Minute),
+	}})
+	if err != nil || len(pub.GetActions()) != 1 {
+		t.Fatalf("seed scenario: %v, %v", pub.GetActions(), err)
+	}
+
+	// The analytics group's member a receives the action and holds it.
+	sctx, cancel := context.WithCancel(bearer(ctx, secAnalytics))
+	sub, err := actions.Subscribe(sctx, &nudgev1.SubscribeRequest{Group: "analytics-1", Consumer: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := sub.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel() // the member goes away without acking: its delivery stays pending (released for redelivery)
+
+	denied := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "may not use consumer group") {
+			t.Errorf("%s: %v, want PermissionDenied naming the group", what, err)
+		}
+	}
+	// 2a: another token acks the analytics group's entry.
+	_, err = actions.Ack(bearer(ctx, secSender), &nudgev1.AckRequest{Group: "analytics-1", AckIds: []string{got.GetAckId()}})
+	denied("another token acks the group's delivery", err)
+	// Within the group, a member acks what was delivered to another one.
+	ack, err := actions.Ack(bearer(ctx, secAnalytics), &nudgev1.AckRequest{Group: "analytics-1", Consumer: "b", AckIds: []string{got.GetAckId()}})
+	if err != nil || ack.GetAcked() != 0 {
+		t.Errorf("member b acks member a's delivery: acked %d, %v; want 0", ack.GetAcked(), err)
+	}
+	// 2b and 2c: join another token's group with a filter, create a group.
+	for _, g := range []string{"analytics-1", "evil-group"} {
+		s, err := actions.Subscribe(bearer(ctx, secSender), &nudgev1.SubscribeRequest{Group: g, Channels: []string{"push"}})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		denied("subscribe to "+g, err)
+	}
+	groups, err := nudgev1.NewAdminServiceClient(conn).ListGroups(bearer(ctx, secOperator), &nudgev1.ListGroupsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups.GetGroups() {
+		if g.GetName() == "evil-group" {
+			t.Errorf("the refused subscribe created its group")
+		}
+	}
+
+	// 2d: the group never reads again; after group_idle it stops holding
+	// back trimming, and the outbox empties (retention 1ms).
+	admin := rs.Client(t)
+	stream := fmt.Sprintf("nudge:{%d}:out", bucketOf(got.GetAckId()))
+	for {
+		if l, err := admin.XLen(ctx, stream).Result(); err == nil && l == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the abandoned group held back trimming")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := httpGet(t, n.metrics); !strings.Contains(m, `nudge_outbox_abandoned{group="analytics-1"`) {
+		t.Errorf("no abandoned-group metric for analytics-1")
+	}
+	groups, err = nudgev1.NewAdminServiceClient(conn).ListGroups(bearer(ctx, secOperator), &nudgev1.ListGroupsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	abandoned := false
+	for _, g := range groups.GetGroups() {
+		abandoned = abandoned || g.GetName() == "analytics-1" && g.GetAbandoned()
+	}
+	if !abandoned {
+		t.Errorf("ListGroups does not show analytics-1 abandoned: %v", groups.GetGroups())
+	}
+	if _, err := nudgev1.NewAdminServiceClient(conn).DeleteGroup(bearer(ctx, secOperator), &nudgev1.DeleteGroupRequest{Group: "analytics-1"}); err != nil {
+		t.Errorf("DeleteGroup: %v", err)
+	}
+	if _, err := nudgev1.NewAdminServiceClient(conn).DeleteGroup(bearer(ctx, secOperator), &nudgev1.DeleteGroupRequest{Group: "analytics-1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("DeleteGroup of a deleted group: %v, want NotFound", err)
 	}
 }

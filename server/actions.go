@@ -14,12 +14,19 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// Outbox is what the server needs to deliver actions.
+// Outbox is what the server needs to deliver actions (ActionService) and
+// to manage consumer groups (AdminService).
 type Outbox interface {
 	Read(ctx context.Context, group, consumer string) ([]delivery.Delivery, error)
-	Ack(ctx context.Context, group string, ackIDs []string) (int, error)
+	// Ack acknowledges only deliveries pending for the group, and for the
+	// consumer when it is not empty.
+	Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error)
 	Pending(ctx context.Context, group, consumer string) (int64, error)
 	Release(ctx context.Context, group, consumer string, sent []string) (int, error)
+	Groups(ctx context.Context, now time.Time) ([]delivery.Group, error)
+	// DeleteGroup fails with delivery.ErrGroupNotFound for a group no
+	// stream has.
+	DeleteGroup(ctx context.Context, group string) (int, error)
 }
 
 // releaseTimeout bounds the release of a gone member's actions.
@@ -41,6 +48,10 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 	}
 	ctx := stream.Context()
 	group, consumer := req.GetGroup(), req.GetConsumer()
+	// Before the first read, which would create the group.
+	if err := mayUseGroup(ctx, group); err != nil {
+		return err
+	}
 	if consumer == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
@@ -97,7 +108,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 				sent = 0
 			}
 			a := actionToProto(&d.Action)
-			if err := stream.Send(&nudgev1.SubscribeResponse{Action: a, AckId: d.AckID, DeliveryCount: uint32(d.Count)}); err != nil {
+			if err := stream.Send(&nudgev1.SubscribeResponse{Action: a, AckId: d.AckID, DeliveryCount: uint32(d.Count), Consumer: consumer}); err != nil {
 				return err
 			}
 			s.metrics.delivered.Add(ctx, 1)
@@ -107,7 +118,10 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			}
 		}
 		if len(skipped) > 0 {
-			if _, err := s.cfg.Outbox.Ack(ctx, group, skipped); err != nil && ctx.Err() == nil {
+			// The filter drops these for the whole group (see
+			// SubscribeRequest.channels): only a token naming the group
+			// gets here.
+			if _, err := s.cfg.Outbox.Ack(ctx, group, consumer, skipped); err != nil && ctx.Err() == nil {
 				return unavailable("acknowledge filtered actions", err)
 			}
 		}
@@ -157,7 +171,9 @@ func (s *Server) waitForAcks(ctx context.Context, group, consumer string, held i
 	}
 }
 
-// Ack acknowledges deliveries.
+// Ack acknowledges deliveries made to the group (and to the consumer,
+// when the request names it); other ack ids are left alone and not
+// counted.
 func (s *Server) Ack(ctx context.Context, req *nudgev1.AckRequest) (*nudgev1.AckResponse, error) {
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
@@ -165,7 +181,10 @@ func (s *Server) Ack(ctx context.Context, req *nudgev1.AckRequest) (*nudgev1.Ack
 	if s.cfg.Outbox == nil {
 		return nil, errNoOutbox
 	}
-	n, err := s.cfg.Outbox.Ack(ctx, req.GetGroup(), req.GetAckIds())
+	if err := mayUseGroup(ctx, req.GetGroup()); err != nil {
+		return nil, err
+	}
+	n, err := s.cfg.Outbox.Ack(ctx, req.GetGroup(), req.GetConsumer(), req.GetAckIds())
 	switch {
 	case errors.Is(err, delivery.ErrBadAckID):
 		return nil, toStatus(err)

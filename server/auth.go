@@ -68,6 +68,14 @@ type Token struct {
 	// least 1). A batch larger than the burst can never pass and is
 	// refused with InvalidArgument saying so. Default 1.
 	BurstSeconds float64
+	// Groups are the consumer groups the token may Subscribe to and Ack
+	// for (with RoleSubscribe): group names, or prefixes ending in "*"
+	// ("sms-*" is every group whose name starts with "sms-"; "*" alone is
+	// every group). Default none: a subscribe token must name its groups,
+	// since a member of a group can drop the group's actions (Ack, a
+	// channel filter) and a new group name creates a group on every
+	// outbox stream.
+	Groups []string
 }
 
 // anyRole is the rule of methods open to every valid token.
@@ -105,8 +113,20 @@ func requiredRole(fullMethod string) (Role, bool) {
 type principal struct {
 	name      string
 	roles     []Role
+	groups    []string // Token.Groups
 	events    *rate.Limiter
 	decisions *rate.Limiter
+}
+
+// allowsGroup says whether the token names the consumer group, itself or
+// by a prefix ending in "*".
+func (p *principal) allowsGroup(group string) bool {
+	for _, g := range p.groups {
+		if prefix, wildcard := strings.CutSuffix(g, groupWildcard); g == group || (wildcard && strings.HasPrefix(group, prefix)) {
+			return true
+		}
+	}
+	return false
 }
 
 type principalKey struct{}
@@ -164,7 +184,12 @@ func compileTokens(tokens []Token) (map[secretDigest]*principal, error) {
 				return nil, fmt.Errorf("server: token %q: unknown role %q (known: %s)", t.Name, r, roleList())
 			}
 		}
-		p := &principal{name: t.Name, roles: slices.Clone(t.Roles)}
+		for _, g := range t.Groups {
+			if err := checkTokenGroup(g); err != nil {
+				return nil, fmt.Errorf("server: token %q: %w", t.Name, err)
+			}
+		}
+		p := &principal{name: t.Name, roles: slices.Clone(t.Roles), groups: slices.Clone(t.Groups)}
 		var err error
 		burst := t.BurstSeconds
 		switch {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,9 +44,9 @@ func testTokens() []server.Token {
 	return []server.Token{
 		{Name: "ingester", Secret: ingestSecret, Roles: []server.Role{server.RoleIngest}},
 		{Name: "decider", Secret: decideSecret, Roles: []server.Role{server.RoleDecide}},
-		{Name: "sender", Secret: subscribeSecret, Roles: []server.Role{server.RoleSubscribe}},
+		{Name: "sender", Secret: subscribeSecret, Roles: []server.Role{server.RoleSubscribe}, Groups: []string{"sms"}},
 		{Name: "operator", Secret: adminSecret, Roles: []server.Role{server.RoleAdmin}},
-		{Name: "root", Secret: allSecret, Roles: []server.Role{server.RoleIngest, server.RoleDecide, server.RoleSubscribe, server.RoleAdmin}},
+		{Name: "root", Secret: allSecret, Roles: []server.Role{server.RoleIngest, server.RoleDecide, server.RoleSubscribe, server.RoleAdmin}, Groups: []string{"*"}},
 		{Name: "nobody", Secret: noRoleSecret},
 	}
 }
@@ -82,7 +83,13 @@ func (fakeOutbox) Read(_ context.Context, group, _ string) ([]delivery.Delivery,
 	return nil, errOutboxDown
 }
 
-func (fakeOutbox) Ack(_ context.Context, _ string, ids []string) (int, error) { return len(ids), nil }
+func (fakeOutbox) Ack(_ context.Context, _, _ string, ids []string) (int, error) {
+	return len(ids), nil
+}
+
+func (fakeOutbox) Groups(context.Context, time.Time) ([]delivery.Group, error) { return nil, nil }
+
+func (fakeOutbox) DeleteGroup(context.Context, string) (int, error) { return 1, nil }
 
 func (fakeOutbox) Pending(context.Context, string, string) (int64, error) { return 0, nil }
 
@@ -502,6 +509,12 @@ func TestTokenValidation(t *testing.T) {
 		{"negative rate", []server.Token{{Name: "a", Secret: "s1", EventsPerSecond: -1}}, `token "a": EventsPerSecond is -1`},
 		{"NaN rate", []server.Token{{Name: "a", Secret: "s1", DecisionsPerSecond: math.NaN()}}, `token "a": DecisionsPerSecond is NaN`},
 		{"infinite rate", []server.Token{{Name: "a", Secret: "s1", DecisionsPerSecond: math.Inf(1)}}, `token "a": DecisionsPerSecond is +Inf`},
+		{"groups", []server.Token{{Name: "a", Secret: "s1", Groups: []string{"sms", "push-*", "x.y_z-1", "*"}}}, ""},
+		{"group in capitals", []server.Token{{Name: "a", Secret: "s1", Groups: []string{"SMS"}}}, `token "a": group "SMS": does not match`},
+		{"empty group", []server.Token{{Name: "a", Secret: "s1", Groups: []string{""}}}, `token "a": group "": does not match`},
+		{"wildcard inside", []server.Token{{Name: "a", Secret: "s1", Groups: []string{"sms-*-eu"}}}, `group "sms-*-eu": * may only end a name`},
+		{"two wildcards", []server.Token{{Name: "a", Secret: "s1", Groups: []string{"**"}}}, `group "**": * may only end a name`},
+		{"group too long", []server.Token{{Name: "a", Secret: "s1", Groups: []string{strings.Repeat("g", 65)}}}, "longer than 64 characters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

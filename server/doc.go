@@ -17,6 +17,8 @@
 //     degraded, stale, reserved) is built by decision (Rules.Answer,
 //     Rules.Reserve);
 //   - actions.go, profiles.go, admin.go: the other services;
+//   - groups.go: which consumer groups a token may use (Token.Groups),
+//     checked by Subscribe and Ack;
 //   - server.go: Config (DefaultConfig), the Store interfaces narrowed per
 //     service, the interceptor chain, draining.
 //

@@ -40,6 +40,8 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, profile.ErrCorrupt):
 		code = codes.DataLoss
+	case errors.Is(err, delivery.ErrGroupNotFound):
+		code = codes.NotFound
 	case errors.Is(err, delivery.ErrBadAckID):
 		code, msg = codes.InvalidArgument, msg+" (ack ids come from SubscribeResponse.ack_id)"
 	case errors.Is(err, context.DeadlineExceeded):
@@ -127,6 +129,11 @@ func overBurst(token, unit string, n, burst int) error {
 	return status.Errorf(codes.InvalidArgument,
 		"a batch of %d %s is more than token %q's burst of %d (its rate × burst_seconds): send batches of at most %d",
 		n, unit, token, burst, burst)
+}
+
+// groupDenied refuses a token a consumer group it does not name.
+func groupDenied(token, group string) error {
+	return status.Errorf(codes.PermissionDenied, "token %q may not use consumer group %q: add the group to the token's groups", token, group)
 }
 
 // overLimit is the status of a call past its token's rate, with the delay

@@ -129,9 +129,10 @@ type Config struct {
 	// the visibility timeout. Default 1000.
 	MaxUnacked int
 	// Tokens are the bearer tokens callers authenticate with, each with its
-	// roles and rate limits (see Token). New refuses a token with an empty
-	// name or secret, an unknown role, or a name or secret another token
-	// has. Default: none, and then calls are not authenticated.
+	// roles, consumer groups and rate limits (see Token). New refuses a
+	// token with an empty name or secret, an unknown role, a group no
+	// request could name, or a name or secret another token has. Default:
+	// none, and then calls are not authenticated.
 	Tokens []Token
 	// LogUserIDs writes user ids in clear in the server's logs. Default
 	// false: a log line names a user by a keyed hash of the id, stable

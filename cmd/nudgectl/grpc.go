@@ -195,7 +195,9 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 				a.GetTriggeredAt().AsTime().Format(time.RFC3339), a.GetActionId(), a.GetUserId(), a.GetTriggerId(), a.GetChannel(), a.GetTemplate(), a.GetPayload(), resp.GetDeliveryCount())
 		}
 		if *ack {
-			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: *group, AckIds: []string{resp.GetAckId()}}); err != nil {
+			// As the member the server delivered to (the name it made up
+			// without --consumer): only that member's deliveries count.
+			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: *group, Consumer: resp.GetConsumer(), AckIds: []string{resp.GetAckId()}}); err != nil {
 				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", cf.Describe(err))
 				return 1
 			}

@@ -23,9 +23,13 @@
 //	    consumes them.
 //	nudgectl actions dead
 //	    Lists the dead-letter stream (actions delivered too many times).
+//	nudgectl groups list, nudgectl groups delete NAME
+//	    Lists the consumer groups of the outbox (backlog, members, idle
+//	    time, abandoned or not), or destroys one with what it had pending
+//	    (AdminService, role admin).
 //
-// The commands that call nudged (send, decide, profile, actions tail)
-// share its security flags, with the Go client's rules: --token sends a
+// The commands that call nudged (send, decide, profile, actions tail,
+// groups) share its security flags, with the Go client's rules: --token sends a
 // bearer token (default $NUDGE_TOKEN, which keeps the secret off the
 // command line); --tls, --ca-file, --cert-file/--key-file (mutual TLS) and
 // --server-name connect with TLS; without them a loopback --addr is dialled
@@ -57,8 +61,12 @@ const usage = `usage:
   nudgectl profile get|delete USER [--addr A] [--json]
   nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json]
   nudgectl actions dead [--redis-addr ADDR] [-n N] [--json]
+  nudgectl groups list [--addr A] [--json]
+                                          consumer groups: backlog, members, idle time, abandoned
+  nudgectl groups delete NAME [--addr A] [--json]
+                                          destroy a consumer group (stop its subscribers first)
 
-security flags of send, decide, profile and actions tail, which call nudged (--addr, default 127.0.0.1:7070):
+security flags of send, decide, profile, actions tail and groups, which call nudged (--addr, default 127.0.0.1:7070):
   --token T          bearer token (default: $NUDGE_TOKEN; prefer the variable,
                      a command line is visible to other users)
   --tls              connect with TLS (default: TLS, except to a loopback --addr)
@@ -93,6 +101,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return actionsTail(args[2:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "actions" && args[1] == "dead":
 		return actionsDead(args[2:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "groups":
+		return groupsCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return 2

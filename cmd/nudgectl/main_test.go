@@ -217,10 +217,10 @@ func TestDescribeCallError(t *testing.T) {
 		{"unknown token", "t0ken", status.Error(codes.Unauthenticated, "unknown token"),
 			"Unauthenticated: unknown token (check --token or $NUDGE_TOKEN)"},
 		{"missing role", "t0ken", status.Error(codes.PermissionDenied, `token "shop" lacks role "admin"`),
-			`PermissionDenied: token "shop" lacks role "admin" (use a token with that role)`},
+			`PermissionDenied: token "shop" lacks role "admin" (use a token with that role, or for a consumer group one whose groups name it)`},
 		{"wrapped: the innermost message", "t0ken",
 			fmt.Errorf("client: publisher stopped: %w", status.Error(codes.PermissionDenied, `token "shop" lacks role "ingest"`)),
-			`PermissionDenied: token "shop" lacks role "ingest" (use a token with that role)`},
+			`PermissionDenied: token "shop" lacks role "ingest" (use a token with that role, or for a consumer group one whose groups name it)`},
 		{"other codes as they are", "", status.Error(codes.NotFound, "no such user"), "NotFound: no such user"},
 		{"not a status", "", errors.New("boom"), "boom"},
 	}

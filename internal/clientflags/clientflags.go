@@ -156,7 +156,7 @@ func (f *Flags) Describe(err error) string {
 		}
 		return msg + " (check --token or $" + TokenEnv + ")"
 	case codes.PermissionDenied:
-		return msg + " (use a token with that role)"
+		return msg + " (use a token with that role, or for a consumer group one whose groups name it)"
 	case codes.Unavailable:
 		return msg + " (check --addr, and the transport: --tls or --ca-file for a nudged serving TLS, --cert-file and --key-file for one requiring client certificates)"
 	}

@@ -215,6 +215,13 @@ type DeliveryConfig struct {
 	OutboxRetention time.Duration `yaml:"outbox_retention"`
 	// TrimInterval is how often the outbox is trimmed. Default 1m.
 	TrimInterval time.Duration `yaml:"trim_interval"`
+	// GroupIdle is how long a consumer group may go without a member
+	// reading or acknowledging before it is abandoned: trimming then no
+	// longer keeps actions for it past OutboxRetention, so that a group
+	// nobody reads any more cannot make the outbox grow for ever (see
+	// delivery.Options.GroupIdle). Default 24h; negative: never abandon a
+	// group, and keep what it has not acknowledged for ever.
+	GroupIdle time.Duration `yaml:"group_idle"`
 }
 
 // LimitsConfig bounds what one caller can make the server hold.
@@ -306,6 +313,11 @@ type TokenConfig struct {
 	// Roles: ingest, decide, send, explain, subscribe, admin (see
 	// server.Role).
 	Roles []string `yaml:"roles"`
+	// Groups are the consumer groups the token may subscribe to and
+	// acknowledge for (role subscribe): names, or prefixes ending in "*"
+	// ("sms-*"; "*" alone: every group). Default none: a subscribe token
+	// without groups may use no group (see server.Token.Groups).
+	Groups []string `yaml:"groups"`
 	// EventsPerSecond and DecisionsPerSecond limit the token's rate
 	// (RESOURCE_EXHAUSTED past it). 0: unlimited.
 	EventsPerSecond    float64 `yaml:"events_per_second"`
@@ -382,6 +394,7 @@ func Defaults() Config {
 			MaxUnacked:        srv.MaxUnacked,
 			OutboxRetention:   24 * time.Hour,
 			TrimInterval:      time.Minute,
+			GroupIdle:         dlv.GroupIdle,
 		},
 		Limits: LimitsConfig{
 			MaxMessageBytes:   srv.MaxRecvMsgBytes,
@@ -512,6 +525,7 @@ func (c *Config) settings() []setting {
 		{"delivery.max_unacked", "max-unacked", "actions a subscriber may hold unacknowledged before delivery to it pauses", integer(&c.Delivery.MaxUnacked)},
 		{"delivery.outbox_retention", "outbox-retention", "how long acknowledged actions stay in the outbox", duration(&c.Delivery.OutboxRetention)},
 		{"delivery.trim_interval", "trim-interval", "how often the outbox is trimmed", duration(&c.Delivery.TrimInterval)},
+		{"delivery.group_idle", "group-idle", "a consumer group no member read from or acknowledged for this long is abandoned: trimming no longer keeps actions for it past outbox_retention (negative: never)", duration(&c.Delivery.GroupIdle)},
 
 		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
@@ -529,7 +543,7 @@ func (c *Config) settings() []setting {
 		{"tls.key_file", "tls-key-file", "TLS key of the gRPC listener", str(&c.TLS.KeyFile)},
 		{"tls.client_ca_file", "tls-client-ca-file", "CA bundle for client certificates (turns mutual TLS on)", str(&c.TLS.ClientCAFile)},
 
-		{"auth.token_file", "auth-token-file", "YAML file with bearer tokens (tokens: [{name, secret, roles, ...}])", str(&c.Auth.TokenFile)},
+		{"auth.token_file", "auth-token-file", "YAML file with bearer tokens (tokens: [{name, secret, roles, groups, ...}])", str(&c.Auth.TokenFile)},
 
 		{"metrics.listen", "metrics-listen", "HTTP address for /metrics (empty: off)", str(&c.Metrics.Listen)},
 		{"metrics.pprof", "pprof", "serve /debug/pprof/ on the metrics listener", boolean(&c.Metrics.Pprof)},
@@ -871,7 +885,7 @@ func isLoopback(addr string) bool {
 func (c Config) tokens() ([]server.Token, error) {
 	out := make([]server.Token, 0, len(c.Auth.Tokens))
 	for _, t := range c.Auth.Tokens {
-		st := server.Token{Name: t.Name, Secret: t.Secret, EventsPerSecond: t.EventsPerSecond,
+		st := server.Token{Name: t.Name, Secret: t.Secret, Groups: t.Groups, EventsPerSecond: t.EventsPerSecond,
 			DecisionsPerSecond: t.DecisionsPerSecond, BurstSeconds: t.BurstSeconds}
 		for _, r := range t.Roles {
 			st.Roles = append(st.Roles, server.Role(r))

@@ -123,6 +123,7 @@ func TestLoadRefuses(t *testing.T) {
 		{name: "public without tokens", args: []string{"--listen", "0.0.0.0:7070"}, want: "no auth tokens are configured"},
 		{name: "public without TLS", file: "listen: 0.0.0.0:7070\nauth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [ingest]}\n", want: "TLS is off"},
 		{name: "unknown role", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [root]}\n", want: "root"},
+		{name: "group no request could name", file: "auth:\n  tokens:\n  - {name: a, secret: s3cret-s3cret, roles: [subscribe], groups: [SMS-Sender]}\n", want: `token "a": group "SMS-Sender"`},
 		{name: "wait replicas word", args: []string{"--redis-addr", "127.0.0.1:6379", "--redis-wait-replicas", "some"}, want: `redis.wait_replicas: "some" is neither auto nor a number of replicas`},
 		{name: "wait replicas negative", file: "redis:\n  addr: 127.0.0.1:6379\n  wait_replicas: -1\n", want: `redis.wait_replicas: "-1"`},
 		{name: "wait replicas embedded", args: []string{"--redis-wait-replicas", "1"}, want: "embedded development store has no replicas"},
@@ -176,7 +177,7 @@ func TestLoadAllowsExposureOnlyWhenSafeOrInsecure(t *testing.T) {
 }
 
 func TestTokenFileAndPasswordFileAreRead(t *testing.T) {
-	tokens := writeFile(t, "tokens.yaml", "tokens:\n- name: sender\n  secret: fedcba987654\n  roles: [subscribe]\n  events_per_second: 0\n")
+	tokens := writeFile(t, "tokens.yaml", "tokens:\n- name: sender\n  secret: fedcba987654\n  roles: [subscribe]\n  groups: [sms-sender, \"push-*\"]\n  events_per_second: 0\n")
 	pw := writeFile(t, "pw", "hunter2-long\n")
 	file := writeFile(t, "c.yaml", "auth:\n  tokens:\n  - {name: shop, secret: abcdefabcdef, roles: [decide], decisions_per_second: 100}\n")
 	got, err := Load([]string{"--config", file, "--auth-token-file", tokens, "--redis-password-file", pw}, env(nil), io.Discard)
@@ -189,6 +190,9 @@ func TestTokenFileAndPasswordFileAreRead(t *testing.T) {
 	}
 	if !slices.Equal(names, []string{"shop", "sender"}) {
 		t.Errorf("tokens = %v, want shop (config) then sender (token file)", names)
+	}
+	if tokens, err := got.Config.tokens(); err != nil || len(tokens) != 2 || !slices.Equal(tokens[1].Groups, []string{"sms-sender", "push-*"}) {
+		t.Errorf("the sender's groups are not the token file's (%v)", err)
 	}
 	if got.Config.Redis.Password != "hunter2-long" {
 		t.Errorf("redis password = %q, want the file's first line", got.Config.Redis.Password)

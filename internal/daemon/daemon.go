@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -121,7 +122,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	auditLog := audit.New(rdb, audit.Options{Sample: cfg.Decision.AuditSample})
-	outbox := delivery.New(rdb, store.Layout(), delivery.Options{Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries})
+	outbox := delivery.New(rdb, store.Layout(), delivery.Options{
+		Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries, GroupIdle: cfg.Delivery.GroupIdle,
+	})
 	rulesMetrics, err := registerDaemonMetrics(metrics.meter, rules, outbox, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -151,13 +154,18 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	parts.add("audit", func(ctx context.Context) error { auditLog.Run(ctx); return nil })
 	parts.add("metrics", metrics.serve)
 	parts.add("store health", health.run)
-	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, log); return nil })
+	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, rulesMetrics, log); return nil })
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
 	parts.add("SIGHUP", rl.onSIGHUP)
 	parts.add("grpc", func(ctx context.Context) error {
 		log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
 		if len(tokens) == 0 {
 			log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
+		}
+		for _, t := range tokens {
+			if slices.Contains(t.Roles, server.RoleSubscribe) && len(t.Groups) == 0 {
+				log.Warn("token has the subscribe role but no groups: it may use no consumer group; list them in its groups", "token", t.Name)
+			}
 		}
 		return serveGRPC(ctx, srv, g, lis, cfg.DrainTimeout, log, ready)
 	})
@@ -240,8 +248,9 @@ func authMode(tokens []server.Token) string {
 }
 
 // trimLoop trims the outbox every TrimInterval until ctx ends (see
-// delivery.Outbox.Trim: never an entry a group still needs).
-func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slog.Logger) {
+// delivery.Outbox.Trim: never an entry a live group still needs), and
+// counts what it trimmed past abandoned groups.
+func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, m *daemonMetrics, log *slog.Logger) {
 	t := time.NewTicker(cfg.Delivery.TrimInterval)
 	defer t.Stop()
 	for {
@@ -249,12 +258,16 @@ func trimLoop(ctx context.Context, outbox *delivery.Outbox, cfg Config, log *slo
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := outbox.Trim(ctx, cfg.Delivery.OutboxRetention, time.Now())
+			res, err := outbox.Trim(ctx, cfg.Delivery.OutboxRetention, time.Now())
 			switch {
 			case err != nil && ctx.Err() == nil:
 				log.Warn("outbox trim failed; retrying at the next interval", "err", err)
-			case n > 0:
-				log.Info("outbox trimmed", "removed", n)
+			case res.PastAbandoned > 0:
+				m.trimmedPastAbandoned.Add(ctx, res.PastAbandoned)
+				log.Warn("outbox trimmed past abandoned consumer groups: they lost actions they had not acknowledged",
+					"removed", res.Removed, "past_abandoned", res.PastAbandoned, "abandoned", res.Abandoned)
+			case res.Removed > 0:
+				log.Info("outbox trimmed", "removed", res.Removed)
 			}
 		}
 	}

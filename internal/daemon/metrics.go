@@ -133,11 +133,14 @@ func (m *metricsEndpoint) close() {
 	}
 }
 
-// daemonMetrics are the figures only the daemon sees: rules reloads and the
-// outbox backlog per consumer group.
+// daemonMetrics are the figures only the daemon sees: rules reloads, the
+// outbox backlog per consumer group, and abandoned groups.
 type daemonMetrics struct {
 	reloads    metric.Int64Counter
 	reloadAttr map[string]metric.AddOption
+	// trimmedPastAbandoned counts the outbox entries trimmed that an
+	// abandoned group had not acknowledged (trimLoop adds them).
+	trimmedPastAbandoned metric.Int64Counter
 }
 
 // registerDaemonMetrics registers the rules and outbox figures on m.
@@ -170,6 +173,19 @@ func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *deliver
 	if err != nil {
 		return nil, err
 	}
+	abandoned, err := m.Int64ObservableGauge("nudge.outbox.abandoned", metric.WithDescription("1 for a consumer group no member has read from or acknowledged for delivery.group_idle: trimming no longer keeps actions for it past the retention; else 0."))
+	if err != nil {
+		return nil, err
+	}
+	idle, err := m.Float64ObservableGauge("nudge.outbox.idle", metric.WithUnit("s"), metric.WithDescription("Time since a member of the consumer group last read or acknowledged (to within a few seconds)."))
+	if err != nil {
+		return nil, err
+	}
+	if d.trimmedPastAbandoned, err = m.Int64Counter("nudge.outbox.trimmed_past_abandoned", metric.WithDescription("Outbox entries trimmed that an abandoned consumer group had not acknowledged: lost for that group.")); err != nil {
+		return nil, err
+	}
+	// Shown from the start, at 0, so that a query of its rate finds it.
+	d.trimmedPastAbandoned.Add(context.Background(), 0)
 	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		r := rules.Rules()
 		o.ObserveInt64(info, 1, metric.WithAttributes(attribute.String("version", r.Version())))
@@ -179,22 +195,30 @@ func registerDaemonMetrics(m metric.Meter, rules *decision.Live, outbox *deliver
 		} else {
 			o.ObserveInt64(refused, 0)
 		}
-		// One pipelined round trip per scrape, bounded so a slow Redis
-		// does not hold the scrape.
+		// Two round trips per scrape (delivery.Outbox.Groups), bounded
+		// so a slow Redis does not hold the scrape.
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		backlogs, err := outbox.Backlogs(ctx)
+		groups, err := outbox.Groups(ctx, time.Now())
 		if err != nil {
 			log.Warn("metrics: reading the outbox backlog failed", "err", err)
 			return nil
 		}
-		for group, b := range backlogs {
-			attrs := metric.WithAttributes(attribute.String("group", group))
-			o.ObserveInt64(pending, b.Pending, attrs)
-			o.ObserveInt64(undelivered, b.Undelivered, attrs)
+		for _, g := range groups {
+			attrs := metric.WithAttributes(attribute.String("group", g.Name))
+			o.ObserveInt64(pending, g.Pending, attrs)
+			o.ObserveInt64(undelivered, g.Undelivered, attrs)
+			if g.Abandoned {
+				o.ObserveInt64(abandoned, 1, attrs)
+			} else {
+				o.ObserveInt64(abandoned, 0, attrs)
+			}
+			if !g.LastActive.IsZero() {
+				o.ObserveFloat64(idle, g.Idle.Seconds(), attrs)
+			}
 		}
 		return nil
-	}, info, loadedAt, refused, pending, undelivered)
+	}, info, loadedAt, refused, pending, undelivered, abandoned, idle)
 	return d, err
 }
 

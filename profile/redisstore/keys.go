@@ -22,18 +22,24 @@ import (
 //	nudge:{b}:p:<user_id>   the profile (profile.Encode)
 //	nudge:{b}:out           the outbox stream of bucket b (ActionFields)
 //	nudge:dead              actions delivered too many times (delivery)
+//	nudge:groups            last activity of each consumer group (delivery)
 //	nudge:audit             sampled decisions (audit)
 
 // DefaultBuckets is the number of buckets when none is configured.
 const DefaultBuckets = 1024
 
-// Keys of the streams that are not per bucket.
+// Keys that are not per bucket.
 const (
 	// DeadStream holds the outbox entries a consumer group could not
 	// handle, with the group, the entry's old id and its delivery count.
 	DeadStream = "nudge:dead"
 	// AuditStream holds sampled decisions.
 	AuditStream = "nudge:audit"
+	// GroupsKey is a hash of the last activity of each consumer group of
+	// the outboxes (group -> unix milliseconds), which tells trimming the
+	// groups nobody uses any more. One key, not per bucket: it is written
+	// with single-key commands only.
+	GroupsKey = "nudge:groups"
 )
 
 // Layout names nudge's keys for a number of buckets. The zero Layout has

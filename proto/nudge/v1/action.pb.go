@@ -31,9 +31,11 @@ type SubscribeRequest struct {
 	// restarts (so its pending actions can be found). Empty: the server
 	// makes one up.
 	Consumer string `protobuf:"bytes,2,opt,name=consumer,proto3" json:"consumer,omitempty"`
-	// Only actions on these channels; the others are acknowledged for the
-	// group without delivery. Every member of a group must use the same
-	// filter. Empty: every channel.
+	// Only actions on these channels. The others are acknowledged for the
+	// whole group without delivery, so they are dropped for every member of
+	// the group, not only this one: every member of a group must use the
+	// same filter, and a sender that wants other channels uses a group of its
+	// own. Empty: every channel.
 	Channels      []string `protobuf:"bytes,3,rep,name=channels,proto3" json:"channels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -99,6 +101,9 @@ type SubscribeResponse struct {
 	// How many times this action has been delivered to the group (1 the
 	// first time).
 	DeliveryCount uint32 `protobuf:"varint,3,opt,name=delivery_count,json=deliveryCount,proto3" json:"delivery_count,omitempty"`
+	// The member the action was delivered to: the request's consumer, or the
+	// name the server made up for the stream. Pass it as AckRequest.consumer.
+	Consumer      string `protobuf:"bytes,4,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,11 +159,26 @@ func (x *SubscribeResponse) GetDeliveryCount() uint32 {
 	return 0
 }
 
+func (x *SubscribeResponse) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
 // AckRequest acknowledges deliveries of a group.
 type AckRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	AckIds        []string               `protobuf:"bytes,2,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group the deliveries were made to.
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// SubscribeResponse.ack_id of each delivery.
+	AckIds []string `protobuf:"bytes,2,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	// The member the deliveries were made to (SubscribeResponse.consumer).
+	// Set: only deliveries pending for this member are acknowledged, so a
+	// member cannot acknowledge what the group handed to another one (after
+	// the visibility timeout, the member it was redelivered to owns it).
+	// Empty: deliveries pending for any member of the group.
+	Consumer      string `protobuf:"bytes,3,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -207,11 +227,20 @@ func (x *AckRequest) GetAckIds() []string {
 	return nil
 }
 
-// AckResponse says how many deliveries were acknowledged now (an ack id
-// acknowledged before, or unknown, does not count).
+func (x *AckRequest) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+// AckResponse says how many deliveries were acknowledged now.
 type AckResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Acked         uint32                 `protobuf:"varint,1,opt,name=acked,proto3" json:"acked,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ack ids not counted were not pending for the group (or the member):
+	// acknowledged before, never delivered to it, delivered to another
+	// member, or unknown. They are left as they are, without an error.
+	Acked         uint32 `protobuf:"varint,1,opt,name=acked,proto3" json:"acked,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -261,15 +290,17 @@ const file_nudge_v1_action_proto_rawDesc = "" +
 	"\x10SubscribeRequest\x128\n" +
 	"\x05group\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a\x18@2\x16^[a-z0-9][a-z0-9_.-]*$R\x05group\x127\n" +
 	"\bconsumer\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9_.:-]*$R\bconsumer\x12<\n" +
-	"\bchannels\x18\x03 \x03(\tB \xbaH\x1d\x92\x01\x1a\x10\x10\"\x16r\x142\x12^[a-z][a-z0-9_-]*$R\bchannels\"{\n" +
+	"\bchannels\x18\x03 \x03(\tB \xbaH\x1d\x92\x01\x1a\x10\x10\"\x16r\x142\x12^[a-z][a-z0-9_-]*$R\bchannels\"\x97\x01\n" +
 	"\x11SubscribeResponse\x12(\n" +
 	"\x06action\x18\x01 \x01(\v2\x10.nudge.v1.ActionR\x06action\x12\x15\n" +
 	"\x06ack_id\x18\x02 \x01(\tR\x05ackId\x12%\n" +
-	"\x0edelivery_count\x18\x03 \x01(\rR\rdeliveryCount\"t\n" +
+	"\x0edelivery_count\x18\x03 \x01(\rR\rdeliveryCount\x12\x1a\n" +
+	"\bconsumer\x18\x04 \x01(\tR\bconsumer\"\xad\x01\n" +
 	"\n" +
 	"AckRequest\x128\n" +
 	"\x05group\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a\x18@2\x16^[a-z0-9][a-z0-9_.-]*$R\x05group\x12,\n" +
-	"\aack_ids\x18\x02 \x03(\tB\x13\xbaH\x10\x92\x01\r\b\x01\x10\xe8\a\"\x06r\x04\x10\x03\x18@R\x06ackIds\"#\n" +
+	"\aack_ids\x18\x02 \x03(\tB\x13\xbaH\x10\x92\x01\r\b\x01\x10\xe8\a\"\x06r\x04\x10\x03\x18@R\x06ackIds\x127\n" +
+	"\bconsumer\x18\x03 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9_.:-]*$R\bconsumer\"#\n" +
 	"\vAckResponse\x12\x14\n" +
 	"\x05acked\x18\x01 \x01(\rR\x05acked2\x8b\x01\n" +
 	"\rActionService\x12F\n" +

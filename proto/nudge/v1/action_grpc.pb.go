@@ -35,8 +35,14 @@ type ActionServiceClient interface {
 	// server's visibility timeout is redelivered to a live member, with its
 	// delivery count; after the maximum count it goes to the dead-letter
 	// stream instead.
+	//
+	// With tokens configured, the token needs the subscribe role and must
+	// name the group (its groups); PERMISSION_DENIED otherwise.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
-	// Ack acknowledges deliveries by their ack ids.
+	// Ack acknowledges deliveries by their ack ids. Only deliveries made to
+	// the group (and, with consumer, to that member) and not yet
+	// acknowledged are acknowledged; other ack ids are left alone. The token
+	// must name the group, as for Subscribe.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
 }
 
@@ -89,8 +95,14 @@ type ActionServiceServer interface {
 	// server's visibility timeout is redelivered to a live member, with its
 	// delivery count; after the maximum count it goes to the dead-letter
 	// stream instead.
+	//
+	// With tokens configured, the token needs the subscribe role and must
+	// name the group (its groups); PERMISSION_DENIED otherwise.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
-	// Ack acknowledges deliveries by their ack ids.
+	// Ack acknowledges deliveries by their ack ids. Only deliveries made to
+	// the group (and, with consumer, to that member) and not yet
+	// acknowledged are acknowledged; other ack ids are left alone. The token
+	// must name the group, as for Subscribe.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
 	mustEmbedUnimplementedActionServiceServer()
 }

@@ -7,8 +7,10 @@
 package nudgev1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -216,11 +218,298 @@ func (x *RulesRefusal) GetVersion() string {
 	return ""
 }
 
+// ListGroupsRequest is empty.
+type ListGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+// ListGroupsResponse lists the consumer groups, by name.
+type ListGroupsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*ConsumerGroup       `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*ConsumerGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// ConsumerGroup is one consumer group, summed over every outbox stream.
+type ConsumerGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Actions delivered to a member and not yet acknowledged.
+	Pending uint64 `protobuf:"varint,2,opt,name=pending,proto3" json:"pending,omitempty"`
+	// Actions not yet delivered to any member (the lag), over the streams
+	// where Redis knows it.
+	Undelivered uint64 `protobuf:"varint,3,opt,name=undelivered,proto3" json:"undelivered,omitempty"`
+	// Streams where Redis cannot tell the lag (after deletions in the
+	// stream), left out of undelivered.
+	UnknownLagStreams uint32 `protobuf:"varint,4,opt,name=unknown_lag_streams,json=unknownLagStreams,proto3" json:"unknown_lag_streams,omitempty"`
+	// Members the group knows: the most any one stream has.
+	Consumers uint32 `protobuf:"varint,5,opt,name=consumers,proto3" json:"consumers,omitempty"`
+	// When a member last read or acknowledged, to within a few seconds. For
+	// a group no member has used since activity is recorded (one made
+	// before), when outbox trimming first saw it. Absent until then.
+	LastActive *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_active,json=lastActive,proto3" json:"last_active,omitempty"`
+	// How long the group has been inactive: now minus last_active. Absent
+	// with last_active.
+	Idle *durationpb.Duration `protobuf:"bytes,7,opt,name=idle,proto3" json:"idle,omitempty"`
+	// The group has been inactive longer than the server's group idle time
+	// (delivery.group_idle): trimming no longer keeps actions for it past
+	// the outbox retention.
+	Abandoned     bool `protobuf:"varint,8,opt,name=abandoned,proto3" json:"abandoned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumerGroup) Reset() {
+	*x = ConsumerGroup{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumerGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumerGroup) ProtoMessage() {}
+
+func (x *ConsumerGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumerGroup.ProtoReflect.Descriptor instead.
+func (*ConsumerGroup) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ConsumerGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConsumerGroup) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *ConsumerGroup) GetUndelivered() uint64 {
+	if x != nil {
+		return x.Undelivered
+	}
+	return 0
+}
+
+func (x *ConsumerGroup) GetUnknownLagStreams() uint32 {
+	if x != nil {
+		return x.UnknownLagStreams
+	}
+	return 0
+}
+
+func (x *ConsumerGroup) GetConsumers() uint32 {
+	if x != nil {
+		return x.Consumers
+	}
+	return 0
+}
+
+func (x *ConsumerGroup) GetLastActive() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastActive
+	}
+	return nil
+}
+
+func (x *ConsumerGroup) GetIdle() *durationpb.Duration {
+	if x != nil {
+		return x.Idle
+	}
+	return nil
+}
+
+func (x *ConsumerGroup) GetAbandoned() bool {
+	if x != nil {
+		return x.Abandoned
+	}
+	return false
+}
+
+// DeleteGroupRequest names the group.
+type DeleteGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupRequest) Reset() {
+	*x = DeleteGroupRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupRequest) ProtoMessage() {}
+
+func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DeleteGroupRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// DeleteGroupResponse says how many outbox streams had the group.
+type DeleteGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Streams       uint32                 `protobuf:"varint,1,opt,name=streams,proto3" json:"streams,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupResponse) Reset() {
+	*x = DeleteGroupResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupResponse) ProtoMessage() {}
+
+func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteGroupResponse) GetStreams() uint32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
 var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
+	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
 	"\x0fGetRulesRequest\"\xe3\x01\n" +
 	"\x10GetRulesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x127\n" +
@@ -232,9 +521,29 @@ const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\fRulesRefusal\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion2Q\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"\x13\n" +
+	"\x11ListGroupsRequest\"E\n" +
+	"\x12ListGroupsResponse\x12/\n" +
+	"\x06groups\x18\x01 \x03(\v2\x17.nudge.v1.ConsumerGroupR\x06groups\"\xb7\x02\n" +
+	"\rConsumerGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\apending\x18\x02 \x01(\x04R\apending\x12 \n" +
+	"\vundelivered\x18\x03 \x01(\x04R\vundelivered\x12.\n" +
+	"\x13unknown_lag_streams\x18\x04 \x01(\rR\x11unknownLagStreams\x12\x1c\n" +
+	"\tconsumers\x18\x05 \x01(\rR\tconsumers\x12;\n" +
+	"\vlast_active\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastActive\x12-\n" +
+	"\x04idle\x18\a \x01(\v2\x19.google.protobuf.DurationR\x04idle\x12\x1c\n" +
+	"\tabandoned\x18\b \x01(\bR\tabandoned\"N\n" +
+	"\x12DeleteGroupRequest\x128\n" +
+	"\x05group\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a\x18@2\x16^[a-z0-9][a-z0-9_.-]*$R\x05group\"/\n" +
+	"\x13DeleteGroupResponse\x12\x18\n" +
+	"\astreams\x18\x01 \x01(\rR\astreams2\xe6\x01\n" +
 	"\fAdminService\x12A\n" +
-	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponseB\x8d\x01\n" +
+	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponse\x12G\n" +
+	"\n" +
+	"ListGroups\x12\x1b.nudge.v1.ListGroupsRequest\x1a\x1c.nudge.v1.ListGroupsResponse\x12J\n" +
+	"\vDeleteGroup\x12\x1c.nudge.v1.DeleteGroupRequest\x1a\x1d.nudge.v1.DeleteGroupResponseB\x8d\x01\n" +
 	"\fcom.nudge.v1B\n" +
 	"AdminProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
@@ -250,24 +559,37 @@ func file_nudge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_admin_proto_rawDescData
 }
 
-var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_nudge_v1_admin_proto_goTypes = []any{
 	(*GetRulesRequest)(nil),       // 0: nudge.v1.GetRulesRequest
 	(*GetRulesResponse)(nil),      // 1: nudge.v1.GetRulesResponse
 	(*RulesRefusal)(nil),          // 2: nudge.v1.RulesRefusal
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*ListGroupsRequest)(nil),     // 3: nudge.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 4: nudge.v1.ListGroupsResponse
+	(*ConsumerGroup)(nil),         // 5: nudge.v1.ConsumerGroup
+	(*DeleteGroupRequest)(nil),    // 6: nudge.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),   // 7: nudge.v1.DeleteGroupResponse
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
 }
 var file_nudge_v1_admin_proto_depIdxs = []int32{
-	3, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	8, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
 	2, // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
-	3, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
-	0, // 3: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
-	1, // 4: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	8, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
+	5, // 3: nudge.v1.ListGroupsResponse.groups:type_name -> nudge.v1.ConsumerGroup
+	8, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
+	9, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
+	0, // 6: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
+	3, // 7: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
+	6, // 8: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
+	1, // 9: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
+	4, // 10: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
+	7, // 11: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_admin_proto_init() }
@@ -281,7 +603,7 @@ func file_nudge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_admin_proto_rawDesc), len(file_nudge_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

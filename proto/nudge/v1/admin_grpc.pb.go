@@ -19,7 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetRules_FullMethodName = "/nudge.v1.AdminService/GetRules"
+	AdminService_GetRules_FullMethodName    = "/nudge.v1.AdminService/GetRules"
+	AdminService_ListGroups_FullMethodName  = "/nudge.v1.AdminService/ListGroups"
+	AdminService_DeleteGroup_FullMethodName = "/nudge.v1.AdminService/DeleteGroup"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -30,6 +32,16 @@ const (
 type AdminServiceClient interface {
 	// GetRules describes the rules in force.
 	GetRules(ctx context.Context, in *GetRulesRequest, opts ...grpc.CallOption) (*GetRulesResponse, error)
+	// ListGroups describes every consumer group of the outbox: its backlog,
+	// its members and when it last read. UNIMPLEMENTED on a server without
+	// an outbox.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// DeleteGroup destroys a consumer group on every outbox stream, with
+	// what it had pending, so that it no longer holds back trimming.
+	// NOT_FOUND when no stream has the group. Stop the group's subscribers
+	// first: a member still subscribed creates the group again at its next
+	// read, from the oldest action kept.
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
 }
 
 type adminServiceClient struct {
@@ -50,6 +62,26 @@ func (c *adminServiceClient) GetRules(ctx context.Context, in *GetRulesRequest, 
 	return out, nil
 }
 
+func (c *adminServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -58,6 +90,16 @@ func (c *adminServiceClient) GetRules(ctx context.Context, in *GetRulesRequest, 
 type AdminServiceServer interface {
 	// GetRules describes the rules in force.
 	GetRules(context.Context, *GetRulesRequest) (*GetRulesResponse, error)
+	// ListGroups describes every consumer group of the outbox: its backlog,
+	// its members and when it last read. UNIMPLEMENTED on a server without
+	// an outbox.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// DeleteGroup destroys a consumer group on every outbox stream, with
+	// what it had pending, so that it no longer holds back trimming.
+	// NOT_FOUND when no stream has the group. Stop the group's subscribers
+	// first: a member still subscribed creates the group again at its next
+	// read, from the oldest action kept.
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -70,6 +112,12 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) GetRules(context.Context, *GetRulesRequest) (*GetRulesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRules not implemented")
+}
+func (UnimplementedAdminServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteGroup not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -110,6 +158,42 @@ func _AdminService_GetRules_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +204,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRules",
 			Handler:    _AdminService_GetRules_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _AdminService_ListGroups_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _AdminService_DeleteGroup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/action.proto.
  */
 export const file_nudge_v1_action: GenFile = /*@__PURE__*/
-  fileDesc("ChVudWRnZS92MS9hY3Rpb24ucHJvdG8SCG51ZGdlLnYxIqgBChBTdWJzY3JpYmVSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokEi0KCGNvbnN1bWVyGAIgASgJQhu6SBhyFhhAMhJeW0EtWmEtejAtOV8uOi1dKiQSMgoIY2hhbm5lbHMYAyADKAlCILpIHZIBGhAQIhZyFDISXlthLXpdW2EtejAtOV8tXSokIl0KEVN1YnNjcmliZVJlc3BvbnNlEiAKBmFjdGlvbhgBIAEoCzIQLm51ZGdlLnYxLkFjdGlvbhIOCgZhY2tfaWQYAiABKAkSFgoOZGVsaXZlcnlfY291bnQYAyABKA0iZQoKQWNrUmVxdWVzdBIxCgVncm91cBgBIAEoCUIiukgfyAEBchoYQDIWXlthLXowLTldW2EtejAtOV8uLV0qJBIkCgdhY2tfaWRzGAIgAygJQhO6SBCSAQ0IARDoByIGcgQQAxhAIhwKC0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNMosBCg1BY3Rpb25TZXJ2aWNlEkYKCVN1YnNjcmliZRIaLm51ZGdlLnYxLlN1YnNjcmliZVJlcXVlc3QaGy5udWRnZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEjIKA0FjaxIULm51ZGdlLnYxLkFja1JlcXVlc3QaFS5udWRnZS52MS5BY2tSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_nudge_v1_event]);
+  fileDesc("ChVudWRnZS92MS9hY3Rpb24ucHJvdG8SCG51ZGdlLnYxIqgBChBTdWJzY3JpYmVSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokEi0KCGNvbnN1bWVyGAIgASgJQhu6SBhyFhhAMhJeW0EtWmEtejAtOV8uOi1dKiQSMgoIY2hhbm5lbHMYAyADKAlCILpIHZIBGhAQIhZyFDISXlthLXpdW2EtejAtOV8tXSokIm8KEVN1YnNjcmliZVJlc3BvbnNlEiAKBmFjdGlvbhgBIAEoCzIQLm51ZGdlLnYxLkFjdGlvbhIOCgZhY2tfaWQYAiABKAkSFgoOZGVsaXZlcnlfY291bnQYAyABKA0SEAoIY29uc3VtZXIYBCABKAkilAEKCkFja1JlcXVlc3QSMQoFZ3JvdXAYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQSJAoHYWNrX2lkcxgCIAMoCUITukgQkgENCAEQ6AciBnIEEAMYQBItCghjb25zdW1lchgDIAEoCUIbukgYchYYQDISXltBLVphLXowLTlfLjotXSokIhwKC0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNMosBCg1BY3Rpb25TZXJ2aWNlEkYKCVN1YnNjcmliZRIaLm51ZGdlLnYxLlN1YnNjcmliZVJlcXVlc3QaGy5udWRnZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEjIKA0FjaxIULm51ZGdlLnYxLkFja1JlcXVlc3QaFS5udWRnZS52MS5BY2tSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_nudge_v1_event]);
 
 /**
  * SubscribeRequest names the group and the member.
@@ -38,9 +38,11 @@ export type SubscribeRequest = Message<"nudge.v1.SubscribeRequest"> & {
   consumer: string;
 
   /**
-   * Only actions on these channels; the others are acknowledged for the
-   * group without delivery. Every member of a group must use the same
-   * filter. Empty: every channel.
+   * Only actions on these channels. The others are acknowledged for the
+   * whole group without delivery, so they are dropped for every member of
+   * the group, not only this one: every member of a group must use the
+   * same filter, and a sender that wants other channels uses a group of its
+   * own. Empty: every channel.
    *
    * @generated from field: repeated string channels = 3;
    */
@@ -79,6 +81,14 @@ export type SubscribeResponse = Message<"nudge.v1.SubscribeResponse"> & {
    * @generated from field: uint32 delivery_count = 3;
    */
   deliveryCount: number;
+
+  /**
+   * The member the action was delivered to: the request's consumer, or the
+   * name the server made up for the stream. Pass it as AckRequest.consumer.
+   *
+   * @generated from field: string consumer = 4;
+   */
+  consumer: string;
 };
 
 /**
@@ -95,14 +105,29 @@ export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE_
  */
 export type AckRequest = Message<"nudge.v1.AckRequest"> & {
   /**
+   * The group the deliveries were made to.
+   *
    * @generated from field: string group = 1;
    */
   group: string;
 
   /**
+   * SubscribeResponse.ack_id of each delivery.
+   *
    * @generated from field: repeated string ack_ids = 2;
    */
   ackIds: string[];
+
+  /**
+   * The member the deliveries were made to (SubscribeResponse.consumer).
+   * Set: only deliveries pending for this member are acknowledged, so a
+   * member cannot acknowledge what the group handed to another one (after
+   * the visibility timeout, the member it was redelivered to owns it).
+   * Empty: deliveries pending for any member of the group.
+   *
+   * @generated from field: string consumer = 3;
+   */
+  consumer: string;
 };
 
 /**
@@ -113,13 +138,16 @@ export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
   messageDesc(file_nudge_v1_action, 2);
 
 /**
- * AckResponse says how many deliveries were acknowledged now (an ack id
- * acknowledged before, or unknown, does not count).
+ * AckResponse says how many deliveries were acknowledged now.
  *
  * @generated from message nudge.v1.AckResponse
  */
 export type AckResponse = Message<"nudge.v1.AckResponse"> & {
   /**
+   * Ack ids not counted were not pending for the group (or the member):
+   * acknowledged before, never delivered to it, delivered to another
+   * member, or unknown. They are left as they are, without an error.
+   *
    * @generated from field: uint32 acked = 1;
    */
   acked: number;
@@ -146,6 +174,9 @@ export const ActionService: GenService<{
    * delivery count; after the maximum count it goes to the dead-letter
    * stream instead.
    *
+   * With tokens configured, the token needs the subscribe role and must
+   * name the group (its groups); PERMISSION_DENIED otherwise.
+   *
    * @generated from rpc nudge.v1.ActionService.Subscribe
    */
   subscribe: {
@@ -154,7 +185,10 @@ export const ActionService: GenService<{
     output: typeof SubscribeResponseSchema;
   },
   /**
-   * Ack acknowledges deliveries by their ack ids.
+   * Ack acknowledges deliveries by their ack ids. Only deliveries made to
+   * the group (and, with consumer, to that member) and not yet
+   * acknowledged are acknowledged; other ack ids are left alone. The token
+   * must name the group, as for Subscribe.
    *
    * @generated from rpc nudge.v1.ActionService.Ack
    */

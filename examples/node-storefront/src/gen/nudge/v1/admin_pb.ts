@@ -4,15 +4,16 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nudge/v1/admin.proto.
  */
 export const file_nudge_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJMlEKDEFkbWluU2VydmljZRJBCghHZXRSdWxlcxIZLm51ZGdlLnYxLkdldFJ1bGVzUmVxdWVzdBoaLm51ZGdlLnYxLkdldFJ1bGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDTLmAQoMQWRtaW5TZXJ2aWNlEkEKCEdldFJ1bGVzEhkubnVkZ2UudjEuR2V0UnVsZXNSZXF1ZXN0GhoubnVkZ2UudjEuR2V0UnVsZXNSZXNwb25zZRJHCgpMaXN0R3JvdXBzEhsubnVkZ2UudjEuTGlzdEdyb3Vwc1JlcXVlc3QaHC5udWRnZS52MS5MaXN0R3JvdXBzUmVzcG9uc2USSgoLRGVsZXRlR3JvdXASHC5udWRnZS52MS5EZWxldGVHcm91cFJlcXVlc3QaHS5udWRnZS52MS5EZWxldGVHcm91cFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetRulesRequest is empty.
@@ -121,6 +122,153 @@ export const RulesRefusalSchema: GenMessage<RulesRefusal> = /*@__PURE__*/
   messageDesc(file_nudge_v1_admin, 2);
 
 /**
+ * ListGroupsRequest is empty.
+ *
+ * @generated from message nudge.v1.ListGroupsRequest
+ */
+export type ListGroupsRequest = Message<"nudge.v1.ListGroupsRequest"> & {
+};
+
+/**
+ * Describes the message nudge.v1.ListGroupsRequest.
+ * Use `create(ListGroupsRequestSchema)` to create a new message.
+ */
+export const ListGroupsRequestSchema: GenMessage<ListGroupsRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 3);
+
+/**
+ * ListGroupsResponse lists the consumer groups, by name.
+ *
+ * @generated from message nudge.v1.ListGroupsResponse
+ */
+export type ListGroupsResponse = Message<"nudge.v1.ListGroupsResponse"> & {
+  /**
+   * @generated from field: repeated nudge.v1.ConsumerGroup groups = 1;
+   */
+  groups: ConsumerGroup[];
+};
+
+/**
+ * Describes the message nudge.v1.ListGroupsResponse.
+ * Use `create(ListGroupsResponseSchema)` to create a new message.
+ */
+export const ListGroupsResponseSchema: GenMessage<ListGroupsResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 4);
+
+/**
+ * ConsumerGroup is one consumer group, summed over every outbox stream.
+ *
+ * @generated from message nudge.v1.ConsumerGroup
+ */
+export type ConsumerGroup = Message<"nudge.v1.ConsumerGroup"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Actions delivered to a member and not yet acknowledged.
+   *
+   * @generated from field: uint64 pending = 2;
+   */
+  pending: bigint;
+
+  /**
+   * Actions not yet delivered to any member (the lag), over the streams
+   * where Redis knows it.
+   *
+   * @generated from field: uint64 undelivered = 3;
+   */
+  undelivered: bigint;
+
+  /**
+   * Streams where Redis cannot tell the lag (after deletions in the
+   * stream), left out of undelivered.
+   *
+   * @generated from field: uint32 unknown_lag_streams = 4;
+   */
+  unknownLagStreams: number;
+
+  /**
+   * Members the group knows: the most any one stream has.
+   *
+   * @generated from field: uint32 consumers = 5;
+   */
+  consumers: number;
+
+  /**
+   * When a member last read or acknowledged, to within a few seconds. For
+   * a group no member has used since activity is recorded (one made
+   * before), when outbox trimming first saw it. Absent until then.
+   *
+   * @generated from field: google.protobuf.Timestamp last_active = 6;
+   */
+  lastActive?: Timestamp | undefined;
+
+  /**
+   * How long the group has been inactive: now minus last_active. Absent
+   * with last_active.
+   *
+   * @generated from field: google.protobuf.Duration idle = 7;
+   */
+  idle?: Duration | undefined;
+
+  /**
+   * The group has been inactive longer than the server's group idle time
+   * (delivery.group_idle): trimming no longer keeps actions for it past
+   * the outbox retention.
+   *
+   * @generated from field: bool abandoned = 8;
+   */
+  abandoned: boolean;
+};
+
+/**
+ * Describes the message nudge.v1.ConsumerGroup.
+ * Use `create(ConsumerGroupSchema)` to create a new message.
+ */
+export const ConsumerGroupSchema: GenMessage<ConsumerGroup> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 5);
+
+/**
+ * DeleteGroupRequest names the group.
+ *
+ * @generated from message nudge.v1.DeleteGroupRequest
+ */
+export type DeleteGroupRequest = Message<"nudge.v1.DeleteGroupRequest"> & {
+  /**
+   * @generated from field: string group = 1;
+   */
+  group: string;
+};
+
+/**
+ * Describes the message nudge.v1.DeleteGroupRequest.
+ * Use `create(DeleteGroupRequestSchema)` to create a new message.
+ */
+export const DeleteGroupRequestSchema: GenMessage<DeleteGroupRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 6);
+
+/**
+ * DeleteGroupResponse says how many outbox streams had the group.
+ *
+ * @generated from message nudge.v1.DeleteGroupResponse
+ */
+export type DeleteGroupResponse = Message<"nudge.v1.DeleteGroupResponse"> & {
+  /**
+   * @generated from field: uint32 streams = 1;
+   */
+  streams: number;
+};
+
+/**
+ * Describes the message nudge.v1.DeleteGroupResponse.
+ * Use `create(DeleteGroupResponseSchema)` to create a new message.
+ */
+export const DeleteGroupResponseSchema: GenMessage<DeleteGroupResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 7);
+
+/**
  * AdminService is for operators.
  *
  * @generated from service nudge.v1.AdminService
@@ -135,6 +283,32 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetRulesRequestSchema;
     output: typeof GetRulesResponseSchema;
+  },
+  /**
+   * ListGroups describes every consumer group of the outbox: its backlog,
+   * its members and when it last read. UNIMPLEMENTED on a server without
+   * an outbox.
+   *
+   * @generated from rpc nudge.v1.AdminService.ListGroups
+   */
+  listGroups: {
+    methodKind: "unary";
+    input: typeof ListGroupsRequestSchema;
+    output: typeof ListGroupsResponseSchema;
+  },
+  /**
+   * DeleteGroup destroys a consumer group on every outbox stream, with
+   * what it had pending, so that it no longer holds back trimming.
+   * NOT_FOUND when no stream has the group. Stop the group's subscribers
+   * first: a member still subscribed creates the group again at its next
+   * read, from the oldest action kept.
+   *
+   * @generated from rpc nudge.v1.AdminService.DeleteGroup
+   */
+  deleteGroup: {
+    methodKind: "unary";
+    input: typeof DeleteGroupRequestSchema;
+    output: typeof DeleteGroupResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nudge_v1_admin, 0);
