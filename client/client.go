@@ -216,7 +216,8 @@ func WithContext(kv map[string]string) DecideOption {
 // DecideBatch). Default: the server's.
 func WithBudget(d time.Duration) DecideOption { return func(c *decideConfig) { c.budget = d } }
 
-// WithExplain asks for the full evaluation trace (Decision.Trace).
+// WithExplain asks for the full evaluation trace (Decision.Trace). With
+// tokens, it needs the explain or admin role.
 func WithExplain() DecideOption { return func(c *decideConfig) { c.explain = true } }
 
 // WithMinProfileVersion decides only on a profile at least version v (an
@@ -229,7 +230,8 @@ func WithMinProfileVersion(v uint64) DecideOption {
 // WithReserve makes a SEND verdict take the frequency-cap slot at once,
 // under the idempotency key (asking again with the key returns the same
 // decision). Confirm with a message_sent event whose attribute
-// idempotency_key is key. Not available in DecideBatch.
+// idempotency_key is key. Not available in DecideBatch. With tokens, it
+// needs the send role.
 func WithReserve(key string) DecideOption { return func(c *decideConfig) { c.reserveKey = key } }
 
 // Decide asks what to do for userID on channel now. Errors are gRPC status

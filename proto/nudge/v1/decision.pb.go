@@ -94,7 +94,10 @@ type GetDecisionRequest struct {
 	// Time budget for the whole call. Zero means the server default; larger
 	// than the server maximum is capped to it.
 	Budget *durationpb.Duration `protobuf:"bytes,5,opt,name=budget,proto3" json:"budget,omitempty"`
-	// Return the full evaluation trace (Decision.trace).
+	// Return the full evaluation trace (Decision.trace). It shows the user's
+	// consent, time zone, local time, purchase state and send counts: with
+	// tokens, it needs the explain or admin role (PERMISSION_DENIED
+	// otherwise).
 	Explain bool `protobuf:"varint,6,opt,name=explain,proto3" json:"explain,omitempty"`
 	// Decide only on a profile at least this version (from an ingest
 	// result's profile_version). An older stored profile is not decided on:
@@ -104,7 +107,9 @@ type GetDecisionRequest struct {
 	// in the same transaction as the decision, so two senders can never both
 	// take the last slot. Confirm with a message_sent event whose attribute
 	// idempotency_key is this request's key; unconfirmed, the reservation
-	// lapses (server setting, default 5 minutes) and the slot returns.
+	// lapses (server setting, default 5 minutes) and the slot returns. It
+	// changes the user's state: with tokens, it needs the send role
+	// (PERMISSION_DENIED otherwise).
 	Reserve bool `protobuf:"varint,8,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	// Required with reserve. Asking again with the same key returns the same
 	// decision (same decision_id) while the reservation lasts.
@@ -288,8 +293,9 @@ type BatchGetDecisionsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Queries []*DecisionQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
 	// Time budget for the whole batch, as in GetDecisionRequest.
-	Budget        *durationpb.Duration `protobuf:"bytes,2,opt,name=budget,proto3" json:"budget,omitempty"`
-	Explain       bool                 `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
+	Budget *durationpb.Duration `protobuf:"bytes,2,opt,name=budget,proto3" json:"budget,omitempty"`
+	// As GetDecisionRequest.explain (needs the explain or admin role).
+	Explain       bool `protobuf:"varint,3,opt,name=explain,proto3" json:"explain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

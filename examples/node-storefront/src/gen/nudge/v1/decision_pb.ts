@@ -57,7 +57,10 @@ export type GetDecisionRequest = Message<"nudge.v1.GetDecisionRequest"> & {
   budget?: Duration | undefined;
 
   /**
-   * Return the full evaluation trace (Decision.trace).
+   * Return the full evaluation trace (Decision.trace). It shows the user's
+   * consent, time zone, local time, purchase state and send counts: with
+   * tokens, it needs the explain or admin role (PERMISSION_DENIED
+   * otherwise).
    *
    * @generated from field: bool explain = 6;
    */
@@ -77,7 +80,9 @@ export type GetDecisionRequest = Message<"nudge.v1.GetDecisionRequest"> & {
    * in the same transaction as the decision, so two senders can never both
    * take the last slot. Confirm with a message_sent event whose attribute
    * idempotency_key is this request's key; unconfirmed, the reservation
-   * lapses (server setting, default 5 minutes) and the slot returns.
+   * lapses (server setting, default 5 minutes) and the slot returns. It
+   * changes the user's state: with tokens, it needs the send role
+   * (PERMISSION_DENIED otherwise).
    *
    * @generated from field: bool reserve = 8;
    */
@@ -157,6 +162,8 @@ export type BatchGetDecisionsRequest = Message<"nudge.v1.BatchGetDecisionsReques
   budget?: Duration | undefined;
 
   /**
+   * As GetDecisionRequest.explain (needs the explain or admin role).
+   *
    * @generated from field: bool explain = 3;
    */
   explain: boolean;
