@@ -39,11 +39,12 @@ const (
 	adminSecret     = "admin-secret"
 )
 
-// limitedRate is the events per second of the "limited" token. Its burst
-// is the largest batch the API takes, 5000 events (server.Token).
+// limitedRate is the events per second of the "limited" token, and
+// limitedBurst its burst: limitedBurstSeconds of its rate.
 const (
-	limitedRate  = 100
-	limitedBurst = 5000
+	limitedRate         = 100
+	limitedBurstSeconds = 50
+	limitedBurst        = limitedRate * limitedBurstSeconds
 )
 
 // authTokens are the tokens authEnv's server knows.
@@ -51,7 +52,7 @@ func authTokens() []server.Token {
 	return []server.Token{
 		{Name: "ingest", Secret: ingestSecret, Roles: []server.Role{server.RoleIngest}},
 		{Name: "decide-only", Secret: decideSecret, Roles: []server.Role{server.RoleDecide}},
-		{Name: "limited", Secret: limitedSecret, Roles: []server.Role{server.RoleIngest}, EventsPerSecond: limitedRate},
+		{Name: "limited", Secret: limitedSecret, Roles: []server.Role{server.RoleIngest}, EventsPerSecond: limitedRate, BurstSeconds: limitedBurstSeconds},
 		{Name: "subscriber", Secret: subscribeSecret, Roles: []server.Role{server.RoleSubscribe}, Groups: []string{"sms-sender"}},
 		{Name: "admin", Secret: adminSecret, Roles: []server.Role{server.RoleAdmin}},
 	}

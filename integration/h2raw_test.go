@@ -89,7 +89,9 @@ func (c *h2conn) open(method string, headers ...string) uint32 {
 }
 
 // sendPart sends the start of a request message announcing size bytes,
-// and n bytes of it: the rest never comes.
+// and n bytes of it: the rest never comes. Keep n under the server's
+// stream window (1 MiB): more before the server asks for the message is a
+// flow-control error that resets the stream.
 func (c *h2conn) sendPart(id uint32, size, n int) {
 	c.t.Helper()
 	msg := make([]byte, 5+n)

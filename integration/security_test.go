@@ -170,32 +170,46 @@ func TestAttackUnauthenticatedHugeMessages(t *testing.T) {
 	}
 }
 
-// Attack 1b: the same with a valid token, half-sent (a slow upload): the
+// Attack 1b: the same with a valid token, half-sent (slow uploads): the
 // requests being received are bounded (limits.max_recv_bytes_in_flight,
-// half of it per token), so the token's next batch call is refused with
-// RESOURCE_EXHAUSTED at once, and another token is still served.
+// half of it per token), so the token's next batch call waits for room,
+// here until its deadline, and other tokens are served meanwhile.
 func TestAttackSlowUploadsAreBounded(t *testing.T) {
 	bin := buildNudged(t)
 	rs := redistest.Start(t)
 	// A bound of 64 MiB and messages of up to 16 MiB: one token holds at
 	// most two batch calls being received.
-	n := startSecureNudged(t, bin, rs.Addr, "--max-recv-bytes-in-flight", strconv.Itoa(64<<20))
+	n := startSecureNudged(t, bin, rs.Addr, "--max-recv-bytes-in-flight", strconv.Itoa(64<<20), "--metrics-listen", "127.0.0.1:0")
 	raw := dialH2(t, n.addr)
+	start := time.Now()
 	auth := []string{"authorization", "Bearer " + secSlow}
 	for range 2 {
 		id := raw.open("/nudge.v1.IngestService/Publish", auth...)
-		raw.sendPart(id, 16<<20-100, 1<<20)
+		raw.sendPart(id, 16<<20-100, 512<<10)
 	}
-	third := raw.open("/nudge.v1.IngestService/Publish", auth...)
-	code, msg := raw.status(third)
-	if code != strconv.Itoa(int(codes.ResourceExhausted)) || !strings.Contains(msg, "this token") {
-		t.Fatalf("a third slow upload of the token: grpc-status %q %q, want ResourceExhausted naming the token's share", code, msg)
+	third := raw.open("/nudge.v1.IngestService/Publish", append(auth, "grpc-timeout", "5S")...)
+	raw.sendPart(third, 16<<20-100, 512<<10)
+	// The third waits for room, before its request is read.
+	for !strings.Contains(httpGet(t, n.metrics), "nudge_rpc_recv_waiting 1") {
+		if time.Since(start) > 4*time.Second {
+			t.Fatalf("the third upload is not waiting for room:\n%s", httpGet(t, n.metrics))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	// Others are served meanwhile.
-	dec, err := nudgev1.NewDecisionServiceClient(dial(t, n.addr)).GetDecision(bearer(ctxT(t), secDecide),
-		&nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"})
-	if err != nil || dec.GetDecision() == nil {
-		t.Fatalf("another token during the slow uploads: %v", err)
+	// Others are served meanwhile, batches too.
+	conn := dial(t, n.addr)
+	if _, err := nudgev1.NewIngestServiceClient(conn).Publish(bearer(ctxT(t), secIngest),
+		&nudgev1.PublishRequest{Events: []*nudgev1.Event{ev("bystander", "view", "phones", time.Minute)}}); err != nil {
+		t.Fatalf("another token's batch during the slow uploads: %v", err)
+	}
+	if _, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(bearer(ctxT(t), secDecide),
+		&nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"}); err != nil {
+		t.Fatalf("another token's decision during the slow uploads: %v", err)
+	}
+	raw.deadline(30 * time.Second)
+	// Its deadline passes while it waits: grpc resets the stream.
+	if code, msg := raw.status(third); code != "" && code != strconv.Itoa(int(codes.DeadlineExceeded)) {
+		t.Errorf("a third slow upload of the token: grpc-status %q %q, want DeadlineExceeded or a reset", code, msg)
 	}
 	if rss := peakRSS(t, n.cmd.Process.Pid); rss > 250<<20 {
 		t.Errorf("peak RSS %d MiB, want under 250 MiB", rss>>20)

@@ -13,6 +13,9 @@
 #   AB_MODE=max    closed-loop decisions/s with 16 callers for AB_DUR
 #   AB_MODE=floor  GetDecision vs its floor (health check + one GET) at
 #                  5,000/s: p50 and p99 ratios
+#   AB_MODE=ingest events/s of AB_EVENTS (default 300000) Zipf events over
+#                  100,000 users, 4 streams of 500-event batches, exactly
+#                  once checked (--verify), from an empty Redis each time
 #   AB_ROUNDS=N    rounds (default 4); AB_ORDER="b a" to start with NEW
 set -euo pipefail
 [ $# -eq 3 ] || { sed -n '2,18p' "$0" >&2; exit 2; }
@@ -40,6 +43,23 @@ start b
 stop
 for r in $(seq "$rounds"); do
   for v in ${AB_ORDER:-a b}; do
+    if [ "$mode" = ingest ]; then
+      redis-cli -p "$rp" flushall >/dev/null
+      start "$v"
+      out=$("$nb" --workload ingest --addr "127.0.0.1:$np" --redis-addr "127.0.0.1:$rp" --events "${AB_EVENTS:-300000}" \
+        --users 100000 --dist zipf --streams 4 --batch 500 --verify --quiet | tail -n 1)
+      stop
+      python3 - "$v" "$r" "$out" <<'PY'
+import json, sys
+v, r, out = sys.argv[1:]
+rep = json.loads(out)
+i = {x["name"]: x for x in rep["results"]}["ingest"]
+checks = " ".join(f"{c['name']}={'ok' if c['ok'] else 'FAILED'}" for c in rep.get("checks") or [])
+name = {"a": "old", "b": "new"}[v]
+print(f"{name} round {r}: {i['events_per_sec']:.0f} events/s, {i['applied']} applied, {checks}")
+PY
+      continue
+    fi
     start "$v"
     "$nb" --workload decide --addr "127.0.0.1:$np" --users 100000 --rate 2000 --duration 3s --quiet >/dev/null
     t0=$(ticks)
@@ -47,7 +67,7 @@ for r in $(seq "$rounds"); do
       cpu) args=(--workload decide --rate "$rate") ;;
       max) args=(--workload decide --rate 0 --concurrency 16) ;;
       floor) args=(--workload decide,floor --redis-addr "127.0.0.1:$rp" --rate 5000 --rounds 1) ;;
-      *) echo "ab: AB_MODE $mode: want cpu, max or floor" >&2; exit 2 ;;
+      *) echo "ab: AB_MODE $mode: want cpu, max, floor or ingest" >&2; exit 2 ;;
     esac
     out=$("$nb" "${args[@]}" --addr "127.0.0.1:$np" --users 100000 --duration "$dur" --quiet | tail -n 1)
     t1=$(ticks)

@@ -3,9 +3,10 @@ package server
 import (
 	"context"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
@@ -28,20 +29,22 @@ import (
 // resets the stream, and the frames already in flight are dropped as they
 // arrive).
 //
-// admitCall also bounds the bytes being received across all calls
-// (Config.MaxRecvBytesInFlight): a call whose request is being received
-// holds what its request may take, from its headers until its request is
-// read (or the call ends), and a call that does not fit is refused with
-// RESOURCE_EXHAUSTED and a RetryInfo rather than queued (InTapHandle must
-// not block: it runs on the connection's reading goroutine). A batch
-// method (Publish, BatchGetDecisions) holds Config.MaxRecvMsgBytes, any
-// other method smallRequestBytes; one token may hold at most half the
-// bound, so one caller cannot take it all. IngestService.Stream is not
-// held: a stream has at most one message in receipt at a time, bounded
-// by Config.MaxRecvMsgBytes, and streams by the per-connection stream
-// limit. The bound is on what requests can take while they are read; what
-// the server does with them afterwards is bounded by
-// Config.MaxInFlightEvents and Config.MaxPendingReads.
+// The bytes being received are bounded across all calls too
+// (Config.MaxRecvBytesInFlight). A call holds what its request may take
+// from before its request is read until it is read (or the call ends): a
+// batch method (Publish, BatchGetDecisions) Config.MaxRecvMsgBytes, any
+// other method smallRequestBytes; one token at most half the bound, so
+// one caller cannot take it all. A call that does not fit waits for room,
+// in arrival order, up to its deadline. It waits in its own goroutine,
+// when grpc reports its headers to the stats handler (recvGate) and
+// before grpc reads its request: meanwhile the client can have sent at
+// most the stream's flow-control window (streamWindow), so waiting calls
+// take at most that each, and a connection at most
+// Config.MaxStreamsPerConn of them. (admitCall cannot wait: it runs on
+// the connection's reading goroutine.) IngestService.Stream does not
+// hold: a stream has at most one message in receipt at a time, bounded by
+// Config.MaxRecvMsgBytes. What the server does with requests once read is
+// bounded by Config.MaxInFlightEvents and Config.MaxPendingReads.
 
 // smallRequestBytes is what a call of a method without batches holds of
 // the receive bound: a valid GetDecision request (the largest of them) is
@@ -64,58 +67,66 @@ func unheld(method string) bool {
 }
 
 // recvBound is the receive bound: the bytes that calls being received may
-// take, in total and per token.
+// take, in total and per token (each principal has its own semaphore of
+// perToken).
 type recvBound struct {
-	bound    int64
+	all      *semaphore.Weighted
 	perToken int64
-
-	mu      sync.Mutex
-	held    int64
-	byToken map[*principal]int64
 }
 
 func newRecvBound(bound int64) *recvBound {
-	return &recvBound{bound: bound, perToken: bound / 2, byToken: map[*principal]int64{}}
+	return &recvBound{all: semaphore.NewWeighted(bound), perToken: bound / 2}
 }
 
-// hold takes n bytes of the bound for p (nil: no authentication, no
-// per-token share), or fails with the status to answer.
-func (b *recvBound) hold(p *principal, n int64) (*holding, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.held+n > b.bound {
-		return nil, receiving(b.bound, false)
-	}
-	if p != nil {
-		if b.byToken[p]+n > b.perToken {
-			return nil, receiving(b.bound, true)
-		}
-		b.byToken[p] += n
-	}
-	b.held += n
-	return &holding{b: b, p: p, n: n}, nil
-}
-
-// holding is one call's share of the bound, given back once.
+// holding is one call's share of the bound: n bytes, for p (nil: no
+// authentication, no per-token share). It is taken by wait and given back
+// once by release.
 type holding struct {
 	b    *recvBound
 	p    *principal
 	n    int64
-	done atomic.Bool
+	held atomic.Bool // wait succeeded and release has not run
+}
+
+// tryWait takes the call's share if there is room now.
+func (h *holding) tryWait() bool {
+	if h.p != nil && !h.p.recv.TryAcquire(h.n) {
+		return false
+	}
+	if !h.b.all.TryAcquire(h.n) {
+		if h.p != nil {
+			h.p.recv.Release(h.n)
+		}
+		return false
+	}
+	h.held.Store(true)
+	return true
+}
+
+// wait takes the call's share, waiting for room until ctx ends.
+func (h *holding) wait(ctx context.Context) error {
+	if h.p != nil {
+		if err := h.p.recv.Acquire(ctx, h.n); err != nil {
+			return err
+		}
+	}
+	if err := h.b.all.Acquire(ctx, h.n); err != nil {
+		if h.p != nil {
+			h.p.recv.Release(h.n)
+		}
+		return err
+	}
+	h.held.Store(true)
+	return nil
 }
 
 func (h *holding) release() {
-	if h.done.Swap(true) {
+	if !h.held.Swap(false) {
 		return
 	}
-	b := h.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.held -= h.n
+	h.b.all.Release(h.n)
 	if h.p != nil {
-		if b.byToken[h.p] -= h.n; b.byToken[h.p] <= 0 {
-			delete(b.byToken, h.p)
-		}
+		h.p.recv.Release(h.n)
 	}
 }
 
@@ -144,12 +155,7 @@ func (s *Server) admitCall(ctx context.Context, info *tap.Info) (context.Context
 	if batchMethods[method] {
 		n = int64(s.cfg.MaxRecvMsgBytes)
 	}
-	h, err := s.recv.hold(p, n)
-	if err != nil {
-		s.refused(ctx, method, p, err)
-		return nil, err
-	}
-	return context.WithValue(ctx, holdingKey{}, h), nil
+	return context.WithValue(ctx, holdingKey{}, &holding{b: s.recv, p: p, n: n}), nil
 }
 
 // refused logs and counts a call admitCall refused: it never reaches the
@@ -163,24 +169,38 @@ func (s *Server) refused(ctx context.Context, method string, p *principal, err e
 	s.logCall(context.WithValue(ctx, callInfoKey{}, ci), method, "refused before reading", time.Now(), err)
 }
 
-// recvReleaser gives a call's share of the receive bound back once its
-// request is read, or the call ends without one. It is a stats.Handler:
-// grpc tells it both, and it sees the context admitCall returned.
-type recvReleaser struct{}
+// recvGate is the stats.Handler that applies the receive bound: grpc
+// tells it that a call's headers arrived (InHeader) on the call's own
+// goroutine, before the request is read, and there the call waits for its
+// share; it tells it that the request was read (InPayload) or the call
+// ended (End), and the share goes back. It sees the context admitCall
+// returned.
+type recvGate struct{ metrics *instruments }
 
-func (recvReleaser) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (recvGate) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
 
-func (recvReleaser) HandleRPC(ctx context.Context, st stats.RPCStats) {
+func (g recvGate) HandleRPC(ctx context.Context, st stats.RPCStats) {
+	h, ok := ctx.Value(holdingKey{}).(*holding)
+	if !ok {
+		return
+	}
 	switch st.(type) {
-	case *stats.InPayload, *stats.End:
-		if h, ok := ctx.Value(holdingKey{}).(*holding); ok {
-			h.release()
+	case *stats.InHeader:
+		if h.tryWait() {
+			return
 		}
+		g.metrics.recvWaiting.Add(ctx, 1)
+		defer g.metrics.recvWaiting.Add(ctx, -1)
+		// A call whose deadline passes (or that is cancelled) while it
+		// waits is not held: its context has ended, so grpc fails it.
+		_ = h.wait(ctx)
+	case *stats.InPayload, *stats.End:
+		h.release()
 	}
 }
 
-func (recvReleaser) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+func (recvGate) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
 	return ctx
 }
 
-func (recvReleaser) HandleConn(context.Context, stats.ConnStats) {}
+func (recvGate) HandleConn(context.Context, stats.ConnStats) {}

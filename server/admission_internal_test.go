@@ -1,48 +1,54 @@
 package server
 
 import (
-	"strings"
+	"context"
+	"errors"
 	"testing"
+	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"golang.org/x/sync/semaphore"
 )
 
-// TestRecvBound: calls hold their share until they give it back, a call
-// that does not fit is refused, and one token holds at most half.
+// TestRecvBound: calls hold their share until they give it back (once), a
+// call that does not fit waits, until its context ends, and one token holds
+// at most half the bound.
 func TestRecvBound(t *testing.T) {
 	b := newRecvBound(100)
-	alice, bob := &principal{name: "alice"}, &principal{name: "bob"}
+	alice := &principal{name: "alice", recv: semaphore.NewWeighted(b.perToken)}
+	bob := &principal{name: "bob", recv: semaphore.NewWeighted(b.perToken)}
 	hold := func(p *principal, n int64) *holding {
 		t.Helper()
-		h, err := b.hold(p, n)
-		if err != nil {
-			t.Fatalf("hold(%v, %d) with %d held: %v", p, n, b.held, err)
+		h := &holding{b: b, p: p, n: n}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.wait(ctx); err != nil {
+			t.Fatalf("wait(%v, %d): %v", p, n, err)
 		}
 		return h
 	}
-	refused := func(p *principal, n int64, want string) {
+	waits := func(p *principal, n int64) {
 		t.Helper()
-		_, err := b.hold(p, n)
-		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), want) {
-			t.Fatalf("hold(%v, %d) with %d held: %v, want ResourceExhausted with %q", p, n, b.held, err, want)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		h := &holding{b: b, p: p, n: n}
+		if err := h.wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("wait(%v, %d) = %v, want it to wait until its deadline", p, n, err)
 		}
+		h.release() // not held: gives nothing back
 	}
 	a1 := hold(alice, 30)
 	a2 := hold(alice, 20)
-	refused(alice, 1, "this token's calls")
+	waits(alice, 1) // alice holds her half
 	b1 := hold(bob, 40)
-	refused(nil, 11, "server is receiving its bound")
-	hold(nil, 10) // no token (no authentication): only the total
+	waits(nil, 11) // 90 of 100 held
+	hold(nil, 10)  // no token (no authentication): only the total
 	a1.release()
 	a1.release() // once only
-	if b.held != 70 || b.byToken[alice] != 20 {
-		t.Fatalf("after a release: held %d, alice %d; want 70, 20", b.held, b.byToken[alice])
-	}
-	hold(alice, 30)
+	a3 := hold(alice, 30)
+	waits(bob, 11) // the total is full again
 	a2.release()
 	b1.release()
-	if _, ok := b.byToken[bob]; ok || b.held != 40 {
-		t.Fatalf("held %d, bob's entry kept %v; want 40 and none", b.held, ok)
-	}
+	a3.release()
+	// 10 held (the call without a token): bob may take his whole half.
+	hold(bob, 50)
 }

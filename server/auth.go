@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -111,7 +112,9 @@ func requiredRole(fullMethod string) (Role, bool) {
 // principal is an authenticated caller: its token's name, roles and rate
 // limiters (nil: unlimited).
 type principal struct {
-	name      string
+	name string
+	// recv is the token's share of the receive bound (admission.go).
+	recv      *semaphore.Weighted
 	roles     []Role
 	groups    []string // Token.Groups
 	events    *rate.Limiter

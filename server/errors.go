@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -105,18 +104,6 @@ func lacksRole(token string, role Role, method string) error {
 // do not allow.
 func lacksRoleFor(token string, role Role, what string) error {
 	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required to %s", token, role, what)
-}
-
-// receiving is the status of a call refused because the server is already
-// receiving its bound of request bytes (see Config.MaxRecvBytesInFlight).
-func receiving(bound int64, yours bool) error {
-	msg := fmt.Sprintf("server is receiving its bound of %d MiB of requests at once", bound>>20)
-	if yours {
-		msg = fmt.Sprintf("this token's calls are receiving half the server's bound of %d MiB of requests at once", bound>>20)
-	}
-	st, _ := status.New(codes.ResourceExhausted, msg+": retry shortly, or send smaller batches").
-		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(100 * time.Millisecond)})
-	return st.Err()
 }
 
 // streamIdle is the status that ends an ingest stream idle for d.

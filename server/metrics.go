@@ -27,6 +27,7 @@ type instruments struct {
 	acked        metric.Int64Counter
 	released     metric.Int64Counter
 	refusedCalls metric.Int64Counter
+	recvWaiting  metric.Int64UpDownCounter
 	statusAttrs  map[statusReason]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
 }
@@ -72,6 +73,11 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		metric.WithDescription("Calls refused from their headers, before their request was read, by code (Unauthenticated, PermissionDenied, ResourceExhausted).")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
+	if in.recvWaiting, err = m.Int64UpDownCounter("nudge.rpc.recv_waiting",
+		metric.WithDescription("Calls waiting for room in the receive bound (limits.max_recv_bytes_in_flight) before their request is read.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	in.recvWaiting.Add(context.Background(), 0)
 	// Counters without attributes start at 0, so dashboards and alerts
 	// see a series before the first event.
 	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked, in.released} {

@@ -146,11 +146,13 @@ type Config struct {
 	// may take at once, across all calls (see admission.go): a batch call
 	// holds MaxRecvMsgBytes of it while its request is read, another call
 	// 64 KiB, and one token at most half of it. A call that does not fit
-	// is refused with RESOURCE_EXHAUSTED and a RetryInfo. Default 128 MiB.
+	// waits for room, in arrival order, up to its deadline. Default
+	// 128 MiB.
 	MaxRecvBytesInFlight int
 	// MaxStreamsPerConn bounds the calls open at once on one connection
-	// (HTTP/2 MAX_CONCURRENT_STREAMS; a client waits for room). Default
-	// 1000.
+	// (HTTP/2 MAX_CONCURRENT_STREAMS; a client waits for room). Each may
+	// have a flow-control window (1 MiB) of request bytes unread. Default
+	// 100.
 	MaxStreamsPerConn int
 	// MaxConnectionIdle closes a connection that has had no call for this
 	// long (the client reconnects when it next calls). Default 15m.
@@ -189,7 +191,7 @@ func DefaultConfig() Config {
 		MaxRecvMsgBytes:   16 << 20,
 		// Eight maximal batches.
 		MaxRecvBytesInFlight: 128 << 20,
-		MaxStreamsPerConn:    1000,
+		MaxStreamsPerConn:    100,
 		MaxConnectionIdle:    15 * time.Minute,
 		KeepaliveTime:        2 * time.Minute,
 		KeepaliveTimeout:     20 * time.Second,
@@ -289,6 +291,10 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	recv := newRecvBound(int64(cfg.MaxRecvBytesInFlight))
+	for _, p := range tokens {
+		p.recv = semaphore.NewWeighted(recv.perToken)
+	}
 	return &Server{
 		ingest:       store,
 		decisions:    store,
@@ -304,7 +310,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		reads:        &breaker{failures: cfg.BreakerFailures, minStreak: readShare(cfg.DefaultBudget), cooldown: cfg.BreakerCooldown},
 		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
-		recv:         newRecvBound(int64(cfg.MaxRecvBytesInFlight)),
+		recv:         recv,
 		draining:     make(chan struct{}),
 	}, nil
 }
@@ -359,10 +365,11 @@ const (
 // logged (at warn), and outside the rate limit, which needs the token.
 //
 // Before all of them, when a call's headers arrive and before its request
-// is read, admitCall (admission.go, grpc's InTapHandle) refuses calls without
-// a valid token or the method's role, and calls that do not fit in the
-// receive bound; it logs the calls it refuses as the call log would. The
-// auth interceptor then only names the token.
+// is read, admitCall (admission.go, grpc's InTapHandle) refuses calls
+// without a valid token or the method's role, and logs them as the call
+// log would; the auth interceptor then only names the token. Then, on the
+// call's goroutine, recvGate (a stats handler) makes it wait for room in
+// the receive bound before grpc reads its request.
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	log := s.cfg.Logger
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -401,7 +408,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		// Before any request is read: tokens, roles and the receive
 		// bound (admission.go).
 		grpc.InTapHandle(s.admitCall),
-		grpc.StatsHandler(recvReleaser{}),
+		grpc.StatsHandler(recvGate{metrics: s.metrics}),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgBytes),
 		// Idle and abusive connections: a stream limit per connection,
 		// pings that find vanished peers, idle connections closed, and

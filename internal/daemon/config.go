@@ -240,11 +240,11 @@ type LimitsConfig struct {
 	// decisions degrade at once. Default 1024.
 	MaxPendingReads int `yaml:"max_pending_reads"`
 	// MaxRecvBytesInFlight bounds the bytes of requests being received at
-	// once over all calls (server.Config.MaxRecvBytesInFlight). Default
-	// 128 MiB.
+	// once over all calls, half per token; then calls wait for room
+	// (server.Config.MaxRecvBytesInFlight). Default 128 MiB.
 	MaxRecvBytesInFlight int `yaml:"max_recv_bytes_in_flight"`
 	// MaxStreamsPerConn bounds the calls open at once on one connection.
-	// Default 1000.
+	// Default 100.
 	MaxStreamsPerConn int `yaml:"max_streams_per_conn"`
 	// MaxConnectionIdle closes connections without calls for this long.
 	// Default 15m.
