@@ -56,6 +56,8 @@ func FuzzStream(f *testing.F) {
 	store := &memStore{now: func() time.Time { return fuzzNow }}
 	s := newFuzzServer(f, store)
 	codec := &lenientCodec{base: encoding.GetCodecV2(grpcproto.Name), failures: newDecodeFailures(maxUndecoded)}
+	// A limiter that never refuses: the fuzzed path is the charge's, not
+	// the limit's.
 	p := &principal{name: "fuzz", events: rate.NewLimiter(rate.Inf, 0)}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		store.reset()
@@ -71,6 +73,16 @@ func FuzzStream(f *testing.F) {
 		cancel()
 		if err != nil && status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("stream ended with %v, want nil or InvalidArgument", err)
+		}
+		// A first batch that decodes and validates is answered: the
+		// stream does not refuse what it should take.
+		if len(msgs) > 0 {
+			var first nudgev1.StreamRequest
+			if proto.Unmarshal(msgs[0], &first) == nil {
+				if _, verr := s.validateBatch(&first); verr == nil && len(fs.sent) == 0 {
+					t.Fatalf("a valid first batch (seq %d, %d events) got no response; the stream ended with %v", first.GetSeq(), len(first.GetEvents()), err)
+				}
+			}
 		}
 		// The batches sent, by seq: a response must match one, once.
 		sent := map[uint64][]int{} // seq -> event counts of the batches with it
