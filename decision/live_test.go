@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -305,4 +306,29 @@ func TestNewLiveIsFixed(t *testing.T) {
 	if ref, ok := l.Refused(); ok {
 		t.Errorf("fixed rules refused %+v", ref)
 	}
+}
+
+// TestReloadPacer: a reload rests as long as it compiled, once it has
+// compiled for reloadSlice, so it takes about half of one CPU.
+func TestReloadPacer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &pacer{since: time.Now()}
+		time.Sleep(reloadSlice / 2) // compiling, under the slice
+		start := time.Now()
+		p.pace()
+		if rested := time.Since(start); rested != 0 {
+			t.Errorf("rested %v under the slice", rested)
+		}
+		time.Sleep(reloadSlice) // compiling: 1.5 slices since the last rest
+		start = time.Now()
+		p.pace()
+		if rested := time.Since(start); rested != reloadSlice*3/2 {
+			t.Errorf("rested %v after compiling 1.5 slices, want %v", rested, reloadSlice*3/2)
+		}
+		start = time.Now()
+		p.pace()
+		if rested := time.Since(start); rested != 0 {
+			t.Errorf("rested %v right after resting", rested)
+		}
+	})
 }

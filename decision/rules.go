@@ -163,7 +163,7 @@ func Load(path string, opts ...LoadOption) (*Rules, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decision: read rules: %w", err)
 	}
-	return parse(path, data, size, cfg.limits)
+	return parse(path, data, size, cfg.limits, nil)
 }
 
 // Parse compiles a rules file. name is used in error messages (usually the
@@ -171,12 +171,16 @@ func Load(path string, opts ...LoadOption) (*Rules, error) {
 // joined with errors.Join; all of them match ErrInvalidRules. The file is
 // held to DefaultLimits unless WithLimits says otherwise.
 func Parse(name string, data []byte, opts ...LoadOption) (*Rules, error) {
-	return parse(name, data, int64(len(data)), newLoadConfig(opts).limits)
+	return parse(name, data, int64(len(data)), newLoadConfig(opts).limits, nil)
 }
 
 // parse is Parse of a file whose size is known to be size (-1: at least
-// len(data)).
-func parse(name string, data []byte, size int64, l Limits) (*Rules, error) {
+// len(data)). pace, when not nil, runs after each rule is compiled (see
+// Live's reloads).
+func parse(name string, data []byte, size int64, l Limits, pace func()) (*Rules, error) {
+	if pace == nil {
+		pace = func() {}
+	}
 	env, err := envs()
 	if err != nil {
 		return nil, err
@@ -198,12 +202,14 @@ func parse(name string, data []byte, size int64, l Limits) (*Rules, error) {
 			r.triggers = append(r.triggers, t.trigger)
 			r.index(t.trigger, t.on)
 		}
+		pace()
 	}
 	clear(seen)
 	for i := range raw.offers {
 		if o := cc.compileOffer(env.offer, &raw.offers[i], seen); o != nil {
 			r.offers = append(r.offers, o)
 		}
+		pace()
 	}
 	compileSettings(c, &raw, r)
 	compilePolicies(c, &raw, r, seen)
