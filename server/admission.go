@@ -29,73 +29,53 @@ import (
 // resets the stream, and the frames already in flight are dropped as they
 // arrive).
 //
-// The bytes being received are bounded across all calls too
-// (Config.MaxRecvBytesInFlight). A call holds what its request may take
-// from before its request is read until it is read (or the call ends): a
-// batch method (Publish, BatchGetDecisions) Config.MaxRecvMsgBytes, any
-// other method smallRequestBytes; one token at most half the bound, so
-// one caller cannot take it all. A call that does not fit waits for room,
-// in arrival order, up to its deadline. It waits in its own goroutine,
-// when grpc reports its headers to the stats handler (recvGate) and
-// before grpc reads its request: meanwhile the client can have sent at
-// most the stream's flow-control window (streamWindow), so waiting calls
-// take at most that each, and a connection at most
-// Config.MaxStreamsPerConn of them. (admitCall cannot wait: it runs on
-// the connection's reading goroutine.) IngestService.Stream does not
-// hold: a stream has at most one message in receipt at a time, bounded by
-// Config.MaxRecvMsgBytes. What the server does with requests once read is
+// The bytes being received are bounded too (Config.MaxRecvBytesInFlight).
+// A call of a batch method (Publish, BatchGetDecisions), whose request
+// may be as large as Config.MaxRecvMsgBytes, holds that much of the bound
+// from before its request is read until it is read (or the call ends);
+// one token holds at most half the bound, so one caller cannot take it
+// all. A call that does not fit waits for room, in arrival order, up to
+// its deadline. It waits in its own goroutine, when grpc reports its
+// headers to the stats handler (recvGate) and before grpc reads its
+// request: meanwhile the client can have sent at most the stream's
+// flow-control window (streamWindow). (admitCall cannot wait: it runs on
+// the connection's reading goroutine.) Other methods do not hold: their
+// valid requests are small, and grpc-go accepts no more than
+// Config.MaxRecvMsgBytes of any request before a handler sees it (see
+// SECURITY.md, known limits); holding for them would cost every decision
+// a semaphore for nothing. An ingest stream has at most one message in
+// receipt at a time. What the server does with requests once read is
 // bounded by Config.MaxInFlightEvents and Config.MaxPendingReads.
 
-// smallRequestBytes is what a call of a method without batches holds of
-// the receive bound: a valid GetDecision request (the largest of them) is
-// under 16 KiB.
-const smallRequestBytes = 64 << 10
-
-// batchMethods are the unary methods whose requests are batches, which may
-// be as large as Config.MaxRecvMsgBytes.
+// batchMethods are the unary methods whose requests are batches.
 var batchMethods = map[string]bool{
-	"/" + nudgev1.IngestService_ServiceDesc.ServiceName + "/Publish":             true,
-	"/" + nudgev1.DecisionService_ServiceDesc.ServiceName + "/BatchGetDecisions": true,
+	nudgev1.IngestService_Publish_FullMethodName:             true,
+	nudgev1.DecisionService_BatchGetDecisions_FullMethodName: true,
 }
 
-// unheld are the methods that do not hold the receive bound: the ingest
-// stream (see above) and health checks, which load balancers must always
-// get through.
-func unheld(method string) bool {
-	return method == "/"+nudgev1.IngestService_ServiceDesc.ServiceName+"/Stream" ||
-		strings.HasPrefix(method, "/"+healthpb.Health_ServiceDesc.ServiceName+"/")
-}
+// healthPrefix starts the methods of the health service, which load
+// balancers call without a token.
+var healthPrefix = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
 
-// recvBound is the receive bound: the bytes that calls being received may
-// take, in total and per token (each principal has its own semaphore of
-// perToken).
-type recvBound struct {
-	all      *semaphore.Weighted
-	perToken int64
-}
-
-func newRecvBound(bound int64) *recvBound {
-	return &recvBound{all: semaphore.NewWeighted(bound), perToken: bound / 2}
-}
-
-// holding is one call's share of the bound: n bytes, for p (nil: no
-// authentication, no per-token share). It is taken by wait and given back
-// once by release.
+// holding is one batch call's share of the receive bound (all): n bytes,
+// and as much of its token's share (nil: no authentication). It is taken
+// by take and given back once by release.
 type holding struct {
-	b    *recvBound
-	p    *principal
-	n    int64
-	held atomic.Bool // wait succeeded and release has not run
+	all   *semaphore.Weighted
+	token *semaphore.Weighted
+	n     int64
+	held  atomic.Bool // taken and not released
 }
 
-// tryWait takes the call's share if there is room now.
-func (h *holding) tryWait() bool {
-	if h.p != nil && !h.p.recv.TryAcquire(h.n) {
+// take takes the call's share from each semaphore, the token's first, with
+// acquire; it gives back what it took when one refuses.
+func (h *holding) take(acquire func(*semaphore.Weighted) bool) bool {
+	if h.token != nil && !acquire(h.token) {
 		return false
 	}
-	if !h.b.all.TryAcquire(h.n) {
-		if h.p != nil {
-			h.p.recv.Release(h.n)
+	if !acquire(h.all) {
+		if h.token != nil {
+			h.token.Release(h.n)
 		}
 		return false
 	}
@@ -103,30 +83,23 @@ func (h *holding) tryWait() bool {
 	return true
 }
 
+// tryTake takes the call's share if there is room now.
+func (h *holding) tryTake() bool {
+	return h.take(func(s *semaphore.Weighted) bool { return s.TryAcquire(h.n) })
+}
+
 // wait takes the call's share, waiting for room until ctx ends.
-func (h *holding) wait(ctx context.Context) error {
-	if h.p != nil {
-		if err := h.p.recv.Acquire(ctx, h.n); err != nil {
-			return err
-		}
-	}
-	if err := h.b.all.Acquire(ctx, h.n); err != nil {
-		if h.p != nil {
-			h.p.recv.Release(h.n)
-		}
-		return err
-	}
-	h.held.Store(true)
-	return nil
+func (h *holding) wait(ctx context.Context) bool {
+	return h.take(func(s *semaphore.Weighted) bool { return s.Acquire(ctx, h.n) == nil })
 }
 
 func (h *holding) release() {
 	if !h.held.Swap(false) {
 		return
 	}
-	h.b.all.Release(h.n)
-	if h.p != nil {
-		h.p.recv.Release(h.n)
+	h.all.Release(h.n)
+	if h.token != nil {
+		h.token.Release(h.n)
 	}
 }
 
@@ -136,7 +109,7 @@ type holdingKey struct{}
 // connection's lock: it does no I/O beyond a refused call's log line.
 func (s *Server) admitCall(ctx context.Context, info *tap.Info) (context.Context, error) {
 	method := info.FullMethodName
-	if strings.HasPrefix(method, "/"+healthpb.Health_ServiceDesc.ServiceName+"/") {
+	if strings.HasPrefix(method, healthPrefix) {
 		return ctx, nil
 	}
 	var p *principal
@@ -148,31 +121,31 @@ func (s *Server) admitCall(ctx context.Context, info *tap.Info) (context.Context
 		}
 		ctx = context.WithValue(ctx, principalKey{}, p)
 	}
-	if unheld(method) {
+	if !batchMethods[method] {
 		return ctx, nil
 	}
-	n := int64(smallRequestBytes)
-	if batchMethods[method] {
-		n = int64(s.cfg.MaxRecvMsgBytes)
+	h := &holding{all: s.recv, n: int64(s.cfg.MaxRecvMsgBytes)}
+	if p != nil {
+		h.token = p.recv
 	}
-	return context.WithValue(ctx, holdingKey{}, &holding{b: s.recv, p: p, n: n}), nil
+	return context.WithValue(ctx, holdingKey{}, h), nil
 }
 
 // refused logs and counts a call admitCall refused: it never reaches the
 // interceptors, which log every other call.
 func (s *Server) refused(ctx context.Context, method string, p *principal, err error) {
 	s.metrics.countRefused(ctx, err)
-	ci := &callInfo{requestID: requestID(ctx)}
+	ctx = context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: requestID(ctx)})
 	if p != nil {
-		ci.token = p.name
+		ctx = context.WithValue(ctx, principalKey{}, p)
 	}
-	s.logCall(context.WithValue(ctx, callInfoKey{}, ci), method, "refused before reading", time.Now(), err)
+	s.logCall(ctx, method, "refused before reading", time.Now(), err)
 }
 
 // recvGate is the stats.Handler that applies the receive bound: grpc
 // tells it that a call's headers arrived (InHeader) on the call's own
-// goroutine, before the request is read, and there the call waits for its
-// share; it tells it that the request was read (InPayload) or the call
+// goroutine, before the request is read, and there a batch call waits for
+// its share; it tells it that the request was read (InPayload) or the call
 // ended (End), and the share goes back. It sees the context admitCall
 // returned.
 type recvGate struct{ metrics *instruments }
@@ -180,22 +153,21 @@ type recvGate struct{ metrics *instruments }
 func (recvGate) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
 
 func (g recvGate) HandleRPC(ctx context.Context, st stats.RPCStats) {
-	h, ok := ctx.Value(holdingKey{}).(*holding)
-	if !ok {
-		return
-	}
 	switch st.(type) {
 	case *stats.InHeader:
-		if h.tryWait() {
+		h, ok := ctx.Value(holdingKey{}).(*holding)
+		if !ok || h.tryTake() {
 			return
 		}
 		g.metrics.recvWaiting.Add(ctx, 1)
 		defer g.metrics.recvWaiting.Add(ctx, -1)
 		// A call whose deadline passes (or that is cancelled) while it
 		// waits is not held: its context has ended, so grpc fails it.
-		_ = h.wait(ctx)
+		h.wait(ctx)
 	case *stats.InPayload, *stats.End:
-		h.release()
+		if h, ok := ctx.Value(holdingKey{}).(*holding); ok {
+			h.release()
+		}
 	}
 }
 

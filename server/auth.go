@@ -10,8 +10,6 @@ import (
 
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 
@@ -113,7 +111,8 @@ func requiredRole(fullMethod string) (Role, bool) {
 // limiters (nil: unlimited).
 type principal struct {
 	name string
-	// recv is the token's share of the receive bound (admission.go).
+	// recv is the token's share of the receive bound (admission.go): half
+	// of Config.MaxRecvBytesInFlight.
 	recv      *semaphore.Weighted
 	roles     []Role
 	groups    []string // Token.Groups
@@ -276,37 +275,6 @@ func bearer(values []string) (string, bool) {
 		return "", false
 	}
 	return token, true
-}
-
-// authenticate is the auth.AuthFunc. Calls are authorised before their
-// payload is read, by admitCall (admission.go), which leaves the principal
-// in the context; authenticate then only names the token for the call's
-// log line. It authorises the call itself when admitCall did not run (a
-// grpc.Server built without NewGRPCServer's options).
-func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
-	p := principalFrom(ctx)
-	if p == nil {
-		method, _ := grpc.Method(ctx)
-		md, _ := metadata.FromIncomingContext(ctx)
-		var err error
-		if p, err = s.authorize(md.Get("authorization"), method); err != nil {
-			if p != nil {
-				s.nameToken(ctx, p)
-			}
-			return nil, err
-		}
-		ctx = context.WithValue(ctx, principalKey{}, p)
-	}
-	s.nameToken(ctx, p)
-	return ctx, nil
-}
-
-// nameToken records the call's token for its log line, which is written
-// outside the auth interceptor.
-func (s *Server) nameToken(ctx context.Context, p *principal) {
-	if ci := callInfoFrom(ctx); ci != nil {
-		ci.token = p.name
-	}
 }
 
 // mayDecide checks what a decision request asks beyond a plain, read-only

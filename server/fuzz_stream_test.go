@@ -6,12 +6,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
@@ -56,9 +56,9 @@ func FuzzStream(f *testing.F) {
 	store := &memStore{now: func() time.Time { return fuzzNow }}
 	s := newFuzzServer(f, store)
 	codec := &lenientCodec{base: encoding.GetCodecV2(grpcproto.Name), failures: newDecodeFailures(maxUndecoded)}
-	// A limiter that never refuses: the fuzzed path is the charge's, not
-	// the limit's.
-	p := &principal{name: "fuzz", events: rate.NewLimiter(rate.Inf, 0)}
+	// An unlimited token: the fuzzed path is the charge's, not the
+	// limit's.
+	p := &principal{name: "fuzz"}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		store.reset()
 		msgs := unframe(data, 8)
@@ -94,7 +94,7 @@ func FuzzStream(f *testing.F) {
 		}
 		for _, resp := range fs.sent {
 			counts := sent[resp.GetSeq()]
-			i := slicesIndex(counts, len(resp.GetResults()))
+			i := slices.Index(counts, len(resp.GetResults()))
 			if i < 0 {
 				t.Fatalf("response seq %d with %d results answers no batch sent (batches with that seq: %v)", resp.GetSeq(), len(resp.GetResults()), counts)
 			}
@@ -104,15 +104,6 @@ func FuzzStream(f *testing.F) {
 			}
 		}
 	})
-}
-
-func slicesIndex(s []int, v int) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	return -1
 }
 
 // frame prefixes each message with its length.

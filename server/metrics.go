@@ -70,11 +70,11 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	if in.refusedCalls, err = m.Int64Counter("nudge.rpc.refused_unread",
-		metric.WithDescription("Calls refused from their headers, before their request was read, by code (Unauthenticated, PermissionDenied, ResourceExhausted).")); err != nil {
+		metric.WithDescription("Calls refused from their headers, before their request was read, by code (Unauthenticated, PermissionDenied).")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	if in.recvWaiting, err = m.Int64UpDownCounter("nudge.rpc.recv_waiting",
-		metric.WithDescription("Calls waiting for room in the receive bound (limits.max_recv_bytes_in_flight) before their request is read.")); err != nil {
+		metric.WithDescription("Batch calls waiting for room in the receive bound (limits.max_recv_bytes_in_flight) before their request is read.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	in.recvWaiting.Add(context.Background(), 0)

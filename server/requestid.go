@@ -25,11 +25,10 @@ const requestIDHeader = "x-request-id"
 const maxRequestIDLen = 128
 
 // callInfo is what a call's log line says about it beyond grpc's own
-// fields. The request id interceptor creates it; authentication, which runs
-// inside the logging interceptor, fills in the token.
+// fields and the token (the principal in the context). The request id
+// interceptor creates it.
 type callInfo struct {
 	requestID string
-	token     string
 }
 
 type callInfoKey struct{}
@@ -95,15 +94,15 @@ type contextStream struct {
 func (c *contextStream) Context() context.Context { return c.ctx }
 
 // logFields are the fields of a call's log line beyond grpc's: request id,
-// token name (once authenticated) and trace id (when a valid span is in the
+// token name (of an authenticated call) and trace id (when a valid span is in the
 // context).
 func logFields(ctx context.Context) []any {
 	var f []any
 	if ci := callInfoFrom(ctx); ci != nil {
 		f = append(f, "request_id", ci.requestID)
-		if ci.token != "" {
-			f = append(f, "token", ci.token)
-		}
+	}
+	if p := principalFrom(ctx); p != nil {
+		f = append(f, "token", p.name)
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		f = append(f, "trace_id", sc.TraceID().String())

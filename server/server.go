@@ -9,10 +9,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
@@ -142,12 +139,12 @@ type Config struct {
 	// RESOURCE_EXHAUSTED. Default 16 MiB (a batch of 5000 events with
 	// attributes takes a few MiB).
 	MaxRecvMsgBytes int
-	// MaxRecvBytesInFlight bounds the bytes that requests being received
-	// may take at once, across all calls (see admission.go): a batch call
-	// holds MaxRecvMsgBytes of it while its request is read, another call
-	// 64 KiB, and one token at most half of it. A call that does not fit
-	// waits for room, in arrival order, up to its deadline. Default
-	// 128 MiB.
+	// MaxRecvBytesInFlight bounds the bytes that batch requests (Publish,
+	// BatchGetDecisions) being received may take at once (see
+	// admission.go): a batch call holds MaxRecvMsgBytes of it while its
+	// request is read, and one token at most half of it. A call that does
+	// not fit waits for room, in arrival order, up to its deadline.
+	// Default 128 MiB.
 	MaxRecvBytesInFlight int
 	// MaxStreamsPerConn bounds the calls open at once on one connection
 	// (HTTP/2 MAX_CONCURRENT_STREAMS; a client waits for room). Each may
@@ -269,7 +266,7 @@ type Server struct {
 	reads        *breaker            // see Config.BreakerFailures
 	defaultRead  time.Duration       // the read's share of Config.DefaultBudget
 	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
-	recv         *recvBound          // requests being received, see Config.MaxRecvBytesInFlight
+	recv         *semaphore.Weighted // batch requests being received, see Config.MaxRecvBytesInFlight
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -291,9 +288,8 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	recv := newRecvBound(int64(cfg.MaxRecvBytesInFlight))
 	for _, p := range tokens {
-		p.recv = semaphore.NewWeighted(recv.perToken)
+		p.recv = semaphore.NewWeighted(int64(cfg.MaxRecvBytesInFlight) / 2)
 	}
 	return &Server{
 		ingest:       store,
@@ -310,7 +306,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		reads:        &breaker{failures: cfg.BreakerFailures, minStreak: readShare(cfg.DefaultBudget), cooldown: cfg.BreakerCooldown},
 		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
-		recv:         recv,
+		recv:         semaphore.NewWeighted(int64(cfg.MaxRecvBytesInFlight)),
 		draining:     make(chan struct{}),
 	}, nil
 }
@@ -349,27 +345,22 @@ const (
 //  2. request id: the caller's x-request-id when sane, else a random one;
 //     sent back in the response header.
 //  3. call log (calllog.go): one line per finished call (never the
-//     payloads), with the request id, the token name once authenticated
-//     and the trace id. A user id in an error is hashed unless
-//     Config.LogUserIDs.
-//  4. auth, through selector so that the health service skips it (load
-//     balancers probe without tokens): bearer token, role per service
-//     (serviceRoles). Only with Config.Tokens.
-//  5. decode check: a request that is not a valid protobuf message (the
+//     payloads), with the request id, the token name and the trace id. A
+//     user id in an error is hashed unless Config.LogUserIDs.
+//  4. decode check: a request that is not a valid protobuf message (the
 //     wire codec, see wireCodec) gets InvalidArgument instead of grpc's
 //     Internal. It sits before anything that reads requests.
-//  6. rate limit: per token, events and decisions (see Token). Only with
+//  5. rate limit: per token, events and decisions (see Token). Only with
 //     Config.Tokens.
 //
-// then the handler. Auth sits inside logging so that refused calls are
-// logged (at warn), and outside the rate limit, which needs the token.
-//
-// Before all of them, when a call's headers arrive and before its request
-// is read, admitCall (admission.go, grpc's InTapHandle) refuses calls
-// without a valid token or the method's role, and logs them as the call
-// log would; the auth interceptor then only names the token. Then, on the
-// call's goroutine, recvGate (a stats handler) makes it wait for room in
-// the receive bound before grpc reads its request.
+// then the handler. Authentication is not an interceptor: before all of
+// them, when a call's headers arrive and before its request is read,
+// admitCall (admission.go, grpc's InTapHandle) refuses calls without a
+// valid token or the method's role (the health service skips it: load
+// balancers probe without tokens), logs them as the call log would, and
+// puts the caller's principal in the call's context. Then, on the call's
+// goroutine, recvGate (a stats handler) makes a batch call wait for room
+// in the receive bound before grpc reads its request.
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	log := s.cfg.Logger
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -388,13 +379,6 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		recovery.StreamServerInterceptor(recover),
 		requestIDStream,
 		s.callLogStream,
-	}
-	if s.tokens != nil {
-		authenticated := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-			return c.Service != healthpb.Health_ServiceDesc.ServiceName
-		})
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(s.authenticate), authenticated))
-		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(s.authenticate), authenticated))
 	}
 	// Before anything that reads requests: the rate limit counts events.
 	unary = append(unary, checkDecodedUnary)

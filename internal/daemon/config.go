@@ -239,8 +239,9 @@ type LimitsConfig struct {
 	// MaxPendingReads bounds the decision reads waiting on Redis; past it
 	// decisions degrade at once. Default 1024.
 	MaxPendingReads int `yaml:"max_pending_reads"`
-	// MaxRecvBytesInFlight bounds the bytes of requests being received at
-	// once over all calls, half per token; then calls wait for room
+	// MaxRecvBytesInFlight bounds the bytes of batch requests (Publish,
+	// BatchGetDecisions) being received at once, half per token; then
+	// calls wait for room
 	// (server.Config.MaxRecvBytesInFlight). Default 128 MiB.
 	MaxRecvBytesInFlight int `yaml:"max_recv_bytes_in_flight"`
 	// MaxStreamsPerConn bounds the calls open at once on one connection.
@@ -531,7 +532,7 @@ func (c *Config) settings() []setting {
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
 		{"limits.max_in_flight_events", "max-in-flight-events", "events applied at once over all streams; then batches wait and their streams are not read", integer(&c.Limits.MaxInFlightEvents)},
 		{"limits.max_pending_reads", "max-pending-reads", "decision reads waiting on Redis before decisions degrade at once", integer(&c.Limits.MaxPendingReads)},
-		{"limits.max_recv_bytes_in_flight", "max-recv-bytes-in-flight", "bytes of requests being received at once over all calls", integer(&c.Limits.MaxRecvBytesInFlight)},
+		{"limits.max_recv_bytes_in_flight", "max-recv-bytes-in-flight", "bytes of batch requests (Publish, BatchGetDecisions) being received at once, half per token", integer(&c.Limits.MaxRecvBytesInFlight)},
 		{"limits.max_streams_per_conn", "max-streams-per-conn", "calls open at once on one connection", integer(&c.Limits.MaxStreamsPerConn)},
 		{"limits.max_connection_idle", "max-connection-idle", "close connections without calls for this long", duration(&c.Limits.MaxConnectionIdle)},
 		{"limits.keepalive_time", "keepalive-time", "ping a silent connection after this long", duration(&c.Limits.KeepaliveTime)},
