@@ -425,29 +425,55 @@ func (o *Outbox) delivery(stream string, m redis.XMessage, count int64) (Deliver
 // one round trip and one step, but nudged's least-privilege Redis user
 // has no scripting.
 func (o *Outbox) Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error) {
+	byStream, err := o.byStream(ackIDs)
+	if err != nil {
+		return 0, err
+	}
+	owned, err := o.pendingAmong(ctx, group, consumer, byStream)
+	if err != nil {
+		return 0, fmt.Errorf("delivery: ack: %w", err)
+	}
+	return o.ack(ctx, group, owned)
+}
+
+// AckRead acknowledges deliveries that Read has just returned to the
+// caller, without Ack's lookup: a subscriber's server dropping what the
+// member's channel filter does not take. Use Ack for ids a client sent.
+func (o *Outbox) AckRead(ctx context.Context, group string, ackIDs []string) (int, error) {
+	byStream, err := o.byStream(ackIDs)
+	if err != nil {
+		return 0, err
+	}
+	return o.ack(ctx, group, byStream)
+}
+
+// byStream sorts ack ids by stream, each id once.
+func (o *Outbox) byStream(ackIDs []string) (map[string][]string, error) {
 	byStream := map[string][]string{}
 	seen := make(map[string]bool, len(ackIDs))
 	for _, id := range ackIDs {
 		b, entry, ok := strings.Cut(id, "/")
 		n, err := strconv.Atoi(b)
 		if !ok || err != nil || n < 0 || n >= len(o.keys) || !validEntryID(entry) {
-			return 0, fmt.Errorf("%w: %q", ErrBadAckID, id)
+			return nil, fmt.Errorf("%w: %q", ErrBadAckID, id)
 		}
-		if !seen[id] { // an id given twice is looked up once
+		if !seen[id] { // an id given twice is acknowledged once
 			seen[id] = true
 			byStream[o.keys[n]] = append(byStream[o.keys[n]], entry)
 		}
 	}
-	owned, err := o.pendingAmong(ctx, group, consumer, byStream)
-	if err != nil {
-		return 0, fmt.Errorf("delivery: ack: %w", err)
-	}
-	if len(owned) == 0 {
+	return byStream, nil
+}
+
+// ack XACKs the entries of each stream, in one pipeline, and records the
+// group's activity.
+func (o *Outbox) ack(ctx context.Context, group string, byStream map[string][]string) (int, error) {
+	if len(byStream) == 0 {
 		return 0, nil
 	}
-	cmds := make([]*redis.IntCmd, 0, len(owned))
+	cmds := make([]*redis.IntCmd, 0, len(byStream))
 	_, _ = o.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for k, ids := range owned {
+		for k, ids := range byStream {
 			cmds = append(cmds, pipe.XAck(ctx, k, group, ids...))
 		}
 		return nil

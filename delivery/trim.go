@@ -78,32 +78,39 @@ func (o *Outbox) Trim(ctx context.Context, retention time.Duration, now time.Tim
 				cut = id
 			}
 		}
-		if held != "" && lessID(held, cut) {
-			// Without the abandoned groups' release the cut would be at
-			// held: trim to there first, so that what goes past it counts.
-			n, err := o.rdb.XTrimMinID(ctx, k, held).Result()
+		// Without the abandoned groups' release the cut would be at held:
+		// trim to there first, so that what goes past it counts.
+		past := held != "" && lessID(held, cut)
+		if past {
+			n, err := o.trimTo(ctx, k, held)
 			if err != nil {
-				return res, fmt.Errorf("delivery: trim %s: %w", k, err)
+				return res, err
 			}
 			res.Removed += n
-			if n, err = o.rdb.XTrimMinID(ctx, k, cut).Result(); err != nil {
-				return res, fmt.Errorf("delivery: trim %s: %w", k, err)
-			}
-			res.Removed += n
-			res.PastAbandoned += n
-			continue
 		}
-		n, err := o.rdb.XTrimMinID(ctx, k, cut).Result()
+		n, err := o.trimTo(ctx, k, cut)
 		if err != nil {
-			return res, fmt.Errorf("delivery: trim %s: %w", k, err)
+			return res, err
 		}
 		res.Removed += n
+		if past {
+			res.PastAbandoned += n
+		}
 	}
 	for g := range abandoned {
 		res.Abandoned = append(res.Abandoned, g)
 	}
 	slices.Sort(res.Abandoned)
 	return res, act.record(ctx, o, seen, now)
+}
+
+// trimTo removes the stream's entries before id.
+func (o *Outbox) trimTo(ctx context.Context, stream, id string) (int64, error) {
+	n, err := o.rdb.XTrimMinID(ctx, stream, id).Result()
+	if err != nil {
+		return 0, fmt.Errorf("delivery: trim %s: %w", stream, err)
+	}
+	return n, nil
 }
 
 // needs returns, for every group of the stream, the lowest id it still

@@ -21,6 +21,9 @@ type Outbox interface {
 	// Ack acknowledges only deliveries pending for the group, and for the
 	// consumer when it is not empty.
 	Ack(ctx context.Context, group, consumer string, ackIDs []string) (int, error)
+	// AckRead acknowledges deliveries Read has just returned, without
+	// Ack's ownership lookup.
+	AckRead(ctx context.Context, group string, ackIDs []string) (int, error)
 	Pending(ctx context.Context, group, consumer string) (int64, error)
 	Release(ctx context.Context, group, consumer string, sent []string) (int, error)
 	Groups(ctx context.Context, now time.Time) ([]delivery.Group, error)
@@ -93,16 +96,32 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			}
 			return unavailable("read the outbox", err)
 		}
-		var skipped []string
-		for i, d := range ds {
-			if len(req.GetChannels()) > 0 && !slices.Contains(req.GetChannels(), d.Action.Channel) {
-				skipped = append(skipped, d.AckID)
-				continue
+		// The filter drops the other channels' actions for the whole
+		// group (see SubscribeRequest.channels): only a token naming the
+		// group gets here. They are acknowledged before the others are
+		// sent; they were just read for this member, so without Ack's
+		// ownership lookup.
+		kept, skipped := ds, []string(nil)
+		if chans := req.GetChannels(); len(chans) > 0 {
+			kept = nil
+			for _, d := range ds {
+				if slices.Contains(chans, d.Action.Channel) {
+					kept = append(kept, d)
+				} else {
+					skipped = append(skipped, d.AckID)
+				}
 			}
+		}
+		if len(skipped) > 0 {
+			if _, err := s.cfg.Outbox.AckRead(ctx, group, skipped); err != nil && ctx.Err() == nil {
+				return unavailable("acknowledge filtered actions", err)
+			}
+		}
+		for i, d := range kept {
 			// A read returns up to one action per stream: with many
 			// buckets, more than MaxUnacked.
 			if sent >= s.cfg.MaxUnacked/2 {
-				if err := s.waitForAcks(ctx, group, consumer, int64(len(ds)-i)); err != nil {
+				if err := s.waitForAcks(ctx, group, consumer, int64(len(kept)-i)); err != nil {
 					return err
 				}
 				sent = 0
@@ -115,14 +134,6 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 			sent++
 			if sentIDs = append(sentIDs, d.AckID); len(sentIDs) > 4*s.cfg.MaxUnacked {
 				sentIDs = append(sentIDs[:0], sentIDs[len(sentIDs)-2*s.cfg.MaxUnacked:]...)
-			}
-		}
-		if len(skipped) > 0 {
-			// The filter drops these for the whole group (see
-			// SubscribeRequest.channels): only a token naming the group
-			// gets here.
-			if _, err := s.cfg.Outbox.Ack(ctx, group, consumer, skipped); err != nil && ctx.Err() == nil {
-				return unavailable("acknowledge filtered actions", err)
 			}
 		}
 	}

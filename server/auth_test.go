@@ -87,6 +87,10 @@ func (fakeOutbox) Ack(_ context.Context, _, _ string, ids []string) (int, error)
 	return len(ids), nil
 }
 
+func (fakeOutbox) AckRead(_ context.Context, _ string, ids []string) (int, error) {
+	return len(ids), nil
+}
+
 func (fakeOutbox) Groups(context.Context, time.Time) ([]delivery.Group, error) { return nil, nil }
 
 func (fakeOutbox) DeleteGroup(context.Context, string) (int, error) { return 1, nil }

@@ -340,3 +340,36 @@ func TestListAndDeleteGroups(t *testing.T) {
 	_, err = e.admin.DeleteGroup(ops, &nudgev1.DeleteGroupRequest{Group: "Not A Group"})
 	wantCode(t, err, codes.InvalidArgument, "group")
 }
+
+// A member's channel filter drops the other channels' actions for its
+// group (SubscribeRequest.channels): the server acknowledges what it read
+// and will not send before it sends the rest, so once the member has its
+// last action the group has nothing left, pending or undelivered.
+func TestChannelFilterDropsTheOtherChannelsForItsGroup(t *testing.T) {
+	e := newOutboxEnv(t, 8, groupTokens())
+	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+	defer cancel()
+	got := e.drain(withToken(ctx, smsSecret), t, &nudgev1.SubscribeRequest{Group: "sms", Channels: []string{"sms"}}, 4)
+	for id := range got {
+		var i int
+		if _, err := fmt.Sscanf(id, "a%d", &i); err != nil || i%2 != 0 {
+			t.Errorf("the sms filter delivered %q, a push action", id)
+		}
+	}
+	if p := e.pending(t, "sms"); p != 0 {
+		t.Errorf("group sms has %d pending after its filtered member took the sms actions, want 0", p)
+	}
+	var lag int64
+	for _, k := range e.keys.OutboxKeys() {
+		gs, err := e.rdb.XInfoGroups(t.Context(), k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range gs {
+			lag += g.Lag
+		}
+	}
+	if lag != 0 {
+		t.Errorf("group sms has %d undelivered, want 0: the push actions were read and dropped", lag)
+	}
+}
