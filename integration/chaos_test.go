@@ -721,19 +721,26 @@ func TestChaosBrokenRulesReload(t *testing.T) {
 }
 
 // vmRSS is a process's resident memory in KiB.
-func vmRSS(t *testing.T, pid int) int {
+func vmRSS(t *testing.T, pid int) int { return procStatusKiB(t, pid, "VmRSS") }
+
+// procStatusKiB is a memory field of a process's /proc status (VmRSS,
+// VmHWM, ...), in KiB.
+func procStatusKiB(t *testing.T, pid int, field string) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			if err != nil {
+				t.Fatalf("%s of process %d: %v", field, pid, err)
+			}
 			return kb
 		}
 	}
-	t.Fatal("no VmRSS")
+	t.Fatalf("no %s in the status of process %d", field, pid)
 	return 0
 }
 

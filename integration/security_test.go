@@ -5,7 +5,6 @@ package integration
 // nudged, and asserts that it holds.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/internal/wiretest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -66,56 +66,45 @@ func bearer(ctx context.Context, secret string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
 }
 
-// rawCodec sends a request's bytes as they are: an attacker's payload.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	*(v.(*[]byte)) = append([]byte(nil), data...)
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
-
 // peakRSS is the process's peak resident memory (VmHWM), in bytes.
 func peakRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmHWM in /proc status")
-	return 0
+	return int64(procStatusKiB(t, pid, "VmHWM")) << 10
 }
 
-// decideLoop asks for decisions with the storefront token until stop,
-// and returns how many succeeded and the first error.
-func decideLoop(ctx context.Context, conn *grpc.ClientConn, stop <-chan struct{}) (int, error) {
+// bystander asks for decisions with the storefront token, one after the
+// other, until the function it returns is called; that returns how many
+// were answered and the first error.
+func bystander(ctx context.Context, conn *grpc.ClientConn) (stop func() (int, error)) {
+	type result struct {
+		n   int
+		err error
+	}
 	c := nudgev1.NewDecisionServiceClient(conn)
-	n := 0
-	for {
-		select {
-		case <-stop:
-			return n, nil
-		default:
+	quit, done := make(chan struct{}), make(chan result, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-quit:
+				done <- result{n, nil}
+				return
+			default:
+			}
+			cctx, cancel := context.WithTimeout(bearer(ctx, secDecide), 5*time.Second)
+			_, err := c.GetDecision(cctx, &nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"})
+			cancel()
+			if err != nil {
+				done <- result{n, err}
+				return
+			}
+			n++
 		}
-		cctx, cancel := context.WithTimeout(bearer(ctx, secDecide), 5*time.Second)
-		_, err := c.GetDecision(cctx, &nudgev1.GetDecisionRequest{UserId: "bystander", Channel: "sms"})
-		cancel()
-		if err != nil {
-			return n, err
-		}
-		n++
+	}()
+	return func() (int, error) {
+		close(quit)
+		r := <-done
+		return r.n, r.err
 	}
 }
 
@@ -130,16 +119,7 @@ func TestAttackUnauthenticatedHugeMessages(t *testing.T) {
 	conn := dial(t, n.addr)
 	ctx := ctxT(t)
 
-	stop := make(chan struct{})
-	type result struct {
-		n   int
-		err error
-	}
-	bystander := make(chan result, 1)
-	go func() {
-		n, err := decideLoop(ctx, dial(t, n.addr), stop)
-		bystander <- result{n, err}
-	}()
+	stopBystander := bystander(ctx, dial(t, n.addr))
 
 	payload := make([]byte, 16_700_000)
 	var wg sync.WaitGroup
@@ -149,19 +129,19 @@ func TestAttackUnauthenticatedHugeMessages(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var resp []byte
-			err := conn.Invoke(ctx, "/nudge.v1.IngestService/Publish", &payload, &resp, grpc.ForceCodec(rawCodec{}))
+			err := conn.Invoke(ctx, "/nudge.v1.IngestService/Publish", &payload, &resp, grpc.ForceCodecV2(wiretest.RawCodec{}))
 			codesSeen[i] = status.Code(err)
 		}()
 	}
 	wg.Wait()
-	close(stop)
+	answered, err := stopBystander()
 	for i, c := range codesSeen {
 		if c != codes.Unauthenticated {
 			t.Errorf("call %d: %s, want Unauthenticated", i, c)
 		}
 	}
-	if r := <-bystander; r.err != nil || r.n == 0 {
-		t.Errorf("the authorised caller during the attack: %d decisions, %v", r.n, r.err)
+	if err != nil || answered == 0 {
+		t.Errorf("the authorised caller during the attack: %d decisions, %v", answered, err)
 	}
 	if rss := peakRSS(t, n.cmd.Process.Pid); rss > 250<<20 {
 		t.Errorf("peak RSS %d MiB during the attack, want under 250 MiB", rss>>20)
@@ -283,12 +263,8 @@ func TestAttackIdleAndAbusiveConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no batch on this stream") {
-		t.Errorf("an idle ingest stream: %v, want Unavailable", err)
-	}
-	if waited := time.Since(start); waited > 30*time.Second {
-		t.Errorf("the idle stream ended after %v", waited)
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no batch on this stream for 1s") {
+		t.Errorf("an idle ingest stream: %v, want Unavailable after 1s", err)
 	}
 
 	idle := dialH2(t, n.addr)
@@ -610,15 +586,14 @@ func TestAttackRulesBombs(t *testing.T) {
 		{smaller, "max_expression_bytes"},
 		{"/dev/zero", "max_bytes"},
 	} {
-		start := time.Now()
+		// Before the limits the bomb was accepted after 33.7 s, and
+		// /dev/zero read until memory ran out: the refusal naming the
+		// limit is the proof, the minute only a bound on a hang.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := exec.CommandContext(ctx, bin, "--rules", tt.rules, "--listen", "127.0.0.1:0").CombinedOutput()
 		cancel()
 		if err == nil || !strings.Contains(string(out), tt.want) {
 			t.Errorf("--rules %s: %v, want a refusal naming %s:\n%s", tt.rules, err, tt.want, out)
-		}
-		if took := time.Since(start); took > 20*time.Second {
-			t.Errorf("--rules %s took %v to refuse", tt.rules, took)
 		}
 	}
 
@@ -634,16 +609,7 @@ func TestAttackRulesBombs(t *testing.T) {
 	n := startSecureNudged(t, bin, rs.Addr, "--rules", rules, "--rules-reload", "50ms")
 	conn := dial(t, n.addr)
 	ctx := ctxT(t)
-	stop := make(chan struct{})
-	type result struct {
-		n   int
-		err error
-	}
-	during := make(chan result, 1)
-	go func() {
-		n, err := decideLoop(ctx, conn, stop)
-		during <- result{n, err}
-	}()
+	stopBystander := bystander(ctx, conn)
 	if err := os.WriteFile(rules, aliasBomb(3000), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -664,9 +630,8 @@ func TestAttackRulesBombs(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	close(stop)
-	if r := <-during; r.err != nil || r.n == 0 {
-		t.Errorf("decisions during the reload: %d, %v", r.n, r.err)
+	if answered, err := stopBystander(); err != nil || answered == 0 {
+		t.Errorf("decisions during the reload: %d, %v", answered, err)
 	}
 }
 
