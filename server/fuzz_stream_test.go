@@ -34,8 +34,9 @@ import (
 // the sequence; the rest is the last message).
 //
 // It checks that nothing panics or hangs, that the stream ends cleanly or
-// with InvalidArgument, that every response answers a batch that was sent
-// (same seq, one result per event) and that no batch is answered twice.
+// with InvalidArgument, that a valid first batch is answered, that every
+// response answers a batch that was sent (same seq, one result per event,
+// each as checkBatch wants it) and that no batch is answered twice.
 func FuzzStream(f *testing.F) {
 	// Seeds: single and concatenated messages of FuzzIngestBatch's corpus,
 	// and two valid batches in a row.
@@ -59,6 +60,7 @@ func FuzzStream(f *testing.F) {
 	// An unlimited token: the fuzzed path is the charge's, not the
 	// limit's.
 	p := &principal{name: "fuzz"}
+	limits := s.cfg.Limits
 	f.Fuzz(func(t *testing.T, data []byte) {
 		store.reset()
 		msgs := unframe(data, 8)
@@ -84,24 +86,25 @@ func FuzzStream(f *testing.F) {
 				}
 			}
 		}
-		// The batches sent, by seq: a response must match one, once.
-		sent := map[uint64][]int{} // seq -> event counts of the batches with it
+		// The batches sent, by seq: a response must answer one, once,
+		// as checkBatch checks an answer (one result per event, in
+		// order, rejections with their reasons).
+		sent := map[uint64][]*nudgev1.StreamRequest{}
 		for _, m := range msgs {
-			var req nudgev1.StreamRequest
-			if proto.Unmarshal(m, &req) == nil {
-				sent[req.GetSeq()] = append(sent[req.GetSeq()], len(req.GetEvents()))
+			req := &nudgev1.StreamRequest{}
+			if proto.Unmarshal(m, req) == nil {
+				sent[req.GetSeq()] = append(sent[req.GetSeq()], req)
 			}
 		}
 		for _, resp := range fs.sent {
-			counts := sent[resp.GetSeq()]
-			i := slices.Index(counts, len(resp.GetResults()))
+			reqs := sent[resp.GetSeq()]
+			i := slices.IndexFunc(reqs, func(r *nudgev1.StreamRequest) bool { return len(r.GetEvents()) == len(resp.GetResults()) })
 			if i < 0 {
-				t.Fatalf("response seq %d with %d results answers no batch sent (batches with that seq: %v)", resp.GetSeq(), len(resp.GetResults()), counts)
+				t.Fatalf("response seq %d with %d results answers no batch sent (%d batches with that seq)", resp.GetSeq(), len(resp.GetResults()), len(reqs))
 			}
-			sent[resp.GetSeq()] = append(counts[:i], counts[i+1:]...)
-			if _, err := proto.Marshal(resp); err != nil {
-				t.Fatalf("response does not marshal: %v", err)
-			}
+			req := reqs[i]
+			sent[resp.GetSeq()] = slices.Delete(reqs, i, i+1)
+			checkBatch(t, s, limits, req, req.GetEvents(), resp.GetResults(), resp, nil)
 		}
 	})
 }
