@@ -1,8 +1,9 @@
 // Package server implements nudge's gRPC services (IngestService,
 // DecisionService, ProfileService, AdminService, ActionService) on a Store
-// and a RuleSource, plus health, reflection and the interceptor chain
-// (panic recovery, wire-level decoding errors, request ids, call logging,
-// bearer tokens with roles, per-token rate limits; see NewGRPCServer).
+// and a RuleSource, plus health, reflection, admission before any request
+// is read (bearer tokens with roles, the receive bound; admission.go) and
+// the interceptor chain (panic recovery, wire-level decoding errors,
+// request ids, call logging, per-token rate limits; see NewGRPCServer).
 //
 // It owns the edges only, one file per concern:
 //
