@@ -171,7 +171,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := start(t, &fakeStore{get: tt.get}, server.Config{})
+			h := start(t, &fakeStore{get: tt.get}, server.Config{DefaultBudget: 10 * time.Millisecond})
 			req := &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "web"}
 			if tt.budget > 0 {
 				req.Budget = durationpb.New(tt.budget)
@@ -314,7 +314,7 @@ func TestGetDecisionBudget(t *testing.T) {
 	}{
 		{"capped to MaxBudget", server.Config{MaxBudget: 50 * time.Millisecond}, 30 * time.Second, 50 * time.Millisecond},
 		{"request budget", server.Config{MaxBudget: time.Second}, 20 * time.Millisecond, 20 * time.Millisecond},
-		{"default budget", server.Config{}, 0, 10 * time.Millisecond},
+		{"default budget", server.Config{DefaultBudget: 10 * time.Millisecond}, 0, 10 * time.Millisecond},
 		{"default capped to MaxBudget", server.Config{DefaultBudget: 2 * time.Second, MaxBudget: 100 * time.Millisecond}, 0, 100 * time.Millisecond},
 	}
 	for _, tt := range tests {

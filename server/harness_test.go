@@ -105,6 +105,11 @@ func start(t testing.TB, store server.Store, cfg server.Config) *harness {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.DefaultBudget == 0 {
+		// A budget a noisy 2-core CI box cannot miss: tests of the
+		// budget set their own.
+		cfg.DefaultBudget = time.Second
+	}
 	srv, err := server.New(store, testRules(t), cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
