@@ -391,6 +391,7 @@ func TestEventEvaluatesOnlyTheTriggersOfItsType(t *testing.T) {
 // order among those that name the type.
 func TestTriggersKeepFileOrderAcrossTypes(t *testing.T) {
 	r := mustParse(t, `version: 1
+settings: {max_actions_per_channel: 0}
 triggers:
   - {id: a, on: [view], action: {channel: sms, template: t}}
   - {id: b, when: 'true', action: {channel: sms, template: t}}

@@ -58,6 +58,15 @@ var reservedRuleIDs = []string{"consent", "fallback"}
 
 func compileSettings(c *collector, raw *rawFile, r *Rules) {
 	r.defaultTZ = time.UTC
+	r.channelLimit = DefaultChannelLimit
+	if cl := raw.channelLimit; cl.set {
+		n, err := strconv.Atoi(cl.val)
+		if err != nil || n < 0 {
+			c.at(where{}, cl.line, "settings.max_actions_per_channel", "must be a whole number, 0 for no limit; got %q", cl.val)
+		} else {
+			r.channelLimit = n
+		}
+	}
 	tz := raw.defaultTZ
 	if !tz.set {
 		return
@@ -69,6 +78,12 @@ func compileSettings(c *collector, raw *rawFile, r *Rules) {
 	}
 	r.defaultTZ = loc
 }
+
+// DefaultChannelLimit is the most actions one event's triggers send on
+// one channel when settings.max_actions_per_channel is not given: the
+// trigger of highest priority (then first in the file) goes, the others
+// are dropped and counted.
+const DefaultChannelLimit = 1
 
 // loadConfigLocation loads a time zone named in the rules file.
 func loadConfigLocation(name string) (*time.Location, error) {

@@ -42,6 +42,11 @@ type Rules struct {
 	// would take (types named) x (triggers without on) pointers.
 	byType  map[string][]*trigger
 	anyType []*trigger
+	// byID finds a trigger by id, for its timers.
+	byID map[string]*trigger
+	// channelLimit is the most actions one event's triggers send on one
+	// channel (settings.max_actions_per_channel; 0: no limit).
+	channelLimit int
 }
 
 // triggerList is the triggers one event type reaches, as two lists in
@@ -86,6 +91,28 @@ type trigger struct {
 	template   string
 	payload    map[string]string
 	exprs      []payloadExpr
+
+	on []string // nil: every type
+	// wait delays the trigger's action (or a step's, from the previous
+	// step's due time); unless lists the event types that cancel it.
+	wait   time.Duration
+	unless []string
+	// steps is the journey: steps[0] is the trigger itself, the rest its
+	// then. nil for a trigger without then.
+	steps []*trigger
+	// transactional actions are exempt from frequency caps, quiet hours
+	// and the channel limit (receipts); consent still applies.
+	transactional bool
+	priority      int           // for the channel limit; higher goes first
+	lookback      time.Duration // see lookback
+}
+
+// journey returns the trigger's steps: itself and its then.
+func (t *trigger) journey() []*trigger {
+	if t.steps == nil {
+		return []*trigger{t}
+	}
+	return t.steps
 }
 
 type offer struct {
@@ -201,6 +228,10 @@ func parse(name string, data []byte, size int64, l Limits, pace func()) (*Rules,
 			t.pos = len(r.triggers)
 			r.triggers = append(r.triggers, t.trigger)
 			r.index(t.trigger, t.on)
+			if r.byID == nil {
+				r.byID = make(map[string]*trigger)
+			}
+			r.byID[t.id] = t.trigger
 		}
 		pace()
 	}
@@ -248,6 +279,12 @@ func checkExpressions(c *collector, raw *rawFile, l Limits) bool {
 		count(&r, t.when.val, t.cooldownBy.val)
 		for _, e := range t.payloadExpr {
 			count(&r, e.val)
+		}
+		for _, st := range t.then {
+			count(&r, st.when.val)
+			for _, e := range st.payloadExpr {
+				count(&r, e.val)
+			}
 		}
 		rules = append(rules, r)
 	}
@@ -376,8 +413,7 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 	c := cc.c
 	w := where{kind: kindTrigger, rule: rt.id.val}
 	before := len(c.errs) + c.dropped
-	checkID(c, w, rt.id, rt.line, seen, kindTrigger)
-	t := &trigger{id: rt.id.val, line: rt.line, cost: ruleCost}
+	t := cc.compileStep(env, w, rt, seen, false)
 
 	var on []string
 	named := make(map[string]bool, len(rt.on))
@@ -391,21 +427,73 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 			on = append(on, typ.val)
 		}
 	}
+	t.on = on
 	if len(rt.on) == 0 && rt.when.val == "" {
 		c.at(w, rt.line, "", "needs on or when: as written it would fire on every event")
 	}
-	if rt.when.val != "" {
-		t.when = cc.compileExpr(env, w, "when", rt.when, boolResult, &t.cost)
-	}
-	var cooldownOK bool
-	t.cooldown, cooldownOK = checkDuration(c, w, "cooldown", rt.cooldown, rt.line, false)
+	_, cerr := parseDuration(rt.cooldown.val)
+	cooldownOK := rt.cooldown.val == "" || cerr == nil // compileStep reported it
 	if rt.cooldownBy.val != "" {
 		if cooldownOK && t.cooldown == 0 {
 			c.at(w, rt.cooldownBy.line, "cooldown_by", "needs a positive cooldown")
 		}
 		t.cooldownBy = cc.compileExpr(env, w, "cooldown_by", rt.cooldownBy, stringResult, &t.cost)
 	}
+	t.priority = rt.priority
+	if t.when != nil {
+		t.lookback = lookback(t.when.src)
+	}
+	if len(rt.then) > maxSteps {
+		c.at(w, rt.then[maxSteps].line, "then", "a journey has at most %d steps after its trigger", maxSteps)
+	}
+	if len(rt.then) > 0 {
+		t.steps = []*trigger{t}
+		for i := range rt.then[:min(len(rt.then), maxSteps)] {
+			st := cc.compileStep(env, where{kind: kindStep, rule: rt.then[i].id.val}, &rt.then[i], seen, true)
+			t.cost = addCost(t.cost, st.cost)
+			t.steps = append(t.steps, st)
+		}
+	}
+	if len(c.errs)+c.dropped != before {
+		return nil
+	}
+	return &compiledTrigger{trigger: t, on: on}
+}
 
+// maxSteps bounds the steps of a journey after its trigger.
+const maxSteps = 16
+
+// compileStep compiles what a trigger and a step of its then share: id,
+// when, wait, unless, cooldown, transactional and action. A step (then)
+// must wait at least a second.
+func (cc *compiler) compileStep(env *cel.Env, w where, rt *rawTrigger, seen map[string]int, step bool) *trigger {
+	c := cc.c
+	checkID(c, w, rt.id, rt.line, seen, kindTrigger)
+	t := &trigger{id: rt.id.val, line: rt.line, cost: ruleCost, transactional: rt.transactional}
+	if rt.when.val != "" {
+		t.when = cc.compileExpr(env, w, "when", rt.when, boolResult, &t.cost)
+	}
+	if step || rt.wait.set {
+		if d, ok := checkDuration(c, w, "wait", rt.wait, rt.line, step); ok && (d > 0 || rt.wait.set) {
+			if d < time.Second {
+				c.at(w, rt.wait.line, "wait", "must be at least 1s, got %s", rt.wait.val)
+			}
+			t.wait = d
+		}
+	}
+	for _, u := range rt.unless {
+		if !eventTypePattern.MatchString(u.val) {
+			c.at(w, u.line, "unless", "event type %q must match %s", u.val, eventTypePattern)
+			continue
+		}
+		if !slices.Contains(t.unless, u.val) {
+			t.unless = append(t.unless, u.val)
+		}
+	}
+	if len(t.unless) > 0 && t.wait == 0 && !step {
+		c.at(w, rt.unless[0].line, "unless", "needs a wait: unless cancels a step between its event and its due time")
+	}
+	t.cooldown, _ = checkDuration(c, w, "cooldown", rt.cooldown, rt.line, false)
 	if !rt.hasAction {
 		line := rt.actionLine
 		if line == 0 {
@@ -417,11 +505,29 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 		t.template = checkTemplate(c, w, "action.template", rt.template, rt.actionLine)
 		t.payload, t.exprs = cc.compilePayload(env, w, "action.", rt.payload, rt.payloadExpr, &t.cost)
 	}
-	if len(c.errs)+c.dropped != before {
-		return nil
-	}
-	return &compiledTrigger{trigger: t, on: on}
+	return t
 }
+
+// durationLiteral finds the duration("...") literals of an expression.
+var durationLiteral = regexp.MustCompile(`duration\(\s*["']([^"']+)["']\s*\)`)
+
+// lookback is how far after a late event a trigger's when is judged
+// again (Step): the longest duration literal of the expression, at most
+// maxLookback. An expression without one is judged at its event only.
+func lookback(src string) time.Duration {
+	var d time.Duration
+	for _, m := range durationLiteral.FindAllStringSubmatch(src, -1) {
+		if x, err := time.ParseDuration(m[1]); err == nil && x > d {
+			d = x
+		}
+	}
+	return min(d, maxLookback)
+}
+
+// maxLookback bounds lookback, and so the re-evaluations of a trigger
+// for one late event (one per later minute with events, at most
+// maxReevaluations).
+const maxLookback = 24 * time.Hour
 
 func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int) *offer {
 	c := cc.c

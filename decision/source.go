@@ -34,6 +34,7 @@ type entry struct {
 type rawFile struct {
 	hasVersion       bool
 	defaultTZ        text
+	channelLimit     text
 	caps             []rawCap
 	quiet            []rawQuiet
 	purchaseCooldown *rawPurchaseCooldown
@@ -77,6 +78,13 @@ type rawTrigger struct {
 	actionLine                 int
 	channel, template          text
 	payload, payloadExpr       []entry
+	// Journeys and policies (a step of then has no on, cooldown_by,
+	// priority or then).
+	wait          text
+	unless        []text
+	then          []rawTrigger
+	transactional bool
+	priority      int
 }
 
 type rawOffer struct {
@@ -100,13 +108,15 @@ type rawAB struct {
 
 var (
 	fileFields     = []string{"version", "settings", "policies", "fallbacks", "triggers", "offers"}
-	settingsFields = []string{"default_timezone"}
+	settingsFields = []string{"default_timezone", "max_actions_per_channel"}
 	policiesFields = []string{"frequency_caps", "quiet_hours", "purchase_cooldown"}
 	capFields      = []string{"id", "channel", "max", "period"}
 	quietFields    = []string{"id", "channels", "from", "to"}
 	pcFields       = []string{"id", "period"}
 	fallbackFields = []string{"offer_id", "template", "payload"}
-	triggerFields  = []string{"id", "description", "on", "when", "cooldown", "cooldown_by", "action"}
+	triggerFields  = []string{"id", "description", "on", "when", "wait", "unless", "cooldown", "cooldown_by",
+		"priority", "transactional", "action", "then"}
+	stepFields = []string{"id", "description", "wait", "unless", "when", "cooldown", "transactional", "action"}
 	actionFields   = []string{"channel", "template", "payload", "payload_expr"}
 	offerFields    = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab",
 		"when", "template", "payload", "payload_expr"}
@@ -116,6 +126,7 @@ var (
 // Kinds of rules, as in RuleError.Kind.
 const (
 	kindTrigger          = "trigger"
+	kindStep             = "step"
 	kindOffer            = "offer"
 	kindFrequencyCap     = "frequency_cap"
 	kindQuietHours       = "quiet_hours"
@@ -340,7 +351,12 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 				return
 			}
 			c.fields(v, top, "settings", settingsFields, func(key string, _, v *yaml.Node) {
-				f.defaultTZ = c.scalar(v, top, "settings."+key)
+				switch key {
+				case "default_timezone":
+					f.defaultTZ = c.scalar(v, top, "settings."+key)
+				case "max_actions_per_channel":
+					f.channelLimit = c.scalar(v, top, "settings."+key)
+				}
 			})
 		case "policies":
 			if isNull(v) {
@@ -406,10 +422,42 @@ func ruleID(n *yaml.Node) string {
 }
 
 func readTrigger(c *collector, n *yaml.Node) rawTrigger {
+	return readStep(c, n, where{kind: "trigger", rule: ruleID(n)}, triggerFields)
+}
+
+// readStep reads a trigger, or with stepFields a step of a trigger's then.
+func readStep(c *collector, n *yaml.Node, w where, known []string) rawTrigger {
 	t := rawTrigger{line: n.Line}
-	w := where{kind: "trigger", rule: ruleID(n)}
-	c.fields(n, w, "", triggerFields, func(key string, k, v *yaml.Node) {
+	c.fields(n, w, "", known, func(key string, k, v *yaml.Node) {
 		switch key {
+		case "wait":
+			t.wait = c.scalar(v, w, key)
+		case "unless":
+			t.unless = c.list(v, w, key)
+		case "priority":
+			t.priority, _ = c.integer(v, w, key)
+		case "transactional":
+			if v.Kind != yaml.ScalarNode || (v.Value != "true" && v.Value != "false") {
+				c.at(w, v.Line, key, "expected true or false, got %s", describe(v))
+				return
+			}
+			t.transactional = v.Value == "true"
+		case "then":
+			if isNull(v) {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				c.at(w, v.Line, key, "expected a list of steps, got %s", kindName(v))
+				return
+			}
+			for _, sn := range v.Content {
+				sn = deref(sn)
+				if sn.Kind != yaml.MappingNode {
+					c.at(w, sn.Line, key, "expected a step (a mapping with id, wait and action), got %s", kindName(sn))
+					continue
+				}
+				t.then = append(t.then, readStep(c, sn, where{kind: "step", rule: ruleID(sn)}, stepFields))
+			}
 		case "id":
 			t.id = c.scalar(v, w, key)
 		case "description":

@@ -1,6 +1,8 @@
 package decision
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"cel.dev/cel-go/common/types"
@@ -25,21 +27,39 @@ func OnEvalError(f func(*EvalError)) StepOption {
 	return func(c *stepConfig) { c.onError = f }
 }
 
-// Step returns the profile.Step that applies events and evaluates the
-// triggers. For each event, in order: the event is applied to the profile
-// (at processing time now, under limits with their defaults filled in); if
-// it was applied, each trigger whose on lists the event type (or that has no
-// on) is evaluated on the updated profile at event time, and fires when its
-// when holds, its cooldown key is not within its cooldown, the user has
-// consented to the action's channel and every payload expression
-// evaluates. Finally the profile is compacted. The outcome is Changed when
-// any event was applied: duplicates and rejections alone leave the stored
-// profile as it is.
+// maxReevaluations bounds how often one late event judges a trigger
+// again (see Step).
+const maxReevaluations = 32
+
+// Step returns the profile.Step that applies events, evaluates the
+// triggers and fires the user's due timers. For each event, in order:
 //
-// Duplicate and rejected events never fire triggers. An action's ID is
-// profile.ActionID(user, event, trigger), so a re-run step emits the same
-// ids; its RulesVersion is r.Version(). The returned step is safe for
-// concurrent use on distinct profiles.
+//   - the event is applied to the profile (at processing time now, under
+//     limits with their defaults filled in); duplicates and rejected
+//     events do nothing more;
+//   - it cancels the pending journey steps that list its type in unless,
+//     when it occurred after their trigger's event and at or before their
+//     due time (and with them the steps after);
+//   - each trigger whose on lists its type (or that has no on) is judged:
+//     its when on the updated profile at event time. A late event (one
+//     before other events of the trigger's types) is also judged at the
+//     later minutes that have such events, within the longest duration
+//     the when names, so that whether a trigger fires does not depend on
+//     arrival order; it fires at the first time its when holds;
+//   - a trigger with a wait schedules a timer (profile.Timer) at the event
+//     time plus the wait; one without fires now: consent, cooldown (by
+//     event time), payload, then the channel limit (one action per
+//     channel and event by default, by priority), frequency caps and quiet
+//     hours (by processing time; quiet hours defer the action with a
+//     timer), unless the trigger is transactional.
+//
+// Then every timer due at now fires (FireStep), so an event whose wait
+// has already passed is judged at once, and the profile is compacted. The
+// outcome is Changed when any event was applied or timer fired.
+//
+// An action's ID is profile.ActionID(user, event, trigger or step), so a
+// re-run step emits the same ids; its RulesVersion is r.Version(). The
+// returned step is safe for concurrent use on distinct profiles.
 func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 	limits = limits.WithDefaults()
 	var cfg stepConfig
@@ -48,10 +68,10 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 	}
 	return func(p *profile.Profile, events []profile.Event, now time.Time) profile.Outcome {
 		out := profile.Outcome{Results: make([]profile.Result, len(events))}
-		// One activation for the whole call: its values are updated per event.
-		ev := &eventVal{}
-		pv := &profileVal{p: p}
-		vars := &triggerVars{event: ev, profile: pv}
+		if p.UserID == "" && len(events) > 0 {
+			p.UserID = events[0].UserID
+		}
+		j := r.newJudge(p, now, limits, &cfg, &out)
 		for i := range events {
 			e := &events[i]
 			res := p.ApplyEvent(e, now, limits)
@@ -60,81 +80,532 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 				continue
 			}
 			out.Changed = true
-			ts := r.triggersFor(e.Type)
-			if len(ts.named) == 0 && len(ts.any) == 0 {
-				continue
-			}
-			ev.set(e)
-			pv.now = e.OccurredAt
-			vars.now = types.Timestamp{Time: e.OccurredAt}
-			var ni, ai int
-			for t := ts.next(&ni, &ai); t != nil; t = ts.next(&ni, &ai) {
-				if a, ok := t.fire(p, e, vars, &cfg); ok {
-					a.RulesVersion = r.Version()
-					out.Actions = append(out.Actions, a)
-				}
-			}
+			j.cancel(e)
+			j.event(e)
 		}
-		p.Compact(now, limits)
+		if j.fireDue() {
+			out.Changed = true
+		}
+		if out.Changed {
+			p.Compact(now, limits)
+		}
 		return out
 	}
 }
 
-func (t *trigger) fire(p *profile.Profile, e *profile.Event, vars *triggerVars, cfg *stepConfig) (profile.Action, bool) {
-	fail := func(field string, err error) (profile.Action, bool) {
-		if cfg.onError != nil {
-			cfg.onError(&EvalError{Kind: "trigger", Rule: t.id, Field: field, UserID: e.UserID, EventID: e.ID, Err: err})
+// FireStep returns the profile.Step that fires the user's timers due at
+// processing time now; the store runs it for the users its due index
+// names (it takes no events). Each due timer's step is judged: a step of
+// a then must pass its when (on the profile at its due time), every step
+// the user's consent, its cooldown (by due time), and unless transactional
+// the frequency caps and quiet hours (by processing time). It fires, is
+// dropped with a reason (profile.Note), or is deferred to the end of the
+// quiet hours; then the journey's next step is scheduled from this one's
+// due time. A journey whose trigger is within its cooldown at its due
+// time ends there: the cooldown deduplicates journeys.
+func (r *Rules) FireStep(limits profile.Limits, opts ...StepOption) profile.Step {
+	limits = limits.WithDefaults()
+	var cfg stepConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return func(p *profile.Profile, _ []profile.Event, now time.Time) profile.Outcome {
+		var out profile.Outcome
+		j := r.newJudge(p, now, limits, &cfg, &out)
+		if j.fireDue() {
+			out.Changed = true
+			p.Compact(now, limits)
 		}
-		return profile.Action{}, false
+		return out
 	}
-	ok, err := t.when.evalBool(vars)
+}
+
+// judge is one Step call's state: the profile, the activation reused for
+// every evaluation, and the actions sent per channel so far (for caps).
+type judge struct {
+	r      *Rules
+	p      *profile.Profile
+	now    time.Time
+	limits profile.Limits
+	cfg    *stepConfig
+	out    *profile.Outcome
+	ev     *eventVal
+	pv     *profileVal
+	vars   *triggerVars
+	sent   map[string]int
+}
+
+func (r *Rules) newJudge(p *profile.Profile, now time.Time, limits profile.Limits, cfg *stepConfig, out *profile.Outcome) *judge {
+	ev, pv := &eventVal{}, &profileVal{p: p}
+	return &judge{r: r, p: p, now: now, limits: limits, cfg: cfg, out: out,
+		ev: ev, pv: pv, vars: &triggerVars{event: ev, profile: pv}}
+}
+
+// at sets the activation to event e at time t.
+func (j *judge) at(e *profile.Event, t time.Time) {
+	if j.ev.e != e {
+		j.ev.set(e)
+	}
+	j.pv.now = t
+	j.vars.now = types.Timestamp{Time: t}
+}
+
+func (j *judge) note(t *trigger, kind, reason string, due time.Time) {
+	j.out.Notes = append(j.out.Notes, profile.Note{Trigger: t.id, Kind: kind, Reason: reason, Due: due})
+}
+
+func (j *judge) evalError(t *trigger, e *profile.Event, field string, err error) {
+	if j.cfg.onError != nil {
+		j.cfg.onError(&EvalError{Kind: "trigger", Rule: t.id, Field: field, UserID: e.UserID, EventID: e.ID, Err: err})
+	}
+}
+
+// candidate is an action a trigger would send for an event, judged but
+// not yet under the channel limit and the policies.
+type candidate struct {
+	t       *trigger // the trigger or step whose action it is
+	root    *trigger // its journey's trigger
+	step    int      // its index in the journey
+	e       *profile.Event
+	at      time.Time // event time it fires at (cooldowns): the event's, or the step's due time
+	due     time.Time // zero for a trigger fired by its event
+	key     string    // cooldown key
+	payload map[string]string
+}
+
+// event judges the triggers an applied event reaches.
+func (j *judge) event(e *profile.Event) {
+	ts := j.r.triggersFor(e.Type)
+	if len(ts.named) == 0 && len(ts.any) == 0 {
+		return
+	}
+	var now []candidate
+	var ni, ai int
+	for t := ts.next(&ni, &ai); t != nil; t = ts.next(&ni, &ai) {
+		at, ok := j.holds(t, e)
+		if !ok {
+			continue
+		}
+		if t.wait > 0 {
+			j.schedule(t, 0, e, at, at.Add(t.wait), 0)
+			continue
+		}
+		if c, ok := j.candidate(t, t, 0, e, at, time.Time{}); ok {
+			now = append(now, c)
+		} else if t.steps != nil && !j.cooling(t, e, at) {
+			j.next(t, 0, e, at, at, 0)
+		}
+	}
+	if len(now) == 0 {
+		return
+	}
+	// The channel limit: per channel, by priority, then file order (the
+	// order of now). Transactional actions are not counted.
+	slices.SortStableFunc(now, func(a, b candidate) int { return cmp.Compare(b.t.priority, a.t.priority) })
+	taken := make(map[string]int)
+	for _, c := range now {
+		if !c.t.transactional && j.r.channelLimit > 0 {
+			if taken[c.t.channel] >= j.r.channelLimit {
+				j.note(c.t, profile.NoteDropped, profile.DropChannelLimit, time.Time{})
+				continue
+			}
+			taken[c.t.channel]++
+		}
+		j.send(c)
+		if c.root.steps != nil {
+			j.next(c.root, 0, c.e, c.at, c.at, 0)
+		}
+	}
+}
+
+// holds judges t's when for e: at the event's time, and for a late event
+// at the later minutes with events of t's types within its lookback. It
+// returns the first time it holds.
+func (j *judge) holds(t *trigger, e *profile.Event) (time.Time, bool) {
+	if t.when == nil {
+		return e.OccurredAt, true
+	}
+	j.at(e, e.OccurredAt)
+	ok, err := t.when.evalBool(j.vars)
 	if err != nil {
-		return fail("when", err)
+		j.evalError(t, e, "when", err)
+		return time.Time{}, false
 	}
+	if ok || t.lookback == 0 {
+		return e.OccurredAt, ok
+	}
+	last := e.OccurredAt
+	for typ, at := range j.p.LastSeen {
+		if (len(t.on) == 0 || slices.Contains(t.on, typ)) && at.After(last) {
+			last = at
+		}
+	}
+	if !last.After(e.OccurredAt) {
+		return time.Time{}, false // in order: nothing later to complete
+	}
+	minutes := j.p.Minutes(t.on, e.OccurredAt, earliest(last, e.OccurredAt.Add(t.lookback)))
+	if len(minutes) > maxReevaluations {
+		minutes = minutes[:maxReevaluations]
+	}
+	for _, m := range minutes {
+		at := earliest(profile.MinuteEnd(m), last)
+		j.at(e, at)
+		if ok, err := t.when.evalBool(j.vars); err == nil && ok {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// cooling reports whether t's cooldown holds at event time at for e.
+func (j *judge) cooling(t *trigger, e *profile.Event, at time.Time) bool {
+	key, ok := j.cooldownKey(t, e, at)
+	if !ok || t.cooldown == 0 {
+		return false
+	}
+	last, ok := j.p.FiredAt(key)
+	return ok && absDuration(at.Sub(last)) < t.cooldown
+}
+
+func (j *judge) cooldownKey(t *trigger, e *profile.Event, at time.Time) (string, bool) {
+	if t.cooldownBy == nil {
+		return t.id, true
+	}
+	j.at(e, at)
+	v, err := t.cooldownBy.evalString(j.vars)
+	if err != nil {
+		j.evalError(t, e, "cooldown_by", err)
+		return "", false
+	}
+	return t.id + "/" + v, true
+}
+
+// candidate judges what the action of step (of root's journey) needs
+// besides the channel limit and policies: consent, cooldown at event
+// time at, and its payload. A refusal is noted.
+func (j *judge) candidate(t, root *trigger, step int, e *profile.Event, at, due time.Time) (candidate, bool) {
 	// Consent is checked on the updated profile, so an unsubscribe event
 	// itself never triggers a message on its channel.
-	if !ok || !p.Consented(t.channel) {
-		return profile.Action{}, false
+	if !j.p.Consented(t.channel) {
+		j.note(t, profile.NoteDropped, profile.DropConsent, due)
+		return candidate{}, false
 	}
-	key := t.id
-	if t.cooldownBy != nil {
-		v, err := t.cooldownBy.evalString(vars)
-		if err != nil {
-			return fail("cooldown_by", err)
-		}
-		key = t.id + "/" + v
+	key, ok := j.cooldownKey(t, e, at)
+	if !ok {
+		j.note(t, profile.NoteDropped, profile.DropEvalError, due)
+		return candidate{}, false
 	}
 	if t.cooldown > 0 {
 		// Both directions: a late event just before the last firing is as
 		// much "within the cooldown" as one just after it.
-		if last, ok := p.FiredAt(key); ok && absDuration(e.OccurredAt.Sub(last)) < t.cooldown {
-			return profile.Action{}, false
+		if last, ok := j.p.FiredAt(key); ok && absDuration(at.Sub(last)) < t.cooldown {
+			j.note(t, profile.NoteDropped, profile.DropCooldown, due)
+			return candidate{}, false
 		}
 	}
+	payload, ok := j.payload(t, e, at)
+	if !ok {
+		j.note(t, profile.NoteDropped, profile.DropEvalError, due)
+		return candidate{}, false
+	}
+	return candidate{t: t, root: root, step: step, e: e, at: at, due: due, key: key, payload: payload}, true
+}
+
+func (j *judge) payload(t *trigger, e *profile.Event, at time.Time) (map[string]string, bool) {
 	payload := make(map[string]string, len(t.payload)+len(t.exprs))
 	for k, v := range t.payload {
 		payload[k] = v
 	}
+	if len(t.exprs) > 0 {
+		j.at(e, at)
+	}
 	for _, x := range t.exprs {
-		v, err := x.expr.evalString(vars)
+		v, err := x.expr.evalString(j.vars)
 		if err != nil {
-			return fail(x.field, err)
+			j.evalError(t, e, x.field, err)
+			return nil, false
 		}
 		payload[x.key] = v
 	}
-	if t.cooldown > 0 {
-		p.MarkFired(key, e.OccurredAt)
+	return payload, true
+}
+
+// send puts a judged candidate under the frequency caps and quiet hours
+// (unless transactional), and emits, defers or drops its action.
+func (j *judge) send(c candidate) {
+	t := c.t
+	if !t.transactional {
+		if j.capped(t.channel) {
+			j.note(t, profile.NoteDropped, profile.DropFrequencyCap, c.due)
+			return
+		}
+		var d Decision
+		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: t.channel}, j.now); held {
+			timer := profile.Timer{Trigger: c.root.id, Step: c.step, Due: cmp.Or(c.due, c.at), Wake: until.UTC(),
+				From: c.at, Deferred: true, Event: *c.e}
+			timer.Event.UserID = ""
+			if !j.p.Schedule(timer, j.limits.MaxTimers) {
+				j.note(t, profile.NoteDropped, profile.DropTimerLimit, c.due)
+				return
+			}
+			j.markFired(c)
+			j.note(t, profile.NoteDeferred, "", c.due)
+			return
+		}
 	}
-	return profile.Action{
-		ID:          profile.ActionID(e.UserID, e.ID, t.id),
-		UserID:      e.UserID,
-		TriggerID:   t.id,
-		Channel:     t.channel,
-		Template:    t.template,
-		Payload:     payload,
-		TriggeredAt: e.OccurredAt,
-		EventID:     e.ID,
-	}, true
+	j.emit(c)
+}
+
+// markFired starts the candidate's cooldown.
+func (j *judge) markFired(c candidate) {
+	if c.t.cooldown > 0 && c.key != "" {
+		j.p.MarkFired(c.key, c.at)
+	}
+}
+
+// emit writes the candidate's action.
+func (j *judge) emit(c candidate) {
+	t := c.t
+	j.markFired(c)
+	userID := cmp.Or(j.p.UserID, c.e.UserID)
+	if j.sent == nil {
+		j.sent = make(map[string]int)
+	}
+	j.sent[t.channel]++
+	a := profile.Action{
+		ID:           profile.ActionID(userID, c.e.ID, t.id),
+		UserID:       userID,
+		TriggerID:    t.id,
+		Channel:      t.channel,
+		Template:     t.template,
+		Payload:      c.payload,
+		TriggeredAt:  c.at,
+		EventID:      c.e.ID,
+		RulesVersion: j.r.Version(),
+	}
+	if !c.due.IsZero() {
+		a.TriggeredAt, a.DueAt = j.now, c.due
+	}
+	j.out.Actions = append(j.out.Actions, a)
+	j.note(t, profile.NoteFired, "", c.due)
+}
+
+// capped reports whether a frequency cap of the channel is reached at
+// processing time, counting the sends reported, the live reservations
+// and the actions this step has already sent.
+func (j *judge) capped(channel string) bool {
+	for _, fc := range j.r.caps {
+		if !fc.appliesTo(channel) {
+			continue
+		}
+		n := j.p.Sends(fc.channel, j.now.Add(-fc.period)) + j.p.Reserved(fc.channel, j.now)
+		if fc.channel == "" {
+			for _, k := range j.sent {
+				n += k
+			}
+		} else {
+			n += j.sent[fc.channel]
+		}
+		if n >= fc.max {
+			return true
+		}
+	}
+	return false
+}
+
+// schedule adds the timer of step of root's journey, due at due, for the
+// journey that e started at from, unless an event the profile already
+// holds cancels it (an unless event that arrived before the trigger's).
+func (j *judge) schedule(root *trigger, step int, e *profile.Event, from, due time.Time, cancelFrom int) {
+	steps := root.journey()
+	t := profile.Timer{Trigger: root.id, Step: step, Due: due, Wake: due, From: from, CancelFrom: cancelFrom, Event: *e}
+	t.Event.UserID = ""
+	last := len(steps)
+	if cancelFrom > 0 {
+		last = min(last, cancelFrom)
+	}
+	// Out of order: an unless event already applied whose time falls in
+	// the window of this step or a later one.
+	d := due
+	for s := step; s < last; s++ {
+		if s > step {
+			d = d.Add(steps[s].wait)
+		}
+		if j.unlessBetween(steps[s], from, d) {
+			if s == step {
+				j.note(steps[s], profile.NoteCancelled, "", due)
+				return
+			}
+			t.CancelFrom = s
+			break
+		}
+	}
+	if !j.p.Schedule(t, j.limits.MaxTimers) {
+		j.note(steps[step], profile.NoteDropped, profile.DropTimerLimit, due)
+		return
+	}
+	j.note(steps[step], profile.NoteScheduled, "", due)
+}
+
+func (j *judge) unlessBetween(st *trigger, from, to time.Time) bool {
+	for _, typ := range st.unless {
+		if j.p.OccurredBetween(typ, from, to) {
+			return true
+		}
+	}
+	return false
+}
+
+// next schedules the step after step of root's journey, due its wait
+// after this one's due time, unless the journey ends here.
+func (j *judge) next(root *trigger, step int, e *profile.Event, from, due time.Time, cancelFrom int) {
+	steps := root.journey()
+	n := step + 1
+	if n >= len(steps) || (cancelFrom > 0 && n >= cancelFrom) {
+		return
+	}
+	j.schedule(root, n, e, from, due.Add(steps[n].wait), cancelFrom)
+}
+
+// cancel removes or cuts short the pending steps that e cancels: those
+// listing its type in unless, when it occurred after their journey's
+// start and at or before their due time.
+func (j *judge) cancel(e *profile.Event) {
+	if len(j.p.Timers) == 0 {
+		return
+	}
+	kept := j.p.Timers[:0]
+	for _, t := range j.p.Timers {
+		root := j.r.byID[t.Trigger]
+		if root == nil || !e.OccurredAt.After(t.From) {
+			kept = append(kept, t)
+			continue
+		}
+		steps := root.journey()
+		last := len(steps)
+		if t.Deferred {
+			last = t.Step + 1
+		}
+		if t.CancelFrom > 0 {
+			last = min(last, t.CancelFrom)
+		}
+		due, cut := t.Due, -1
+		for s := t.Step; s < last && s < len(steps); s++ {
+			if s > t.Step {
+				due = due.Add(steps[s].wait)
+			}
+			if slices.Contains(steps[s].unless, e.Type) && !e.OccurredAt.After(due) {
+				cut = s
+				break
+			}
+		}
+		switch {
+		case cut < 0:
+			kept = append(kept, t)
+		case cut == t.Step:
+			j.note(steps[cut], profile.NoteCancelled, "", t.Due)
+		default:
+			j.note(steps[cut], profile.NoteCancelled, "", due)
+			t.CancelFrom = cut
+			kept = append(kept, t)
+		}
+	}
+	clear(j.p.Timers[len(kept):])
+	j.p.Timers = kept
+	if len(j.p.Timers) == 0 {
+		j.p.Timers = nil
+	}
+}
+
+// fireDue fires the timers due at now, and those their firing schedules
+// that are due too (a late event's journey catches up). It reports
+// whether any fired.
+func (j *judge) fireDue() bool {
+	fired := false
+	for range maxSteps + 2 { // each round advances every journey a step
+		due := j.p.TakeDue(j.now)
+		if len(due) == 0 {
+			break
+		}
+		fired = true
+		for i := range due {
+			j.fire(&due[i])
+		}
+	}
+	return fired
+}
+
+// fire judges one due timer.
+func (j *judge) fire(t *profile.Timer) {
+	t.Event.UserID = j.p.UserID
+	root := j.r.byID[t.Trigger]
+	if root == nil || t.Step >= len(root.journey()) {
+		j.out.Notes = append(j.out.Notes, profile.Note{Trigger: t.Trigger, Kind: profile.NoteDropped, Reason: profile.DropRuleRemoved, Due: t.Due})
+		return
+	}
+	st := root.journey()[t.Step]
+	if t.Deferred {
+		// Judged at its due time; consent and the caps may have changed
+		// since, and the quiet hours may hold it again.
+		if !j.p.Consented(st.channel) {
+			j.note(st, profile.NoteDropped, profile.DropConsent, t.Due)
+			return
+		}
+		payload, ok := j.payload(st, &t.Event, t.Due)
+		if !ok {
+			j.note(st, profile.NoteDropped, profile.DropEvalError, t.Due)
+			return
+		}
+		c := candidate{t: st, root: root, step: t.Step, e: &t.Event, at: t.Due, due: t.Due, payload: payload} // its cooldown is marked
+		if j.capped(st.channel) {
+			j.note(st, profile.NoteDropped, profile.DropFrequencyCap, t.Due)
+			return
+		}
+		var d Decision
+		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: st.channel}, j.now); held {
+			t.Wake = until.UTC()
+			t.Event.UserID = ""
+			if j.p.Schedule(*t, j.limits.MaxTimers) {
+				j.note(st, profile.NoteDeferred, "", t.Due)
+			}
+			return
+		}
+		j.emit(c)
+		return
+	}
+	if t.Step > 0 && st.when != nil {
+		j.at(&t.Event, t.Due)
+		ok, err := st.when.evalBool(j.vars)
+		if err != nil {
+			j.evalError(st, &t.Event, "when", err)
+		}
+		if err != nil || !ok {
+			reason := profile.DropWhen
+			if err != nil {
+				reason = profile.DropEvalError
+			}
+			j.note(st, profile.NoteDropped, reason, t.Due)
+			j.next(root, t.Step, &t.Event, t.From, t.Due, t.CancelFrom)
+			return
+		}
+	}
+	if t.Step == 0 && j.cooling(st, &t.Event, t.Due) {
+		// The journey's trigger is within its cooldown: another journey
+		// of the trigger fired; this one ends.
+		j.note(st, profile.NoteDropped, profile.DropCooldown, t.Due)
+		return
+	}
+	if c, ok := j.candidate(st, root, t.Step, &t.Event, t.Due, t.Due); ok {
+		j.send(c)
+	}
+	j.next(root, t.Step, &t.Event, t.From, t.Due, t.CancelFrom)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func absDuration(d time.Duration) time.Duration {

@@ -16,7 +16,10 @@ type Action struct {
 	Template    string
 	Payload     map[string]string
 	TriggeredAt time.Time
-	EventID     string
+	// DueAt is when the journey step that fired the action was due; zero
+	// for an action fired by its event.
+	DueAt   time.Time
+	EventID string
 	// RulesVersion is the version of the rules that fired the action.
 	RulesVersion string
 }
@@ -41,6 +44,10 @@ type Outcome struct {
 	Results []Result
 	// Actions are written to the outbox with the profile.
 	Actions []Action
+	// Notes say what became of the journey steps and trigger actions the
+	// step judged, for metrics. Like actions, they count only when the
+	// transaction commits.
+	Notes []Note
 	// Changed says that the step changed the profile, so that it must be
 	// written (with Actions). A step that sets it to false leaves the
 	// stored profile as it was, whatever it did to its copy, and its
@@ -78,7 +85,46 @@ type BatchOutcome struct {
 	// wrote to the outbox), user after user in the order of each user's
 	// first event, each user's in the order its step emitted them.
 	Actions []Action
+	// Notes are the committed steps' notes, in the same order.
+	Notes []Note
 }
+
+// Note is what became of a trigger's action or a journey step, for the
+// operators' counts (a funnel per step).
+type Note struct {
+	// Trigger is the id of the trigger or journey step.
+	Trigger string
+	// Kind is one of the Note* constants.
+	Kind string
+	// Reason says why an action was dropped (a Drop* constant); empty for
+	// other kinds.
+	Reason string
+	// Due is when a fired or dropped journey step was due (zero for an
+	// action fired by its event): the lateness of a firing is the commit
+	// time minus Due.
+	Due time.Time
+}
+
+// Kinds of Note.
+const (
+	NoteScheduled = "scheduled" // a journey step will be judged at its due time
+	NoteCancelled = "cancelled" // an unless event cancelled a pending step
+	NoteFired     = "fired"     // an action was emitted
+	NoteDeferred  = "deferred"  // quiet hours held an action until they end
+	NoteDropped   = "dropped"   // no action; Reason says why
+)
+
+// Reasons of a NoteDropped.
+const (
+	DropWhen         = "when"          // the step's when did not hold at its due time
+	DropConsent      = "consent"       // the user has not consented to the channel
+	DropCooldown     = "cooldown"      // within the trigger's cooldown
+	DropFrequencyCap = "frequency_cap" // a frequency cap of the channel is reached
+	DropChannelLimit = "channel_limit" // another trigger of higher priority took the channel
+	DropTimerLimit   = "timer_limit"   // the profile holds Limits.MaxTimers timers
+	DropRuleRemoved  = "rule_removed"  // the rules no longer have the step
+	DropEvalError    = "eval_error"    // an expression failed to evaluate
+)
 
 // DeleteResult says what erasing a user removed.
 type DeleteResult struct {

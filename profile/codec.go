@@ -32,6 +32,7 @@ const (
 	fSends         = 13 // message per send, oldest first: 1 channel, 2 offer id, 3 sint64 Unix ms
 	fLastPurchases = 14 // message: 1 category, 2 sint64 Unix ms
 	fReservations  = 15 // message: 1 key, 2 channel, 3 offer id, 4 holds, 5 sint64 at ms, 6 sint64 expires ms, 7 decision bytes
+	fTimers        = 16 // message per timer, by wake time (timer.go)
 )
 
 // Encode returns the stored form of p. Map entries are written in key order,
@@ -143,6 +144,9 @@ func Encode(p *Profile) []byte {
 		msg = protowire.AppendTag(msg, 7, protowire.BytesType)
 		msg = protowire.AppendBytes(msg, r.Decision)
 		b = appendMessage(b, fReservations, msg)
+	}
+	for i := range p.Timers {
+		b = appendTimer(b, &p.Timers[i])
 	}
 	return b
 }
@@ -318,6 +322,12 @@ func Decode(b []byte) (*Profile, error) {
 				return err
 			}
 			p.Reservations = append(p.Reservations, r)
+		case num == fTimers && typ == protowire.BytesType:
+			t, err := decodeTimer(v)
+			if err != nil {
+				return err
+			}
+			p.Timers = append(p.Timers, t)
 		}
 		return nil
 	})
@@ -335,6 +345,9 @@ func Decode(b []byte) (*Profile, error) {
 	if !slices.IsSortedFunc(p.SendLog, compareSends) {
 		slices.SortStableFunc(p.SendLog, compareSends)
 	}
+	if !slices.IsSortedFunc(p.Timers, compareWakes) {
+		slices.SortStableFunc(p.Timers, compareWakes)
+	}
 	for i := 1; i < len(p.Series); i++ {
 		a, b := &p.Series[i-1], &p.Series[i]
 		if a.Type > b.Type || (a.Type == b.Type && a.Category >= b.Category) {
@@ -345,6 +358,8 @@ func Decode(b []byte) (*Profile, error) {
 }
 
 func compareSends(a, b Send) int { return a.At.Compare(b.At) }
+
+func compareWakes(a, b Timer) int { return a.Wake.Compare(b.Wake) }
 
 func decodeSeries(v []byte) (Series, error) {
 	var s Series

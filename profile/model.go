@@ -123,6 +123,10 @@ type Limits struct {
 	// time is kept per user; the least recently bought are dropped first.
 	// Default 256.
 	MaxPurchaseCategories int `yaml:"max_purchase_categories"`
+	// MaxTimers is the most pending timers (journey steps and deferred
+	// actions) per user; a step that would schedule more is dropped and
+	// counted. Default 64.
+	MaxTimers int `yaml:"max_timers"`
 }
 
 // DefaultLimits returns the limits a profile is kept under when told
@@ -140,6 +144,7 @@ func DefaultLimits() Limits {
 		SendRetention:         30 * 24 * time.Hour,
 		MaxSends:              512,
 		MaxPurchaseCategories: 256,
+		MaxTimers:             64,
 	}
 }
 
@@ -157,6 +162,7 @@ func (l Limits) WithDefaults() Limits {
 	orDefault(&l.SendRetention, d.SendRetention)
 	orDefault(&l.MaxSends, d.MaxSends)
 	orDefault(&l.MaxPurchaseCategories, d.MaxPurchaseCategories)
+	orDefault(&l.MaxTimers, d.MaxTimers)
 	return l
 }
 
@@ -202,6 +208,13 @@ type Profile struct {
 	// Reservations are the live decisions taken with reserve (see
 	// Reservation), oldest first.
 	Reservations []Reservation
+	// Timers are the pending journey steps and deferred actions, by Wake,
+	// earliest first (see Timer).
+	Timers []Timer
+
+	// UserID is the user the profile is about. It is not stored: the
+	// store sets it on every profile it reads or creates.
+	UserID string
 }
 
 // Send is one message sent to the user, from a message_sent event.

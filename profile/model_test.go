@@ -68,6 +68,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 		SendRetention:         30 * 24 * time.Hour,
 		MaxSends:              512,
 		MaxPurchaseCategories: 256,
+		MaxTimers:             64,
 	}
 	custom := profile.Limits{
 		Retention:      time.Hour,
@@ -81,6 +82,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 		SendRetention:         7 * 24 * time.Hour,
 		MaxSends:              5,
 		MaxPurchaseCategories: 2,
+		MaxTimers:             4,
 	}
 	tests := []struct {
 		name string
@@ -91,7 +93,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 		{"negative values get defaults", profile.Limits{
 			Retention: -1, MaxFuture: -1, DedupWindow: -1, DedupMax: -1,
 			MaxSeries: -1, FiredRetention: -1, MaxFired: -1,
-			SendRetention: -1, MaxSends: -1, MaxPurchaseCategories: -1,
+			SendRetention: -1, MaxSends: -1, MaxPurchaseCategories: -1, MaxTimers: -1,
 		}, want},
 		{"set values are kept", custom, custom},
 		{"only zero fields are filled", profile.Limits{Retention: time.Hour, MaxFired: 1}, func() profile.Limits {

@@ -28,7 +28,7 @@ func EventFromProto(e *nudgev1.Event) profile.Event {
 }
 
 func actionToProto(a *profile.Action) *nudgev1.Action {
-	return &nudgev1.Action{
+	pa := &nudgev1.Action{
 		ActionId:     a.ID,
 		UserId:       a.UserID,
 		TriggerId:    a.TriggerID,
@@ -39,6 +39,10 @@ func actionToProto(a *profile.Action) *nudgev1.Action {
 		EventId:      a.EventID,
 		RulesVersion: a.RulesVersion,
 	}
+	if !a.DueAt.IsZero() {
+		pa.DueAt = timestamppb.New(a.DueAt)
+	}
+	return pa
 }
 
 func statusToProto(s profile.Status) nudgev1.EventStatus {

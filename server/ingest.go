@@ -315,6 +315,7 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		actions[i] = actionToProto(&out.Actions[i])
 	}
 	s.metrics.actions.Add(ctx, int64(len(actions)))
+	s.countNotes(ctx, out.Notes, s.cfg.Now())
 	return results, actions, nil
 }
 

@@ -27,6 +27,10 @@ type instruments struct {
 	acked        metric.Int64Counter
 	released     metric.Int64Counter
 	refusedCalls metric.Int64Counter
+	// Journeys (timers.go).
+	journeySteps  metric.Int64Counter
+	timerLateness metric.Float64Histogram
+	timerErrs     metric.Int64Counter
 	recvWaiting  metric.Int64UpDownCounter
 	statusAttrs  map[statusReason]metric.MeasurementOption
 	verdictAttrs map[[2]string]metric.MeasurementOption
@@ -78,9 +82,22 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	in.recvWaiting.Add(context.Background(), 0)
+	if in.journeySteps, err = m.Int64Counter("nudge.journey.steps",
+		metric.WithDescription("Trigger actions and journey steps judged, by trigger (or step) id, outcome (scheduled, cancelled, fired, deferred, dropped) and the reason of a drop.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.timerLateness, err = m.Float64Histogram("nudge.timer.lateness", metric.WithUnit("s"),
+		metric.WithDescription("Time from a journey step's due time to its firing's commit."),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if in.timerErrs, err = m.Int64Counter("nudge.timer.poll_errors",
+		metric.WithDescription("Polls of the due timers that failed (the store was unreachable, or a user's transaction failed); retried.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
 	// Counters without attributes start at 0, so dashboards and alerts
 	// see a series before the first event.
-	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked, in.released} {
+	for _, c := range []metric.Int64Counter{in.actions, in.triggerErrs, in.delivered, in.acked, in.released, in.timerErrs} {
 		c.Add(context.Background(), 0)
 	}
 	in.statusAttrs = make(map[statusReason]metric.MeasurementOption)

@@ -47,6 +47,7 @@ type Config struct {
 	Rules    RulesConfig    `yaml:"rules"`
 	Decision DecisionConfig `yaml:"decision"`
 	Delivery DeliveryConfig `yaml:"delivery"`
+	Timers   TimersConfig   `yaml:"timers"`
 	Limits   LimitsConfig   `yaml:"limits"`
 	TLS      TLSConfig      `yaml:"tls"`
 	Auth     AuthConfig     `yaml:"auth"`
@@ -224,6 +225,16 @@ type DeliveryConfig struct {
 	GroupIdle time.Duration `yaml:"group_idle"`
 }
 
+// TimersConfig paces the firing of journey steps and deferred actions
+// (server.TimerConfig).
+type TimersConfig struct {
+	// Poll is the time between two polls of the due index when the last
+	// one found nothing more. Default 100ms.
+	Poll time.Duration `yaml:"poll"`
+	// Batch is the most users fired per poll. Default 2000.
+	Batch int `yaml:"batch"`
+}
+
 // LimitsConfig bounds what one caller can make the server hold.
 type LimitsConfig struct {
 	// MaxMessageBytes is the largest request message accepted; larger ones
@@ -397,6 +408,7 @@ func Defaults() Config {
 			TrimInterval:      time.Minute,
 			GroupIdle:         dlv.GroupIdle,
 		},
+		Timers: TimersConfig{Poll: 100 * time.Millisecond, Batch: 2000},
 		Limits: LimitsConfig{
 			MaxMessageBytes:   srv.MaxRecvMsgBytes,
 			MaxInFlight:       srv.MaxInFlight,
@@ -495,6 +507,7 @@ func (c *Config) settings() []setting {
 		{"profile.send_retention", "profile-send-retention", "how long message_sent records and last purchases are kept", duration(&c.Profile.SendRetention)},
 		{"profile.max_sends", "profile-max-sends", "most message_sent records kept per user", integer(&c.Profile.MaxSends)},
 		{"profile.max_purchase_categories", "profile-max-purchase-categories", "most categories whose last purchase is kept per user", integer(&c.Profile.MaxPurchaseCategories)},
+		{"profile.max_timers", "profile-max-timers", "most pending journey steps and deferred actions per user", integer(&c.Profile.MaxTimers)},
 		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
 		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
 		{"redis.tls.cert_file", "redis-tls-cert-file", "client certificate for Redis", str(&c.Redis.TLS.CertFile)},
@@ -527,6 +540,9 @@ func (c *Config) settings() []setting {
 		{"delivery.outbox_retention", "outbox-retention", "how long acknowledged actions stay in the outbox", duration(&c.Delivery.OutboxRetention)},
 		{"delivery.trim_interval", "trim-interval", "how often the outbox is trimmed", duration(&c.Delivery.TrimInterval)},
 		{"delivery.group_idle", "group-idle", "a consumer group no member read from or acknowledged for this long is abandoned: trimming no longer keeps actions for it past outbox_retention (negative: never)", duration(&c.Delivery.GroupIdle)},
+
+		{"timers.poll", "timers-poll", "time between two polls of the due journey steps when the last found nothing more", duration(&c.Timers.Poll)},
+		{"timers.batch", "timers-batch", "most users whose due timers one poll fires", integer(&c.Timers.Batch)},
 
 		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
@@ -801,7 +817,7 @@ func (c ProfileConfig) validate() error {
 	for _, n := range []struct {
 		key string
 		v   int
-	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}} {
+	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}, {"max_timers", c.MaxTimers}} {
 		if n.v < 0 {
 			return fmt.Errorf("profile.%s: %d is negative", n.key, n.v)
 		}

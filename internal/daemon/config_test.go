@@ -361,6 +361,7 @@ profile:
   send_retention: 2h
   max_sends: 12
   max_purchase_categories: 13
+  max_timers: 14
 redis:
   max_attempts: 5
   max_error_retries: -1
@@ -391,6 +392,7 @@ redis:
 	wantLimits := profile.Limits{
 		Retention: 48 * time.Hour, MaxFuture: time.Minute, DedupWindow: 36 * time.Hour, DedupMax: 100, MaxSeries: 10,
 		FiredRetention: time.Hour, MaxFired: 11, SendRetention: 2 * time.Hour, MaxSends: 12, MaxPurchaseCategories: 13,
+		MaxTimers: 14,
 	}
 	if gotLimits != wantLimits {
 		t.Errorf("profile limits %+v\nwant %+v", gotLimits, wantLimits)

@@ -155,6 +155,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	parts.add("metrics", metrics.serve)
 	parts.add("store health", health.run)
 	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, rulesMetrics, log); return nil })
+	parts.add("timers", func(ctx context.Context) error {
+		return srv.RunTimers(ctx, store, server.TimerConfig{Poll: cfg.Timers.Poll, Batch: cfg.Timers.Batch})
+	})
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
 	parts.add("SIGHUP", rl.onSIGHUP)
 	parts.add("grpc", func(ctx context.Context) error {

@@ -21,6 +21,8 @@ import (
 //
 //	nudge:{b}:p:<user_id>   the profile (profile.Encode)
 //	nudge:{b}:out           the outbox stream of bucket b (ActionFields)
+//	nudge:{b}:t:<k>         when users of the bucket are due (timers.go)
+//	nudge:{b}:t             the earliest due time of each nudge:{b}:t:<k>
 //	nudge:dead              actions delivered too many times (delivery)
 //	nudge:groups            last activity of each consumer group (delivery)
 //	nudge:audit             sampled decisions (audit)
@@ -92,6 +94,35 @@ func (l Layout) OutboxKeys() []string {
 	return keys
 }
 
+// TimerShards is the number of sorted sets a bucket's due users are
+// spread over (by user), so that each stays small enough for Redis's
+// compact encoding (zset-max-listpack-entries, 128 by default) up to
+// about 2 million users with pending timers at the default 1,024
+// buckets. It is part of the key layout.
+const TimerShards = 16
+
+// TimerShard is the shard of the bucket's due users the user is in.
+func (l Layout) TimerShard(userID string) int {
+	h := fnv.New32a()
+	h.Write([]byte(userID))
+	h.Write([]byte{0xff}) // independent of the bucket's hash
+	return int(h.Sum32() % TimerShards)
+}
+
+// DueKey is the sorted set of a timer shard of a bucket: its users with
+// a pending timer, scored by when the earliest is due (Unix ms):
+// nudge:{bucket}:t:<shard>.
+func (l Layout) DueKey(bucket, shard int) string {
+	return "nudge:{" + strconv.Itoa(bucket) + "}:t:" + strconv.Itoa(shard)
+}
+
+// DueIndexKey is the sorted set of the timer shards of a bucket, each
+// scored at or before the earliest due time in it (Unix ms):
+// nudge:{bucket}:t. A poll reads it to find the shards with due users.
+func (l Layout) DueIndexKey(bucket int) string {
+	return "nudge:{" + strconv.Itoa(bucket) + "}:t"
+}
+
 // Fields of an outbox entry that name its user (erasure looks for them).
 const fieldUserID = "user_id"
 
@@ -99,7 +130,7 @@ const fieldUserID = "user_id"
 // the stream is readable with redis-cli XRANGE. The payload is JSON.
 func ActionFields(a *profile.Action) []any {
 	payload, _ := json.Marshal(a.Payload) // map[string]string cannot fail
-	return []any{
+	f := []any{
 		"action_id", a.ID,
 		fieldUserID, a.UserID,
 		"trigger_id", a.TriggerID,
@@ -110,6 +141,10 @@ func ActionFields(a *profile.Action) []any {
 		"event_id", a.EventID,
 		"rules_version", a.RulesVersion,
 	}
+	if !a.DueAt.IsZero() {
+		f = append(f, "due_at", a.DueAt.UTC().Format(time.RFC3339Nano))
+	}
+	return f
 }
 
 // DecodeAction parses an outbox entry's fields (ActionFields). An entry
@@ -139,5 +174,10 @@ func DecodeAction(values map[string]any) (profile.Action, error) {
 		return a, fmt.Errorf("%w: action %s triggered_at: %w", profile.ErrCorrupt, a.ID, err)
 	}
 	a.TriggeredAt = t
+	if d := str("due_at"); d != "" {
+		if a.DueAt, err = time.Parse(time.RFC3339Nano, d); err != nil {
+			return a, fmt.Errorf("%w: action %s due_at: %w", profile.ErrCorrupt, a.ID, err)
+		}
+	}
 	return a, nil
 }

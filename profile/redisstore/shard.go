@@ -39,6 +39,8 @@ type part struct {
 	events []profile.Event
 	idx    []int // the events' indexes in the call
 	call   *call // nil for Update
+	// fire says the part is the firing of the user's due timers (Fire).
+	fire bool
 
 	// Set before finished, read after it.
 	outcome  profile.Outcome
@@ -70,6 +72,14 @@ func (p *part) collect(out *profile.BatchOutcome, ctxErr error) {
 			err = fmt.Errorf("user %q: %w: the step gave %d results for %d events", p.userID, errNoResult, len(p.outcome.Results), len(p.events))
 		}
 	}
+	if p.fire { // one outcome for the user
+		out.Events[p.idx[0]] = profile.EventOutcome{Version: p.version, Err: err}
+		if err == nil {
+			out.Actions = append(out.Actions, p.outcome.Actions...)
+			out.Notes = append(out.Notes, p.outcome.Notes...)
+		}
+		return
+	}
 	for k, i := range p.idx {
 		if err != nil {
 			out.Events[i].Err = err
@@ -79,6 +89,7 @@ func (p *part) collect(out *profile.BatchOutcome, ctxErr error) {
 	}
 	if err == nil {
 		out.Actions = append(out.Actions, p.outcome.Actions...)
+		out.Notes = append(out.Notes, p.outcome.Notes...)
 	}
 }
 

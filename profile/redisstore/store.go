@@ -352,6 +352,11 @@ func (s *Store) delete(ctx context.Context, userID string) (profile.DeleteResult
 	if err != nil {
 		return res, fmt.Errorf("%w: delete profile: %w", profile.ErrUnavailable, err)
 	}
+	// Its timers went with the profile; its due entry goes now (a poll
+	// that found it first fires an empty profile, which removes it too).
+	if err := s.rdb.ZRem(ctx, s.keys.DueKey(s.keys.Bucket(userID), s.keys.TimerShard(userID)), userID).Err(); err != nil {
+		return res, fmt.Errorf("%w: delete the due entry: %w", profile.ErrUnavailable, err)
+	}
 	res.Existed = n > 0
 	res.Actions, err = DeleteWhere(ctx, s.rdb, s.keys.OutboxKey(s.keys.Bucket(userID)), fieldUserID, userID)
 	if err != nil {

@@ -50,6 +50,16 @@ type userWork struct {
 	errs, redirects int
 }
 
+// firing reports whether any of the user's parts fires its timers.
+func (w *userWork) firing() bool {
+	for _, p := range w.parts {
+		if p.fire {
+			return true
+		}
+	}
+	return false
+}
+
 func (w *userWork) fail(err error) {
 	w.err, w.done = err, true
 }
@@ -343,9 +353,13 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 		// duplicates, written back unchanged before a WAIT (see
 		// Options.WaitReplicas); nil otherwise.
 		rewrite []byte
+		// due says the user's entry in the due index (timers.go) must be
+		// written: its next wake time changed, or it was being fired
+		// (the entry may be stale: a profile that expired).
+		due bool
 	}
 	writes := make([]write, 0, len(users))
-	wrote, rewrites := 0, 0
+	wrote, rewrites, dues := 0, 0, 0
 	err := s.watchOn(ctx, users[0].key, func(tx *redis.Tx) (err error) {
 		// The WATCH goes in the read's pipeline rather than through
 		// tx.Watch, which would cost a round trip of its own; so go-redis
@@ -392,6 +406,8 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 				w.fail(fmt.Errorf("user %q: %w", w.userID, gerr))
 				continue
 			}
+			p.UserID = w.userID
+			wake := p.NextWake()
 			wr := write{w: w, p: p, outcomes: make([]profile.Outcome, len(w.parts))}
 			var perr error
 			for j, pt := range w.parts {
@@ -413,9 +429,12 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 				wr.rewrite = raw
 				rewrites++
 			}
+			if wr.due = w.firing() || (wr.changed && !p.NextWake().Equal(wake)); wr.due {
+				dues++
+			}
 			writes = append(writes, wr)
 		}
-		if wrote == 0 && rewrites == 0 {
+		if wrote == 0 && rewrites == 0 && dues == 0 {
 			return nil
 		}
 		ttl := s.keyTTL()
@@ -426,10 +445,13 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 				if wr.rewrite != nil {
 					pipe.Set(ctx, wr.w.key, wr.rewrite, ttl)
 				}
+				if wr.due {
+					s.writeDue(ctx, pipe, wr.w.userID, wr.p.NextWake())
+				}
 				if !wr.changed {
 					continue
 				}
-				pipe.Set(ctx, wr.w.key, profile.Encode(wr.p), ttl)
+				pipe.Set(ctx, wr.w.key, profile.Encode(wr.p), keepFor(ttl, wr.p, now))
 				for _, o := range wr.outcomes {
 					for j := range o.Actions {
 						pipe.XAdd(ctx, &redis.XAddArgs{Stream: wr.w.outbox, Values: ActionFields(&o.Actions[j])})
@@ -450,6 +472,16 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 		wr.w.succeed(wr.outcomes, wr.p.Version)
 	}
 	return wrote, nil
+}
+
+// keepFor is the expiry of a profile written at now with the store's ttl
+// (0: none): long enough for its last timer to fire, whatever the ttl.
+func keepFor(ttl time.Duration, p *profile.Profile, now time.Time) time.Duration {
+	if ttl <= 0 || len(p.Timers) == 0 {
+		return ttl
+	}
+	last := p.Timers[len(p.Timers)-1].Wake
+	return max(ttl, last.Sub(now)+ttl)
 }
 
 // keyTTL is the expiry a profile is written with (0: none).

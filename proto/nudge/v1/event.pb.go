@@ -157,17 +157,24 @@ type Action struct {
 	// so senders can deduplicate deliveries.
 	ActionId string `protobuf:"bytes,1,opt,name=action_id,json=actionId,proto3" json:"action_id,omitempty"`
 	UserId   string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// The trigger rule that fired.
+	// The trigger rule, or the journey step (a trigger's then), that fired.
 	TriggerId string            `protobuf:"bytes,3,opt,name=trigger_id,json=triggerId,proto3" json:"trigger_id,omitempty"`
 	Channel   string            `protobuf:"bytes,4,opt,name=channel,proto3" json:"channel,omitempty"`
 	Template  string            `protobuf:"bytes,5,opt,name=template,proto3" json:"template,omitempty"`
 	Payload   map[string]string `protobuf:"bytes,6,rep,name=payload,proto3" json:"payload,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Event time of the event that fired the trigger.
+	// For a trigger fired by its event: the event time at which its
+	// condition held (the event's, or for a late event that completed a
+	// pattern, the later event's). For a journey step (a trigger with a
+	// wait, or a step of its then) and a deferred action: when it fired.
 	TriggeredAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=triggered_at,json=triggeredAt,proto3" json:"triggered_at,omitempty"`
-	// The event that fired the trigger.
+	// The event that fired the trigger (or started the journey).
 	EventId string `protobuf:"bytes,8,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// Version (content hash) of the rules that fired it.
-	RulesVersion  string `protobuf:"bytes,9,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	RulesVersion string `protobuf:"bytes,9,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// When the journey step was due (its event's time plus the waits), or
+	// for an action deferred by quiet hours, when it was first judged.
+	// Unset for an action fired at once by its event.
+	DueAt         *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=due_at,json=dueAt,proto3" json:"due_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -265,6 +272,13 @@ func (x *Action) GetRulesVersion() string {
 	return ""
 }
 
+func (x *Action) GetDueAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DueAt
+	}
+	return nil
+}
+
 var File_nudge_v1_event_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_event_proto_rawDesc = "" +
@@ -285,7 +299,7 @@ const file_nudge_v1_event_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x03\n" +
 	"\x06Action\x12\x1b\n" +
 	"\taction_id\x18\x01 \x01(\tR\bactionId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
@@ -296,7 +310,9 @@ const file_nudge_v1_event_proto_rawDesc = "" +
 	"\apayload\x18\x06 \x03(\v2\x1d.nudge.v1.Action.PayloadEntryR\apayload\x12=\n" +
 	"\ftriggered_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vtriggeredAt\x12\x19\n" +
 	"\bevent_id\x18\b \x01(\tR\aeventId\x12#\n" +
-	"\rrules_version\x18\t \x01(\tR\frulesVersion\x1a:\n" +
+	"\rrules_version\x18\t \x01(\tR\frulesVersion\x121\n" +
+	"\x06due_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x05dueAt\x1a:\n" +
 	"\fPayloadEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x8d\x01\n" +
@@ -328,11 +344,12 @@ var file_nudge_v1_event_proto_depIdxs = []int32{
 	2, // 1: nudge.v1.Event.attributes:type_name -> nudge.v1.Event.AttributesEntry
 	3, // 2: nudge.v1.Action.payload:type_name -> nudge.v1.Action.PayloadEntry
 	4, // 3: nudge.v1.Action.triggered_at:type_name -> google.protobuf.Timestamp
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 4: nudge.v1.Action.due_at:type_name -> google.protobuf.Timestamp
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_event_proto_init() }

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/event.proto.
  */
 export const file_nudge_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9ldmVudC5wcm90bxIIbnVkZ2UudjEi8AMKBUV2ZW50Ei0KCGV2ZW50X2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQSLAoHdXNlcl9pZBgCIAEoCUIbukgYyAEBchMYgAEyDl5bXHgyMS1ceDdlXSskEi0KBHR5cGUYAyABKAlCH7pIHMgBAXIXGEAyE15bYS16XVthLXowLTlfLi1dKiQSNwoLb2NjdXJyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESKwoIY2F0ZWdvcnkYBSABKAlCGbpIFnIUGIABMg9eW15ceDAwLVx4MWZdKiQSGQoHaXRlbV9pZBgGIAEoCUIIukgFcgMYgAESKAoFdmFsdWUYByABKAFCGbpIFhIUQAEZAAAAopQabUIpAAAAopQabcISLwoHY2hhbm5lbBgIIAEoCUIeukgbchkYIDIVXihbYS16XVthLXowLTlfLV0qKT8kEkwKCmF0dHJpYnV0ZXMYCSADKAsyHy5udWRnZS52MS5FdmVudC5BdHRyaWJ1dGVzRW50cnlCF7pIFJoBERAgIgZyBBABGEAqBXIDGIACGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIp4CCgZBY3Rpb24SEQoJYWN0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKdHJpZ2dlcl9pZBgDIAEoCRIPCgdjaGFubmVsGAQgASgJEhAKCHRlbXBsYXRlGAUgASgJEi4KB3BheWxvYWQYBiADKAsyHS5udWRnZS52MS5BY3Rpb24uUGF5bG9hZEVudHJ5EjAKDHRyaWdnZXJlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZXZlbnRfaWQYCCABKAkSFQoNcnVsZXNfdmVyc2lvbhgJIAEoCRouCgxQYXlsb2FkRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRudWRnZS92MS9ldmVudC5wcm90bxIIbnVkZ2UudjEi8AMKBUV2ZW50Ei0KCGV2ZW50X2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQSLAoHdXNlcl9pZBgCIAEoCUIbukgYyAEBchMYgAEyDl5bXHgyMS1ceDdlXSskEi0KBHR5cGUYAyABKAlCH7pIHMgBAXIXGEAyE15bYS16XVthLXowLTlfLi1dKiQSNwoLb2NjdXJyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESKwoIY2F0ZWdvcnkYBSABKAlCGbpIFnIUGIABMg9eW15ceDAwLVx4MWZdKiQSGQoHaXRlbV9pZBgGIAEoCUIIukgFcgMYgAESKAoFdmFsdWUYByABKAFCGbpIFhIUQAEZAAAAopQabUIpAAAAopQabcISLwoHY2hhbm5lbBgIIAEoCUIeukgbchkYIDIVXihbYS16XVthLXowLTlfLV0qKT8kEkwKCmF0dHJpYnV0ZXMYCSADKAsyHy5udWRnZS52MS5FdmVudC5BdHRyaWJ1dGVzRW50cnlCF7pIFJoBERAgIgZyBBABGEAqBXIDGIACGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsoCCgZBY3Rpb24SEQoJYWN0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKdHJpZ2dlcl9pZBgDIAEoCRIPCgdjaGFubmVsGAQgASgJEhAKCHRlbXBsYXRlGAUgASgJEi4KB3BheWxvYWQYBiADKAsyHS5udWRnZS52MS5BY3Rpb24uUGF5bG9hZEVudHJ5EjAKDHRyaWdnZXJlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZXZlbnRfaWQYCCABKAkSFQoNcnVsZXNfdmVyc2lvbhgJIAEoCRIqCgZkdWVfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi4KDFBheWxvYWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Event is one thing a user did (or that happened to a user), as reported by a
@@ -121,7 +121,7 @@ export type Action = Message<"nudge.v1.Action"> & {
   userId: string;
 
   /**
-   * The trigger rule that fired.
+   * The trigger rule, or the journey step (a trigger's then), that fired.
    *
    * @generated from field: string trigger_id = 3;
    */
@@ -143,14 +143,17 @@ export type Action = Message<"nudge.v1.Action"> & {
   payload: { [key: string]: string };
 
   /**
-   * Event time of the event that fired the trigger.
+   * For a trigger fired by its event: the event time at which its
+   * condition held (the event's, or for a late event that completed a
+   * pattern, the later event's). For a journey step (a trigger with a
+   * wait, or a step of its then) and a deferred action: when it fired.
    *
    * @generated from field: google.protobuf.Timestamp triggered_at = 7;
    */
   triggeredAt?: Timestamp | undefined;
 
   /**
-   * The event that fired the trigger.
+   * The event that fired the trigger (or started the journey).
    *
    * @generated from field: string event_id = 8;
    */
@@ -162,6 +165,15 @@ export type Action = Message<"nudge.v1.Action"> & {
    * @generated from field: string rules_version = 9;
    */
   rulesVersion: string;
+
+  /**
+   * When the journey step was due (its event's time plus the waits), or
+   * for an action deferred by quiet hours, when it was first judged.
+   * Unset for an action fired at once by its event.
+   *
+   * @generated from field: google.protobuf.Timestamp due_at = 10;
+   */
+  dueAt?: Timestamp | undefined;
 };
 
 /**

@@ -1,0 +1,223 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// This file keeps the index of when users' timers are due, and fires
+// them (DESIGN.md, "Timers").
+//
+// A timer is part of its user's profile (profile.Timer), so the
+// transaction that schedules it is the one that applies its event, and
+// the one that fires it is a profile transaction like any other. What
+// Redis needs besides is a way to find the users that are due without
+// reading every profile: per bucket, TimerShards sorted sets
+// nudge:{b}:t:<k> hold each user with a timer, scored by its next wake
+// time (Unix ms). The engine writes a user's entry in the MULTI that
+// changes the user's next wake time (txn.go), under the WATCH of the
+// profile, so entry and profile never disagree for long: at worst an
+// entry outlives an expired profile, and firing it removes it.
+//
+// A poll must not read 16 sorted sets per bucket, so each bucket has an
+// index, nudge:{b}:t, scoring each shard at or before its earliest
+// entry. The invariant is index[k] <= min(shard k), kept by:
+//   - the engine, adding to a shard with ZADD LT on the index in the
+//     same MULTI, which only lowers the score;
+//   - the poll, raising the score to the shard's minimum (or removing
+//     it) only in a transaction that WATCHes the shard, so a concurrent
+//     ZADD aborts it.
+//
+// All of a bucket's keys share its hash tag, so every transaction is in
+// one slot of a Redis Cluster, and any instance can fire any timer: two
+// instances firing the same user race on its profile's WATCH, and the
+// loser finds nothing due.
+
+// writeDue queues the user's entry in the due index on pipe: its next
+// wake time, or no entry when it has none.
+func (s *Store) writeDue(ctx context.Context, pipe redis.Pipeliner, userID string, wake time.Time) {
+	b, k := s.keys.Bucket(userID), s.keys.TimerShard(userID)
+	key := s.keys.DueKey(b, k)
+	if wake.IsZero() {
+		pipe.ZRem(ctx, key, userID)
+		return
+	}
+	ms := float64(wake.UnixMilli())
+	pipe.ZAdd(ctx, key, redis.Z{Score: ms, Member: userID})
+	pipe.ZAddArgs(ctx, s.keys.DueIndexKey(b), redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: ms, Member: strconv.Itoa(k)}}})
+}
+
+// Fire runs step on the stored profiles of the users, with no events, at
+// processing time (Options.Now), through the same shards and
+// transactions as Apply, so that it never races an Apply of the same
+// users in this process. Whatever the step does, each user's due entry
+// is rewritten in the transaction. It returns one outcome per user, in
+// order (an Err when the user's transaction failed), and the actions
+// written.
+func (s *Store) Fire(ctx context.Context, userIDs []string, step profile.Step) profile.BatchOutcome {
+	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(userIDs))}
+	if len(userIDs) == 0 {
+		return out
+	}
+	if err := ctx.Err(); err != nil {
+		for i := range out.Events {
+			out.Events[i].Err = err
+		}
+		return out
+	}
+	c := &call{ctx: ctx, done: make(chan struct{})}
+	all := make([]part, len(userIDs))
+	idx := make([]int, len(userIDs))
+	c.parts = make([]*part, len(userIDs))
+	for i, u := range userIDs {
+		idx[i] = i
+		all[i] = part{userID: u, step: step, call: c, fire: true, idx: idx[i : i+1 : i+1]}
+		c.parts[i] = &all[i]
+	}
+	c.remaining.Store(int64(len(c.parts)))
+	s.enqueue(c.parts)
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+	}
+	for _, p := range c.parts {
+		p.collect(&out, ctx.Err())
+	}
+	return out
+}
+
+// DueShard names a timer shard of a bucket.
+type DueShard struct{ Bucket, Shard int }
+
+// Due finds up to limit users whose next timer is due at now: it reads
+// every bucket's due index in one pipelined round trip (one per node of
+// a cluster), then the shards the indexes point to in another. It
+// returns the users and the shards they came from, which RaiseDue must be
+// given once the users have been fired.
+func (s *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, []DueShard, error) {
+	max := strconv.FormatInt(now.UnixMilli(), 10)
+	buckets := s.keys.Buckets()
+	idx := make([]*redis.StringSliceCmd, buckets)
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for b := range buckets {
+			idx[b] = pipe.ZRangeByScore(ctx, s.keys.DueIndexKey(b), &redis.ZRangeBy{Min: "-inf", Max: max})
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("%w: read the due index: %w", profile.ErrUnavailable, err)
+	}
+	var shards []DueShard
+	for b, cmd := range idx {
+		for _, m := range cmd.Val() {
+			k, err := strconv.Atoi(m)
+			if err != nil || k < 0 || k >= TimerShards {
+				continue // not ours; never written by nudge
+			}
+			shards = append(shards, DueShard{Bucket: b, Shard: k})
+		}
+	}
+	if len(shards) == 0 {
+		return nil, nil, nil
+	}
+	// Start at a random shard so that instances polling together spread
+	// over different users when there are more than limit.
+	users := make([]*redis.StringSliceCmd, len(shards))
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, sh := range shards {
+			users[i] = pipe.ZRangeByScore(ctx, s.keys.DueKey(sh.Bucket, sh.Shard), &redis.ZRangeBy{Min: "-inf", Max: max, Count: int64(limit)})
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("%w: read the due users: %w", profile.ErrUnavailable, err)
+	}
+	var out []string
+	var done []DueShard
+	for i, cmd := range users {
+		if len(out) >= limit {
+			break
+		}
+		out = append(out, cmd.Val()...)
+		done = append(done, shards[i])
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, done, nil
+}
+
+// RaiseDue sets the index score of each shard to its earliest entry (or
+// removes it when the shard is empty), in a transaction that WATCHes the
+// shard: a timer scheduled meanwhile aborts it, leaving the index lower,
+// which is safe (the next poll reads the shard again).
+func (s *Store) RaiseDue(ctx context.Context, shards []DueShard) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(shards))
+	sem := make(chan struct{}, s.opt.Parallelism)
+	for i, sh := range shards {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = s.raiseDue(ctx, sh)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Store) raiseDue(ctx context.Context, sh DueShard) error {
+	key, index := s.keys.DueKey(sh.Bucket, sh.Shard), s.keys.DueIndexKey(sh.Bucket)
+	member := strconv.Itoa(sh.Shard)
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		first, err := tx.ZRangeWithScores(ctx, key, 0, 0).Result()
+		if err != nil {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			if len(first) == 0 {
+				pipe.ZRem(ctx, index, member)
+			} else {
+				pipe.ZAdd(ctx, index, redis.Z{Score: first[0].Score, Member: member})
+			}
+			return nil
+		})
+		return err
+	}, key)
+	if errors.Is(err, redis.TxFailedErr) {
+		return nil // a timer was scheduled meanwhile: the index stays low
+	}
+	if err != nil {
+		return fmt.Errorf("%w: raise the due index of bucket %d: %w", profile.ErrUnavailable, sh.Bucket, err)
+	}
+	return nil
+}
+
+// Pending counts the users with a pending timer (ZCARD of every shard),
+// for metrics and tests; it reads every shard, so it is not for hot
+// paths.
+func (s *Store) Pending(ctx context.Context) (int64, error) {
+	buckets := s.keys.Buckets()
+	cmds := make([]*redis.IntCmd, 0, buckets*TimerShards)
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for b := range buckets {
+			for k := range TimerShards {
+				cmds = append(cmds, pipe.ZCard(ctx, s.keys.DueKey(b, k)))
+			}
+		}
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("%w: count due users: %w", profile.ErrUnavailable, err)
+	}
+	var n int64
+	for _, c := range cmds {
+		n += c.Val()
+	}
+	return n, nil
+}

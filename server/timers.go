@@ -1,0 +1,125 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/profile"
+	"github.com/nudge-dm/nudge/profile/redisstore"
+)
+
+// TimerStore finds the users whose timers are due and fires them in
+// profile transactions (profile/redisstore, timers.go).
+type TimerStore interface {
+	Due(ctx context.Context, now time.Time, limit int) ([]string, []redisstore.DueShard, error)
+	Fire(ctx context.Context, userIDs []string, step profile.Step) profile.BatchOutcome
+	RaiseDue(ctx context.Context, shards []redisstore.DueShard) error
+}
+
+// TimerConfig paces RunTimers.
+type TimerConfig struct {
+	// Poll is the time between two polls of the due index when the last
+	// found nothing more to do. Default 100ms: with a poll's own time, a
+	// due timer fires well within a second.
+	Poll time.Duration
+	// Batch is the most users fired per poll. Default 2,000.
+	Batch int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c TimerConfig) withDefaults() TimerConfig {
+	if c.Poll <= 0 {
+		c.Poll = 100 * time.Millisecond
+	}
+	if c.Batch <= 0 {
+		c.Batch = 2000
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// RunTimers fires due timers until ctx ends: it polls the store's due
+// index, fires the users found with the rules in force (decision.Rules
+// FireStep), and lowers nothing but raises the index of the shards it
+// emptied. A poll that found a full batch is followed at once by another.
+// Every instance may run it: two instances firing one user race on the
+// profile's WATCH, and the loser finds nothing due. Store errors are
+// logged and counted, and the poll is tried again after Poll.
+func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) error {
+	cfg = cfg.withDefaults()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		n, err := s.FireDue(ctx, ts, cfg)
+		if err != nil && ctx.Err() == nil {
+			s.metrics.timerErrs.Add(ctx, 1)
+			s.cfg.Logger.WarnContext(ctx, "firing timers failed", "err", err)
+		}
+		if n >= cfg.Batch && err == nil {
+			t.Reset(0)
+		} else {
+			t.Reset(cfg.Poll)
+		}
+	}
+}
+
+// FireDue runs one poll of RunTimers and returns the number of users
+// fired.
+func (s *Server) FireDue(ctx context.Context, ts TimerStore, cfg TimerConfig) (int, error) {
+	cfg = cfg.withDefaults()
+	users, shards, err := ts.Due(ctx, cfg.Now(), cfg.Batch)
+	if err != nil || len(shards) == 0 {
+		return 0, err
+	}
+	step := s.rules.Rules().FireStep(s.cfg.Limits, decision.OnEvalError(s.triggerError))
+	out := ts.Fire(ctx, users, step)
+	var failed error
+	for _, o := range out.Events {
+		if o.Err != nil && failed == nil {
+			failed = o.Err
+		}
+	}
+	s.countNotes(ctx, out.Notes, cfg.Now())
+	s.metrics.actions.Add(ctx, int64(len(out.Actions)))
+	if failed != nil {
+		// The shards keep their index: the next poll tries again.
+		return len(users), s.redactUserErr(failed)
+	}
+	return len(users), ts.RaiseDue(ctx, shards)
+}
+
+// countNotes counts what became of journey steps and trigger actions,
+// and the lateness of the steps that fired.
+func (s *Server) countNotes(ctx context.Context, notes []profile.Note, now time.Time) {
+	for _, n := range notes {
+		attrs := []attribute.KeyValue{attribute.String("trigger", n.Trigger), attribute.String("outcome", n.Kind)}
+		if n.Reason != "" {
+			attrs = append(attrs, attribute.String("reason", n.Reason))
+		}
+		s.metrics.journeySteps.Add(ctx, 1, metric.WithAttributes(attrs...))
+		if n.Kind == profile.NoteFired && !n.Due.IsZero() {
+			s.metrics.timerLateness.Record(ctx, max(0, now.Sub(n.Due)).Seconds())
+		}
+	}
+}
+
+// redactUserErr is err without user ids unless the server may log them.
+func (s *Server) redactUserErr(err error) error {
+	if s.cfg.LogUserIDs {
+		return err
+	}
+	return errors.New(s.redactUsers(err.Error()))
+}
