@@ -116,9 +116,9 @@ var (
 	fallbackFields = []string{"offer_id", "template", "payload"}
 	triggerFields  = []string{"id", "description", "on", "when", "wait", "unless", "cooldown", "cooldown_by",
 		"priority", "transactional", "action", "then"}
-	stepFields = []string{"id", "description", "wait", "unless", "when", "cooldown", "transactional", "action"}
-	actionFields   = []string{"channel", "template", "payload", "payload_expr"}
-	offerFields    = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab",
+	stepFields   = []string{"id", "description", "wait", "unless", "when", "cooldown", "transactional", "action"}
+	actionFields = []string{"channel", "template", "payload", "payload_expr"}
+	offerFields  = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab",
 		"when", "template", "payload", "payload_expr"}
 	abFields = []string{"control"}
 )

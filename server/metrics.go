@@ -31,9 +31,9 @@ type instruments struct {
 	journeySteps  metric.Int64Counter
 	timerLateness metric.Float64Histogram
 	timerErrs     metric.Int64Counter
-	recvWaiting  metric.Int64UpDownCounter
-	statusAttrs  map[statusReason]metric.MeasurementOption
-	verdictAttrs map[[2]string]metric.MeasurementOption
+	recvWaiting   metric.Int64UpDownCounter
+	statusAttrs   map[statusReason]metric.MeasurementOption
+	verdictAttrs  map[[2]string]metric.MeasurementOption
 }
 
 func newInstruments(m metric.Meter) (*instruments, error) {
