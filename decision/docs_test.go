@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -407,6 +408,83 @@ var docExamples = map[string]func(t *testing.T, r *Rules){
 		}
 		if d := r.Decide(nil, Request{Channel: "push"}, docNow); d.Verdict != VerdictNone {
 			t.Errorf("unknown user: %v %+v", d.Verdict, d.Offer)
+		}
+	},
+	"cart-abandoned": func(t *testing.T, r *Rules) {
+		at := func(d time.Duration) time.Time { return docNow.Add(d) }
+		cart := profile.Event{ID: "c1", UserID: "u1", Type: "add_to_cart", ItemID: "sku-1", OccurredAt: docNow}
+		buy := func(d time.Duration) batch {
+			return batch{[]profile.Event{{ID: "b1", UserID: "u1", Type: "purchase", OccurredAt: at(d)}}, at(d)}
+		}
+		viewAt := func(d time.Duration) batch {
+			return batch{[]profile.Event{{ID: "v1", UserID: "u1", Type: "view", OccurredAt: at(d)}}, at(d)}
+		}
+		added := batch{[]profile.Event{cart}, docNow}
+
+		// Nothing bought: the push at 13:00, not before, with its due
+		// time; after a view, the e-mail at 12:00 the next day.
+		p := &profile.Profile{UserID: "u1"}
+		acts, notes := journey(t, r, p, []batch{added}, at(59*time.Minute), at(time.Hour))
+		want := profile.Action{
+			ID: profile.ActionID("u1", "c1", "cart-abandoned"), UserID: "u1", TriggerID: "cart-abandoned", Channel: "push",
+			Template: "cart_reminder", Payload: map[string]string{"item": "sku-1"}, TriggeredAt: at(time.Hour),
+			DueAt: at(time.Hour), EventID: "c1", RulesVersion: r.Version(),
+		}
+		if len(acts) != 1 || !reflect.DeepEqual(acts[0], want) {
+			t.Fatalf("at 13:00: %+v, want %+v (notes %q)", acts, want, notes)
+		}
+		acts, notes = journey(t, r, p, []batch{viewAt(2 * time.Hour)}, at(24*time.Hour-time.Second), at(24*time.Hour))
+		if got := fired(acts); !slices.Equal(got, []string{"cart-abandoned-email@c1"}) ||
+			acts[0].Channel != "email" || !acts[0].DueAt.Equal(at(24*time.Hour)) {
+			t.Errorf("the next day after a view: %+v (notes %q)", acts, notes)
+		}
+		if len(p.Timers) != 0 {
+			t.Errorf("timers left: %+v", p.Timers)
+		}
+
+		// Without a view, the e-mail's when does not hold.
+		acts, notes = journey(t, r, &profile.Profile{UserID: "u1"}, []batch{added}, at(time.Hour), at(24*time.Hour))
+		if got := fired(acts); !slices.Equal(got, []string{"cart-abandoned@c1"}) || !slices.Contains(notes, "cart-abandoned-email:dropped:when") {
+			t.Errorf("no view: fired %q, notes %q", got, notes)
+		}
+
+		// A purchase at 12:30 cancels both; one at 15:00, the e-mail.
+		acts, notes = journey(t, r, &profile.Profile{UserID: "u1"}, []batch{added, buy(30 * time.Minute)}, at(time.Hour), at(24*time.Hour))
+		if len(acts) != 0 || !slices.Equal(notes, []string{"cart-abandoned:scheduled", "cart-abandoned:cancelled"}) {
+			t.Errorf("bought in the wait: fired %q, notes %q", fired(acts), notes)
+		}
+		p = &profile.Profile{UserID: "u1"}
+		acts, _ = journey(t, r, p, []batch{added}, at(time.Hour))
+		more, notes := journey(t, r, p, []batch{viewAt(2 * time.Hour), buy(3 * time.Hour)}, at(24*time.Hour))
+		if got := fired(append(acts, more...)); !slices.Equal(got, []string{"cart-abandoned@c1"}) ||
+			!slices.Contains(notes, "cart-abandoned-email:cancelled") {
+			t.Errorf("bought after the push: fired %q, notes %q", got, notes)
+		}
+	},
+	"trigger-policies": func(t *testing.T, r *Rules) {
+		noon := time.Date(2025, 3, 1, 11, 0, 0, 0, time.UTC)   // 12:00 in Paris
+		night := time.Date(2025, 3, 1, 22, 0, 0, 0, time.UTC)  // 23:00 in Paris
+		morning := time.Date(2025, 3, 2, 7, 0, 0, 0, time.UTC) // 08:00 in Paris
+		view := func(at time.Time) []batch {
+			return []batch{{[]profile.Event{{ID: "v1", UserID: "u1", Type: "view", OccurredAt: at}}, at}}
+		}
+		acts, notes := journey(t, r, &profile.Profile{UserID: "u1"}, view(noon))
+		if got := fired(acts); !slices.Equal(got, []string{"back-in-stock@v1", "coupon@v1"}) ||
+			!slices.Contains(notes, "new-arrivals:dropped:channel_limit") {
+			t.Errorf("a view at noon: fired %q, notes %q", got, notes)
+		}
+		acts, notes = journey(t, r, &profile.Profile{UserID: "u1"}, view(night), morning.Add(-time.Minute), morning)
+		if got := fired(acts); !slices.Equal(got, []string{"back-in-stock@v1", "coupon@v1"}) {
+			t.Fatalf("a view at night: fired %q, notes %q", got, notes)
+		}
+		for _, a := range acts {
+			if !a.TriggeredAt.Equal(morning) || !a.DueAt.Equal(night) {
+				t.Errorf("%s: triggered_at %v, due_at %v; want %v, %v", a.TriggerID, a.TriggeredAt, a.DueAt, morning, night)
+			}
+		}
+		buy := []batch{{[]profile.Event{{ID: "b1", UserID: "u1", Type: "purchase", OccurredAt: night}}, night}}
+		if acts, _ := journey(t, r, &profile.Profile{UserID: "u1"}, buy); !slices.Equal(fired(acts), []string{"receipt@b1"}) {
+			t.Errorf("a purchase at night: fired %q", fired(acts))
 		}
 	},
 	"seed": func(t *testing.T, r *Rules) {
