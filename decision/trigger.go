@@ -342,8 +342,7 @@ func (j *judge) send(c candidate) {
 		var d Decision
 		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: t.channel}, j.now); held {
 			timer := profile.Timer{Trigger: c.root.id, Step: c.step, Due: cmp.Or(c.due, c.at), Wake: until.UTC(),
-				From: c.at, Deferred: true, Event: *c.e}
-			timer.Event.UserID = ""
+				From: c.at, Deferred: true, Event: stored(c.root, c.e)}
 			if !j.p.Schedule(timer, j.limits.MaxTimers) {
 				j.note(t, profile.NoteDropped, profile.DropTimerLimit, c.due)
 				return
@@ -418,8 +417,7 @@ func (j *judge) capped(channel string) bool {
 // holds cancels it (an unless event that arrived before the trigger's).
 func (j *judge) schedule(root *trigger, step int, e *profile.Event, from, due time.Time, cancelFrom int) {
 	steps := root.journey()
-	t := profile.Timer{Trigger: root.id, Step: step, Due: due, Wake: due, From: from, CancelFrom: cancelFrom, Event: *e}
-	t.Event.UserID = ""
+	t := profile.Timer{Trigger: root.id, Step: step, Due: due, Wake: due, From: from, CancelFrom: cancelFrom, Event: stored(root, e)}
 	last := len(steps)
 	if cancelFrom > 0 {
 		last = min(last, cancelFrom)
@@ -445,6 +443,18 @@ func (j *judge) schedule(root *trigger, step int, e *profile.Event, from, due ti
 		return
 	}
 	j.note(steps[step], profile.NoteScheduled, "", due)
+}
+
+// stored is e as a timer of root's journey keeps it: without the user
+// (the profile's), and without its type when root reacts to that type
+// alone (fire puts it back), since every byte is paid per pending timer.
+func stored(root *trigger, e *profile.Event) profile.Event {
+	s := *e
+	s.UserID = ""
+	if len(root.on) == 1 && root.on[0] == e.Type {
+		s.Type = ""
+	}
+	return s
 }
 
 func (j *judge) unlessBetween(st *trigger, from, to time.Time) bool {
@@ -544,6 +554,9 @@ func (j *judge) fire(t *profile.Timer) {
 		return
 	}
 	st := root.journey()[t.Step]
+	if t.Event.Type == "" && len(root.on) == 1 {
+		t.Event.Type = root.on[0]
+	}
 	if t.Deferred {
 		// Judged at its due time; consent and the caps may have changed
 		// since, and the quiet hours may hold it again.
@@ -564,7 +577,7 @@ func (j *judge) fire(t *profile.Timer) {
 		var d Decision
 		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: st.channel}, j.now); held {
 			t.Wake = until.UTC()
-			t.Event.UserID = ""
+			t.Event = stored(root, &t.Event)
 			if j.p.Schedule(*t, j.limits.MaxTimers) {
 				j.note(st, profile.NoteDeferred, "", t.Due)
 			}

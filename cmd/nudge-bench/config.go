@@ -51,6 +51,15 @@ type config struct {
 	ActionEvery int
 	Grace       time.Duration
 
+	// Timers: how many journeys, how many come due per second, how long
+	// after the start the first is due, and the bundled journey's trigger
+	// and wait.
+	Timers       int
+	TimerRate    float64
+	TimerLead    time.Duration
+	TimerWait    time.Duration
+	TimerTrigger string
+
 	Verify    bool
 	RedisAddr string
 	Buckets   int
@@ -66,7 +75,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, timers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -91,6 +100,11 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.IntVar(&c.Subscribers, "subscribers", 1, "actions: members of the group, each on its own ActionService/Subscribe stream")
 	fs.IntVar(&c.ActionEvery, "action-every", 10, "actions: one action per this many events, 3..18 (a fresh user views one category 3 times and others once)")
 	fs.DurationVar(&c.Grace, "grace", 5*time.Second, "actions: how long to wait for actions still due after the last event was answered")
+	fs.IntVar(&c.Timers, "timers", 100_000, "timers: journeys scheduled (add_to_cart events of fresh users)")
+	fs.Float64Var(&c.TimerRate, "timer-rate", 10_000, "timers: journeys coming due per second")
+	fs.DurationVar(&c.TimerLead, "timer-lead", 15*time.Second, "timers: the first journey is due this long after the start (scheduling must fit in it)")
+	fs.DurationVar(&c.TimerWait, "timer-wait", time.Hour, "timers: the wait of the journey's trigger in nudged's rules")
+	fs.StringVar(&c.TimerTrigger, "timer-trigger", "cart-abandoned", "timers: the journey's trigger id in nudged's rules (on add_to_cart with an item)")
 	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors; actions: every fired action delivered")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor and peer-watch, and by --verify to read profiles back")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
@@ -115,8 +129,11 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	}
 	if c.IngestRate == 0 {
 		c.IngestRate = 20_000
-		if c.has("actions") {
+		switch {
+		case c.has("actions"):
 			c.IngestRate = 10_000
+		case c.has("timers"):
+			c.IngestRate = 5_000
 		}
 	}
 	return c, c.validate()
@@ -126,9 +143,9 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "floor", "mixed", "actions", "peer-watch", "decide,floor":
+	case "ingest", "decide", "floor", "mixed", "actions", "timers", "peer-watch", "decide,floor":
 	default:
-		return bad("--workload %q: want ingest, decide, floor, mixed, actions, peer-watch or decide,floor", w)
+		return bad("--workload %q: want ingest, decide, floor, mixed, actions, timers, peer-watch or decide,floor", w)
 	}
 	if _, err := c.Security.Options(); err != nil { // contradictory flags, unreadable files
 		return err
@@ -172,6 +189,8 @@ func (c config) validate() error {
 		return bad("--grace must not be negative")
 	case c.Group == "":
 		return bad("--group must not be empty")
+	case c.Timers < 1 || c.TimerRate <= 0 || c.TimerLead <= 0 || c.TimerWait <= 0:
+		return bad("--timers, --timer-rate, --timer-lead and --timer-wait must be positive")
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ func TestDefaults(t *testing.T) {
 		Events: 1_000_000, Streams: 4, Batch: 500, InFlight: 8, Prefix: "nb20261124T210000.000", IngestRate: 20_000,
 		Rate: 5000, Concurrency: 16, Duration: 20 * time.Second, Channel: "sms", Rounds: 2, Buckets: 1024,
 		Group: "nudge-bench", Subscribers: 1, ActionEvery: 10, Grace: 5 * time.Second,
+		Timers: 100_000, TimerRate: 10_000, TimerLead: 15 * time.Second, TimerWait: time.Hour, TimerTrigger: "cart-abandoned",
 	}
 	if !slices.Equal(c.Workloads, want.Workloads) {
 		t.Errorf("workloads %v", c.Workloads)

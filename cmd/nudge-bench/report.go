@@ -101,6 +101,7 @@ type reportJSON struct {
 	FloorRatio *ratioJSON     `json:"floor_ratio,omitempty"`
 	Actions    *actionsJSON   `json:"actions,omitempty"` // the actions workload
 	Txn        *txnJSON       `json:"txn,omitempty"`     // the peer-watch workload
+	Timers     *timersJSON    `json:"timers,omitempty"`  // the timers workload
 	// ClientCores is the CPU nudge-bench itself used during the
 	// workloads, in cores: on a small machine it is taken from the server.
 	ClientCores float64 `json:"client_cores"`

@@ -96,7 +96,7 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	}
 	var ingestStats *stats
 	var baseline uint64
-	if cfg.has("ingest") || cfg.has("mixed") || cfg.has("actions") {
+	if cfg.has("ingest") || cfg.has("mixed") || cfg.has("actions") || cfg.has("timers") {
 		ingestStats = newStats("ingest")
 		if cfg.Verify && rdb != nil {
 			if baseline, err = sumViews(ctx, cfg, rdb); err != nil {
@@ -115,6 +115,13 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		ing, act, aj := runActions(ctx, cfg, conns, ingestStats, stderr)
 		r.Results = append(r.Results, ing, act)
 		r.Actions = &aj
+	case cfg.only("timers"):
+		ing, late, tj, err := runTimers(ctx, cfg, conns, rdb, ingestStats, stderr)
+		if err != nil {
+			return r, err
+		}
+		r.Results = append(r.Results, ing, late)
+		r.Timers = &tj
 	case cfg.only("peer-watch"):
 		st := newStats("peer-watch")
 		var res workloadJSON
@@ -180,7 +187,12 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	if ctx.Err() != nil {
 		return r, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	if cfg.Verify {
+	if cfg.Verify && r.Timers != nil {
+		for _, w := range r.Results {
+			r.Checks = append(r.Checks, check{Name: w.Name + " errors", OK: w.ErrorTotal == 0, Detail: fmt.Sprintf("%d call errors", w.ErrorTotal)})
+		}
+		r.Checks = append(r.Checks, timerChecks(*r.Timers)...)
+	} else if cfg.Verify {
 		r.Checks = verify(ctx, cfg, r.Results, rdb, baseline)
 		if r.Actions != nil {
 			r.Checks = append(r.Checks, actionChecks(*r.Actions)...)
@@ -266,6 +278,10 @@ func (c config) params() map[string]any {
 		delete(p, "dist") // fresh users, one per block
 		delete(p, "zipf_s")
 		delete(p, "users")
+	case c.only("timers"):
+		p["timers"], p["timer_rate"], p["timer_lead_s"], p["ingest_rate"], p["group"] = c.Timers, c.TimerRate, c.TimerLead.Seconds(), c.IngestRate, c.Group
+		delete(p, "dist")
+		delete(p, "zipf_s")
 	case c.only("peer-watch"):
 		p["concurrency"], p["duration_s"], p["events"], p["max_attempts"] = c.Concurrency, c.Duration.Seconds(), c.Events, peerMaxAttempts
 		delete(p, "addr")

@@ -1,9 +1,11 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -105,30 +107,42 @@ type DueShard struct{ Bucket, Shard int }
 func (s *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, []DueShard, error) {
 	max := strconv.FormatInt(now.UnixMilli(), 10)
 	buckets := s.keys.Buckets()
-	idx := make([]*redis.StringSliceCmd, buckets)
+	idx := make([]*redis.ZSliceCmd, buckets)
 	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for b := range buckets {
-			idx[b] = pipe.ZRangeByScore(ctx, s.keys.DueIndexKey(b), &redis.ZRangeBy{Min: "-inf", Max: max})
+			idx[b] = pipe.ZRangeByScoreWithScores(ctx, s.keys.DueIndexKey(b), &redis.ZRangeBy{Min: "-inf", Max: max})
 		}
 		return nil
 	}); err != nil {
 		return nil, nil, fmt.Errorf("%w: read the due index: %w", profile.ErrUnavailable, err)
 	}
-	var shards []DueShard
+	type dueShard struct {
+		DueShard
+		since float64
+	}
+	var found []dueShard
 	for b, cmd := range idx {
-		for _, m := range cmd.Val() {
+		for _, z := range cmd.Val() {
+			m, _ := z.Member.(string)
 			k, err := strconv.Atoi(m)
 			if err != nil || k < 0 || k >= TimerShards {
 				continue // not ours; never written by nudge
 			}
-			shards = append(shards, DueShard{Bucket: b, Shard: k})
+			found = append(found, dueShard{DueShard{Bucket: b, Shard: k}, z.Score})
 		}
 	}
-	if len(shards) == 0 {
+	if len(found) == 0 {
 		return nil, nil, nil
 	}
-	// Start at a random shard so that instances polling together spread
-	// over different users when there are more than limit.
+	// The longest due first: with more due users than limit, a backlog
+	// is worked off in due order, not bucket order (which would starve
+	// the last buckets for as long as it lasts).
+	slices.SortStableFunc(found, func(a, b dueShard) int { return cmp.Compare(a.since, b.since) })
+	found = found[:min(len(found), limit)] // each holds a due user, or did
+	shards := make([]DueShard, len(found))
+	for i := range found {
+		shards[i] = found[i].DueShard
+	}
 	users := make([]*redis.StringSliceCmd, len(shards))
 	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, sh := range shards {
