@@ -26,12 +26,40 @@ type profileFile struct {
 
 // testReport is what rules test prints with --json.
 type testReport struct {
-	Event     string            `json:"event"`
-	Status    string            `json:"status"`
-	Reason    string            `json:"reason,omitempty"`
-	Actions   []profile.Action  `json:"actions"`
+	Event   string           `json:"event"`
+	Status  string           `json:"status"`
+	Reason  string           `json:"reason,omitempty"`
+	Actions []profile.Action `json:"actions"`
+	// Notes say what became of the trigger actions and journey steps the
+	// event reached (profile.Note); Timers are the steps pending once it
+	// is applied, and Later what they do at their due times if no other
+	// event arrives.
+	Notes     []profile.Note    `json:"notes,omitempty"`
+	Timers    []timerReport     `json:"timers,omitempty"`
+	Later     []firing          `json:"later,omitempty"`
 	Decisions []channelDecision `json:"decisions"`
 }
+
+// timerReport is a pending journey step or deferred action (profile.Timer).
+type timerReport struct {
+	Trigger  string    `json:"trigger"`
+	Step     int       `json:"step"`
+	Due      time.Time `json:"due"`
+	Wake     time.Time `json:"wake"`
+	Deferred bool      `json:"deferred,omitempty"`
+}
+
+// firing is what the timers due at one time do.
+type firing struct {
+	At      time.Time        `json:"at"`
+	Actions []profile.Action `json:"actions,omitempty"`
+	Notes   []profile.Note   `json:"notes,omitempty"`
+}
+
+// maxFirings bounds the simulated firings of rules test: a journey has
+// at most 17 steps, and each may be deferred once or twice by quiet
+// hours, so only a profile full of timers comes near it.
+const maxFirings = 256
 
 type channelDecision struct {
 	Channel string            `json:"channel"`
@@ -39,7 +67,8 @@ type channelDecision struct {
 }
 
 // rulesTest shows what a rules file does with one event on a profile: the
-// actions it would fire, and the decision on each channel.
+// actions it would fire, the timers it would schedule and what each would
+// do at its due time, and the decision on each channel.
 func rulesTest(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nudgectl rules test", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -95,7 +124,11 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 		step(p, history, now)
 	}
 	out := step(p, []profile.Event{ev}, now)
-	rep := testReport{Event: ev.ID, Status: out.Results[0].Status.String(), Reason: out.Results[0].Reason, Actions: out.Actions}
+	rep := testReport{Event: ev.ID, Status: out.Results[0].Status.String(), Reason: out.Results[0].Reason, Actions: out.Actions,
+		Notes: out.Notes}
+	for _, t := range p.Timers {
+		rep.Timers = append(rep.Timers, timerReport{Trigger: t.Trigger, Step: t.Step, Due: t.Due, Wake: t.Wake, Deferred: t.Deferred})
+	}
 	chs := rules.Channels()
 	if *channels != "" {
 		chs = strings.Split(*channels, ",")
@@ -104,6 +137,9 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 		d := rules.Decide(p, decision.Request{UserID: ev.UserID, Channel: ch, Explain: true}, now)
 		rep.Decisions = append(rep.Decisions, channelDecision{Channel: ch, Result: d})
 	}
+	// Last, as it moves the profile on: fire the timers at their wake
+	// times, as nudged would if no other event arrived.
+	rep.Later = fireTimers(rules, p)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -116,6 +152,23 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// fireTimers runs the rules' FireStep on p at each wake time of its
+// timers in turn, until none is left (or maxFirings), and returns what
+// each firing did.
+func fireTimers(rules *decision.Rules, p *profile.Profile) []firing {
+	fire := rules.FireStep(profile.Limits{})
+	var out []firing
+	for range maxFirings {
+		at := p.NextWake()
+		if at.IsZero() {
+			break
+		}
+		o := fire(p, nil, at)
+		out = append(out, firing{At: at, Actions: o.Actions, Notes: o.Notes})
+	}
+	return out
+}
+
 func printReport(w io.Writer, rep testReport) {
 	fmt.Fprintf(w, "event %s: %s", rep.Event, rep.Status)
 	if rep.Reason != "" {
@@ -126,7 +179,31 @@ func printReport(w io.Writer, rep testReport) {
 		fmt.Fprintln(w, "  no trigger fires")
 	}
 	for _, a := range rep.Actions {
-		fmt.Fprintf(w, "  fires %s: %s via %s, template %s, payload %v\n", a.ID, a.TriggerID, a.Channel, a.Template, a.Payload)
+		printAction(w, "  ", a)
+	}
+	for _, n := range rep.Notes {
+		if n.Kind != profile.NoteScheduled { // the timers below say it
+			printNote(w, "  ", n)
+		}
+	}
+	for _, t := range rep.Timers {
+		fmt.Fprintf(w, "  timer %s step %d: due %s", t.Trigger, t.Step, stamp(t.Due))
+		if t.Deferred {
+			fmt.Fprintf(w, ", deferred by quiet hours until %s", stamp(t.Wake))
+		}
+		fmt.Fprintln(w)
+	}
+	if len(rep.Later) > 0 {
+		fmt.Fprintln(w, "  if no other event arrives:")
+	}
+	for _, f := range rep.Later {
+		prefix := "    at " + stamp(f.At) + ": "
+		for _, a := range f.Actions {
+			printAction(w, prefix, a)
+		}
+		for _, n := range f.Notes {
+			printNote(w, prefix, n)
+		}
 	}
 	for _, cd := range rep.Decisions {
 		d := cd.Result
@@ -153,6 +230,34 @@ func printReport(w io.Writer, rep testReport) {
 		}
 	}
 }
+
+func printAction(w io.Writer, prefix string, a profile.Action) {
+	fmt.Fprintf(w, "%sfires %s: %s via %s, template %s, payload %v", prefix, a.ID, a.TriggerID, a.Channel, a.Template, a.Payload)
+	if !a.DueAt.IsZero() {
+		fmt.Fprintf(w, ", due %s", stamp(a.DueAt))
+	}
+	fmt.Fprintln(w)
+}
+
+// printNote prints what became of a trigger action or journey step,
+// but for a firing, which its action's line shows.
+func printNote(w io.Writer, prefix string, n profile.Note) {
+	switch n.Kind {
+	case profile.NoteFired:
+	case profile.NoteScheduled:
+		fmt.Fprintf(w, "%sschedules %s, due %s\n", prefix, n.Trigger, stamp(n.Due))
+	case profile.NoteCancelled:
+		fmt.Fprintf(w, "%scancels %s\n", prefix, n.Trigger)
+	case profile.NoteDeferred:
+		fmt.Fprintf(w, "%sdefers %s to the end of the quiet hours\n", prefix, n.Trigger)
+	case profile.NoteDropped:
+		fmt.Fprintf(w, "%sdrops %s: %s\n", prefix, n.Trigger, n.Reason)
+	default:
+		fmt.Fprintf(w, "%s%s %s\n", prefix, n.Kind, n.Trigger)
+	}
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // readEvent reads and validates one event as the server would.
 func readEvent(path string) (profile.Event, error) {
