@@ -42,6 +42,11 @@ type env struct {
 	decide  nudgev1.DecisionServiceClient
 	prof    nudgev1.ProfileServiceClient
 	acts    nudgev1.ActionServiceClient
+	// rules is the rules file the server runs (nil: the bundled
+	// examples); srv is the server, for tests that run its actors
+	// (RunTimers) themselves.
+	rules []byte
+	srv   *server.Server
 }
 
 func newEnv(t testing.TB, opt redisstore.Options) *env {
@@ -81,7 +86,7 @@ func forBackends(t *testing.T, test func(t *testing.T, b backend)) {
 // the same Redis: what a second replica behind a load balancer is.
 func (e *env) addServer(t testing.TB, opt redisstore.Options) *env {
 	t.Helper()
-	return startServer(t, &env{redis: e.redis, cluster: e.cluster}, opt, server.Config{})
+	return startServer(t, &env{redis: e.redis, cluster: e.cluster, rules: e.rules}, opt, server.Config{})
 }
 
 // redisClient connects to the env's Redis as nudged does.
@@ -130,9 +135,13 @@ func startServer(t testing.TB, e *env, opt redisstore.Options, cfg server.Config
 	rdb := e.redisClient(t)
 	t.Cleanup(func() { _ = rdb.Close() })
 	store := redisstore.New(rdb, opt)
-	rules, err := decision.Parse(examples.RulesName, examples.Rules)
+	src, name := examples.Rules, examples.RulesName
+	if e.rules != nil {
+		src, name = e.rules, "test-rules.yaml"
+	}
+	rules, err := decision.Parse(name, src)
 	if err != nil {
-		t.Fatalf("bundled rules: %v", err)
+		t.Fatalf("rules %s: %v", name, err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -152,7 +161,7 @@ func startServer(t testing.TB, e *env, opt redisstore.Options, cfg server.Config
 	if cfg.DefaultBudget == 0 {
 		cfg.DefaultBudget = time.Second // correctness here; budgets have their own tests
 	}
-	srv, err := server.New(store, decision.NewLive(rules, examples.RulesName), cfg)
+	srv, err := server.New(store, decision.NewLive(rules, name), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +178,7 @@ func startServer(t testing.TB, e *env, opt redisstore.Options, cfg server.Config
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return &env{
-		redis: e.redis, cluster: e.cluster, rdb: rdb, store: store, conn: conn,
+		redis: e.redis, cluster: e.cluster, rdb: rdb, store: store, conn: conn, rules: e.rules, srv: srv,
 		ingest: nudgev1.NewIngestServiceClient(conn),
 		decide: nudgev1.NewDecisionServiceClient(conn),
 		prof:   nudgev1.NewProfileServiceClient(conn),
