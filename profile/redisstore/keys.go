@@ -103,10 +103,12 @@ const TimerShards = 16
 
 // TimerShard is the shard of the bucket's due users the user is in.
 func (l Layout) TimerShard(userID string) int {
-	h := fnv.New32a()
+	// The top bits of a 64-bit hash: the low bits of the bucket's 32-bit
+	// hash (or of any FNV-1a of the same id) would put a bucket's users
+	// in one shard.
+	h := fnv.New64a()
 	h.Write([]byte(userID))
-	h.Write([]byte{0xff}) // independent of the bucket's hash
-	return int(h.Sum32() % TimerShards)
+	return int(h.Sum64() >> 60 % TimerShards)
 }
 
 // DueKey is the sorted set of a timer shard of a bucket: its users with

@@ -226,3 +226,24 @@ func allOutboxActions(t *testing.T, env storeEnv) []profile.Action {
 	}
 	return out
 }
+
+// TestTimerShardsSpreadABucket: a bucket's users spread over every timer
+// shard (a hash correlated with the bucket's put them all in one).
+func TestTimerShardsSpreadABucket(t *testing.T) {
+	l := redisstore.NewLayout(1024)
+	per := map[int]int{}
+	n := 0
+	for i := 0; n < 1600; i++ {
+		u := fmt.Sprintf("user-%d", i)
+		if l.Bucket(u) != 7 {
+			continue
+		}
+		n++
+		per[l.TimerShard(u)]++
+	}
+	for k := range redisstore.TimerShards {
+		if per[k] < 50 || per[k] > 150 {
+			t.Errorf("shard %d holds %d of bucket 7's 1600 users, want about 100", k, per[k])
+		}
+	}
+}
