@@ -90,7 +90,7 @@ func TestJourneyCartAbandoned(t *testing.T) {
 			name: "a purchase after the push cancels the email",
 			batches: []batch{
 				{[]profile.Event{cart("c1", t0)}, t0},
-				{[]profile.Event{view("v1", t0.Add(2 * time.Hour)), buy("p1", t0.Add(3*time.Hour))}, t0.Add(3 * time.Hour)},
+				{[]profile.Event{view("v1", t0.Add(2*time.Hour)), buy("p1", t0.Add(3*time.Hour))}, t0.Add(3 * time.Hour)},
 			},
 			fireAt: []time.Time{t0.Add(time.Hour), t0.Add(24 * time.Hour)},
 			// The push fired at 1h (fireAt runs after the batches: the
@@ -114,7 +114,7 @@ func TestJourneyCartAbandoned(t *testing.T) {
 			batches: []batch{
 				// A purchase at 30m and the cart at 0, replayed 2h later in
 				// one batch: the purchase cancels whatever the order.
-				{[]profile.Event{buy("p1", t0.Add(30 * time.Minute)), cart("c1", t0)}, t0.Add(2 * time.Hour)},
+				{[]profile.Event{buy("p1", t0.Add(30*time.Minute)), cart("c1", t0)}, t0.Add(2 * time.Hour)},
 				{[]profile.Event{cart("c2", t0.Add(40*time.Minute))}, t0.Add(2 * time.Hour)},
 			},
 			fireAt: []time.Time{t0.Add(25 * time.Hour)}, // the email: no view, dropped
@@ -228,8 +228,8 @@ triggers:
 
 func TestTriggerActionsUnderPolicies(t *testing.T) {
 	r := mustParse(t, triggerPolicyRules)
-	noon := time.Date(2025, 3, 1, 11, 0, 0, 0, time.UTC)  // 12:00 in Paris
-	night := time.Date(2025, 3, 1, 22, 0, 0, 0, time.UTC) // 23:00 in Paris
+	noon := time.Date(2025, 3, 1, 11, 0, 0, 0, time.UTC)   // 12:00 in Paris
+	night := time.Date(2025, 3, 1, 22, 0, 0, 0, time.UTC)  // 23:00 in Paris
 	morning := time.Date(2025, 3, 2, 7, 0, 0, 0, time.UTC) // 08:00 in Paris
 
 	t.Run("channel limit: the higher priority goes", func(t *testing.T) {

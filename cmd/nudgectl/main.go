@@ -7,8 +7,9 @@
 //	nudgectl rules test FILE --event E.json [--profile P.json] [--channels sms,push] [--now T] [--json]
 //	    Applies the event (after the history in P.json, {"events": [...]},
 //	    both in nudge.v1.Event JSON) to a profile with the rules, and shows
-//	    the triggers that fire and the decision on each channel with its
-//	    trace: for rule authors, no server needed.
+//	    the triggers that fire, the journey steps it schedules and what
+//	    each does at its due time, and the decision on each channel with
+//	    its trace: for rule authors, no server needed.
 //	nudgectl decisions tail [--redis-addr A] [--all] [-n N] [--json]
 //	    Follows the decision audit stream (nudged --audit-sample).
 //	nudgectl send [FILE.jsonl|-] [--allow-rejects]
@@ -52,7 +53,7 @@ func main() {
 const usage = `usage:
   nudgectl rules check [--json] FILE...   validate rules files offline
   nudgectl rules test FILE --event E.json [--profile P.json] [--channels C,...] [--now T] [--json]
-                                          what the rules fire and decide for an event
+                                          what the rules fire, schedule and decide for an event
   nudgectl decisions tail [--redis-addr ADDR] [--all] [-n N] [--json]
                                           follow the decision audit stream
   nudgectl send [FILE.jsonl|-] [--addr A] [--allow-rejects] [--json]
