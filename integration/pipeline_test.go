@@ -208,8 +208,9 @@ func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 		e := b.newEnv(t, redisstore.Options{})
 		const user = "late-user"
 		// Two views an hour ago, then one that arrives late but happened
-		// between them: at its own time only 2 views are in its 30 minutes
-		// (the later one does not count), so nothing fires.
+		// between them: at its own time only 2 views are in its 30
+		// minutes, but at the later view's time all 3 are, so it fires
+		// the coupon (as it would have in arrival order), once.
 		r := e.publish(t, ev(user, "view", "tv", 60*time.Minute), ev(user, "view", "tv", 56*time.Minute))
 		late := e.publish(t, ev(user, "view", "tv", 58*time.Minute))
 		recent := e.publish(t, ev(user, "view", "tv", 2*time.Minute))
@@ -217,9 +218,16 @@ func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 			for _, res := range resp.Results {
 				wantStatus(t, res, applied)
 			}
-			if len(resp.Actions) != 0 {
-				t.Errorf("unexpected actions: %v", resp.Actions)
-			}
+		}
+		if len(r.Actions) != 0 || len(recent.Actions) != 0 {
+			t.Errorf("unexpected actions: %v %v", r.Actions, recent.Actions)
+		}
+		if len(late.Actions) != 1 || late.Actions[0].EventId != late.Results[0].EventId {
+			t.Fatalf("late view completing 3 views in 30 minutes: actions %v, want one fired by %s", late.Actions, late.Results[0].EventId)
+		}
+		// Fired at the time the pattern held: the view 56 minutes ago.
+		if at, want := late.Actions[0].TriggeredAt.AsTime(), r.Results[1]; at.Sub(time.Now().Add(-56*time.Minute)).Abs() > time.Minute {
+			t.Errorf("triggered_at %v, want the time of %s (56 minutes ago)", at, want.EventId)
 		}
 		p := e.profile(t, user)
 		for _, c := range []struct {
@@ -230,11 +238,11 @@ func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 				t.Errorf("views of tv in %v = %d, want %d", c.window, got, c.want)
 			}
 		}
-		// A late event is judged at its own time: 50 minutes ago, its 30
-		// minutes hold the three earlier views, so it fires the coupon.
+		// Another late view in the same window is within the coupon's 24h
+		// cooldown: it fires nothing.
 		resp := e.publish(t, ev(user, "view", "tv", 50*time.Minute))
-		if len(resp.Actions) != 1 || resp.Actions[0].EventId != resp.Results[0].EventId {
-			t.Errorf("late view with 3 views before it in 30 minutes: actions %v, want one fired by %s", resp.Actions, resp.Results[0].EventId)
+		if len(resp.Actions) != 0 {
+			t.Errorf("a late view within the cooldown fired %v", resp.Actions)
 		}
 	})
 }

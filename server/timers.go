@@ -48,9 +48,9 @@ func (c TimerConfig) withDefaults() TimerConfig {
 
 // RunTimers fires due timers until ctx ends: it polls the store's due
 // index, fires the users found with the rules in force (decision.Rules
-// FireStep), and lowers nothing but raises the index of the shards it
-// emptied. A poll that found a full batch is followed at once by another.
-// Every instance may run it: two instances firing one user race on the
+// FireStep), then raises the index of the shards it read to what they
+// still hold. A poll that fired anyone is followed at once by another;
+// one that found nothing due waits Poll. Every instance may run it: two instances firing one user race on the
 // profile's WATCH, and the loser finds nothing due. Store errors are
 // logged and counted, and the poll is tried again after Poll.
 func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) error {
@@ -68,7 +68,10 @@ func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) 
 			s.metrics.timerErrs.Add(ctx, 1)
 			s.cfg.Logger.WarnContext(ctx, "firing timers failed", "err", err)
 		}
-		if n >= cfg.Batch && err == nil {
+		if n > 0 && err == nil {
+			// Timers come due continuously under load: poll again at
+			// once rather than let the next ones wait a Poll. Idle
+			// polls (nothing due) wait.
 			t.Reset(0)
 		} else {
 			t.Reset(cfg.Poll)
