@@ -54,13 +54,13 @@ type journeyChaos struct {
 // short, 100,000 full, as many users again who buy) and builds nudged.
 // schedule dates the carts over the spread before it begins, in the order
 // it sends them, so the timers come due between wait-spread (7 s short,
-// 90 s full) and wait after it begins, and each cart is sent before it is
+// 30 s full) and wait after it begins, and each cart is sent before it is
 // due as long as sending all of them takes less than the wait (schedule
 // checks it).
 func newJourneyChaos(t *testing.T, tag string, rdb redis.UniversalClient, redisArgs ...string) *journeyChaos {
 	t.Helper()
 	pending := chaosSize(5_000, 100_000)
-	wait := time.Duration(chaosSize(10, 120)) * time.Second
+	wait := time.Duration(chaosSize(10, 60)) * time.Second
 	c := &journeyChaos{
 		bin:     buildNudged(t),
 		args:    append([]string{"--rules", writeRules(t, cartRules(wait))}, redisArgs...),
