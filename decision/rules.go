@@ -105,6 +105,10 @@ type trigger struct {
 	transactional bool
 	priority      int           // for the channel limit; higher goes first
 	lookback      time.Duration // see lookback
+	// byCategory: when reads event.category, so a late event is judged
+	// again only at the minutes with events of its own category (an
+	// event of another category is judged on its own category).
+	byCategory bool
 }
 
 // journey returns the trigger's steps: itself and its then.
@@ -442,6 +446,7 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 	t.priority = rt.priority
 	if t.when != nil {
 		t.lookback = lookback(t.when.src)
+		t.byCategory = eventCategory.MatchString(t.when.src)
 	}
 	if len(rt.then) > maxSteps {
 		c.at(w, rt.then[maxSteps].line, "then", "a journey has at most %d steps after its trigger", maxSteps)
@@ -510,6 +515,9 @@ func (cc *compiler) compileStep(env *cel.Env, w where, rt *rawTrigger, seen map[
 
 // durationLiteral finds the duration("...") literals of an expression.
 var durationLiteral = regexp.MustCompile(`duration\(\s*["']([^"']+)["']\s*\)`)
+
+// eventCategory finds a use of the event's category in an expression.
+var eventCategory = regexp.MustCompile(`event\s*(\.\s*category\b|\[\s*["']category["']\s*\])`)
 
 // lookback is how far after a late event a trigger's when is judged
 // again (Step): the longest duration literal of the expression, at most

@@ -235,18 +235,23 @@ func (j *judge) holds(t *trigger, e *profile.Event) (time.Time, bool) {
 		return e.OccurredAt, ok
 	}
 	last := e.OccurredAt
-	for typ, at := range j.p.LastSeen {
-		if (len(t.on) == 0 || slices.Contains(t.on, typ)) && at.After(last) {
-			last = at
+	if len(t.on) == 0 {
+		for _, at := range j.p.LastSeen {
+			if at.After(last) {
+				last = at
+			}
+		}
+	} else {
+		for _, typ := range t.on {
+			if at, ok := j.p.LastSeen[typ]; ok && at.After(last) {
+				last = at
+			}
 		}
 	}
 	if !last.After(e.OccurredAt) {
 		return time.Time{}, false // in order: nothing later to complete
 	}
-	minutes := j.p.Minutes(t.on, e.OccurredAt, earliest(last, e.OccurredAt.Add(t.lookback)))
-	if len(minutes) > maxReevaluations {
-		minutes = minutes[:maxReevaluations]
-	}
+	minutes := j.p.Minutes(t.on, e.Category, t.byCategory, e.OccurredAt, earliest(last, e.OccurredAt.Add(t.lookback)), maxReevaluations)
 	for _, m := range minutes {
 		at := earliest(profile.MinuteEnd(m), last)
 		j.at(e, at)

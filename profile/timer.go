@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -109,25 +110,40 @@ func (p *Profile) OccurredBetween(typ string, from, to time.Time) bool {
 	return false
 }
 
-// Minutes returns the minutes (Unix time in minutes) after from's minute
-// and at most to's in which events of the given types occurred (any type
-// when types is empty), ascending and without duplicates.
-func (p *Profile) Minutes(types []string, from, to time.Time) []int64 {
+// Minutes returns the earliest max minutes (Unix time in minutes) after
+// from's minute and at most to's in which events of the given types (any
+// type when types is empty) occurred, of the given category only when
+// oneCategory, ascending and without duplicates. It allocates only its
+// result.
+func (p *Profile) Minutes(types []string, category string, oneCategory bool, from, to time.Time, max int) []int64 {
 	lo, hi := unixMinute(from)+1, unixMinute(to)
+	if hi < lo || max <= 0 {
+		return nil
+	}
 	var out []int64
 	for i := range p.Series {
 		s := &p.Series[i]
-		if len(types) > 0 && !slices.Contains(types, s.Type) {
+		if (len(types) > 0 && !slices.Contains(types, s.Type)) || (oneCategory && s.Category != category) {
 			continue
 		}
-		for _, m := range s.Minutes {
-			if m.Minute >= lo && m.Minute <= hi {
-				out = append(out, m.Minute)
+		// The series' minutes are ascending: find lo, take while <= hi.
+		j, _ := slices.BinarySearchFunc(s.Minutes, lo, func(m MinuteCount, t int64) int { return cmp.Compare(m.Minute, t) })
+		for ; j < len(s.Minutes) && s.Minutes[j].Minute <= hi; j++ {
+			m := s.Minutes[j].Minute
+			k, found := slices.BinarySearch(out, m)
+			switch {
+			case found:
+			case len(out) < max:
+				out = slices.Insert(out, k, m)
+			case k < len(out):
+				copy(out[k+1:], out[k:len(out)-1])
+				out[k] = m
+			default:
+				j = len(s.Minutes) // later minutes of this series are later still
 			}
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	return out
 }
 
 // MinuteEnd is the last millisecond of a minute of Minutes.

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -31,6 +33,8 @@ type instruments struct {
 	journeySteps  metric.Int64Counter
 	timerLateness metric.Float64Histogram
 	timerErrs     metric.Int64Counter
+	noteSets      sync.Map // noteKey -> metric.MeasurementOption (noteAttrs)
+	noteCount     atomic.Int32
 	recvWaiting   metric.Int64UpDownCounter
 	statusAttrs   map[statusReason]metric.MeasurementOption
 	verdictAttrs  map[[2]string]metric.MeasurementOption

@@ -105,18 +105,48 @@ func (s *Server) FireDue(ctx context.Context, ts TimerStore, cfg TimerConfig) (i
 }
 
 // countNotes counts what became of journey steps and trigger actions,
-// and the lateness of the steps that fired.
+// and the lateness of the steps that fired: one Add per distinct
+// (trigger, outcome, reason) of the batch, with attribute sets reused
+// across batches (noteAttrs).
 func (s *Server) countNotes(ctx context.Context, notes []profile.Note, now time.Time) {
+	if len(notes) == 0 {
+		return
+	}
+	counts := make(map[noteKey]int64, 4)
 	for _, n := range notes {
-		attrs := []attribute.KeyValue{attribute.String("trigger", n.Trigger), attribute.String("outcome", n.Kind)}
-		if n.Reason != "" {
-			attrs = append(attrs, attribute.String("reason", n.Reason))
-		}
-		s.metrics.journeySteps.Add(ctx, 1, metric.WithAttributes(attrs...))
+		counts[noteKey{n.Trigger, n.Kind, n.Reason}]++
 		if n.Kind == profile.NoteFired && !n.Due.IsZero() {
 			s.metrics.timerLateness.Record(ctx, max(0, now.Sub(n.Due)).Seconds())
 		}
 	}
+	for k, n := range counts {
+		s.metrics.journeySteps.Add(ctx, n, s.metrics.noteAttrs(k))
+	}
+}
+
+// noteKey is the attributes of a nudge.journey.steps count.
+type noteKey struct{ trigger, kind, reason string }
+
+// maxNoteAttrs bounds the cached attribute sets: ids come from the rules
+// (bounded by their limits), but reloads may rename them for ever.
+const maxNoteAttrs = 4096
+
+// noteAttrs returns the measurement option of k, cached.
+func (in *instruments) noteAttrs(k noteKey) metric.MeasurementOption {
+	if v, ok := in.noteSets.Load(k); ok {
+		return v.(metric.MeasurementOption)
+	}
+	attrs := []attribute.KeyValue{attribute.String("trigger", k.trigger), attribute.String("outcome", k.kind)}
+	if k.reason != "" {
+		attrs = append(attrs, attribute.String("reason", k.reason))
+	}
+	opt := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	if in.noteCount.Load() < maxNoteAttrs {
+		if _, loaded := in.noteSets.LoadOrStore(k, opt); !loaded {
+			in.noteCount.Add(1)
+		}
+	}
+	return opt
 }
 
 // redactUserErr is err without user ids unless the server may log them.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"strconv"
 	"strings"
@@ -50,7 +51,20 @@ type timersJSON struct {
 	Pending      int64   `json:"pending_users,omitempty"`
 }
 
-func (c config) timerUser(i int) string { return c.UserPrefix + c.Prefix + "-t" + strconv.Itoa(i) }
+// Ids of the timers workload are short, as real ids often are (14 bytes
+// for a million timers), since a pending timer stores both: the user's in
+// the due index, the event's for the action's event_id. They are unique
+// per run by the base-36 run tag (from --prefix), not by --user-prefix.
+func (c config) timerUser(i int) string  { return "u" + c.timerTag() + strconv.FormatInt(int64(i), 36) }
+func (c config) timerEvent(i int) string { return "e" + c.timerTag() + strconv.FormatInt(int64(i), 36) }
+
+// timerTag is 8 base-36 characters of the run's prefix, then a dash.
+func (c config) timerTag() string {
+	h := fnv.New64a()
+	h.Write([]byte(c.Prefix))
+	t := strconv.FormatUint(h.Sum64()|1<<63, 36) // 13 characters
+	return t[len(t)-8:] + "-"
+}
 
 // runTimers schedules the timers, then ingests views while they fire.
 func runTimers(ctx context.Context, cfg config, conns []*client.Client, rdb *redis.Client, ingestStats *stats, stderr io.Writer) (ingestRes, lateRes workloadJSON, tj timersJSON, err error) {
@@ -69,7 +83,7 @@ func runTimers(ctx context.Context, cfg config, conns []*client.Client, rdb *red
 	var sub sync.WaitGroup
 	sub.Go(func() {
 		_ = conns[0].Subscribe(subCtx, cfg.Group, func(_ context.Context, a *nudgev1.Action, _ uint32) error {
-			if a.GetTriggerId() != cfg.TimerTrigger || !strings.HasPrefix(a.GetEventId(), cfg.Prefix+"-t") {
+			if a.GetTriggerId() != cfg.TimerTrigger || !strings.HasPrefix(a.GetEventId(), "e"+cfg.timerTag()) {
 				return nil
 			}
 			mu.Lock()
@@ -106,7 +120,7 @@ func runTimers(ctx context.Context, cfg config, conns []*client.Client, rdb *red
 		event: func(i int, _ time.Time) *nudgev1.Event {
 			due := firstDue.Add(time.Duration(float64(i) / cfg.TimerRate * float64(time.Second)))
 			return &nudgev1.Event{
-				EventId: cfg.Prefix + "-t" + strconv.Itoa(i), UserId: cfg.timerUser(i), Type: "add_to_cart",
+				EventId: cfg.timerEvent(i), UserId: cfg.timerUser(i), Type: "add_to_cart",
 				ItemId: "sku-" + strconv.Itoa(i%1000), OccurredAt: timestamppb.New(due.Add(-cfg.TimerWait)),
 			}
 		},
