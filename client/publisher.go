@@ -255,16 +255,14 @@ func (p *Publisher) Flush(ctx context.Context) error {
 		p.mu.RUnlock()
 		return ErrClosed
 	}
-	if err := p.stoppedErr(); err != nil {
-		p.mu.RUnlock()
-		return err
-	}
+	// Also when the publisher has stopped: the flush goes through the
+	// loop, which still runs until Close, behind the events that raced
+	// in before the stop, so that when it returns every event published
+	// before it has been reported (Stats, OnError). Returning at once
+	// left some of them unreported for a moment.
 	done := make(chan error, 1)
 	select {
 	case p.in <- item{flush: done}:
-	case <-p.stopped:
-		p.mu.RUnlock()
-		return p.stoppedErr()
 	case <-p.closing:
 		p.mu.RUnlock()
 		return ErrClosed
