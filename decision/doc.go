@@ -1,7 +1,11 @@
 // Package decision owns nudge's rules: it loads and validates the rules
 // file, compiles its CEL expressions once, evaluates triggers on applied
-// events (Rules.Step, the profile.Step a store runs in its transactions)
-// and picks offers under the policies for decisions (Rules.Decide).
+// events (Rules.Step, the profile.Step a store runs in its transactions),
+// schedules and fires journey steps (trigger.go: wait, unless, then; the
+// timers live in the profile, Rules.FireStep fires the due ones), puts
+// trigger actions under the channel limit, frequency caps and quiet
+// hours, and picks offers under the policies for decisions
+// (Rules.Decide).
 //
 // Every answer a decider gets is built here (answer.go): Rules.Answer
 // turns a profile read into the decision, the channel's degraded fallback

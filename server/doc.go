@@ -20,6 +20,9 @@
 //   - actions.go, profiles.go, admin.go: the other services;
 //   - groups.go: which consumer groups a token may use (Token.Groups),
 //     checked by Subscribe and Ack;
+//   - timers.go: RunTimers, the loop that polls the due index and fires
+//     journey steps and deferred actions (Rules.FireStep) through the
+//     store, and the journey metrics;
 //   - server.go: Config (DefaultConfig), the Store interfaces narrowed per
 //     service, the interceptor chain, draining.
 //

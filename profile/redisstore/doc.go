@@ -20,6 +20,10 @@
 //     EXEC, WAIT for replicas; classify decides what a failed attempt
 //     means (conflict: split and retry; cluster redirect; broken
 //     connection; WAIT shortfall; cancelled). Update is a group of one.
+//   - timers.go: the due index of timers (which users are due, per bucket
+//     and shard, written by txn.go in the profile's MULTI), Fire (the
+//     firing of due users through the shards, as Apply), Due and RaiseDue
+//     for the poll.
 //   - cluster.go: transactions on the master of their slot.
 //   - replies.go: the Redis error replies nudge acts on (NOGROUP,
 //     BUSYGROUP, no such key, WRONGTYPE), recognised by prefix in one
