@@ -25,10 +25,10 @@ repo=$PWD
 quick=${BENCH_QUICK:-}
 if [ -n "$quick" ]; then
   reps=${BENCH_REPS:-1}
-  ingest_events=200000 py_sec=3 peer_dur=3s dec_dur=6s max_dur=5s act_dur=6s gobench_time=200ms
+  ingest_events=200000 py_sec=3 peer_dur=3s dec_dur=6s max_dur=5s act_dur=6s gobench_time=200ms timers=30000
 else
   reps=${BENCH_REPS:-3}
-  ingest_events=1000000 py_sec=10 peer_dur=8s dec_dur=20s max_dur=15s act_dur=20s gobench_time=1s
+  ingest_events=1000000 py_sec=10 peer_dur=8s dec_dur=20s max_dur=15s act_dur=20s gobench_time=1s timers=200000
 fi
 users=100000
 
@@ -267,6 +267,14 @@ for rep in $(seq "$reps"); do
   start_nudged
   nb actions "$rep" --workload actions --addr @NUDGED@ --ingest-rate 10000 --duration "$act_dur" --verify
   record actions "$rep" "$last_cmd" "$last_json" rc="$last_rc" "${last_meter[@]}"
+
+  # h: journeys: timers due at 10,000/s while 5,000 views/s are ingested
+  # (the bundled cart-abandoned journey, wait 1h).
+  rcli flushall >/dev/null
+  start_nudged
+  nb timers "$rep" --workload timers --addr @NUDGED@ --redis-addr @REDIS@ --timers "$timers" --timer-rate 10000 \
+    --timer-lead 20s --verify
+  record timers "$rep" "$last_cmd" "$last_json" rc="$last_rc" "${last_meter[@]}"
 done
 
 # d, e: decisions over 100,000 seeded profiles (seeded once).

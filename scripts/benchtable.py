@@ -206,6 +206,23 @@ def build(meta, recs, golines):
         ", ".join(f"{r:,}/{f:,}/{b:,}" for r, f, b in zip(recv, fired, blocks)) or "n/a",
         "all", "yes" if allok else "**no**")
 
+    t50, t99 = med(lat("timers", "timer-lateness", "p50")), med(lat("timers", "timer-lateness", "p99"))
+    add("Journey timers: lateness p50 (fired minus due), 10,000 due/s while ingesting 5,000 views/s", "`timers`",
+        fmt_range(t50, " ms", 1, 1e-3))
+    add("Journey timers: lateness p99", "`timers`", fmt_range(t99, " ms", 1, 1e-3),
+        "< 1 s", ("yes" if t99[0] < 1e6 else "**no**") if t99 else "n/a")
+    trate = med(vals("timers", lambda r: r["data"]["timers"]["fire_rate"]))
+    tfired = vals("timers", lambda r: r["data"]["timers"]["fired"])
+    tsched = vals("timers", lambda r: r["data"]["timers"]["scheduled"])
+    tall = vals("timers", lambda r: r["data"]["timers"]["timers"])
+    tok = bool(tfired) and all(f == s == a for f, s, a in zip(tfired, tsched, tall))
+    add("Journey timers fired/s (fired / scheduled / sent, per run)", "`timers`",
+        fmt_range(trate) + "; " + (", ".join(f"{f:,}/{s:,}/{a:,}" for f, s, a in zip(tfired, tsched, tall)) or "n/a"),
+        "≥ 10,000/s due, all fired", "yes" if tok and trate and trate[0] >= 9500 else "**no**")
+    tbytes = med(vals("timers", lambda r: r["data"]["timers"].get("bytes_per_timer", 0)))
+    add("Redis bytes per pending timer (due index + profile share; 14-byte user and event ids)", "`timers`",
+        fmt_range(tbytes, " B", 1), "≤ 100 B", ("yes" if tbytes[0] <= 100 else "**no**") if tbytes else "n/a")
+
     gb = gobench(golines)
     for (pkg, name), m in sorted(gb.items()):
         fig = ", ".join(x for x in (
