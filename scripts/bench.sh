@@ -28,7 +28,7 @@ if [ -n "$quick" ]; then
   ingest_events=200000 py_sec=3 peer_dur=3s dec_dur=6s max_dur=5s act_dur=6s gobench_time=200ms timers=30000
 else
   reps=${BENCH_REPS:-3}
-  ingest_events=1000000 py_sec=10 peer_dur=8s dec_dur=20s max_dur=15s act_dur=20s gobench_time=1s timers=200000
+  ingest_events=1000000 py_sec=10 peer_dur=8s dec_dur=20s max_dur=15s act_dur=20s gobench_time=1s timers=300000
 fi
 users=100000
 

@@ -220,7 +220,9 @@ def build(meta, recs, golines):
         fmt_range(trate) + "; " + (", ".join(f"{f:,}/{s:,}/{a:,}" for f, s, a in zip(tfired, tsched, tall)) or "n/a"),
         "≥ 10,000/s due, all fired", "yes" if tok and trate and trate[0] >= 9500 else "**no**")
     tbytes = med(vals("timers", lambda r: r["data"]["timers"].get("bytes_per_timer", 0)))
-    add("Redis bytes per pending timer (due index + profile share; 14-byte user and event ids)", "`timers`",
+    tpend = med(vals("timers", lambda r: r["data"]["timers"].get("pending_users", 0)))
+    add(f"Redis bytes per pending timer at {fmt_num(tpend[0]) if tpend else 'n/a'} pending "
+        "(due index + profile share; 14-byte user and event ids; fewer pending cost more each)", "`timers`",
         fmt_range(tbytes, " B", 1), "≤ 100 B", ("yes" if tbytes[0] <= 100 else "**no**") if tbytes else "n/a")
 
     gb = gobench(golines)
