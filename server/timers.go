@@ -10,15 +10,12 @@ import (
 
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
-	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
-// TimerStore finds the users whose timers are due and fires them in
-// profile transactions (profile/redisstore, timers.go).
+// TimerStore fires the users whose timers are due in profile
+// transactions, one poll at a time (profile/redisstore, timers.go).
 type TimerStore interface {
-	Due(ctx context.Context, now time.Time, limit int) ([]string, []redisstore.DueShard, error)
-	Fire(ctx context.Context, userIDs []string, step profile.Step) profile.BatchOutcome
-	RaiseDue(ctx context.Context, shards []redisstore.DueShard) error
+	FireDue(ctx context.Context, now time.Time, limit int, step profile.Step) (profile.BatchOutcome, error)
 }
 
 // TimerConfig paces RunTimers.
@@ -83,25 +80,14 @@ func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) 
 // fired.
 func (s *Server) FireDue(ctx context.Context, ts TimerStore, cfg TimerConfig) (int, error) {
 	cfg = cfg.withDefaults()
-	users, shards, err := ts.Due(ctx, cfg.Now(), cfg.Batch)
-	if err != nil || len(shards) == 0 {
-		return 0, err
-	}
 	step := s.rules.Rules().FireStep(s.cfg.Limits, decision.OnEvalError(s.triggerError))
-	out := ts.Fire(ctx, users, step)
-	var failed error
-	for _, o := range out.Events {
-		if o.Err != nil && failed == nil {
-			failed = o.Err
-		}
-	}
+	out, err := ts.FireDue(ctx, cfg.Now(), cfg.Batch, step)
 	s.countNotes(ctx, out.Notes, cfg.Now())
 	s.metrics.actions.Add(ctx, int64(len(out.Actions)))
-	if failed != nil {
-		// The shards keep their index: the next poll tries again.
-		return len(users), s.redactUserErr(failed)
+	if err != nil {
+		return len(out.Events), s.redactUserErr(err)
 	}
-	return len(users), ts.RaiseDue(ctx, shards)
+	return len(out.Events), nil
 }
 
 // countNotes counts what became of journey steps and trigger actions,

@@ -145,8 +145,15 @@ func failSpan(span trace.Span, err error) {
 // twice. If ctx ends first, the events not yet committed get its error
 // (they may still commit: re-sending them is safe).
 func (s *Store) Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome {
-	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(events))}
-	if len(events) == 0 {
+	return s.call(ctx, len(events), func(c *call) []*part { return groupByUser(c, events, step) })
+}
+
+// call is Apply's and Fire's one way through the shards: n outcomes, the
+// parts cut by parts, queued on their shards, waited for until done or
+// ctx ends, and collected.
+func (s *Store) call(ctx context.Context, n int, parts func(*call) []*part) profile.BatchOutcome {
+	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, n)}
+	if n == 0 {
 		return out
 	}
 	if err := ctx.Err(); err != nil {
@@ -156,7 +163,7 @@ func (s *Store) Apply(ctx context.Context, events []profile.Event, step profile.
 		return out
 	}
 	c := &call{ctx: ctx, done: make(chan struct{})}
-	c.parts = groupByUser(c, events, step)
+	c.parts = parts(c)
 	c.remaining.Store(int64(len(c.parts)))
 	s.enqueue(c.parts)
 	select {

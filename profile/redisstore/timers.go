@@ -65,35 +65,36 @@ func (s *Store) writeDue(ctx context.Context, pipe redis.Pipeliner, userID strin
 // order (an Err when the user's transaction failed), and the actions
 // written.
 func (s *Store) Fire(ctx context.Context, userIDs []string, step profile.Step) profile.BatchOutcome {
-	out := profile.BatchOutcome{Events: make([]profile.EventOutcome, len(userIDs))}
-	if len(userIDs) == 0 {
-		return out
-	}
-	if err := ctx.Err(); err != nil {
-		for i := range out.Events {
-			out.Events[i].Err = err
+	return s.call(ctx, len(userIDs), func(c *call) []*part {
+		all := make([]part, len(userIDs))
+		idx := make([]int, len(userIDs))
+		parts := make([]*part, len(userIDs))
+		for i, u := range userIDs {
+			idx[i] = i
+			all[i] = part{userID: u, step: step, call: c, fire: true, idx: idx[i : i+1 : i+1]}
+			parts[i] = &all[i]
 		}
-		return out
+		return parts
+	})
+}
+
+// FireDue is one poll of the timers: the users due at now (Due, at most
+// limit), fired with step (Fire), then the index of the shards read raised
+// (RaiseDue). It returns the firing's outcome (one per user) and the first
+// failure; after a user's failure the index is left as it is, so the next
+// poll tries again.
+func (s *Store) FireDue(ctx context.Context, now time.Time, limit int, step profile.Step) (profile.BatchOutcome, error) {
+	users, shards, err := s.Due(ctx, now, limit)
+	if err != nil || len(shards) == 0 {
+		return profile.BatchOutcome{}, err
 	}
-	c := &call{ctx: ctx, done: make(chan struct{})}
-	all := make([]part, len(userIDs))
-	idx := make([]int, len(userIDs))
-	c.parts = make([]*part, len(userIDs))
-	for i, u := range userIDs {
-		idx[i] = i
-		all[i] = part{userID: u, step: step, call: c, fire: true, idx: idx[i : i+1 : i+1]}
-		c.parts[i] = &all[i]
+	out := s.Fire(ctx, users, step)
+	for _, o := range out.Events {
+		if o.Err != nil {
+			return out, o.Err
+		}
 	}
-	c.remaining.Store(int64(len(c.parts)))
-	s.enqueue(c.parts)
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-	}
-	for _, p := range c.parts {
-		p.collect(&out, ctx.Err())
-	}
-	return out
+	return out, s.RaiseDue(ctx, shards)
 }
 
 // DueShard names a timer shard of a bucket.
