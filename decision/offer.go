@@ -233,8 +233,7 @@ func (r *Rules) capped(d *Decision, p *profile.Profile, req Request, now time.Ti
 		if !fc.appliesTo(req.Channel) {
 			continue
 		}
-		// Live reservations hold their slots until confirmed or expired.
-		n := p.Sends(fc.channel, now.Add(-fc.period)) + p.Reserved(fc.channel, now)
+		n := fc.used(p, now)
 		full := n >= fc.max
 		if req.Explain {
 			d.trace(fc.id, fc.subject, strconv.Itoa(n)+" of "+strconv.Itoa(fc.max)+" sends used", !full)

@@ -29,6 +29,13 @@ func (fc *frequencyCap) appliesTo(channel string) bool {
 	return fc.channel == "" || fc.channel == channel
 }
 
+// used counts the slots of the cap taken at processing time now: the
+// sends reported within its period, and the live reservations, which hold
+// their slots until confirmed or expired.
+func (fc *frequencyCap) used(p *profile.Profile, now time.Time) int {
+	return p.Sends(fc.channel, now.Add(-fc.period)) + p.Reserved(fc.channel, now)
+}
+
 // quietHours: no SEND on channels between from and to, local time.
 type quietHours struct {
 	id       string

@@ -98,7 +98,7 @@ type trigger struct {
 	wait   time.Duration
 	unless []string
 	// steps is the journey: steps[0] is the trigger itself, the rest its
-	// then. nil for a trigger without then.
+	// then. Set for every trigger (a step of a then has none).
 	steps []*trigger
 	// transactional actions are exempt from frequency caps, quiet hours
 	// and the channel limit (receipts); consent still applies.
@@ -111,13 +111,8 @@ type trigger struct {
 	byCategory bool
 }
 
-// journey returns the trigger's steps: itself and its then.
-func (t *trigger) journey() []*trigger {
-	if t.steps == nil {
-		return []*trigger{t}
-	}
-	return t.steps
-}
+// hasThen reports whether the trigger's journey has steps after it.
+func (t *trigger) hasThen() bool { return len(t.steps) > 1 }
 
 type offer struct {
 	id           string
@@ -451,8 +446,8 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 	if len(rt.then) > maxSteps {
 		c.at(w, rt.then[maxSteps].line, "then", "a journey has at most %d steps after its trigger", maxSteps)
 	}
+	t.steps = []*trigger{t}
 	if len(rt.then) > 0 {
-		t.steps = []*trigger{t}
 		for i := range rt.then[:min(len(rt.then), maxSteps)] {
 			st := cc.compileStep(env, where{kind: kindStep, rule: rt.then[i].id.val}, &rt.then[i], seen, true)
 			t.cost = addCost(t.cost, st.cost)

@@ -169,6 +169,7 @@ type candidate struct {
 	e       *profile.Event
 	at      time.Time // event time it fires at (cooldowns): the event's, or the step's due time
 	due     time.Time // zero for a trigger fired by its event
+	from    time.Time // its journey's start (Timer.From); zero: at
 	key     string    // cooldown key
 	payload map[string]string
 }
@@ -192,7 +193,7 @@ func (j *judge) event(e *profile.Event) {
 		}
 		if c, ok := j.candidate(t, t, 0, e, at, time.Time{}); ok {
 			now = append(now, c)
-		} else if t.steps != nil && !j.cooling(t, e, at) {
+		} else if t.hasThen() && !j.cooling(t, e, at) {
 			j.next(t, 0, e, at, at, 0)
 		}
 	}
@@ -212,7 +213,7 @@ func (j *judge) event(e *profile.Event) {
 			taken[c.t.channel]++
 		}
 		j.send(c)
-		if c.root.steps != nil {
+		if c.root.hasThen() {
 			j.next(c.root, 0, c.e, c.at, c.at, 0)
 		}
 	}
@@ -262,14 +263,23 @@ func (j *judge) holds(t *trigger, e *profile.Event) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// cooldown returns t's cooldown key for e, and whether the cooldown
+// holds at event time at: both directions, since a late event just before
+// the last firing is as much "within the cooldown" as one just after it.
+// ok is false when cooldown_by failed to evaluate.
+func (j *judge) cooldown(t *trigger, e *profile.Event, at time.Time) (key string, holds, ok bool) {
+	key, ok = j.cooldownKey(t, e, at)
+	if !ok || t.cooldown == 0 {
+		return key, false, ok
+	}
+	last, seen := j.p.FiredAt(key)
+	return key, seen && absDuration(at.Sub(last)) < t.cooldown, true
+}
+
 // cooling reports whether t's cooldown holds at event time at for e.
 func (j *judge) cooling(t *trigger, e *profile.Event, at time.Time) bool {
-	key, ok := j.cooldownKey(t, e, at)
-	if !ok || t.cooldown == 0 {
-		return false
-	}
-	last, ok := j.p.FiredAt(key)
-	return ok && absDuration(at.Sub(last)) < t.cooldown
+	_, holds, _ := j.cooldown(t, e, at)
+	return holds
 }
 
 func (j *judge) cooldownKey(t *trigger, e *profile.Event, at time.Time) (string, bool) {
@@ -295,18 +305,14 @@ func (j *judge) candidate(t, root *trigger, step int, e *profile.Event, at, due 
 		j.note(t, profile.NoteDropped, profile.DropConsent, due)
 		return candidate{}, false
 	}
-	key, ok := j.cooldownKey(t, e, at)
-	if !ok {
+	key, holds, ok := j.cooldown(t, e, at)
+	switch {
+	case !ok:
 		j.note(t, profile.NoteDropped, profile.DropEvalError, due)
 		return candidate{}, false
-	}
-	if t.cooldown > 0 {
-		// Both directions: a late event just before the last firing is as
-		// much "within the cooldown" as one just after it.
-		if last, ok := j.p.FiredAt(key); ok && absDuration(at.Sub(last)) < t.cooldown {
-			j.note(t, profile.NoteDropped, profile.DropCooldown, due)
-			return candidate{}, false
-		}
+	case holds:
+		j.note(t, profile.NoteDropped, profile.DropCooldown, due)
+		return candidate{}, false
 	}
 	payload, ok := j.payload(t, e, at)
 	if !ok {
@@ -347,7 +353,7 @@ func (j *judge) send(c candidate) {
 		var d Decision
 		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: t.channel}, j.now); held {
 			timer := profile.Timer{Trigger: c.root.id, Step: c.step, Due: cmp.Or(c.due, c.at), Wake: until.UTC(),
-				From: c.at, Deferred: true, Event: stored(c.root, c.e)}
+				From: cmp.Or(c.from, c.at), Deferred: true, Event: stored(c.root, c.e)}
 			if !j.p.Schedule(timer, j.limits.MaxTimers) {
 				j.note(t, profile.NoteDropped, profile.DropTimerLimit, c.due)
 				return
@@ -402,7 +408,7 @@ func (j *judge) capped(channel string) bool {
 		if !fc.appliesTo(channel) {
 			continue
 		}
-		n := j.p.Sends(fc.channel, j.now.Add(-fc.period)) + j.p.Reserved(fc.channel, j.now)
+		n := fc.used(j.p, j.now)
 		if fc.channel == "" {
 			for _, k := range j.sent {
 				n += k
@@ -421,7 +427,7 @@ func (j *judge) capped(channel string) bool {
 // journey that e started at from, unless an event the profile already
 // holds cancels it (an unless event that arrived before the trigger's).
 func (j *judge) schedule(root *trigger, step int, e *profile.Event, from, due time.Time, cancelFrom int) {
-	steps := root.journey()
+	steps := root.steps
 	t := profile.Timer{Trigger: root.id, Step: step, Due: due, Wake: due, From: from, CancelFrom: cancelFrom, Event: stored(root, e)}
 	last := len(steps)
 	if cancelFrom > 0 {
@@ -474,7 +480,7 @@ func (j *judge) unlessBetween(st *trigger, from, to time.Time) bool {
 // next schedules the step after step of root's journey, due its wait
 // after this one's due time, unless the journey ends here.
 func (j *judge) next(root *trigger, step int, e *profile.Event, from, due time.Time, cancelFrom int) {
-	steps := root.journey()
+	steps := root.steps
 	n := step + 1
 	if n >= len(steps) || (cancelFrom > 0 && n >= cancelFrom) {
 		return
@@ -496,7 +502,7 @@ func (j *judge) cancel(e *profile.Event) {
 			kept = append(kept, t)
 			continue
 		}
-		steps := root.journey()
+		steps := root.steps
 		last := len(steps)
 		if t.Deferred {
 			last = t.Step + 1
@@ -554,11 +560,11 @@ func (j *judge) fireDue() bool {
 func (j *judge) fire(t *profile.Timer) {
 	t.Event.UserID = j.p.UserID
 	root := j.r.byID[t.Trigger]
-	if root == nil || t.Step >= len(root.journey()) {
+	if root == nil || t.Step >= len(root.steps) {
 		j.out.Notes = append(j.out.Notes, profile.Note{Trigger: t.Trigger, Kind: profile.NoteDropped, Reason: profile.DropRuleRemoved, Due: t.Due})
 		return
 	}
-	st := root.journey()[t.Step]
+	st := root.steps[t.Step]
 	if t.Event.Type == "" && len(root.on) == 1 {
 		t.Event.Type = root.on[0]
 	}
@@ -574,21 +580,8 @@ func (j *judge) fire(t *profile.Timer) {
 			j.note(st, profile.NoteDropped, profile.DropEvalError, t.Due)
 			return
 		}
-		c := candidate{t: st, root: root, step: t.Step, e: &t.Event, at: t.Due, due: t.Due, payload: payload} // its cooldown is marked
-		if j.capped(st.channel) {
-			j.note(st, profile.NoteDropped, profile.DropFrequencyCap, t.Due)
-			return
-		}
-		var d Decision
-		if until, held := j.r.quietUntil(&d, j.p, Request{Channel: st.channel}, j.now); held {
-			t.Wake = until.UTC()
-			t.Event = stored(root, &t.Event)
-			if j.p.Schedule(*t, j.limits.MaxTimers) {
-				j.note(st, profile.NoteDeferred, "", t.Due)
-			}
-			return
-		}
-		j.emit(c)
+		// No cooldown key: the cooldown was marked when it was deferred.
+		j.send(candidate{t: st, root: root, step: t.Step, e: &t.Event, at: t.Due, due: t.Due, from: t.From, payload: payload})
 		return
 	}
 	if t.Step > 0 && st.when != nil {
@@ -614,6 +607,7 @@ func (j *judge) fire(t *profile.Timer) {
 		return
 	}
 	if c, ok := j.candidate(st, root, t.Step, &t.Event, t.Due, t.Due); ok {
+		c.from = t.From // a deferral stays cancellable by the unless events after it
 		j.send(c)
 	}
 	j.next(root, t.Step, &t.Event, t.From, t.Due, t.CancelFrom)
