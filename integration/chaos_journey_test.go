@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -111,23 +110,6 @@ func (c *journeyChaos) schedule(ctx context.Context, t *testing.T, args ...strin
 	t.Logf("scheduled %d timers and cancelled %d (%d events in %v), due over the next %v",
 		c.pending, c.j.buyers(), len(c.led.sent), took.Round(time.Millisecond), time.Until(c.j.latestDue()).Round(100*time.Millisecond))
 	return n
-}
-
-// publishAll publishes events over the producer's streams in round robin
-// and returns once every one is acknowledged.
-func (p *chaosProducer) publishAll(ctx context.Context, evs []*nudgev1.Event) error {
-	for i, ev := range evs {
-		p.led.send(ev.EventId, ev.UserId)
-		if err := p.pubs[i%len(p.pubs)].Publish(ctx, ev); err != nil {
-			return fmt.Errorf("publish %s: %w", ev.EventId, err)
-		}
-	}
-	for _, pub := range p.pubs {
-		if err := pub.Flush(ctx); err != nil {
-			return fmt.Errorf("flush: %w", err)
-		}
-	}
-	return nil
 }
 
 // unacked counts the events sent and not acknowledged (APPLIED or

@@ -288,11 +288,19 @@ func newChaosProducer(t *testing.T, addrs []string, streams, batch int, led *led
 // a goroutine of its own: it reports failures as an error.
 func (p *chaosProducer) run(ctx context.Context, tag string, events, users int) error {
 	at := timestamppb.New(time.Now().Add(-time.Minute))
-	for i := range events {
-		u := i % users
-		user := fmt.Sprintf("chaos-%s-%d", tag, u)
-		ev := &nudgev1.Event{EventId: fmt.Sprintf("%s-%d", tag, i), UserId: user, Type: "view", Category: "c" + strconv.Itoa((i/users)%4), OccurredAt: at}
-		p.led.send(ev.EventId, user)
+	evs := make([]*nudgev1.Event, events)
+	for i := range evs {
+		user := fmt.Sprintf("chaos-%s-%d", tag, i%users)
+		evs[i] = &nudgev1.Event{EventId: fmt.Sprintf("%s-%d", tag, i), UserId: user, Type: "view", Category: "c" + strconv.Itoa((i/users)%4), OccurredAt: at}
+	}
+	return p.publishAll(ctx, evs)
+}
+
+// publishAll publishes events over the producer's streams in round robin
+// and returns once every one is acknowledged.
+func (p *chaosProducer) publishAll(ctx context.Context, evs []*nudgev1.Event) error {
+	for i, ev := range evs {
+		p.led.send(ev.EventId, ev.UserId)
 		if err := p.pubs[i%len(p.pubs)].Publish(ctx, ev); err != nil {
 			return fmt.Errorf("publish %s: %w", ev.EventId, err)
 		}
