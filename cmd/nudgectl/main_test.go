@@ -65,9 +65,11 @@ func TestRulesCheckJSON(t *testing.T) {
 	}
 }
 
-func TestRulesTest(t *testing.T) {
+// tempWriter returns a function that writes a file into a fresh
+// temporary directory and returns its path.
+func tempWriter(t *testing.T) func(name, content string) string {
 	dir := t.TempDir()
-	write := func(name, content string) string {
+	return func(name, content string) string {
 		t.Helper()
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
@@ -75,6 +77,10 @@ func TestRulesTest(t *testing.T) {
 		}
 		return p
 	}
+}
+
+func TestRulesTest(t *testing.T) {
+	write := tempWriter(t)
 	history := write("p.json", `{"events": [
   {"event_id": "h1", "user_id": "u42", "type": "view", "category": "phones", "occurred_at": "2026-11-24T11:40:00Z", "attributes": {"tz": "Europe/Paris"}},
   {"event_id": "h2", "user_id": "u42", "type": "view", "category": "phones", "occurred_at": "2026-11-24T11:50:00Z"}]}`)

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,15 +30,7 @@ triggers:
 // TestRulesTestTimers: rules test lists the timers an event schedules and
 // what each does at its due time.
 func TestRulesTestTimers(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := tempWriter(t)
 	cart := write("cart.yaml", cartRules)
 	// The same journey, with an e-mail whose when holds for a lone cart.
 	always := write("always.yaml", strings.Replace(cartRules, `profile.count("view", duration("24h")) > 0`, `profile.total("add_to_cart") > 0`, 1))
