@@ -129,16 +129,17 @@ type judge struct {
 	limits profile.Limits
 	cfg    *stepConfig
 	out    *profile.Outcome
-	ev     *eventVal
-	pv     *profileVal
-	vars   *triggerVars
-	sent   map[string]int
+	// The activation, in the judge: one allocation per step call.
+	ev   eventVal
+	pv   profileVal
+	vars triggerVars
+	sent map[string]int
 }
 
 func (r *Rules) newJudge(p *profile.Profile, now time.Time, limits profile.Limits, cfg *stepConfig, out *profile.Outcome) *judge {
-	ev, pv := &eventVal{}, &profileVal{p: p}
-	return &judge{r: r, p: p, now: now, limits: limits, cfg: cfg, out: out,
-		ev: ev, pv: pv, vars: &triggerVars{event: ev, profile: pv}}
+	j := &judge{r: r, p: p, now: now, limits: limits, cfg: cfg, out: out, pv: profileVal{p: p}}
+	j.vars = triggerVars{event: &j.ev, profile: &j.pv}
+	return j
 }
 
 // at sets the activation to event e at time t.
@@ -227,7 +228,7 @@ func (j *judge) holds(t *trigger, e *profile.Event) (time.Time, bool) {
 		return e.OccurredAt, true
 	}
 	j.at(e, e.OccurredAt)
-	ok, err := t.when.evalBool(j.vars)
+	ok, err := t.when.evalBool(&j.vars)
 	if err != nil {
 		j.evalError(t, e, "when", err)
 		return time.Time{}, false
@@ -256,7 +257,7 @@ func (j *judge) holds(t *trigger, e *profile.Event) (time.Time, bool) {
 	for _, m := range minutes {
 		at := earliest(profile.MinuteEnd(m), last)
 		j.at(e, at)
-		if ok, err := t.when.evalBool(j.vars); err == nil && ok {
+		if ok, err := t.when.evalBool(&j.vars); err == nil && ok {
 			return at, true
 		}
 	}
@@ -287,7 +288,7 @@ func (j *judge) cooldownKey(t *trigger, e *profile.Event, at time.Time) (string,
 		return t.id, true
 	}
 	j.at(e, at)
-	v, err := t.cooldownBy.evalString(j.vars)
+	v, err := t.cooldownBy.evalString(&j.vars)
 	if err != nil {
 		j.evalError(t, e, "cooldown_by", err)
 		return "", false
@@ -331,7 +332,7 @@ func (j *judge) payload(t *trigger, e *profile.Event, at time.Time) (map[string]
 		j.at(e, at)
 	}
 	for _, x := range t.exprs {
-		v, err := x.expr.evalString(j.vars)
+		v, err := x.expr.evalString(&j.vars)
 		if err != nil {
 			j.evalError(t, e, x.field, err)
 			return nil, false
@@ -586,7 +587,7 @@ func (j *judge) fire(t *profile.Timer) {
 	}
 	if t.Step > 0 && st.when != nil {
 		j.at(&t.Event, t.Due)
-		ok, err := st.when.evalBool(j.vars)
+		ok, err := st.when.evalBool(&j.vars)
 		if err != nil {
 			j.evalError(st, &t.Event, "when", err)
 		}
