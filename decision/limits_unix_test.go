@@ -16,7 +16,7 @@ import (
 func TestLoadFromAFIFOStopsAtTheLimit(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rules.fifo")
 	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Skipf("mkfifo: %v", err)
+		t.Fatalf("mkfifo: %v", err) // every unix this test builds on has named pipes
 	}
 	done := make(chan error, 1)
 	go func() {

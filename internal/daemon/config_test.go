@@ -454,7 +454,7 @@ triggers:
 // with the size limit, instead of reading until memory runs out.
 func TestRunRefusesRulesThatNeverEnd(t *testing.T) {
 	if _, err := os.Stat("/dev/zero"); err != nil {
-		t.Skip("no /dev/zero")
+		t.Fatalf("nudged runs on Linux, which has /dev/zero: %v", err)
 	}
 	loaded, err := Load([]string{"--rules", "/dev/zero"}, env(nil), io.Discard)
 	if err != nil {
