@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -63,7 +62,7 @@ func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) 
 		n, err := s.FireDue(ctx, ts, cfg)
 		if err != nil && ctx.Err() == nil {
 			s.metrics.timerErrs.Add(ctx, 1)
-			s.cfg.Logger.WarnContext(ctx, "firing timers failed", "err", err)
+			s.cfg.Logger.WarnContext(ctx, "firing timers failed", "err", s.redactUsers(err.Error()))
 		}
 		if n > 0 && err == nil {
 			// Timers come due continuously under load: poll again at
@@ -77,7 +76,7 @@ func (s *Server) RunTimers(ctx context.Context, ts TimerStore, cfg TimerConfig) 
 }
 
 // FireDue runs one poll of RunTimers and returns the number of users
-// fired.
+// fired. Its error may name a user: RunTimers redacts it when it logs it.
 func (s *Server) FireDue(ctx context.Context, ts TimerStore, cfg TimerConfig) (int, error) {
 	cfg = cfg.withDefaults()
 	step := s.rules.Rules().FireStep(s.cfg.Limits, decision.OnEvalError(s.triggerError))
@@ -85,7 +84,7 @@ func (s *Server) FireDue(ctx context.Context, ts TimerStore, cfg TimerConfig) (i
 	s.countNotes(ctx, out.Notes, cfg.Now())
 	s.metrics.actions.Add(ctx, int64(len(out.Actions)))
 	if err != nil {
-		return len(out.Events), s.redactUserErr(err)
+		return len(out.Events), err
 	}
 	return len(out.Events), nil
 }
@@ -133,12 +132,4 @@ func (in *instruments) noteAttrs(k noteKey) metric.MeasurementOption {
 		}
 	}
 	return opt
-}
-
-// redactUserErr is err without user ids unless the server may log them.
-func (s *Server) redactUserErr(err error) error {
-	if s.cfg.LogUserIDs {
-		return err
-	}
-	return errors.New(s.redactUsers(err.Error()))
 }
