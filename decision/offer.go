@@ -59,6 +59,17 @@ type Request struct {
 	// (read-your-writes): an older profile gets a Stale answer (Answer,
 	// Reserve).
 	MinVersion uint64
+	// Sampler draws the conversion rates of offers that compete by
+	// Thompson sampling (select: thompson); nil: the first eligible one
+	// wins, as by priority.
+	Sampler Sampler
+}
+
+// Sampler draws an offer's conversion rate from its posterior given
+// its measured conversions (treated users exposed and converted), which
+// it also returns for the trace. It must be safe for concurrent use.
+type Sampler interface {
+	Sample(offerID string) (rate float64, exposed, converted int64)
 }
 
 // Reason explains one step of a decision.
@@ -105,6 +116,9 @@ type Decision struct {
 	// Control is true when the user is in the control group of the winning
 	// offer's A/B split: the verdict is then VerdictNone and Offer nil.
 	Control bool `json:"control,omitempty"`
+	// ControlOffer is, with Control, the offer whose control group the
+	// user is in: the decision exposed the user to it (ExposeControl).
+	ControlOffer string `json:"control_offer,omitempty"`
 	// Reasons says why, in evaluation order: each policy or failed
 	// expression that blocked a candidate, then the winner or why there is
 	// none.
@@ -200,7 +214,7 @@ func (r *Rules) Decide(p *profile.Profile, req Request, now time.Time) Decision 
 			d.trace(o.id, "a/b split: "+formatShare(o.control)+" of users in the control group", v, !control)
 		}
 		if control {
-			d.Verdict, d.Control = VerdictNone, true
+			d.Verdict, d.Control, d.ControlOffer = VerdictNone, true, o.id
 			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + ": user in the control group (" +
 				formatShare(o.control) + " of users get nothing, to measure the offer's lift)"})
 			return d
@@ -268,64 +282,124 @@ func (r *Rules) pick(d *Decision, p *profile.Profile, req Request, now time.Time
 	if req.Context != nil {
 		vars.context = types.NewStringStringMap(types.DefaultTypeAdapter, req.Context)
 	}
-	for _, o := range r.offers {
+	for i, o := range r.offers {
 		if !o.forChannel(req.Channel) {
 			continue
 		}
-		if pc := r.purchaseCooldown; pc != nil && o.category != "" {
-			last, ok := p.LastPurchase(o.category)
-			within := ok && !last.Before(now.Add(-pc.period))
-			if req.Explain {
-				v := "no purchase of " + o.category + " kept"
-				if ok {
-					v = o.category + " bought " + formatDuration(now.Sub(last)) + " ago"
-				}
-				d.trace(pc.id, "purchase cooldown of offer "+o.id+": no "+o.category+" offer for "+pc.periodText+" after a purchase", v, !within)
-			}
-			if within {
-				d.Reasons = append(d.Reasons, Reason{RuleID: pc.id, Message: "offer " + o.id + " skipped: " + o.category +
-					" bought " + formatDuration(now.Sub(last)) + " ago, within the purchase cooldown of " + pc.periodText})
-				continue
-			}
-		}
-		if o.cooldown > 0 {
-			last, ok := p.LastSent(o.id)
-			within := ok && !last.Before(now.Add(-o.cooldown))
-			if req.Explain {
-				v := "never sent"
-				if ok {
-					v = "sent " + formatDuration(now.Sub(last)) + " ago"
-				}
-				d.trace(o.id, "cooldown: not again within "+o.cooldownText+" of a send", v, !within)
-			}
-			if within {
-				d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: sent " +
-					formatDuration(now.Sub(last)) + " ago, within its cooldown of " + o.cooldownText})
-				continue
-			}
-		}
-		ok, err := o.when.evalBool(vars)
-		if req.Explain {
-			d.traceWhen(o, ok, err)
-		}
-		if err != nil {
-			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: when: " + err.Error()})
-			continue
-		}
+		payload, ok := r.eligible(d, p, req, now, vars, o)
 		if !ok {
 			continue
 		}
-		payload, field, err := o.evalPayload(vars)
-		if err != nil {
-			if req.Explain {
-				d.trace(o.id, field, "error: "+err.Error(), false)
-			}
-			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: " + field + ": " + err.Error()})
-			continue
+		if o.thompson {
+			return r.thompson(d, p, req, now, vars, i, payload)
 		}
 		return o, payload
 	}
 	return nil, nil
+}
+
+// eligible checks an offer for the channel: its cooldowns, its when and
+// its payload.
+func (r *Rules) eligible(d *Decision, p *profile.Profile, req Request, now time.Time, vars *offerVars, o *offer) (map[string]string, bool) {
+	if pc := r.purchaseCooldown; pc != nil && o.category != "" {
+		last, ok := p.LastPurchase(o.category)
+		within := ok && !last.Before(now.Add(-pc.period))
+		if req.Explain {
+			v := "no purchase of " + o.category + " kept"
+			if ok {
+				v = o.category + " bought " + formatDuration(now.Sub(last)) + " ago"
+			}
+			d.trace(pc.id, "purchase cooldown of offer "+o.id+": no "+o.category+" offer for "+pc.periodText+" after a purchase", v, !within)
+		}
+		if within {
+			d.Reasons = append(d.Reasons, Reason{RuleID: pc.id, Message: "offer " + o.id + " skipped: " + o.category +
+				" bought " + formatDuration(now.Sub(last)) + " ago, within the purchase cooldown of " + pc.periodText})
+			return nil, false
+		}
+	}
+	if o.cooldown > 0 {
+		last, ok := p.LastSent(o.id)
+		within := ok && !last.Before(now.Add(-o.cooldown))
+		if req.Explain {
+			v := "never sent"
+			if ok {
+				v = "sent " + formatDuration(now.Sub(last)) + " ago"
+			}
+			d.trace(o.id, "cooldown: not again within "+o.cooldownText+" of a send", v, !within)
+		}
+		if within {
+			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: sent " +
+				formatDuration(now.Sub(last)) + " ago, within its cooldown of " + o.cooldownText})
+			return nil, false
+		}
+	}
+	ok, err := o.when.evalBool(vars)
+	if req.Explain {
+		d.traceWhen(o, ok, err)
+	}
+	if err != nil {
+		d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: when: " + err.Error()})
+		return nil, false
+	}
+	if !ok {
+		return nil, false
+	}
+	payload, field, err := o.evalPayload(vars)
+	if err != nil {
+		if req.Explain {
+			d.trace(o.id, field, "error: "+err.Error(), false)
+		}
+		d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: " + field + ": " + err.Error()})
+		return nil, false
+	}
+	return payload, true
+}
+
+// thompson picks among the eligible thompson offers of the priority of
+// r.offers[first] (eligible, with payload) for the channel: each one's
+// conversion rate is drawn from its posterior (Request.Sampler) and the
+// best draw wins. Without a sampler the first one wins.
+func (r *Rules) thompson(d *Decision, p *profile.Profile, req Request, now time.Time, vars *offerVars, first int, payload map[string]string) (*offer, map[string]string) {
+	lead := r.offers[first]
+	type arm struct {
+		o       *offer
+		payload map[string]string
+	}
+	arms := []arm{{lead, payload}}
+	for _, o := range r.offers[first+1:] {
+		if o.priority != lead.priority {
+			break // by priority: the rest are lower
+		}
+		if !o.thompson || !o.forChannel(req.Channel) {
+			continue
+		}
+		if pl, ok := r.eligible(d, p, req, now, vars, o); ok {
+			arms = append(arms, arm{o, pl})
+		}
+	}
+	if req.Sampler == nil || len(arms) == 1 {
+		return lead, payload
+	}
+	best, bestDraw := 0, -1.0
+	for k, a := range arms {
+		draw, exposed, converted := req.Sampler.Sample(a.o.id)
+		if req.Explain {
+			d.trace(a.o.id, "thompson sampling: a conversion rate drawn from its measured conversions",
+				"drew "+strconv.FormatFloat(draw, 'f', 4, 64)+" ("+strconv.FormatInt(converted, 10)+" of "+
+					strconv.FormatInt(exposed, 10)+" treated users converted)", true)
+		}
+		if draw > bestDraw {
+			best, bestDraw = k, draw
+		}
+	}
+	ids := make([]string, len(arms))
+	for k, a := range arms {
+		ids[k] = a.o.id
+	}
+	w := arms[best].o
+	d.Reasons = append(d.Reasons, Reason{RuleID: w.id, Message: "offer " + w.id + " chosen by thompson sampling among " +
+		strings.Join(ids, ", ") + " (best draw of a conversion rate: " + strconv.FormatFloat(bestDraw, 'f', 4, 64) + ")"})
+	return w, arms[best].payload
 }
 
 func (d *Decision) traceWhen(o *offer, ok bool, err error) {

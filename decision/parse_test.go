@@ -265,6 +265,62 @@ func TestParseErrors(t *testing.T) {
 			msg:  "required",
 		},
 		{
+			name: "same id for a trigger and an offer",
+			src: "version: 1\ntriggers:\n  - id: x\n    on: [view]\n    action: {channel: sms, template: t}\n" +
+				"offers:\n  - id: x\n    template: t\n",
+			want: RuleError{File: "rules.yaml", Line: 7, Kind: "offer", Rule: "x", Field: "id"},
+			msg:  `"x" is also the id of a trigger or journey step (line 3)`,
+		},
+		{
+			name: "trigger ab control out of range",
+			src:  "version: 1\ntriggers:\n  - id: x\n    on: [view]\n    ab: {control: 1.5}\n" + action,
+			want: RuleError{File: "rules.yaml", Line: 5, Kind: "trigger", Rule: "x", Field: "ab.control"},
+			msg:  "must be in [0, 1)",
+		},
+		{
+			name: "ab on a journey step",
+			src: "version: 1\ntriggers:\n  - id: x\n    on: [view]\n" + action +
+				"    then:\n      - id: y\n        wait: 1h\n        ab: {control: 0.5}\n        action: {channel: sms, template: t}\n",
+			want: RuleError{File: "rules.yaml", Line: 9, Kind: "step", Rule: "y"},
+			msg:  `unknown field "ab"`,
+		},
+		{
+			name: "offer select unknown",
+			src:  "version: 1\noffers:\n  - id: o\n    template: t\n    select: greedy\n",
+			want: RuleError{File: "rules.yaml", Line: 5, Kind: "offer", Rule: "o", Field: "select"},
+			msg:  "must be priority",
+		},
+		{
+			name: "conversion window too long",
+			src:  "version: 1\nconversion:\n  on: [purchase]\n  window: 100d\n",
+			want: RuleError{File: "rules.yaml", Line: 4, Field: "conversion.window"},
+			msg:  "must be from 1m to 90d",
+		},
+		{
+			name: "conversion bad event type",
+			src:  "version: 1\nconversion:\n  on: [Purchase]\n",
+			want: RuleError{File: "rules.yaml", Line: 3, Field: "conversion.on"},
+			msg:  `event type "Purchase" must match`,
+		},
+		{
+			name: "conversion empty on",
+			src:  "version: 1\nconversion:\n  on: []\n",
+			want: RuleError{File: "rules.yaml", Line: 2, Field: "conversion.on"},
+			msg:  "at least one event type",
+		},
+		{
+			name: "conversion value not a number",
+			src:  "version: 1\nconversion:\n  value: string(event.value)\n",
+			want: RuleError{File: "rules.yaml", Line: 3, Field: "conversion.value"},
+			msg:  "must be a number",
+		},
+		{
+			name: "conversion unknown field",
+			src:  "version: 1\nconversion:\n  windows: 7d\n",
+			want: RuleError{File: "rules.yaml", Line: 3},
+			msg:  `unknown field "conversion.windows"`,
+		},
+		{
 			name: "offer payload_expr not convertible",
 			src:  "version: 1\noffers:\n  - id: o\n    template: t\n    payload_expr: {c: context}\n",
 			want: RuleError{File: "rules.yaml", Line: 5, Kind: "offer", Rule: "o", Field: "payload_expr.c"},
@@ -349,12 +405,6 @@ func TestParseValid(t *testing.T) {
 		{name: "version only", src: "version: 1\n"},
 		{name: "null lists", src: "version: 1\ntriggers:\noffers:\n"},
 		{name: "seed", src: seedRules, triggers: 1},
-		{
-			name: "same id for a trigger and an offer",
-			src: "version: 1\ntriggers:\n  - id: x\n    on: [view]\n    action: {channel: sms, template: t}\n" +
-				"offers:\n  - id: x\n    template: t\n",
-			triggers: 1, offers: 1,
-		},
 		{
 			name: "anchors and aliases",
 			src: "version: 1\ntriggers:\n  - id: x\n    on: &types [view, click]\n    action: &act {channel: sms, template: t}\n" +

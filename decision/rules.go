@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"math"
 	"regexp"
 	"slices"
 	"strings"
@@ -47,6 +48,12 @@ type Rules struct {
 	// channelLimit is the most actions one event's triggers send on one
 	// channel (settings.max_actions_per_channel; 0: no limit).
 	channelLimit int
+	// conversion says what counts as a conversion (measure.go).
+	conversion conversion
+	// campaigns are the triggers, their steps and the offers, in file
+	// order (triggers first); offerByID finds an offer.
+	campaigns []Campaign
+	offerByID map[string]*offer
 }
 
 // triggerList is the triggers one event type reaches, as two lists in
@@ -109,6 +116,12 @@ type trigger struct {
 	// again only at the minutes with events of its own category (an
 	// event of another category is judged on its own category).
 	byCategory bool
+	// ab: a share control of the users (by a stable hash of the user and
+	// the journey's trigger id) is held out of the journey: its steps
+	// record control exposures instead of sending. Set on a journey's
+	// trigger; its steps follow it.
+	ab      bool
+	control float64
 }
 
 // hasThen reports whether the trigger's journey has steps after it.
@@ -125,6 +138,7 @@ type offer struct {
 	cooldownText string
 	ab           bool
 	control      float64 // share of users in the control group, [0, 1)
+	thompson     bool    // select: thompson
 	when         *expr   // nil: always eligible
 	template     string
 	payload      map[string]string
@@ -242,6 +256,7 @@ func parse(name string, data []byte, size int64, l Limits, pace func()) (*Rules,
 		pace()
 	}
 	compileSettings(c, &raw, r)
+	compileCampaigns(c, cc, env.trigger, &raw, r)
 	compilePolicies(c, &raw, r, seen)
 	compileFallbacks(c, &raw, r)
 	slices.SortStableFunc(r.offers, func(a, b *offer) int { return cmp.Compare(b.priority, a.priority) })
@@ -439,6 +454,7 @@ func (cc *compiler) compileTrigger(env *cel.Env, rt *rawTrigger, seen map[string
 		t.cooldownBy = cc.compileExpr(env, w, "cooldown_by", rt.cooldownBy, stringResult, &t.cost)
 	}
 	t.priority = rt.priority
+	t.ab, t.control = compileAB(c, w, rt.ab)
 	if t.when != nil {
 		t.lookback = lookback(t.when.src)
 		t.byCategory = eventCategory.MatchString(t.when.src)
@@ -551,16 +567,13 @@ func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int
 	}
 	o.cooldown, _ = checkDuration(c, w, "cooldown", ro.cooldown, ro.line, false)
 	o.cooldownText = ro.cooldown.val
-	if ab := ro.ab; ab != nil && ab.ok {
-		switch {
-		case !ab.controlSeen:
-			c.at(w, ab.line, "ab.control", "required: the share of users in the control group, in [0, 1)")
-		case !ab.controlOK: // reported
-		case !(ab.control >= 0 && ab.control < 1):
-			c.at(w, ab.controlLine, "ab.control", "must be in [0, 1) (a share such as 0.1 for 10%%), got %v", ab.control)
-		default:
-			o.ab, o.control = true, ab.control
-		}
+	o.ab, o.control = compileAB(c, w, ro.ab)
+	switch ro.selectMode.val {
+	case "", "priority":
+	case "thompson":
+		o.thompson = true
+	default:
+		c.at(w, ro.selectMode.line, "select", "must be priority (the default: the first eligible offer by priority wins) or thompson (eligible thompson offers of the same priority compete on their measured conversions), got %q", ro.selectMode.val)
 	}
 	if ro.when.val != "" {
 		o.when = cc.compileExpr(env, w, "when", ro.when, boolResult, &o.cost)
@@ -571,6 +584,23 @@ func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int
 		return nil
 	}
 	return o
+}
+
+// compileAB checks a rule's ab mapping (nil: none).
+func compileAB(c *collector, w where, ab *rawAB) (bool, float64) {
+	if ab == nil || !ab.ok {
+		return false, 0
+	}
+	switch {
+	case !ab.controlSeen:
+		c.at(w, ab.line, "ab.control", "required: the share of users in the control group, in [0, 1)")
+	case !ab.controlOK: // reported
+	case !(ab.control >= 0 && ab.control < 1):
+		c.at(w, ab.controlLine, "ab.control", "must be in [0, 1) (a share such as 0.1 for 10%%), got %v", ab.control)
+	default:
+		return true, ab.control
+	}
+	return false, 0
 }
 
 func checkChannel(c *collector, w where, field string, ch text, line int) string {
@@ -621,6 +651,7 @@ type resultKind int
 const (
 	boolResult resultKind = iota + 1
 	stringResult
+	numberResult
 )
 
 // compileExpr compiles one expression and adds its cost (exprCost) to
@@ -662,6 +693,10 @@ func (cc *compiler) compile(env *cel.Env, src string, want resultKind) compiled 
 	case boolResult:
 		if !out.IsExactType(cel.BoolType) {
 			return compiled{problem: "must be a bool expression, but its type is " + cel.FormatCELType(out)}
+		}
+	case numberResult:
+		if !out.IsExactType(cel.DoubleType) && !out.IsExactType(cel.IntType) && !out.IsExactType(cel.UintType) && !out.IsExactType(cel.DynType) {
+			return compiled{problem: "must be a number (double or int), but its type is " + cel.FormatCELType(out)}
 		}
 	case stringResult:
 		if !stringConvertible(out) {
@@ -748,6 +783,29 @@ func (x *expr) evalBool(vars any) (bool, error) {
 		return false, fmt.Errorf("got %s, want bool", out.Type().TypeName())
 	}
 	return bool(b), nil
+}
+
+// evalNumber runs an expression whose result is a finite number.
+func (x *expr) evalNumber(vars any) (float64, error) {
+	out, _, err := x.prg.Eval(vars)
+	if err != nil {
+		return 0, err
+	}
+	var f float64
+	switch v := out.(type) {
+	case types.Double:
+		f = float64(v)
+	case types.Int:
+		f = float64(v)
+	case types.Uint:
+		f = float64(v)
+	default:
+		return 0, fmt.Errorf("got %s, want a number", out.Type().TypeName())
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("got %v, want a finite number", f)
+	}
+	return f, nil
 }
 
 // evalString runs an expression whose result is converted to a string.

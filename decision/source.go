@@ -41,6 +41,14 @@ type rawFile struct {
 	fallbacks        []rawFallback
 	triggers         []rawTrigger
 	offers           []rawOffer
+	conversion       *rawConversion
+}
+
+type rawConversion struct {
+	line          int
+	on            []text
+	onSet         bool
+	window, value text
 }
 
 type rawCap struct {
@@ -85,6 +93,7 @@ type rawTrigger struct {
 	then          []rawTrigger
 	transactional bool
 	priority      int
+	ab            *rawAB
 }
 
 type rawOffer struct {
@@ -96,6 +105,7 @@ type rawOffer struct {
 	payload, payloadExpr []entry
 	category, cooldown   text
 	ab                   *rawAB
+	selectMode           text
 }
 
 type rawAB struct {
@@ -107,7 +117,8 @@ type rawAB struct {
 }
 
 var (
-	fileFields     = []string{"version", "settings", "policies", "fallbacks", "triggers", "offers"}
+	fileFields     = []string{"version", "settings", "policies", "fallbacks", "conversion", "triggers", "offers"}
+	convFields     = []string{"on", "window", "value"}
 	settingsFields = []string{"default_timezone", "max_actions_per_channel"}
 	policiesFields = []string{"frequency_caps", "quiet_hours", "purchase_cooldown"}
 	capFields      = []string{"id", "channel", "max", "period"}
@@ -115,10 +126,10 @@ var (
 	pcFields       = []string{"id", "period"}
 	fallbackFields = []string{"offer_id", "template", "payload"}
 	triggerFields  = []string{"id", "description", "on", "when", "wait", "unless", "cooldown", "cooldown_by",
-		"priority", "transactional", "action", "then"}
+		"priority", "transactional", "ab", "action", "then"}
 	stepFields   = []string{"id", "description", "wait", "unless", "when", "cooldown", "transactional", "action"}
 	actionFields = []string{"channel", "template", "payload", "payload_expr"}
-	offerFields  = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab",
+	offerFields  = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab", "select",
 		"when", "template", "payload", "payload_expr"}
 	abFields = []string{"control"}
 )
@@ -370,6 +381,22 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 				return
 			}
 			readFallbacks(c, &f, v)
+		case "conversion":
+			rc := &rawConversion{line: k.Line}
+			f.conversion = rc
+			if isNull(v) {
+				return
+			}
+			c.fields(v, top, "conversion", convFields, func(key string, _, v *yaml.Node) {
+				switch key {
+				case "on":
+					rc.on, rc.onSet = c.list(v, top, "conversion.on"), true
+				case "window":
+					rc.window = c.scalar(v, top, "conversion.window")
+				case "value":
+					rc.value = c.scalar(v, top, "conversion.value")
+				}
+			})
 		case "triggers":
 			if isNull(v) {
 				return
@@ -436,6 +463,8 @@ func readStep(c *collector, n *yaml.Node, w where, known []string) rawTrigger {
 			t.unless = c.list(v, w, key)
 		case "priority":
 			t.priority, _ = c.integer(v, w, key)
+		case "ab":
+			t.ab = readAB(c, w, v)
 		case "transactional":
 			if v.Kind != yaml.ScalarNode || (v.Value != "true" && v.Value != "false") {
 				c.at(w, v.Line, key, "expected true or false, got %s", describe(v))
@@ -510,14 +539,9 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 		case "cooldown":
 			o.cooldown = c.scalar(v, w, key)
 		case "ab":
-			o.ab = &rawAB{line: v.Line, ok: true}
-			if isNull(v) {
-				return
-			}
-			o.ab.ok = c.fields(v, w, "ab", abFields, func(_ string, _, v *yaml.Node) {
-				o.ab.controlSeen, o.ab.controlLine = true, v.Line
-				o.ab.control, o.ab.controlOK = c.number(v, w, "ab.control")
-			})
+			o.ab = readAB(c, w, v)
+		case "select":
+			o.selectMode = c.scalar(v, w, key)
 		case "when":
 			o.when = c.scalar(v, w, key)
 		case "template":
@@ -529,6 +553,19 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 		}
 	})
 	return o
+}
+
+// readAB reads a rule's ab mapping.
+func readAB(c *collector, w where, v *yaml.Node) *rawAB {
+	ab := &rawAB{line: v.Line, ok: true}
+	if isNull(v) {
+		return ab
+	}
+	ab.ok = c.fields(v, w, "ab", abFields, func(_ string, _, v *yaml.Node) {
+		ab.controlSeen, ab.controlLine = true, v.Line
+		ab.control, ab.controlOK = c.number(v, w, "ab.control")
+	})
+	return ab
 }
 
 // readPolicies reads one key of the policies section; max bounds the

@@ -80,6 +80,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 				continue
 			}
 			out.Changed = true
+			j.measure(e)
 			j.cancel(e)
 			j.event(e)
 		}
@@ -88,6 +89,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 		}
 		if out.Changed {
 			p.Compact(now, limits)
+			j.compactMeasures()
 		}
 		return out
 	}
@@ -115,6 +117,7 @@ func (r *Rules) FireStep(limits profile.Limits, opts ...StepOption) profile.Step
 		if j.fireDue() {
 			out.Changed = true
 			p.Compact(now, limits)
+			j.compactMeasures()
 		}
 		return out
 	}
@@ -374,11 +377,23 @@ func (j *judge) markFired(c candidate) {
 	}
 }
 
-// emit writes the candidate's action.
+// emit writes the candidate's action, and records the exposure: a user
+// in the control group of the journey's split gets no action (but the
+// cooldown, as a treated user would).
 func (j *judge) emit(c candidate) {
 	t := c.t
 	j.markFired(c)
 	userID := cmp.Or(j.p.UserID, c.e.UserID)
+	at := c.at
+	if !c.due.IsZero() {
+		at = j.now
+	}
+	if c.root.ab && InControl(userID, c.root.id, c.root.control) {
+		j.expose(t.id, profile.Control, at)
+		j.note(t, profile.NoteControl, "", c.due)
+		return
+	}
+	j.expose(t.id, profile.Treated, at)
 	if j.sent == nil {
 		j.sent = make(map[string]int)
 	}

@@ -48,6 +48,10 @@ type Outcome struct {
 	// step judged, for metrics. Like actions, they count only when the
 	// transaction commits.
 	Notes []Note
+	// Measures are the changes to campaign counters (exposures,
+	// conversions) the step made; the store writes them in the same
+	// MULTI as the profile, and only when it writes the profile.
+	Measures []Measure
 	// Changed says that the step changed the profile, so that it must be
 	// written (with Actions). A step that sets it to false leaves the
 	// stored profile as it was, whatever it did to its copy, and its
@@ -87,6 +91,9 @@ type BatchOutcome struct {
 	Actions []Action
 	// Notes are the committed steps' notes, in the same order.
 	Notes []Note
+	// Measures are the committed steps' changes to campaign counters,
+	// in the same order.
+	Measures []Measure
 }
 
 // Note is what became of a trigger's action or a journey step, for the
@@ -112,6 +119,7 @@ const (
 	NoteFired     = "fired"     // an action was emitted
 	NoteDeferred  = "deferred"  // quiet hours held an action until they end
 	NoteDropped   = "dropped"   // no action; Reason says why
+	NoteControl   = "control"   // no action: the user is in the campaign's control group
 )
 
 // Reasons of a NoteDropped.

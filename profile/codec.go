@@ -33,6 +33,8 @@ const (
 	fLastPurchases = 14 // message: 1 category, 2 sint64 Unix ms
 	fReservations  = 15 // message: 1 key, 2 channel, 3 offer id, 4 holds, 5 sint64 at ms, 6 sint64 expires ms, 7 decision bytes
 	fTimers        = 16 // message per timer, by wake time (timer.go)
+	fExposures     = 17 // message per attribution window (measure.go)
+	fConversions   = 18 // message per kept conversion, by event time (measure.go)
 )
 
 // Encode returns the stored form of p. Map entries are written in key order,
@@ -148,7 +150,7 @@ func Encode(p *Profile) []byte {
 	for i := range p.Timers {
 		b = appendTimer(b, &p.Timers[i])
 	}
-	return b
+	return appendMeasures(b, p)
 }
 
 // Decode parses a stored profile. Unknown fields are skipped.
@@ -328,6 +330,18 @@ func Decode(b []byte) (*Profile, error) {
 				return err
 			}
 			p.Timers = append(p.Timers, t)
+		case num == fExposures && typ == protowire.BytesType:
+			e, err := decodeExposure(v)
+			if err != nil {
+				return err
+			}
+			p.Exposures = append(p.Exposures, e)
+		case num == fConversions && typ == protowire.BytesType:
+			c, err := decodeConversion(v)
+			if err != nil {
+				return err
+			}
+			p.Conversions = append(p.Conversions, c)
 		}
 		return nil
 	})
@@ -344,6 +358,9 @@ func Decode(b []byte) (*Profile, error) {
 	// a writer did not (Encode writes them in order, so this is a no-op).
 	if !slices.IsSortedFunc(p.SendLog, compareSends) {
 		slices.SortStableFunc(p.SendLog, compareSends)
+	}
+	if !slices.IsSortedFunc(p.Conversions, func(a, b Conversion) int { return a.At.Compare(b.At) }) {
+		slices.SortStableFunc(p.Conversions, func(a, b Conversion) int { return a.At.Compare(b.At) })
 	}
 	if !slices.IsSortedFunc(p.Timers, compareWakes) {
 		slices.SortStableFunc(p.Timers, compareWakes)

@@ -167,6 +167,13 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"infinite purchase value", &profile.Profile{PurchaseValue: math.Inf(-1)}},
 		{"only sends", &profile.Profile{SendLog: []profile.Send{{Channel: "sms", At: ms(5)}, {OfferID: "o", At: ms(6)}}}},
 		{"only last purchases", &profile.Profile{LastPurchases: map[string]time.Time{"phones": ms(5)}}},
+		{"exposures and conversions", &profile.Profile{
+			Exposures: []profile.Exposure{
+				{Campaign: "coupon", Variant: profile.Treated, At: ms(1741608000123), Converted: true},
+				{Campaign: "日本語", Variant: profile.Control, At: ms(-5)},
+			},
+			Conversions: []profile.Conversion{{At: ms(1), Value: 0}, {At: ms(1741608000123), Value: 19.99}},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -127,6 +127,13 @@ type Limits struct {
 	// actions) per user; a step that would schedule more is dropped and
 	// counted. Default 64.
 	MaxTimers int `yaml:"max_timers"`
+	// MaxExposures is the most attribution windows (campaigns the user
+	// was exposed to and may still convert on) kept per user; the oldest
+	// are forgotten first. Default 64.
+	MaxExposures int `yaml:"max_exposures"`
+	// MaxConversions is the most recent conversion events kept per user,
+	// for the exposures recorded after them. Default 16.
+	MaxConversions int `yaml:"max_conversions"`
 }
 
 // DefaultLimits returns the limits a profile is kept under when told
@@ -145,6 +152,8 @@ func DefaultLimits() Limits {
 		MaxSends:              512,
 		MaxPurchaseCategories: 256,
 		MaxTimers:             64,
+		MaxExposures:          64,
+		MaxConversions:        16,
 	}
 }
 
@@ -163,6 +172,8 @@ func (l Limits) WithDefaults() Limits {
 	orDefault(&l.MaxSends, d.MaxSends)
 	orDefault(&l.MaxPurchaseCategories, d.MaxPurchaseCategories)
 	orDefault(&l.MaxTimers, d.MaxTimers)
+	orDefault(&l.MaxExposures, d.MaxExposures)
+	orDefault(&l.MaxConversions, d.MaxConversions)
 	return l
 }
 
@@ -211,6 +222,11 @@ type Profile struct {
 	// Timers are the pending journey steps and deferred actions, by Wake,
 	// earliest first (see Timer).
 	Timers []Timer
+	// Exposures are the user's attribution windows, one per campaign
+	// (see Expose); Conversions the recent conversion events, by event
+	// time, oldest first (see Convert).
+	Exposures   []Exposure
+	Conversions []Conversion
 
 	// UserID is the user the profile is about. It is not stored: the
 	// store sets it on every profile it reads or creates.

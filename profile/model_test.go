@@ -69,6 +69,8 @@ func TestLimitsWithDefaults(t *testing.T) {
 		MaxSends:              512,
 		MaxPurchaseCategories: 256,
 		MaxTimers:             64,
+		MaxExposures:          64,
+		MaxConversions:        16,
 	}
 	custom := profile.Limits{
 		Retention:      time.Hour,
@@ -83,6 +85,8 @@ func TestLimitsWithDefaults(t *testing.T) {
 		MaxSends:              5,
 		MaxPurchaseCategories: 2,
 		MaxTimers:             4,
+		MaxExposures:          3,
+		MaxConversions:        2,
 	}
 	tests := []struct {
 		name string
@@ -94,6 +98,7 @@ func TestLimitsWithDefaults(t *testing.T) {
 			Retention: -1, MaxFuture: -1, DedupWindow: -1, DedupMax: -1,
 			MaxSeries: -1, FiredRetention: -1, MaxFired: -1,
 			SendRetention: -1, MaxSends: -1, MaxPurchaseCategories: -1, MaxTimers: -1,
+			MaxExposures: -1, MaxConversions: -1,
 		}, want},
 		{"set values are kept", custom, custom},
 		{"only zero fields are filled", profile.Limits{Retention: time.Hour, MaxFired: 1}, func() profile.Limits {

@@ -23,6 +23,7 @@ import (
 //	nudge:{b}:out           the outbox stream of bucket b (ActionFields)
 //	nudge:{b}:t:<k>         when users of the bucket are due (timers.go)
 //	nudge:{b}:t             the earliest due time of each nudge:{b}:t:<k>
+//	nudge:{b}:m             campaign counters of the bucket's users (measure.go)
 //	nudge:dead              actions delivered too many times (delivery)
 //	nudge:groups            last activity of each consumer group (delivery)
 //	nudge:audit             sampled decisions (audit)
@@ -123,6 +124,12 @@ func (l Layout) DueKey(bucket, shard int) string {
 // nudge:{bucket}:t. A poll reads it to find the shards with due users.
 func (l Layout) DueIndexKey(bucket int) string {
 	return "nudge:{" + strconv.Itoa(bucket) + "}:t"
+}
+
+// MeasureKey is the hash of the campaign counters of a bucket's users:
+// nudge:{bucket}:m (measure.go).
+func (l Layout) MeasureKey(bucket int) string {
+	return "nudge:{" + strconv.Itoa(bucket) + "}:m"
 }
 
 // Fields of an outbox entry that name its user (erasure looks for them).

@@ -41,6 +41,9 @@ type part struct {
 	call   *call // nil for Update
 	// fire says the part is the firing of the user's due timers (Fire).
 	fire bool
+	// single says the part has one outcome (Fire, Run), whatever its
+	// events.
+	single bool
 
 	// Set before finished, read after it.
 	outcome  profile.Outcome
@@ -72,11 +75,12 @@ func (p *part) collect(out *profile.BatchOutcome, ctxErr error) {
 			err = fmt.Errorf("user %q: %w: the step gave %d results for %d events", p.userID, errNoResult, len(p.outcome.Results), len(p.events))
 		}
 	}
-	if p.fire { // one outcome for the user
+	if p.fire || p.single { // one outcome for the user
 		out.Events[p.idx[0]] = profile.EventOutcome{Version: p.version, Err: err}
 		if err == nil {
 			out.Actions = append(out.Actions, p.outcome.Actions...)
 			out.Notes = append(out.Notes, p.outcome.Notes...)
+			out.Measures = append(out.Measures, p.outcome.Measures...)
 		}
 		return
 	}
@@ -90,6 +94,7 @@ func (p *part) collect(out *profile.BatchOutcome, ctxErr error) {
 	if err == nil {
 		out.Actions = append(out.Actions, p.outcome.Actions...)
 		out.Notes = append(out.Notes, p.outcome.Notes...)
+		out.Measures = append(out.Measures, p.outcome.Measures...)
 	}
 }
 

@@ -456,6 +456,9 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 					for j := range o.Actions {
 						pipe.XAdd(ctx, &redis.XAddArgs{Stream: wr.w.outbox, Values: ActionFields(&o.Actions[j])})
 					}
+					if len(o.Measures) > 0 {
+						s.writeMeasures(ctx, pipe, wr.w.userID, o.Measures)
+					}
 				}
 			}
 			return nil

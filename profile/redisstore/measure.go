@@ -1,0 +1,124 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nudge-dm/nudge/profile"
+)
+
+// This file keeps the campaign counters (DESIGN.md, "Measurement
+// counters"). A step's exposures and conversions (profile.Measure) are
+// counted in a hash per bucket, nudge:{b}:m, by HINCRBY in the MULTI that
+// writes the profile they come from: a cluster MULTI cannot touch a
+// global key, and one hash per bucket has no hot key. The profile holds
+// the attribution windows, so a re-sent event or a retried transaction
+// finds its exposure already open and counts nothing; a report sums the
+// buckets.
+//
+// A hash field is <variant>:<counter>:<campaign>, with variant t
+// (treated) or c (control) and counter e (users exposed), c (users
+// converted) or v (conversion value). Campaign ids cannot hold a colon.
+
+// Counts are a campaign's counters for one variant.
+type Counts struct {
+	Exposed   int64
+	Converted int64
+	Value     float64
+}
+
+// CampaignCounts are a campaign's counters, per variant.
+type CampaignCounts struct {
+	Treated, Control Counts
+}
+
+func variantCode(v profile.Variant) string {
+	if v == profile.Control {
+		return "c"
+	}
+	return "t"
+}
+
+// writeMeasures queues the counters of the user's measures on pipe.
+func (s *Store) writeMeasures(ctx context.Context, pipe redis.Pipeliner, userID string, ms []profile.Measure) {
+	key := s.keys.MeasureKey(s.keys.Bucket(userID))
+	for _, m := range ms {
+		v := variantCode(m.Variant) + ":"
+		if m.Exposed != 0 {
+			pipe.HIncrBy(ctx, key, v+"e:"+m.Campaign, m.Exposed)
+		}
+		if m.Converted != 0 {
+			pipe.HIncrBy(ctx, key, v+"c:"+m.Campaign, m.Converted)
+		}
+		if m.Value != 0 {
+			pipe.HIncrByFloat(ctx, key, v+"v:"+m.Campaign, m.Value)
+		}
+	}
+}
+
+// Campaigns sums the counters of every campaign over the buckets, in one
+// pipelined round trip (one per node of a cluster). Counters of
+// campaigns no longer in the rules are there too, until an operator
+// deletes the hashes.
+func (s *Store) Campaigns(ctx context.Context) (map[string]CampaignCounts, error) {
+	buckets := s.keys.Buckets()
+	cmds := make([]*redis.MapStringStringCmd, buckets)
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for b := range buckets {
+			cmds[b] = pipe.HGetAll(ctx, s.keys.MeasureKey(b))
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("%w: read the campaign counters: %w", profile.ErrUnavailable, err)
+	}
+	out := make(map[string]CampaignCounts)
+	for _, cmd := range cmds {
+		for field, val := range cmd.Val() {
+			variant, rest, ok1 := strings.Cut(field, ":")
+			counter, campaign, ok2 := strings.Cut(rest, ":")
+			if !ok1 || !ok2 {
+				continue
+			}
+			cc := out[campaign]
+			c := &cc.Treated
+			if variant == "c" {
+				c = &cc.Control
+			}
+			switch counter {
+			case "e":
+				n, _ := strconv.ParseInt(val, 10, 64)
+				c.Exposed += n
+			case "c":
+				n, _ := strconv.ParseInt(val, 10, 64)
+				c.Converted += n
+			case "v":
+				x, _ := strconv.ParseFloat(val, 64)
+				c.Value += x
+			}
+			out[campaign] = cc
+		}
+	}
+	return out, nil
+}
+
+// Run runs each user's step on the user's stored profile, with no
+// events, through the same shards and transactions as Apply: steps[i] for
+// userIDs[i] (a user may appear more than once). It returns one outcome
+// per entry, in order, with the actions and measures written.
+func (s *Store) Run(ctx context.Context, userIDs []string, steps []profile.Step) profile.BatchOutcome {
+	return s.call(ctx, len(userIDs), func(c *call) []*part {
+		all := make([]part, len(userIDs))
+		idx := make([]int, len(userIDs))
+		parts := make([]*part, len(userIDs))
+		for i, u := range userIDs {
+			idx[i] = i
+			all[i] = part{userID: u, step: steps[i], call: c, single: true, idx: idx[i : i+1 : i+1]}
+			parts[i] = &all[i]
+		}
+		return parts
+	})
+}
