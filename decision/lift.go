@@ -3,28 +3,13 @@ package decision
 import (
 	"math"
 	"math/rand/v2"
+
+	"github.com/nudge-dm/nudge/profile"
 )
 
 // This file is the statistics of campaign reports and the sampler of
 // offers that learn. docs/rules.md ("Measuring campaigns") explains them
 // for a marketer.
-
-// Arm is one variant of a campaign as measured: users exposed, users
-// converted, and the conversion value attributed.
-type Arm struct {
-	Exposed   int64
-	Converted int64
-	Value     float64
-}
-
-// Rate is the share of the exposed users who converted (0 when none was
-// exposed).
-func (a Arm) Rate() float64 {
-	if a.Exposed <= 0 {
-		return 0
-	}
-	return float64(a.Converted) / float64(a.Exposed)
-}
 
 // Comparison compares a campaign's treated users with its control group.
 // A field whose Has flag is false is undefined for the counts (for
@@ -57,8 +42,8 @@ const z95 = 1.959963984540054
 // se² = 1/ct - 1/nt + 1/cc - 1/nc; when a group has no conversion (or
 // every user converted), half a user is added to its converted and
 // unconverted counts for the interval (Haldane-Anscombe), so that it
-// stays finite.
-func Compare(treated, control Arm) Comparison {
+// stays finite, and the interval is widened to hold the raw estimate.
+func Compare(treated, control profile.Arm) Comparison {
 	var c Comparison
 	nt, nc := float64(treated.Exposed), float64(control.Exposed)
 	ct, cc := float64(treated.Converted), float64(control.Converted)

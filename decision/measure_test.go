@@ -377,7 +377,7 @@ offers:
 
 func TestCompare(t *testing.T) {
 	// 210 of 10,000 treated, 30 of 10,000 control: rates 2.1% and 0.3%.
-	c := Compare(Arm{Exposed: 10000, Converted: 210}, Arm{Exposed: 10000, Converted: 30})
+	c := Compare(profile.Arm{Exposed: 10000, Converted: 210}, profile.Arm{Exposed: 10000, Converted: 30})
 	near := func(name string, got, want, tol float64) {
 		t.Helper()
 		if math.Abs(got-want) > tol {
@@ -398,21 +398,21 @@ func TestCompare(t *testing.T) {
 		t.Errorf("p = %v", c.PValue)
 	}
 	// No difference: p = 1, lift 0, interval around 0.
-	same := Compare(Arm{Exposed: 1000, Converted: 50}, Arm{Exposed: 1000, Converted: 50})
+	same := Compare(profile.Arm{Exposed: 1000, Converted: 50}, profile.Arm{Exposed: 1000, Converted: 50})
 	near("p of no difference", same.PValue, 1, 1e-12)
 	if same.Lift != 0 || same.LiftLow >= 0 || same.LiftHigh <= 0 {
 		t.Errorf("same rates: %+v", same)
 	}
 	// A textbook z-test: 60/100 vs 45/100: z = 0.15/sqrt(0.525*0.475*0.02) = 2.1246, p = 0.0336.
-	near("p", Compare(Arm{Exposed: 100, Converted: 60}, Arm{Exposed: 100, Converted: 45}).PValue, 0.03362, 1e-4)
+	near("p", Compare(profile.Arm{Exposed: 100, Converted: 60}, profile.Arm{Exposed: 100, Converted: 45}).PValue, 0.03362, 1e-4)
 
-	if c := Compare(Arm{Exposed: 100, Converted: 5}, Arm{}); c.HasUplift || c.HasLift || c.HasPValue {
+	if c := Compare(profile.Arm{Exposed: 100, Converted: 5}, profile.Arm{}); c.HasUplift || c.HasLift || c.HasPValue {
 		t.Errorf("no control: %+v", c)
 	}
-	if c := Compare(Arm{Exposed: 100, Converted: 5}, Arm{Exposed: 100}); !c.HasUplift || c.HasLift || !c.HasPValue {
+	if c := Compare(profile.Arm{Exposed: 100, Converted: 5}, profile.Arm{Exposed: 100}); !c.HasUplift || c.HasLift || !c.HasPValue {
 		t.Errorf("no control conversion: %+v", c)
 	}
-	if c := Compare(Arm{Exposed: 100}, Arm{Exposed: 100, Converted: 5}); !c.HasLift || c.Lift != -1 || c.LiftLow != -1 || math.IsInf(c.LiftHigh, 0) || c.LiftHigh <= 0 {
+	if c := Compare(profile.Arm{Exposed: 100}, profile.Arm{Exposed: 100, Converted: 5}); !c.HasLift || c.Lift != -1 || c.LiftLow != -1 || math.IsInf(c.LiftHigh, 0) || c.LiftHigh <= 0 {
 		t.Errorf("no treated conversion: %+v", c)
 	}
 }

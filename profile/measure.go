@@ -72,6 +72,28 @@ type Measure struct {
 	Value     float64
 }
 
+// Arm is a campaign variant's counters, summed over users: users
+// exposed, users converted, and the conversion value attributed.
+type Arm struct {
+	Exposed   int64
+	Converted int64
+	Value     float64
+}
+
+// Rate is the share of the exposed users who converted (0 when none was
+// exposed).
+func (a Arm) Rate() float64 {
+	if a.Exposed <= 0 {
+		return 0
+	}
+	return float64(a.Converted) / float64(a.Exposed)
+}
+
+// CampaignCounts are a campaign's counters, per variant.
+type CampaignCounts struct {
+	Treated, Control Arm
+}
+
 // Expose records the user's exposure to a campaign at at, under a
 // conversion window. It opens an attribution window, and returns the
 // measure to count, unless one is open at at (then nothing changes and

@@ -24,18 +24,6 @@ import (
 // (treated) or c (control) and counter e (users exposed), c (users
 // converted) or v (conversion value). Campaign ids cannot hold a colon.
 
-// Counts are a campaign's counters for one variant.
-type Counts struct {
-	Exposed   int64
-	Converted int64
-	Value     float64
-}
-
-// CampaignCounts are a campaign's counters, per variant.
-type CampaignCounts struct {
-	Treated, Control Counts
-}
-
 func variantCode(v profile.Variant) string {
 	if v == profile.Control {
 		return "c"
@@ -64,7 +52,7 @@ func (s *Store) writeMeasures(ctx context.Context, pipe redis.Pipeliner, userID 
 // pipelined round trip (one per node of a cluster). Counters of
 // campaigns no longer in the rules are there too, until an operator
 // deletes the hashes.
-func (s *Store) Campaigns(ctx context.Context) (map[string]CampaignCounts, error) {
+func (s *Store) Campaigns(ctx context.Context) (map[string]profile.CampaignCounts, error) {
 	buckets := s.keys.Buckets()
 	cmds := make([]*redis.MapStringStringCmd, buckets)
 	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -75,7 +63,7 @@ func (s *Store) Campaigns(ctx context.Context) (map[string]CampaignCounts, error
 	}); err != nil {
 		return nil, fmt.Errorf("%w: read the campaign counters: %w", profile.ErrUnavailable, err)
 	}
-	out := make(map[string]CampaignCounts)
+	out := make(map[string]profile.CampaignCounts)
 	for _, cmd := range cmds {
 		for field, val := range cmd.Val() {
 			variant, rest, ok1 := strings.Cut(field, ":")
