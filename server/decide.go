@@ -29,6 +29,7 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 		return nil, err
 	}
 	q := request(req, req.GetExplain())
+	q.Sampler = s.meas.sampler
 	if req.GetReserve() {
 		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
 	}
@@ -81,7 +82,9 @@ func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDec
 		if err == nil {
 			read.Profile, read.Err = r.ps[i], r.errs[i]
 		}
-		out.Results[i] = s.answer(ctx, rules, request(q, req.GetExplain()), read)
+		dq := request(q, req.GetExplain())
+		dq.Sampler = s.meas.sampler
+		out.Results[i] = s.answer(ctx, rules, dq, read)
 	}
 	return out, nil
 }
@@ -111,7 +114,9 @@ func request(q query, explain bool) decision.Request {
 
 // answer answers one query from its profile read, counts and audits it.
 func (s *Server) answer(ctx context.Context, rules *decision.Rules, q decision.Request, read decision.Read) *nudgev1.GetDecisionResponse {
-	d := rules.Answer(read, q, s.cfg.Now())
+	now := s.cfg.Now()
+	d := rules.Answer(read, q, now)
+	s.recordControl(ctx, d, q.UserID, now)
 	var version uint64
 	if read.Err == nil {
 		version = read.Profile.Version
@@ -155,6 +160,7 @@ func (s *Server) reserve(ctx context.Context, q decision.Request, key string, bu
 	}
 	d := decisionToProto(r.Decision)
 	if r.Fresh {
+		s.recordControl(ctx, r.Decision, q.UserID, s.cfg.Now())
 		s.metrics.countDecision(ctx, r.Verdict, false)
 		s.audit(q, d, r.version)
 	}

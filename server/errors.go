@@ -65,6 +65,7 @@ var (
 	errSubscribeDraining = status.Error(codes.Unavailable, "server is shutting down: subscribe again; unacknowledged actions are redelivered")
 	errPanicked          = status.Error(codes.Internal, "internal error (the server recovered from a panic; see its log)")
 	errNoOutbox          = status.Error(codes.Unimplemented, "this server does not deliver actions (no outbox configured)")
+	errNoMeasures        = status.Error(codes.Unimplemented, "this server keeps no campaign counters (no measurement store configured)")
 	errNoToken           = status.Error(codes.Unauthenticated, "missing bearer token: send metadata 'authorization: Bearer <token>'")
 	errUnknownToken      = status.Error(codes.Unauthenticated, "unknown token: send a token configured on this server")
 )

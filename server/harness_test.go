@@ -99,6 +99,12 @@ type harness struct {
 // get the test clock, a silent logger and otherwise the server defaults.
 func start(t testing.TB, store server.Store, cfg server.Config) *harness {
 	t.Helper()
+	return startRules(t, store, testRules(t), cfg)
+}
+
+// startRules is start with other rules.
+func startRules(t testing.TB, store server.Store, rules server.RuleSource, cfg server.Config) *harness {
+	t.Helper()
 	if cfg.Now == nil {
 		cfg.Now = clock
 	}
@@ -110,7 +116,7 @@ func start(t testing.TB, store server.Store, cfg server.Config) *harness {
 		// budget set their own.
 		cfg.DefaultBudget = time.Second
 	}
-	srv, err := server.New(store, testRules(t), cfg)
+	srv, err := server.New(store, rules, cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}

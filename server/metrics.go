@@ -36,6 +36,9 @@ type instruments struct {
 	noteSets      sync.Map // noteKey -> metric.MeasurementOption (noteAttrs)
 	noteCount     atomic.Int32
 	recvWaiting   metric.Int64UpDownCounter
+	// Measurement (measure.go).
+	exposuresLost                 metric.Int64Counter
+	lostQueueFull, lostStoreError metric.MeasurementOption
 	statusAttrs   map[statusReason]metric.MeasurementOption
 	verdictAttrs  map[[2]string]metric.MeasurementOption
 }
@@ -86,6 +89,12 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	in.recvWaiting.Add(context.Background(), 0)
+	if in.exposuresLost, err = m.Int64Counter("nudge.exposures.lost",
+		metric.WithDescription("Control exposures of decisions not recorded, by reason (queue_full: decision.exposure_queue was full; store_error: the write failed): the campaign reports undercount their control groups by as much.")); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	in.lostQueueFull = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "queue_full")))
+	in.lostStoreError = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "store_error")))
 	if in.journeySteps, err = m.Int64Counter("nudge.journey.steps",
 		metric.WithDescription("Trigger actions and journey steps judged, by trigger (or step) id, outcome (scheduled, cancelled, fired, deferred, dropped) and the reason of a drop.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)

@@ -164,6 +164,16 @@ type Config struct {
 	// too_many_pings). Default 10s (grpc-go's clients ping no more than
 	// that unless told to).
 	KeepaliveMinTime time.Duration
+	// Measures records the exposures decisions make and reads the
+	// campaign counters (reports, the offers' sampler, the campaign
+	// metrics); RunMeasures does the background part. Default: none
+	// (reports answer UNIMPLEMENTED, thompson offers win in file order,
+	// decisions' control exposures are not recorded).
+	Measures MeasureStore
+	// ExposureQueue bounds the decisions' control exposures waiting to be
+	// written by RunMeasures; past it they are lost and counted
+	// (nudge.exposures.lost). Default 10,000.
+	ExposureQueue int
 	// StreamIdle ends an ingest stream that has sent no batch for this
 	// long and has none in work, with UNAVAILABLE (the Go publisher opens
 	// a new one when it next publishes). Default 10m.
@@ -194,6 +204,7 @@ func DefaultConfig() Config {
 		KeepaliveTimeout:     20 * time.Second,
 		KeepaliveMinTime:     10 * time.Second,
 		StreamIdle:           10 * time.Minute,
+		ExposureQueue:        10000,
 	}
 }
 
@@ -220,6 +231,7 @@ func (c Config) withDefaults() Config {
 	positive(&c.KeepaliveTimeout, d.KeepaliveTimeout)
 	positive(&c.KeepaliveMinTime, d.KeepaliveMinTime)
 	positive(&c.StreamIdle, d.StreamIdle)
+	positive(&c.ExposureQueue, d.ExposureQueue)
 	// A bound below one batch would refuse every batch.
 	c.MaxRecvBytesInFlight = max(c.MaxRecvBytesInFlight, 2*c.MaxRecvMsgBytes)
 	if c.Now == nil {
@@ -268,6 +280,8 @@ type Server struct {
 	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
 	recv         *semaphore.Weighted // batch requests being received, see Config.MaxRecvBytesInFlight
 
+	meas *measurement // measure.go
+
 	drainOnce sync.Once
 	draining  chan struct{}
 }
@@ -291,7 +305,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 	for _, p := range tokens {
 		p.recv = semaphore.NewWeighted(int64(cfg.MaxRecvBytesInFlight) / 2)
 	}
-	return &Server{
+	s := &Server{
 		ingest:       store,
 		decisions:    store,
 		profiles:     store,
@@ -307,8 +321,16 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		defaultRead:  readShare(cfg.DefaultBudget),
 		admit:        semaphore.NewWeighted(int64(cfg.MaxInFlightEvents)),
 		recv:         semaphore.NewWeighted(int64(cfg.MaxRecvBytesInFlight)),
+		meas:         newMeasurement(cfg.ExposureQueue),
 		draining:     make(chan struct{}),
-	}, nil
+	}
+	s.meas.running.Store(cfg.Measures != nil)
+	if cfg.Meter != nil {
+		if err := s.registerCampaignMetrics(cfg.Meter); err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // serviceNames are reported SERVING by the health service.

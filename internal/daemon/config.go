@@ -48,6 +48,8 @@ type Config struct {
 	Decision DecisionConfig `yaml:"decision"`
 	Delivery DeliveryConfig `yaml:"delivery"`
 	Timers   TimersConfig   `yaml:"timers"`
+	// Measurement paces campaign measurement (server.MeasureConfig).
+	Measurement MeasurementConfig `yaml:"measurement"`
 	Limits   LimitsConfig   `yaml:"limits"`
 	TLS      TLSConfig      `yaml:"tls"`
 	Auth     AuthConfig     `yaml:"auth"`
@@ -235,6 +237,17 @@ type TimersConfig struct {
 	Batch int `yaml:"batch"`
 }
 
+// MeasurementConfig paces campaign measurement (server.MeasureConfig).
+type MeasurementConfig struct {
+	// Refresh is how often the campaign counters are read for the offers
+	// that compete by Thompson sampling and for the campaign metrics: how
+	// far behind they may be. Default 5s.
+	Refresh time.Duration `yaml:"refresh"`
+	// ExposureQueue bounds the decisions' control exposures waiting to be
+	// written; past it they are lost and counted. Default 10000.
+	ExposureQueue int `yaml:"exposure_queue"`
+}
+
 // LimitsConfig bounds what one caller can make the server hold.
 type LimitsConfig struct {
 	// MaxMessageBytes is the largest request message accepted; larger ones
@@ -408,7 +421,8 @@ func Defaults() Config {
 			TrimInterval:      time.Minute,
 			GroupIdle:         dlv.GroupIdle,
 		},
-		Timers: TimersConfig{Poll: 100 * time.Millisecond, Batch: 2000},
+		Timers:      TimersConfig{Poll: 100 * time.Millisecond, Batch: 2000},
+		Measurement: MeasurementConfig{Refresh: 5 * time.Second, ExposureQueue: srv.ExposureQueue},
 		Limits: LimitsConfig{
 			MaxMessageBytes:   srv.MaxRecvMsgBytes,
 			MaxInFlight:       srv.MaxInFlight,
@@ -508,6 +522,8 @@ func (c *Config) settings() []setting {
 		{"profile.max_sends", "profile-max-sends", "most message_sent records kept per user", integer(&c.Profile.MaxSends)},
 		{"profile.max_purchase_categories", "profile-max-purchase-categories", "most categories whose last purchase is kept per user", integer(&c.Profile.MaxPurchaseCategories)},
 		{"profile.max_timers", "profile-max-timers", "most pending journey steps and deferred actions per user", integer(&c.Profile.MaxTimers)},
+		{"profile.max_exposures", "profile-max-exposures", "most open attribution windows (campaigns exposed to) per user", integer(&c.Profile.MaxExposures)},
+		{"profile.max_conversions", "profile-max-conversions", "most recent conversion events kept per user for exposures recorded after them", integer(&c.Profile.MaxConversions)},
 		{"redis.tls.enabled", "redis-tls", "connect to Redis with TLS", boolean(&c.Redis.TLS.Enabled)},
 		{"redis.tls.ca_file", "redis-tls-ca-file", "CA bundle verifying Redis (default: system roots)", str(&c.Redis.TLS.CAFile)},
 		{"redis.tls.cert_file", "redis-tls-cert-file", "client certificate for Redis", str(&c.Redis.TLS.CertFile)},
@@ -543,6 +559,9 @@ func (c *Config) settings() []setting {
 
 		{"timers.poll", "timers-poll", "time between two polls of the due journey steps when the last found nothing more", duration(&c.Timers.Poll)},
 		{"timers.batch", "timers-batch", "most users whose due timers one poll fires", integer(&c.Timers.Batch)},
+
+		{"measurement.refresh", "measurement-refresh", "how often the campaign counters are read for thompson offers and the campaign metrics", duration(&c.Measurement.Refresh)},
+		{"measurement.exposure_queue", "exposure-queue", "decisions' control exposures waiting to be written before they are lost (and counted)", integer(&c.Measurement.ExposureQueue)},
 
 		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},
 		{"limits.max_in_flight", "max-in-flight", "batches of one ingest stream processed at once", integer(&c.Limits.MaxInFlight)},
@@ -817,7 +836,7 @@ func (c ProfileConfig) validate() error {
 	for _, n := range []struct {
 		key string
 		v   int
-	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}, {"max_timers", c.MaxTimers}} {
+	}{{"dedup_max", c.DedupMax}, {"max_series", c.MaxSeries}, {"max_fired", c.MaxFired}, {"max_sends", c.MaxSends}, {"max_purchase_categories", c.MaxPurchaseCategories}, {"max_timers", c.MaxTimers}, {"max_exposures", c.MaxExposures}, {"max_conversions", c.MaxConversions}} {
 		if n.v < 0 {
 			return fmt.Errorf("profile.%s: %d is negative", n.key, n.v)
 		}

@@ -362,6 +362,8 @@ profile:
   max_sends: 12
   max_purchase_categories: 13
   max_timers: 14
+  max_exposures: 15
+  max_conversions: 16
 redis:
   max_attempts: 5
   max_error_retries: -1
@@ -388,11 +390,11 @@ redis:
 	if !reflect.DeepEqual(gotStore, wantStore) {
 		t.Errorf("store options %+v\nwant %+v", gotStore, wantStore)
 	}
-	gotLimits := c.serverConfig(nil, nil, nil, nil).Limits
+	gotLimits := c.serverConfig(nil, nil, nil, nil, nil).Limits
 	wantLimits := profile.Limits{
 		Retention: 48 * time.Hour, MaxFuture: time.Minute, DedupWindow: 36 * time.Hour, DedupMax: 100, MaxSeries: 10,
 		FiredRetention: time.Hour, MaxFired: 11, SendRetention: 2 * time.Hour, MaxSends: 12, MaxPurchaseCategories: 13,
-		MaxTimers: 14,
+		MaxTimers: 14, MaxExposures: 15, MaxConversions: 16,
 	}
 	if gotLimits != wantLimits {
 		t.Errorf("profile limits %+v\nwant %+v", gotLimits, wantLimits)
@@ -402,7 +404,7 @@ redis:
 	if o := d.storeOptions(0, nil); o.TTL != redisstore.DefaultOptions().TTL || o.Shards != redisstore.DefaultOptions().Shards {
 		t.Errorf("default store options %+v, want the store's defaults", o)
 	}
-	if l := d.serverConfig(nil, nil, nil, nil).Limits; l != profile.DefaultLimits() {
+	if l := d.serverConfig(nil, nil, nil, nil, nil).Limits; l != profile.DefaultLimits() {
 		t.Errorf("default limits %+v, want profile.DefaultLimits()", l)
 	}
 }

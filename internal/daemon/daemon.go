@@ -129,7 +129,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	srv, err := server.New(store, rules, cfg.serverConfig(tokens, outbox, auditLog, metrics.meter))
+	srv, err := server.New(store, rules, cfg.serverConfig(tokens, outbox, auditLog, metrics.meter, store))
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, rulesMetrics, log); return nil })
 	parts.add("timers", func(ctx context.Context) error {
 		return srv.RunTimers(ctx, store, server.TimerConfig{Poll: cfg.Timers.Poll, Batch: cfg.Timers.Batch})
+	})
+	parts.add("measurement", func(ctx context.Context) error {
+		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh})
 	})
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
 	parts.add("SIGHUP", rl.onSIGHUP)
@@ -202,7 +205,7 @@ func (c Config) storeOptions(waitReplicas int, tp trace.TracerProvider) redissto
 
 // serverConfig is the gRPC server's configuration from c (zero fields: the
 // server's defaults).
-func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, auditLog *audit.Log, meter metric.Meter) server.Config {
+func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, auditLog *audit.Log, meter metric.Meter, measures server.MeasureStore) server.Config {
 	return server.Config{
 		Limits:            c.Profile.Limits,
 		Outbox:            outbox,
@@ -230,6 +233,9 @@ func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, aud
 		Logger:     c.Logger,
 		Meter:      meter,
 		Audit:      auditLog,
+
+		Measures:      measures,
+		ExposureQueue: c.Measurement.ExposureQueue,
 	}
 }
 

@@ -505,6 +505,346 @@ func (x *DeleteGroupResponse) GetStreams() uint32 {
 	return 0
 }
 
+// GetCampaignReportRequest names the campaign.
+type GetCampaignReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of a trigger, journey step or offer.
+	CampaignId    string `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCampaignReportRequest) Reset() {
+	*x = GetCampaignReportRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCampaignReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCampaignReportRequest) ProtoMessage() {}
+
+func (x *GetCampaignReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCampaignReportRequest.ProtoReflect.Descriptor instead.
+func (*GetCampaignReportRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetCampaignReportRequest) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+// GetCampaignReportResponse is a campaign's report. The statistics are
+// absent when the counts do not define them (no control users, or for
+// the lift no control conversions).
+type GetCampaignReportResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	// Users exposed to the campaign and given its action or offer.
+	Treated *VariantCounts `protobuf:"bytes,2,opt,name=treated,proto3" json:"treated,omitempty"`
+	// Users exposed to the campaign and held out (its ab.control share).
+	Control *VariantCounts `protobuf:"bytes,3,opt,name=control,proto3" json:"control,omitempty"`
+	// Treated conversion rate minus control conversion rate.
+	Uplift *float64 `protobuf:"fixed64,4,opt,name=uplift,proto3,oneof" json:"uplift,omitempty"`
+	// Uplift relative to the control rate: treated rate / control rate - 1.
+	Lift *float64 `protobuf:"fixed64,5,opt,name=lift,proto3,oneof" json:"lift,omitempty"`
+	// The 95% confidence interval of the lift (log relative risk, Katz).
+	LiftCiLow  *float64 `protobuf:"fixed64,6,opt,name=lift_ci_low,json=liftCiLow,proto3,oneof" json:"lift_ci_low,omitempty"`
+	LiftCiHigh *float64 `protobuf:"fixed64,7,opt,name=lift_ci_high,json=liftCiHigh,proto3,oneof" json:"lift_ci_high,omitempty"`
+	// Two-sided p-value of the difference of the rates (pooled
+	// two-proportion z-test).
+	PValue *float64 `protobuf:"fixed64,8,opt,name=p_value,json=pValue,proto3,oneof" json:"p_value,omitempty"`
+	// trigger, step or offer; empty for a campaign no longer in the rules.
+	Kind string `protobuf:"bytes,9,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The share of users the rules hold out (ab.control; for a step, its
+	// journey's trigger's); 0 without a control group.
+	ControlShare float64 `protobuf:"fixed64,10,opt,name=control_share,json=controlShare,proto3" json:"control_share,omitempty"`
+	// The offer competes by Thompson sampling (select: thompson).
+	Thompson      bool `protobuf:"varint,11,opt,name=thompson,proto3" json:"thompson,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCampaignReportResponse) Reset() {
+	*x = GetCampaignReportResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCampaignReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCampaignReportResponse) ProtoMessage() {}
+
+func (x *GetCampaignReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCampaignReportResponse.ProtoReflect.Descriptor instead.
+func (*GetCampaignReportResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetCampaignReportResponse) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *GetCampaignReportResponse) GetTreated() *VariantCounts {
+	if x != nil {
+		return x.Treated
+	}
+	return nil
+}
+
+func (x *GetCampaignReportResponse) GetControl() *VariantCounts {
+	if x != nil {
+		return x.Control
+	}
+	return nil
+}
+
+func (x *GetCampaignReportResponse) GetUplift() float64 {
+	if x != nil && x.Uplift != nil {
+		return *x.Uplift
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetLift() float64 {
+	if x != nil && x.Lift != nil {
+		return *x.Lift
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetLiftCiLow() float64 {
+	if x != nil && x.LiftCiLow != nil {
+		return *x.LiftCiLow
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetLiftCiHigh() float64 {
+	if x != nil && x.LiftCiHigh != nil {
+		return *x.LiftCiHigh
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetPValue() float64 {
+	if x != nil && x.PValue != nil {
+		return *x.PValue
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *GetCampaignReportResponse) GetControlShare() float64 {
+	if x != nil {
+		return x.ControlShare
+	}
+	return 0
+}
+
+func (x *GetCampaignReportResponse) GetThompson() bool {
+	if x != nil {
+		return x.Thompson
+	}
+	return false
+}
+
+// VariantCounts are one variant's counts.
+type VariantCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Users exposed (each once per attribution window).
+	ExposedUsers uint64 `protobuf:"varint,1,opt,name=exposed_users,json=exposedUsers,proto3" json:"exposed_users,omitempty"`
+	// Users who converted within their window (each at most once).
+	ConvertedUsers uint64 `protobuf:"varint,2,opt,name=converted_users,json=convertedUsers,proto3" json:"converted_users,omitempty"`
+	// Value of the conversions attributed (conversion.value).
+	ConversionValue float64 `protobuf:"fixed64,3,opt,name=conversion_value,json=conversionValue,proto3" json:"conversion_value,omitempty"`
+	// converted_users / exposed_users; 0 when nobody was exposed.
+	ConversionRate float64 `protobuf:"fixed64,4,opt,name=conversion_rate,json=conversionRate,proto3" json:"conversion_rate,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VariantCounts) Reset() {
+	*x = VariantCounts{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VariantCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VariantCounts) ProtoMessage() {}
+
+func (x *VariantCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VariantCounts.ProtoReflect.Descriptor instead.
+func (*VariantCounts) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *VariantCounts) GetExposedUsers() uint64 {
+	if x != nil {
+		return x.ExposedUsers
+	}
+	return 0
+}
+
+func (x *VariantCounts) GetConvertedUsers() uint64 {
+	if x != nil {
+		return x.ConvertedUsers
+	}
+	return 0
+}
+
+func (x *VariantCounts) GetConversionValue() float64 {
+	if x != nil {
+		return x.ConversionValue
+	}
+	return 0
+}
+
+func (x *VariantCounts) GetConversionRate() float64 {
+	if x != nil {
+		return x.ConversionRate
+	}
+	return 0
+}
+
+// ListCampaignReportsRequest is empty.
+type ListCampaignReportsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCampaignReportsRequest) Reset() {
+	*x = ListCampaignReportsRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCampaignReportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCampaignReportsRequest) ProtoMessage() {}
+
+func (x *ListCampaignReportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCampaignReportsRequest.ProtoReflect.Descriptor instead.
+func (*ListCampaignReportsRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+// ListCampaignReportsResponse has a report per campaign of the rules in
+// force.
+type ListCampaignReportsResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Reports       []*GetCampaignReportResponse `protobuf:"bytes,1,rep,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCampaignReportsResponse) Reset() {
+	*x = ListCampaignReportsResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCampaignReportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCampaignReportsResponse) ProtoMessage() {}
+
+func (x *ListCampaignReportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCampaignReportsResponse.ProtoReflect.Descriptor instead.
+func (*ListCampaignReportsResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListCampaignReportsResponse) GetReports() []*GetCampaignReportResponse {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
 var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
@@ -538,12 +878,46 @@ const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\x12DeleteGroupRequest\x128\n" +
 	"\x05group\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a\x18@2\x16^[a-z0-9][a-z0-9_.-]*$R\x05group\"/\n" +
 	"\x13DeleteGroupResponse\x12\x18\n" +
-	"\astreams\x18\x01 \x01(\rR\astreams2\xe6\x01\n" +
+	"\astreams\x18\x01 \x01(\rR\astreams\"_\n" +
+	"\x18GetCampaignReportRequest\x12C\n" +
+	"\vcampaign_id\x18\x01 \x01(\tB\"\xbaH\x1f\xc8\x01\x01r\x1a\x18@2\x16^[a-z0-9][a-z0-9_.-]*$R\n" +
+	"campaignId\"\xd8\x03\n" +
+	"\x19GetCampaignReportResponse\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x121\n" +
+	"\atreated\x18\x02 \x01(\v2\x17.nudge.v1.VariantCountsR\atreated\x121\n" +
+	"\acontrol\x18\x03 \x01(\v2\x17.nudge.v1.VariantCountsR\acontrol\x12\x1b\n" +
+	"\x06uplift\x18\x04 \x01(\x01H\x00R\x06uplift\x88\x01\x01\x12\x17\n" +
+	"\x04lift\x18\x05 \x01(\x01H\x01R\x04lift\x88\x01\x01\x12#\n" +
+	"\vlift_ci_low\x18\x06 \x01(\x01H\x02R\tliftCiLow\x88\x01\x01\x12%\n" +
+	"\flift_ci_high\x18\a \x01(\x01H\x03R\n" +
+	"liftCiHigh\x88\x01\x01\x12\x1c\n" +
+	"\ap_value\x18\b \x01(\x01H\x04R\x06pValue\x88\x01\x01\x12\x12\n" +
+	"\x04kind\x18\t \x01(\tR\x04kind\x12#\n" +
+	"\rcontrol_share\x18\n" +
+	" \x01(\x01R\fcontrolShare\x12\x1a\n" +
+	"\bthompson\x18\v \x01(\bR\bthompsonB\t\n" +
+	"\a_upliftB\a\n" +
+	"\x05_liftB\x0e\n" +
+	"\f_lift_ci_lowB\x0f\n" +
+	"\r_lift_ci_highB\n" +
+	"\n" +
+	"\b_p_value\"\xb1\x01\n" +
+	"\rVariantCounts\x12#\n" +
+	"\rexposed_users\x18\x01 \x01(\x04R\fexposedUsers\x12'\n" +
+	"\x0fconverted_users\x18\x02 \x01(\x04R\x0econvertedUsers\x12)\n" +
+	"\x10conversion_value\x18\x03 \x01(\x01R\x0fconversionValue\x12'\n" +
+	"\x0fconversion_rate\x18\x04 \x01(\x01R\x0econversionRate\"\x1c\n" +
+	"\x1aListCampaignReportsRequest\"\\\n" +
+	"\x1bListCampaignReportsResponse\x12=\n" +
+	"\areports\x18\x01 \x03(\v2#.nudge.v1.GetCampaignReportResponseR\areports2\xa8\x03\n" +
 	"\fAdminService\x12A\n" +
 	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponse\x12G\n" +
 	"\n" +
 	"ListGroups\x12\x1b.nudge.v1.ListGroupsRequest\x1a\x1c.nudge.v1.ListGroupsResponse\x12J\n" +
-	"\vDeleteGroup\x12\x1c.nudge.v1.DeleteGroupRequest\x1a\x1d.nudge.v1.DeleteGroupResponseB\x8d\x01\n" +
+	"\vDeleteGroup\x12\x1c.nudge.v1.DeleteGroupRequest\x1a\x1d.nudge.v1.DeleteGroupResponse\x12\\\n" +
+	"\x11GetCampaignReport\x12\".nudge.v1.GetCampaignReportRequest\x1a#.nudge.v1.GetCampaignReportResponse\x12b\n" +
+	"\x13ListCampaignReports\x12$.nudge.v1.ListCampaignReportsRequest\x1a%.nudge.v1.ListCampaignReportsResponseB\x8d\x01\n" +
 	"\fcom.nudge.v1B\n" +
 	"AdminProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
@@ -559,37 +933,49 @@ func file_nudge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_admin_proto_rawDescData
 }
 
-var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_nudge_v1_admin_proto_goTypes = []any{
-	(*GetRulesRequest)(nil),       // 0: nudge.v1.GetRulesRequest
-	(*GetRulesResponse)(nil),      // 1: nudge.v1.GetRulesResponse
-	(*RulesRefusal)(nil),          // 2: nudge.v1.RulesRefusal
-	(*ListGroupsRequest)(nil),     // 3: nudge.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),    // 4: nudge.v1.ListGroupsResponse
-	(*ConsumerGroup)(nil),         // 5: nudge.v1.ConsumerGroup
-	(*DeleteGroupRequest)(nil),    // 6: nudge.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),   // 7: nudge.v1.DeleteGroupResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*GetRulesRequest)(nil),             // 0: nudge.v1.GetRulesRequest
+	(*GetRulesResponse)(nil),            // 1: nudge.v1.GetRulesResponse
+	(*RulesRefusal)(nil),                // 2: nudge.v1.RulesRefusal
+	(*ListGroupsRequest)(nil),           // 3: nudge.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),          // 4: nudge.v1.ListGroupsResponse
+	(*ConsumerGroup)(nil),               // 5: nudge.v1.ConsumerGroup
+	(*DeleteGroupRequest)(nil),          // 6: nudge.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),         // 7: nudge.v1.DeleteGroupResponse
+	(*GetCampaignReportRequest)(nil),    // 8: nudge.v1.GetCampaignReportRequest
+	(*GetCampaignReportResponse)(nil),   // 9: nudge.v1.GetCampaignReportResponse
+	(*VariantCounts)(nil),               // 10: nudge.v1.VariantCounts
+	(*ListCampaignReportsRequest)(nil),  // 11: nudge.v1.ListCampaignReportsRequest
+	(*ListCampaignReportsResponse)(nil), // 12: nudge.v1.ListCampaignReportsResponse
+	(*timestamppb.Timestamp)(nil),       // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 14: google.protobuf.Duration
 }
 var file_nudge_v1_admin_proto_depIdxs = []int32{
-	8, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
-	2, // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
-	8, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
-	5, // 3: nudge.v1.ListGroupsResponse.groups:type_name -> nudge.v1.ConsumerGroup
-	8, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
-	9, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
-	0, // 6: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
-	3, // 7: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
-	6, // 8: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
-	1, // 9: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
-	4, // 10: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
-	7, // 11: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	13, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	2,  // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
+	13, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
+	5,  // 3: nudge.v1.ListGroupsResponse.groups:type_name -> nudge.v1.ConsumerGroup
+	13, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
+	14, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
+	10, // 6: nudge.v1.GetCampaignReportResponse.treated:type_name -> nudge.v1.VariantCounts
+	10, // 7: nudge.v1.GetCampaignReportResponse.control:type_name -> nudge.v1.VariantCounts
+	9,  // 8: nudge.v1.ListCampaignReportsResponse.reports:type_name -> nudge.v1.GetCampaignReportResponse
+	0,  // 9: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
+	3,  // 10: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
+	6,  // 11: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
+	8,  // 12: nudge.v1.AdminService.GetCampaignReport:input_type -> nudge.v1.GetCampaignReportRequest
+	11, // 13: nudge.v1.AdminService.ListCampaignReports:input_type -> nudge.v1.ListCampaignReportsRequest
+	1,  // 14: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
+	4,  // 15: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
+	7,  // 16: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
+	9,  // 17: nudge.v1.AdminService.GetCampaignReport:output_type -> nudge.v1.GetCampaignReportResponse
+	12, // 18: nudge.v1.AdminService.ListCampaignReports:output_type -> nudge.v1.ListCampaignReportsResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_admin_proto_init() }
@@ -597,13 +983,14 @@ func file_nudge_v1_admin_proto_init() {
 	if File_nudge_v1_admin_proto != nil {
 		return
 	}
+	file_nudge_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_admin_proto_rawDesc), len(file_nudge_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetRules_FullMethodName    = "/nudge.v1.AdminService/GetRules"
-	AdminService_ListGroups_FullMethodName  = "/nudge.v1.AdminService/ListGroups"
-	AdminService_DeleteGroup_FullMethodName = "/nudge.v1.AdminService/DeleteGroup"
+	AdminService_GetRules_FullMethodName            = "/nudge.v1.AdminService/GetRules"
+	AdminService_ListGroups_FullMethodName          = "/nudge.v1.AdminService/ListGroups"
+	AdminService_DeleteGroup_FullMethodName         = "/nudge.v1.AdminService/DeleteGroup"
+	AdminService_GetCampaignReport_FullMethodName   = "/nudge.v1.AdminService/GetCampaignReport"
+	AdminService_ListCampaignReports_FullMethodName = "/nudge.v1.AdminService/ListCampaignReports"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -42,6 +44,18 @@ type AdminServiceClient interface {
 	// first: a member still subscribed creates the group again at its next
 	// read, from the oldest action kept.
 	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
+	// GetCampaignReport measures one campaign (a trigger, journey step or
+	// offer, by id): its treated and control users exposed and converted,
+	// exactly, summed over every bucket when asked, and the uplift and
+	// lift of the treated over the control group with their statistics
+	// (docs/rules.md, "Measuring campaigns"). NOT_FOUND for an id that is
+	// not a campaign of the rules in force and has no counts.
+	// UNIMPLEMENTED on a server without measurement.
+	GetCampaignReport(ctx context.Context, in *GetCampaignReportRequest, opts ...grpc.CallOption) (*GetCampaignReportResponse, error)
+	// ListCampaignReports reports every campaign of the rules in force, in
+	// the order of the rules file (triggers, each followed by its journey's
+	// steps, then offers), in one read of the counters.
+	ListCampaignReports(ctx context.Context, in *ListCampaignReportsRequest, opts ...grpc.CallOption) (*ListCampaignReportsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -82,6 +96,26 @@ func (c *adminServiceClient) DeleteGroup(ctx context.Context, in *DeleteGroupReq
 	return out, nil
 }
 
+func (c *adminServiceClient) GetCampaignReport(ctx context.Context, in *GetCampaignReportRequest, opts ...grpc.CallOption) (*GetCampaignReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCampaignReportResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetCampaignReport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListCampaignReports(ctx context.Context, in *ListCampaignReportsRequest, opts ...grpc.CallOption) (*ListCampaignReportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCampaignReportsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListCampaignReports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -100,6 +134,18 @@ type AdminServiceServer interface {
 	// first: a member still subscribed creates the group again at its next
 	// read, from the oldest action kept.
 	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
+	// GetCampaignReport measures one campaign (a trigger, journey step or
+	// offer, by id): its treated and control users exposed and converted,
+	// exactly, summed over every bucket when asked, and the uplift and
+	// lift of the treated over the control group with their statistics
+	// (docs/rules.md, "Measuring campaigns"). NOT_FOUND for an id that is
+	// not a campaign of the rules in force and has no counts.
+	// UNIMPLEMENTED on a server without measurement.
+	GetCampaignReport(context.Context, *GetCampaignReportRequest) (*GetCampaignReportResponse, error)
+	// ListCampaignReports reports every campaign of the rules in force, in
+	// the order of the rules file (triggers, each followed by its journey's
+	// steps, then offers), in one read of the counters.
+	ListCampaignReports(context.Context, *ListCampaignReportsRequest) (*ListCampaignReportsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -118,6 +164,12 @@ func (UnimplementedAdminServiceServer) ListGroups(context.Context, *ListGroupsRe
 }
 func (UnimplementedAdminServiceServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) GetCampaignReport(context.Context, *GetCampaignReportRequest) (*GetCampaignReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCampaignReport not implemented")
+}
+func (UnimplementedAdminServiceServer) ListCampaignReports(context.Context, *ListCampaignReportsRequest) (*ListCampaignReportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCampaignReports not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -194,6 +246,42 @@ func _AdminService_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetCampaignReport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCampaignReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetCampaignReport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetCampaignReport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetCampaignReport(ctx, req.(*GetCampaignReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListCampaignReports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCampaignReportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListCampaignReports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListCampaignReports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListCampaignReports(ctx, req.(*ListCampaignReportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +300,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteGroup",
 			Handler:    _AdminService_DeleteGroup_Handler,
+		},
+		{
+			MethodName: "GetCampaignReport",
+			Handler:    _AdminService_GetCampaignReport_Handler,
+		},
+		{
+			MethodName: "ListCampaignReports",
+			Handler:    _AdminService_ListCampaignReports_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

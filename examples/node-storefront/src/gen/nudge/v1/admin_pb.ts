@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/admin.proto.
  */
 export const file_nudge_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDTLmAQoMQWRtaW5TZXJ2aWNlEkEKCEdldFJ1bGVzEhkubnVkZ2UudjEuR2V0UnVsZXNSZXF1ZXN0GhoubnVkZ2UudjEuR2V0UnVsZXNSZXNwb25zZRJHCgpMaXN0R3JvdXBzEhsubnVkZ2UudjEuTGlzdEdyb3Vwc1JlcXVlc3QaHC5udWRnZS52MS5MaXN0R3JvdXBzUmVzcG9uc2USSgoLRGVsZXRlR3JvdXASHC5udWRnZS52MS5EZWxldGVHcm91cFJlcXVlc3QaHS5udWRnZS52MS5EZWxldGVHcm91cFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDSJTChhHZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QSNwoLY2FtcGFpZ25faWQYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQi7wIKGUdldENhbXBhaWduUmVwb3J0UmVzcG9uc2USEwoLY2FtcGFpZ25faWQYASABKAkSKAoHdHJlYXRlZBgCIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSKAoHY29udHJvbBgDIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSEwoGdXBsaWZ0GAQgASgBSACIAQESEQoEbGlmdBgFIAEoAUgBiAEBEhgKC2xpZnRfY2lfbG93GAYgASgBSAKIAQESGQoMbGlmdF9jaV9oaWdoGAcgASgBSAOIAQESFAoHcF92YWx1ZRgIIAEoAUgEiAEBEgwKBGtpbmQYCSABKAkSFQoNY29udHJvbF9zaGFyZRgKIAEoARIQCgh0aG9tcHNvbhgLIAEoCEIJCgdfdXBsaWZ0QgcKBV9saWZ0Qg4KDF9saWZ0X2NpX2xvd0IPCg1fbGlmdF9jaV9oaWdoQgoKCF9wX3ZhbHVlInIKDVZhcmlhbnRDb3VudHMSFQoNZXhwb3NlZF91c2VycxgBIAEoBBIXCg9jb252ZXJ0ZWRfdXNlcnMYAiABKAQSGAoQY29udmVyc2lvbl92YWx1ZRgDIAEoARIXCg9jb252ZXJzaW9uX3JhdGUYBCABKAEiHAoaTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QiUwobTGlzdENhbXBhaWduUmVwb3J0c1Jlc3BvbnNlEjQKB3JlcG9ydHMYASADKAsyIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlMqgDCgxBZG1pblNlcnZpY2USQQoIR2V0UnVsZXMSGS5udWRnZS52MS5HZXRSdWxlc1JlcXVlc3QaGi5udWRnZS52MS5HZXRSdWxlc1Jlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5udWRnZS52MS5MaXN0R3JvdXBzUmVxdWVzdBocLm51ZGdlLnYxLkxpc3RHcm91cHNSZXNwb25zZRJKCgtEZWxldGVHcm91cBIcLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBodLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVzcG9uc2USXAoRR2V0Q2FtcGFpZ25SZXBvcnQSIi5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QaIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlEmIKE0xpc3RDYW1wYWlnblJlcG9ydHMSJC5udWRnZS52MS5MaXN0Q2FtcGFpZ25SZXBvcnRzUmVxdWVzdBolLm51ZGdlLnYxLkxpc3RDYW1wYWlnblJlcG9ydHNSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetRulesRequest is empty.
@@ -269,6 +269,195 @@ export const DeleteGroupResponseSchema: GenMessage<DeleteGroupResponse> = /*@__P
   messageDesc(file_nudge_v1_admin, 7);
 
 /**
+ * GetCampaignReportRequest names the campaign.
+ *
+ * @generated from message nudge.v1.GetCampaignReportRequest
+ */
+export type GetCampaignReportRequest = Message<"nudge.v1.GetCampaignReportRequest"> & {
+  /**
+   * The id of a trigger, journey step or offer.
+   *
+   * @generated from field: string campaign_id = 1;
+   */
+  campaignId: string;
+};
+
+/**
+ * Describes the message nudge.v1.GetCampaignReportRequest.
+ * Use `create(GetCampaignReportRequestSchema)` to create a new message.
+ */
+export const GetCampaignReportRequestSchema: GenMessage<GetCampaignReportRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 8);
+
+/**
+ * GetCampaignReportResponse is a campaign's report. The statistics are
+ * absent when the counts do not define them (no control users, or for
+ * the lift no control conversions).
+ *
+ * @generated from message nudge.v1.GetCampaignReportResponse
+ */
+export type GetCampaignReportResponse = Message<"nudge.v1.GetCampaignReportResponse"> & {
+  /**
+   * @generated from field: string campaign_id = 1;
+   */
+  campaignId: string;
+
+  /**
+   * Users exposed to the campaign and given its action or offer.
+   *
+   * @generated from field: nudge.v1.VariantCounts treated = 2;
+   */
+  treated?: VariantCounts | undefined;
+
+  /**
+   * Users exposed to the campaign and held out (its ab.control share).
+   *
+   * @generated from field: nudge.v1.VariantCounts control = 3;
+   */
+  control?: VariantCounts | undefined;
+
+  /**
+   * Treated conversion rate minus control conversion rate.
+   *
+   * @generated from field: optional double uplift = 4;
+   */
+  uplift?: number | undefined;
+
+  /**
+   * Uplift relative to the control rate: treated rate / control rate - 1.
+   *
+   * @generated from field: optional double lift = 5;
+   */
+  lift?: number | undefined;
+
+  /**
+   * The 95% confidence interval of the lift (log relative risk, Katz).
+   *
+   * @generated from field: optional double lift_ci_low = 6;
+   */
+  liftCiLow?: number | undefined;
+
+  /**
+   * @generated from field: optional double lift_ci_high = 7;
+   */
+  liftCiHigh?: number | undefined;
+
+  /**
+   * Two-sided p-value of the difference of the rates (pooled
+   * two-proportion z-test).
+   *
+   * @generated from field: optional double p_value = 8;
+   */
+  pValue?: number | undefined;
+
+  /**
+   * trigger, step or offer; empty for a campaign no longer in the rules.
+   *
+   * @generated from field: string kind = 9;
+   */
+  kind: string;
+
+  /**
+   * The share of users the rules hold out (ab.control; for a step, its
+   * journey's trigger's); 0 without a control group.
+   *
+   * @generated from field: double control_share = 10;
+   */
+  controlShare: number;
+
+  /**
+   * The offer competes by Thompson sampling (select: thompson).
+   *
+   * @generated from field: bool thompson = 11;
+   */
+  thompson: boolean;
+};
+
+/**
+ * Describes the message nudge.v1.GetCampaignReportResponse.
+ * Use `create(GetCampaignReportResponseSchema)` to create a new message.
+ */
+export const GetCampaignReportResponseSchema: GenMessage<GetCampaignReportResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 9);
+
+/**
+ * VariantCounts are one variant's counts.
+ *
+ * @generated from message nudge.v1.VariantCounts
+ */
+export type VariantCounts = Message<"nudge.v1.VariantCounts"> & {
+  /**
+   * Users exposed (each once per attribution window).
+   *
+   * @generated from field: uint64 exposed_users = 1;
+   */
+  exposedUsers: bigint;
+
+  /**
+   * Users who converted within their window (each at most once).
+   *
+   * @generated from field: uint64 converted_users = 2;
+   */
+  convertedUsers: bigint;
+
+  /**
+   * Value of the conversions attributed (conversion.value).
+   *
+   * @generated from field: double conversion_value = 3;
+   */
+  conversionValue: number;
+
+  /**
+   * converted_users / exposed_users; 0 when nobody was exposed.
+   *
+   * @generated from field: double conversion_rate = 4;
+   */
+  conversionRate: number;
+};
+
+/**
+ * Describes the message nudge.v1.VariantCounts.
+ * Use `create(VariantCountsSchema)` to create a new message.
+ */
+export const VariantCountsSchema: GenMessage<VariantCounts> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 10);
+
+/**
+ * ListCampaignReportsRequest is empty.
+ *
+ * @generated from message nudge.v1.ListCampaignReportsRequest
+ */
+export type ListCampaignReportsRequest = Message<"nudge.v1.ListCampaignReportsRequest"> & {
+};
+
+/**
+ * Describes the message nudge.v1.ListCampaignReportsRequest.
+ * Use `create(ListCampaignReportsRequestSchema)` to create a new message.
+ */
+export const ListCampaignReportsRequestSchema: GenMessage<ListCampaignReportsRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 11);
+
+/**
+ * ListCampaignReportsResponse has a report per campaign of the rules in
+ * force.
+ *
+ * @generated from message nudge.v1.ListCampaignReportsResponse
+ */
+export type ListCampaignReportsResponse = Message<"nudge.v1.ListCampaignReportsResponse"> & {
+  /**
+   * @generated from field: repeated nudge.v1.GetCampaignReportResponse reports = 1;
+   */
+  reports: GetCampaignReportResponse[];
+};
+
+/**
+ * Describes the message nudge.v1.ListCampaignReportsResponse.
+ * Use `create(ListCampaignReportsResponseSchema)` to create a new message.
+ */
+export const ListCampaignReportsResponseSchema: GenMessage<ListCampaignReportsResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 12);
+
+/**
  * AdminService is for operators.
  *
  * @generated from service nudge.v1.AdminService
@@ -309,6 +498,34 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DeleteGroupRequestSchema;
     output: typeof DeleteGroupResponseSchema;
+  },
+  /**
+   * GetCampaignReport measures one campaign (a trigger, journey step or
+   * offer, by id): its treated and control users exposed and converted,
+   * exactly, summed over every bucket when asked, and the uplift and
+   * lift of the treated over the control group with their statistics
+   * (docs/rules.md, "Measuring campaigns"). NOT_FOUND for an id that is
+   * not a campaign of the rules in force and has no counts.
+   * UNIMPLEMENTED on a server without measurement.
+   *
+   * @generated from rpc nudge.v1.AdminService.GetCampaignReport
+   */
+  getCampaignReport: {
+    methodKind: "unary";
+    input: typeof GetCampaignReportRequestSchema;
+    output: typeof GetCampaignReportResponseSchema;
+  },
+  /**
+   * ListCampaignReports reports every campaign of the rules in force, in
+   * the order of the rules file (triggers, each followed by its journey's
+   * steps, then offers), in one read of the counters.
+   *
+   * @generated from rpc nudge.v1.AdminService.ListCampaignReports
+   */
+  listCampaignReports: {
+    methodKind: "unary";
+    input: typeof ListCampaignReportsRequestSchema;
+    output: typeof ListCampaignReportsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nudge_v1_admin, 0);
