@@ -39,8 +39,8 @@ type instruments struct {
 	// Measurement (measure.go).
 	exposuresLost                 metric.Int64Counter
 	lostQueueFull, lostStoreError metric.MeasurementOption
-	statusAttrs   map[statusReason]metric.MeasurementOption
-	verdictAttrs  map[[2]string]metric.MeasurementOption
+	statusAttrs                   map[statusReason]metric.MeasurementOption
+	verdictAttrs                  map[[2]string]metric.MeasurementOption
 }
 
 func newInstruments(m metric.Meter) (*instruments, error) {

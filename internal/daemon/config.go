@@ -50,13 +50,13 @@ type Config struct {
 	Timers   TimersConfig   `yaml:"timers"`
 	// Measurement paces campaign measurement (server.MeasureConfig).
 	Measurement MeasurementConfig `yaml:"measurement"`
-	Limits   LimitsConfig   `yaml:"limits"`
-	TLS      TLSConfig      `yaml:"tls"`
-	Auth     AuthConfig     `yaml:"auth"`
-	Metrics  MetricsConfig  `yaml:"metrics"`
-	Tracing  TracingConfig  `yaml:"tracing"`
-	Log      LogConfig      `yaml:"log"`
-	Runtime  RuntimeConfig  `yaml:"runtime"`
+	Limits      LimitsConfig      `yaml:"limits"`
+	TLS         TLSConfig         `yaml:"tls"`
+	Auth        AuthConfig        `yaml:"auth"`
+	Metrics     MetricsConfig     `yaml:"metrics"`
+	Tracing     TracingConfig     `yaml:"tracing"`
+	Log         LogConfig         `yaml:"log"`
+	Runtime     RuntimeConfig     `yaml:"runtime"`
 
 	// Logger receives the logs. Default: built from Log by Load, else
 	// slog.Default().
