@@ -14,7 +14,7 @@ ARGS ?=
 DEMO_ADDR ?= 127.0.0.1:7071
 DEMO_METRICS ?= 127.0.0.1:9091
 
-.PHONY: all build run demo test ensure-tools bench lint fmt-check vet clean fuzz
+.PHONY: all build run demo test ensure-tools bench bench-shoppers lint fmt-check vet clean fuzz
 
 all: build
 
@@ -44,6 +44,11 @@ test: ensure-tools vet
 # repetition to try it out; BENCH_REPS=N: repetitions (default 3).
 bench: ensure-tools
 	bash scripts/bench.sh
+
+# The shoppers simulator: exact campaign counts, interval coverage,
+# Thompson sampling, and ingest with measurement on and off.
+bench-shoppers:
+	bash scripts/shoppers.sh
 
 vet:
 	$(GO) vet ./...

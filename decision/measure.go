@@ -172,6 +172,9 @@ func InControl(userID, campaignID string, control float64) bool {
 // conversion event converts the open windows (and is kept), and a
 // reported send of an offer exposes a treated user.
 func (j *judge) measure(e *profile.Event) {
+	if !j.r.measuring() {
+		return
+	}
 	cv := j.r.conv()
 	if cv.reaches(e.Type) {
 		value := 0.0
@@ -208,10 +211,18 @@ func (j *judge) userID(e *profile.Event) string {
 
 // expose records an exposure to a campaign at at.
 func (j *judge) expose(campaign string, v profile.Variant, at time.Time) {
+	if !j.r.measuring() {
+		return
+	}
 	if m, ok := j.p.Expose(campaign, v, at, j.r.conv().window); ok {
 		j.out.Measures = append(j.out.Measures, m)
 	}
 }
+
+// measuring reports whether the rules record exposures and
+// conversions (settings.measure, default true). With measurement off,
+// the ab splits still hold users out; nothing is counted.
+func (r *Rules) measuring() bool { return r == nil || !r.noMeasure }
 
 // compactMeasures forgets the windows and conversions nothing can use
 // any more.
@@ -227,8 +238,12 @@ func (j *judge) compactMeasures() {
 func (r *Rules) ExposeControl(limits profile.Limits, offerID string, at time.Time) profile.Step {
 	limits = limits.WithDefaults()
 	window := r.conv().window
+	measuring := r.measuring()
 	return func(p *profile.Profile, _ []profile.Event, now time.Time) profile.Outcome {
 		var out profile.Outcome
+		if !measuring {
+			return out
+		}
 		if m, ok := p.Expose(offerID, profile.Control, at, window); ok {
 			out.Measures = []profile.Measure{m}
 			out.Changed = true

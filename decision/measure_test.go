@@ -442,3 +442,25 @@ func TestBetaSampler(t *testing.T) {
 		}
 	}
 }
+
+// settings.measure: false records nothing, and still holds the control
+// group out.
+func TestMeasureOff(t *testing.T) {
+	r := mustParse(t, strings.Replace(measureRules, "version: 1\n", "version: 1\nsettings: {measure: false}\n", 1))
+	rn := newRunner(t, r)
+	for i := range 100 {
+		u := fmt.Sprintf("u%d", i)
+		rn.apply(t0, ev(u, "v", "view", t0, 0))
+		rn.apply(t0.Add(time.Minute), ev(u, "p", "purchase", t0.Add(time.Second), 1))
+		rn.run(u, t0, r.ExposeControl(profile.Limits{}, "phones-coupon", t0), nil)
+	}
+	if len(rn.tally) != 0 {
+		t.Errorf("measured %v", rn.tally)
+	}
+	if rn.actions == 0 || rn.actions == 100 {
+		t.Errorf("%d actions for 100 users at control 0.5", rn.actions)
+	}
+	if _, err := Parse("rules.yaml", []byte("version: 1\nsettings: {measure: maybe}\n")); err == nil || !strings.Contains(err.Error(), "settings.measure: expected true or false") {
+		t.Errorf("Parse = %v", err)
+	}
+}

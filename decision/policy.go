@@ -74,6 +74,13 @@ func compileSettings(c *collector, raw *rawFile, r *Rules) {
 			r.channelLimit = n
 		}
 	}
+	switch m := raw.measure; {
+	case !m.set || m.val == "true":
+	case m.val == "false":
+		r.noMeasure = true
+	default:
+		c.at(where{}, m.line, "settings.measure", "expected true or false, got %q", m.val)
+	}
 	tz := raw.defaultTZ
 	if !tz.set {
 		return

@@ -48,8 +48,11 @@ type Rules struct {
 	// channelLimit is the most actions one event's triggers send on one
 	// channel (settings.max_actions_per_channel; 0: no limit).
 	channelLimit int
-	// conversion says what counts as a conversion (measure.go).
+	// conversion says what counts as a conversion (measure.go);
+	// noMeasure (settings.measure: false) records no exposure or
+	// conversion.
 	conversion conversion
+	noMeasure  bool
 	// campaigns are the triggers, their steps and the offers, in file
 	// order (triggers first); offerByID finds an offer.
 	campaigns []Campaign

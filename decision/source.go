@@ -35,6 +35,7 @@ type rawFile struct {
 	hasVersion       bool
 	defaultTZ        text
 	channelLimit     text
+	measure          text
 	caps             []rawCap
 	quiet            []rawQuiet
 	purchaseCooldown *rawPurchaseCooldown
@@ -119,7 +120,7 @@ type rawAB struct {
 var (
 	fileFields     = []string{"version", "settings", "policies", "fallbacks", "conversion", "triggers", "offers"}
 	convFields     = []string{"on", "window", "value"}
-	settingsFields = []string{"default_timezone", "max_actions_per_channel"}
+	settingsFields = []string{"default_timezone", "max_actions_per_channel", "measure"}
 	policiesFields = []string{"frequency_caps", "quiet_hours", "purchase_cooldown"}
 	capFields      = []string{"id", "channel", "max", "period"}
 	quietFields    = []string{"id", "channels", "from", "to"}
@@ -367,6 +368,8 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 					f.defaultTZ = c.scalar(v, top, "settings."+key)
 				case "max_actions_per_channel":
 					f.channelLimit = c.scalar(v, top, "settings."+key)
+				case "measure":
+					f.measure = c.scalar(v, top, "settings."+key)
 				}
 			})
 		case "policies":

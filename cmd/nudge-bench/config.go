@@ -60,6 +60,18 @@ type config struct {
 	TimerWait    time.Duration
 	TimerTrigger string
 
+	// Shoppers: which parts, the seeds (campaigns) and users of each, the
+	// true conversion rates, and the learning run.
+	Parts      []string
+	Seeds      int
+	SeedUsers  int
+	PControl   float64
+	PTreated   float64
+	Learn      int
+	LearnTail  int
+	LearnRate  float64
+	LearnRates []float64
+
 	Verify    bool
 	RedisAddr string
 	Buckets   int
@@ -75,7 +87,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, timers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, timers, shoppers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -105,6 +117,15 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.DurationVar(&c.TimerLead, "timer-lead", 15*time.Second, "timers: the first journey is due this long after the start (scheduling must fit in it)")
 	fs.DurationVar(&c.TimerWait, "timer-wait", time.Hour, "timers: the wait of the journey's trigger in nudged's rules")
 	fs.StringVar(&c.TimerTrigger, "timer-trigger", "cart-abandoned", "timers: the journey's trigger id in nudged's rules (on add_to_cart with an item)")
+	parts := fs.String("parts", "measure,learn", "shoppers: measure (exact counts, interval coverage), learn (thompson offers), ingest (the measure part's events alone)")
+	fs.IntVar(&c.Seeds, "seeds", 20, "shoppers: campaigns measured, each with its own users (at most 20, the campaigns of examples/shoppers.yaml)")
+	fs.IntVar(&c.SeedUsers, "seed-users", 20_000, "shoppers: users per campaign, each viewing once")
+	fs.Float64Var(&c.PControl, "p-control", 0.003, "shoppers: true conversion rate of control users")
+	fs.Float64Var(&c.PTreated, "p-treated", 0.021, "shoppers: true conversion rate of treated users")
+	fs.IntVar(&c.Learn, "learn", 20_000, "shoppers: decisions before the learning is judged")
+	fs.IntVar(&c.LearnTail, "learn-tail", 5_000, "shoppers: decisions after --learn over which the best offer's share is judged")
+	fs.Float64Var(&c.LearnRate, "learn-rate", 1000, "shoppers: decisions per second of the learn part")
+	learnRates := fs.String("learn-rates", "0.01,0.02,0.04", "shoppers: true conversion rates of learn-a, learn-b and learn-c")
 	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors; actions: every fired action delivered")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor and peer-watch, and by --verify to read profiles back")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
@@ -115,6 +136,12 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	if fs.NArg() > 0 {
 		return c, usageError{Msg: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
+	c.Parts = strings.Split(*parts, ",")
+	rates, err := parseRates(*learnRates)
+	if err != nil {
+		return c, usageError{Msg: err.Error()}
+	}
+	c.LearnRates = rates
 	if c.Prefix == "" {
 		c.Prefix = "nb" + now.UTC().Format("20060102T150405.000")
 	}
@@ -143,9 +170,17 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "floor", "mixed", "actions", "timers", "peer-watch", "decide,floor":
+	case "ingest", "decide", "floor", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor":
 	default:
-		return bad("--workload %q: want ingest, decide, floor, mixed, actions, timers, peer-watch or decide,floor", w)
+		return bad("--workload %q: want ingest, decide, floor, mixed, actions, timers, shoppers, peer-watch or decide,floor", w)
+	}
+	for _, p := range c.Parts {
+		if p != "measure" && p != "learn" && p != "ingest" {
+			return bad("--parts %q: want measure, learn or ingest, comma separated", p)
+		}
+	}
+	if c.hasPart("measure") && c.hasPart("ingest") {
+		return bad("--parts: measure already sends the ingest part's events")
 	}
 	if _, err := c.Security.Options(); err != nil { // contradictory flags, unreadable files
 		return err
@@ -191,11 +226,18 @@ func (c config) validate() error {
 		return bad("--group must not be empty")
 	case c.Timers < 1 || c.TimerRate <= 0 || c.TimerLead <= 0 || c.TimerWait <= 0:
 		return bad("--timers, --timer-rate, --timer-lead and --timer-wait must be positive")
+	case c.Seeds < 1 || c.Seeds > 20:
+		return bad("--seeds must be within 1..20 (the campaigns of examples/shoppers.yaml)")
+	case c.SeedUsers < 1 || c.Learn < 0 || c.LearnTail < 1 || c.LearnRate <= 0:
+		return bad("--seed-users, --learn-tail and --learn-rate must be positive, --learn not negative")
+	case !(c.PControl > 0 && c.PControl < 1 && c.PTreated >= 0 && c.PTreated <= 1):
+		return bad("--p-control must be in (0, 1) and --p-treated in [0, 1]")
 	}
 	return nil
 }
 
-func (c config) has(w string) bool  { return slices.Contains(c.Workloads, w) }
+func (c config) has(w string) bool     { return slices.Contains(c.Workloads, w) }
+func (c config) hasPart(p string) bool { return slices.Contains(c.Parts, p) }
 func (c config) only(w string) bool { return len(c.Workloads) == 1 && c.Workloads[0] == w }
 
 // userID is the id of user u.

@@ -31,6 +31,8 @@ func TestDefaults(t *testing.T) {
 		Rate: 5000, Concurrency: 16, Duration: 20 * time.Second, Channel: "sms", Rounds: 2, Buckets: 1024,
 		Group: "nudge-bench", Subscribers: 1, ActionEvery: 10, Grace: 5 * time.Second,
 		Timers: 100_000, TimerRate: 10_000, TimerLead: 15 * time.Second, TimerWait: time.Hour, TimerTrigger: "cart-abandoned",
+		Parts: []string{"measure", "learn"}, Seeds: 20, SeedUsers: 20_000, PControl: 0.003, PTreated: 0.021,
+		Learn: 20_000, LearnTail: 5_000, LearnRate: 1000, LearnRates: []float64{0.01, 0.02, 0.04},
 	}
 	if !slices.Equal(c.Workloads, want.Workloads) {
 		t.Errorf("workloads %v", c.Workloads)
@@ -114,6 +116,13 @@ func TestFlagValidation(t *testing.T) {
 		{"zero rounds", []string{"--rounds", "0"}, "--rounds"},
 		{"seed with ingest", []string{"--seed"}, "--seed"},
 		{"positional argument", []string{"extra"}, "unexpected argument"},
+		{"shoppers", []string{"--workload", "shoppers", "--parts", "ingest", "--seeds", "3", "--p-treated", "0"}, ""},
+		{"shoppers unknown part", []string{"--workload", "shoppers", "--parts", "measure,stats"}, "--parts"},
+		{"shoppers measure and ingest", []string{"--workload", "shoppers", "--parts", "measure,ingest"}, "--parts"},
+		{"shoppers too many seeds", []string{"--workload", "shoppers", "--seeds", "21"}, "--seeds"},
+		{"shoppers control rate 0", []string{"--workload", "shoppers", "--p-control", "0"}, "--p-control"},
+		{"shoppers two learn rates", []string{"--workload", "shoppers", "--learn-rates", "0.1,0.2"}, "--learn-rates"},
+		{"shoppers bad learn rate", []string{"--workload", "shoppers", "--learn-rates", "0.1,2,0.3"}, "--learn-rates"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

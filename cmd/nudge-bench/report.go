@@ -102,6 +102,7 @@ type reportJSON struct {
 	Actions    *actionsJSON   `json:"actions,omitempty"` // the actions workload
 	Txn        *txnJSON       `json:"txn,omitempty"`     // the peer-watch workload
 	Timers     *timersJSON    `json:"timers,omitempty"`  // the timers workload
+	Shoppers   *shoppersJSON  `json:"shoppers,omitempty"` // the shoppers workload
 	// ClientCores is the CPU nudge-bench itself used during the
 	// workloads, in cores: on a small machine it is taken from the server.
 	ClientCores float64 `json:"client_cores"`
@@ -179,6 +180,9 @@ func printHuman(out io.Writer, r reportJSON) {
 	}
 	if t := r.Txn; t != nil {
 		fmt.Fprintf(out, "transactions: %d committed, %d retries, %d failed %s\n", t.Committed, t.Retries, t.Failed, t.FirstErr)
+	}
+	if sj := r.Shoppers; sj != nil {
+		printShoppers(out, sj)
 	}
 	fmt.Fprintf(out, "nudge-bench itself used %.2f cores\n", r.ClientCores)
 	if r.FloorRatio != nil {

@@ -96,7 +96,7 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	}
 	var ingestStats *stats
 	var baseline uint64
-	if cfg.has("ingest") || cfg.has("mixed") || cfg.has("actions") || cfg.has("timers") {
+	if cfg.has("ingest") || cfg.has("mixed") || cfg.has("actions") || cfg.has("timers") || cfg.has("shoppers") {
 		ingestStats = newStats("ingest")
 		if cfg.Verify && rdb != nil {
 			if baseline, err = sumViews(ctx, cfg, rdb); err != nil {
@@ -122,6 +122,13 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		}
 		r.Results = append(r.Results, ing, late)
 		r.Timers = &tj
+	case cfg.only("shoppers"):
+		res, sj, err := runShoppers(ctx, cfg, conns, rdb, ingestStats, stderr)
+		if err != nil {
+			return r, err
+		}
+		r.Results = append(r.Results, res...)
+		r.Shoppers = &sj
 	case cfg.only("peer-watch"):
 		st := newStats("peer-watch")
 		var res workloadJSON
@@ -187,7 +194,9 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	if ctx.Err() != nil {
 		return r, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	if cfg.Verify && r.Timers != nil {
+	if r.Shoppers != nil {
+		// checked below
+	} else if cfg.Verify && r.Timers != nil {
 		for _, w := range r.Results {
 			r.Checks = append(r.Checks, check{Name: w.Name + " errors", OK: w.ErrorTotal == 0, Detail: fmt.Sprintf("%d call errors", w.ErrorTotal)})
 		}
@@ -200,6 +209,13 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	}
 	if r.Txn != nil { // always: a floor that lost updates is no floor
 		r.Checks = append(r.Checks, peerCheck(*r.Txn))
+	}
+	if r.Shoppers != nil { // always: the simulator is a check
+		for _, w := range r.Results {
+			r.Checks = append(r.Checks, check{Name: w.Name + " errors", OK: w.ErrorTotal == 0 && w.Rejected == 0,
+				Detail: fmt.Sprintf("%d call errors, %d events rejected", w.ErrorTotal, w.Rejected)})
+		}
+		r.Checks = append(r.Checks, shopperChecks(cfg, *r.Shoppers)...)
 	}
 	for _, c := range r.Checks {
 		r.OK = r.OK && c.OK
@@ -282,6 +298,14 @@ func (c config) params() map[string]any {
 		p["timers"], p["timer_rate"], p["timer_lead_s"], p["ingest_rate"], p["group"] = c.Timers, c.TimerRate, c.TimerLead.Seconds(), c.IngestRate, c.Group
 		delete(p, "dist")
 		delete(p, "zipf_s")
+	case c.only("shoppers"):
+		p = map[string]any{"addr": c.Addr, "conns": c.Conns, "parts": strings.Join(c.Parts, ","), "streams": c.Streams, "batch": c.Batch, "inflight": c.InFlight}
+		if c.hasPart("measure") || c.hasPart("ingest") {
+			p["seeds"], p["seed_users"], p["p_control"], p["p_treated"] = c.Seeds, c.SeedUsers, c.PControl, c.PTreated
+		}
+		if c.hasPart("learn") {
+			p["learn"], p["learn_tail"], p["learn_rate"], p["learn_rates"], p["concurrency"] = c.Learn, c.LearnTail, c.LearnRate, c.LearnRates, c.Concurrency
+		}
 	case c.only("peer-watch"):
 		p["concurrency"], p["duration_s"], p["events"], p["max_attempts"] = c.Concurrency, c.Duration.Seconds(), c.Events, peerMaxAttempts
 		delete(p, "addr")
