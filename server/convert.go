@@ -144,6 +144,11 @@ func profileToProto(userID string, p *profile.Profile, now time.Time) *nudgev1.P
 	for _, typ := range types {
 		out.Counts = appendCounts(out.Counts, p, typ, "", now)
 	}
+	for _, e := range p.Exposures {
+		out.Exposures = append(out.Exposures, &nudgev1.CampaignExposure{
+			CampaignId: e.Campaign, Variant: e.Variant.String(), ExposedAt: timestamppb.New(e.At), Converted: e.Converted,
+		})
+	}
 	return out
 }
 

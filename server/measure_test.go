@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/decision"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -95,6 +96,19 @@ func TestCampaignReports(t *testing.T) {
 	if b := list.GetReports()[1]; b.GetKind() != "offer" || b.GetTreated().GetExposedUsers() != 0 || b.Uplift != nil {
 		t.Errorf("banner before any exposure: %v", b)
 	}
+
+	// GetProfile shows the user's window: u0 viewed, then bought.
+	p, err := h.profiles.GetProfile(callCtx(t), &nudgev1.GetProfileRequest{UserId: "u0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	variant := "treated"
+	if decision.InControl("u0", "coupon", 0.5) {
+		variant = "control"
+	}
+	checkProto(t, &nudgev1.Profile{Exposures: p.GetProfile().GetExposures()}, &nudgev1.Profile{Exposures: []*nudgev1.CampaignExposure{
+		{CampaignId: "coupon", Variant: variant, ExposedAt: timestamppb.New(now.Add(-time.Hour)), Converted: true},
+	}})
 
 	_, err = admin.GetCampaignReport(callCtx(t), &nudgev1.GetCampaignReportRequest{CampaignId: "nope"})
 	wantCode(t, err, codes.NotFound, `campaign "nope" is not a trigger`)

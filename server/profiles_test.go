@@ -79,6 +79,10 @@ func TestProfiles(t *testing.T) {
 			Consent:            map[string]bool{"email": false},
 			Attributes:         map[string]string{"tz": "Europe/Paris"},
 			RememberedEventIds: 5,
+			// viewed-twice fired at p2; the purchase after it converts.
+			Exposures: []*nudgev1.CampaignExposure{
+				{CampaignId: "viewed-twice", Variant: "treated", ExposedAt: timestamppb.New(now.Add(-5 * time.Minute)), Converted: true},
+			},
 		}})
 	})
 

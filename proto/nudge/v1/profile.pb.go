@@ -239,8 +239,11 @@ type Profile struct {
 	Attributes map[string]string `protobuf:"bytes,11,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// How many event ids are remembered for deduplication.
 	RememberedEventIds uint32 `protobuf:"varint,12,opt,name=remembered_event_ids,json=rememberedEventIds,proto3" json:"remembered_event_ids,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The user's open attribution windows: the campaigns the user was
+	// exposed to and may still convert on, one per campaign.
+	Exposures     []*CampaignExposure `protobuf:"bytes,13,rep,name=exposures,proto3" json:"exposures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Profile) Reset() {
@@ -357,6 +360,87 @@ func (x *Profile) GetRememberedEventIds() uint32 {
 	return 0
 }
 
+func (x *Profile) GetExposures() []*CampaignExposure {
+	if x != nil {
+		return x.Exposures
+	}
+	return nil
+}
+
+// CampaignExposure is a user's exposure to a campaign (docs/rules.md,
+// "Measuring campaigns").
+type CampaignExposure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The trigger, journey step or offer.
+	CampaignId string `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	// "treated" or "control".
+	Variant string `protobuf:"bytes,2,opt,name=variant,proto3" json:"variant,omitempty"`
+	// The exposure that opened the window.
+	ExposedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=exposed_at,json=exposedAt,proto3" json:"exposed_at,omitempty"`
+	// The user converted within the window.
+	Converted     bool `protobuf:"varint,4,opt,name=converted,proto3" json:"converted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignExposure) Reset() {
+	*x = CampaignExposure{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignExposure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignExposure) ProtoMessage() {}
+
+func (x *CampaignExposure) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignExposure.ProtoReflect.Descriptor instead.
+func (*CampaignExposure) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CampaignExposure) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *CampaignExposure) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *CampaignExposure) GetExposedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExposedAt
+	}
+	return nil
+}
+
+func (x *CampaignExposure) GetConverted() bool {
+	if x != nil {
+		return x.Converted
+	}
+	return false
+}
+
 // WindowedCount is the number of events of one type (and category) in a
 // window ending now.
 type WindowedCount struct {
@@ -372,7 +456,7 @@ type WindowedCount struct {
 
 func (x *WindowedCount) Reset() {
 	*x = WindowedCount{}
-	mi := &file_nudge_v1_profile_proto_msgTypes[5]
+	mi := &file_nudge_v1_profile_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +468,7 @@ func (x *WindowedCount) String() string {
 func (*WindowedCount) ProtoMessage() {}
 
 func (x *WindowedCount) ProtoReflect() protoreflect.Message {
-	mi := &file_nudge_v1_profile_proto_msgTypes[5]
+	mi := &file_nudge_v1_profile_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +481,7 @@ func (x *WindowedCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowedCount.ProtoReflect.Descriptor instead.
 func (*WindowedCount) Descriptor() ([]byte, []int) {
-	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{5}
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WindowedCount) GetType() string {
@@ -441,7 +525,7 @@ const file_nudge_v1_profile_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tB\x1b\xbaH\x18\xc8\x01\x01r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\x06userId\"Z\n" +
 	"\x15DeleteProfileResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12'\n" +
-	"\x0factions_deleted\x18\x02 \x01(\x04R\x0eactionsDeleted\"\xcf\x06\n" +
+	"\x0factions_deleted\x18\x02 \x01(\x04R\x0eactionsDeleted\"\x89\a\n" +
 	"\aProfile\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x129\n" +
@@ -458,7 +542,8 @@ const file_nudge_v1_profile_proto_rawDesc = "" +
 	"\n" +
 	"attributes\x18\v \x03(\v2!.nudge.v1.Profile.AttributesEntryR\n" +
 	"attributes\x120\n" +
-	"\x14remembered_event_ids\x18\f \x01(\rR\x12rememberedEventIds\x1aW\n" +
+	"\x14remembered_event_ids\x18\f \x01(\rR\x12rememberedEventIds\x128\n" +
+	"\texposures\x18\r \x03(\v2\x1a.nudge.v1.CampaignExposureR\texposures\x1aW\n" +
 	"\rLastSeenEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
 	"\x05value\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05value:\x028\x01\x1a9\n" +
@@ -470,7 +555,14 @@ const file_nudge_v1_profile_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\bR\x05value:\x028\x01\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x01\n" +
+	"\x10CampaignExposure\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x12\x18\n" +
+	"\avariant\x18\x02 \x01(\tR\avariant\x129\n" +
+	"\n" +
+	"exposed_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texposedAt\x12\x1c\n" +
+	"\tconverted\x18\x04 \x01(\bR\tconverted\"\x88\x01\n" +
 	"\rWindowedCount\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x121\n" +
@@ -494,40 +586,43 @@ func file_nudge_v1_profile_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_profile_proto_rawDescData
 }
 
-var file_nudge_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_nudge_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_nudge_v1_profile_proto_goTypes = []any{
 	(*GetProfileRequest)(nil),     // 0: nudge.v1.GetProfileRequest
 	(*GetProfileResponse)(nil),    // 1: nudge.v1.GetProfileResponse
 	(*DeleteProfileRequest)(nil),  // 2: nudge.v1.DeleteProfileRequest
 	(*DeleteProfileResponse)(nil), // 3: nudge.v1.DeleteProfileResponse
 	(*Profile)(nil),               // 4: nudge.v1.Profile
-	(*WindowedCount)(nil),         // 5: nudge.v1.WindowedCount
-	nil,                           // 6: nudge.v1.Profile.LastSeenEntry
-	nil,                           // 7: nudge.v1.Profile.TotalsEntry
-	nil,                           // 8: nudge.v1.Profile.ConsentEntry
-	nil,                           // 9: nudge.v1.Profile.AttributesEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*CampaignExposure)(nil),      // 5: nudge.v1.CampaignExposure
+	(*WindowedCount)(nil),         // 6: nudge.v1.WindowedCount
+	nil,                           // 7: nudge.v1.Profile.LastSeenEntry
+	nil,                           // 8: nudge.v1.Profile.TotalsEntry
+	nil,                           // 9: nudge.v1.Profile.ConsentEntry
+	nil,                           // 10: nudge.v1.Profile.AttributesEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
 }
 var file_nudge_v1_profile_proto_depIdxs = []int32{
 	4,  // 0: nudge.v1.GetProfileResponse.profile:type_name -> nudge.v1.Profile
-	10, // 1: nudge.v1.Profile.updated_at:type_name -> google.protobuf.Timestamp
-	5,  // 2: nudge.v1.Profile.counts:type_name -> nudge.v1.WindowedCount
-	6,  // 3: nudge.v1.Profile.last_seen:type_name -> nudge.v1.Profile.LastSeenEntry
-	7,  // 4: nudge.v1.Profile.totals:type_name -> nudge.v1.Profile.TotalsEntry
-	8,  // 5: nudge.v1.Profile.consent:type_name -> nudge.v1.Profile.ConsentEntry
-	9,  // 6: nudge.v1.Profile.attributes:type_name -> nudge.v1.Profile.AttributesEntry
-	11, // 7: nudge.v1.WindowedCount.window:type_name -> google.protobuf.Duration
-	10, // 8: nudge.v1.Profile.LastSeenEntry.value:type_name -> google.protobuf.Timestamp
-	0,  // 9: nudge.v1.ProfileService.GetProfile:input_type -> nudge.v1.GetProfileRequest
-	2,  // 10: nudge.v1.ProfileService.DeleteProfile:input_type -> nudge.v1.DeleteProfileRequest
-	1,  // 11: nudge.v1.ProfileService.GetProfile:output_type -> nudge.v1.GetProfileResponse
-	3,  // 12: nudge.v1.ProfileService.DeleteProfile:output_type -> nudge.v1.DeleteProfileResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	11, // 1: nudge.v1.Profile.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 2: nudge.v1.Profile.counts:type_name -> nudge.v1.WindowedCount
+	7,  // 3: nudge.v1.Profile.last_seen:type_name -> nudge.v1.Profile.LastSeenEntry
+	8,  // 4: nudge.v1.Profile.totals:type_name -> nudge.v1.Profile.TotalsEntry
+	9,  // 5: nudge.v1.Profile.consent:type_name -> nudge.v1.Profile.ConsentEntry
+	10, // 6: nudge.v1.Profile.attributes:type_name -> nudge.v1.Profile.AttributesEntry
+	5,  // 7: nudge.v1.Profile.exposures:type_name -> nudge.v1.CampaignExposure
+	11, // 8: nudge.v1.CampaignExposure.exposed_at:type_name -> google.protobuf.Timestamp
+	12, // 9: nudge.v1.WindowedCount.window:type_name -> google.protobuf.Duration
+	11, // 10: nudge.v1.Profile.LastSeenEntry.value:type_name -> google.protobuf.Timestamp
+	0,  // 11: nudge.v1.ProfileService.GetProfile:input_type -> nudge.v1.GetProfileRequest
+	2,  // 12: nudge.v1.ProfileService.DeleteProfile:input_type -> nudge.v1.DeleteProfileRequest
+	1,  // 13: nudge.v1.ProfileService.GetProfile:output_type -> nudge.v1.GetProfileResponse
+	3,  // 14: nudge.v1.ProfileService.DeleteProfile:output_type -> nudge.v1.DeleteProfileResponse
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_profile_proto_init() }
@@ -541,7 +636,7 @@ func file_nudge_v1_profile_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_profile_proto_rawDesc), len(file_nudge_v1_profile_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

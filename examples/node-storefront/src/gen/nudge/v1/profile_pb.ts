@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/profile.proto.
  */
 export const file_nudge_v1_profile: GenFile = /*@__PURE__*/
-  fileDesc("ChZudWRnZS92MS9wcm9maWxlLnByb3RvEghudWRnZS52MSJBChFHZXRQcm9maWxlUmVxdWVzdBIsCgd1c2VyX2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQiOAoSR2V0UHJvZmlsZVJlc3BvbnNlEiIKB3Byb2ZpbGUYASABKAsyES5udWRnZS52MS5Qcm9maWxlIkQKFERlbGV0ZVByb2ZpbGVSZXF1ZXN0EiwKB3VzZXJfaWQYASABKAlCG7pIGMgBAXITGIABMg5eW1x4MjEtXHg3ZV0rJCJBChVEZWxldGVQcm9maWxlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCBIXCg9hY3Rpb25zX2RlbGV0ZWQYAiABKAQilAUKB1Byb2ZpbGUSDwoHdXNlcl9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgEEi4KCnVwZGF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBmNvdW50cxgEIAMoCzIXLm51ZGdlLnYxLldpbmRvd2VkQ291bnQSMgoJbGFzdF9zZWVuGAUgAygLMh8ubnVkZ2UudjEuUHJvZmlsZS5MYXN0U2VlbkVudHJ5Ei0KBnRvdGFscxgGIAMoCzIdLm51ZGdlLnYxLlByb2ZpbGUuVG90YWxzRW50cnkSFgoOcHVyY2hhc2VfY291bnQYByABKAQSFgoOcHVyY2hhc2VfdmFsdWUYCCABKAESLwoHY29uc2VudBgJIAMoCzIeLm51ZGdlLnYxLlByb2ZpbGUuQ29uc2VudEVudHJ5EhYKDmdsb2JhbF9vcHRfb3V0GAogASgIEjUKCmF0dHJpYnV0ZXMYCyADKAsyIS5udWRnZS52MS5Qcm9maWxlLkF0dHJpYnV0ZXNFbnRyeRIcChRyZW1lbWJlcmVkX2V2ZW50X2lkcxgMIAEoDRpLCg1MYXN0U2VlbkVudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6AjgBGi0KC1RvdGFsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEaLgoMQ29uc2VudEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCDoCOAEaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiaQoNV2luZG93ZWRDb3VudBIMCgR0eXBlGAEgASgJEhAKCGNhdGVnb3J5GAIgASgJEikKBndpbmRvdxgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgEIAEoBDKrAQoOUHJvZmlsZVNlcnZpY2USRwoKR2V0UHJvZmlsZRIbLm51ZGdlLnYxLkdldFByb2ZpbGVSZXF1ZXN0GhwubnVkZ2UudjEuR2V0UHJvZmlsZVJlc3BvbnNlElAKDURlbGV0ZVByb2ZpbGUSHi5udWRnZS52MS5EZWxldGVQcm9maWxlUmVxdWVzdBofLm51ZGdlLnYxLkRlbGV0ZVByb2ZpbGVSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZudWRnZS92MS9wcm9maWxlLnByb3RvEghudWRnZS52MSJBChFHZXRQcm9maWxlUmVxdWVzdBIsCgd1c2VyX2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQiOAoSR2V0UHJvZmlsZVJlc3BvbnNlEiIKB3Byb2ZpbGUYASABKAsyES5udWRnZS52MS5Qcm9maWxlIkQKFERlbGV0ZVByb2ZpbGVSZXF1ZXN0EiwKB3VzZXJfaWQYASABKAlCG7pIGMgBAXITGIABMg5eW1x4MjEtXHg3ZV0rJCJBChVEZWxldGVQcm9maWxlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCBIXCg9hY3Rpb25zX2RlbGV0ZWQYAiABKAQiwwUKB1Byb2ZpbGUSDwoHdXNlcl9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgEEi4KCnVwZGF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBmNvdW50cxgEIAMoCzIXLm51ZGdlLnYxLldpbmRvd2VkQ291bnQSMgoJbGFzdF9zZWVuGAUgAygLMh8ubnVkZ2UudjEuUHJvZmlsZS5MYXN0U2VlbkVudHJ5Ei0KBnRvdGFscxgGIAMoCzIdLm51ZGdlLnYxLlByb2ZpbGUuVG90YWxzRW50cnkSFgoOcHVyY2hhc2VfY291bnQYByABKAQSFgoOcHVyY2hhc2VfdmFsdWUYCCABKAESLwoHY29uc2VudBgJIAMoCzIeLm51ZGdlLnYxLlByb2ZpbGUuQ29uc2VudEVudHJ5EhYKDmdsb2JhbF9vcHRfb3V0GAogASgIEjUKCmF0dHJpYnV0ZXMYCyADKAsyIS5udWRnZS52MS5Qcm9maWxlLkF0dHJpYnV0ZXNFbnRyeRIcChRyZW1lbWJlcmVkX2V2ZW50X2lkcxgMIAEoDRItCglleHBvc3VyZXMYDSADKAsyGi5udWRnZS52MS5DYW1wYWlnbkV4cG9zdXJlGksKDUxhc3RTZWVuRW50cnkSCwoDa2V5GAEgASgJEikKBXZhbHVlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoCOAEaLQoLVG90YWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARouCgxDb25zZW50RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ARoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ7ChBDYW1wYWlnbkV4cG9zdXJlEhMKC2NhbXBhaWduX2lkGAEgASgJEg8KB3ZhcmlhbnQYAiABKAkSLgoKZXhwb3NlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29udmVydGVkGAQgASgIImkKDVdpbmRvd2VkQ291bnQSDAoEdHlwZRgBIAEoCRIQCghjYXRlZ29yeRgCIAEoCRIpCgZ3aW5kb3cYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFY291bnQYBCABKAQyqwEKDlByb2ZpbGVTZXJ2aWNlEkcKCkdldFByb2ZpbGUSGy5udWRnZS52MS5HZXRQcm9maWxlUmVxdWVzdBocLm51ZGdlLnYxLkdldFByb2ZpbGVSZXNwb25zZRJQCg1EZWxldGVQcm9maWxlEh4ubnVkZ2UudjEuRGVsZXRlUHJvZmlsZVJlcXVlc3QaHy5udWRnZS52MS5EZWxldGVQcm9maWxlUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetProfileRequest names the user.
@@ -184,6 +184,14 @@ export type Profile = Message<"nudge.v1.Profile"> & {
    * @generated from field: uint32 remembered_event_ids = 12;
    */
   rememberedEventIds: number;
+
+  /**
+   * The user's open attribution windows: the campaigns the user was
+   * exposed to and may still convert on, one per campaign.
+   *
+   * @generated from field: repeated nudge.v1.CampaignExposure exposures = 13;
+   */
+  exposures: CampaignExposure[];
 };
 
 /**
@@ -192,6 +200,49 @@ export type Profile = Message<"nudge.v1.Profile"> & {
  */
 export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
   messageDesc(file_nudge_v1_profile, 4);
+
+/**
+ * CampaignExposure is a user's exposure to a campaign (docs/rules.md,
+ * "Measuring campaigns").
+ *
+ * @generated from message nudge.v1.CampaignExposure
+ */
+export type CampaignExposure = Message<"nudge.v1.CampaignExposure"> & {
+  /**
+   * The trigger, journey step or offer.
+   *
+   * @generated from field: string campaign_id = 1;
+   */
+  campaignId: string;
+
+  /**
+   * "treated" or "control".
+   *
+   * @generated from field: string variant = 2;
+   */
+  variant: string;
+
+  /**
+   * The exposure that opened the window.
+   *
+   * @generated from field: google.protobuf.Timestamp exposed_at = 3;
+   */
+  exposedAt?: Timestamp | undefined;
+
+  /**
+   * The user converted within the window.
+   *
+   * @generated from field: bool converted = 4;
+   */
+  converted: boolean;
+};
+
+/**
+ * Describes the message nudge.v1.CampaignExposure.
+ * Use `create(CampaignExposureSchema)` to create a new message.
+ */
+export const CampaignExposureSchema: GenMessage<CampaignExposure> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 5);
 
 /**
  * WindowedCount is the number of events of one type (and category) in a
@@ -228,7 +279,7 @@ export type WindowedCount = Message<"nudge.v1.WindowedCount"> & {
  * Use `create(WindowedCountSchema)` to create a new message.
  */
 export const WindowedCountSchema: GenMessage<WindowedCount> = /*@__PURE__*/
-  messageDesc(file_nudge_v1_profile, 5);
+  messageDesc(file_nudge_v1_profile, 6);
 
 /**
  * ProfileService reads and erases what nudge stores about a user.
