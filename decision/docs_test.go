@@ -3,6 +3,7 @@ package decision
 import (
 	"bufio"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -24,7 +25,10 @@ import (
 // also checked by docExamples[NAME]; blocks after <!-- invalid --> must
 // be refused with the errors of the next <!-- errors --> ```text block),
 // and every line of a ```cel block is evaluated against the sample user of
-// the document and compared with the value after its "// =>".
+// the document and compared with the value after its "// =>". Every line
+// of a ```text block after <!-- compare --> states a campaign's counts and
+// the statistics of its report, which must be what Compare gives, rounded
+// as formatCompare rounds them.
 
 const docsPath = "../docs/rules.md"
 
@@ -487,6 +491,192 @@ var docExamples = map[string]func(t *testing.T, r *Rules){
 			t.Errorf("a purchase at night: fired %q", fired(acts))
 		}
 	},
+	"measured": func(t *testing.T, r *Rules) {
+		// "An example" of "Measuring campaigns": eight users, their
+		// events applied one by one at their own time through the
+		// rules' step (the profile encoded between calls, as the store
+		// keeps it), the journey's timers fired at 13:00 every day.
+		const campaign = "cart-abandoned"
+		at := func(day, hour, min int) time.Time { return time.Date(2025, 3, day, hour, min, 0, 0, time.UTC) }
+		type docEvent struct {
+			typ   string
+			at    time.Time
+			value float64
+		}
+		cart := func(day int) docEvent { return docEvent{"add_to_cart", at(day, 12, 0), 0} }
+		buy := func(at time.Time, value float64) docEvent { return docEvent{"purchase", at, value} }
+		type counts struct {
+			exposed, converted int64
+			value              float64
+			pushes             int
+		}
+		users := []struct {
+			id      string
+			control bool
+			events  []docEvent
+			want    counts
+		}{
+			{"ana", false, []docEvent{cart(1), buy(at(1, 15, 0), 40)}, counts{1, 1, 40, 1}},
+			{"ben", false, []docEvent{cart(1), buy(at(1, 12, 30), 30)}, counts{0, 0, 0, 0}},
+			{"cleo", false, []docEvent{cart(1), buy(at(2, 10, 0), 25), buy(at(3, 10, 0), 60)}, counts{1, 1, 25, 1}},
+			{"dan", false, []docEvent{cart(1), buy(at(5, 12, 0), 20)}, counts{1, 0, 0, 1}},
+			{"eve", false, []docEvent{cart(1), cart(2), buy(at(4, 12, 0), 50)}, counts{1, 1, 50, 2}},
+			{"ivan", true, []docEvent{cart(1), buy(at(2, 9, 0), 35)}, counts{1, 1, 35, 0}},
+			{"max", true, []docEvent{cart(1)}, counts{1, 0, 0, 0}},
+			{"vic", true, []docEvent{cart(1), buy(at(1, 12, 30), 30)}, counts{0, 0, 0, 0}},
+		}
+		step, fire := r.Step(profile.Limits{}), r.FireStep(profile.Limits{})
+		arms := map[profile.Variant]*profile.Arm{profile.Treated: {}, profile.Control: {}}
+		pushes := 0
+		for _, u := range users {
+			if got := InControl(u.id, campaign, 0.2); got != u.control {
+				t.Errorf("%s: in the control group %v, the document says %v", u.id, got, u.control)
+			}
+			// The user's timeline: events, and 13:00 every day.
+			type tick struct {
+				at time.Time
+				e  *profile.Event // nil: fire the due timers
+			}
+			var timeline []tick
+			for i, de := range u.events {
+				timeline = append(timeline, tick{de.at, &profile.Event{ID: fmt.Sprint(u.id, "-", i), UserID: u.id,
+					Type: de.typ, OccurredAt: de.at, Value: de.value}})
+			}
+			for day := 1; day <= 5; day++ {
+				timeline = append(timeline, tick{at: at(day, 13, 0)})
+			}
+			slices.SortStableFunc(timeline, func(a, b tick) int { return a.at.Compare(b.at) })
+			var stored []byte
+			var got counts
+			run := func(s profile.Step, events []profile.Event, now time.Time) profile.Outcome {
+				p := &profile.Profile{}
+				if stored != nil {
+					var err error
+					if p, err = profile.Decode(stored); err != nil {
+						t.Fatal(err)
+					}
+				}
+				p.UserID = u.id // as the store sets it
+				out := s(p, events, now)
+				if out.Changed {
+					stored = profile.Encode(p)
+				}
+				return out
+			}
+			for _, k := range timeline {
+				var out profile.Outcome
+				if k.e == nil {
+					out = run(fire, nil, k.at)
+				} else {
+					out = run(step, []profile.Event{*k.e}, k.at)
+					// Sent again: a duplicate, which counts nothing.
+					again := run(step, []profile.Event{*k.e}, k.at.Add(time.Second))
+					if again.Results[0].Status != profile.Duplicate || len(again.Measures) > 0 || len(again.Actions) > 0 {
+						t.Errorf("%s: %s sent again: %v, measures %v, %d actions", u.id, k.e.ID, again.Results[0].Status,
+							again.Measures, len(again.Actions))
+					}
+				}
+				got.pushes += len(out.Actions)
+				for _, m := range out.Measures {
+					if m.Campaign != campaign {
+						t.Errorf("%s: measure of campaign %q", u.id, m.Campaign)
+					}
+					if (m.Variant == profile.Control) != u.control {
+						t.Errorf("%s: measure of variant %v", u.id, m.Variant)
+					}
+					if m.Exposed > 0 && !k.at.Equal(at(1, 13, 0)) {
+						t.Errorf("%s: exposed at %v, want 1 March 13:00", u.id, k.at)
+					}
+					got.exposed += m.Exposed
+					got.converted += m.Converted
+					got.value += m.Value
+					a := arms[m.Variant]
+					a.Exposed += m.Exposed
+					a.Converted += m.Converted
+					a.Value += m.Value
+				}
+			}
+			if got != u.want {
+				t.Errorf("%s: exposed %d, converted %d, value %v, %d pushes; want %+v", u.id, got.exposed, got.converted,
+					got.value, got.pushes, u.want)
+			}
+			pushes += got.pushes
+		}
+		treated, control := *arms[profile.Treated], *arms[profile.Control]
+		if want := (profile.Arm{Exposed: 4, Converted: 3, Value: 115}); treated != want {
+			t.Errorf("treated %+v, want %+v", treated, want)
+		}
+		if want := (profile.Arm{Exposed: 2, Converted: 1, Value: 35}); control != want {
+			t.Errorf("control %+v, want %+v", control, want)
+		}
+		if treated.Rate() != 0.75 || control.Rate() != 0.5 {
+			t.Errorf("rates %v and %v, want 0.75 and 0.5", treated.Rate(), control.Rate())
+		}
+		if pushes != 5 {
+			t.Errorf("%d pushes, want 5", pushes)
+		}
+		const line = "3 of 4 treated (75%), 1 of 2 control (50%): uplift +25 points, lift +50%, 95% interval -66% to +570%, p = 0.54"
+		if got := formatCompare(treated, control); got != line {
+			t.Errorf("report\n got %s\nwant %s", got, line)
+		}
+	},
+	"thompson": func(t *testing.T, r *Rules) {
+		// "Offers that learn": the draws of the document.
+		s := docSampler{"free-shipping": {0.0281, 400, 12}, "ten-off": {0.0574, 500, 30}, "new-arrivals": {0.3816, 0, 0}}
+		d := r.Decide(docUser(t), Request{UserID: "user-42", Channel: "web", Sampler: s, Explain: true}, docNow)
+		if d.Verdict != VerdictSend || d.Offer.ID != "new-arrivals" {
+			t.Fatalf("sample user: %v %+v (%q)", d.Verdict, d.Offer, d.Reasons)
+		}
+		const reason = "offer new-arrivals chosen by thompson sampling among free-shipping, ten-off, new-arrivals (best draw of a conversion rate: 0.3816)"
+		if !slices.Contains(d.Reasons, Reason{"new-arrivals", reason}) {
+			t.Errorf("reasons %q, want %q", d.Reasons, reason)
+		}
+		var draws []string
+		for _, st := range d.Trace {
+			if strings.HasPrefix(st.Subject, "thompson sampling") {
+				draws = append(draws, fmt.Sprintf("%s | %s | %s | %v", st.RuleID, st.Subject, st.Value, st.Passed))
+			}
+		}
+		want := []string{
+			"free-shipping | thompson sampling: a conversion rate drawn from its measured conversions | drew 0.0281 (12 of 400 treated users converted) | true",
+			"ten-off | thompson sampling: a conversion rate drawn from its measured conversions | drew 0.0574 (30 of 500 treated users converted) | true",
+			"new-arrivals | thompson sampling: a conversion rate drawn from its measured conversions | drew 0.3816 (0 of 0 treated users converted) | true",
+		}
+		if !slices.Equal(draws, want) {
+			t.Errorf("draws\n got %q\nwant %q", draws, want)
+		}
+		// A user who spent 1,000 gets vip-banner: nothing is drawn.
+		vip := build(t, docNow, profile.Event{Type: "purchase", Value: 1000, OccurredAt: docNow.Add(-time.Hour)})
+		d = r.Decide(vip, Request{UserID: "u1", Channel: "web", Sampler: s, Explain: true}, docNow)
+		if d.Verdict != VerdictSend || d.Offer.ID != "vip-banner" {
+			t.Errorf("big spender: %v %+v", d.Verdict, d.Offer)
+		}
+		for _, st := range d.Trace {
+			if strings.HasPrefix(st.Subject, "thompson") {
+				t.Errorf("big spender: %+v", st)
+			}
+		}
+		// The winner's control group is held out: ten-off's best draw
+		// sends it to its treated users, and nothing to its control.
+		s = docSampler{"free-shipping": {0.01, 400, 12}, "ten-off": {0.09, 500, 30}, "new-arrivals": {0.02, 0, 0}}
+		seen := map[bool]bool{}
+		for i := 0; len(seen) < 2; i++ {
+			u := fmt.Sprint("user-", i)
+			control := InControl(u, "ten-off", 0.1)
+			seen[control] = true
+			d := r.Decide(nil, Request{UserID: u, Channel: "web", Sampler: s}, docNow)
+			switch {
+			case control && (d.Verdict != VerdictNone || !d.Control || d.ControlOffer != "ten-off"):
+				t.Errorf("%s in ten-off's control group: %v control %v %q", u, d.Verdict, d.Control, d.ControlOffer)
+			case !control && (d.Verdict != VerdictSend || d.Offer.ID != "ten-off"):
+				t.Errorf("%s treated: %v %+v", u, d.Verdict, d.Offer)
+			}
+		}
+		// Without counts to draw from, file order.
+		if d := r.Decide(nil, Request{UserID: "u1", Channel: "web"}, docNow); d.Verdict != VerdictSend || d.Offer.ID != "free-shipping" {
+			t.Errorf("no sampler: %v %+v", d.Verdict, d.Offer)
+		}
+	},
 	"seed": func(t *testing.T, r *Rules) {
 		p := &profile.Profile{}
 		var events []profile.Event
@@ -499,4 +689,105 @@ var docExamples = map[string]func(t *testing.T, r *Rules){
 			t.Errorf("actions %+v, want one for the third view", out.Actions)
 		}
 	},
+}
+
+// docSampler draws the given rate for an offer, with its treated users
+// exposed and converted.
+type docSampler map[string]struct {
+	rate               float64
+	exposed, converted int64
+}
+
+func (s docSampler) Sample(id string) (float64, int64, int64) {
+	return s[id].rate, s[id].exposed, s[id].converted
+}
+
+// TestDocsCompare checks the <!-- compare --> lines of docs/rules.md:
+// each starts with a campaign's counts ("210 of 10,000 treated (2.1%), 30
+// of 10,000 control (0.3%)"), and the whole line must be what
+// formatCompare makes of them.
+func TestDocsCompare(t *testing.T) {
+	n := 0
+	for _, b := range readDocBlocks(t) {
+		if b.lang != "text" || b.marker != "compare" {
+			continue
+		}
+		for i, line := range strings.Split(strings.TrimRight(b.text, "\n"), "\n") {
+			where := fmt.Sprintf("%s:%d", docsPath, b.line+1+i)
+			var treated, control profile.Arm
+			var rt, rc string
+			if _, err := fmt.Sscanf(strings.ReplaceAll(line, ",", ""), "%d of %d treated %s %d of %d control %s",
+				&treated.Converted, &treated.Exposed, &rt, &control.Converted, &control.Exposed, &rc); err != nil {
+				t.Errorf("%s: %q: %v", where, line, err)
+				continue
+			}
+			n++
+			if got := formatCompare(treated, control); got != line {
+				t.Errorf("%s:\n got %s\nwant %s", where, got, line)
+			}
+		}
+	}
+	if n < 5 {
+		t.Errorf("only %d compare lines in %s", n, docsPath)
+	}
+}
+
+// formatCompare states the counts of a campaign's groups and what
+// Compare makes of them, rounded as docs/rules.md prints them: rates and
+// the uplift to 0.1 point, the lift and its interval to 1%, the p-value
+// to two significant digits (or "< 0.0001").
+func formatCompare(treated, control profile.Arm) string {
+	c := Compare(treated, control)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s of %s treated (%s%%), %s of %s control (%s%%)",
+		thousands(treated.Converted), thousands(treated.Exposed), docPoints(treated.Rate()),
+		thousands(control.Converted), thousands(control.Exposed), docPoints(control.Rate()))
+	if c.HasUplift {
+		fmt.Fprintf(&b, ": uplift %s points", docSigned(docPoints(c.Uplift)))
+	}
+	if c.HasLift {
+		fmt.Fprintf(&b, ", lift %s, 95%% interval %s to %s", docPercent(c.Lift), docPercent(c.LiftLow), docPercent(c.LiftHigh))
+	} else {
+		b.WriteString(", lift undefined (no control conversion)")
+	}
+	if c.HasPValue {
+		if c.PValue < 0.0001 {
+			b.WriteString(", p < 0.0001")
+		} else {
+			fmt.Fprintf(&b, ", p = %s", strconv.FormatFloat(c.PValue, 'g', 2, 64))
+		}
+	}
+	return b.String()
+}
+
+// docPoints is a share in percent (points) to 0.1, without a trailing
+// ".0".
+func docPoints(x float64) string {
+	return strings.TrimSuffix(strconv.FormatFloat(100*x, 'f', 1, 64), ".0")
+}
+
+func docSigned(s string) string {
+	if strings.HasPrefix(s, "-") {
+		return s
+	}
+	return "+" + s
+}
+
+// docPercent is a relative change in whole percent, signed, with
+// thousands separated: +2,084%.
+func docPercent(x float64) string {
+	v := int64(math.Round(100 * x))
+	if v < 0 {
+		return "-" + thousands(-v) + "%"
+	}
+	return "+" + thousands(v) + "%"
+}
+
+// thousands writes n >= 0 with commas between thousands: 10,000.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

@@ -181,7 +181,9 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 	ev := func(id string, ago time.Duration) *nudgev1.Event {
 		return &nudgev1.Event{EventId: id, UserId: "obs-user", Type: "view", Category: "phones", OccurredAt: timestamppb.New(now.Add(-ago))}
 	}
-	batch := []*nudgev1.Event{ev("v1", 3*time.Second), ev("v2", 2*time.Second), ev("v3", time.Second), ev("late", 10*time.Minute),
+	first := ev("v1", 3*time.Second)
+	first.Attributes = map[string]string{"tz": daytimeTZ()} // outside the bundled rules' quiet hours whatever the hour
+	batch := []*nudgev1.Event{first, ev("v2", 2*time.Second), ev("v3", time.Second), ev("late", 10*time.Minute),
 		{EventId: "bad", UserId: "obs-user", Type: "Not A Type", OccurredAt: timestamppb.New(now)}, ev("ancient", 72*time.Hour)}
 	ingest := nudgev1.NewIngestServiceClient(conn)
 	resp, err := ingest.Publish(ctx, &nudgev1.PublishRequest{Events: batch})

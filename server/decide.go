@@ -29,7 +29,7 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 		return nil, err
 	}
 	q := request(req, req.GetExplain())
-	q.Sampler = s.meas.sampler
+	q.Sampler = s.sampler()
 	if req.GetReserve() {
 		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
 	}
@@ -83,7 +83,7 @@ func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDec
 			read.Profile, read.Err = r.ps[i], r.errs[i]
 		}
 		dq := request(q, req.GetExplain())
-		dq.Sampler = s.meas.sampler
+		dq.Sampler = s.sampler()
 		out.Results[i] = s.answer(ctx, rules, dq, read)
 	}
 	return out, nil

@@ -91,6 +91,16 @@ func (m *measurement) treated(offerID string) (int64, int64) {
 	return t.Exposed, t.Converted
 }
 
+// sampler is the Request.Sampler of the server's decisions: nil without
+// a MeasureStore, so that thompson offers win in file order rather than
+// at random.
+func (s *Server) sampler() decision.Sampler {
+	if s.cfg.Measures == nil {
+		return nil
+	}
+	return s.meas.sampler
+}
+
 // recordControl queues the exposure of a decision that put the user in
 // an offer's control group, without blocking.
 func (s *Server) recordControl(ctx context.Context, d decision.Decision, userID string, at time.Time) {

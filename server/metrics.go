@@ -90,13 +90,16 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	}
 	in.recvWaiting.Add(context.Background(), 0)
 	if in.exposuresLost, err = m.Int64Counter("nudge.exposures.lost",
-		metric.WithDescription("Control exposures of decisions not recorded, by reason (queue_full: decision.exposure_queue was full; store_error: the write failed): the campaign reports undercount their control groups by as much.")); err != nil {
+		metric.WithDescription("Control exposures of decisions not recorded, by reason (queue_full: measurement.exposure_queue was full; store_error: the write failed): the campaign reports undercount their control groups by as much.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	in.lostQueueFull = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "queue_full")))
 	in.lostStoreError = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "store_error")))
+	// Zero series, so that the first loss after a start is an increase.
+	in.exposuresLost.Add(context.Background(), 0, in.lostQueueFull)
+	in.exposuresLost.Add(context.Background(), 0, in.lostStoreError)
 	if in.journeySteps, err = m.Int64Counter("nudge.journey.steps",
-		metric.WithDescription("Trigger actions and journey steps judged, by trigger (or step) id, outcome (scheduled, cancelled, fired, deferred, dropped) and the reason of a drop.")); err != nil {
+		metric.WithDescription("Trigger actions and journey steps judged, by trigger (or step) id, outcome (scheduled, cancelled, fired, deferred, dropped, control: held out by the ab split) and the reason of a drop.")); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	if in.timerLateness, err = m.Float64Histogram("nudge.timer.lateness", metric.WithUnit("s"),

@@ -238,7 +238,7 @@ func (c config) validate() error {
 
 func (c config) has(w string) bool     { return slices.Contains(c.Workloads, w) }
 func (c config) hasPart(p string) bool { return slices.Contains(c.Parts, p) }
-func (c config) only(w string) bool { return len(c.Workloads) == 1 && c.Workloads[0] == w }
+func (c config) only(w string) bool    { return len(c.Workloads) == 1 && c.Workloads[0] == w }
 
 // userID is the id of user u.
 func (c config) userID(u int) string { return c.UserPrefix + strconv.Itoa(u) }

@@ -99,9 +99,9 @@ type reportJSON struct {
 	Params     map[string]any `json:"params"`
 	Results    []workloadJSON `json:"results"`
 	FloorRatio *ratioJSON     `json:"floor_ratio,omitempty"`
-	Actions    *actionsJSON   `json:"actions,omitempty"` // the actions workload
-	Txn        *txnJSON       `json:"txn,omitempty"`     // the peer-watch workload
-	Timers     *timersJSON    `json:"timers,omitempty"`  // the timers workload
+	Actions    *actionsJSON   `json:"actions,omitempty"`  // the actions workload
+	Txn        *txnJSON       `json:"txn,omitempty"`      // the peer-watch workload
+	Timers     *timersJSON    `json:"timers,omitempty"`   // the timers workload
 	Shoppers   *shoppersJSON  `json:"shoppers,omitempty"` // the shoppers workload
 	// ClientCores is the CPU nudge-bench itself used during the
 	// workloads, in cores: on a small machine it is taken from the server.

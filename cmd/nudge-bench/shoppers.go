@@ -52,15 +52,15 @@ import (
 
 // shoppersJSON is the shoppers workload's own result.
 type shoppersJSON struct {
-	Seeds         int             `json:"seeds,omitempty"`
-	SeedUsers     int             `json:"seed_users,omitempty"`
-	TrueLift      float64         `json:"true_lift,omitempty"`
-	Campaigns     []simCampaign   `json:"campaigns,omitempty"`
-	Exact         int             `json:"campaigns_exact"`
-	Covered       int             `json:"intervals_covering_true_lift"`
-	IngestEvents  uint64          `json:"ingest_events,omitempty"`
-	IngestPerSec  float64         `json:"ingest_events_per_sec,omitempty"`
-	Learn         *learnJSON      `json:"learn,omitempty"`
+	Seeds        int           `json:"seeds,omitempty"`
+	SeedUsers    int           `json:"seed_users,omitempty"`
+	TrueLift     float64       `json:"true_lift,omitempty"`
+	Campaigns    []simCampaign `json:"campaigns,omitempty"`
+	Exact        int           `json:"campaigns_exact"`
+	Covered      int           `json:"intervals_covering_true_lift"`
+	IngestEvents uint64        `json:"ingest_events,omitempty"`
+	IngestPerSec float64       `json:"ingest_events_per_sec,omitempty"`
+	Learn        *learnJSON    `json:"learn,omitempty"`
 }
 
 // simCampaign is one seed: what the simulator counted and what the

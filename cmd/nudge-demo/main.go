@@ -20,6 +20,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	_ "time/tzdata" // the shopper's zone must not depend on the host's zoneinfo
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -82,6 +83,26 @@ func printMetrics(url string) error {
 	return nil
 }
 
+// demoZones are where the demo's shopper may live: at any hour, one of
+// them has daytime (09:00 to 20:00), outside the bundled rules' quiet
+// hours (21:00 to 08:00), so the coupon goes at once whenever the demo
+// runs.
+var demoZones = []string{"Europe/Paris", "America/New_York", "America/Los_Angeles", "Asia/Tokyo", "Asia/Kolkata"}
+
+// daytimeZone returns the first of demoZones where it is daytime at now.
+func daytimeZone(now time.Time) string {
+	for _, z := range demoZones {
+		loc, err := time.LoadLocation(z)
+		if err != nil {
+			continue
+		}
+		if h := now.In(loc).Hour(); h >= 9 && h < 20 {
+			return z
+		}
+	}
+	return demoZones[0]
+}
+
 func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
 	c, err := sec.Dial(addr)
 	if err != nil {
@@ -98,7 +119,7 @@ func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
 	now := time.Now()
 	at := func(ago time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(-ago)) }
 	session := []*nudgev1.Event{
-		{EventId: user + "-1", UserId: user, Type: "view", Category: "phones", ItemId: "phone-a", Value: 699, OccurredAt: at(25 * time.Minute), Attributes: map[string]string{"tz": "Europe/Paris"}},
+		{EventId: user + "-1", UserId: user, Type: "view", Category: "phones", ItemId: "phone-a", Value: 699, OccurredAt: at(25 * time.Minute), Attributes: map[string]string{"tz": daytimeZone(now)}},
 		{EventId: user + "-2", UserId: user, Type: "view", Category: "laptops", ItemId: "laptop-x", Value: 1299, OccurredAt: at(20 * time.Minute)},
 		{EventId: user + "-3", UserId: user, Type: "view", Category: "phones", ItemId: "phone-b", Value: 799, OccurredAt: at(12 * time.Minute)},
 		{EventId: user + "-4", UserId: user, Type: "search", Category: "phones", OccurredAt: at(8 * time.Minute), Attributes: map[string]string{"query": "phone 256GB"}},

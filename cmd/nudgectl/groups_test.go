@@ -77,6 +77,12 @@ func groupsServer(t *testing.T, n int, clock *settableClock) (addr string, rdb *
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serve(t, srv), rdb, outbox
+}
+
+// serve serves srv on a free loopback port until the test ends.
+func serve(t *testing.T, srv *server.Server) (addr string) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +94,7 @@ func groupsServer(t *testing.T, n int, clock *settableClock) (addr string, rdb *
 		g.Stop()
 		<-served
 	})
-	return lis.Addr().String(), rdb, outbox
+	return lis.Addr().String()
 }
 
 // ctl runs nudgectl with the token in NUDGE_TOKEN against a plaintext

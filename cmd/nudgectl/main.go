@@ -28,9 +28,16 @@
 //	    Lists the consumer groups of the outbox (backlog, members, idle
 //	    time, abandoned or not), or destroys one with what it had pending
 //	    (AdminService, role admin).
+//	nudgectl report [CAMPAIGN]
+//	    Measures campaigns (AdminService, role admin): for each trigger,
+//	    journey step and offer of the rules in force, or the one named,
+//	    its treated and control users exposed and converted, conversion
+//	    rate and value, the uplift in percentage points, the lift with its
+//	    95% confidence interval and the p-value ("-" where the counts do
+//	    not define them; docs/rules.md, "Measuring campaigns").
 //
 // The commands that call nudged (send, decide, profile, actions tail,
-// groups) share its security flags, with the Go client's rules: --token sends a
+// groups, report) share its security flags, with the Go client's rules: --token sends a
 // bearer token (default $NUDGE_TOKEN, which keeps the secret off the
 // command line); --tls, --ca-file, --cert-file/--key-file (mutual TLS) and
 // --server-name connect with TLS; without them a loopback --addr is dialled
@@ -66,8 +73,11 @@ const usage = `usage:
                                           consumer groups: backlog, members, idle time, abandoned
   nudgectl groups delete NAME [--addr A] [--json]
                                           destroy a consumer group (stop its subscribers first)
+  nudgectl report [CAMPAIGN] [--addr A] [--json]
+                                          campaigns, treated vs control: exposed, converted, rate,
+                                          value, uplift (pp), lift with its 95% CI, p-value
 
-security flags of send, decide, profile, actions tail and groups, which call nudged (--addr, default 127.0.0.1:7070):
+security flags of send, decide, profile, actions tail, groups and report, which call nudged (--addr, default 127.0.0.1:7070):
   --token T          bearer token (default: $NUDGE_TOKEN; prefer the variable,
                      a command line is visible to other users)
   --tls              connect with TLS (default: TLS, except to a loopback --addr)
@@ -104,6 +114,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return actionsDead(args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "groups":
 		return groupsCmd(args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "report":
+		return report(args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return 2

@@ -161,6 +161,8 @@ func TestSecurityFlags(t *testing.T) {
 			"t0ken", []string{"actions", "tail", "--group", "g", "--addr", closed}, 2, []string{refused}, ""},
 		{"send refuses a plaintext token too",
 			"t0ken", []string{"send", events, "--addr", closed}, 2, []string{refused}, ""},
+		{"report refuses a plaintext token too",
+			"t0ken", []string{"report", "--addr", closed}, 2, []string{refused}, ""},
 		{"--insecure allows it",
 			"t0ken", []string{"decide", "u", "--channel", "web", "--addr", closed, "--insecure"}, 1,
 			[]string{"Unavailable"}, ""},
