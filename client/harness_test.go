@@ -26,6 +26,7 @@ import (
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/daemon"
+	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -63,7 +64,7 @@ func startExampleServer() (stop func(), err error) {
 		return nil, err
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	rules, err := decision.Parse(examples.RulesName, examples.Rules)
+	rules, err := decision.Parse(examples.RulesName, daytime.Rules(time.Now())) // users in daytime: no quiet hours whatever the hour
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +120,7 @@ func newEnv(t testing.TB) *env {
 	rs := redistest.Start(t)
 	rdb := redis.NewClient(nudgedRedisOptions(t, rs.Addr))
 	t.Cleanup(func() { _ = rdb.Close() })
-	rules, err := decision.Parse(examples.RulesName, examples.Rules)
+	rules, err := decision.Parse(examples.RulesName, daytime.Rules(time.Now())) // users in daytime: no quiet hours whatever the hour
 	if err != nil {
 		t.Fatalf("bundled rules: %v", err)
 	}

@@ -25,6 +25,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
@@ -62,6 +63,16 @@ var (
 // log line.
 func startNudged(t *testing.T, bin string, args ...string) *nudged {
 	t.Helper()
+	if !slices.Contains(args, "--rules") {
+		// Not the rules bundled in the binary: the same with their users
+		// in daytime, so that actions are not held by quiet hours at
+		// night.
+		rules := filepath.Join(t.TempDir(), "daytime-rules.yaml")
+		if err := os.WriteFile(rules, daytime.Rules(time.Now()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--rules", rules)
+	}
 	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

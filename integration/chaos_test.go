@@ -27,7 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/client"
-	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -657,7 +657,7 @@ func TestChaosSIGTERMDuringStreams(t *testing.T) {
 func TestChaosBrokenRulesReload(t *testing.T) {
 	events, users := chaosSize(20_000, 100_000), chaosSize(1_000, 5_000)
 	rules := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rules, examples.Rules, 0o644); err != nil {
+	if err := os.WriteFile(rules, daytime.Rules(time.Now()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rs := redistest.Start(t)

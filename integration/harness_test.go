@@ -23,6 +23,7 @@ import (
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
 	"github.com/nudge-dm/nudge/internal/daemon"
+	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
@@ -135,7 +136,8 @@ func startServer(t testing.TB, e *env, opt redisstore.Options, cfg server.Config
 	rdb := e.redisClient(t)
 	t.Cleanup(func() { _ = rdb.Close() })
 	store := redisstore.New(rdb, opt)
-	src, name := examples.Rules, examples.RulesName
+	// The example rules, their users in daytime whatever the hour.
+	src, name := daytime.Rules(time.Now()), examples.RulesName
 	if e.rules != nil {
 		src, name = e.rules, "test-rules.yaml"
 	}
@@ -277,16 +279,7 @@ func (e *env) outbox(t *testing.T, user string) []profile.Action {
 // daytimeTZ returns an IANA zone in which it is now about noon, so that a
 // test deciding at wall-clock time is outside the example rules' quiet
 // hours whenever it runs.
-func daytimeTZ() string {
-	off := 12 - time.Now().UTC().Hour() // in [-11, 12]
-	switch {
-	case off > 0:
-		return fmt.Sprintf("Etc/GMT-%d", off) // Etc signs are inverted: GMT-3 is UTC+3
-	case off < 0:
-		return fmt.Sprintf("Etc/GMT+%d", -off)
-	}
-	return "Etc/UTC"
-}
+func daytimeTZ() string { return daytime.Zone(time.Now()) }
 
 // inDaytime gives the event's user a time zone where it is now daytime.
 func inDaytime(e *nudgev1.Event) *nudgev1.Event {

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"gopkg.in/yaml.v3"
 
-	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -166,7 +166,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 	rs := redistest.Start(t)
 	bin := buildNudged(t)
 	rules := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rules, examples.Rules, 0o600); err != nil {
+	if err := os.WriteFile(rules, daytime.Rules(time.Now()), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	n := startNudged(t, bin, "--redis-addr", rs.Addr, "--rules", rules, "--rules-reload", "-1s",
