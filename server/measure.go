@@ -22,10 +22,13 @@ import (
 //     group) are queued by the answer and written after it by
 //     RunMeasures, so that they add no round trip to GetDecision; a full
 //     queue loses the exposure, counted in nudge.exposures.lost;
-//   - RunMeasures also reads the campaign counters every Refresh: the
-//     offers that compete by Thompson sampling draw from this copy,
-//     never from Redis on the decision path, and the campaign metrics
-//     report it;
+//   - RunMeasures also reads the counters of the offers that compete by
+//     Thompson sampling every Refresh (only theirs, and only when the
+//     rules have some): the sampler draws from this copy, never from
+//     Redis on the decision path; and every campaign's every
+//     MetricsRefresh, for the campaign metrics. Reading every bucket's
+//     counters costs Redis in proportion to buckets x campaigns, so the
+//     two are paced apart;
 //   - GetCampaignReport and ListCampaignReports read the counters when
 //     asked, and compare the variants (decision.Compare).
 
@@ -33,14 +36,17 @@ import (
 // campaign counters (profile/redisstore, measure.go).
 type MeasureStore interface {
 	Run(ctx context.Context, userIDs []string, steps []profile.Step) profile.BatchOutcome
-	Campaigns(ctx context.Context) (map[string]profile.CampaignCounts, error)
+	Counts(ctx context.Context, campaignIDs []string) (map[string]profile.CampaignCounts, error)
 }
 
 // MeasureConfig paces RunMeasures.
 type MeasureConfig struct {
-	// Refresh is how often the campaign counters are read for the
-	// sampler and the metrics: how far behind they may be. Default 5s.
+	// Refresh is how often the counters of the thompson offers are read
+	// for the sampler: how far behind it may be. Default 5s.
 	Refresh time.Duration
+	// MetricsRefresh is how often every campaign's counters are read for
+	// the campaign metrics. Default 30s.
+	MetricsRefresh time.Duration
 	// Batch is the most queued exposures written in one call of the
 	// store. Default 500.
 	Batch int
@@ -49,6 +55,9 @@ type MeasureConfig struct {
 func (c MeasureConfig) withDefaults() MeasureConfig {
 	if c.Refresh <= 0 {
 		c.Refresh = 5 * time.Second
+	}
+	if c.MetricsRefresh <= 0 {
+		c.MetricsRefresh = 30 * time.Second
 	}
 	if c.Batch <= 0 {
 		c.Batch = 500
@@ -68,8 +77,9 @@ type measurement struct {
 	// RunMeasures returns: decisions queue exposures only then.
 	running atomic.Bool
 	queue   chan exposure
-	// counts is the last read of the counters (nil before the first).
-	counts atomic.Pointer[map[string]profile.CampaignCounts]
+	// counts is the last read of the thompson offers' counters, metrics
+	// of every campaign's (nil before the first).
+	counts, metrics atomic.Pointer[map[string]profile.CampaignCounts]
 	// sampler draws from counts (Request.Sampler).
 	sampler decision.Sampler
 }
@@ -127,9 +137,12 @@ func (s *Server) RunMeasures(ctx context.Context, cfg MeasureConfig) error {
 	}
 	cfg = cfg.withDefaults()
 	defer s.meas.running.Store(false)
-	s.refreshCampaigns(ctx, ms)
+	s.refreshSampler(ctx, ms)
+	s.refreshMetrics(ctx, ms)
 	tick := time.NewTicker(cfg.Refresh)
 	defer tick.Stop()
+	metricsTick := time.NewTicker(cfg.MetricsRefresh)
+	defer metricsTick.Stop()
 	batch := make([]exposure, 0, cfg.Batch)
 	// Writes are not cut short by the end of ctx: what was taken from the
 	// queue is written (each write bounded).
@@ -155,7 +168,9 @@ func (s *Server) RunMeasures(ctx context.Context, cfg MeasureConfig) error {
 			batch = s.takeExposures(append(batch[:0], e), cfg.Batch)
 			write(batch)
 		case <-tick.C:
-			s.refreshCampaigns(ctx, ms)
+			s.refreshSampler(ctx, ms)
+		case <-metricsTick.C:
+			s.refreshMetrics(ctx, ms)
 		}
 	}
 }
@@ -210,16 +225,46 @@ func cmpErr(a, b error) error {
 	return b
 }
 
-// refreshCampaigns reads the counters for the sampler and the metrics.
-func (s *Server) refreshCampaigns(ctx context.Context, ms MeasureStore) {
-	c, err := ms.Campaigns(ctx)
+// refreshSampler reads the counters of the thompson offers of the rules
+// in force, if any, for the sampler.
+func (s *Server) refreshSampler(ctx context.Context, ms MeasureStore) {
+	var ids []string
+	for _, c := range s.rules.Rules().Campaigns() {
+		if c.Thompson {
+			ids = append(ids, c.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	c, err := ms.Counts(ctx, ids)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.cfg.Logger.WarnContext(ctx, "reading the campaign counters failed; the sampler and metrics keep the last read", "err", err)
+			s.cfg.Logger.WarnContext(ctx, "reading the thompson offers' counters failed; the sampler keeps the last read", "err", err)
 		}
 		return
 	}
 	s.meas.counts.Store(&c)
+}
+
+// refreshMetrics reads every campaign's counters for the metrics.
+func (s *Server) refreshMetrics(ctx context.Context, ms MeasureStore) {
+	c, err := ms.Counts(ctx, campaignIDs(s.rules.Rules().Campaigns()))
+	if err != nil {
+		if ctx.Err() == nil {
+			s.cfg.Logger.WarnContext(ctx, "reading the campaign counters failed; the campaign metrics keep the last read", "err", err)
+		}
+		return
+	}
+	s.meas.metrics.Store(&c)
+}
+
+func campaignIDs(cs []decision.Campaign) []string {
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	return ids
 }
 
 // registerCampaignMetrics reports the counters as last read, for the
@@ -238,7 +283,7 @@ func (s *Server) registerCampaignMetrics(m metric.Meter) error {
 		return err
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		c := s.meas.counts.Load()
+		c := s.meas.metrics.Load()
 		if c == nil {
 			return nil
 		}
@@ -266,11 +311,11 @@ func (s *Server) GetCampaignReport(ctx context.Context, req *nudgev1.GetCampaign
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	counts, err := s.readCampaigns(ctx)
+	id := req.GetCampaignId()
+	counts, err := s.readCampaigns(ctx, []string{id})
 	if err != nil {
 		return nil, err
 	}
-	id := req.GetCampaignId()
 	var cp decision.Campaign
 	found := false
 	for _, c := range s.rules.Rules().Campaigns() {
@@ -279,8 +324,8 @@ func (s *Server) GetCampaignReport(ctx context.Context, req *nudgev1.GetCampaign
 			break
 		}
 	}
-	c, counted := counts[id]
-	if !found && !counted {
+	c := counts[id]
+	if !found && c == (profile.CampaignCounts{}) {
 		return nil, status.Errorf(codes.NotFound, "campaign %q is not a trigger, journey step or offer of the rules in force, and has no counts", id)
 	}
 	if !found {
@@ -291,11 +336,11 @@ func (s *Server) GetCampaignReport(ctx context.Context, req *nudgev1.GetCampaign
 
 // ListCampaignReports reports every campaign of the rules in force.
 func (s *Server) ListCampaignReports(ctx context.Context, _ *nudgev1.ListCampaignReportsRequest) (*nudgev1.ListCampaignReportsResponse, error) {
-	counts, err := s.readCampaigns(ctx)
+	campaigns := s.rules.Rules().Campaigns()
+	counts, err := s.readCampaigns(ctx, campaignIDs(campaigns))
 	if err != nil {
 		return nil, err
 	}
-	campaigns := s.rules.Rules().Campaigns()
 	resp := &nudgev1.ListCampaignReportsResponse{Reports: make([]*nudgev1.GetCampaignReportResponse, len(campaigns))}
 	for i, cp := range campaigns {
 		resp.Reports[i] = campaignReport(cp, counts[cp.ID])
@@ -303,20 +348,19 @@ func (s *Server) ListCampaignReports(ctx context.Context, _ *nudgev1.ListCampaig
 	return resp, nil
 }
 
-// readCampaigns reads the counters now (and keeps them for the sampler).
-func (s *Server) readCampaigns(ctx context.Context) (map[string]profile.CampaignCounts, error) {
+// readCampaigns reads the campaigns' counters now.
+func (s *Server) readCampaigns(ctx context.Context, ids []string) (map[string]profile.CampaignCounts, error) {
 	ms := s.cfg.Measures
 	if ms == nil {
 		return nil, errNoMeasures
 	}
-	counts, err := ms.Campaigns(ctx)
+	counts, err := ms.Counts(ctx, ids)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return nil, toStatus(ctx.Err())
 	case err != nil:
 		return nil, unavailable("read the campaign counters", err)
 	}
-	s.meas.counts.Store(&counts)
 	return counts, nil
 }
 

@@ -239,10 +239,13 @@ type TimersConfig struct {
 
 // MeasurementConfig paces campaign measurement (server.MeasureConfig).
 type MeasurementConfig struct {
-	// Refresh is how often the campaign counters are read for the offers
-	// that compete by Thompson sampling and for the campaign metrics: how
-	// far behind they may be. Default 5s.
+	// Refresh is how often the counters of the offers that compete by
+	// Thompson sampling are read for the sampler: how far behind it may
+	// be. Default 5s.
 	Refresh time.Duration `yaml:"refresh"`
+	// MetricsRefresh is how often every campaign's counters are read for
+	// the campaign metrics. Default 30s.
+	MetricsRefresh time.Duration `yaml:"metrics_refresh"`
 	// ExposureQueue bounds the decisions' control exposures waiting to be
 	// written; past it they are lost and counted. Default 10000.
 	ExposureQueue int `yaml:"exposure_queue"`
@@ -422,7 +425,7 @@ func Defaults() Config {
 			GroupIdle:         dlv.GroupIdle,
 		},
 		Timers:      TimersConfig{Poll: 100 * time.Millisecond, Batch: 2000},
-		Measurement: MeasurementConfig{Refresh: 5 * time.Second, ExposureQueue: srv.ExposureQueue},
+		Measurement: MeasurementConfig{Refresh: 5 * time.Second, MetricsRefresh: 30 * time.Second, ExposureQueue: srv.ExposureQueue},
 		Limits: LimitsConfig{
 			MaxMessageBytes:   srv.MaxRecvMsgBytes,
 			MaxInFlight:       srv.MaxInFlight,
@@ -560,7 +563,8 @@ func (c *Config) settings() []setting {
 		{"timers.poll", "timers-poll", "time between two polls of the due journey steps when the last found nothing more", duration(&c.Timers.Poll)},
 		{"timers.batch", "timers-batch", "most users whose due timers one poll fires", integer(&c.Timers.Batch)},
 
-		{"measurement.refresh", "measurement-refresh", "how often the campaign counters are read for thompson offers and the campaign metrics", duration(&c.Measurement.Refresh)},
+		{"measurement.refresh", "measurement-refresh", "how often the thompson offers' counters are read for their sampler", duration(&c.Measurement.Refresh)},
+		{"measurement.metrics_refresh", "measurement-metrics-refresh", "how often every campaign's counters are read for the campaign metrics", duration(&c.Measurement.MetricsRefresh)},
 		{"measurement.exposure_queue", "exposure-queue", "decisions' control exposures waiting to be written before they are lost (and counted)", integer(&c.Measurement.ExposureQueue)},
 
 		{"limits.max_message_bytes", "max-message-bytes", "largest request message accepted", integer(&c.Limits.MaxMessageBytes)},

@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return srv.RunTimers(ctx, store, server.TimerConfig{Poll: cfg.Timers.Poll, Batch: cfg.Timers.Batch})
 	})
 	parts.add("measurement", func(ctx context.Context) error {
-		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh})
+		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh, MetricsRefresh: cfg.Measurement.MetricsRefresh})
 	})
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
 	parts.add("SIGHUP", rl.onSIGHUP)

@@ -65,11 +65,19 @@ func measureEvents(n int) (events []profile.Event, want profile.CampaignCounts) 
 	return events, want
 }
 
+// campaign reads a campaign's counts both ways, which must agree.
 func campaign(t *testing.T, s *redisstore.Store, id string) profile.CampaignCounts {
 	t.Helper()
 	all, err := s.Campaigns(t.Context())
 	if err != nil {
 		t.Fatal(err)
+	}
+	some, err := s.Counts(t.Context(), []string{"nothing-here", id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if some[id] != all[id] || some["nothing-here"] != (profile.CampaignCounts{}) {
+		t.Fatalf("Counts %+v, Campaigns %+v", some, all[id])
 	}
 	return all[id]
 }
