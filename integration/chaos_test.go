@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -83,11 +84,15 @@ type verdict struct {
 	lost, doubleCounted     int
 	actions, duplicateActns int
 	unacked                 int
+	// The coupon trigger's campaign: users exposed in its counters, and
+	// the distinct users of its actions in the outbox (each user's first
+	// action opens the window; the producer's events are minutes apart).
+	exposed, actionUsers int
 }
 
 func (v verdict) String() string {
-	return fmt.Sprintf("sent %d, acknowledged %d, counted in Redis %d: lost %d, double_counted %d, unacknowledged %d; actions %d, duplicate actions %d",
-		v.sent, v.acked, v.stored, v.lost, v.doubleCounted, v.unacked, v.actions, v.duplicateActns)
+	return fmt.Sprintf("sent %d, acknowledged %d, counted in Redis %d: lost %d, double_counted %d, unacknowledged %d; actions %d, duplicate actions %d; coupon exposures %d for %d users with its actions",
+		v.sent, v.acked, v.stored, v.lost, v.doubleCounted, v.unacked, v.actions, v.duplicateActns, v.exposed, v.actionUsers)
 }
 
 // check compares, per user, the view counts stored in Redis with the
@@ -120,7 +125,43 @@ func (l *ledger) check(ctx context.Context, t *testing.T, rdb redis.UniversalCli
 		v.doubleCounted += max(0, s-n)
 	}
 	v.actions, v.duplicateActns = outboxActions(ctx, t, rdb)
+	v.exposed, v.actionUsers = couponExposures(ctx, t, rdb)
 	return v
+}
+
+// couponTrigger is the bundled rules' trigger the producer's views fire.
+const couponTrigger = "category-interest-coupon"
+
+// couponExposures sums the coupon's treated exposures over every
+// bucket's counters (whatever the layout), and counts the distinct users
+// of its actions in the outbox: written in the same MULTI, they agree.
+func couponExposures(ctx context.Context, t *testing.T, rdb redis.UniversalClient) (exposed, users int) {
+	t.Helper()
+	var keys []string
+	scanKeys(ctx, t, rdb, "nudge:*:m", func(key string) { keys = append(keys, key) })
+	for _, k := range keys {
+		n, err := rdb.HGet(ctx, k, "t:e:"+couponTrigger).Int()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatalf("HGET %s: %v", k, err)
+		}
+		exposed += n
+	}
+	var streams []string
+	scanKeys(ctx, t, rdb, "nudge:*:out", func(key string) { streams = append(streams, key) })
+	seen := map[string]bool{}
+	for _, key := range streams {
+		msgs, err := rdb.XRange(ctx, key, "-", "+").Result()
+		if err != nil {
+			t.Fatalf("XRANGE %s: %v", key, err)
+		}
+		for _, m := range msgs {
+			if m.Values["trigger_id"] == couponTrigger {
+				u, _ := m.Values["user_id"].(string)
+				seen[u] = true
+			}
+		}
+	}
+	return exposed, len(seen)
 }
 
 // scanKeys calls fn for every key matching pattern, on every master of a
@@ -364,7 +405,7 @@ func sumStats(pubs []*client.Publisher) client.Stats {
 func wantExact(t *testing.T, v verdict) {
 	t.Helper()
 	t.Logf("checker: %v", v)
-	if v.lost != 0 || v.doubleCounted != 0 || v.unacked != 0 || v.duplicateActns != 0 || v.stored != v.sent {
+	if v.lost != 0 || v.doubleCounted != 0 || v.unacked != 0 || v.duplicateActns != 0 || v.stored != v.sent || v.exposed != v.actionUsers {
 		t.Errorf("not exactly once: %v", v)
 	}
 }
