@@ -206,7 +206,7 @@ func TestNudgedBinaryServesAndStopsGracefully(t *testing.T) {
 	if len(pub.Actions) != 1 {
 		t.Errorf("seed scenario through the binary: %d actions, want 1", len(pub.Actions))
 	}
-	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "bin-user", Channel: "sms"})
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "bin-user", Channel: "sms", Budget: durationpb.New(time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestNudgedBinaryEmbeddedStoreAndBadRedis(t *testing.T) {
 	bin := buildNudged(t)
 	n := startNudged(t, bin)
 	conn := dial(t, n.addr)
-	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "nobody", Channel: "web"})
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: "nobody", Channel: "web", Budget: durationpb.New(time.Second)}) // the first call may be slow on a busy box
 	if err != nil || dec.Decision.Verdict != nudgev1.Verdict_VERDICT_SEND || dec.Decision.Offer.GetId() != "web-welcome" {
 		t.Errorf("GetDecision on the embedded store = %v, %v; want the web-welcome offer", dec, err)
 	}
@@ -389,7 +389,7 @@ func TestDecisionAuditTrail(t *testing.T) {
 	decide := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
 	var ids []string
 	for _, user := range []string{"audited", "other"} {
-		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web"})
+		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web", Budget: durationpb.New(time.Second)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"gopkg.in/yaml.v3"
 
@@ -199,7 +200,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 	// Decisions.
 	decide := nudgev1.NewDecisionServiceClient(conn)
 	for range 3 {
-		if _, err := decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "obs-user", Channel: "push"}); err != nil {
+		if _, err := decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "obs-user", Channel: "push", Budget: durationpb.New(time.Second)}); err != nil {
 			t.Fatal(err)
 		}
 	}
