@@ -51,7 +51,7 @@ func wantViews(ctx context.Context, t *testing.T, rdb redis.UniversalClient, use
 	for u := range ids {
 		ids[u] = fmt.Sprintf("cu-%d", u)
 	}
-	ps, errs := redisstore.New(rdb, redisstore.Options{}).GetMany(ctx, ids)
+	ps, errs := redisstore.New(rdb, redisstore.Options{}).GetMany(ctx, ids, nil)
 	for u, p := range ps {
 		if errs[u] != nil {
 			t.Fatalf("read %s: %v", ids[u], errs[u])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -18,50 +19,56 @@ import (
 // store that keeps failing them. A read that fails or misses its deadline
 // makes the answer degraded (decision.Rules.Answer), never an error.
 
-// evalHeadroom is the part of a decision budget kept for what follows the
-// profile read's deadline: go-redis and the runtime returning from a read
-// that missed it (about 1 ms late at the median on 2 shared cores, up to
-// 2-3 ms at the p99), evaluating the rules and sending the answer.
-const evalHeadroom = 2 * time.Millisecond
+// answerHeadroom is the part of a decision budget kept for what follows
+// the moment the handler stops waiting for the profile read: evaluating
+// the rules on the fallback or the profile, and sending the answer
+// (measured: about 40-150 µs at the median, under 0.5 ms at the p99 on 2
+// shared cores; BENCHMARKS.md, "The deadline"). The handler's timer, not
+// the read's context, decides when it stops waiting: go-redis returns
+// from a read past its context's deadline about 1 ms late at the median
+// and 2-3 ms at the p99, which is why this headroom was 2 ms when the
+// read's own deadline decided.
+const answerHeadroom = 500 * time.Microsecond
 
 // readShare is the part of budget b the profile read gets.
-func readShare(b time.Duration) time.Duration { return max(b-evalHeadroom, b/2) }
+func readShare(b time.Duration) time.Duration { return max(b-answerHeadroom, b/2) }
 
-// readContext returns the context for the profile read: the request's
-// budget (or the default, capped to the maximum) minus the evaluation
-// headroom.
-func (s *Server) readContext(ctx context.Context, budget *durationpb.Duration) (context.Context, context.CancelFunc, time.Duration) {
+// readBudget returns the read's share of the request's budget (or of the
+// default, capped to the maximum).
+func (s *Server) readBudget(budget *durationpb.Duration) time.Duration {
 	b := s.cfg.DefaultBudget
 	if budget != nil && budget.AsDuration() > 0 {
 		b = min(budget.AsDuration(), s.cfg.MaxBudget)
 	}
-	read := readShare(b)
-	readCtx, cancel := context.WithTimeout(ctx, read)
-	return readCtx, cancel, read
+	return readShare(b)
 }
 
 // errReadsSaturated is the read error when too many profile reads are
 // already waiting on the store.
 var errReadsSaturated = errors.New("too many profile reads already waiting on the store")
 
-// boundedRead runs read, a read of the store for a decision, within
-// readCtx, whose deadline is the read's share of the budget, and tells the
-// breaker how it went. It returns read's value, or the error that kept it
-// from finishing in time: the breaker is open, more than
-// Config.MaxPendingReads reads are already waiting on the store (so a slow
-// store degrades decisions instead of piling them up), or readCtx ended.
-// ctx is the call's.
+// boundedRead runs read, a read of the store for a decision, on a
+// goroutine of its own, and waits for it until share has passed since
+// start (the handler's timer) or ctx, the call's, ends. It returns read's
+// value, or the error that kept it from finishing in time: the breaker is
+// open, more than Config.MaxPendingReads reads are already waiting on the
+// store (so a slow store degrades decisions instead of piling them up),
+// or the share passed (context.DeadlineExceeded). The read's context ends
+// at the same time, so an abandoned read releases its connection and its
+// place among the pending reads soon after; it still tells the breaker
+// how it went.
 //
 // read returns its value and the store's error (joined, for several
 // users): only the store's own failures count for the breaker. A read that
 // came back after its deadline (a large profile's decoding, a stall of this
 // process) misses the budget, but the store did not fail.
 //
-// read runs on the caller's goroutine: a goroutine per decision cost about
-// a tenth of the server's CPU per decision (creation, stack growth, a
-// cross-CPU wake-up), so the budget relies on the store honouring readCtx's
-// deadline (see Store). A panic in read reaches the recovery interceptor.
-func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time.Duration, read func(context.Context) (T, error)) (T, error) {
+// A goroutine per read costs about a tenth of the CPU of a decision read
+// from Redis (creation, stack growth, a wake-up); decisions served from
+// the near-cache (DecisionStore.Peek) take none. A panic in read is
+// raised again on the caller's goroutine, where the recovery interceptor
+// sees it.
+func boundedRead[T any](s *Server, ctx context.Context, start time.Time, share time.Duration, read func(context.Context) (T, error)) (T, error) {
 	var zero T
 	now := time.Now() // the breaker's clock is the wall clock, not Config.Now
 	ok, probe := s.reads.allow(now)
@@ -75,17 +82,49 @@ func boundedRead[T any](s *Server, ctx, readCtx context.Context, readBudget time
 		s.reads.abandon(probe)
 		return zero, errReadsSaturated
 	}
-	defer func() { <-s.pendingReads }()
-	var v T
-	var storeErr error
-	if readCtx.Err() == nil {
-		v, storeErr = read(readCtx)
+	deadline := start.Add(share)
+	readCtx, cancel := context.WithDeadline(ctx, deadline)
+	type result struct {
+		v        T
+		err      error
+		late     bool // the read's deadline passed before it returned
+		panicked any
 	}
-	s.reads.record(time.Now(), probe, s.storeFailed(ctx, storeErr, readBudget))
-	if err := readCtx.Err(); err != nil {
-		return zero, err
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			if p := recover(); p != nil {
+				r = result{panicked: p}
+				s.reads.abandon(probe)
+			}
+			cancel()
+			<-s.pendingReads
+			done <- r
+		}()
+		r.v, r.err = read(readCtx)
+		r.late = readCtx.Err() != nil
+		s.reads.record(time.Now(), probe, s.storeFailed(ctx, r.err, share))
+	}()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		switch {
+		case r.panicked != nil:
+			// On the call's goroutine, for the recovery interceptor.
+			panic(fmt.Sprintf("profile read: %v\n%s", r.panicked, debug.Stack()))
+		case r.late && ctx.Err() != nil:
+			return zero, ctx.Err()
+		case r.late:
+			return zero, context.DeadlineExceeded
+		}
+		return r.v, nil
+	case <-timer.C:
+		return zero, context.DeadlineExceeded
+	case <-ctx.Done():
+		return zero, ctx.Err()
 	}
-	return v, nil
 }
 
 // storeFailed reports whether a read's err tells of a failing store: the

@@ -8,20 +8,20 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// GetDecision reads the profile within the budget (budget.go) and answers
-// with decision.Rules.Answer: when the read does not finish in time or
-// fails, the channel's configured fallback marked degraded, with the
-// reason, rather than an error: the caller's hot path always gets an
-// answer.
+// GetDecision answers from the profile in memory when the store's
+// near-cache has it current (DecisionStore.Peek), else reads it within
+// the budget (budget.go), and answers with decision.Rules.Answer: when the
+// read does not finish in time or fails, the channel's configured fallback
+// marked degraded, with the reason, rather than an error: the caller's hot
+// path always gets an answer.
 func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionRequest) (*nudgev1.GetDecisionResponse, error) {
+	start := time.Now()
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
@@ -30,61 +30,77 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 	}
 	q := request(req, req.GetExplain())
 	q.Sampler = s.sampler()
+	share := s.readBudget(req.GetBudget())
 	if req.GetReserve() {
-		return s.reserve(ctx, q, req.GetIdempotencyKey(), req.GetBudget()), nil
+		return s.reserve(ctx, q, req.GetIdempotencyKey(), start, share), nil
 	}
-	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
-	defer cancel()
-	read, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (decision.Read, error) {
-		p, err := s.decisions.Get(ctx, q.UserID)
-		return decision.Read{Profile: p, Err: err}, err
-	})
-	if err != nil {
-		read.Err = err
+	read := decision.Read{Budget: share}
+	var found bool
+	if read.Profile, found, read.Err = s.decisions.Peek(q.UserID, q.MinVersion); !found {
+		r, err := boundedRead(s, ctx, start, share, func(ctx context.Context) (decision.Read, error) {
+			p, err := s.decisions.Load(ctx, q.UserID)
+			return decision.Read{Profile: p, Err: err, Budget: share}, err
+		})
+		if read = r; err != nil {
+			read = decision.Read{Err: err, Budget: share}
+		}
 	}
-	read.Budget = readBudget
 	if read.Err != nil && ctx.Err() != nil {
 		return nil, toStatus(ctx.Err())
 	}
 	return s.answer(ctx, s.rules.Rules(), q, read), nil
 }
 
-// BatchGetDecisions reads every user's profile in one pipelined round trip
-// and decides for each, within one budget for the whole batch.
+// BatchGetDecisions answers every query whose profile the store's
+// near-cache has from memory, reads the others' profiles in one pipelined
+// round trip, and decides for each, within one budget for the whole batch.
 func (s *Server) BatchGetDecisions(ctx context.Context, req *nudgev1.BatchGetDecisionsRequest) (*nudgev1.BatchGetDecisionsResponse, error) {
+	start := time.Now()
 	if err := s.validator.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
 	if err := mayDecide(ctx, false, req.GetExplain()); err != nil {
 		return nil, err
 	}
-	ids := make([]string, len(req.GetQueries()))
+	share := s.readBudget(req.GetBudget())
+	reads := make([]decision.Read, len(req.GetQueries()))
+	var missed []int
+	var ids []string
 	for i, q := range req.GetQueries() {
-		ids[i] = q.GetUserId()
+		r := &reads[i]
+		r.Budget = share
+		var found bool
+		if r.Profile, found, r.Err = s.decisions.Peek(q.GetUserId(), q.GetMinProfileVersion()); !found {
+			missed = append(missed, i)
+			ids = append(ids, q.GetUserId())
+		}
 	}
-	readCtx, cancel, readBudget := s.readContext(ctx, req.GetBudget())
-	defer cancel()
-	type many struct {
-		ps   []*profile.Profile
-		errs []error
-	}
-	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (many, error) {
-		ps, errs := s.decisions.GetMany(ctx, ids)
-		return many{ps, errs}, errors.Join(errs...)
-	})
-	if ctx.Err() != nil {
-		return nil, toStatus(ctx.Err())
+	if len(missed) > 0 {
+		type many struct {
+			ps   []*profile.Profile
+			errs []error
+		}
+		m, err := boundedRead(s, ctx, start, share, func(ctx context.Context) (many, error) {
+			ps, errs := s.decisions.LoadMany(ctx, ids)
+			return many{ps, errs}, errors.Join(errs...)
+		})
+		if ctx.Err() != nil {
+			return nil, toStatus(ctx.Err())
+		}
+		for k, i := range missed {
+			if err != nil {
+				reads[i].Err = err
+			} else {
+				reads[i].Profile, reads[i].Err = m.ps[k], m.errs[k]
+			}
+		}
 	}
 	rules := s.rules.Rules()
-	out := &nudgev1.BatchGetDecisionsResponse{Results: make([]*nudgev1.GetDecisionResponse, len(ids))}
+	out := &nudgev1.BatchGetDecisionsResponse{Results: make([]*nudgev1.GetDecisionResponse, len(reads))}
 	for i, q := range req.GetQueries() {
-		read := decision.Read{Err: err, Budget: readBudget}
-		if err == nil {
-			read.Profile, read.Err = r.ps[i], r.errs[i]
-		}
 		dq := request(q, req.GetExplain())
 		dq.Sampler = s.sampler()
-		out.Results[i] = s.answer(ctx, rules, dq, read)
+		out.Results[i] = s.answer(ctx, rules, dq, reads[i])
 	}
 	return out, nil
 }
@@ -133,16 +149,14 @@ func (s *Server) answer(ctx context.Context, rules *decision.Rules, q decision.R
 // decision.Rules.Reserve (the decision already taken with the key, or a new
 // one recorded under it). Past the budget the answer is NONE, degraded:
 // never a SEND without its reservation.
-func (s *Server) reserve(ctx context.Context, q decision.Request, key string, budget *durationpb.Duration) *nudgev1.GetDecisionResponse {
-	readCtx, cancel, readBudget := s.readContext(ctx, budget)
-	defer cancel()
+func (s *Server) reserve(ctx context.Context, q decision.Request, key string, start time.Time, share time.Duration) *nudgev1.GetDecisionResponse {
 	rules := s.rules.Rules()
 	type reserved struct {
 		decision.Reserved
 		version uint64
 		err     error
 	}
-	r, err := boundedRead(s, ctx, readCtx, readBudget, func(ctx context.Context) (reserved, error) {
+	r, err := boundedRead(s, ctx, start, share, func(ctx context.Context) (reserved, error) {
 		var r reserved
 		r.version, r.err = s.decisions.Update(ctx, q.UserID, func(p *profile.Profile, now time.Time) bool {
 			r.Reserved = rules.Reserve(p, q, key, s.cfg.ReservationTTL, now)
@@ -154,7 +168,7 @@ func (s *Server) reserve(ctx context.Context, q decision.Request, key string, bu
 		err = r.err
 	}
 	if err != nil {
-		d := rules.ReserveFailed(q, err, readBudget)
+		d := rules.ReserveFailed(q, err, share)
 		s.metrics.countDecision(ctx, d.Verdict, true)
 		return &nudgev1.GetDecisionResponse{Decision: decisionToProto(d)}
 	}

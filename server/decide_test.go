@@ -156,7 +156,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				return nil, fmt.Errorf("get: %w", ctx.Err())
 			},
 			budget: 20 * time.Millisecond,
-			reason: "profile read exceeded its budget of 18ms",
+			reason: "profile read exceeded its budget of 19.5ms",
 		},
 		{
 			name: "read past the default budget",
@@ -164,7 +164,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			},
-			reason: "profile read exceeded its budget of 8ms",
+			reason: "profile read exceeded its budget of 9.5ms",
 		},
 		// Why a read failed is decision.Rules.Answer's (TestAnswer); here,
 		// that the server gives it the read's error and budget.
@@ -243,9 +243,19 @@ func TestGetDecisionBreaker(t *testing.T) {
 			t.Fatalf("read %d: got %v, want degraded past its budget", i, d)
 		}
 	}
+	// The answer leaves when the budget is spent; the breaker hears of the
+	// abandoned read when the read returns, just after: wait for the
+	// third failure to be counted.
+	paused := func(d *nudgev1.Decision) bool {
+		return d.GetDegraded() && strings.Contains(d.GetReasons()[0].GetMessage(), "the last 3 reads failed, so reads are paused")
+	}
+	for wait := time.Now().Add(5 * time.Second); !paused(decide(0)); {
+		if time.Now().After(wait) {
+			t.Fatal("reads not paused 5s after 3 reads failed")
+		}
+	}
 	before := storeCalls()
-	d := decide(0)
-	if !d.GetDegraded() || !strings.Contains(d.GetReasons()[0].GetMessage(), "the last 3 reads failed, so reads are paused") {
+	if d := decide(0); !paused(d) {
 		t.Fatalf("got %v, want degraded at once while reads are paused", d)
 	}
 	if after := storeCalls(); after != before {

@@ -205,7 +205,13 @@ func (m *memStore) Get(_ context.Context, userID string) (*profile.Profile, erro
 	return profile.Decode(b)
 }
 
-func (m *memStore) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+func (m *memStore) Peek(string, uint64) (*profile.Profile, bool, error) { return nil, false, nil }
+
+func (m *memStore) Load(ctx context.Context, userID string) (*profile.Profile, error) {
+	return m.Get(ctx, userID)
+}
+
+func (m *memStore) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ps, errs := make([]*profile.Profile, len(userIDs)), make([]error, len(userIDs))
 	for i, id := range userIDs {
 		ps[i], errs[i] = m.Get(ctx, id)

@@ -279,8 +279,15 @@ func (f *fakeStore) Get(ctx context.Context, userID string) (*profile.Profile, e
 	return f.get(ctx, userID)
 }
 
-// GetMany answers each user with get, as a pipeline would.
-func (f *fakeStore) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+// Peek finds nothing: the fake store has no near-cache.
+func (f *fakeStore) Peek(string, uint64) (*profile.Profile, bool, error) { return nil, false, nil }
+
+func (f *fakeStore) Load(ctx context.Context, userID string) (*profile.Profile, error) {
+	return f.Get(ctx, userID)
+}
+
+// LoadMany answers each user with get, as a pipeline would.
+func (f *fakeStore) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ps, errs := make([]*profile.Profile, len(userIDs)), make([]error, len(userIDs))
 	for i, id := range userIDs {
 		ps[i], errs[i] = f.Get(ctx, id)

@@ -25,19 +25,24 @@ import (
 )
 
 // The profile store, narrowed to what each service uses. A
-// *redisstore.Store is all of them. Get, GetMany and Update must return by
-// their context's deadline: a decision's budget relies on it (a
-// redisstore.Store does when its go-redis client has ContextTimeoutEnabled,
-// as nudged's has).
+// *redisstore.Store is all of them. A decision's answer does not wait for
+// a read past its budget (budget.go), but a read that does not return by
+// its context's deadline holds one of Config.MaxPendingReads: Load,
+// LoadMany and Update should honour it (a redisstore.Store does when its
+// go-redis client has ContextTimeoutEnabled, as nudged's has).
 type (
 	// EventStore applies events: IngestService.
 	EventStore interface {
 		Apply(ctx context.Context, events []profile.Event, step profile.Step) profile.BatchOutcome
 	}
 	// DecisionStore reads profiles and takes reservations: DecisionService.
+	// Peek answers from memory without I/O when it can (a near-cache kept
+	// coherent with the store), found false otherwise; Load and LoadMany
+	// read the store. Profiles returned must not be modified.
 	DecisionStore interface {
-		Get(ctx context.Context, userID string) (*profile.Profile, error)
-		GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
+		Peek(userID string, minVersion uint64) (p *profile.Profile, found bool, err error)
+		Load(ctx context.Context, userID string) (*profile.Profile, error)
+		LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
 		Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
 	}
 	// ProfileStore shows and erases profiles: ProfileService.

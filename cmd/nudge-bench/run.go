@@ -337,7 +337,7 @@ func sumViews(ctx context.Context, cfg config, rdb *redis.Client) (uint64, error
 		for u := lo; u < min(lo+viewChunk, cfg.Users); u++ {
 			ids = append(ids, cfg.userID(u))
 		}
-		profiles, errs := store.GetMany(ctx, ids)
+		profiles, errs := store.GetMany(ctx, ids, nil)
 		for i, p := range profiles {
 			switch {
 			case errors.Is(errs[i], profile.ErrNotFound):

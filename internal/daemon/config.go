@@ -46,8 +46,11 @@ type Config struct {
 	Profile  ProfileConfig  `yaml:"profile"`
 	Rules    RulesConfig    `yaml:"rules"`
 	Decision DecisionConfig `yaml:"decision"`
-	Delivery DeliveryConfig `yaml:"delivery"`
-	Timers   TimersConfig   `yaml:"timers"`
+	// NearCache keeps decoded profiles in nudged for decisions, coherent
+	// with Redis through client tracking (redisstore.NearCacheOptions).
+	NearCache NearCacheConfig `yaml:"near_cache"`
+	Delivery  DeliveryConfig  `yaml:"delivery"`
+	Timers    TimersConfig    `yaml:"timers"`
 	// Measurement paces campaign measurement (server.MeasureConfig).
 	Measurement MeasurementConfig `yaml:"measurement"`
 	Limits      LimitsConfig      `yaml:"limits"`
@@ -200,6 +203,21 @@ type DecisionConfig struct {
 	BreakerFailures int `yaml:"breaker_failures"`
 	// BreakerCooldown is how long reads stop. Default 50ms.
 	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
+}
+
+// NearCacheConfig configures the near-cache of profiles that decisions
+// read (redisstore.NearCacheOptions).
+type NearCacheConfig struct {
+	// MaxMiB bounds its estimated memory, in MiB. Default 256; 0 turns it
+	// off (every decision reads Redis).
+	MaxMiB int `yaml:"max_mib"`
+	// MaxSilence is the freshness bound: cached profiles are served only
+	// while every master acknowledged a tracking heartbeat sent less than
+	// this ago. Default 250ms.
+	MaxSilence time.Duration `yaml:"max_silence"`
+	// Heartbeat is how often each tracking connection is pinged. Default
+	// 50ms.
+	Heartbeat time.Duration `yaml:"heartbeat"`
 }
 
 // DeliveryConfig configures the outbox and ActionService.
@@ -416,6 +434,7 @@ func Defaults() Config {
 			BreakerFailures: srv.BreakerFailures,
 			BreakerCooldown: srv.BreakerCooldown,
 		},
+		NearCache: NearCacheConfig{MaxMiB: 256, MaxSilence: 250 * time.Millisecond, Heartbeat: 50 * time.Millisecond},
 		Delivery: DeliveryConfig{
 			VisibilityTimeout: dlv.Visibility,
 			MaxDeliveries:     dlv.MaxDeliveries,
@@ -552,6 +571,10 @@ func (c *Config) settings() []setting {
 		{"decision.audit_sample", "audit-sample", "share of decisions logged to the audit stream nudge:audit (0 to 1)", float(&c.Decision.AuditSample)},
 		{"decision.breaker_failures", "breaker-failures", "decision reads failed in a row that stop reads for breaker_cooldown (-1: never)", integer(&c.Decision.BreakerFailures)},
 		{"decision.breaker_cooldown", "breaker-cooldown", "how long decision reads stop after breaker_failures failed, before one probes", duration(&c.Decision.BreakerCooldown)},
+
+		{"near_cache.max_mib", "near-cache-mib", "memory of the near-cache of profiles decisions read, in MiB (0: off, every decision reads Redis)", integer(&c.NearCache.MaxMiB)},
+		{"near_cache.max_silence", "near-cache-max-silence", "freshness bound: cached profiles are served only while Redis acknowledged a tracking heartbeat sent less than this ago", duration(&c.NearCache.MaxSilence)},
+		{"near_cache.heartbeat", "near-cache-heartbeat", "how often each tracking connection is pinged", duration(&c.NearCache.Heartbeat)},
 
 		{"delivery.visibility_timeout", "visibility-timeout", "an action not acknowledged within this is redelivered", duration(&c.Delivery.VisibilityTimeout)},
 		{"delivery.max_deliveries", "max-deliveries", "deliveries of an action to a group before it goes to the dead-letter stream nudge:dead", integer(&c.Delivery.MaxDeliveries)},

@@ -121,6 +121,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err := registerReplicationMetrics(metrics.meter, waitReplicas, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	if err := registerNearCacheMetrics(metrics.meter, store.NearCache); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	auditLog := audit.New(rdb, audit.Options{Sample: cfg.Decision.AuditSample})
 	outbox := delivery.New(rdb, store.Layout(), delivery.Options{
 		Visibility: cfg.Delivery.VisibilityTimeout, MaxDeliveries: cfg.Delivery.MaxDeliveries, GroupIdle: cfg.Delivery.GroupIdle,
@@ -157,6 +160,17 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	parts.add("outbox trimmer", func(ctx context.Context) error { trimLoop(ctx, outbox, cfg, rulesMetrics, log); return nil })
 	parts.add("timers", func(ctx context.Context) error {
 		return srv.RunTimers(ctx, store, server.TimerConfig{Poll: cfg.Timers.Poll, Batch: cfg.Timers.Batch})
+	})
+	parts.add("near-cache tracking", func(ctx context.Context) error {
+		err := store.Track(ctx)
+		if errors.Is(err, redisstore.ErrTrackingUnsupported) {
+			log.Warn("near-cache off: this Redis does not offer client tracking; every decision reads Redis", "err", err)
+			err = nil
+		}
+		if err == nil { // off or unsupported: nothing to do until the end
+			<-ctx.Done()
+		}
+		return err
 	})
 	parts.add("measurement", func(ctx context.Context) error {
 		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh, MetricsRefresh: cfg.Measurement.MetricsRefresh})
@@ -200,6 +214,20 @@ func (c Config) storeOptions(waitReplicas int, tp trace.TracerProvider) redissto
 		WaitReplicas:    waitReplicas,
 		WaitTimeout:     c.Redis.WaitTimeout,
 		TracerProvider:  tp,
+		NearCache:       c.nearCache(),
+	}
+}
+
+// nearCache is the store's near-cache from c: none on the embedded store,
+// which is in this process already and offers no client tracking.
+func (c Config) nearCache() redisstore.NearCacheOptions {
+	if c.Redis.Addr == "" && !c.Redis.IsCluster() {
+		return redisstore.NearCacheOptions{}
+	}
+	return redisstore.NearCacheOptions{
+		MaxBytes:   int64(c.NearCache.MaxMiB) << 20,
+		MaxSilence: c.NearCache.MaxSilence,
+		Heartbeat:  c.NearCache.Heartbeat,
 	}
 }
 

@@ -303,3 +303,73 @@ func registerStoreMetrics(m metric.Meter, stats func() redisstore.Stats) error {
 	}, txns, conflicts, retries, redirects, exhausted)
 	return err
 }
+
+// registerNearCacheMetrics reports the near-cache: nudge.near_cache.reads
+// by result (hit, miss, bypass: the cache down), its size, and tracking's
+// state and failures.
+func registerNearCacheMetrics(m metric.Meter, stats func() redisstore.NearCacheStats) error {
+	reads, err := m.Int64ObservableCounter("nudge.near_cache.reads", metric.WithDescription(
+		"Profile reads for decisions by result: hit (served from memory), miss (read from Redis), bypass (read from Redis: tracking down)."))
+	if err != nil {
+		return err
+	}
+	refused, err := m.Int64ObservableCounter("nudge.near_cache.refused", metric.WithDescription(
+		"Profiles read from Redis but not cached because an invalidation raced the read."))
+	if err != nil {
+		return err
+	}
+	invalidations, err := m.Int64ObservableCounter("nudge.near_cache.invalidations", metric.WithDescription("Invalidations applied (from Redis and from this instance's writes)."))
+	if err != nil {
+		return err
+	}
+	evictions, err := m.Int64ObservableCounter("nudge.near_cache.evictions", metric.WithDescription("Profiles evicted to stay within near_cache.max_mib."))
+	if err != nil {
+		return err
+	}
+	flushes, err := m.Int64ObservableCounter("nudge.near_cache.flushes", metric.WithDescription("Times the near-cache was emptied (tracking went down or came up, a FLUSHALL)."))
+	if err != nil {
+		return err
+	}
+	failures, err := m.Int64ObservableCounter("nudge.near_cache.tracking_failures", metric.WithDescription("Tracking connections that failed (cut, silent past near_cache.max_silence, refused) and were replaced."))
+	if err != nil {
+		return err
+	}
+	entries, err := m.Int64ObservableGauge("nudge.near_cache.entries", metric.WithDescription("Profiles in the near-cache."))
+	if err != nil {
+		return err
+	}
+	size, err := m.Int64ObservableGauge("nudge.near_cache.bytes", metric.WithUnit("By"), metric.WithDescription("Estimated memory of the near-cache's profiles."))
+	if err != nil {
+		return err
+	}
+	up, err := m.Int64ObservableGauge("nudge.near_cache.up", metric.WithDescription("1 when tracking is established on every master and the near-cache serves reads; 0 when it is bypassed."))
+	if err != nil {
+		return err
+	}
+	hit := metric.WithAttributes(attribute.String("result", "hit"))
+	miss := metric.WithAttributes(attribute.String("result", "miss"))
+	bypass := metric.WithAttributes(attribute.String("result", "bypass"))
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := stats()
+		if !s.Enabled {
+			return nil
+		}
+		o.ObserveInt64(reads, int64(s.Hits), hit)
+		o.ObserveInt64(reads, int64(s.Misses), miss)
+		o.ObserveInt64(reads, int64(s.Bypasses), bypass)
+		o.ObserveInt64(refused, int64(s.Refused))
+		o.ObserveInt64(invalidations, int64(s.Invalidations))
+		o.ObserveInt64(evictions, int64(s.Evicted))
+		o.ObserveInt64(flushes, int64(s.Flushes))
+		o.ObserveInt64(failures, int64(s.TrackingFailures))
+		o.ObserveInt64(entries, int64(s.Entries))
+		o.ObserveInt64(size, s.Bytes)
+		var u int64
+		if s.Up {
+			u = 1
+		}
+		o.ObserveInt64(up, u)
+		return nil
+	}, reads, refused, invalidations, evictions, flushes, failures, entries, size, up)
+	return err
+}

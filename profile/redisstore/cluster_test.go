@@ -63,7 +63,7 @@ func TestClusterApplyGroupsPerBucket(t *testing.T) {
 	for i := range users {
 		ids[i] = users[i].UserID
 	}
-	ps, errs := store.GetMany(t.Context(), ids)
+	ps, errs := store.GetMany(t.Context(), ids, nil)
 	for i, p := range ps {
 		if errs[i] != nil || p.Total("view") != 1 || p.Total(triggerType) != 1 {
 			t.Fatalf("profile of %s: %+v, %v; want one of each event", ids[i], p, errs[i])
@@ -203,7 +203,7 @@ func TestClusterReshardDuringApply(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("u-%d", i)
 	}
-	ps, errs := store.GetMany(ctx, ids)
+	ps, errs := store.GetMany(ctx, ids, nil)
 	for i, p := range ps {
 		if errs[i] != nil {
 			t.Fatalf("read %s: %v", ids[i], errs[i])

@@ -73,7 +73,7 @@ func TestApplyGroupsTransactions(t *testing.T) {
 	if s := env.store.Stats(); s != (redisstore.Stats{Transactions: (n + 63) / 64}) {
 		t.Errorf("Stats() = %+v, want %d transactions and nothing else", s, (n+63)/64)
 	}
-	ps, errs := env.store.GetMany(t.Context(), []string{"u-0", "u-63", "u-64", "u-499"})
+	ps, errs := env.store.GetMany(t.Context(), []string{"u-0", "u-63", "u-64", "u-499"}, nil)
 	for i, p := range ps {
 		if errs[i] != nil || p.Total(triggerType) != 1 || p.Total("view") != 1 || p.Version != 1 {
 			t.Errorf("profile %d: %+v, %v; want one of each event at version 1", i, p, errs[i])

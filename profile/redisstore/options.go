@@ -76,6 +76,10 @@ type Options struct {
 	// stripes must far outnumber the users of the transactions in flight.
 	// Default 65536 (512 KiB); negative disables the locks.
 	UserLocks int
+	// NearCache keeps decoded profiles in this process for Get and
+	// GetMany, coherent with Redis through client tracking (Track).
+	// Default: off.
+	NearCache NearCacheOptions
 	// Now is the processing clock. Default time.Now.
 	Now func() time.Time
 	// TracerProvider traces the store, each span a child of the one in the
@@ -87,6 +91,29 @@ type Options struct {
 	// the bucket and the outcome, never a user id. Default nil: no
 	// tracing, at no cost (a nil check per call).
 	TracerProvider trace.TracerProvider
+}
+
+// NearCacheOptions configure the near-cache (nearcache.go, tracking.go).
+// It serves reads only while Track runs and has every master tracked.
+type NearCacheOptions struct {
+	// MaxBytes bounds the estimated memory of the cached profiles; the
+	// least recently used are evicted past it. 0 (the default) turns the
+	// near-cache off: every read goes to Redis.
+	MaxBytes int64
+	// Heartbeat is how often each tracking connection is sent a PING.
+	// Default 50ms.
+	Heartbeat time.Duration
+	// MaxSilence is the freshness bound: entries are served only while
+	// every master has acknowledged a heartbeat sent less than MaxSilence
+	// ago, so a hit reflects every write Redis executed before then (and,
+	// as long as the connections are healthy, every write whose
+	// invalidation has crossed the network: well under a millisecond on a
+	// LAN). A connection silent for longer is replaced. Default 250ms, at
+	// least twice Heartbeat.
+	MaxSilence time.Duration
+	// Topology is how often Track lists a Redis Cluster's masters, to
+	// track new ones (the cache is bypassed until they are). Default 1s.
+	Topology time.Duration
 }
 
 // DefaultOptions returns the options a Store runs with when told nothing.
@@ -128,6 +155,11 @@ func (o Options) withDefaults() Options {
 		o.UserLocks = d.UserLocks
 	}
 	o.WaitReplicas = max(o.WaitReplicas, 0)
+	o.NearCache.MaxBytes = max(o.NearCache.MaxBytes, 0)
+	positive(&o.NearCache.Heartbeat, 50*time.Millisecond)
+	positive(&o.NearCache.MaxSilence, 250*time.Millisecond)
+	o.NearCache.MaxSilence = max(o.NearCache.MaxSilence, 2*o.NearCache.Heartbeat)
+	positive(&o.NearCache.Topology, time.Second)
 	positive(&o.WaitTimeout, d.WaitTimeout)
 	if o.Now == nil {
 		o.Now = time.Now

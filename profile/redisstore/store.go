@@ -31,11 +31,15 @@ type Store struct {
 	locks   []sync.Mutex // see Options.UserLocks
 	stats   storeStats
 	tracer  trace.Tracer // nil: tracing off
+	near    *nearCache   // nil: no near-cache
+	// trackingErr is the last failure of a tracking connection.
+	trackingErr atomic.Pointer[error]
 }
 
 type storeStats struct {
 	transactions, conflicts, errorRetries, redirects, exhausted atomic.Uint64
 	replicationFailed                                           atomic.Uint64
+	trackingFailures, trackingChanges                           atomic.Uint64
 }
 
 // Stats are cumulative counters of a store's transactions.
@@ -70,6 +74,9 @@ func New(rdb redis.UniversalClient, opt Options) *Store {
 		s.locks = make([]sync.Mutex, s.opt.UserLocks)
 	}
 	s.shards = make([]shard, s.opt.Shards)
+	if s.opt.NearCache.MaxBytes > 0 {
+		s.near = newNearCache(s.opt.NearCache, s.opt.Now)
+	}
 	if s.opt.TracerProvider != nil {
 		s.tracer = s.opt.TracerProvider.Tracer("github.com/nudge-dm/nudge/profile/redisstore")
 	}
@@ -232,13 +239,38 @@ func (s *Store) Update(ctx context.Context, userID string, fn func(p *profile.Pr
 	return p.version, nil
 }
 
-// Get reads a user's profile without a transaction. It returns
-// profile.ErrNotFound when the user has none, a wrapped
+// Get reads a user's profile without a transaction: from the near-cache
+// when it has the profile and tracking is up (Track), else from Redis. It
+// returns profile.ErrNotFound when the user has none, a wrapped
 // profile.ErrCorrupt when the key holds something else than a profile,
-// and a wrapped profile.ErrUnavailable when Redis fails.
+// and a wrapped profile.ErrUnavailable when Redis fails. The profile
+// returned may be shared with other callers: it must not be modified.
 func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error) {
+	if p, ok, err := s.Peek(userID, 0); ok {
+		return p, err
+	}
+	return s.Load(ctx, userID)
+}
+
+// Peek returns the user's profile from the near-cache, without I/O, with
+// found false when the cache cannot serve it: it does not hold the user,
+// tracking is down, or the profile it holds is older than minVersion
+// (read-your-writes across instances). A user known to have no profile
+// is found with profile.ErrNotFound (only when minVersion is 0). The
+// profile returned may be shared: it must not be modified.
+func (s *Store) Peek(userID string, minVersion uint64) (p *profile.Profile, found bool, err error) {
+	p, found = s.near.lookup(s.keys.ProfileKey(userID), minVersion)
+	if found && p == nil {
+		return nil, true, profile.ErrNotFound
+	}
+	return p, found, nil
+}
+
+// Load reads a user's profile from Redis, with Get's errors, and keeps it
+// in the near-cache.
+func (s *Store) Load(ctx context.Context, userID string) (*profile.Profile, error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	p, err := s.get(ctx, userID)
+	p, err := s.get(ctx, s.keys.ProfileKey(userID))
 	if span != nil {
 		endRead(span, err)
 	}
@@ -270,12 +302,28 @@ func endRead(span trace.Span, errs ...error) {
 	}
 }
 
-func (s *Store) get(ctx context.Context, userID string) (*profile.Profile, error) {
-	raw, err := s.rdb.Get(ctx, s.keys.ProfileKey(userID)).Bytes()
+// get reads the profile at key from Redis, and caches it.
+func (s *Store) get(ctx context.Context, key string) (*profile.Profile, error) {
+	t := s.near.begin(key)
+	raw, err := s.rdb.Get(ctx, key).Bytes()
+	return s.decoded(ctx, t, key, raw, err)
+}
+
+// decoded is the profile read at key with ticket t, as raw or err, and
+// caches it (or its absence).
+func (s *Store) decoded(ctx context.Context, t ticket, key string, raw []byte, err error) (*profile.Profile, error) {
 	if err != nil {
-		return nil, readError(ctx, err)
+		err = readError(ctx, err)
+		if errors.Is(err, profile.ErrNotFound) {
+			s.near.store(t, key, nil, 0)
+		}
+		return nil, err
 	}
-	return profile.Decode(raw)
+	p, err := profile.Decode(raw)
+	if err == nil {
+		s.near.store(t, key, p, len(raw))
+	}
+	return p, err
 }
 
 // readError is the error of a profile read that failed with err.
@@ -291,10 +339,41 @@ func readError(ctx context.Context, err error) error {
 	return fmt.Errorf("%w: %w", profile.ErrUnavailable, err)
 }
 
-// GetMany reads several users' profiles in one pipelined round trip (one
-// per node on a cluster). For each user it returns the profile, or the
-// error Get would.
-func (s *Store) GetMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+// GetMany reads several users' profiles: those the near-cache has from
+// it (Peek, with minVersions nil or one per user), the others in one
+// pipelined round trip (LoadMany). For each user it returns the profile,
+// or the error Get would.
+func (s *Store) GetMany(ctx context.Context, userIDs []string, minVersions []uint64) ([]*profile.Profile, []error) {
+	profiles := make([]*profile.Profile, len(userIDs))
+	errs := make([]error, len(userIDs))
+	var missed []int // indexes of the users not served by the cache
+	var ids []string
+	for i, id := range userIDs {
+		var min uint64
+		if minVersions != nil {
+			min = minVersions[i]
+		}
+		var found bool
+		if profiles[i], found, errs[i] = s.Peek(id, min); !found {
+			missed = append(missed, i)
+			ids = append(ids, id)
+		}
+	}
+	if len(missed) == 0 {
+		return profiles, errs
+	}
+	ps, es := s.LoadMany(ctx, ids)
+	for k, i := range missed {
+		profiles[i], errs[i] = ps[k], es[k]
+	}
+	return profiles, errs
+}
+
+// LoadMany reads several users' profiles from Redis in one pipelined
+// round trip (one per node on a cluster), and keeps them in the
+// near-cache. For each user it returns the profile, or the error Get
+// would.
+func (s *Store) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ctx, span := s.startSpan(ctx, spanRead)
 	profiles, errs := s.getMany(ctx, userIDs)
 	if span != nil {
@@ -307,9 +386,15 @@ func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profi
 	profiles := make([]*profile.Profile, len(userIDs))
 	errs := make([]error, len(userIDs))
 	cmds := make([]*redis.StringCmd, len(userIDs))
+	keys := make([]string, len(userIDs))
+	tickets := make([]ticket, len(userIDs))
+	for i, id := range userIDs {
+		keys[i] = s.keys.ProfileKey(id)
+		tickets[i] = s.near.begin(keys[i])
+	}
 	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, id := range userIDs {
-			cmds[i] = pipe.Get(ctx, s.keys.ProfileKey(id))
+		for i := range keys {
+			cmds[i] = pipe.Get(ctx, keys[i])
 		}
 		return nil
 	})
@@ -324,11 +409,7 @@ func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profi
 		if cerr == nil {
 			cerr = conn
 		}
-		if cerr != nil {
-			errs[i] = readError(ctx, cerr)
-			continue
-		}
-		profiles[i], errs[i] = profile.Decode(raw)
+		profiles[i], errs[i] = s.decoded(ctx, tickets[i], keys[i], raw, cerr)
 	}
 	return profiles, errs
 }
@@ -355,7 +436,9 @@ func (s *Store) Delete(ctx context.Context, userID string) (profile.DeleteResult
 
 func (s *Store) delete(ctx context.Context, userID string) (profile.DeleteResult, error) {
 	var res profile.DeleteResult
-	n, err := s.rdb.Del(ctx, s.keys.ProfileKey(userID)).Result()
+	key := s.keys.ProfileKey(userID)
+	n, err := s.rdb.Del(ctx, key).Result()
+	s.near.invalidate(key) // whatever Del returned: it may have deleted
 	if err != nil {
 		return res, fmt.Errorf("%w: delete profile: %w", profile.ErrUnavailable, err)
 	}

@@ -1012,7 +1012,7 @@ func TestRedisStoreGetMany(t *testing.T) {
 	if err := rdb.Set(t.Context(), store.Layout().ProfileKey("bad"), "garbage", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	ps, errs := store.GetMany(t.Context(), []string{"a", "missing", "bad", "b"})
+	ps, errs := store.GetMany(t.Context(), []string{"a", "missing", "bad", "b"}, nil)
 	if errs[0] != nil || ps[0].Total("view") != 1 || errs[3] != nil || ps[3].Total("view") != 1 {
 		t.Errorf("found users: %v %v / %v %v", ps[0], errs[0], ps[3], errs[3])
 	}
@@ -1024,7 +1024,7 @@ func TestRedisStoreGetMany(t *testing.T) {
 	}
 
 	srv.Stop()
-	_, errs = store.GetMany(t.Context(), []string{"a", "b"})
+	_, errs = store.GetMany(t.Context(), []string{"a", "b"}, nil)
 	for i, err := range errs {
 		if !errors.Is(err, profile.ErrUnavailable) {
 			t.Errorf("user %d with Redis down: %v, want ErrUnavailable", i, err)
@@ -1045,7 +1045,7 @@ func TestRedisStoreWrongTypeKey(t *testing.T) {
 	if !errors.Is(err, profile.ErrCorrupt) || errors.Is(err, profile.ErrUnavailable) {
 		t.Errorf("Get = %v, want ErrCorrupt and not ErrUnavailable", err)
 	}
-	ps, errs := env.store.GetMany(t.Context(), []string{"fine", "listed", "nobody"})
+	ps, errs := env.store.GetMany(t.Context(), []string{"fine", "listed", "nobody"}, nil)
 	if errs[0] != nil || ps[0] == nil || ps[0].Total("view") != 1 {
 		t.Errorf("GetMany fine = %+v, %v; want its profile", ps[0], errs[0])
 	}

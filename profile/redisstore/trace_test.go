@@ -158,7 +158,7 @@ func TestStoreTracing(t *testing.T) {
 			attribute.Int("nudge.profile.users", 1), attribute.Int("nudge.profile.not_found", 1),
 		}},
 		{"get many", func(ctx context.Context) {
-			ts.store.GetMany(ctx, []string{user, absent})
+			ts.store.GetMany(ctx, []string{user, absent}, nil)
 		}, "nudge.profile.read", []attribute.KeyValue{
 			attribute.Int("nudge.profile.users", 2), attribute.Int("nudge.profile.not_found", 1),
 		}},
@@ -262,7 +262,7 @@ func TestStoreTracingErrors(t *testing.T) {
 	t.Run("read with redis down", func(t *testing.T) {
 		ts := newTracedStore(t, redisstore.Options{})
 		ts.srv.Stop()
-		s := ts.traced(t, func(ctx context.Context) { ts.store.GetMany(ctx, []string{user, "user-failing-2"}) })
+		s := ts.traced(t, func(ctx context.Context) { ts.store.GetMany(ctx, []string{user, "user-failing-2"}, nil) })
 		wantSpan(t, s, "nudge.profile.read", codes.Error, []attribute.KeyValue{
 			attribute.Int("nudge.profile.users", 2), attribute.Int("nudge.profile.not_found", 0),
 		}, user, "user-failing-2")

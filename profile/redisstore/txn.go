@@ -439,6 +439,16 @@ func (s *Store) commit(ctx context.Context, users []*userWork) (int, error) {
 		}
 		ttl := s.keyTTL()
 		armed = false
+		// This process reads its own writes at once: the EXEC's keys
+		// leave the near-cache when it returns, whatever it returned
+		// (Redis may have applied an EXEC whose reply was lost).
+		defer func() {
+			for i := range writes {
+				if writes[i].changed || writes[i].rewrite != nil {
+					s.near.invalidate(writes[i].w.key)
+				}
+			}
+		}()
 		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i := range writes {
 				wr := &writes[i]
