@@ -24,50 +24,20 @@ echo "shoppers: raw results in $work" >&2
 go build -o "$work/bin/" ./cmd/nudged ./cmd/nudge-bench
 bench=$work/bin/nudge-bench
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-redis_port=$(free_port)
-redis_addr=127.0.0.1:$redis_port
-redis_pid="" nudged_pid=""
-cleanup() {
-  if [ -n "$nudged_pid" ]; then kill "$nudged_pid" 2>/dev/null || true; wait "$nudged_pid" 2>/dev/null || true; fi
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  --logfile "$work/redis.log" --dir "$work" &
-redis_pid=$!
-rcli() { redis-cli -p "$redis_port" "$@"; }
-for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null
+. scripts/lib.sh
+start_redis
 
 # The same rules with measurement off.
 sed 's/^version: 1$/version: 1\nsettings:\n  measure: false/' examples/shoppers.yaml >"$work/shoppers-off.yaml"
 grep -q 'measure: false' "$work/shoppers-off.yaml"
 
-start_nudged() { # RULES
-  stop_nudged
-  nudged_addr=127.0.0.1:$(free_port)
-  metrics_addr=127.0.0.1:$(free_port)
-  "$work/bin/nudged" --redis-addr "$redis_addr" --listen "$nudged_addr" --metrics-listen "$metrics_addr" \
-    --rules "$1" --measurement-refresh 1s --log-level warn >>"$work/nudged.log" 2>&1 &
-  nudged_pid=$!
-  for _ in $(seq 150); do
-    curl -fs "http://$metrics_addr/metrics" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "shoppers: nudged did not start; see $work/nudged.log" >&2
-  exit 1
-}
-stop_nudged() {
-  if [ -n "$nudged_pid" ]; then kill "$nudged_pid" 2>/dev/null || true; wait "$nudged_pid" 2>/dev/null || true; nudged_pid=""; fi
+start_nudged_rules() { # RULES
+  start_nudged nudged --redis-addr "$redis_addr" --rules "$1" --measurement-refresh 1s
 }
 
 # 1. The simulator.
 rcli flushall >/dev/null
-start_nudged examples/shoppers.yaml
+start_nudged_rules examples/shoppers.yaml
 echo "shoppers: the simulator" >&2
 rc=0
 "$bench" --workload shoppers --addr "$nudged_addr" --redis-addr "$redis_addr" --quiet >"$work/simulator.txt" 2>>"$work/bench.stderr" || rc=$?
@@ -83,14 +53,14 @@ for rep in $(seq "$reps"); do
     rules=examples/shoppers.yaml
     if [ "$m" = off ]; then rules=$work/shoppers-off.yaml; fi
     rcli flushall >/dev/null
-    start_nudged "$rules"
+    start_nudged_rules "$rules"
     echo "shoppers: ingest, measurement $m, round $rep" >&2
     line=$("$bench" --workload shoppers --parts ingest --addr "$nudged_addr" --quiet 2>>"$work/bench.stderr" | tail -n 1)
     python3 -c 'import json,sys; d=json.loads(sys.argv[2]); print(json.dumps({"measure": sys.argv[1], "rep": int(sys.argv[3]), "events_per_sec": d["results"][0]["events_per_sec"], "events": d["results"][0]["events"], "ok": d["ok"]}))' \
       "$m" "$line" "$rep" >>"$work/ingest.jsonl"
   done
 done
-stop_nudged
+stop_nudged nudged
 
 python3 - "$work/ingest.jsonl" <<'PY'
 import json, statistics, sys

@@ -156,6 +156,10 @@ type Config struct {
 	// have a flow-control window (1 MiB) of request bytes unread. Default
 	// 100.
 	MaxStreamsPerConn int
+	// StreamWorkers is the goroutines kept to serve calls (grpc's
+	// NumStreamWorkers), whose grown stacks calls reuse. Default 16;
+	// negative: a new goroutine per call.
+	StreamWorkers int
 	// MaxConnectionIdle closes a connection that has had no call for this
 	// long (the client reconnects when it next calls). Default 15m.
 	MaxConnectionIdle time.Duration
@@ -204,6 +208,7 @@ func DefaultConfig() Config {
 		// Eight maximal batches.
 		MaxRecvBytesInFlight: 128 << 20,
 		MaxStreamsPerConn:    100,
+		StreamWorkers:        16,
 		MaxConnectionIdle:    15 * time.Minute,
 		KeepaliveTime:        2 * time.Minute,
 		KeepaliveTimeout:     20 * time.Second,
@@ -231,6 +236,9 @@ func (c Config) withDefaults() Config {
 	positive(&c.MaxRecvMsgBytes, d.MaxRecvMsgBytes)
 	positive(&c.MaxRecvBytesInFlight, d.MaxRecvBytesInFlight)
 	positive(&c.MaxStreamsPerConn, d.MaxStreamsPerConn)
+	if c.StreamWorkers == 0 {
+		c.StreamWorkers = d.StreamWorkers
+	}
 	positive(&c.MaxConnectionIdle, d.MaxConnectionIdle)
 	positive(&c.KeepaliveTime, d.KeepaliveTime)
 	positive(&c.KeepaliveTimeout, d.KeepaliveTimeout)
@@ -443,6 +451,13 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}, opts...)
+	if s.cfg.StreamWorkers > 0 {
+		// A call served by a worker runs on a goroutine whose stack has
+		// already grown: a new goroutine per call spent about a tenth of
+		// nudged's CPU per decision growing its stack (BENCHMARKS.md,
+		// issue 17). Calls beyond the workers busy get a goroutine each.
+		opts = append(opts, grpc.NumStreamWorkers(uint32(s.cfg.StreamWorkers)))
+	}
 	g := grpc.NewServer(opts...)
 	nudgev1.RegisterIngestServiceServer(g, s)
 	nudgev1.RegisterDecisionServiceServer(g, s)

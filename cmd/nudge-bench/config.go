@@ -74,8 +74,11 @@ type config struct {
 
 	Verify    bool
 	RedisAddr string
-	Buckets   int
-	Quiet     bool
+	// ReadAddr is the nudged freshness asks decisions of; ServeHealth the
+	// address --serve-health serves on.
+	ReadAddr, ServeHealth string
+	Buckets               int
+	Quiet                 bool
 }
 
 // usageError is a flag value or combination that cannot work: exit 2.
@@ -87,7 +90,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, floor, mixed, actions, timers, shoppers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -128,6 +131,8 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	learnRates := fs.String("learn-rates", "0.01,0.02,0.04", "shoppers: true conversion rates of learn-a, learn-b and learn-c")
 	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors; actions: every fired action delivered")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor and peer-watch, and by --verify to read profiles back")
+	fs.StringVar(&c.ReadAddr, "read-addr", "", "freshness: the nudged decisions are asked of (events go to --addr)")
+	fs.StringVar(&c.ServeHealth, "serve-health", "", "serve a bare grpc-go health service on this address until stopped, instead of a workload (the CPU floor of --workload health)")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
@@ -170,9 +175,12 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "floor", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor":
+	case "ingest", "decide", "floor", "health", "freshness", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor":
 	default:
-		return bad("--workload %q: want ingest, decide, floor, mixed, actions, timers, shoppers, peer-watch or decide,floor", w)
+		return bad("--workload %q: want ingest, decide, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch or decide,floor", w)
+	}
+	if c.has("freshness") && c.ReadAddr == "" {
+		return bad("--workload freshness needs --read-addr")
 	}
 	for _, p := range c.Parts {
 		if p != "measure" && p != "learn" && p != "ingest" {

@@ -40,6 +40,13 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.ServeHealth != "" {
+		if err := serveHealth(ctx, cfg.ServeHealth, stderr); err != nil {
+			fmt.Fprintln(stderr, "nudge-bench:", err)
+			return 1
+		}
+		return 0
+	}
 	r, err := bench(ctx, cfg, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "nudge-bench:", err)
@@ -139,6 +146,24 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		}
 		r.Results = append(r.Results, res)
 		r.Txn = &tj
+	case cfg.only("freshness"):
+		read := cfg
+		read.Addr = cfg.ReadAddr
+		readConns, err := read.dial()
+		if err != nil {
+			return r, err
+		}
+		defer func() {
+			for _, c := range readConns {
+				_ = c.Close()
+			}
+		}()
+		st := newStats("freshness")
+		elapsed := withProgress(cfg, stderr, func() { err = runFreshness(ctx, cfg, conns, readConns, st) }, st)
+		if err != nil {
+			return r, err
+		}
+		r.Results = append(r.Results, st.summary(elapsed))
 	case cfg.only("mixed"):
 		dec := newStats("decide")
 		var ingestElapsed time.Duration
@@ -160,6 +185,9 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		}
 		if cfg.has("floor") {
 			calls["floor"] = floorCall(cfg, conns, rdb)
+		}
+		if cfg.has("health") {
+			calls["health"] = healthCall(conns)
 		}
 		rounds := 1
 		if len(cfg.Workloads) > 1 {

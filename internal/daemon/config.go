@@ -292,6 +292,10 @@ type LimitsConfig struct {
 	// MaxStreamsPerConn bounds the calls open at once on one connection.
 	// Default 100.
 	MaxStreamsPerConn int `yaml:"max_streams_per_conn"`
+	// StreamWorkers is the goroutines kept to serve calls, whose grown
+	// stacks calls reuse (server.Config.StreamWorkers). Default 16; -1: a
+	// new goroutine per call.
+	StreamWorkers int `yaml:"stream_workers"`
 	// MaxConnectionIdle closes connections without calls for this long.
 	// Default 15m.
 	MaxConnectionIdle time.Duration `yaml:"max_connection_idle"`
@@ -453,6 +457,7 @@ func Defaults() Config {
 
 			MaxRecvBytesInFlight: srv.MaxRecvBytesInFlight,
 			MaxStreamsPerConn:    srv.MaxStreamsPerConn,
+			StreamWorkers:        srv.StreamWorkers,
 			MaxConnectionIdle:    srv.MaxConnectionIdle,
 			KeepaliveTime:        srv.KeepaliveTime,
 			KeepaliveTimeout:     srv.KeepaliveTimeout,
@@ -596,6 +601,7 @@ func (c *Config) settings() []setting {
 		{"limits.max_pending_reads", "max-pending-reads", "decision reads waiting on Redis before decisions degrade at once", integer(&c.Limits.MaxPendingReads)},
 		{"limits.max_recv_bytes_in_flight", "max-recv-bytes-in-flight", "bytes of batch requests (Publish, BatchGetDecisions) being received at once, half per token", integer(&c.Limits.MaxRecvBytesInFlight)},
 		{"limits.max_streams_per_conn", "max-streams-per-conn", "calls open at once on one connection", integer(&c.Limits.MaxStreamsPerConn)},
+		{"limits.stream_workers", "stream-workers", "goroutines kept to serve calls, whose grown stacks calls reuse (-1: a new goroutine per call)", integer(&c.Limits.StreamWorkers)},
 		{"limits.max_connection_idle", "max-connection-idle", "close connections without calls for this long", duration(&c.Limits.MaxConnectionIdle)},
 		{"limits.keepalive_time", "keepalive-time", "ping a silent connection after this long", duration(&c.Limits.KeepaliveTime)},
 		{"limits.keepalive_timeout", "keepalive-timeout", "close a connection whose ping is not answered within this", duration(&c.Limits.KeepaliveTimeout)},

@@ -114,7 +114,11 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 	}()
 
-	store := redisstore.New(rdb, cfg.storeOptions(waitReplicas, tp))
+	storeOpt := cfg.storeOptions(waitReplicas, tp)
+	storeOpt.NearCache.OnTrackingError = func(err error) {
+		log.Warn("near-cache bypassed until tracking is back", "err", err)
+	}
+	store := redisstore.New(rdb, storeOpt)
 	if err := registerStoreMetrics(metrics.meter, store.Stats); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -250,6 +254,7 @@ func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, aud
 
 		MaxRecvBytesInFlight: c.Limits.MaxRecvBytesInFlight,
 		MaxStreamsPerConn:    c.Limits.MaxStreamsPerConn,
+		StreamWorkers:        c.Limits.StreamWorkers,
 		MaxConnectionIdle:    c.Limits.MaxConnectionIdle,
 		KeepaliveTime:        c.Limits.KeepaliveTime,
 		KeepaliveTimeout:     c.Limits.KeepaliveTimeout,

@@ -114,6 +114,10 @@ type NearCacheOptions struct {
 	// Topology is how often Track lists a Redis Cluster's masters, to
 	// track new ones (the cache is bypassed until they are). Default 1s.
 	Topology time.Duration
+	// OnTrackingError, if set, is told of every tracking connection that
+	// failed (the cache was emptied and is bypassed until a new one is
+	// up), for the log.
+	OnTrackingError func(error)
 }
 
 // DefaultOptions returns the options a Store runs with when told nothing.

@@ -66,8 +66,9 @@ func (c *respConn) read() (any, error) {
 	if len(line) == 0 {
 		return nil, errRESPProtocol
 	}
-	body := string(line[1:])
-	switch line[0] {
+	// line is bufio's buffer, which the reads below overwrite.
+	kind, body := line[0], string(line[1:])
+	switch kind {
 	case '+', ',', '(':
 		return body, nil
 	case '-':
@@ -91,7 +92,7 @@ func (c *respConn) read() (any, error) {
 		if _, err := io.ReadFull(c.r, buf); err != nil {
 			return nil, err
 		}
-		if line[0] == '!' {
+		if kind == '!' {
 			return respError(buf[:n]), nil
 		}
 		return string(buf[:n]), nil
@@ -100,7 +101,7 @@ func (c *respConn) read() (any, error) {
 		if err != nil || n < 0 {
 			return nil, err
 		}
-		if line[0] == '%' || line[0] == '|' {
+		if kind == '%' || kind == '|' {
 			n *= 2
 		}
 		items := make([]any, n)
@@ -109,7 +110,7 @@ func (c *respConn) read() (any, error) {
 				return nil, err
 			}
 		}
-		switch line[0] {
+		switch kind {
 		case '|': // attributes describe the reply that follows them
 			return c.read()
 		case '>':
@@ -121,7 +122,7 @@ func (c *respConn) read() (any, error) {
 		}
 		return items, nil
 	}
-	return nil, fmt.Errorf("%w: type %q", errRESPProtocol, line[0])
+	return nil, fmt.Errorf("%w: type %q", errRESPProtocol, kind)
 }
 
 // line reads a line without its CRLF.

@@ -186,7 +186,11 @@ func (t *tracker) keep(ctx context.Context, addr string, opt *redis.Options) err
 			return err
 		}
 		t.s.stats.trackingFailures.Add(1)
-		t.s.setTrackingError(fmt.Errorf("tracking connection to %s: %w", addr, err))
+		err = fmt.Errorf("tracking connection to %s: %w", addr, err)
+		t.s.setTrackingError(err)
+		if t.o.OnTrackingError != nil {
+			t.o.OnTrackingError(err)
+		}
 		if time.Since(start) > 10*maxBackoff {
 			backoff = minBackoff
 		}
