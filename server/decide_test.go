@@ -156,7 +156,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				return nil, fmt.Errorf("get: %w", ctx.Err())
 			},
 			budget: 20 * time.Millisecond,
-			reason: "profile read exceeded its budget of 19.5ms",
+			reason: "profile read exceeded its budget of 18.5ms",
 		},
 		{
 			name: "read past the default budget",
@@ -164,7 +164,7 @@ func TestGetDecisionDegraded(t *testing.T) {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			},
-			reason: "profile read exceeded its budget of 9.5ms",
+			reason: "profile read exceeded its budget of 8.5ms",
 		},
 		// Why a read failed is decision.Rules.Answer's (TestAnswer); here,
 		// that the server gives it the read's error and budget.
