@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +19,7 @@ var ErrTrackingUnsupported = errors.New("redis: client tracking is not supported
 
 // Track keeps the near-cache coherent (nearcache.go) until ctx ends: it
 // holds one tracking connection to every master (RESP3, CLIENT TRACKING ON
-// BCAST with the prefix of every bucket's profile keys), sends each a PING
+// BCAST with the prefix of nudge's keys), sends each a PING
 // every Heartbeat, and applies the invalidations Redis pushes. On a Redis
 // Cluster it lists the masters every Topology and tracks the new ones. A
 // connection that breaks, or stays silent past MaxSilence, is replaced;
@@ -34,9 +33,6 @@ func (s *Store) Track(ctx context.Context) error {
 		return nil
 	}
 	t := &tracker{s: s, c: s.near, o: s.opt.NearCache, nodes: make(map[string]*trackedNode)}
-	for b := range s.keys.Buckets() {
-		t.prefixes = append(t.prefixes, "nudge:{"+strconv.Itoa(b)+"}:p:")
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer t.wg.Wait()
@@ -83,7 +79,6 @@ type tracker struct {
 	s        *Store
 	c        *nearCache
 	o        NearCacheOptions
-	prefixes []string
 	wg       sync.WaitGroup
 
 	mu    sync.Mutex
@@ -231,10 +226,13 @@ func (t *tracker) session(ctx context.Context, addr string, opt *redis.Options) 
 		hello = append(hello, "AUTH", cmp.Or(opt.Username, "default"), opt.Password)
 	}
 	hello = append(hello, "SETNAME", "nudge-tracking")
-	track := []string{"CLIENT", "TRACKING", "ON", "BCAST"}
-	for _, p := range t.prefixes {
-		track = append(track, "PREFIX", p)
-	}
+	// One prefix, though it covers every key of nudge (outboxes, counters,
+	// timers) and not only profiles: Redis compares every key written with
+	// every prefix of every tracking client, and a prefix per bucket's
+	// profiles (1,024) cost a third of the ingest rate. It also gathers a
+	// prefix's keys into one message per event loop iteration. The reader
+	// skips the keys that are not profiles.
+	track := []string{"CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", trackedPrefix}
 	for _, cmd := range [][]string{hello, track} {
 		if err := rc.send(cmd...); err != nil {
 			return err
@@ -311,7 +309,7 @@ func (t *tracker) read(rc *respConn, addr string, pings chan time.Time) error {
 				continue
 			}
 			for _, k := range keys {
-				if key, ok := k.(string); ok {
+				if key, ok := k.(string); ok && isProfileKey(key) {
 					t.c.invalidate(key)
 				}
 			}
@@ -326,6 +324,16 @@ func (t *tracker) read(rc *respConn, addr string, pings chan time.Time) error {
 			}
 		}
 	}
+}
+
+// trackedPrefix is the prefix of every key nudge writes (keys.go).
+const trackedPrefix = "nudge:{"
+
+// isProfileKey reports whether key, one of nudge's, is a profile's:
+// nudge:{b}:p:<user_id>.
+func isProfileKey(key string) bool {
+	i := strings.IndexByte(key, '}')
+	return i > 0 && strings.HasPrefix(key[i+1:], ":p:")
 }
 
 // setTrackingError keeps the last tracking failure for Stats.
