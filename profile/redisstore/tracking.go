@@ -76,10 +76,10 @@ func (s *Store) masters(ctx context.Context) (map[string]*redis.Options, error) 
 
 // tracker holds the tracking connections of one Track call.
 type tracker struct {
-	s        *Store
-	c        *nearCache
-	o        NearCacheOptions
-	wg       sync.WaitGroup
+	s  *Store
+	c  *nearCache
+	o  NearCacheOptions
+	wg sync.WaitGroup
 
 	mu    sync.Mutex
 	nodes map[string]*trackedNode // by address: the masters tracked
