@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
@@ -202,12 +203,8 @@ func (j *judge) measure(e *profile.Event) {
 	}
 }
 
-func (j *judge) userID(e *profile.Event) string {
-	if j.p.UserID != "" {
-		return j.p.UserID
-	}
-	return e.UserID
-}
+// userID is the judged user's id: the profile's, else the event's.
+func (j *judge) userID(e *profile.Event) string { return cmp.Or(j.p.UserID, e.UserID) }
 
 // expose records an exposure to a campaign at at.
 func (j *judge) expose(campaign string, v profile.Variant, at time.Time) {

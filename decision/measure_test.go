@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -165,7 +166,6 @@ func equalTally(a, b tally) bool {
 func TestAttributionWindow(t *testing.T) {
 	r := mustParse(t, strings.Replace(measureRules, "control: 0.5", "control: 0", 1))
 	const c = "category-interest-coupon/treated"
-	now := t0.Add(8 * 24 * time.Hour)
 	tests := []struct {
 		name      string
 		events    []profile.Event // applied one by one, in this order
@@ -205,7 +205,6 @@ func TestAttributionWindow(t *testing.T) {
 			}
 		})
 	}
-	_ = now
 }
 
 func TestOfferExposures(t *testing.T) {
@@ -216,9 +215,9 @@ func TestOfferExposures(t *testing.T) {
 	for i := 0; treatedUser == "" || controlUser == ""; i++ {
 		u := fmt.Sprintf("u%d", i)
 		if InControl(u, "phones-coupon", 0.1) {
-			controlUser = cmpOr(controlUser, u)
+			controlUser = cmp.Or(controlUser, u)
 		} else {
-			treatedUser = cmpOr(treatedUser, u)
+			treatedUser = cmp.Or(treatedUser, u)
 		}
 	}
 	sent := func(u, id string) profile.Event {
@@ -249,13 +248,6 @@ func TestOfferExposures(t *testing.T) {
 	if !equalTally(rn.tally, want) {
 		t.Errorf("got %v, want %v", rn.tally, want)
 	}
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func TestDecideControlNamesTheOffer(t *testing.T) {

@@ -383,7 +383,7 @@ func (j *judge) markFired(c candidate) {
 func (j *judge) emit(c candidate) {
 	t := c.t
 	j.markFired(c)
-	userID := cmp.Or(j.p.UserID, c.e.UserID)
+	userID := j.userID(c.e)
 	at := c.at
 	if !c.due.IsZero() {
 		at = j.now

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -30,6 +29,7 @@ import (
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/internal/daytime"
 	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -124,44 +124,33 @@ func (l *ledger) check(ctx context.Context, t *testing.T, rdb redis.UniversalCli
 		v.lost += max(0, ackedPer[u]-s)
 		v.doubleCounted += max(0, s-n)
 	}
-	v.actions, v.duplicateActns = outboxActions(ctx, t, rdb)
-	v.exposed, v.actionUsers = couponExposures(ctx, t, rdb)
+	entries := outboxEntries(ctx, t, rdb)
+	v.actions, v.duplicateActns = countActions(entries)
+	v.exposed, v.actionUsers = couponExposures(ctx, t, rdb, entries)
 	return v
 }
 
 // couponTrigger is the bundled rules' trigger the producer's views fire.
 const couponTrigger = "category-interest-coupon"
 
-// couponExposures sums the coupon's treated exposures over every
-// bucket's counters (whatever the layout), and counts the distinct users
-// of its actions in the outbox: written in the same MULTI, they agree.
-func couponExposures(ctx context.Context, t *testing.T, rdb redis.UniversalClient) (exposed, users int) {
+// couponExposures reads the coupon's treated exposures from the
+// campaign counters (the default 1,024 buckets), and counts the distinct
+// users of its actions among the outbox entries: written in the same
+// MULTI, they agree.
+func couponExposures(ctx context.Context, t *testing.T, rdb redis.UniversalClient, entries []map[string]any) (exposed, users int) {
 	t.Helper()
-	var keys []string
-	scanKeys(ctx, t, rdb, "nudge:*:m", func(key string) { keys = append(keys, key) })
-	for _, k := range keys {
-		n, err := rdb.HGet(ctx, k, "t:e:"+couponTrigger).Int()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			t.Fatalf("HGET %s: %v", k, err)
-		}
-		exposed += n
+	counts, err := redisstore.New(rdb, redisstore.Options{}).Counts(ctx, []string{couponTrigger})
+	if err != nil {
+		t.Fatalf("campaign counters: %v", err)
 	}
-	var streams []string
-	scanKeys(ctx, t, rdb, "nudge:*:out", func(key string) { streams = append(streams, key) })
 	seen := map[string]bool{}
-	for _, key := range streams {
-		msgs, err := rdb.XRange(ctx, key, "-", "+").Result()
-		if err != nil {
-			t.Fatalf("XRANGE %s: %v", key, err)
-		}
-		for _, m := range msgs {
-			if m.Values["trigger_id"] == couponTrigger {
-				u, _ := m.Values["user_id"].(string)
-				seen[u] = true
-			}
+	for _, e := range entries {
+		if e["trigger_id"] == couponTrigger {
+			u, _ := e["user_id"].(string)
+			seen[u] = true
 		}
 	}
-	return exposed, len(seen)
+	return int(counts[couponTrigger].Treated.Exposed), len(seen)
 }
 
 // scanKeys calls fn for every key matching pattern, on every master of a
@@ -261,12 +250,12 @@ func wireViews(t *testing.T, key string, raw []byte) int {
 	return views
 }
 
-// outboxActions counts the outbox entries and those whose action id was
-// already seen.
-func outboxActions(ctx context.Context, t *testing.T, rdb redis.UniversalClient) (total, duplicates int) {
-	t.Helper()
+// countActions counts the outbox entries and the repeated action ids
+// among them.
+func countActions(entries []map[string]any) (total, duplicates int) {
 	seen := map[string]bool{}
-	for _, id := range outboxActionIDs(ctx, t, rdb) {
+	for _, e := range entries {
+		id, _ := e["action_id"].(string)
 		total++
 		if seen[id] {
 			duplicates++
@@ -279,20 +268,30 @@ func outboxActions(ctx context.Context, t *testing.T, rdb redis.UniversalClient)
 // outboxActionIDs returns the action id of every outbox entry.
 func outboxActionIDs(ctx context.Context, t *testing.T, rdb redis.UniversalClient) []string {
 	t.Helper()
+	var ids []string
+	for _, e := range outboxEntries(ctx, t, rdb) {
+		id, _ := e["action_id"].(string)
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// outboxEntries returns the fields of every entry of every outbox stream.
+func outboxEntries(ctx context.Context, t *testing.T, rdb redis.UniversalClient) []map[string]any {
+	t.Helper()
 	var streams []string
 	scanKeys(ctx, t, rdb, "nudge:*:out", func(key string) { streams = append(streams, key) })
-	var ids []string
+	var entries []map[string]any
 	for _, key := range streams {
 		msgs, err := rdb.XRange(ctx, key, "-", "+").Result()
 		if err != nil {
 			t.Fatalf("XRANGE %s: %v", key, err)
 		}
 		for _, m := range msgs {
-			id, _ := m.Values["action_id"].(string)
-			ids = append(ids, id)
+			entries = append(entries, m.Values)
 		}
 	}
-	return ids
+	return entries
 }
 
 // chaosProducer streams view events (3 per user and category, so the

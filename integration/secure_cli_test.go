@@ -130,7 +130,7 @@ func TestSecureNudgectlAndDemo(t *testing.T) {
 			args:    args([]string{"send", events, "--quiet"}, addr, ca),
 			wantOut: []string{"3 events sent: 3 applied"}},
 		{name: "decide with the storefront token from NUDGE_TOKEN", token: storefront, bin: ctl,
-			args:    args([]string{"decide", "secure-user", "--channel", "sms", "--json"}, addr, ca),
+			args:    args([]string{"decide", "secure-user", "--channel", "sms", "--json", "--budget", "1s"}, addr, ca),
 			wantOut: []string{`"verdict":"VERDICT_SEND"`, `"id":"phones-coupon"`}},
 		{name: "decide with --token", bin: ctl,
 			args:    args([]string{"decide", "secure-user", "--channel", "web", "--json", "--token", storefront}, addr, ca),

@@ -179,15 +179,6 @@ func (p *Profile) CompactMeasures(now time.Time, window time.Duration, l Limits)
 	}
 }
 
-// ExposureOf returns the user's window for a campaign, if one is kept.
-func (p *Profile) ExposureOf(campaign string) (Exposure, bool) {
-	i := slices.IndexFunc(p.Exposures, func(e Exposure) bool { return e.Campaign == campaign })
-	if i < 0 {
-		return Exposure{}, false
-	}
-	return p.Exposures[i], true
-}
-
 // Stored forms (fields fExposures and fConversions of the profile):
 //
 //	exposure:   1 campaign, 2 variant, 3 sint64 at ms, 4 converted

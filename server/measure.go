@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"sync/atomic"
 	"time"
@@ -136,7 +137,6 @@ func (s *Server) RunMeasures(ctx context.Context, cfg MeasureConfig) error {
 		return nil
 	}
 	cfg = cfg.withDefaults()
-	defer s.meas.running.Store(false)
 	s.refreshSampler(ctx, ms)
 	s.refreshMetrics(ctx, ms)
 	tick := time.NewTicker(cfg.Refresh)
@@ -209,20 +209,13 @@ func (s *Server) writeExposures(ctx context.Context, ms MeasureStore, batch []ex
 	for _, o := range out.Events {
 		if o.Err != nil {
 			lost++
-			first = cmpErr(first, o.Err)
+			first = cmp.Or(first, o.Err)
 		}
 	}
 	if lost > 0 {
 		s.metrics.exposuresLost.Add(ctx, lost, s.metrics.lostStoreError)
 		s.cfg.Logger.WarnContext(ctx, "recording decisions' control exposures failed", "lost", lost, "err", s.redactUsers(first.Error()))
 	}
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // refreshSampler reads the counters of the thompson offers of the rules

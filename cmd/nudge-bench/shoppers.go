@@ -230,22 +230,8 @@ func campaignCounts(ctx context.Context, admin nudgev1.AdminServiceClient) (map[
 // sampler starts from nothing (nudged's copy catches up within its
 // measurement.refresh).
 func resetLearnCounters(ctx context.Context, cfg config, rdb *redis.Client) error {
-	l := redisstore.NewLayout(cfg.Buckets)
-	var fields []string
-	for _, o := range learnOffers {
-		for _, v := range []string{"t", "c"} {
-			for _, n := range []string{"e", "c", "v"} {
-				fields = append(fields, v+":"+n+":"+o)
-			}
-		}
-	}
-	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for b := range l.Buckets() {
-			p.HDel(ctx, l.MeasureKey(b), fields...)
-		}
-		return nil
-	})
-	if err != nil {
+	store := redisstore.New(rdb, redisstore.Options{Buckets: cfg.Buckets})
+	if err := store.DeleteCounts(ctx, learnOffers); err != nil {
 		return fmt.Errorf("reset the learn offers' counters: %w", err)
 	}
 	return nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -48,54 +47,41 @@ func (s *Store) writeMeasures(ctx context.Context, pipe redis.Pipeliner, userID 
 	}
 }
 
-// Campaigns sums the counters of every campaign over the buckets, in one
-// pipelined round trip (one per node of a cluster): every field of every
-// bucket's hash, so prefer Counts for the campaigns you need. Counters of
-// campaigns no longer in the rules are there too, until an operator
-// deletes the hashes.
-func (s *Store) Campaigns(ctx context.Context) (map[string]profile.CampaignCounts, error) {
-	buckets := s.keys.Buckets()
-	cmds := make([]*redis.MapStringStringCmd, buckets)
+// counterNames are the counters of a variant, in field order.
+var counterNames = [...]string{"e", "c", "v"}
+
+// counterFields are the hash fields of the campaigns' counters: for each
+// campaign, the treated then the control variant's counterNames.
+func counterFields(campaignIDs []string) []string {
+	fields := make([]string, 0, 6*len(campaignIDs))
+	for _, id := range campaignIDs {
+		for _, v := range [...]string{"t", "c"} {
+			for _, n := range counterNames {
+				fields = append(fields, v+":"+n+":"+id)
+			}
+		}
+	}
+	return fields
+}
+
+// DeleteCounts deletes the campaigns' counters from every bucket, in one
+// pipelined round trip (one per node of a cluster): their counts start
+// again from zero.
+func (s *Store) DeleteCounts(ctx context.Context, campaignIDs []string) error {
+	if len(campaignIDs) == 0 {
+		return nil
+	}
+	fields := counterFields(campaignIDs)
 	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for b := range buckets {
-			cmds[b] = pipe.HGetAll(ctx, s.keys.MeasureKey(b))
+		for b := range s.keys.Buckets() {
+			pipe.HDel(ctx, s.keys.MeasureKey(b), fields...)
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("%w: read the campaign counters: %w", profile.ErrUnavailable, err)
+		return fmt.Errorf("%w: delete the campaign counters: %w", profile.ErrUnavailable, err)
 	}
-	out := make(map[string]profile.CampaignCounts)
-	for _, cmd := range cmds {
-		for field, val := range cmd.Val() {
-			variant, rest, ok1 := strings.Cut(field, ":")
-			counter, campaign, ok2 := strings.Cut(rest, ":")
-			if !ok1 || !ok2 {
-				continue
-			}
-			cc := out[campaign]
-			c := &cc.Treated
-			if variant == "c" {
-				c = &cc.Control
-			}
-			switch counter {
-			case "e":
-				n, _ := strconv.ParseInt(val, 10, 64)
-				c.Exposed += n
-			case "c":
-				n, _ := strconv.ParseInt(val, 10, 64)
-				c.Converted += n
-			case "v":
-				x, _ := strconv.ParseFloat(val, 64)
-				c.Value += x
-			}
-			out[campaign] = cc
-		}
-	}
-	return out, nil
+	return nil
 }
-
-// counterNames are the counters of a variant, in field order.
-var counterNames = [...]string{"e", "c", "v"}
 
 // Counts sums the counters of the given campaigns over the buckets: one
 // HMGET of their fields per bucket, in one pipelined round trip (one per
@@ -105,14 +91,7 @@ func (s *Store) Counts(ctx context.Context, campaignIDs []string) (map[string]pr
 	if len(campaignIDs) == 0 {
 		return out, nil
 	}
-	fields := make([]string, 0, 6*len(campaignIDs))
-	for _, id := range campaignIDs {
-		for _, v := range [...]string{"t", "c"} {
-			for _, n := range counterNames {
-				fields = append(fields, v+":"+n+":"+id)
-			}
-		}
-	}
+	fields := counterFields(campaignIDs)
 	buckets := s.keys.Buckets()
 	cmds := make([]*redis.SliceCmd, buckets)
 	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {

@@ -161,7 +161,10 @@ func (c *nearCache) store(t ticket, key string, p *profile.Profile, size int) {
 	if c == nil || !t.ok {
 		return
 	}
-	cost := decodedSize(size) + entryOverhead + int64(len(key))
+	cost := entryOverhead + int64(len(key))
+	if p != nil {
+		cost += decodedSize(size)
+	}
 	sh := c.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

@@ -137,6 +137,16 @@ func TestNearCacheCoherentAcrossInstances(t *testing.T) {
 	if !errors.Is(errs[0], profile.ErrNotFound) || errs[1] != nil || ps[1].Version != 1 || !errors.Is(errs[2], profile.ErrNotFound) {
 		t.Fatalf("GetMany = %v, %v", ps, errs)
 	}
+	// A reply is not cached when an invalidation of its shard (here, of
+	// B's write of u2) arrives while it is in flight: read again until
+	// both are.
+	waitFor(t, "u1 and u2 cached", func() bool {
+		if peek(a, "u1", 0) == -1 && peek(a, "u2", 0) == 1 {
+			return true
+		}
+		a.GetMany(ctx, []string{"u1", "u2"}, nil)
+		return false
+	})
 	hits := a.NearCache().Hits
 	ps, errs = a.GetMany(ctx, []string{"u1", "u2", "u3"}, []uint64{0, 0, 1})
 	if got := a.NearCache().Hits - hits; got != 2 {
