@@ -38,7 +38,7 @@ func (s *Server) GetDecision(ctx context.Context, req *nudgev1.GetDecisionReques
 	var found bool
 	if read.Profile, found, read.Err = s.decisions.Peek(q.UserID, q.MinVersion); !found {
 		r, err := boundedRead(s, ctx, start, share, func(ctx context.Context) (decision.Read, error) {
-			p, err := s.decisions.Load(ctx, q.UserID)
+			p, err := s.decisions.Load(ctx, q.UserID, q.MinVersion)
 			return decision.Read{Profile: p, Err: err, Budget: share}, err
 		})
 		if read = r; err != nil {

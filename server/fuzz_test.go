@@ -207,7 +207,7 @@ func (m *memStore) Get(_ context.Context, userID string) (*profile.Profile, erro
 
 func (m *memStore) Peek(string, uint64) (*profile.Profile, bool, error) { return nil, false, nil }
 
-func (m *memStore) Load(ctx context.Context, userID string) (*profile.Profile, error) {
+func (m *memStore) Load(ctx context.Context, userID string, _ uint64) (*profile.Profile, error) {
 	return m.Get(ctx, userID)
 }
 

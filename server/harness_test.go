@@ -282,7 +282,7 @@ func (f *fakeStore) Get(ctx context.Context, userID string) (*profile.Profile, e
 // Peek finds nothing: the fake store has no near-cache.
 func (f *fakeStore) Peek(string, uint64) (*profile.Profile, bool, error) { return nil, false, nil }
 
-func (f *fakeStore) Load(ctx context.Context, userID string) (*profile.Profile, error) {
+func (f *fakeStore) Load(ctx context.Context, userID string, _ uint64) (*profile.Profile, error) {
 	return f.Get(ctx, userID)
 }
 

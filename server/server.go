@@ -38,10 +38,12 @@ type (
 	// DecisionStore reads profiles and takes reservations: DecisionService.
 	// Peek answers from memory without I/O when it can (a near-cache kept
 	// coherent with the store), found false otherwise; Load and LoadMany
-	// read the store. Profiles returned must not be modified.
+	// read the store (Load may share a read with concurrent callers, but
+	// not one of a profile older than minVersion). Profiles returned must
+	// not be modified.
 	DecisionStore interface {
 		Peek(userID string, minVersion uint64) (p *profile.Profile, found bool, err error)
-		Load(ctx context.Context, userID string) (*profile.Profile, error)
+		Load(ctx context.Context, userID string, minVersion uint64) (*profile.Profile, error)
 		LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
 		Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
 	}

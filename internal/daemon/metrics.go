@@ -318,6 +318,11 @@ func registerNearCacheMetrics(m metric.Meter, stats func() redisstore.NearCacheS
 	if err != nil {
 		return err
 	}
+	shared, err := m.Int64ObservableCounter("nudge.near_cache.shared_reads", metric.WithDescription(
+		"Misses that waited for another decision's read of the same user instead of sending their own."))
+	if err != nil {
+		return err
+	}
 	invalidations, err := m.Int64ObservableCounter("nudge.near_cache.invalidations", metric.WithDescription("Invalidations applied (from Redis and from this instance's writes)."))
 	if err != nil {
 		return err
@@ -358,6 +363,7 @@ func registerNearCacheMetrics(m metric.Meter, stats func() redisstore.NearCacheS
 		o.ObserveInt64(reads, int64(s.Misses), miss)
 		o.ObserveInt64(reads, int64(s.Bypasses), bypass)
 		o.ObserveInt64(refused, int64(s.Refused))
+		o.ObserveInt64(shared, int64(s.Shared))
 		o.ObserveInt64(invalidations, int64(s.Invalidations))
 		o.ObserveInt64(evictions, int64(s.Evicted))
 		o.ObserveInt64(flushes, int64(s.Flushes))
@@ -370,6 +376,6 @@ func registerNearCacheMetrics(m metric.Meter, stats func() redisstore.NearCacheS
 		}
 		o.ObserveInt64(up, u)
 		return nil
-	}, reads, refused, invalidations, evictions, flushes, failures, entries, size, up)
+	}, reads, refused, shared, invalidations, evictions, flushes, failures, entries, size, up)
 	return err
 }

@@ -67,6 +67,7 @@ type nearCache struct {
 	shards [nearShards]nearShard
 
 	hits, misses, bypasses, stores, refused atomic.Uint64
+	shared                                  atomic.Uint64 // reads served by another's flight
 	invalidations, evictions, flushes       atomic.Uint64
 }
 
@@ -74,6 +75,9 @@ type nearShard struct {
 	mu    sync.Mutex
 	gen   uint64 // changes with every invalidation in the shard
 	items map[string]*nearEntry
+	// flights are the reads of the shard's keys from Redis in flight,
+	// which concurrent misses of the same key share (join).
+	flights map[string]*flight
 	// head is the most recently used entry; the list is circular, so
 	// head.prev is the least recently used one.
 	head  *nearEntry
@@ -96,6 +100,7 @@ func newNearCache(o NearCacheOptions, now func() time.Time) *nearCache {
 	}
 	for i := range c.shards {
 		c.shards[i].items = make(map[string]*nearEntry)
+		c.shards[i].flights = make(map[string]*flight)
 	}
 	return c
 }
@@ -184,6 +189,56 @@ func (c *nearCache) store(t ticket, key string, p *profile.Profile, size int) {
 		c.evictions.Add(1)
 	}
 	c.stores.Add(1)
+}
+
+// flight is a read of a key from Redis that concurrent misses of the
+// same key may wait for instead of sending their own: one round trip for
+// all of them.
+type flight struct {
+	t    ticket
+	done chan struct{} // closed when p and err are set
+	p    *profile.Profile
+	err  error
+}
+
+// join returns the flight of a read of key to wait for, or, leader true,
+// a new flight whose read the caller must send and then land. A flight
+// is joined only while tracking is up and no invalidation has touched
+// the key's shard since its read was decided: its reply is then as
+// current as the cache's entries are (a read sent now could not be told
+// apart from it but by the network). Without a cache, or with tracking
+// down, every caller leads a flight of its own.
+func (c *nearCache) join(key string) (f *flight, leader bool) {
+	if c == nil || !c.up.Load() {
+		return &flight{done: make(chan struct{})}, true
+	}
+	epoch := c.epoch.Load()
+	sh := c.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if f := sh.flights[key]; f != nil && f.t.gen == sh.gen && f.t.epoch == epoch {
+		c.shared.Add(1)
+		return f, false
+	}
+	f = &flight{t: ticket{gen: sh.gen, epoch: epoch, ok: true}, done: make(chan struct{})}
+	sh.flights[key] = f
+	return f, true
+}
+
+// land ends a flight the caller led, with its reply, and wakes those
+// who joined it.
+func (c *nearCache) land(key string, f *flight, p *profile.Profile, err error) {
+	f.p, f.err = p, err
+	close(f.done)
+	if c == nil || !f.t.ok {
+		return
+	}
+	sh := c.shard(key)
+	sh.mu.Lock()
+	if sh.flights[key] == f {
+		delete(sh.flights, key)
+	}
+	sh.mu.Unlock()
 }
 
 // invalidate drops key, and refuses the replies of reads of its shard in

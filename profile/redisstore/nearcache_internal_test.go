@@ -197,3 +197,56 @@ func TestDecodedSizeEstimate(t *testing.T) {
 		}
 	}
 }
+
+// Concurrent misses of a key share a read while nothing may have changed
+// the key since it was sent.
+func TestNearCacheFlights(t *testing.T) {
+	tests := []struct {
+		name   string
+		before func(c *nearCache, now *time.Time) // between the first join and the second
+		shared bool
+	}{
+		{"in flight: joined", func(*nearCache, *time.Time) {}, true},
+		{"another key of the shard invalidated: not joined", func(c *nearCache, _ *time.Time) { c.invalidate(sameShard(c, "k")) }, false},
+		{"the key invalidated: not joined", func(c *nearCache, _ *time.Time) { c.invalidate("k") }, false},
+		{"flushed: not joined", func(c *nearCache, _ *time.Time) { c.flush() }, false},
+		{"tracking down: not joined", func(c *nearCache, _ *time.Time) { c.setUp(false, time.Time{}) }, false},
+		{"tracking down and up: not joined", func(c *nearCache, now *time.Time) {
+			c.setUp(false, time.Time{})
+			c.setUp(true, *now)
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, now := upCache(t, 1<<30)
+			first, leader := c.join("k")
+			if !leader {
+				t.Fatal("the first read of a key does not lead")
+			}
+			tt.before(c, now)
+			second, leader := c.join("k")
+			if got := !leader && second == first; got != tt.shared {
+				t.Fatalf("second read shared the first's: %v, want %v", got, tt.shared)
+			}
+			want := &profile.Profile{Version: 7}
+			c.land("k", first, want, nil)
+			<-first.done
+			if first.p != want {
+				t.Fatal("landing did not publish the reply")
+			}
+			if second != first {
+				c.land("k", second, want, nil)
+			}
+			if _, leader := c.join("k"); !leader {
+				t.Fatal("a read after every flight landed joined one")
+			}
+		})
+	}
+	// Without a cache every read leads its own flight.
+	var off *nearCache
+	f, leader := off.join("k")
+	off.land("k", f, nil, nil)
+	if !leader {
+		t.Fatal("a read without a cache did not lead")
+	}
+}

@@ -249,7 +249,7 @@ func (s *Store) Get(ctx context.Context, userID string) (*profile.Profile, error
 	if p, ok, err := s.Peek(userID, 0); ok {
 		return p, err
 	}
-	return s.Load(ctx, userID)
+	return s.Load(ctx, userID, 0)
 }
 
 // Peek returns the user's profile from the near-cache, without I/O, with
@@ -267,14 +267,40 @@ func (s *Store) Peek(userID string, minVersion uint64) (p *profile.Profile, foun
 }
 
 // Load reads a user's profile from Redis, with Get's errors, and keeps it
-// in the near-cache.
-func (s *Store) Load(ctx context.Context, userID string) (*profile.Profile, error) {
+// in the near-cache. Concurrent Loads of the same user share one read
+// while tracking is up (nearCache.join), unless its profile is older than
+// the caller's minVersion: then the caller reads on its own.
+func (s *Store) Load(ctx context.Context, userID string, minVersion uint64) (*profile.Profile, error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	p, err := s.get(ctx, s.keys.ProfileKey(userID))
+	p, err := s.load(ctx, s.keys.ProfileKey(userID), minVersion)
 	if span != nil {
 		endRead(span, err)
 	}
 	return p, err
+}
+
+// load is Load of the profile at key.
+func (s *Store) load(ctx context.Context, key string, minVersion uint64) (*profile.Profile, error) {
+	f, leader := s.near.join(key)
+	if leader {
+		p, err := s.get(ctx, key, f.t)
+		s.near.land(key, f, p, err)
+		return p, err
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	switch {
+	case f.err == nil && f.p.Version >= minVersion,
+		errors.Is(f.err, profile.ErrNotFound) && minVersion == 0,
+		errors.Is(f.err, profile.ErrCorrupt):
+		return f.p, f.err
+	}
+	// The leader's read failed (its deadline may have been shorter), or
+	// found an older profile than this caller needs: read on our own.
+	return s.get(ctx, key, s.near.begin(key))
 }
 
 // endRead sets a read span's attributes from the per-user errors of the
@@ -302,9 +328,9 @@ func endRead(span trace.Span, errs ...error) {
 	}
 }
 
-// get reads the profile at key from Redis, and caches it.
-func (s *Store) get(ctx context.Context, key string) (*profile.Profile, error) {
-	t := s.near.begin(key)
+// get reads the profile at key from Redis, and caches it with ticket t
+// (see nearCache.store).
+func (s *Store) get(ctx context.Context, key string, t ticket) (*profile.Profile, error) {
 	raw, err := s.rdb.Get(ctx, key).Bytes()
 	return s.decoded(ctx, t, key, raw, err)
 }

@@ -350,6 +350,7 @@ type NearCacheStats struct {
 	Up                     bool // tracking established on every master
 	Hits, Misses, Bypasses uint64
 	Stored, Refused        uint64 // replies cached, and refused (an invalidation raced them)
+	Shared                 uint64 // reads that waited for another caller's read of the same user
 	Invalidations, Evicted uint64
 	Flushes                uint64
 	Entries                int
@@ -368,7 +369,7 @@ func (s *Store) NearCache() NearCacheStats {
 	st := NearCacheStats{
 		Enabled: true, Up: c.up.Load(),
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Bypasses: c.bypasses.Load(),
-		Stored: c.stores.Load(), Refused: c.refused.Load(),
+		Stored: c.stores.Load(), Refused: c.refused.Load(), Shared: c.shared.Load(),
 		Invalidations: c.invalidations.Load(), Evicted: c.evictions.Load(), Flushes: c.flushes.Load(),
 		TrackingFailures: s.stats.trackingFailures.Load(), TopologyChanges: s.stats.trackingChanges.Load(),
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -327,5 +328,75 @@ func TestNearCacheClusterSlotMigration(t *testing.T) {
 	check(2)
 	if st := a.NearCache(); !st.Up || st.Invalidations == 0 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// holdGets is a go-redis hook that counts the GETs of one key and holds
+// each until release is closed.
+type holdGets struct {
+	key     string
+	gets    atomic.Int64
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdGets) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdGets) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "get" && len(cmd.Args()) == 2 && cmd.Args()[1] == h.key {
+			if h.gets.Add(1) == 1 {
+				close(h.entered)
+			}
+			<-h.release
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// Concurrent decisions' reads of one user share one GET; a caller that
+// needs a newer profile than the shared read found reads on its own.
+func TestNearCacheSharesConcurrentReads(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	hook := &holdGets{entered: make(chan struct{}), release: make(chan struct{})}
+	rdb.AddHook(hook)
+	a := tracked(t, rdb, redisstore.Options{Now: func() time.Time { return storeNow }})
+	hook.key = a.Layout().ProfileKey("hot")
+	env := storeEnv{srv: srv, rdb: srv.Client(t), store: redisstore.New(srv.Client(t), redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})}
+	applyOne(t, env, triggerStep(profile.Limits{}), "hot", view("hot", "e1"))
+
+	const callers = 10
+	type result struct {
+		version uint64
+		err     error
+	}
+	results := make(chan result, callers)
+	load := func(min uint64) {
+		p, err := a.Load(t.Context(), "hot", min)
+		r := result{err: err}
+		if p != nil {
+			r.version = p.Version
+		}
+		results <- r
+	}
+	go load(0)
+	<-hook.entered // the leader's GET is sent (and held)
+	for range callers - 2 {
+		go load(0)
+	}
+	go load(2) // needs version 2, which the shared read will not find
+	waitFor(t, "the followers to join", func() bool { return a.NearCache().Shared == callers-1 })
+	close(hook.release)
+	for range callers {
+		r := <-results
+		if r.err != nil || r.version != 1 {
+			t.Fatalf("a Load returned version %d, %v; want 1", r.version, r.err)
+		}
+	}
+	if got := hook.gets.Load(); got != 2 {
+		t.Fatalf("%d GETs for %d concurrent Loads, want 2 (one shared, and the one that needed version 2)", got, callers)
 	}
 }
