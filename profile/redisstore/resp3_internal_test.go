@@ -96,3 +96,24 @@ func short(v any) string {
 	}
 	return s
 }
+
+// Only a server that cannot track turns the near-cache off for good; one
+// that cannot now (loading its data, refusing the password) is tried
+// again.
+func TestTrackingUnsupportedReplies(t *testing.T) {
+	for reply, want := range map[string]bool{
+		"ERR unknown command 'HELLO', with args beginning with: '3' ": true,
+		"NOPROTO unsupported protocol version":                        true,
+		"ERR unknown subcommand 'TRACKING'. Try CLIENT HELP.":         true,
+		"ERR syntax error": true,
+		"ERR wrong number of arguments for 'client' command":                true,
+		"LOADING Redis is loading the dataset in memory":                    false,
+		"WRONGPASS invalid username-password pair or user is disabled.":     false,
+		"NOAUTH HELLO must be called with the client already authenticated": false,
+		"BUSY Redis is busy running a script":                               false,
+	} {
+		if got := unsupported(respError(reply)); got != want {
+			t.Errorf("%q: unsupported %v, want %v", reply, got, want)
+		}
+	}
+}

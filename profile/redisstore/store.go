@@ -75,7 +75,7 @@ func New(rdb redis.UniversalClient, opt Options) *Store {
 	}
 	s.shards = make([]shard, s.opt.Shards)
 	if s.opt.NearCache.MaxBytes > 0 {
-		s.near = newNearCache(s.opt.NearCache, s.opt.Now)
+		s.near = newNearCache(s.opt.NearCache, time.Now) // the heartbeats' clock, not the processing clock
 	}
 	if s.opt.TracerProvider != nil {
 		s.tracer = s.opt.TracerProvider.Tracer("github.com/nudge-dm/nudge/profile/redisstore")

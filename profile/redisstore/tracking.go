@@ -93,10 +93,11 @@ type trackedNode struct {
 
 // result is Track's error once ctx ended: nil when its caller ended it.
 func (t *tracker) result(ctx context.Context) error {
-	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
-		return err
+	err := context.Cause(ctx)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // follow makes the tracked masters those of masters: it starts a
@@ -242,10 +243,10 @@ func (t *tracker) session(ctx context.Context, addr string, opt *redis.Options) 
 			return err
 		}
 		if rerr, ok := reply.(respError); ok {
-			if strings.HasPrefix(string(rerr), "WRONGPASS") || strings.HasPrefix(string(rerr), "NOAUTH") {
-				return rerr
+			if unsupported(rerr) {
+				return fmt.Errorf("%w: %s %s: %w", ErrTrackingUnsupported, cmd[0], cmd[1], rerr)
 			}
-			return fmt.Errorf("%w: %s %s: %w", ErrTrackingUnsupported, cmd[0], cmd[1], rerr)
+			return fmt.Errorf("%s %s: %w", cmd[0], cmd[1], rerr) // LOADING, auth...: tried again
 		}
 	}
 	_ = conn.SetDeadline(time.Time{})
@@ -324,6 +325,17 @@ func (t *tracker) read(rc *respConn, addr string, pings chan time.Time) error {
 			}
 		}
 	}
+}
+
+// unsupported reports whether an error reply to HELLO 3 or CLIENT
+// TRACKING says the server cannot track (an older Redis, a store speaking
+// only part of the protocol), rather than that it cannot now (LOADING, a
+// refused password): only the first turns the near-cache off for good.
+func unsupported(err respError) bool {
+	msg := strings.ToLower(string(err))
+	return strings.HasPrefix(msg, "noproto") || strings.Contains(msg, "unknown command") ||
+		strings.Contains(msg, "unknown subcommand") || strings.Contains(msg, "syntax error") ||
+		strings.Contains(msg, "wrong number of arguments")
 }
 
 // trackedPrefix is the prefix of every key nudge writes (keys.go).
