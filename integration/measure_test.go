@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/decision"
@@ -327,7 +328,9 @@ func TestNudgedOfferControlExposures(t *testing.T) {
 			decisions = 2 // the second is in the window the first opened: not counted again
 		}
 		for k := range decisions {
-			resp, err := decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: user(i), Channel: "web"})
+			// A 1s budget: a decision degraded on a busy machine would
+			// expose nobody (the test wants each from the profile).
+			resp, err := decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: user(i), Channel: "web", Budget: durationpb.New(time.Second)})
 			if err != nil {
 				t.Fatalf("GetDecision(%s) #%d: %v", user(i), k+1, err)
 			}

@@ -83,7 +83,10 @@ func TestNodeStorefrontExample(t *testing.T) {
 	runIn(t, ctx, dir, nil, "npm", "run", "--silent", "build")
 
 	bin := buildNudged(t)
-	n := startNudged(t, bin)
+	// The example asks without a budget, and the test wants the web
+	// decision from the profile: a 1s default budget, so that a busy test
+	// machine does not turn it into the fallback.
+	n := startNudged(t, bin, "--decision-budget", "1s")
 	user := "node-shopper-" + strings.ReplaceAll(t.Name(), "/", "-")
 	out := runIn(t, ctx, dir, []string{
 		"NUDGE_ADDR=" + n.addr,
