@@ -550,3 +550,18 @@ func TestNudgectlSend(t *testing.T) {
 		t.Errorf("profiles count %d views, want %d", total, events)
 	}
 }
+
+// Every binary says what it is with --version: its name, the module
+// version, the VCS revision (or that it was built without one) and Go's.
+func TestBinariesPrintVersion(t *testing.T) {
+	for _, name := range []string{"nudged", "nudgectl", "nudge-bench", "nudge-demo"} {
+		out, err := exec.Command(buildCommand(t, name), "--version").CombinedOutput()
+		if err != nil {
+			t.Errorf("%s --version: %v\n%s", name, err, out)
+			continue
+		}
+		if s := string(out); !strings.HasPrefix(s, name+" ") || !strings.Contains(s, "revision") || !strings.Contains(s, "go1.") {
+			t.Errorf("%s --version printed %q", name, s)
+		}
+	}
+}

@@ -77,8 +77,10 @@ type config struct {
 	// ReadAddr is the nudged freshness asks decisions of; ServeHealth the
 	// address --serve-health serves on.
 	ReadAddr, ServeHealth string
-	Buckets               int
-	Quiet                 bool
+	// Version: print the version and exit.
+	Version bool
+	Buckets int
+	Quiet   bool
 }
 
 // usageError is a flag value or combination that cannot work: exit 2.
@@ -135,6 +137,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.StringVar(&c.ServeHealth, "serve-health", "", "serve a bare grpc-go health service on this address until stopped, instead of a workload (the CPU floor of --workload health)")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no progress lines on stderr")
+	fs.BoolVar(&c.Version, "version", false, "print nudge-bench's version and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nudge-dm/nudge/client"
+	"github.com/nudge-dm/nudge/internal/version"
 	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 )
@@ -37,6 +38,10 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 			fmt.Fprintln(stderr, "nudge-bench:", err)
 		}
 		return 2
+	}
+	if cfg.Version {
+		fmt.Fprintln(stdout, version.String("nudge-bench"))
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/internal/clientflags"
+	"github.com/nudge-dm/nudge/internal/version"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -35,7 +36,12 @@ func main() {
 	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
 	metrics := flag.String("metrics", "", "nudged's /metrics URL: print the figures the session moved")
 	sec := clientflags.Register(flag.CommandLine, "ingest, decide and admin", os.Getenv)
+	showVersion := flag.Bool("version", false, "print nudge-demo's version and exit")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.String("nudge-demo"))
+		return
+	}
 	if err := run(*addr, *user, *wait, sec); err != nil {
 		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
 		if errors.As(err, new(clientflags.UsageError)) {

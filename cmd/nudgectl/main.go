@@ -49,6 +49,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/nudge-dm/nudge/internal/version"
 	"io"
 	"os"
 )
@@ -58,6 +59,7 @@ func main() {
 }
 
 const usage = `usage:
+  nudgectl version                        module version, VCS revision, Go version (also --version)
   nudgectl rules check [--json] FILE...   validate rules files offline
   nudgectl rules test FILE --event E.json [--profile P.json] [--channels C,...] [--now T] [--json]
                                           what the rules fire, schedule and decide for an event
@@ -95,6 +97,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help"):
 		fmt.Fprint(stdout, usage)
+		return 0
+	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
+		fmt.Fprintln(stdout, version.String("nudgectl"))
 		return 0
 	case len(args) >= 2 && args[0] == "rules" && args[1] == "check":
 		return rulesCheck(args[2:], stdout, stderr)

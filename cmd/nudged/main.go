@@ -1,7 +1,8 @@
 // Command nudged is the nudge server. Its settings come from a YAML file
 // (--config or NUDGE_CONFIG; see deploy/nudged.yaml), overridden by
 // NUDGE_<FLAG> environment variables (upper case, dashes as underscores),
-// overridden by flags. --print-config shows the effective configuration.
+// overridden by flags. --print-config shows the effective configuration;
+// --version the binary's version.
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/nudge-dm/nudge/internal/daemon"
+	"github.com/nudge-dm/nudge/internal/version"
 )
 
 func main() {
@@ -28,6 +30,10 @@ func main() {
 func run() error {
 	loaded, err := daemon.Load(os.Args[1:], os.LookupEnv, os.Stderr)
 	if err != nil {
+		return err
+	}
+	if loaded.Version {
+		_, err := fmt.Println(version.String("nudged"))
 		return err
 	}
 	cfg := loaded.Config

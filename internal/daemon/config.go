@@ -646,6 +646,9 @@ type Loaded struct {
 	// PrintConfig is set when --print-config was given: show
 	// Config.Redacted() and exit.
 	PrintConfig bool
+	// Version is set when --version was given: print the binary's
+	// version and exit (Config is then not checked).
+	Version bool
 }
 
 // Load builds the configuration from, lowest precedence first: Defaults,
@@ -668,6 +671,7 @@ func Load(args []string, lookupEnv func(string) (string, bool), usage io.Writer)
 	fs.SetOutput(usage)
 	fs.String("config", path, "YAML config file (every setting; flags and NUDGE_* variables override it)")
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted) and exit")
+	version := fs.Bool("version", false, "print nudged's version (module, VCS revision, Go) and exit")
 	for _, s := range cfg.settings() {
 		s.bind(fs, s.flag, s.usage+" ["+s.key+"]")
 	}
@@ -687,6 +691,9 @@ func Load(args []string, lookupEnv func(string) (string, bool), usage io.Writer)
 	}
 	if err := fs.Parse(args); err != nil {
 		return Loaded{}, err
+	}
+	if *version {
+		return Loaded{Version: true}, nil
 	}
 	if fs.NArg() > 0 {
 		return Loaded{}, fmt.Errorf("unexpected arguments %q: every setting is a flag (see -h)", fs.Args())

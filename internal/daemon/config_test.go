@@ -470,3 +470,11 @@ func TestRunRefusesRulesThatNeverEnd(t *testing.T) {
 		t.Errorf("Run: %v, want %q", err, want)
 	}
 }
+
+// --version asks for nothing else: the configuration is not checked.
+func TestLoadVersion(t *testing.T) {
+	got, err := Load([]string{"--version", "--listen", "0.0.0.0:1"}, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil || !got.Version {
+		t.Fatalf("Load(--version) = %+v, %v", got, err)
+	}
+}
