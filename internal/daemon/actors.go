@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -137,17 +135,16 @@ func (r rulesReloads) watch(file bool, interval time.Duration) func(ctx context.
 }
 
 // onSIGHUP reloads the rules file at once on each SIGHUP.
-func (r rulesReloads) onSIGHUP(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-hup:
-			changed, err := r.rules.Reload()
-			r.report(ctx, changed, err)
+func (r rulesReloads) onSIGHUP(hup <-chan os.Signal) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-hup:
+				changed, err := r.rules.Reload()
+				r.report(ctx, changed, err)
+			}
 		}
 	}
 }

@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -180,7 +183,13 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh, MetricsRefresh: cfg.Measurement.MetricsRefresh})
 	})
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
-	parts.add("SIGHUP", rl.onSIGHUP)
+	// SIGHUP is caught from here on, before anything serves: its default
+	// action ends the process, and an operator (or a test) may send one as
+	// soon as nudged logs that it serves.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	parts.add("SIGHUP", rl.onSIGHUP(hup))
 	parts.add("grpc", func(ctx context.Context) error {
 		log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
 		if len(tokens) == 0 {
