@@ -9,20 +9,25 @@
 #                   src/gen/ differs (stale stubs after a .proto change)
 #   node-example    npm ci, compile, run the storefront against a running
 #                   nudged at $(NUDGE_ADDR) (e.g. `make run` in another shell)
+#   node-dynamic    examples/node-dynamic: npm ci, then run client.js (plain
+#                   JavaScript that loads proto/ and third_party/protovalidate
+#                   at run time with @grpc/proto-loader, no generated code)
+#                   against a running nudged at $(NUDGE_ADDR)
 #
 # Needs node >= 20 and npm (Debian: apt-get install nodejs npm); npm ci
 # fetches the locked packages from the npm registry (a few seconds).
-# The integration test (integration/node_test.go) runs the example against
-# a nudged it builds and starts itself.
+# The integration tests (integration/node_test.go, node_dynamic_test.go)
+# run the examples against a nudged they build and start themselves.
 
 NODE_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
 NODE_EXAMPLE := $(NODE_ROOT)/examples/node-storefront
+NODE_DYNAMIC := $(NODE_ROOT)/examples/node-dynamic
 NODE_GOBIN := $(firstword $(subst :, ,$(shell go env GOPATH)))/bin
 NODE_BUF ?= $(or $(shell command -v buf 2>/dev/null),$(wildcard $(NODE_GOBIN)/buf))
 NUDGE_ADDR ?= 127.0.0.1:7070
 NPM ?= npm
 
-.PHONY: node-check node-ci node-generate node-gen-check node-build node-example
+.PHONY: node-check node-ci node-generate node-gen-check node-build node-example node-dynamic
 
 node-check:
 	@command -v node >/dev/null 2>&1 || { echo "node not found: apt-get install nodejs (node >= 20)" >&2; exit 1; }
@@ -51,3 +56,7 @@ node-build: node-ci
 
 node-example: node-build
 	cd $(NODE_EXAMPLE) && NUDGE_ADDR=$(NUDGE_ADDR) node dist/storefront.js
+
+node-dynamic: node-check
+	cd $(NODE_DYNAMIC) && $(NPM) ci --no-audit --no-fund
+	cd $(NODE_DYNAMIC) && NUDGE_ADDR=$(NUDGE_ADDR) node client.js

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs the tests run are on PATH: redis-server and
-# redis-cli (the tests start their own instances on free loopback ports) and
-# promtool (the tests check deploy/prometheus/alerts.yml with it). Installs
+# redis-cli (the tests start their own instances on free loopback ports),
+# promtool (the tests check deploy/prometheus/alerts.yml with it), curl
+# (the README's HTTP examples) and buf (scripts/ensure-buf.sh). Installs
 # the Debian packages when missing and possible; otherwise stops with a
 # message naming them. Never lets tests skip silently.
 set -euo pipefail
@@ -37,5 +38,9 @@ need() {
 need redis-server redis-server
 need redis-cli redis-tools
 need promtool prometheus --no-install-recommends
+# The HTTP/JSON tests run the README's curl commands.
+need curl curl
 redis-server --version
 promtool --version 2>&1 | head -1
+# buf: the descriptor-set test and make breaking (scripts/ensure-buf.sh).
+bash "$(dirname "$0")/ensure-buf.sh"
