@@ -1,6 +1,7 @@
 // Package audit logs decisions to a Redis stream, sampled and
 // asynchronously, so that no decision ever waits for it, and reads the
-// stream back (nudgectl decisions tail).
+// stream back (Newest and Read, for AdminService.TailDecisions and so
+// nudgectl decisions tail; Tail, directly from Redis).
 //
 // Concurrency: a Log is safe for concurrent use. Record never blocks: when
 // the buffer is full the entry is dropped and counted (Dropped). Run owns

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nudge-dm/nudge/profile"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 )
 
@@ -172,11 +173,32 @@ type DeadEntry struct {
 	Group         string
 	DeliveryCount int64
 	Values        map[string]any
+	// Action is the action, decoded from Values; ActionErr says why it
+	// does not decode (profile.ErrCorrupt), Action then holding what
+	// could be read.
+	Action    profile.Action
+	ActionErr error
+	// Stream is the outbox stream the action was in, StreamID its id
+	// there.
+	Stream, StreamID string
+	// At is when the action was dead-lettered (from ID, to the
+	// millisecond).
+	At time.Time
 }
 
 // Dead lists up to count entries of the dead-letter stream, oldest first.
 func (o *Outbox) Dead(ctx context.Context, count int64) ([]DeadEntry, error) {
-	msgs, err := o.rdb.XRangeN(ctx, redisstore.DeadStream, "-", "+", count).Result()
+	return o.DeadAfter(ctx, "", count)
+}
+
+// DeadAfter lists up to count entries of the dead-letter stream after the
+// one with id after (DeadEntry.ID; "": from the oldest), oldest first.
+func (o *Outbox) DeadAfter(ctx context.Context, after string, count int64) ([]DeadEntry, error) {
+	start := "-"
+	if after != "" {
+		start = "(" + after
+	}
+	msgs, err := o.rdb.XRangeN(ctx, redisstore.DeadStream, start, "+", count).Result()
 	if err != nil {
 		return nil, fmt.Errorf("delivery: dead letters: %w", err)
 	}
@@ -185,7 +207,16 @@ func (o *Outbox) Dead(ctx context.Context, count int64) ([]DeadEntry, error) {
 		g, _ := m.Values["dead_group"].(string)
 		c, _ := m.Values["delivery_count"].(string)
 		n, _ := strconv.ParseInt(c, 10, 64)
-		out = append(out, DeadEntry{ID: m.ID, Group: g, DeliveryCount: n, Values: m.Values})
+		d := DeadEntry{ID: m.ID, Group: g, DeliveryCount: n, Values: m.Values}
+		d.Action, d.ActionErr = redisstore.DecodeAction(m.Values)
+		d.Stream, _ = m.Values["dead_stream"].(string)
+		d.StreamID, _ = m.Values["dead_id"].(string)
+		if ms, _, ok := strings.Cut(m.ID, "-"); ok {
+			if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
+				d.At = time.UnixMilli(n).UTC()
+			}
+		}
+		out = append(out, d)
 	}
 	return out, nil
 }

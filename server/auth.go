@@ -37,7 +37,9 @@ const (
 	RoleSend Role = "send"
 	// RoleExplain may ask for a decision's explain trace, which shows the
 	// user's consent, time zone, local time, purchase state and send
-	// counts. RoleAdmin may too.
+	// counts. RoleAdmin may too. It does not open the decision log
+	// (AdminService.TailDecisions): that lists every user's decisions,
+	// not the ones the token asks for, so it stays RoleAdmin's.
 	RoleExplain Role = "explain"
 )
 

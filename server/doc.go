@@ -18,6 +18,8 @@
 //     degraded, stale, reserved) is built by decision (Rules.Answer,
 //     Rules.Reserve);
 //   - actions.go, profiles.go, admin.go: the other services;
+//   - logs.go: the admin RPCs that read logs back (the decision log,
+//     the dead letters);
 //   - groups.go: which consumer groups a token may use (Token.Groups),
 //     checked by Subscribe and Ack;
 //   - timers.go: RunTimers, the loop that polls the due index and fires

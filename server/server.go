@@ -125,9 +125,17 @@ type Config struct {
 	Meter metric.Meter
 	// Audit receives sampled decisions. Default: none.
 	Audit AuditLog
+	// DecisionLog reads back the decisions Audit logs
+	// (AdminService.TailDecisions); an *audit.Log is both. Default: none
+	// (TailDecisions answers UNIMPLEMENTED).
+	DecisionLog DecisionLog
 	// Outbox delivers actions to ActionService subscribers. Default: none
 	// (ActionService answers UNIMPLEMENTED).
 	Outbox Outbox
+	// DeadLetters lists the actions the outbox dead-lettered
+	// (AdminService.ListDeadActions); a *delivery.Outbox is both.
+	// Default: none (ListDeadActions answers UNIMPLEMENTED).
+	DeadLetters DeadLetters
 	// MaxUnacked bounds the actions a subscriber holds unacknowledged;
 	// delivery pauses at it. Keep it below what a subscriber handles within
 	// the visibility timeout. Default 1000.

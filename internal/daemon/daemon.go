@@ -275,6 +275,10 @@ func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, aud
 		Logger:     c.Logger,
 		Meter:      meter,
 		Audit:      auditLog,
+		// Read back through AdminService (nudgectl decisions tail,
+		// actions dead).
+		DecisionLog: auditLog,
+		DeadLetters: outbox,
 
 		Measures:      measures,
 		ExposureQueue: c.Measurement.ExposureQueue,

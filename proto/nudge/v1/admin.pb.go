@@ -845,11 +845,479 @@ func (x *ListCampaignReportsResponse) GetReports() []*GetCampaignReportResponse 
 	return nil
 }
 
+// TailDecisionsRequest says where the tail starts and when it ends.
+type TailDecisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start with the oldest decision the log keeps (the last 100,000 or
+	// so), not with those recorded after the call.
+	FromOldest bool `protobuf:"varint,1,opt,name=from_oldest,json=fromOldest,proto3" json:"from_oldest,omitempty"`
+	// End the call, with OK, after this many entries. 0: follow until the
+	// client cancels.
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailDecisionsRequest) Reset() {
+	*x = TailDecisionsRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailDecisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailDecisionsRequest) ProtoMessage() {}
+
+func (x *TailDecisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailDecisionsRequest.ProtoReflect.Descriptor instead.
+func (*TailDecisionsRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TailDecisionsRequest) GetFromOldest() bool {
+	if x != nil {
+		return x.FromOldest
+	}
+	return false
+}
+
+func (x *TailDecisionsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// TailDecisionsResponse carries the entries read together, oldest first;
+// never none.
+type TailDecisionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries, in the order they were recorded.
+	Entries       []*DecisionLogEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailDecisionsResponse) Reset() {
+	*x = TailDecisionsResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailDecisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailDecisionsResponse) ProtoMessage() {}
+
+func (x *TailDecisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailDecisionsResponse.ProtoReflect.Descriptor instead.
+func (*TailDecisionsResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TailDecisionsResponse) GetEntries() []*DecisionLogEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// DecisionLogEntry is one decision of the decision log: what GetDecision
+// (or BatchGetDecisions) answered, without the offer's template and
+// payload, the explain trace and the reservation.
+type DecisionLogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Decision.decision_id.
+	DecisionId string `protobuf:"bytes,1,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	// When the server made the decision, by its clock.
+	At *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// The user decided for.
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The channel asked about.
+	Channel string `protobuf:"bytes,4,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The placement asked about; empty when the request named none.
+	Placement string `protobuf:"bytes,5,opt,name=placement,proto3" json:"placement,omitempty"`
+	// Decision.verdict.
+	Verdict Verdict `protobuf:"varint,6,opt,name=verdict,proto3,enum=nudge.v1.Verdict" json:"verdict,omitempty"`
+	// The winning offer's id; empty when there was none.
+	OfferId string `protobuf:"bytes,7,opt,name=offer_id,json=offerId,proto3" json:"offer_id,omitempty"`
+	// Decision.degraded: the answer was the fallback.
+	Degraded bool `protobuf:"varint,8,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	// Decision.stale: the stored profile was older than asked for.
+	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
+	// Decision.control: the user is in the winning offer's control group.
+	Control bool `protobuf:"varint,10,opt,name=control,proto3" json:"control,omitempty"`
+	// Version of the profile the decision was made on (0: no profile, or
+	// degraded).
+	ProfileVersion uint64 `protobuf:"varint,11,opt,name=profile_version,json=profileVersion,proto3" json:"profile_version,omitempty"`
+	// Decision.rules_version.
+	RulesVersion string `protobuf:"bytes,12,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// Decision.reasons.
+	Reasons       []*Reason `protobuf:"bytes,13,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecisionLogEntry) Reset() {
+	*x = DecisionLogEntry{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionLogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionLogEntry) ProtoMessage() {}
+
+func (x *DecisionLogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionLogEntry.ProtoReflect.Descriptor instead.
+func (*DecisionLogEntry) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DecisionLogEntry) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *DecisionLogEntry) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetVerdict() Verdict {
+	if x != nil {
+		return x.Verdict
+	}
+	return Verdict_VERDICT_UNSPECIFIED
+}
+
+func (x *DecisionLogEntry) GetOfferId() string {
+	if x != nil {
+		return x.OfferId
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetDegraded() bool {
+	if x != nil {
+		return x.Degraded
+	}
+	return false
+}
+
+func (x *DecisionLogEntry) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *DecisionLogEntry) GetControl() bool {
+	if x != nil {
+		return x.Control
+	}
+	return false
+}
+
+func (x *DecisionLogEntry) GetProfileVersion() uint64 {
+	if x != nil {
+		return x.ProfileVersion
+	}
+	return 0
+}
+
+func (x *DecisionLogEntry) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *DecisionLogEntry) GetReasons() []*Reason {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+// ListDeadActionsRequest pages through the dead-letter stream.
+type ListDeadActionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// List at most this many. 0: 100.
+	Limit uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// List the entries after this one (DeadAction.id, the last of the
+	// previous page). Empty: from the oldest.
+	After         string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadActionsRequest) Reset() {
+	*x = ListDeadActionsRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadActionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadActionsRequest) ProtoMessage() {}
+
+func (x *ListDeadActionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadActionsRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadActionsRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListDeadActionsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListDeadActionsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+// ListDeadActionsResponse lists dead-lettered actions, oldest first.
+type ListDeadActionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dead actions, oldest first: fewer than the limit when there are
+	// no more.
+	DeadActions   []*DeadAction `protobuf:"bytes,1,rep,name=dead_actions,json=deadActions,proto3" json:"dead_actions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadActionsResponse) Reset() {
+	*x = ListDeadActionsResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadActionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadActionsResponse) ProtoMessage() {}
+
+func (x *ListDeadActionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadActionsResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadActionsResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListDeadActionsResponse) GetDeadActions() []*DeadAction {
+	if x != nil {
+		return x.DeadActions
+	}
+	return nil
+}
+
+// DeadAction is an action moved to the dead-letter stream.
+type DeadAction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry's id in the dead-letter stream (a Redis stream id),
+	// increasing: pass the last one as ListDeadActionsRequest.after.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The action, as Subscribe delivered it. Fields the stored entry lacks
+	// or cannot give (an entry that does not decode, which the server
+	// logs) are left empty.
+	Action *Action `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// The consumer group that did not acknowledge it.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// How many times the group had been handed it when it was
+	// dead-lettered.
+	DeliveryCount uint32 `protobuf:"varint,4,opt,name=delivery_count,json=deliveryCount,proto3" json:"delivery_count,omitempty"`
+	// When it was dead-lettered (from its dead-letter entry's id).
+	DeadLetteredAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=dead_lettered_at,json=deadLetteredAt,proto3" json:"dead_lettered_at,omitempty"`
+	// The outbox stream the action was in.
+	OutboxStream string `protobuf:"bytes,6,opt,name=outbox_stream,json=outboxStream,proto3" json:"outbox_stream,omitempty"`
+	// The action's entry id in that outbox stream.
+	OutboxId      string `protobuf:"bytes,7,opt,name=outbox_id,json=outboxId,proto3" json:"outbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadAction) Reset() {
+	*x = DeadAction{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadAction) ProtoMessage() {}
+
+func (x *DeadAction) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadAction.ProtoReflect.Descriptor instead.
+func (*DeadAction) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeadAction) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeadAction) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *DeadAction) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *DeadAction) GetDeliveryCount() uint32 {
+	if x != nil {
+		return x.DeliveryCount
+	}
+	return 0
+}
+
+func (x *DeadAction) GetDeadLetteredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeadLetteredAt
+	}
+	return nil
+}
+
+func (x *DeadAction) GetOutboxStream() string {
+	if x != nil {
+		return x.OutboxStream
+	}
+	return ""
+}
+
+func (x *DeadAction) GetOutboxId() string {
+	if x != nil {
+		return x.OutboxId
+	}
+	return ""
+}
+
 var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
+	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nudge/v1/decision.proto\x1a\x14nudge/v1/event.proto\"\x11\n" +
 	"\x0fGetRulesRequest\"\xe3\x01\n" +
 	"\x10GetRulesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x127\n" +
@@ -910,14 +1378,52 @@ const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\x0fconversion_rate\x18\x04 \x01(\x01R\x0econversionRate\"\x1c\n" +
 	"\x1aListCampaignReportsRequest\"\\\n" +
 	"\x1bListCampaignReportsResponse\x12=\n" +
-	"\areports\x18\x01 \x03(\v2#.nudge.v1.GetCampaignReportResponseR\areports2\xa8\x03\n" +
+	"\areports\x18\x01 \x03(\v2#.nudge.v1.GetCampaignReportResponseR\areports\"X\n" +
+	"\x14TailDecisionsRequest\x12\x1f\n" +
+	"\vfrom_oldest\x18\x01 \x01(\bR\n" +
+	"fromOldest\x12\x1f\n" +
+	"\x05limit\x18\x02 \x01(\rB\t\xbaH\x06*\x04\x18\xc0\x84=R\x05limit\"M\n" +
+	"\x15TailDecisionsResponse\x124\n" +
+	"\aentries\x18\x01 \x03(\v2\x1a.nudge.v1.DecisionLogEntryR\aentries\"\xbe\x03\n" +
+	"\x10DecisionLogEntry\x12\x1f\n" +
+	"\vdecision_id\x18\x01 \x01(\tR\n" +
+	"decisionId\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x18\n" +
+	"\achannel\x18\x04 \x01(\tR\achannel\x12\x1c\n" +
+	"\tplacement\x18\x05 \x01(\tR\tplacement\x12+\n" +
+	"\averdict\x18\x06 \x01(\x0e2\x11.nudge.v1.VerdictR\averdict\x12\x19\n" +
+	"\boffer_id\x18\a \x01(\tR\aofferId\x12\x1a\n" +
+	"\bdegraded\x18\b \x01(\bR\bdegraded\x12\x14\n" +
+	"\x05stale\x18\t \x01(\bR\x05stale\x12\x18\n" +
+	"\acontrol\x18\n" +
+	" \x01(\bR\acontrol\x12'\n" +
+	"\x0fprofile_version\x18\v \x01(\x04R\x0eprofileVersion\x12#\n" +
+	"\rrules_version\x18\f \x01(\tR\frulesVersion\x12*\n" +
+	"\areasons\x18\r \x03(\v2\x10.nudge.v1.ReasonR\areasons\"k\n" +
+	"\x16ListDeadActionsRequest\x12\x1e\n" +
+	"\x05limit\x18\x01 \x01(\rB\b\xbaH\x05*\x03\x18\xe8\aR\x05limit\x121\n" +
+	"\x05after\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18)2\x12^([0-9]+-[0-9]+)?$R\x05after\"R\n" +
+	"\x17ListDeadActionsResponse\x127\n" +
+	"\fdead_actions\x18\x01 \x03(\v2\x14.nudge.v1.DeadActionR\vdeadActions\"\x8b\x02\n" +
+	"\n" +
+	"DeadAction\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
+	"\x06action\x18\x02 \x01(\v2\x10.nudge.v1.ActionR\x06action\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12%\n" +
+	"\x0edelivery_count\x18\x04 \x01(\rR\rdeliveryCount\x12D\n" +
+	"\x10dead_lettered_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0edeadLetteredAt\x12#\n" +
+	"\routbox_stream\x18\x06 \x01(\tR\foutboxStream\x12\x1b\n" +
+	"\toutbox_id\x18\a \x01(\tR\boutboxId2\xd4\x04\n" +
 	"\fAdminService\x12A\n" +
 	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponse\x12G\n" +
 	"\n" +
 	"ListGroups\x12\x1b.nudge.v1.ListGroupsRequest\x1a\x1c.nudge.v1.ListGroupsResponse\x12J\n" +
 	"\vDeleteGroup\x12\x1c.nudge.v1.DeleteGroupRequest\x1a\x1d.nudge.v1.DeleteGroupResponse\x12\\\n" +
 	"\x11GetCampaignReport\x12\".nudge.v1.GetCampaignReportRequest\x1a#.nudge.v1.GetCampaignReportResponse\x12b\n" +
-	"\x13ListCampaignReports\x12$.nudge.v1.ListCampaignReportsRequest\x1a%.nudge.v1.ListCampaignReportsResponseB\x8d\x01\n" +
+	"\x13ListCampaignReports\x12$.nudge.v1.ListCampaignReportsRequest\x1a%.nudge.v1.ListCampaignReportsResponse\x12R\n" +
+	"\rTailDecisions\x12\x1e.nudge.v1.TailDecisionsRequest\x1a\x1f.nudge.v1.TailDecisionsResponse0\x01\x12V\n" +
+	"\x0fListDeadActions\x12 .nudge.v1.ListDeadActionsRequest\x1a!.nudge.v1.ListDeadActionsResponseB\x8d\x01\n" +
 	"\fcom.nudge.v1B\n" +
 	"AdminProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
@@ -933,7 +1439,7 @@ func file_nudge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_admin_proto_rawDescData
 }
 
-var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_nudge_v1_admin_proto_goTypes = []any{
 	(*GetRulesRequest)(nil),             // 0: nudge.v1.GetRulesRequest
 	(*GetRulesResponse)(nil),            // 1: nudge.v1.GetRulesResponse
@@ -948,34 +1454,54 @@ var file_nudge_v1_admin_proto_goTypes = []any{
 	(*VariantCounts)(nil),               // 10: nudge.v1.VariantCounts
 	(*ListCampaignReportsRequest)(nil),  // 11: nudge.v1.ListCampaignReportsRequest
 	(*ListCampaignReportsResponse)(nil), // 12: nudge.v1.ListCampaignReportsResponse
-	(*timestamppb.Timestamp)(nil),       // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 14: google.protobuf.Duration
+	(*TailDecisionsRequest)(nil),        // 13: nudge.v1.TailDecisionsRequest
+	(*TailDecisionsResponse)(nil),       // 14: nudge.v1.TailDecisionsResponse
+	(*DecisionLogEntry)(nil),            // 15: nudge.v1.DecisionLogEntry
+	(*ListDeadActionsRequest)(nil),      // 16: nudge.v1.ListDeadActionsRequest
+	(*ListDeadActionsResponse)(nil),     // 17: nudge.v1.ListDeadActionsResponse
+	(*DeadAction)(nil),                  // 18: nudge.v1.DeadAction
+	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 20: google.protobuf.Duration
+	(Verdict)(0),                        // 21: nudge.v1.Verdict
+	(*Reason)(nil),                      // 22: nudge.v1.Reason
+	(*Action)(nil),                      // 23: nudge.v1.Action
 }
 var file_nudge_v1_admin_proto_depIdxs = []int32{
-	13, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	19, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
-	13, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
+	19, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
 	5,  // 3: nudge.v1.ListGroupsResponse.groups:type_name -> nudge.v1.ConsumerGroup
-	13, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
-	14, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
+	19, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
+	20, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
 	10, // 6: nudge.v1.GetCampaignReportResponse.treated:type_name -> nudge.v1.VariantCounts
 	10, // 7: nudge.v1.GetCampaignReportResponse.control:type_name -> nudge.v1.VariantCounts
 	9,  // 8: nudge.v1.ListCampaignReportsResponse.reports:type_name -> nudge.v1.GetCampaignReportResponse
-	0,  // 9: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
-	3,  // 10: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
-	6,  // 11: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
-	8,  // 12: nudge.v1.AdminService.GetCampaignReport:input_type -> nudge.v1.GetCampaignReportRequest
-	11, // 13: nudge.v1.AdminService.ListCampaignReports:input_type -> nudge.v1.ListCampaignReportsRequest
-	1,  // 14: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
-	4,  // 15: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
-	7,  // 16: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
-	9,  // 17: nudge.v1.AdminService.GetCampaignReport:output_type -> nudge.v1.GetCampaignReportResponse
-	12, // 18: nudge.v1.AdminService.ListCampaignReports:output_type -> nudge.v1.ListCampaignReportsResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 9: nudge.v1.TailDecisionsResponse.entries:type_name -> nudge.v1.DecisionLogEntry
+	19, // 10: nudge.v1.DecisionLogEntry.at:type_name -> google.protobuf.Timestamp
+	21, // 11: nudge.v1.DecisionLogEntry.verdict:type_name -> nudge.v1.Verdict
+	22, // 12: nudge.v1.DecisionLogEntry.reasons:type_name -> nudge.v1.Reason
+	18, // 13: nudge.v1.ListDeadActionsResponse.dead_actions:type_name -> nudge.v1.DeadAction
+	23, // 14: nudge.v1.DeadAction.action:type_name -> nudge.v1.Action
+	19, // 15: nudge.v1.DeadAction.dead_lettered_at:type_name -> google.protobuf.Timestamp
+	0,  // 16: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
+	3,  // 17: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
+	6,  // 18: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
+	8,  // 19: nudge.v1.AdminService.GetCampaignReport:input_type -> nudge.v1.GetCampaignReportRequest
+	11, // 20: nudge.v1.AdminService.ListCampaignReports:input_type -> nudge.v1.ListCampaignReportsRequest
+	13, // 21: nudge.v1.AdminService.TailDecisions:input_type -> nudge.v1.TailDecisionsRequest
+	16, // 22: nudge.v1.AdminService.ListDeadActions:input_type -> nudge.v1.ListDeadActionsRequest
+	1,  // 23: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
+	4,  // 24: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
+	7,  // 25: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
+	9,  // 26: nudge.v1.AdminService.GetCampaignReport:output_type -> nudge.v1.GetCampaignReportResponse
+	12, // 27: nudge.v1.AdminService.ListCampaignReports:output_type -> nudge.v1.ListCampaignReportsResponse
+	14, // 28: nudge.v1.AdminService.TailDecisions:output_type -> nudge.v1.TailDecisionsResponse
+	17, // 29: nudge.v1.AdminService.ListDeadActions:output_type -> nudge.v1.ListDeadActionsResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_admin_proto_init() }
@@ -983,6 +1509,8 @@ func file_nudge_v1_admin_proto_init() {
 	if File_nudge_v1_admin_proto != nil {
 		return
 	}
+	file_nudge_v1_decision_proto_init()
+	file_nudge_v1_event_proto_init()
 	file_nudge_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -990,7 +1518,7 @@ func file_nudge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_admin_proto_rawDesc), len(file_nudge_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,8 @@ const (
 	AdminService_DeleteGroup_FullMethodName         = "/nudge.v1.AdminService/DeleteGroup"
 	AdminService_GetCampaignReport_FullMethodName   = "/nudge.v1.AdminService/GetCampaignReport"
 	AdminService_ListCampaignReports_FullMethodName = "/nudge.v1.AdminService/ListCampaignReports"
+	AdminService_TailDecisions_FullMethodName       = "/nudge.v1.AdminService/TailDecisions"
+	AdminService_ListDeadActions_FullMethodName     = "/nudge.v1.AdminService/ListDeadActions"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -56,6 +58,24 @@ type AdminServiceClient interface {
 	// the order of the rules file (triggers, each followed by its journey's
 	// steps, then offers), in one read of the counters.
 	ListCampaignReports(ctx context.Context, in *ListCampaignReportsRequest, opts ...grpc.CallOption) (*ListCampaignReportsResponse, error)
+	// TailDecisions streams the decision log: the decisions the servers
+	// sample (decision.audit_sample) and record, shortly after they are
+	// made. It starts with the decisions recorded after the call, or with
+	// from_oldest with the oldest kept, and follows new ones until the
+	// client cancels, limit entries are sent (then it ends with OK) or the
+	// server shuts down (UNAVAILABLE: call again). The response headers
+	// are sent once the starting point is fixed: a decision recorded after
+	// the client has them is in the stream. The admin role only, as every
+	// AdminService method: the log names every user decided for, which an
+	// explain token (which sees the reasons of its own decisions) may not
+	// list. UNIMPLEMENTED on a server without a decision log.
+	TailDecisions(ctx context.Context, in *TailDecisionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TailDecisionsResponse], error)
+	// ListDeadActions lists the dead-letter stream, oldest first: the
+	// actions a consumer group was handed the server's maximum number of
+	// times (delivery.max_deliveries) without acknowledging them, which
+	// are no longer delivered to it. UNIMPLEMENTED on a server without an
+	// outbox.
+	ListDeadActions(ctx context.Context, in *ListDeadActionsRequest, opts ...grpc.CallOption) (*ListDeadActionsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -116,6 +136,35 @@ func (c *adminServiceClient) ListCampaignReports(ctx context.Context, in *ListCa
 	return out, nil
 }
 
+func (c *adminServiceClient) TailDecisions(ctx context.Context, in *TailDecisionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TailDecisionsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_TailDecisions_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TailDecisionsRequest, TailDecisionsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_TailDecisionsClient = grpc.ServerStreamingClient[TailDecisionsResponse]
+
+func (c *adminServiceClient) ListDeadActions(ctx context.Context, in *ListDeadActionsRequest, opts ...grpc.CallOption) (*ListDeadActionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeadActionsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListDeadActions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -146,6 +195,24 @@ type AdminServiceServer interface {
 	// the order of the rules file (triggers, each followed by its journey's
 	// steps, then offers), in one read of the counters.
 	ListCampaignReports(context.Context, *ListCampaignReportsRequest) (*ListCampaignReportsResponse, error)
+	// TailDecisions streams the decision log: the decisions the servers
+	// sample (decision.audit_sample) and record, shortly after they are
+	// made. It starts with the decisions recorded after the call, or with
+	// from_oldest with the oldest kept, and follows new ones until the
+	// client cancels, limit entries are sent (then it ends with OK) or the
+	// server shuts down (UNAVAILABLE: call again). The response headers
+	// are sent once the starting point is fixed: a decision recorded after
+	// the client has them is in the stream. The admin role only, as every
+	// AdminService method: the log names every user decided for, which an
+	// explain token (which sees the reasons of its own decisions) may not
+	// list. UNIMPLEMENTED on a server without a decision log.
+	TailDecisions(*TailDecisionsRequest, grpc.ServerStreamingServer[TailDecisionsResponse]) error
+	// ListDeadActions lists the dead-letter stream, oldest first: the
+	// actions a consumer group was handed the server's maximum number of
+	// times (delivery.max_deliveries) without acknowledging them, which
+	// are no longer delivered to it. UNIMPLEMENTED on a server without an
+	// outbox.
+	ListDeadActions(context.Context, *ListDeadActionsRequest) (*ListDeadActionsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -170,6 +237,12 @@ func (UnimplementedAdminServiceServer) GetCampaignReport(context.Context, *GetCa
 }
 func (UnimplementedAdminServiceServer) ListCampaignReports(context.Context, *ListCampaignReportsRequest) (*ListCampaignReportsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCampaignReports not implemented")
+}
+func (UnimplementedAdminServiceServer) TailDecisions(*TailDecisionsRequest, grpc.ServerStreamingServer[TailDecisionsResponse]) error {
+	return status.Error(codes.Unimplemented, "method TailDecisions not implemented")
+}
+func (UnimplementedAdminServiceServer) ListDeadActions(context.Context, *ListDeadActionsRequest) (*ListDeadActionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadActions not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -282,6 +355,35 @@ func _AdminService_ListCampaignReports_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_TailDecisions_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(TailDecisionsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).TailDecisions(m, &grpc.GenericServerStream[TailDecisionsRequest, TailDecisionsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_TailDecisionsServer = grpc.ServerStreamingServer[TailDecisionsResponse]
+
+func _AdminService_ListDeadActions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadActionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListDeadActions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListDeadActions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListDeadActions(ctx, req.(*ListDeadActionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -309,7 +411,17 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListCampaignReports",
 			Handler:    _AdminService_ListCampaignReports_Handler,
 		},
+		{
+			MethodName: "ListDeadActions",
+			Handler:    _AdminService_ListDeadActions_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "TailDecisions",
+			Handler:       _AdminService_TailDecisions_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "nudge/v1/admin.proto",
 }

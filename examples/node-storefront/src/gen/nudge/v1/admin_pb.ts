@@ -7,13 +7,17 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Reason, Verdict } from "./decision_pb.js";
+import { file_nudge_v1_decision } from "./decision_pb.js";
+import type { Action } from "./event_pb.js";
+import { file_nudge_v1_event } from "./event_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nudge/v1/admin.proto.
  */
 export const file_nudge_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDSJTChhHZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QSNwoLY2FtcGFpZ25faWQYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQi7wIKGUdldENhbXBhaWduUmVwb3J0UmVzcG9uc2USEwoLY2FtcGFpZ25faWQYASABKAkSKAoHdHJlYXRlZBgCIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSKAoHY29udHJvbBgDIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSEwoGdXBsaWZ0GAQgASgBSACIAQESEQoEbGlmdBgFIAEoAUgBiAEBEhgKC2xpZnRfY2lfbG93GAYgASgBSAKIAQESGQoMbGlmdF9jaV9oaWdoGAcgASgBSAOIAQESFAoHcF92YWx1ZRgIIAEoAUgEiAEBEgwKBGtpbmQYCSABKAkSFQoNY29udHJvbF9zaGFyZRgKIAEoARIQCgh0aG9tcHNvbhgLIAEoCEIJCgdfdXBsaWZ0QgcKBV9saWZ0Qg4KDF9saWZ0X2NpX2xvd0IPCg1fbGlmdF9jaV9oaWdoQgoKCF9wX3ZhbHVlInIKDVZhcmlhbnRDb3VudHMSFQoNZXhwb3NlZF91c2VycxgBIAEoBBIXCg9jb252ZXJ0ZWRfdXNlcnMYAiABKAQSGAoQY29udmVyc2lvbl92YWx1ZRgDIAEoARIXCg9jb252ZXJzaW9uX3JhdGUYBCABKAEiHAoaTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QiUwobTGlzdENhbXBhaWduUmVwb3J0c1Jlc3BvbnNlEjQKB3JlcG9ydHMYASADKAsyIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlMqgDCgxBZG1pblNlcnZpY2USQQoIR2V0UnVsZXMSGS5udWRnZS52MS5HZXRSdWxlc1JlcXVlc3QaGi5udWRnZS52MS5HZXRSdWxlc1Jlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5udWRnZS52MS5MaXN0R3JvdXBzUmVxdWVzdBocLm51ZGdlLnYxLkxpc3RHcm91cHNSZXNwb25zZRJKCgtEZWxldGVHcm91cBIcLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBodLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVzcG9uc2USXAoRR2V0Q2FtcGFpZ25SZXBvcnQSIi5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QaIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlEmIKE0xpc3RDYW1wYWlnblJlcG9ydHMSJC5udWRnZS52MS5MaXN0Q2FtcGFpZ25SZXBvcnRzUmVxdWVzdBolLm51ZGdlLnYxLkxpc3RDYW1wYWlnblJlcG9ydHNSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDSJTChhHZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QSNwoLY2FtcGFpZ25faWQYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQi7wIKGUdldENhbXBhaWduUmVwb3J0UmVzcG9uc2USEwoLY2FtcGFpZ25faWQYASABKAkSKAoHdHJlYXRlZBgCIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSKAoHY29udHJvbBgDIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSEwoGdXBsaWZ0GAQgASgBSACIAQESEQoEbGlmdBgFIAEoAUgBiAEBEhgKC2xpZnRfY2lfbG93GAYgASgBSAKIAQESGQoMbGlmdF9jaV9oaWdoGAcgASgBSAOIAQESFAoHcF92YWx1ZRgIIAEoAUgEiAEBEgwKBGtpbmQYCSABKAkSFQoNY29udHJvbF9zaGFyZRgKIAEoARIQCgh0aG9tcHNvbhgLIAEoCEIJCgdfdXBsaWZ0QgcKBV9saWZ0Qg4KDF9saWZ0X2NpX2xvd0IPCg1fbGlmdF9jaV9oaWdoQgoKCF9wX3ZhbHVlInIKDVZhcmlhbnRDb3VudHMSFQoNZXhwb3NlZF91c2VycxgBIAEoBBIXCg9jb252ZXJ0ZWRfdXNlcnMYAiABKAQSGAoQY29udmVyc2lvbl92YWx1ZRgDIAEoARIXCg9jb252ZXJzaW9uX3JhdGUYBCABKAEiHAoaTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QiUwobTGlzdENhbXBhaWduUmVwb3J0c1Jlc3BvbnNlEjQKB3JlcG9ydHMYASADKAsyIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlIkUKFFRhaWxEZWNpc2lvbnNSZXF1ZXN0EhMKC2Zyb21fb2xkZXN0GAEgASgIEhgKBWxpbWl0GAIgASgNQgm6SAYqBBjAhD0iRAoVVGFpbERlY2lzaW9uc1Jlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5udWRnZS52MS5EZWNpc2lvbkxvZ0VudHJ5Ir8CChBEZWNpc2lvbkxvZ0VudHJ5EhMKC2RlY2lzaW9uX2lkGAEgASgJEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAMgASgJEg8KB2NoYW5uZWwYBCABKAkSEQoJcGxhY2VtZW50GAUgASgJEiIKB3ZlcmRpY3QYBiABKA4yES5udWRnZS52MS5WZXJkaWN0EhAKCG9mZmVyX2lkGAcgASgJEhAKCGRlZ3JhZGVkGAggASgIEg0KBXN0YWxlGAkgASgIEg8KB2NvbnRyb2wYCiABKAgSFwoPcHJvZmlsZV92ZXJzaW9uGAsgASgEEhUKDXJ1bGVzX3ZlcnNpb24YDCABKAkSIQoHcmVhc29ucxgNIAMoCzIQLm51ZGdlLnYxLlJlYXNvbiJdChZMaXN0RGVhZEFjdGlvbnNSZXF1ZXN0EhcKBWxpbWl0GAEgASgNQgi6SAUqAxjoBxIqCgVhZnRlchgCIAEoCUIbukgYchYYKTISXihbMC05XSstWzAtOV0rKT8kIkUKF0xpc3REZWFkQWN0aW9uc1Jlc3BvbnNlEioKDGRlYWRfYWN0aW9ucxgBIAMoCzIULm51ZGdlLnYxLkRlYWRBY3Rpb24iwQEKCkRlYWRBY3Rpb24SCgoCaWQYASABKAkSIAoGYWN0aW9uGAIgASgLMhAubnVkZ2UudjEuQWN0aW9uEg0KBWdyb3VwGAMgASgJEhYKDmRlbGl2ZXJ5X2NvdW50GAQgASgNEjQKEGRlYWRfbGV0dGVyZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDW91dGJveF9zdHJlYW0YBiABKAkSEQoJb3V0Ym94X2lkGAcgASgJMtQECgxBZG1pblNlcnZpY2USQQoIR2V0UnVsZXMSGS5udWRnZS52MS5HZXRSdWxlc1JlcXVlc3QaGi5udWRnZS52MS5HZXRSdWxlc1Jlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5udWRnZS52MS5MaXN0R3JvdXBzUmVxdWVzdBocLm51ZGdlLnYxLkxpc3RHcm91cHNSZXNwb25zZRJKCgtEZWxldGVHcm91cBIcLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBodLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVzcG9uc2USXAoRR2V0Q2FtcGFpZ25SZXBvcnQSIi5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QaIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlEmIKE0xpc3RDYW1wYWlnblJlcG9ydHMSJC5udWRnZS52MS5MaXN0Q2FtcGFpZ25SZXBvcnRzUmVxdWVzdBolLm51ZGdlLnYxLkxpc3RDYW1wYWlnblJlcG9ydHNSZXNwb25zZRJSCg1UYWlsRGVjaXNpb25zEh4ubnVkZ2UudjEuVGFpbERlY2lzaW9uc1JlcXVlc3QaHy5udWRnZS52MS5UYWlsRGVjaXNpb25zUmVzcG9uc2UwARJWCg9MaXN0RGVhZEFjdGlvbnMSIC5udWRnZS52MS5MaXN0RGVhZEFjdGlvbnNSZXF1ZXN0GiEubnVkZ2UudjEuTGlzdERlYWRBY3Rpb25zUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_nudge_v1_decision, file_nudge_v1_event]);
 
 /**
  * GetRulesRequest is empty.
@@ -458,6 +462,284 @@ export const ListCampaignReportsResponseSchema: GenMessage<ListCampaignReportsRe
   messageDesc(file_nudge_v1_admin, 12);
 
 /**
+ * TailDecisionsRequest says where the tail starts and when it ends.
+ *
+ * @generated from message nudge.v1.TailDecisionsRequest
+ */
+export type TailDecisionsRequest = Message<"nudge.v1.TailDecisionsRequest"> & {
+  /**
+   * Start with the oldest decision the log keeps (the last 100,000 or
+   * so), not with those recorded after the call.
+   *
+   * @generated from field: bool from_oldest = 1;
+   */
+  fromOldest: boolean;
+
+  /**
+   * End the call, with OK, after this many entries. 0: follow until the
+   * client cancels.
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message nudge.v1.TailDecisionsRequest.
+ * Use `create(TailDecisionsRequestSchema)` to create a new message.
+ */
+export const TailDecisionsRequestSchema: GenMessage<TailDecisionsRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 13);
+
+/**
+ * TailDecisionsResponse carries the entries read together, oldest first;
+ * never none.
+ *
+ * @generated from message nudge.v1.TailDecisionsResponse
+ */
+export type TailDecisionsResponse = Message<"nudge.v1.TailDecisionsResponse"> & {
+  /**
+   * The entries, in the order they were recorded.
+   *
+   * @generated from field: repeated nudge.v1.DecisionLogEntry entries = 1;
+   */
+  entries: DecisionLogEntry[];
+};
+
+/**
+ * Describes the message nudge.v1.TailDecisionsResponse.
+ * Use `create(TailDecisionsResponseSchema)` to create a new message.
+ */
+export const TailDecisionsResponseSchema: GenMessage<TailDecisionsResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 14);
+
+/**
+ * DecisionLogEntry is one decision of the decision log: what GetDecision
+ * (or BatchGetDecisions) answered, without the offer's template and
+ * payload, the explain trace and the reservation.
+ *
+ * @generated from message nudge.v1.DecisionLogEntry
+ */
+export type DecisionLogEntry = Message<"nudge.v1.DecisionLogEntry"> & {
+  /**
+   * Decision.decision_id.
+   *
+   * @generated from field: string decision_id = 1;
+   */
+  decisionId: string;
+
+  /**
+   * When the server made the decision, by its clock.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The user decided for.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The channel asked about.
+   *
+   * @generated from field: string channel = 4;
+   */
+  channel: string;
+
+  /**
+   * The placement asked about; empty when the request named none.
+   *
+   * @generated from field: string placement = 5;
+   */
+  placement: string;
+
+  /**
+   * Decision.verdict.
+   *
+   * @generated from field: nudge.v1.Verdict verdict = 6;
+   */
+  verdict: Verdict;
+
+  /**
+   * The winning offer's id; empty when there was none.
+   *
+   * @generated from field: string offer_id = 7;
+   */
+  offerId: string;
+
+  /**
+   * Decision.degraded: the answer was the fallback.
+   *
+   * @generated from field: bool degraded = 8;
+   */
+  degraded: boolean;
+
+  /**
+   * Decision.stale: the stored profile was older than asked for.
+   *
+   * @generated from field: bool stale = 9;
+   */
+  stale: boolean;
+
+  /**
+   * Decision.control: the user is in the winning offer's control group.
+   *
+   * @generated from field: bool control = 10;
+   */
+  control: boolean;
+
+  /**
+   * Version of the profile the decision was made on (0: no profile, or
+   * degraded).
+   *
+   * @generated from field: uint64 profile_version = 11;
+   */
+  profileVersion: bigint;
+
+  /**
+   * Decision.rules_version.
+   *
+   * @generated from field: string rules_version = 12;
+   */
+  rulesVersion: string;
+
+  /**
+   * Decision.reasons.
+   *
+   * @generated from field: repeated nudge.v1.Reason reasons = 13;
+   */
+  reasons: Reason[];
+};
+
+/**
+ * Describes the message nudge.v1.DecisionLogEntry.
+ * Use `create(DecisionLogEntrySchema)` to create a new message.
+ */
+export const DecisionLogEntrySchema: GenMessage<DecisionLogEntry> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 15);
+
+/**
+ * ListDeadActionsRequest pages through the dead-letter stream.
+ *
+ * @generated from message nudge.v1.ListDeadActionsRequest
+ */
+export type ListDeadActionsRequest = Message<"nudge.v1.ListDeadActionsRequest"> & {
+  /**
+   * List at most this many. 0: 100.
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+
+  /**
+   * List the entries after this one (DeadAction.id, the last of the
+   * previous page). Empty: from the oldest.
+   *
+   * @generated from field: string after = 2;
+   */
+  after: string;
+};
+
+/**
+ * Describes the message nudge.v1.ListDeadActionsRequest.
+ * Use `create(ListDeadActionsRequestSchema)` to create a new message.
+ */
+export const ListDeadActionsRequestSchema: GenMessage<ListDeadActionsRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 16);
+
+/**
+ * ListDeadActionsResponse lists dead-lettered actions, oldest first.
+ *
+ * @generated from message nudge.v1.ListDeadActionsResponse
+ */
+export type ListDeadActionsResponse = Message<"nudge.v1.ListDeadActionsResponse"> & {
+  /**
+   * The dead actions, oldest first: fewer than the limit when there are
+   * no more.
+   *
+   * @generated from field: repeated nudge.v1.DeadAction dead_actions = 1;
+   */
+  deadActions: DeadAction[];
+};
+
+/**
+ * Describes the message nudge.v1.ListDeadActionsResponse.
+ * Use `create(ListDeadActionsResponseSchema)` to create a new message.
+ */
+export const ListDeadActionsResponseSchema: GenMessage<ListDeadActionsResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 17);
+
+/**
+ * DeadAction is an action moved to the dead-letter stream.
+ *
+ * @generated from message nudge.v1.DeadAction
+ */
+export type DeadAction = Message<"nudge.v1.DeadAction"> & {
+  /**
+   * The entry's id in the dead-letter stream (a Redis stream id),
+   * increasing: pass the last one as ListDeadActionsRequest.after.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The action, as Subscribe delivered it. Fields the stored entry lacks
+   * or cannot give (an entry that does not decode, which the server
+   * logs) are left empty.
+   *
+   * @generated from field: nudge.v1.Action action = 2;
+   */
+  action?: Action | undefined;
+
+  /**
+   * The consumer group that did not acknowledge it.
+   *
+   * @generated from field: string group = 3;
+   */
+  group: string;
+
+  /**
+   * How many times the group had been handed it when it was
+   * dead-lettered.
+   *
+   * @generated from field: uint32 delivery_count = 4;
+   */
+  deliveryCount: number;
+
+  /**
+   * When it was dead-lettered (from its dead-letter entry's id).
+   *
+   * @generated from field: google.protobuf.Timestamp dead_lettered_at = 5;
+   */
+  deadLetteredAt?: Timestamp | undefined;
+
+  /**
+   * The outbox stream the action was in.
+   *
+   * @generated from field: string outbox_stream = 6;
+   */
+  outboxStream: string;
+
+  /**
+   * The action's entry id in that outbox stream.
+   *
+   * @generated from field: string outbox_id = 7;
+   */
+  outboxId: string;
+};
+
+/**
+ * Describes the message nudge.v1.DeadAction.
+ * Use `create(DeadActionSchema)` to create a new message.
+ */
+export const DeadActionSchema: GenMessage<DeadAction> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 18);
+
+/**
  * AdminService is for operators.
  *
  * @generated from service nudge.v1.AdminService
@@ -526,6 +808,40 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListCampaignReportsRequestSchema;
     output: typeof ListCampaignReportsResponseSchema;
+  },
+  /**
+   * TailDecisions streams the decision log: the decisions the servers
+   * sample (decision.audit_sample) and record, shortly after they are
+   * made. It starts with the decisions recorded after the call, or with
+   * from_oldest with the oldest kept, and follows new ones until the
+   * client cancels, limit entries are sent (then it ends with OK) or the
+   * server shuts down (UNAVAILABLE: call again). The response headers
+   * are sent once the starting point is fixed: a decision recorded after
+   * the client has them is in the stream. The admin role only, as every
+   * AdminService method: the log names every user decided for, which an
+   * explain token (which sees the reasons of its own decisions) may not
+   * list. UNIMPLEMENTED on a server without a decision log.
+   *
+   * @generated from rpc nudge.v1.AdminService.TailDecisions
+   */
+  tailDecisions: {
+    methodKind: "server_streaming";
+    input: typeof TailDecisionsRequestSchema;
+    output: typeof TailDecisionsResponseSchema;
+  },
+  /**
+   * ListDeadActions lists the dead-letter stream, oldest first: the
+   * actions a consumer group was handed the server's maximum number of
+   * times (delivery.max_deliveries) without acknowledging them, which
+   * are no longer delivered to it. UNIMPLEMENTED on a server without an
+   * outbox.
+   *
+   * @generated from rpc nudge.v1.AdminService.ListDeadActions
+   */
+  listDeadActions: {
+    methodKind: "unary";
+    input: typeof ListDeadActionsRequestSchema;
+    output: typeof ListDeadActionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nudge_v1_admin, 0);
