@@ -381,31 +381,13 @@ func TestNudgedBinaryReloadsRulesOnSIGHUP(t *testing.T) {
 }
 
 // Decisions are logged to the audit stream (sampled; here all of them),
-// nudgectl decisions tail reads them, and DeleteProfile erases a user's.
+// nudgectl decisions tail reads them through AdminService, and
+// DeleteProfile erases a user's.
 func TestDecisionAuditTrail(t *testing.T) {
 	nudgedBin, ctl := buildNudged(t), buildCommand(t, "nudgectl")
 	rs := redistest.Start(t)
 	n := startNudged(t, nudgedBin, "--redis-addr", rs.Addr, "--audit-sample", "1")
-	decide := nudgev1.NewDecisionServiceClient(dial(t, n.addr))
-	var ids []string
-	for _, user := range []string{"audited", "other"} {
-		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web", Budget: durationpb.New(time.Second)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, d.GetDecision().GetDecisionId())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, ctl, "decisions", "tail", "--redis-addr", rs.Addr, "--all", "-n", "2").CombinedOutput()
-	if err != nil {
-		t.Fatalf("nudgectl decisions tail: %v\n%s", err, out)
-	}
-	for i, user := range []string{"audited", "other"} {
-		if !strings.Contains(string(out), ids[i]+" user="+user+" channel=web SEND offer=web-welcome") {
-			t.Errorf("tail output lacks decision %s of %s:\n%s", ids[i], user, out)
-		}
-	}
+	tailDecisions(t, ctl, n.addr)
 
 	if _, err := nudgev1.NewProfileServiceClient(dial(t, n.addr)).DeleteProfile(ctxT(t), &nudgev1.DeleteProfileRequest{UserId: "audited"}); err != nil {
 		t.Fatal(err)
@@ -457,7 +439,7 @@ func TestNudgectlAgainstNudged(t *testing.T) {
 	if out := run("actions", "tail", "--group", "cli", "--ack", "-n", "1", "--addr", n.addr); !strings.Contains(out, "user=cli-user category-interest-coupon via sms") || !strings.Contains(out, "delivery=1") {
 		t.Errorf("actions tail: %s", out)
 	}
-	if out := run("actions", "dead", "--redis-addr", rs.Addr); !strings.Contains(out, "no dead letters") {
+	if out := run("actions", "dead", "--addr", n.addr); !strings.Contains(out, "no dead letters") {
 		t.Errorf("actions dead: %s", out)
 	}
 	if out := run("profile", "delete", "cli-user", "--addr", n.addr, "--json"); !strings.Contains(out, `"deleted":true`) {
@@ -563,5 +545,45 @@ func TestBinariesPrintVersion(t *testing.T) {
 		if s := string(out); !strings.HasPrefix(s, name+" ") || !strings.Contains(s, "revision") || !strings.Contains(s, "go1.") {
 			t.Errorf("%s --version printed %q", name, s)
 		}
+	}
+}
+
+// tailDecisions makes two decisions on the nudged at addr, which samples
+// every decision, and checks that nudgectl decisions tail prints both.
+func tailDecisions(t *testing.T, ctl, addr string) {
+	t.Helper()
+	decide := nudgev1.NewDecisionServiceClient(dial(t, addr))
+	var ids []string
+	for _, user := range []string{"audited", "other"} {
+		d, err := decide.GetDecision(ctxT(t), &nudgev1.GetDecisionRequest{UserId: user, Channel: "web", Budget: durationpb.New(time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.GetDecision().GetDecisionId())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, ctl, "decisions", "tail", "--addr", addr, "--all", "-n", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nudgectl decisions tail: %v\n%s", err, out)
+	}
+	for i, user := range []string{"audited", "other"} {
+		if !strings.Contains(string(out), ids[i]+" user="+user+" channel=web SEND offer=web-welcome") {
+			t.Errorf("tail output lacks decision %s of %s:\n%s", ids[i], user, out)
+		}
+	}
+}
+
+// decisions tail and actions dead go through nudged, so they work against
+// its embedded store, which no other process can reach.
+func TestNudgectlLogsAgainstEmbeddedStore(t *testing.T) {
+	nudgedBin, ctl := buildNudged(t), buildCommand(t, "nudgectl")
+	n := startNudged(t, nudgedBin, "--audit-sample", "1")
+	tailDecisions(t, ctl, n.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, ctl, "actions", "dead", "--addr", n.addr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no dead letters") {
+		t.Errorf("nudgectl actions dead: %v\n%s", err, out)
 	}
 }

@@ -2,66 +2,99 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-const groupsUsage = "usage: nudgectl groups list|delete NAME [--addr A] [--json] [security flags: nudgectl help]"
+func newGroupsListCmd(stdout, stderr io.Writer) *cobra.Command {
+	var asJSON bool
+	var conn connFlags
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the consumer groups: backlog, members, idle time, abandoned",
+		Long: `Lists the consumer groups of the outbox (AdminService/ListGroups, role
+admin): the actions each has pending (delivered, not acknowledged) and not
+yet delivered, its members, when one last read or acknowledged, and whether
+it is abandoned (idle for nudged's delivery.group_idle).`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return exitWith(groupsList(conn, asJSON, stdout, stderr))
+		},
+	}
+	conn = addConnFlags(cmd.Flags(), true)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the response as JSON")
+	return cmd
+}
 
-// groupsCmd: nudgectl groups list, nudgectl groups delete NAME
-// (AdminService, role admin).
-func groupsCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl groups", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConnFlags(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
+func newGroupsDeleteCmd(stdout, stderr io.Writer) *cobra.Command {
+	var asJSON bool
+	var conn connFlags
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Destroy a consumer group, with what it had pending (stop its subscribers first)",
+		Long: `Destroys consumer group NAME on every outbox stream, with the actions it
+had pending, and forgets its activity (AdminService/DeleteGroup, role
+admin). Stop its subscribers first: a member still subscribed makes the
+group again, from the oldest action kept.`,
+		Args: oneArg("NAME"),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return exitWith(groupsDelete(conn, args[0], asJSON, stdout, stderr))
+		},
 	}
-	switch {
-	case len(pos) == 1 && pos[0] == "list":
-	case len(pos) == 2 && pos[0] == "delete":
-	default:
-		fmt.Fprintln(stderr, groupsUsage)
-		return 2
-	}
-	cmd := "nudgectl groups " + pos[0]
-	cl, err := cf.dial()
+	conn = addConnFlags(cmd.Flags(), true)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the response as JSON")
+	return cmd
+}
+
+// groupsList: nudgectl groups list (AdminService, role admin).
+func groupsList(conn connFlags, asJSON bool, stdout, stderr io.Writer) int {
+	const cmd = "nudgectl groups list"
+	cl, err := conn.dial()
 	if err != nil {
 		return dialFailed(stderr, cmd, err)
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
 	defer cancel()
-	admin := nudgev1.NewAdminServiceClient(cl.Conn())
-	if pos[0] == "delete" {
-		resp, err := admin.DeleteGroup(ctx, &nudgev1.DeleteGroupRequest{Group: pos[1]})
-		if err != nil {
-			fmt.Fprintf(stderr, "%s: %s\n", cmd, cf.Describe(err))
-			return 1
-		}
-		if *cf.asJSON {
-			printProto(stdout, resp, true)
-		} else {
-			fmt.Fprintf(stdout, "deleted consumer group %s from %d outbox streams\n", pos[1], resp.GetStreams())
-		}
-		return 0
-	}
-	resp, err := admin.ListGroups(ctx, &nudgev1.ListGroupsRequest{})
+	resp, err := nudgev1.NewAdminServiceClient(cl.Conn()).ListGroups(ctx, &nudgev1.ListGroupsRequest{})
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %s\n", cmd, cf.Describe(err))
+		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
 		return 1
 	}
-	if *cf.asJSON {
+	if asJSON {
 		printProto(stdout, resp, true)
 		return 0
 	}
 	printGroups(stdout, resp.GetGroups())
+	return 0
+}
+
+// groupsDelete: nudgectl groups delete NAME (AdminService, role admin).
+func groupsDelete(conn connFlags, name string, asJSON bool, stdout, stderr io.Writer) int {
+	const cmd = "nudgectl groups delete"
+	cl, err := conn.dial()
+	if err != nil {
+		return dialFailed(stderr, cmd, err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
+	defer cancel()
+	resp, err := nudgev1.NewAdminServiceClient(cl.Conn()).DeleteGroup(ctx, &nudgev1.DeleteGroupRequest{Group: name})
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
+		return 1
+	}
+	if asJSON {
+		printProto(stdout, resp, true)
+	} else {
+		fmt.Fprintf(stdout, "deleted consumer group %s from %d outbox streams\n", name, resp.GetStreams())
+	}
 	return 0
 }
 

@@ -170,9 +170,10 @@ func TestGroupsListAndDelete(t *testing.T) {
 		{"delete an invalid name", opsSecret, []string{"groups", "delete", "Old Group"}, 1, "", "nudgectl groups delete: InvalidArgument:"},
 		{"list without the admin role", senderSecret, []string{"groups", "list"}, 1, "",
 			`nudgectl groups list: PermissionDenied: token "sender" lacks role "admin"`},
-		{"no subcommand", opsSecret, []string{"groups"}, 2, "", groupsUsage},
-		{"delete without a name", opsSecret, []string{"groups", "delete"}, 2, "", groupsUsage},
-		{"unknown subcommand", opsSecret, []string{"groups", "purge"}, 2, "", groupsUsage},
+		{"no subcommand", opsSecret, []string{"groups"}, 2, "", "Usage:\n  nudgectl groups [command]\n\nAvailable Commands:\n  delete"},
+		{"delete without a name", opsSecret, []string{"groups", "delete"}, 2, "",
+			"nudgectl groups delete: takes one NAME, got 0 arguments\nRun 'nudgectl groups delete --help' for usage."},
+		{"unknown subcommand", opsSecret, []string{"groups", "purge"}, 2, "", `nudgectl groups: unknown command "purge" for "nudgectl groups"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

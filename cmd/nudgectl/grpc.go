@@ -2,47 +2,20 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/nudge-dm/nudge/client"
-	"github.com/nudge-dm/nudge/delivery"
-	"github.com/nudge-dm/nudge/internal/clientflags"
-	"github.com/nudge-dm/nudge/internal/daemon"
-	"github.com/nudge-dm/nudge/profile/redisstore"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
-
-// conn flags shared by the commands that talk to nudged.
-type connFlags struct {
-	addr    *string
-	timeout *time.Duration
-	asJSON  *bool
-	*clientflags.Flags
-}
-
-func addConnFlags(fs *flag.FlagSet) connFlags {
-	return connFlags{
-		addr:    fs.String("addr", "127.0.0.1:7070", "nudged address"),
-		timeout: fs.Duration("timeout", 10*time.Second, "call timeout"),
-		asJSON:  fs.Bool("json", false, "print the response as JSON"),
-		Flags:   clientflags.Register(fs, "command's", os.Getenv),
-	}
-}
-
-// dial connects to --addr with the security flags.
-func (c connFlags) dial() (*client.Client, error) { return c.Dial(*c.addr) }
 
 // printProto prints a message as one line of JSON (--json, for scripts) or
 // as indented JSON for people.
@@ -55,112 +28,169 @@ func printProto(w io.Writer, m proto.Message, asJSON bool) {
 	fmt.Fprintln(w, string(b))
 }
 
-// parseInterleaved parses flags that may come after positional arguments
-// (nudgectl decide USER --channel sms).
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+// oneArg accepts exactly one argument, named name in the error.
+func oneArg(name string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("takes one %s, got %d arguments", name, len(args))
 		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+		return nil
 	}
 }
 
+// errEmptyFlag is the usage error of a required flag given empty.
+func errEmptyFlag(name string) error { return fmt.Errorf("flag %q is empty", name) }
+
+// decideOptions are the flags of nudgectl decide.
+type decideOptions struct {
+	conn      connFlags
+	asJSON    bool
+	channel   string
+	placement string
+	budget    time.Duration
+	explain   bool
+}
+
+func newDecideCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o decideOptions
+	cmd := &cobra.Command{
+		Use:   "decide USER --channel C",
+		Short: "Ask nudged for a decision on a channel (role decide)",
+		Long: `Asks nudged which offer, if any, to show or send USER on channel C now
+(DecisionService/GetDecision), and prints the answer: indented JSON, or one
+line of it with --json.`,
+		Example: "  nudgectl decide u42 --channel sms --explain",
+		Args:    oneArg("USER"),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if o.channel == "" {
+				return errEmptyFlag("channel")
+			}
+			return exitWith(decide(o, args[0], stdout, stderr))
+		},
+	}
+	fs := cmd.Flags()
+	o.conn = addConnFlags(fs, true)
+	fs.BoolVar(&o.asJSON, "json", false, "print the response as one line of JSON")
+	fs.StringVar(&o.channel, "channel", "", "channel to decide for (required)")
+	fs.StringVar(&o.placement, "placement", "", "placement")
+	fs.DurationVar(&o.budget, "budget", 0, "decision budget (default: the server's)")
+	fs.BoolVar(&o.explain, "explain", false, "include the evaluation trace")
+	_ = cmd.MarkFlagRequired("channel") // the flag exists
+	return cmd
+}
+
 // decide: nudgectl decide USER --channel C [--placement P] [--budget D] [--explain]
-func decide(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl decide", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConnFlags(fs)
-	channel := fs.String("channel", "", "channel to decide for (required)")
-	placement := fs.String("placement", "", "placement")
-	budget := fs.Duration("budget", 0, "decision budget (default: the server's)")
-	explain := fs.Bool("explain", false, "include the evaluation trace")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) != 1 || *channel == "" {
-		fmt.Fprintln(stderr, "usage: nudgectl decide USER --channel C [--placement P] [--budget D] [--explain] [--addr A] [--json] [security flags: nudgectl help]")
-		return 2
-	}
-	c, err := cf.dial()
+func decide(o decideOptions, user string, stdout, stderr io.Writer) int {
+	c, err := o.conn.dial()
 	if err != nil {
 		return dialFailed(stderr, "nudgectl decide", err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *o.conn.timeout)
 	defer cancel()
-	req := &nudgev1.GetDecisionRequest{UserId: pos[0], Channel: *channel, Placement: *placement, Explain: *explain}
-	if *budget > 0 {
-		req.Budget = durationpb.New(*budget)
+	req := &nudgev1.GetDecisionRequest{UserId: user, Channel: o.channel, Placement: o.placement, Explain: o.explain}
+	if o.budget > 0 {
+		req.Budget = durationpb.New(o.budget)
 	}
 	resp, err := nudgev1.NewDecisionServiceClient(c.Conn()).GetDecision(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl decide:", cf.Describe(err))
+		fmt.Fprintln(stderr, "nudgectl decide:", o.conn.Describe(err))
 		return 1
 	}
-	printProto(stdout, resp, *cf.asJSON)
+	printProto(stdout, resp, o.asJSON)
 	return 0
+}
+
+// newProfileCmd is nudgectl profile get USER or nudgectl profile delete
+// USER, as verb says.
+func newProfileCmd(verb string, stdout, stderr io.Writer) *cobra.Command {
+	var asJSON bool
+	var conn connFlags
+	short := "Print a user's profile (ProfileService/GetProfile, role admin)"
+	if verb == "delete" {
+		short = "Erase a user's profile, outbox and audit entries (ProfileService/DeleteProfile, role admin)"
+	}
+	cmd := &cobra.Command{
+		Use:   verb + " USER",
+		Short: short,
+		Args:  oneArg("USER"),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return exitWith(profileCmd(verb, args[0], conn, asJSON, stdout, stderr))
+		},
+	}
+	conn = addConnFlags(cmd.Flags(), true)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the response as one line of JSON")
+	return cmd
 }
 
 // profileCmd: nudgectl profile get|delete USER
-func profileCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl profile", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConnFlags(fs)
-	pos, err := parseInterleaved(fs, args)
+func profileCmd(verb, user string, conn connFlags, asJSON bool, stdout, stderr io.Writer) int {
+	cl, err := conn.dial()
 	if err != nil {
-		return 2
-	}
-	if len(pos) != 2 || (pos[0] != "get" && pos[0] != "delete") {
-		fmt.Fprintln(stderr, "usage: nudgectl profile get|delete USER [--addr A] [--json] [security flags: nudgectl help]")
-		return 2
-	}
-	cl, err := cf.dial()
-	if err != nil {
-		return dialFailed(stderr, "nudgectl profile "+pos[0], err)
+		return dialFailed(stderr, "nudgectl profile "+verb, err)
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
 	defer cancel()
 	c := nudgev1.NewProfileServiceClient(cl.Conn())
 	var resp proto.Message
-	if pos[0] == "get" {
-		resp, err = c.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: pos[1]})
+	if verb == "get" {
+		resp, err = c.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: user})
 	} else {
-		resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: pos[1]})
+		resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: user})
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", pos[0], cf.Describe(err))
+		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", verb, conn.Describe(err))
 		return 1
 	}
-	printProto(stdout, resp, *cf.asJSON)
+	printProto(stdout, resp, asJSON)
 	return 0
 }
 
+// actionsTailOptions are the flags of nudgectl actions tail.
+type actionsTailOptions struct {
+	conn     connFlags
+	asJSON   bool
+	group    string
+	consumer string
+	channels string
+	ack      bool
+	count    int
+}
+
+func newActionsTailCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o actionsTailOptions
+	cmd := &cobra.Command{
+		Use:   "tail --group G",
+		Short: "Subscribe to the actions as a member of a consumer group (role subscribe)",
+		Long: `Subscribes to the triggered actions as a member of consumer group G
+(ActionService/Subscribe) and prints each: one line, or its JSON with
+--json. With --ack it acknowledges each one printed, which consumes it for
+the group; without, the actions go back to the group when it exits.`,
+		Example: "  nudgectl actions tail --group sms-sender --channels sms -n 10",
+		Args:    cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if o.group == "" {
+				return errEmptyFlag("group")
+			}
+			return exitWith(actionsTail(o, stdout, stderr))
+		},
+	}
+	fs := cmd.Flags()
+	o.conn = addConnFlags(fs, true)
+	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object per action")
+	fs.StringVar(&o.group, "group", "", "consumer group (required)")
+	fs.StringVar(&o.consumer, "consumer", "", "member name (default: made up by the server)")
+	fs.StringVar(&o.channels, "channels", "", "comma-separated channel filter")
+	fs.BoolVar(&o.ack, "ack", false, "acknowledge each action printed (consumes it for the group)")
+	fs.IntVarP(&o.count, "n", "n", 0, "exit after this many actions (0: until interrupted)")
+	_ = cmd.MarkFlagRequired("group") // the flag exists
+	return cmd
+}
+
 // actionsTail: nudgectl actions tail --group G [--channels sms,push] [--ack] [-n N]
-func actionsTail(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl actions tail", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConnFlags(fs)
-	group := fs.String("group", "", "consumer group (required)")
-	consumer := fs.String("consumer", "", "member name (default: made up by the server)")
-	channels := fs.String("channels", "", "comma-separated channel filter")
-	ack := fs.Bool("ack", false, "acknowledge each action printed (consumes it for the group)")
-	count := fs.Int("n", 0, "exit after this many actions (0: until interrupted)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if *group == "" {
-		fmt.Fprintln(stderr, "usage: nudgectl actions tail --group G [--channels C,...] [--ack] [-n N] [--addr A] [--json] [security flags: nudgectl help]")
-		return 2
-	}
-	cl, err := cf.dial()
+func actionsTail(o actionsTailOptions, stdout, stderr io.Writer) int {
+	cl, err := o.conn.dial()
 	if err != nil {
 		return dialFailed(stderr, "nudgectl actions tail", err)
 	}
@@ -168,25 +198,25 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	c := nudgev1.NewActionServiceClient(cl.Conn())
-	req := &nudgev1.SubscribeRequest{Group: *group, Consumer: *consumer}
-	if *channels != "" {
-		req.Channels = strings.Split(*channels, ",")
+	req := &nudgev1.SubscribeRequest{Group: o.group, Consumer: o.consumer}
+	if o.channels != "" {
+		req.Channels = strings.Split(o.channels, ",")
 	}
 	stream, err := c.Subscribe(ctx, req)
 	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl actions tail:", cf.Describe(err))
+		fmt.Fprintln(stderr, "nudgectl actions tail:", o.conn.Describe(err))
 		return 1
 	}
-	for n := 0; *count == 0 || n < *count; n++ {
+	for n := 0; o.count == 0 || n < o.count; n++ {
 		resp, err := stream.Recv()
 		if err != nil {
 			if ctx.Err() != nil {
 				return 0
 			}
-			fmt.Fprintln(stderr, "nudgectl actions tail:", cf.Describe(err))
+			fmt.Fprintln(stderr, "nudgectl actions tail:", o.conn.Describe(err))
 			return 1
 		}
-		if *cf.asJSON {
+		if o.asJSON {
 			b, _ := protojson.Marshal(resp)
 			fmt.Fprintln(stdout, string(b))
 		} else {
@@ -194,52 +224,14 @@ func actionsTail(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s %s user=%s %s via %s template=%s payload=%v delivery=%d\n",
 				a.GetTriggeredAt().AsTime().Format(time.RFC3339), a.GetActionId(), a.GetUserId(), a.GetTriggerId(), a.GetChannel(), a.GetTemplate(), a.GetPayload(), resp.GetDeliveryCount())
 		}
-		if *ack {
+		if o.ack {
 			// As the member the server delivered to (the name it made up
 			// without --consumer): only that member's deliveries count.
-			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: *group, Consumer: resp.GetConsumer(), AckIds: []string{resp.GetAckId()}}); err != nil {
-				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", cf.Describe(err))
+			if _, err := c.Ack(ctx, &nudgev1.AckRequest{Group: o.group, Consumer: resp.GetConsumer(), AckIds: []string{resp.GetAckId()}}); err != nil {
+				fmt.Fprintln(stderr, "nudgectl actions tail: ack:", o.conn.Describe(err))
 				return 1
 			}
 		}
-	}
-	return 0
-}
-
-// actionsDead: nudgectl actions dead [--redis-addr A] [-n N] [--json]
-func actionsDead(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl actions dead", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("redis-addr", "127.0.0.1:6379", "Redis host:port that nudged uses")
-	count := fs.Int64("n", 100, "list at most this many, oldest first")
-	asJSON := fs.Bool("json", false, "print JSON lines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	opt, err := daemon.RedisOptions(*addr)
-	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl: --redis-addr:", err)
-		return 2
-	}
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	dead, err := delivery.New(rdb, redisstore.Layout{}, delivery.Options{}).Dead(ctx, *count)
-	if err != nil {
-		fmt.Fprintln(stderr, "nudgectl actions dead:", err)
-		return 1
-	}
-	for _, d := range dead {
-		if *asJSON {
-			fmt.Fprintln(stdout, jsonLine(map[string]any{"id": d.ID, "group": d.Group, "delivery_count": d.DeliveryCount, "fields": d.Values}))
-			continue
-		}
-		fmt.Fprintf(stdout, "%s group=%s deliveries=%d action=%v user=%v trigger=%v channel=%v\n",
-			d.ID, d.Group, d.DeliveryCount, d.Values["action_id"], d.Values["user_id"], d.Values["trigger_id"], d.Values["channel"])
-	}
-	if len(dead) == 0 && !*asJSON {
-		fmt.Fprintln(stdout, "no dead letters")
 	}
 	return 0
 }

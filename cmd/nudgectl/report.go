@@ -3,54 +3,69 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-const reportUsage = "usage: nudgectl report [CAMPAIGN] [--addr A] [--json] [security flags: nudgectl help]"
+func newReportCmd(stdout, stderr io.Writer) *cobra.Command {
+	var asJSON bool
+	var conn connFlags
+	cmd := &cobra.Command{
+		Use:   "report [CAMPAIGN]",
+		Short: "Measure campaigns, treated vs control (role admin)",
+		Long: `Measures the campaigns (AdminService, role admin): for each trigger,
+journey step and offer of the rules in force, or the one named, its
+treated and control users exposed and converted, conversion rate and
+value, the uplift in percentage points, the lift with its 95% confidence
+interval and the p-value ("-" where the counts do not define them;
+docs/rules.md, "Measuring campaigns").`,
+		Example: "  nudgectl report\n  nudgectl report cart-reminder --json",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return fmt.Errorf("takes at most one CAMPAIGN, got %d arguments", len(args))
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			return exitWith(report(conn, args, asJSON, stdout, stderr))
+		},
+	}
+	conn = addConnFlags(cmd.Flags(), true)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the response as JSON")
+	return cmd
+}
 
 // report: nudgectl report [CAMPAIGN] (AdminService, role admin). Without
 // a campaign it lists every campaign of the rules in force.
-func report(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl report", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConnFlags(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) > 1 {
-		fmt.Fprintln(stderr, reportUsage)
-		return 2
-	}
+func report(conn connFlags, pos []string, asJSON bool, stdout, stderr io.Writer) int {
 	const cmd = "nudgectl report"
-	cl, err := cf.dial()
+	cl, err := conn.dial()
 	if err != nil {
 		return dialFailed(stderr, cmd, err)
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *cf.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
 	defer cancel()
 	admin := nudgev1.NewAdminServiceClient(cl.Conn())
 	if len(pos) == 1 {
 		resp, err := admin.GetCampaignReport(ctx, &nudgev1.GetCampaignReportRequest{CampaignId: pos[0]})
 		if err != nil {
-			msg := cf.Describe(err)
+			msg := conn.Describe(err)
 			if status.Code(err) == codes.NotFound {
 				msg += " (nudgectl report without a campaign lists them)"
 			}
 			fmt.Fprintf(stderr, "%s: %s\n", cmd, msg)
 			return 1
 		}
-		if *cf.asJSON {
+		if asJSON {
 			printProto(stdout, resp, true)
 		} else {
 			printCampaignReports(stdout, []*nudgev1.GetCampaignReportResponse{resp})
@@ -59,10 +74,10 @@ func report(args []string, stdout, stderr io.Writer) int {
 	}
 	resp, err := admin.ListCampaignReports(ctx, &nudgev1.ListCampaignReportsRequest{})
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %s\n", cmd, cf.Describe(err))
+		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
 		return 1
 	}
-	if *cf.asJSON {
+	if asJSON {
 		printProto(stdout, resp, true)
 		return 0
 	}

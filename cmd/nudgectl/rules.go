@@ -3,9 +3,10 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/nudge-dm/nudge/decision"
 )
@@ -27,24 +28,37 @@ type checkProblem struct {
 	Message string `json:"message"`
 }
 
-func rulesCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl rules check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print one JSON object per file")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func newRulesCheckCmd(stdout, _ io.Writer) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check FILE...",
+		Short: "Validate rules files offline with the server's compiler",
+		Long: `Validates rules files offline with the server's own compiler. A valid
+file prints a line with its counts and version; errors print one a line as
+FILE:LINE: trigger|offer "ID": FIELD: problem, and the exit status is 1.`,
+		Example: "  nudgectl rules check examples/rules.yaml",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("name at least one rules file")
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			return exitWith(rulesCheck(args, asJSON, stdout))
+		},
 	}
-	if fs.NArg() == 0 {
-		fmt.Fprintln(stderr, "nudgectl rules check: name at least one rules file")
-		return 2
-	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per file")
+	return cmd
+}
+
+func rulesCheck(files []string, asJSON bool, stdout io.Writer) int {
 	status := 0
-	for _, path := range fs.Args() {
+	for _, path := range files {
 		res := checkFile(path)
 		if !res.OK {
 			status = 1
 		}
-		if *asJSON {
+		if asJSON {
 			b, _ := json.Marshal(res) // plain structs cannot fail
 			fmt.Fprintln(stdout, string(b))
 			continue

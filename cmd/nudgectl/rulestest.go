@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nudge-dm/nudge/decision"
@@ -66,30 +66,48 @@ type channelDecision struct {
 	Result  decision.Decision `json:"decision"`
 }
 
+// rulesTestOptions are the flags of nudgectl rules test.
+type rulesTestOptions struct {
+	profilePath string
+	eventPath   string
+	channels    string
+	now         string
+	asJSON      bool
+}
+
+func newRulesTestCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o rulesTestOptions
+	cmd := &cobra.Command{
+		Use:   "test FILE --event E.json",
+		Short: "Show what the rules fire, schedule and decide for an event",
+		Long: `Applies the event (after the history in P.json, {"events": [...]}, both
+in nudge.v1.Event JSON) to a profile with the rules of FILE, and shows the
+triggers that fire, the journey steps it schedules and what each does at
+its due time if no other event arrives, and the decision on each channel
+with its trace. No server is needed.`,
+		Example: "  nudgectl rules test examples/rules.yaml --event e.json --profile p.json --channels sms",
+		Args:    oneArg("rules FILE"),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if o.eventPath == "" {
+				return errEmptyFlag("event")
+			}
+			return exitWith(rulesTest(args[0], o, stdout, stderr))
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.profilePath, "profile", "", `JSON file {"events": [...]} with the user's history (nudge.v1.Event JSON); empty: a new user`)
+	fs.StringVar(&o.eventPath, "event", "", "JSON file with the event to apply (nudge.v1.Event JSON; required)")
+	fs.StringVar(&o.channels, "channels", "", "comma-separated channels to decide for (default: every channel the rules name)")
+	fs.StringVar(&o.now, "now", "", "processing time, RFC 3339 (default: the event's occurred_at)")
+	fs.BoolVar(&o.asJSON, "json", false, "print JSON")
+	_ = cmd.MarkFlagRequired("event") // the flag exists
+	return cmd
+}
+
 // rulesTest shows what a rules file does with one event on a profile: the
 // actions it would fire, the timers it would schedule and what each would
 // do at its due time, and the decision on each channel.
-func rulesTest(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl rules test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	profilePath := fs.String("profile", "", `JSON file {"events": [...]} with the user's history (nudge.v1.Event JSON); empty: a new user`)
-	eventPath := fs.String("event", "", "JSON file with the event to apply (nudge.v1.Event JSON)")
-	channels := fs.String("channels", "", "comma-separated channels to decide for (default: every channel the rules name)")
-	nowFlag := fs.String("now", "", "processing time, RFC 3339 (default: the event's occurred_at)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	// The rules file comes first, as in the usage line; flags follow it.
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintln(stderr, "usage: nudgectl rules test FILE --event E.json [--profile P.json] [--channels sms,push] [--now T] [--json]")
-		return 2
-	}
-	rulesPath := args[0]
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
-	}
-	if *eventPath == "" {
-		fmt.Fprintln(stderr, "nudgectl rules test: --event is required")
-		return 2
-	}
+func rulesTest(rulesPath string, o rulesTestOptions, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "nudgectl rules test:", err)
 		return 1
@@ -101,19 +119,19 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	ev, err := readEvent(*eventPath)
+	ev, err := readEvent(o.eventPath)
 	if err != nil {
 		return fail(err)
 	}
 	now := ev.OccurredAt
-	if *nowFlag != "" {
-		if now, err = time.Parse(time.RFC3339, *nowFlag); err != nil {
+	if o.now != "" {
+		if now, err = time.Parse(time.RFC3339, o.now); err != nil {
 			return fail(fmt.Errorf("--now: %w", err))
 		}
 	}
 	var history []profile.Event
-	if *profilePath != "" {
-		if history, err = readHistory(*profilePath, ev.UserID); err != nil {
+	if o.profilePath != "" {
+		if history, err = readHistory(o.profilePath, ev.UserID); err != nil {
 			return fail(err)
 		}
 	}
@@ -130,8 +148,8 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 		rep.Timers = append(rep.Timers, timerReport{Trigger: t.Trigger, Step: t.Step, Due: t.Due, Wake: t.Wake, Deferred: t.Deferred})
 	}
 	chs := rules.Channels()
-	if *channels != "" {
-		chs = strings.Split(*channels, ",")
+	if o.channels != "" {
+		chs = strings.Split(o.channels, ",")
 	}
 	for _, ch := range chs {
 		d := rules.Decide(p, decision.Request{UserID: ev.UserID, Channel: ch, Explain: true}, now)
@@ -140,7 +158,7 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 	// Last, as it moves the profile on: fire the timers at their wake
 	// times, as nudged would if no other event arrived.
 	rep.Later = fireTimers(rules, p)
-	if *asJSON {
+	if o.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(rep); err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,12 +13,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nudge-dm/nudge/client"
-	"github.com/nudge-dm/nudge/internal/clientflags"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -37,27 +36,55 @@ type sendSummary struct {
 	PerSecond float64 `json:"events_per_second"`
 }
 
+// sendOptions are the flags of nudgectl send.
+type sendOptions struct {
+	conn         connFlags
+	allowRejects bool
+	asJSON       bool
+	quiet        bool
+	maxBatch     int
+}
+
+func newSendCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o sendOptions
+	cmd := &cobra.Command{
+		Use:   "send [FILE.jsonl|-]",
+		Short: "Replay events from a file (one nudge.v1.Event JSON a line) (role ingest)",
+		Long: `Replays events, one nudge.v1.Event JSON a line, from FILE.jsonl (or
+standard input, without FILE or with -) through the client's Publisher:
+batched, re-sent after reconnects, exactly once in effect thanks to the
+event ids, so sending a file again is safe.
+
+Progress goes to stderr: a bar with the total and an ETA when stderr is a
+terminal and the input a file, a line a second otherwise (--quiet: none).
+A summary goes to stdout at the end (--json: as JSON). Malformed lines are
+reported with their line number. The exit status is 1 on rejected events
+or malformed lines unless --allow-rejects, and on events not acknowledged.`,
+		Example: "  nudgectl send day.jsonl --addr nudge.internal:7070 --ca-file ca.pem",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return fmt.Errorf("takes at most one FILE (none or -: standard input), got %d arguments", len(args))
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			return exitWith(send(o, args, stdout, stderr))
+		},
+	}
+	fs := cmd.Flags()
+	o.conn = addConnFlags(fs, false)
+	fs.BoolVar(&o.allowRejects, "allow-rejects", false, "exit 0 even when events were rejected or lines malformed")
+	fs.BoolVar(&o.asJSON, "json", false, "print the summary as JSON")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress on stderr")
+	fs.IntVar(&o.maxBatch, "batch", 500, "events per batch")
+	return cmd
+}
+
 // send replays a JSONL file of events (nudge.v1.Event JSON, one a line)
 // through the Publisher: batched, re-sent after reconnects, exactly once in
 // effect thanks to the event ids. Re-feeding a backlog is safe.
-func send(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nudgectl send", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:7070", "nudged address")
-	sec := clientflags.Register(fs, "ingest", os.Getenv)
-	allowRejects := fs.Bool("allow-rejects", false, "exit 0 even when events were rejected or lines malformed")
-	asJSON := fs.Bool("json", false, "print the summary as JSON")
-	quiet := fs.Bool("quiet", false, "no progress line")
-	maxBatch := fs.Int("batch", 500, "events per batch")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) > 1 {
-		fmt.Fprintln(stderr, "usage: nudgectl send [FILE.jsonl] [--addr A] [--allow-rejects] [--json] [security flags: nudgectl help]   (no FILE or -: standard input)")
-		return 2
-	}
-	in := io.Reader(os.Stdin)
+func send(o sendOptions, pos []string, stdout, stderr io.Writer) int {
+	in := os.Stdin
 	name := "stdin"
 	if len(pos) == 1 && pos[0] != "-" {
 		f, err := os.Open(pos[0])
@@ -71,14 +98,14 @@ func send(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	c, err := sec.Dial(*addr)
+	c, err := o.conn.dial()
 	if err != nil {
 		return dialFailed(stderr, "nudgectl send", err)
 	}
 	defer c.Close()
 	var mu sync.Mutex
 	var rejects []string // the first few, for the summary
-	pub := c.NewPublisher(client.MaxBatch(*maxBatch),
+	pub := c.NewPublisher(client.MaxBatch(o.maxBatch),
 		client.OnResult(func(r *nudgev1.EventResult) {
 			if r.GetStatus() == nudgev1.EventStatus_EVENT_STATUS_REJECTED {
 				mu.Lock()
@@ -101,25 +128,19 @@ func send(args []string, stdout, stderr io.Writer) int {
 
 	start := time.Now()
 	sum := sendSummary{}
+	prog := newSendProgress(stderr, in, name, o.quiet)
 	progressDone := make(chan struct{})
 	stopProgress := make(chan struct{})
 	go func() {
 		defer close(progressDone)
-		if *quiet {
-			<-stopProgress
-			return
-		}
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(progressInterval)
 		defer t.Stop()
 		for {
 			select {
 			case <-stopProgress:
 				return
 			case <-t.C:
-				st := pub.Stats()
-				el := time.Since(start).Seconds()
-				fmt.Fprintf(stderr, "sent %d  acked %d  applied %d  duplicate %d  rejected %d  %.0f events/s\n",
-					st.Published, st.Acked, st.Applied, st.Duplicate, st.Rejected, float64(st.Acked)/el)
+				prog.update(pub.Stats(), time.Since(start))
 			}
 		}
 	}()
@@ -129,13 +150,14 @@ func send(args []string, stdout, stderr io.Writer) int {
 	for sc.Scan() && ctx.Err() == nil {
 		sum.Lines++
 		line := sc.Bytes()
+		prog.read(len(line) + 1) // and its newline
 		if len(trimSpace(line)) == 0 {
 			continue
 		}
 		ev := &nudgev1.Event{}
 		if err := protojson.Unmarshal(line, ev); err != nil {
 			sum.Malformed++
-			fmt.Fprintf(stderr, "%s:%d: malformed event: %v\n", name, sum.Lines, err)
+			prog.printf("%s:%d: malformed event: %v\n", name, sum.Lines, err)
 			continue
 		}
 		if err := pub.Publish(ctx, ev); err != nil {
@@ -145,7 +167,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 				break
 			}
 			sum.Malformed++
-			fmt.Fprintf(stderr, "%s:%d: %v\n", name, sum.Lines, err)
+			prog.printf("%s:%d: %v\n", name, sum.Lines, err)
 		}
 	}
 	readErr := sc.Err()
@@ -154,6 +176,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	closeErr := pub.Close(closeCtx)
 	close(stopProgress)
 	<-progressDone
+	prog.finish(pub.Stats(), time.Since(start))
 
 	st := pub.Stats()
 	el := time.Since(start).Seconds()
@@ -162,7 +185,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	for _, r := range rejects {
 		fmt.Fprintln(stderr, r)
 	}
-	if *asJSON {
+	if o.asJSON {
 		b, _ := json.Marshal(sum)
 		fmt.Fprintln(stdout, string(b))
 	} else {
@@ -171,7 +194,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case refusedCredentials(closeErr):
-		fmt.Fprintln(stderr, "nudgectl send:", sec.Describe(closeErr))
+		fmt.Fprintln(stderr, "nudgectl send:", o.conn.Describe(closeErr))
 		return 1
 	case readErr != nil:
 		fmt.Fprintf(stderr, "nudgectl send: reading %s: %v\n", name, readErr)
@@ -181,7 +204,7 @@ func send(args []string, stdout, stderr io.Writer) int {
 		return 1
 	case st.Failed > 0:
 		return 1
-	case (sum.Rejected > 0 || sum.Malformed > 0) && !*allowRejects:
+	case (sum.Rejected > 0 || sum.Malformed > 0) && !o.allowRejects:
 		return 1
 	}
 	return 0

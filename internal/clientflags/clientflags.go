@@ -3,7 +3,8 @@
 // client package's options so that every command follows its rules:
 // without --tls or --insecure a loopback address is dialled in plaintext
 // and any other with TLS and the system roots; a token is sent only over
-// TLS unless --insecure.
+// TLS unless --insecure. Register binds them to a flag.FlagSet,
+// RegisterPFlags to a pflag one (cobra's, in nudgectl).
 package clientflags
 
 import (
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -31,7 +33,7 @@ func (e UsageError) Error() string { return e.Msg }
 
 // Flags are the security flags of one flag set.
 type Flags struct {
-	fs         *flag.FlagSet
+	given      func(name string) bool // whether the command line set the flag
 	getenv     func(string) string
 	token      *string
 	useTLS     *bool
@@ -42,12 +44,34 @@ type Flags struct {
 	insecure   *bool
 }
 
+// flagDefiner is what flag.FlagSet and pflag.FlagSet have in common.
+type flagDefiner interface {
+	String(name, value, usage string) *string
+	Bool(name string, value bool, usage string) *bool
+}
+
 // Register adds --token, --tls, --ca-file, --cert-file, --key-file,
 // --server-name and --insecure to fs. roles says which roles the command's
 // token needs, for the usage text; getenv reads TokenEnv (os.Getenv).
 func Register(fs *flag.FlagSet, roles string, getenv func(string) string) *Flags {
+	f := define(fs, roles, getenv)
+	f.given = func(name string) bool {
+		given := false
+		fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == name })
+		return given
+	}
+	return f
+}
+
+// RegisterPFlags is Register for a pflag.FlagSet (cobra's flags).
+func RegisterPFlags(fs *pflag.FlagSet, roles string, getenv func(string) string) *Flags {
+	f := define(fs, roles, getenv)
+	f.given = fs.Changed
+	return f
+}
+
+func define(fs flagDefiner, roles string, getenv func(string) string) *Flags {
 	return &Flags{
-		fs:     fs,
 		getenv: getenv,
 		// The default is not read from the environment here: flag would
 		// print it, the secret, in the usage text.
@@ -64,9 +88,7 @@ func Register(fs *flag.FlagSet, roles string, getenv func(string) string) *Flags
 // Token is --token, or $NUDGE_TOKEN when --token is not given (an explicit
 // --token= sends none).
 func (f *Flags) Token() string {
-	given := false
-	f.fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == "token" })
-	if given {
+	if f.given("token") {
 		return *f.token
 	}
 	return f.getenv(TokenEnv)
