@@ -61,6 +61,10 @@ type Config struct {
 	Log         LogConfig         `yaml:"log"`
 	Runtime     RuntimeConfig     `yaml:"runtime"`
 
+	// Webhooks deliver actions to HTTP endpoints, each from its own
+	// consumer group (webhooks.go, package webhook). Default none.
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+
 	// Logger receives the logs. Default: built from Log by Load, else
 	// slog.Default().
 	Logger *slog.Logger `yaml:"-"`
@@ -781,7 +785,7 @@ func (c *Config) resolveFiles() error {
 		c.Auth.Tokens = append(c.Auth.Tokens, tf.Tokens...)
 		c.Auth.TokenFile = ""
 	}
-	return nil
+	return c.resolveWebhookSecrets()
 }
 
 // Validate reports the first setting that cannot work, naming it by its
@@ -845,6 +849,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("redis.wait_replicas: %d, but the embedded development store has no replicas: set redis.addr or redis.cluster, or wait_replicas 0", n)
 	}
 	if err := c.Tracing.validate(); err != nil {
+		return err
+	}
+	if err := c.validateWebhooks(); err != nil {
 		return err
 	}
 	if _, err := c.Log.handlerOptions(); err != nil {
@@ -1012,6 +1019,7 @@ func (c Config) Redacted() ([]byte, error) {
 	for i := range c.Auth.Tokens {
 		c.Auth.Tokens[i].Secret = redacted
 	}
+	c.Webhooks = redactWebhooks(c.Webhooks)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

@@ -139,6 +139,11 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	// nil without webhooks; registers the nudge.webhook.* metrics.
+	webhooks, err := newWebhooks(cfg, outbox, metrics.meter, rules.Rules().Channels(), log)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(store, rules, cfg.serverConfig(tokens, outbox, auditLog, metrics.meter, store))
 	if err != nil {
 		return err
@@ -183,6 +188,11 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return srv.RunMeasures(ctx, server.MeasureConfig{Refresh: cfg.Measurement.Refresh, MetricsRefresh: cfg.Measurement.MetricsRefresh})
 	})
 	parts.add("rules watcher", rl.watch(cfg.Rules.File != "", cfg.Rules.Reload))
+	if webhooks != nil {
+		// Stopped after the gRPC server drains: its requests in flight
+		// finish, and what it holds goes back to the webhooks' groups.
+		parts.add("webhooks", webhooks.Run)
+	}
 	// SIGHUP is caught from here on, before anything serves: its default
 	// action ends the process, and an operator (or a test) may send one as
 	// soon as nudged logs that it serves.
