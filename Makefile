@@ -7,6 +7,7 @@
 #   make bench     the standard benchmark set; rewrites BENCHMARKS.md (about 10 min, not in CI)
 #   make generate  regenerate protobuf code (needs buf and the pinned plugins)
 #   make lint      gofmt, go vet, buf lint
+#   make static / docker / lint-deploy   deploy kit: static binaries, image, manifest checks (mk/deploy.mk)
 
 GO ?= go
 BIN := bin
@@ -73,3 +74,4 @@ include mk/generate.mk
 include mk/node.mk
 include mk/fuzz.mk
 include mk/chaos.mk
+include mk/deploy.mk
