@@ -13,6 +13,7 @@ GO ?= go
 BIN := bin
 ARGS ?=
 DEMO_ADDR ?= 127.0.0.1:7071
+DEMO_HTTP ?= 127.0.0.1:7081
 DEMO_METRICS ?= 127.0.0.1:9091
 
 .PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache lint fmt-check vet clean fuzz
@@ -25,13 +26,13 @@ build:
 run: build
 	$(BIN)/nudged $(ARGS)
 
-# Starts nudged on DEMO_ADDR in the background with the embedded store, runs
-# the scripted producer against it, and stops it whatever happens.
-demo: build
-	@set -e; \
-	$(BIN)/nudged --listen $(DEMO_ADDR) --metrics-listen $(DEMO_METRICS) --log-level warn & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
-	$(BIN)/nudge-demo --addr $(DEMO_ADDR) --wait 15s --metrics http://$(DEMO_METRICS)/metrics
+# Builds only what it runs; starts nudged with the embedded store on
+# DEMO_ADDR (gRPC) and DEMO_HTTP (HTTP/JSON) in the background, runs the
+# scripted shopper against it, asks a decision with curl, and stops nudged
+# whatever happens (scripts/demo.sh). A taken port fails at once.
+demo:
+	$(GO) build -o $(BIN)/ ./cmd/nudged ./cmd/nudge-demo
+	@BIN=$(BIN) DEMO_ADDR=$(DEMO_ADDR) DEMO_HTTP=$(DEMO_HTTP) DEMO_METRICS=$(DEMO_METRICS) bash scripts/demo.sh
 
 ensure-tools:
 	@bash scripts/ensure-tools.sh >/dev/null

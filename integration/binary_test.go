@@ -49,13 +49,14 @@ func buildCommand(t *testing.T, name string) string {
 type nudged struct {
 	cmd     *exec.Cmd
 	addr    string
+	http    string // the HTTP listener's host:port ("off" with --http-listen off)
 	metrics string // the /metrics URL, if --metrics-listen was given
 	logs    chan string
 	done    chan error
 }
 
 var (
-	servingRE = regexp.MustCompile(`msg="nudged serving" listen=(\S+)`)
+	servingRE = regexp.MustCompile(`msg="nudged serving" listen=(\S+) http=(\S+)`)
 	metricsRE = regexp.MustCompile(`msg="metrics serving" addr=(\S+)`)
 )
 
@@ -73,7 +74,9 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 		}
 		args = append(args, "--rules", rules)
 	}
-	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+	// A free port for the HTTP listener unless the test says: its
+	// default, the gRPC port + 10, may be taken on a busy test machine.
+	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -82,14 +85,14 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 		t.Fatal(err)
 	}
 	n := &nudged{cmd: cmd, logs: make(chan string, 1000), done: make(chan error, 1)}
-	addr := make(chan string, 1)
+	addr := make(chan []string, 1)
 	metrics := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
 			if m := servingRE.FindStringSubmatch(line); m != nil {
-				addr <- m[1]
+				addr <- m[1:]
 			}
 			if m := metricsRE.FindStringSubmatch(line); m != nil {
 				metrics <- m[1]
@@ -104,7 +107,8 @@ func startNudged(t *testing.T, bin string, args ...string) *nudged {
 	}()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	select {
-	case n.addr = <-addr:
+	case a := <-addr:
+		n.addr, n.http = a[0], a[1]
 	case err := <-n.done:
 		t.Fatalf("nudged exited before serving: %v; logs:\n%s", err, n.drainLogs())
 	case <-time.After(30 * time.Second):

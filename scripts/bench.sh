@@ -100,7 +100,7 @@ start_nudged() {
   nudged_addr=127.0.0.1:$(free_port)
   metrics_addr=127.0.0.1:$(free_port)
   "$work/bin/nudged" --redis-addr "$redis_addr" --listen "$nudged_addr" \
-    --metrics-listen "$metrics_addr" --log-level warn >>"$work/nudged.log" 2>&1 &
+    --http-listen off --metrics-listen "$metrics_addr" --log-level warn >>"$work/nudged.log" 2>&1 &
   nudged_pid=$!
   for _ in $(seq 150); do
     curl -fs "http://$metrics_addr/metrics" >/dev/null 2>&1 && return 0

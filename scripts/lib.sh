@@ -38,7 +38,7 @@ start_nudged() {
   stop_nudged "$name"
   addr=127.0.0.1:$(free_port)
   metrics=127.0.0.1:$(free_port)
-  "$work/bin/nudged" --listen "$addr" --metrics-listen "$metrics" --log-level warn "$@" >>"$work/$name.log" 2>&1 &
+  "$work/bin/nudged" --listen "$addr" --http-listen off --metrics-listen "$metrics" --log-level warn "$@" >>"$work/$name.log" 2>&1 &
   pid=$!
   started_pids+=("$pid")
   printf -v "${name}_pid" %s "$pid"

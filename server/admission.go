@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
 
@@ -129,6 +131,60 @@ func (s *Server) admitCall(ctx context.Context, info *tap.Info) (context.Context
 		h.token = p.recv
 	}
 	return context.WithValue(ctx, holdingKey{}, h), nil
+}
+
+// Admit checks, from its headers alone, a call that is about to reach the
+// server through grpc.Server.ServeHTTP (nudged's HTTP listener), before
+// its request is read: nil, or the Unauthenticated or PermissionDenied
+// status the gRPC port would answer (logged and counted as admitCall
+// does). The health service is open. The call is checked again when it
+// reaches the server (admitLate), so skipping Admit opens nothing.
+func (s *Server) Admit(ctx context.Context, fullMethod string, authorization []string) error {
+	if s.tokens == nil || strings.HasPrefix(fullMethod, healthPrefix) {
+		return nil
+	}
+	p, err := s.authorize(authorization, fullMethod)
+	if err != nil {
+		s.refused(ctx, fullMethod, p, err)
+	}
+	return err
+}
+
+// admitLate authenticates a call that admitCall did not see, as admitCall
+// would: grpc-go runs its InTapHandle only on its own HTTP/2 transport,
+// not for the calls it serves through grpc.Server.ServeHTTP (nudged's HTTP
+// listener transcodes Connect and gRPC-Web calls into those). It fails
+// closed: a call without the principal admitCall puts in its context is
+// authorized here. The receive bound (recvGate) does not cover such calls:
+// the HTTP listener checks the token before it reads a request (Admit)
+// and bounds each request's size.
+func (s *Server) admitLate(ctx context.Context, method string) (context.Context, error) {
+	if s.tokens == nil || strings.HasPrefix(method, healthPrefix) || principalFrom(ctx) != nil {
+		return ctx, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	p, err := s.authorize(md.Get("authorization"), method)
+	if err != nil {
+		s.refused(ctx, method, p, err)
+		return nil, err
+	}
+	return context.WithValue(ctx, principalKey{}, p), nil
+}
+
+func (s *Server) admitLateUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := s.admitLate(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) admitLateStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := s.admitLate(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 }
 
 // refused logs and counts a call admitCall refused: it never reaches the

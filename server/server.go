@@ -389,6 +389,8 @@ const (
 //     Internal, logged at error with its stack.
 //  2. request id: the caller's x-request-id when sane, else a random one;
 //     sent back in the response header.
+//     Then, only with Config.Tokens, late admission (admitLate): the
+//     token check for a call grpc served without its InTapHandle.
 //  3. call log (calllog.go): one line per finished call (never the
 //     payloads), with the request id, the token name and the trace id. A
 //     user id in an error is hashed unless Config.LogUserIDs.
@@ -398,14 +400,18 @@ const (
 //  5. rate limit: per token, events and decisions (see Token). Only with
 //     Config.Tokens.
 //
-// then the handler. Authentication is not an interceptor: before all of
-// them, when a call's headers arrive and before its request is read,
+// then the handler. Authentication is not an interceptor for calls on
+// grpc's own transport: before all of them, when a call's headers arrive
+// and before its request is read,
 // admitCall (admission.go, grpc's InTapHandle) refuses calls without a
 // valid token or the method's role (the health service skips it: load
 // balancers probe without tokens), logs them as the call log would, and
 // puts the caller's principal in the call's context. Then, on the call's
 // goroutine, recvGate (a stats handler) makes a batch call wait for room
-// in the receive bound before grpc reads its request.
+// in the receive bound before grpc reads its request. A call grpc serves
+// through its ServeHTTP (nudged's HTTP listener) skips InTapHandle: an
+// interceptor after the request id authenticates it the same way
+// (admitLate), so no transport can bypass the tokens.
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	log := s.cfg.Logger
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -417,14 +423,20 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		s.redactUnary,
 		recovery.UnaryServerInterceptor(recover),
 		requestIDUnary,
-		s.callLogUnary,
 	}
 	stream := []grpc.StreamServerInterceptor{
 		s.redactStream,
 		recovery.StreamServerInterceptor(recover),
 		requestIDStream,
-		s.callLogStream,
 	}
+	if s.tokens != nil {
+		// Before the call log, which names the token: a call served
+		// through ServeHTTP (the HTTP listener) skips InTapHandle.
+		unary = append(unary, s.admitLateUnary)
+		stream = append(stream, s.admitLateStream)
+	}
+	unary = append(unary, s.callLogUnary)
+	stream = append(stream, s.callLogStream)
 	// Before anything that reads requests: the rate limit counts events.
 	unary = append(unary, checkDecodedUnary)
 	stream = append(stream, checkDecodedStream)

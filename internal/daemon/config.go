@@ -32,7 +32,11 @@ import (
 type Config struct {
 	// Listen is the gRPC address. Default 127.0.0.1:7070.
 	Listen string `yaml:"listen"`
-	// Insecure allows a non-loopback Listen without TLS or without tokens.
+	// HTTP is the listener of the API over HTTP (Connect JSON, gRPC-Web),
+	// /healthz and /readyz.
+	HTTP HTTPConfig `yaml:"http"`
+	// Insecure allows a non-loopback Listen (or HTTP.Listen) without TLS or
+	// without tokens.
 	// Default false: nudged refuses to serve plaintext or unauthenticated
 	// calls beyond this machine unless told so explicitly.
 	Insecure bool `yaml:"insecure"`
@@ -381,6 +385,25 @@ type TokenConfig struct {
 	BurstSeconds float64 `yaml:"burst_seconds"`
 }
 
+// HTTPConfig configures the HTTP listener of the API.
+type HTTPConfig struct {
+	// Listen is the HTTP address that serves every RPC of the gRPC port
+	// with the Connect protocol (JSON or protobuf bodies: POST
+	// /nudge.v1.DecisionService/GetDecision) and gRPC-Web, plus GET
+	// /healthz and /readyz. HTTPListenAuto (the default; also when empty):
+	// on loopback next to the gRPC port, its port plus 10 (127.0.0.1:7080
+	// for 127.0.0.1:7070; port 0, any free port, when the gRPC port is 0);
+	// HTTPListenOff: none; otherwise host:port. It uses the gRPC port's
+	// TLS settings, tokens and limits.
+	Listen string `yaml:"listen"`
+}
+
+// The special values of HTTPConfig.Listen.
+const (
+	HTTPListenAuto = "auto"
+	HTTPListenOff  = "off"
+)
+
 // MetricsConfig configures the HTTP listener for /metrics.
 type MetricsConfig struct {
 	// Listen is the HTTP address of /metrics. Empty: off.
@@ -412,6 +435,7 @@ func Defaults() Config {
 	store, srv, dlv := redisstore.DefaultOptions(), server.DefaultConfig(), delivery.DefaultOptions()
 	return Config{
 		Listen:       "127.0.0.1:7070",
+		HTTP:         HTTPConfig{Listen: HTTPListenAuto},
 		DrainTimeout: 10 * time.Second,
 		Buckets:      store.Buckets,
 		Redis: RedisConfig{
@@ -515,6 +539,7 @@ func list(p *[]string) func(*flag.FlagSet, string, string) {
 func (c *Config) settings() []setting {
 	return []setting{
 		{"listen", "listen", "gRPC listen address", str(&c.Listen)},
+		{"http.listen", "http-listen", "HTTP/JSON (Connect, gRPC-Web), /healthz and /readyz address: auto (loopback, the gRPC port + 10), off, or host:port", str(&c.HTTP.Listen)},
 		{"insecure", "insecure", "allow a non-loopback listen address without TLS or without tokens", boolean(&c.Insecure)},
 		{"drain_timeout", "drain-timeout", "graceful shutdown limit", duration(&c.DrainTimeout)},
 		{"buckets", "buckets", "key buckets (hash tags); fixed for the life of a deployment", integer(&c.Buckets)},
@@ -930,18 +955,53 @@ func (c RedisConfig) waitReplicas() (n int, auto bool, err error) {
 // checkExposure refuses to serve beyond loopback without TLS or without
 // tokens unless Insecure says so.
 func (c Config) checkExposure() error {
-	if c.Insecure || isLoopback(c.listen()) {
-		return nil
+	httpAddr, err := c.httpListen()
+	if err != nil {
+		return err
 	}
-	switch {
-	case len(c.Auth.Tokens) == 0:
-		return fmt.Errorf("listen %s is not a loopback address and no auth tokens are configured: "+
-			"configure auth.tokens (or auth.token_file), or pass --insecure to serve everyone", c.listen())
-	case !c.TLS.Enabled():
-		return fmt.Errorf("listen %s is not a loopback address and TLS is off: tokens would travel in plaintext; "+
-			"configure tls.cert_file and tls.key_file, or pass --insecure (e.g. behind a TLS-terminating proxy)", c.listen())
+	for _, l := range []struct{ key, addr string }{{"listen", c.listen()}, {"http.listen", httpAddr}} {
+		if c.Insecure || l.addr == "" || isLoopback(l.addr) {
+			continue
+		}
+		switch {
+		case len(c.Auth.Tokens) == 0:
+			return fmt.Errorf("%s %s is not a loopback address and no auth tokens are configured: "+
+				"configure auth.tokens (or auth.token_file), or pass --insecure to serve everyone", l.key, l.addr)
+		case !c.TLS.Enabled():
+			return fmt.Errorf("%s %s is not a loopback address and TLS is off: tokens would travel in plaintext; "+
+				"configure tls.cert_file and tls.key_file, or pass --insecure (e.g. behind a TLS-terminating proxy)", l.key, l.addr)
+		}
 	}
 	return nil
+}
+
+// httpListen resolves HTTP.Listen to an address, "" when off.
+func (c Config) httpListen() (string, error) {
+	switch v := strings.TrimSpace(c.HTTP.Listen); v {
+	case HTTPListenOff:
+		return "", nil
+	case "", HTTPListenAuto:
+		host, port, err := net.SplitHostPort(c.listen())
+		if err != nil {
+			return "", fmt.Errorf("http.listen: auto needs listen as host:port: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p < 0 || p > 65535-10 {
+			return "", fmt.Errorf("http.listen: auto takes the port of listen %s plus 10, which is no port: set http.listen to host:port or off", c.listen())
+		}
+		if p != 0 {
+			p += 10
+		}
+		if !isLoopback(c.listen()) {
+			host = "127.0.0.1"
+		}
+		return net.JoinHostPort(host, strconv.Itoa(p)), nil
+	default:
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return "", fmt.Errorf("http.listen: %q is not host:port, auto or off: %w", c.HTTP.Listen, err)
+		}
+		return v, nil
+	}
 }
 
 func (c Config) listen() string {

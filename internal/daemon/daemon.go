@@ -6,11 +6,14 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -54,6 +57,14 @@ func setDefault[T comparable](p *T, d T) {
 	}
 }
 
+// listenerAddr is lis's address, or "off" when there is none.
+func listenerAddr(lis net.Listener) string {
+	if lis == nil {
+		return HTTPListenOff
+	}
+	return lis.Addr().String()
+}
+
 // Run starts nudged and serves until ctx ends, then shuts down gracefully:
 // it stops accepting, answers the ingest batches in flight, waits at most
 // DrainTimeout, then stops the other actors (actors.go) and joins them.
@@ -82,12 +93,14 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	log.Info("rules loaded", "source", rulesSource(cfg), "version", rules.Rules().Version(), "triggers", triggers, "offers", offers)
 
 	var creds credentials.TransportCredentials
+	var httpTLS *tls.Config
 	if cfg.TLS.Enabled() {
 		certs, err := newCertReloader(cfg.TLS, log)
 		if err != nil {
 			return err
 		}
 		creds = credentials.NewTLS(certs.serverConfig())
+		httpTLS = certs.httpConfig()
 	}
 
 	rdb, closeStore, err := openRedis(ctx, cfg)
@@ -153,14 +166,30 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		opts = append(opts, grpc.Creds(creds))
 	}
 	g := srv.NewGRPCServer(opts...)
+	health := newStoreHealth(rdb, srv.SetStoreReachable, log)
+	metrics.handle("/readyz", health.readyz)
+	metrics.handle("/healthz", healthz)
+	httpAddr, _ := cfg.httpListen() // Validate checked it
+	var httpSrv *http.Server
+	if httpAddr != "" {
+		h, err := newHTTPHandler(g, srv.Admit, health.readyz, cmp.Or(cfg.Limits.MaxMessageBytes, server.DefaultConfig().MaxRecvMsgBytes))
+		if err != nil {
+			return err
+		}
+		httpSrv = newHTTPServer(h, httpTLS, cmp.Or(cfg.Limits.MaxStreamsPerConn, server.DefaultConfig().MaxStreamsPerConn), log)
+	}
+
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-
-	health := newStoreHealth(rdb, srv.SetStoreReachable, log)
-	metrics.handle("/readyz", health.readyz)
-	metrics.handle("/healthz", healthz)
+	var httpLis net.Listener
+	if httpSrv != nil {
+		if httpLis, err = net.Listen("tcp", httpAddr); err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("http.listen on %s: %w (set --http-listen to a free host:port, or off)", httpAddr, err)
+		}
+	}
 
 	rl := rulesReloads{rules: rules, metrics: rulesMetrics, log: log}
 	// Stopped in the reverse order: the gRPC server drains first, and the
@@ -201,7 +230,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	defer signal.Stop(hup)
 	parts.add("SIGHUP", rl.onSIGHUP(hup))
 	parts.add("grpc", func(ctx context.Context) error {
-		log.Info("nudged serving", "listen", lis.Addr().String(), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
+		log.Info("nudged serving", "listen", lis.Addr().String(), "http", listenerAddr(httpLis), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
 		if len(tokens) == 0 {
 			log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
 		}
@@ -212,6 +241,13 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		}
 		return serveGRPC(ctx, srv, g, lis, cfg.DrainTimeout, log, ready)
 	})
+	if httpSrv != nil {
+		// Added after the gRPC server, so stopped before it: the HTTP
+		// calls in flight are gRPC calls of that server.
+		parts.add("http", func(ctx context.Context) error {
+			return serveHTTP(ctx, httpSrv, httpLis, cfg.DrainTimeout)
+		})
+	}
 	if err := parts.run(ctx); err != nil {
 		return err
 	}
@@ -285,6 +321,7 @@ func (c Config) serverConfig(tokens []server.Token, outbox *delivery.Outbox, aud
 		Logger:     c.Logger,
 		Meter:      meter,
 		Audit:      auditLog,
+
 		// Read back through AdminService (nudgectl decisions tail,
 		// actions dead).
 		DecisionLog: auditLog,

@@ -94,6 +94,21 @@ func (r *certReloader) serverConfig() *tls.Config {
 	}
 }
 
+// httpConfig is serverConfig for the HTTP listener, which also speaks
+// HTTP/1.1 (gRPC-Web and Connect clients without HTTP/2).
+func (r *certReloader) httpConfig() *tls.Config {
+	protos := []string{"h2", "http/1.1"}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: protos,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			c := r.current().Clone()
+			c.NextProtos = protos
+			return c, nil
+		},
+	}
+}
+
 // current reloads the files if they changed and returns the configuration
 // in force.
 func (r *certReloader) current() *tls.Config {
