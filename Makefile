@@ -16,7 +16,7 @@ DEMO_ADDR ?= 127.0.0.1:7071
 DEMO_HTTP ?= 127.0.0.1:7081
 DEMO_METRICS ?= 127.0.0.1:9091
 
-.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache lint fmt-check vet clean fuzz
+.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache bench-http lint fmt-check vet clean fuzz
 
 all: build
 
@@ -58,6 +58,11 @@ bench-shoppers:
 # and off (about 12 min, not in CI).
 bench-nearcache:
 	bash scripts/nearcache.sh
+
+# Decisions over HTTP/JSON against gRPC on the same nudged (issue 18):
+# p50 and p99 at c=1 and at 2,000/s (about 2 min, not in CI).
+bench-http:
+	bash scripts/httpbench.sh
 
 vet:
 	$(GO) vet ./...

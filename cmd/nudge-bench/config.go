@@ -17,6 +17,7 @@ import (
 type config struct {
 	Workloads []string // ingest, decide, floor, mixed, actions, peer-watch; "decide,floor" is the only pair
 	Addr      string
+	HTTPAddr  string // nudged's HTTP/JSON listener (decide-http)
 	Conns     int
 	// Security, as nudgectl and nudge-demo (clientflags).
 	Security *clientflags.Flags
@@ -92,7 +93,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, or decide,floor (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, or decide,floor or decide-http,decide (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -134,6 +135,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.BoolVar(&c.Verify, "verify", false, "check the run: ingest exactly once (and the profiles' view totals with --redis-addr); no call errors; actions: every fired action delivered")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "nudged's Redis (standalone, no auth): needed by floor and peer-watch, and by --verify to read profiles back")
 	fs.StringVar(&c.ReadAddr, "read-addr", "", "freshness: the nudged decisions are asked of (events go to --addr)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "", "decide-http: nudged's HTTP/JSON listener host:port (plaintext; the token, if any, as a bearer)")
 	fs.StringVar(&c.ServeHealth, "serve-health", "", "serve a bare grpc-go health service on this address until stopped, instead of a workload (the CPU floor of --workload health)")
 	fs.IntVar(&c.Buckets, "buckets", 1024, "nudged's profile buckets (its key layout), for --redis-addr")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no progress lines on stderr")
@@ -178,9 +180,12 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "floor", "health", "freshness", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor":
+	case "ingest", "decide", "decide-http", "floor", "health", "freshness", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor", "decide-http,decide":
 	default:
-		return bad("--workload %q: want ingest, decide, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch or decide,floor", w)
+		return bad("--workload %q: want ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, decide,floor or decide-http,decide", w)
+	}
+	if c.has("decide-http") && c.HTTPAddr == "" {
+		return bad("--workload decide-http needs --http-addr")
 	}
 	if c.has("freshness") && c.ReadAddr == "" {
 		return bad("--workload freshness needs --read-addr")

@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,4 +163,51 @@ func seed(ctx context.Context, cfg config, conns []*client.Client) (applied int,
 	wg.Wait()
 	close(errs)
 	return int(total.Load()), <-errs
+}
+
+// decideHTTPCall asks GetDecision for the user on cfg.Channel over
+// nudged's HTTP/JSON listener (the Connect protocol), on keep-alive
+// connections: one idle connection kept per caller.
+func decideHTTPCall(cfg config) callFunc {
+	hc := &http.Client{Transport: &http.Transport{
+		MaxIdleConns:        cfg.Concurrency,
+		MaxIdleConnsPerHost: cfg.Concurrency,
+		IdleConnTimeout:     time.Minute,
+	}}
+	url := "http://" + cfg.HTTPAddr + "/nudge.v1.DecisionService/GetDecision"
+	budget := ""
+	if cfg.Budget > 0 {
+		budget = fmt.Sprintf(`,"budget":"%.6fs"`, cfg.Budget.Seconds())
+	}
+	token := cfg.Security.Token()
+	return func(ctx context.Context, _, u int) (bool, error) {
+		body := fmt.Sprintf(`{"user_id":%q,"channel":%q%s}`, cfg.userID(u), cfg.Channel, budget)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+		if err != nil {
+			return false, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return false, status.Error(codes.Unavailable, err.Error())
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Decision struct {
+				Degraded bool `json:"degraded"`
+			} `json:"decision"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			return false, status.Errorf(codes.Internal, "HTTP %d: %v", resp.StatusCode, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return false, status.Errorf(codes.Unknown, "HTTP %d %s: %s", resp.StatusCode, out.Code, out.Message)
+		}
+		return out.Decision.Degraded, nil
+	}
 }

@@ -183,13 +183,16 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 			wg.Wait()
 		}, ingestStats, dec)
 		r.Results = append(r.Results, ingestStats.summary(ingestElapsed), dec.summary(elapsed))
-	default: // decide, floor, decide,floor
+	default: // decide, decide-http, floor, decide,floor, decide-http,decide
 		calls := map[string]callFunc{}
 		if cfg.has("decide") {
 			calls["decide"] = decideCall(cfg, conns)
 		}
 		if cfg.has("floor") {
 			calls["floor"] = floorCall(cfg, conns, rdb)
+		}
+		if cfg.has("decide-http") {
+			calls["decide-http"] = decideHTTPCall(cfg)
 		}
 		if cfg.has("health") {
 			calls["health"] = healthCall(conns)
