@@ -126,7 +126,7 @@ func (s *Server) Subscribe(req *nudgev1.SubscribeRequest, stream grpc.ServerStre
 				}
 				sent = 0
 			}
-			a := actionToProto(&d.Action)
+			a := ActionToProto(&d.Action)
 			if err := stream.Send(&nudgev1.SubscribeResponse{Action: a, AckId: d.AckID, DeliveryCount: uint32(d.Count), Consumer: consumer}); err != nil {
 				return err
 			}

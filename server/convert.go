@@ -27,7 +27,9 @@ func EventFromProto(e *nudgev1.Event) profile.Event {
 	}
 }
 
-func actionToProto(a *profile.Action) *nudgev1.Action {
+// ActionToProto converts a model action to the API's, as ActionService,
+// ingest responses and webhooks carry it.
+func ActionToProto(a *profile.Action) *nudgev1.Action {
 	pa := &nudgev1.Action{
 		ActionId:     a.ID,
 		UserId:       a.UserID,

@@ -312,7 +312,7 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 	}
 	actions := make([]*nudgev1.Action, len(out.Actions))
 	for i := range out.Actions {
-		actions[i] = actionToProto(&out.Actions[i])
+		actions[i] = ActionToProto(&out.Actions[i])
 	}
 	s.metrics.actions.Add(ctx, int64(len(actions)))
 	s.countNotes(ctx, out.Notes, s.cfg.Now())

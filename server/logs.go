@@ -147,7 +147,7 @@ func (s *Server) ListDeadActions(ctx context.Context, req *nudgev1.ListDeadActio
 		if d.ActionErr != nil {
 			s.cfg.Logger.WarnContext(ctx, "dead letter does not decode as an action: listed with what could be read", "id", d.ID, "err", d.ActionErr)
 		}
-		a := actionToProto(&d.Action)
+		a := ActionToProto(&d.Action)
 		if d.Action.TriggeredAt.IsZero() { // not read: absent, not year 1
 			a.TriggeredAt = nil
 		}
