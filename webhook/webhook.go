@@ -410,6 +410,10 @@ func (h *hook) deliver(ctx context.Context, l *lease) {
 		case <-ctx.Done():
 			return
 		}
+		if ctx.Err() != nil { // both were ready: select chose at random
+			<-h.slots
+			return
+		}
 		n := h.nextAttempt(l, time.Now())
 		res := h.post(ctx, body, sig, l.d.AckID, n)
 		<-h.slots

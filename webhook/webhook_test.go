@@ -456,15 +456,25 @@ func TestStopFinishesRequestsAndHandsTheRestBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopFirst := run(t, first)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- first.Run(ctx) }()
 	waitFor(t, "2 requests in flight", func() bool { _, _, n := rc.snapshot(); return n == 2 })
 	// The stop lets the requests in flight finish: the receiver answers
-	// them after the stop began, and they count as accepted only if the
-	// client was still waiting.
-	stopped := make(chan struct{})
-	go func() { stopFirst(); close(stopped) }()
+	// them after the stop began (and no new attempt may start once it
+	// has), and they count as accepted only if the client was still
+	// waiting.
+	cancel()
 	close(hold)
-	<-stopped
+	select {
+	case err := <-firstDone:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30s of its context's end")
+	}
 	accepted, _, _ := rc.snapshot()
 	if len(accepted) != 2 {
 		t.Fatalf("%d deliveries accepted by the stopped member, want its 2 requests in flight", len(accepted))
