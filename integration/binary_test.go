@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,17 +32,32 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// buildNudged builds cmd/nudged into a temporary directory.
+// buildNudged builds cmd/nudged (once per test run, see buildCommand).
 func buildNudged(t *testing.T) string { return buildCommand(t, "nudged") }
 
-// buildCommand builds cmd/<name> into a temporary directory.
+// built holds the commands built in this test run, in builtDir (made and
+// removed by TestMain): linking nudged takes seconds even with the build
+// cache, and some fifty tests run it.
+var built = struct {
+	sync.Mutex
+	paths map[string]string
+}{paths: map[string]string{}}
+
+// buildCommand builds cmd/<name> the first time a test asks for it, and
+// returns the same binary afterwards. Tests must not modify it.
 func buildCommand(t *testing.T, name string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
+	built.Lock()
+	defer built.Unlock()
+	if bin, ok := built.paths[name]; ok {
+		return bin
+	}
+	bin := filepath.Join(builtDir, name)
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/nudge-dm/nudge/cmd/"+name)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", name, err, out)
 	}
+	built.paths[name] = bin
 	return bin
 }
 

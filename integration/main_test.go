@@ -18,11 +18,22 @@ import (
 // scenario 8 kills such processes with SIGKILL.
 const subscriberEnv = "NUDGE_CHAOS_SUBSCRIBER"
 
+// builtDir holds the commands the tests build (buildCommand).
+var builtDir string
+
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(subscriberEnv); spec != "" {
 		os.Exit(runSubscriber(spec))
 	}
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "nudge-integration-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	builtDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // runSubscriber is one member of a consumer group in a process of its
