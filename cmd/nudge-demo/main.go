@@ -23,6 +23,7 @@ import (
 	_ "time/tzdata" // the shopper's zone must not depend on the host's zoneinfo
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/internal/clientflags"
@@ -194,8 +195,20 @@ func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
 	}
 	fmt.Printf("  %s -> %s\n", pub.Results[0].EventId, strings.TrimPrefix(pub.Results[0].Status.String(), "EVENT_STATUS_"))
 
-	fmt.Println("\n== A storefront asks for a decision (GetDecision, channel sms)")
-	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: user, Channel: "sms", Placement: "checkout"})
+	// Read-your-writes: the decision is made on a profile at least as
+	// recent as the last event's commit. A 50 ms budget, not the server's
+	// 10 ms default: the demo's first decision also runs on a fresh server
+	// of a machine that may be busy building, and should show the offer.
+	var seen uint64
+	for _, resp := range responses {
+		for _, r := range resp.Results {
+			seen = max(seen, r.GetProfileVersion())
+		}
+	}
+	fmt.Println("\n== A storefront asks for a decision (GetDecision, channel sms, budget 50ms, min_profile_version of the last event)")
+	dec, err := nudgev1.NewDecisionServiceClient(conn).GetDecision(ctx, &nudgev1.GetDecisionRequest{
+		UserId: user, Channel: "sms", Placement: "checkout", Budget: durationpb.New(50 * time.Millisecond), MinProfileVersion: seen,
+	})
 	if err != nil {
 		return err
 	}
