@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -444,5 +445,118 @@ func TestReadmeHTTPExamples(t *testing.T) {
 	}
 	if s := field(answers[0]["results"].([]any)[0].(map[string]any), "status"); s != "EVENT_STATUS_APPLIED" {
 		t.Errorf("Publish: %v", answers[0])
+	}
+}
+
+// connectFrame is one enveloped message of a Connect stream.
+type connectFrame struct {
+	end  bool // the end-of-stream message: {"error": ...} or {}
+	json map[string]any
+}
+
+// connectStream calls a server-streaming method with the Connect
+// streaming protocol in JSON over HTTP/1.1 and returns its frames as they
+// come, until the stream ends, ctx ends, or more returns false.
+func connectStream(ctx context.Context, t *testing.T, url, token, body string, more func(connectFrame) bool) []connectFrame {
+	t.Helper()
+	env := append([]byte{0, 0, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint32(env[1:5], uint32(len(body)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/connect+json")
+	req.Header.Set("Connect-Protocol-Version", "1")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("POST %s: HTTP %d %s", url, resp.StatusCode, b)
+	}
+	var frames []connectFrame
+	head := make([]byte, 5)
+	for {
+		if _, err := io.ReadFull(resp.Body, head); err != nil {
+			if ctx.Err() == nil && err != io.EOF {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			return frames
+		}
+		payload := make([]byte, binary.BigEndian.Uint32(head[1:5]))
+		if _, err := io.ReadFull(resp.Body, payload); err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		f := connectFrame{end: head[0]&0x02 != 0}
+		if err := json.Unmarshal(payload, &f.json); err != nil {
+			t.Fatalf("a stream message is not JSON: %v: %q", err, payload)
+		}
+		frames = append(frames, f)
+		if f.end || !more(f) {
+			return frames
+		}
+	}
+}
+
+// The server streams work over HTTP too, with the Connect streaming
+// protocol: the decision log (AdminService/TailDecisions) and the actions
+// of a consumer group (ActionService/Subscribe), with the same tokens; a
+// token without the role ends the stream with permission_denied.
+func TestHTTPServerStreams(t *testing.T) {
+	rs := redistest.Start(t)
+	n := startSecureNudged(t, buildNudged(t), rs.Addr, "--audit-sample", "1")
+	base := "http://" + n.http
+	user := fmt.Sprintf("stream-shopper-%d", time.Now().UnixNano())
+	var events []string
+	for i := range 3 {
+		events = append(events, fmt.Sprintf(`{"event_id":"s%d","user_id":%q,"type":"view","category":"phones","occurred_at":%q}`,
+			i, user, time.Now().Add(-time.Duration(3-i)*time.Minute).UTC().Format(time.RFC3339)))
+	}
+	curlJSON(t, base+"/nudge.v1.IngestService/Publish", secIngest, `{"events":[`+strings.Join(events, ",")+`]}`).want(t, "Publish", http.StatusOK, "")
+	var ids []string
+	for range 2 {
+		d := curlJSON(t, base+"/nudge.v1.DecisionService/GetDecision", secDecide, fmt.Sprintf(`{"user_id":%q,"channel":"sms","budget":"1s"}`, user))
+		d.want(t, "GetDecision", http.StatusOK, "")
+		ids = append(ids, field(d.body, "decision", "decisionId").(string))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The decisions are logged off the latency path: follow the log from
+	// its oldest entry until both are in it.
+	var logged []string
+	frames := connectStream(ctx, t, base+"/nudge.v1.AdminService/TailDecisions", secOperator, `{"from_oldest":true,"limit":2}`, func(f connectFrame) bool {
+		entries, _ := f.json["entries"].([]any)
+		for _, e := range entries {
+			logged = append(logged, e.(map[string]any)["decisionId"].(string))
+		}
+		return true
+	})
+	if last := frames[len(frames)-1]; !last.end || last.json["error"] != nil {
+		t.Errorf("TailDecisions did not end cleanly after its limit: %v", last)
+	}
+	if !slices.Equal(logged, ids) {
+		t.Errorf("TailDecisions over HTTP: %v, want the decisions %v", logged, ids)
+	}
+
+	var action map[string]any
+	subCtx, stopSub := context.WithCancel(ctx)
+	connectStream(subCtx, t, base+"/nudge.v1.ActionService/Subscribe", secSender, `{"group":"sms-senders"}`, func(f connectFrame) bool {
+		action, _ = f.json["action"].(map[string]any)
+		return action == nil // the first action is enough
+	})
+	stopSub()
+	if action["userId"] != user || action["triggerId"] != "category-interest-coupon" {
+		t.Errorf("Subscribe over HTTP: first action %v, want the coupon of %s", action, user)
+	}
+
+	denied := connectStream(ctx, t, base+"/nudge.v1.AdminService/TailDecisions", secDecide, `{"from_oldest":true,"limit":1}`, func(connectFrame) bool { return true })
+	if last := denied[len(denied)-1]; !last.end || field(last.json, "error", "code") != "permission_denied" {
+		t.Errorf("TailDecisions with a decide token: %v, want the stream ended with permission_denied", denied)
 	}
 }
