@@ -23,11 +23,12 @@ ARG TARGETOS
 ARG TARGETARCH
 ARG GOFLAGS=""
 WORKDIR /src
+ENV GOCACHE=/cache/go-build
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 # The same command as `make static` (mk/deploy.mk checks that it stays so).
-RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/ ./cmd/nudged ./cmd/nudgectl
 
