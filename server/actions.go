@@ -169,16 +169,24 @@ func (s *Server) waitForAcks(ctx context.Context, group, consumer string, held i
 		if n-held < int64(s.cfg.MaxUnacked) {
 			return nil
 		}
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return toStatus(ctx.Err())
-		case <-s.draining:
-			t.Stop()
-			return errSubscribeDraining
-		case <-t.C:
+		if err := s.pause(ctx, 20*time.Millisecond, errSubscribeDraining); err != nil {
+			return err
 		}
+	}
+}
+
+// pause waits d for a stream that polls: nil after d; the call's status
+// if ctx ends first; drained if the server drains first.
+func (s *Server) pause(ctx context.Context, d time.Duration, drained error) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return toStatus(ctx.Err())
+	case <-s.draining:
+		return drained
+	case <-t.C:
+		return nil
 	}
 }
 

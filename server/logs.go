@@ -112,15 +112,8 @@ func (s *Server) TailDecisions(req *nudgev1.TailDecisionsRequest, stream grpc.Se
 		if len(recs) == n {
 			continue // more may be waiting
 		}
-		t := time.NewTimer(tailPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return toStatus(ctx.Err())
-		case <-s.draining:
-			t.Stop()
-			return errTailDraining
-		case <-t.C:
+		if err := s.pause(ctx, tailPoll, errTailDraining); err != nil {
+			return err
 		}
 	}
 }

@@ -59,6 +59,7 @@ const (
 // that a caller without a token cannot make the server read megabytes.
 func newHTTPHandler(g *grpc.Server, admit admitFunc, readyz http.HandlerFunc, maxMessageBytes int) (http.Handler, error) {
 	maxBody := uint32(min(int64(maxMessageBytes)*httpJSONFactor, 1<<31))
+	methods := methodsOf(g)
 	t, err := vanguardgrpc.NewTranscoder(g,
 		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec {
 			return strictJSON{&vanguard.JSONCodec{
@@ -67,7 +68,7 @@ func newHTTPHandler(g *grpc.Server, admit admitFunc, readyz http.HandlerFunc, ma
 			}}
 		}),
 		vanguard.WithDefaultServiceOptions(vanguard.WithMaxMessageBufferBytes(maxBody)),
-		vanguard.WithUnknownHandler(unknownRoute(g)),
+		vanguard.WithUnknownHandler(unknownRoute(methods)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)
@@ -75,7 +76,7 @@ func newHTTPHandler(g *grpc.Server, admit admitFunc, readyz http.HandlerFunc, ma
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", readyz)
-	mux.Handle("/", admitFirst(admit, methodsOf(g), connectByDefault(t)))
+	mux.Handle("/", admitFirst(admit, methods, connectByDefault(t)))
 	return mux, nil
 }
 
@@ -112,10 +113,9 @@ func methodsOf(g *grpc.Server) map[string]bool {
 }
 
 // unknownRoute answers what vanguard cannot route, in the Connect error
-// format: 415 for a method of g called with a Content-Type that is not the
+// format: 415 for one of methods called with a Content-Type that is not the
 // API's, 404 otherwise.
-func unknownRoute(g *grpc.Server) http.Handler {
-	methods := methodsOf(g)
+func unknownRoute(methods map[string]bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		code, status, msg := "not_found", http.StatusNotFound,
 			fmt.Sprintf("no method at %s %s: call POST /<package>.<Service>/<Method>, e.g. POST /nudge.v1.DecisionService/GetDecision, with Content-Type: application/json", r.Method, r.URL.Path)
