@@ -252,35 +252,3 @@ func Decode(values map[string]any) (Entry, error) {
 	}
 	return e, nil
 }
-
-// Tail calls fn for every entry of the stream after from ("$": only new
-// ones; "0": from the oldest kept), waiting for new entries until ctx ends
-// or fn returns an error.
-func Tail(ctx context.Context, rdb redis.UniversalClient, stream, from string, fn func(id string, e Entry) error) error {
-	if stream == "" {
-		stream = DefaultStream
-	}
-	for {
-		res, err := rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, from}, Count: 100, Block: time.Second}).Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-			continue
-		case ctx.Err() != nil:
-			return nil
-		case err != nil:
-			return fmt.Errorf("audit: read %s: %w", stream, err)
-		}
-		for _, s := range res {
-			for _, m := range s.Messages {
-				e, err := Decode(m.Values)
-				if err != nil {
-					return fmt.Errorf("entry %s: %w", m.ID, err)
-				}
-				if err := fn(m.ID, e); err != nil {
-					return err
-				}
-				from = m.ID
-			}
-		}
-	}
-}

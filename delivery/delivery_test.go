@@ -146,7 +146,7 @@ func TestUnackedActionsAreRedeliveredThenDeadLettered(t *testing.T) {
 				t.Fatal(err)
 			}
 			var err error
-			if dead, err = o.Dead(ctx, 100); err != nil {
+			if dead, err = o.DeadAfter(ctx, "", 100); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -186,11 +186,6 @@ type DeadEntry struct {
 	At time.Time
 }
 
-// Dead lists up to count entries of the dead-letter stream, oldest first.
-func (o *Outbox) Dead(ctx context.Context, count int64) ([]DeadEntry, error) {
-	return o.DeadAfter(ctx, "", count)
-}
-
 // DeadAfter lists up to count entries of the dead-letter stream after the
 // one with id after (DeadEntry.ID; "": from the oldest), oldest first.
 func (o *Outbox) DeadAfter(ctx context.Context, after string, count int64) ([]DeadEntry, error) {

@@ -322,7 +322,7 @@ func deadLetter(t *testing.T, e *env, n int) {
 		if _, err := o.Read(ctx, "never-acks", "m"); err != nil {
 			t.Fatalf("Read: %v", err)
 		}
-		dead, err := o.Dead(ctx, 100)
+		dead, err := o.DeadAfter(ctx, "", 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -364,7 +364,7 @@ func TestDeleteProfileLeavesNoKey(t *testing.T) {
 		if !del.Deleted || del.ActionsDeleted != 1 {
 			t.Errorf("DeleteProfile = %v, want deleted with 1 action", del)
 		}
-		dead, err := delivery.New(e.rdb, e.store.Layout(), delivery.Options{}).Dead(ctxT(t), 100)
+		dead, err := delivery.New(e.rdb, e.store.Layout(), delivery.Options{}).DeadAfter(ctxT(t), "", 100)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -245,7 +245,7 @@ webhooks:
 				return false, fmt.Sprintf("group %s: %+v (exists: %v)", name, g.Backlog, ok)
 			}
 		}
-		dead, err := out.Dead(ctxT(t), 1000)
+		dead, err := out.DeadAfter(ctxT(t), "", 1000)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +315,7 @@ webhooks:
 	if len(accepted) != 0 {
 		t.Errorf("down: accepted %v", accepted)
 	}
-	dead, err := out.Dead(ctxT(t), 1000)
+	dead, err := out.DeadAfter(ctxT(t), "", 1000)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -235,7 +235,7 @@ func TestListDeadActions(t *testing.T) {
 			if _, err := o.Read(ctx, "g", "m"); err != nil {
 				t.Fatal(err)
 			}
-			dead, err := o.Dead(ctx, 10)
+			dead, err := o.DeadAfter(ctx, "", 10)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -401,7 +401,7 @@ func TestFailingReceiverEndsInTheDeadLetterStream(t *testing.T) {
 			stop := run(t, d)
 			var dead []delivery.DeadEntry
 			waitFor(t, "every action dead-lettered", func() bool {
-				dead, err = out.Dead(t.Context(), 100)
+				dead, err = out.DeadAfter(t.Context(), "", 100)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -211,7 +211,7 @@ func TestListDeadRPC(t *testing.T) {
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)
 	}
-	old, err := e.outbox.Dead(ctx, n) // what actions dead read from Redis
+	old, err := e.outbox.DeadAfter(ctx, "", n) // what actions dead read from Redis
 	if err != nil {
 		t.Fatal(err)
 	}
