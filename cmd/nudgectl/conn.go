@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
 
 	"github.com/nudge-dm/nudge/client"
 	"github.com/nudge-dm/nudge/internal/clientflags"
@@ -46,6 +48,24 @@ func addConnFlags(fs *pflag.FlagSet, withTimeout bool) connFlags {
 
 // dial connects to --addr with the security flags.
 func (c connFlags) dial() (*client.Client, error) { return c.Dial(*c.addr) }
+
+// call dials nudged and runs fn with a context bounded by --timeout. It
+// returns the exit status: 0 when fn succeeds; 1 when it fails, after
+// printing "cmd: <the error, described>"; dialFailed's when the dial does.
+func (c connFlags) call(cmd string, stderr io.Writer, fn func(ctx context.Context, cc grpc.ClientConnInterface) error) int {
+	cl, err := c.dial()
+	if err != nil {
+		return dialFailed(stderr, cmd, err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *c.timeout)
+	defer cancel()
+	if err := fn(ctx, cl.Conn()); err != nil {
+		fmt.Fprintf(stderr, "%s: %s\n", cmd, c.Describe(err))
+		return 1
+	}
+	return 0
+}
 
 // dialFailed reports a dial error of command cmd and returns the exit
 // status: 2 for flags that cannot work, 1 otherwise.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -54,48 +55,34 @@ group again, from the oldest action kept.`,
 
 // groupsList: nudgectl groups list (AdminService, role admin).
 func groupsList(conn connFlags, asJSON bool, stdout, stderr io.Writer) int {
-	const cmd = "nudgectl groups list"
-	cl, err := conn.dial()
-	if err != nil {
-		return dialFailed(stderr, cmd, err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
-	defer cancel()
-	resp, err := nudgev1.NewAdminServiceClient(cl.Conn()).ListGroups(ctx, &nudgev1.ListGroupsRequest{})
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
-		return 1
-	}
-	if asJSON {
-		printProto(stdout, resp, true)
-		return 0
-	}
-	printGroups(stdout, resp.GetGroups())
-	return 0
+	return conn.call("nudgectl groups list", stderr, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		resp, err := nudgev1.NewAdminServiceClient(cc).ListGroups(ctx, &nudgev1.ListGroupsRequest{})
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			printProto(stdout, resp, true)
+		} else {
+			printGroups(stdout, resp.GetGroups())
+		}
+		return nil
+	})
 }
 
 // groupsDelete: nudgectl groups delete NAME (AdminService, role admin).
 func groupsDelete(conn connFlags, name string, asJSON bool, stdout, stderr io.Writer) int {
-	const cmd = "nudgectl groups delete"
-	cl, err := conn.dial()
-	if err != nil {
-		return dialFailed(stderr, cmd, err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
-	defer cancel()
-	resp, err := nudgev1.NewAdminServiceClient(cl.Conn()).DeleteGroup(ctx, &nudgev1.DeleteGroupRequest{Group: name})
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
-		return 1
-	}
-	if asJSON {
-		printProto(stdout, resp, true)
-	} else {
-		fmt.Fprintf(stdout, "deleted consumer group %s from %d outbox streams\n", name, resp.GetStreams())
-	}
-	return 0
+	return conn.call("nudgectl groups delete", stderr, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		resp, err := nudgev1.NewAdminServiceClient(cc).DeleteGroup(ctx, &nudgev1.DeleteGroupRequest{Group: name})
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			printProto(stdout, resp, true)
+		} else {
+			fmt.Fprintf(stdout, "deleted consumer group %s from %d outbox streams\n", name, resp.GetStreams())
+		}
+		return nil
+	})
 }
 
 // printGroups prints the groups as a table for people.

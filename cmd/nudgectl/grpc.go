@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -125,26 +126,21 @@ func newProfileCmd(verb string, stdout, stderr io.Writer) *cobra.Command {
 
 // profileCmd: nudgectl profile get|delete USER
 func profileCmd(verb, user string, conn connFlags, asJSON bool, stdout, stderr io.Writer) int {
-	cl, err := conn.dial()
-	if err != nil {
-		return dialFailed(stderr, "nudgectl profile "+verb, err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
-	defer cancel()
-	c := nudgev1.NewProfileServiceClient(cl.Conn())
-	var resp proto.Message
-	if verb == "get" {
-		resp, err = c.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: user})
-	} else {
-		resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: user})
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "nudgectl profile %s: %s\n", verb, conn.Describe(err))
-		return 1
-	}
-	printProto(stdout, resp, asJSON)
-	return 0
+	return conn.call("nudgectl profile "+verb, stderr, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		c := nudgev1.NewProfileServiceClient(cc)
+		var resp proto.Message
+		var err error
+		if verb == "get" {
+			resp, err = c.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: user})
+		} else {
+			resp, err = c.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: user})
+		}
+		if err != nil {
+			return err
+		}
+		printProto(stdout, resp, asJSON)
+		return nil
+	})
 }
 
 // actionsTailOptions are the flags of nudgectl actions tail.

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
@@ -104,24 +105,18 @@ func actionsDead(conn connFlags, n int, asJSON bool, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "%s: -n %d: want 0 (all) or more\n", cmd, n)
 		return 2
 	}
-	cl, err := conn.dial()
-	if err != nil {
-		return dialFailed(stderr, cmd, err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *conn.timeout)
-	defer cancel()
-	dead, err := listDeadRPC(ctx, nudgev1.NewAdminServiceClient(cl.Conn()), n)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %s\n", cmd, conn.Describe(err))
-		return 1
-	}
-	if asJSON {
+	return conn.call(cmd, stderr, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		dead, err := listDeadRPC(ctx, nudgev1.NewAdminServiceClient(cc), n)
+		if err != nil {
+			return err
+		}
+		if !asJSON {
+			printDeadLetters(stdout, deadActionRows(dead))
+			return nil
+		}
 		for _, d := range dead {
 			fmt.Fprintln(stdout, deadActionJSON(d))
 		}
-		return 0
-	}
-	printDeadLetters(stdout, deadActionRows(dead))
-	return 0
+		return nil
+	})
 }
