@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,22 +24,9 @@ const nodeDynamicDir = "../examples/node-dynamic"
 // a real nudged on the embedded store: its event is applied, the web
 // decision is made on the profile holding it, and the profile reads back.
 func TestNodeDynamicClient(t *testing.T) {
-	requireNode(t)
-	dir, err := filepath.Abs(nodeDynamicDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-
-	// The example's engines field says node >= 20, as the storefront's.
-	v := strings.TrimSpace(runIn(t, ctx, dir, nil, "node", "--version"))
-	if major, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(v, "v"), ".", 2)[0]); err != nil || major < 20 {
-		t.Fatalf("node is %s; the Node dynamic client example needs node >= 20", v)
-	}
-	if !npmInstalled(dir) {
-		runIn(t, ctx, dir, nil, "npm", "ci", "--no-audit", "--no-fund")
-	}
+	dir := nodeExample(ctx, t, nodeDynamicDir)
 
 	n := startNudged(t, buildNudged(t))
 	user := "node-dyn-" + strings.ReplaceAll(t.Name(), "/", "-")

@@ -61,23 +61,9 @@ func npmInstalled(dir string) bool {
 // embedded store: three phone views, then the web decision is the welcome
 // banner and the SMS decision the phones coupon.
 func TestNodeStorefrontExample(t *testing.T) {
-	requireNode(t)
-	dir, err := filepath.Abs(nodeExampleDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-
-	// The pinned packages (connect-node, protoc-gen-es) need Node >= 20.
-	// Debian bookworm's own nodejs package is 18; the machine image has 20.
-	v := strings.TrimSpace(runIn(t, ctx, dir, nil, "node", "--version"))
-	if major, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(v, "v"), ".", 2)[0]); err != nil || major < 20 {
-		t.Fatalf("node is %s; the Node storefront example needs node >= 20 (Debian package nodejs from a release that ships 20, e.g. trixie, or the machine image's)", v)
-	}
-	if !npmInstalled(dir) {
-		runIn(t, ctx, dir, nil, "npm", "ci", "--no-audit", "--no-fund")
-	}
+	dir := nodeExample(ctx, t, nodeExampleDir)
 	// tsc type-checks the example against the committed stubs and compiles
 	// it to dist/.
 	runIn(t, ctx, dir, nil, "npm", "run", "--silent", "build")
@@ -150,4 +136,25 @@ func TestNodeStorefrontExample(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "unavailable") {
 		t.Errorf("storefront against a closed port: err %v, output %q; want a non-zero exit naming unavailable", err, b)
 	}
+}
+
+// nodeExample makes a Node example ready to run: node (>= 20, which its
+// pinned packages need; Debian bookworm's own nodejs is 18, the machine
+// image has 20) and npm present, its locked packages installed. It returns
+// the example's absolute directory.
+func nodeExample(ctx context.Context, t *testing.T, rel string) string {
+	t.Helper()
+	requireNode(t)
+	dir, err := filepath.Abs(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := strings.TrimSpace(runIn(t, ctx, dir, nil, "node", "--version"))
+	if major, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(v, "v"), ".", 2)[0]); err != nil || major < 20 {
+		t.Fatalf("node is %s; the Node examples need node >= 20 (Debian package nodejs from a release that ships 20, e.g. trixie, or the machine image's)", v)
+	}
+	if !npmInstalled(dir) {
+		runIn(t, ctx, dir, nil, "npm", "ci", "--no-audit", "--no-fund")
+	}
+	return dir
 }
