@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,13 +112,16 @@ func TestBreakerIgnoresBadKeys(t *testing.T) {
 	for c := range 60 {
 		s := profile.Series{Type: "view", Category: fmt.Sprintf("c%d", c)}
 		for m := last - 1439; m <= last; m++ {
-			s.Minutes = append(s.Minutes, profile.MinuteCount{Minute: m, Count: 1 + uint32(m%3)})
+			s.Minutes = append(s.Minutes, profile.Bucket{At: m, Count: 1 + uint32(m%3)})
 		}
 		huge.Series = append(huge.Series, s)
 	}
+	day := profile.SeenDay{Day: now.Unix() / 86400}
 	for i := range profile.DefaultLimits().DedupMax {
-		huge.Seen = append(huge.Seen, profile.SeenID{Hash: profile.HashEventID(fmt.Sprintf("h%d", i)), At: now.UnixMilli()})
+		day.Hashes = append(day.Hashes, profile.HashEventID(fmt.Sprintf("h%d", i)))
 	}
+	slices.Sort(day.Hashes)
+	huge.Seen = []profile.SeenDay{day}
 	raw := profile.Encode(huge)
 	if len(raw) < 150_000 {
 		t.Fatalf("the huge profile is %d bytes, want over 150 KB", len(raw))

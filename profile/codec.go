@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -19,15 +20,15 @@ const encodingV1 = 0x01
 const (
 	fVersion       = 1  // varint
 	fUpdatedAt     = 2  // sint64, Unix ms
-	fSeries        = 3  // message: 1 type, 2 category, 3 packed varints (minute delta, count)...
+	fSeries        = 3  // message (encodeSeries): 1 type, 2 category, 3-5 the tiers, 6-8 their values
 	fTotals        = 4  // message: 1 type, 2 count
 	fLastSeen      = 5  // message: 1 type, 2 sint64 Unix ms
 	fPurchaseCount = 6  // varint
 	fPurchaseValue = 7  // fixed64 double
 	fConsent       = 8  // message: 1 channel, 2 granted, 3 sint64 Unix ms
 	fAttributes    = 9  // message: 1 key, 2 value, 3 sint64 Unix ms
-	fSeenHashes    = 10 // packed fixed64
-	fSeenAt        = 11 // packed sint64, delta-encoded Unix ms
+	fSeenHashes    = 10 // before the tiers: packed fixed64, read only
+	fSeenAt        = 11 // before the tiers: packed sint64, delta-encoded Unix ms, read only
 	fFired         = 12 // message: 1 key, 2 sint64 Unix ms
 	fSends         = 13 // message per send, oldest first: 1 channel, 2 offer id, 3 sint64 Unix ms
 	fLastPurchases = 14 // message: 1 category, 2 sint64 Unix ms
@@ -35,6 +36,8 @@ const (
 	fTimers        = 16 // message per timer, by wake time (timer.go)
 	fExposures     = 17 // message per attribution window (measure.go)
 	fConversions   = 18 // message per kept conversion, by event time (measure.go)
+	fSeenDays      = 19 // message per day of remembered ids: 1 sint64 day, 2 packed fixed64 hashes, ascending
+	fTiers         = 20 // message: 1 sint64 minute from, 2 sint64 hour from, 3 sint64 dedup floor; its presence marks the tiered form
 )
 
 // Encode returns the stored form of p. Map entries are written in key order,
@@ -49,20 +52,23 @@ func Encode(p *Profile) []byte {
 	if !p.UpdatedAt.IsZero() {
 		b = appendSint(b, fUpdatedAt, p.UpdatedAt.UnixMilli())
 	}
-	var msg []byte
-	for _, s := range p.Series {
-		msg = appendString(msg[:0], 1, s.Type)
-		msg = appendString(msg, 2, s.Category)
-		var packed []byte
-		prev := int64(0)
-		for _, m := range s.Minutes {
-			packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(m.Minute-prev))
-			packed = protowire.AppendVarint(packed, uint64(m.Count))
-			prev = m.Minute
-		}
-		msg = protowire.AppendTag(msg, 3, protowire.BytesType)
-		msg = protowire.AppendBytes(msg, packed)
+	var msg, packed []byte
+	for i := range p.Series {
+		msg, packed = encodeSeries(msg[:0], packed, &p.Series[i])
 		b = appendMessage(b, fSeries, msg)
+	}
+	if len(p.Series) > 0 || len(p.Seen) > 0 || p.MinuteFrom != 0 || p.HourFrom != 0 || p.DedupFloor != 0 {
+		msg = msg[:0]
+		if p.MinuteFrom != 0 {
+			msg = appendSint(msg, 1, p.MinuteFrom)
+		}
+		if p.HourFrom != 0 {
+			msg = appendSint(msg, 2, p.HourFrom)
+		}
+		if p.DedupFloor != 0 {
+			msg = appendSint(msg, 3, p.DedupFloor)
+		}
+		b = appendMessage(b, fTiers, msg)
 	}
 	for _, k := range sortedKeys(p.Totals) {
 		msg = appendString(msg[:0], 1, k)
@@ -100,19 +106,14 @@ func Encode(p *Profile) []byte {
 		}
 		b = appendMessage(b, fAttributes, msg)
 	}
-	if len(p.Seen) > 0 {
-		msg = msg[:0]
-		for _, s := range p.Seen {
-			msg = protowire.AppendFixed64(msg, s.Hash)
+	for _, d := range p.Seen {
+		msg = appendSint(msg[:0], 1, d.Day)
+		msg = protowire.AppendTag(msg, 2, protowire.BytesType)
+		msg = protowire.AppendVarint(msg, uint64(8*len(d.Hashes)))
+		for _, h := range d.Hashes {
+			msg = protowire.AppendFixed64(msg, h)
 		}
-		b = appendMessage(b, fSeenHashes, msg)
-		msg = msg[:0]
-		prev := int64(0)
-		for _, s := range p.Seen {
-			msg = protowire.AppendVarint(msg, protowire.EncodeZigZag(s.At-prev))
-			prev = s.At
-		}
-		b = appendMessage(b, fSeenAt, msg)
+		b = appendMessage(b, fSeenDays, msg)
 	}
 	for _, k := range sortedKeys(p.Fired) {
 		msg = appendString(msg[:0], 1, k)
@@ -162,7 +163,9 @@ func Decode(b []byte) (*Profile, error) {
 		return nil, fmt.Errorf("%w: unknown encoding version %d", ErrCorrupt, b[0])
 	}
 	p := &Profile{}
+	var legacySeen []uint64
 	var seenAt []int64
+	tiered := false
 	err := eachField(b[1:], func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
 		switch {
 		case num == fVersion && typ == protowire.VarintType:
@@ -243,17 +246,42 @@ func Decode(b []byte) (*Profile, error) {
 			if len(v)%8 != 0 {
 				return fmt.Errorf("%w: seen ids: %d bytes", ErrCorrupt, len(v))
 			}
-			p.Seen = make([]SeenID, 0, len(v)/8)
+			legacySeen = make([]uint64, 0, len(v)/8)
 			for len(v) > 0 {
 				h, n := protowire.ConsumeFixed64(v)
-				p.Seen = append(p.Seen, SeenID{Hash: h})
+				legacySeen = append(legacySeen, h)
 				v = v[n:]
+			}
+		case num == fSeenDays && typ == protowire.BytesType:
+			d, err := decodeSeenDay(v)
+			if err != nil {
+				return err
+			}
+			p.Seen = append(p.Seen, d)
+		case num == fTiers && typ == protowire.BytesType:
+			tiered = true
+			err := eachField(v, func(num protowire.Number, typ protowire.Type, _ []byte, x uint64) error {
+				if typ != protowire.VarintType {
+					return nil
+				}
+				switch num {
+				case 1:
+					p.MinuteFrom = protowire.DecodeZigZag(x)
+				case 2:
+					p.HourFrom = protowire.DecodeZigZag(x)
+				case 3:
+					p.DedupFloor = protowire.DecodeZigZag(x)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 		case num == fSeenAt && typ == protowire.BytesType:
 			prev := int64(0)
 			if seenAt == nil {
-				// Encode writes the hashes first: size for them.
-				seenAt = make([]int64, 0, len(p.Seen))
+				// Encode wrote the hashes first: size for them.
+				seenAt = make([]int64, 0, len(legacySeen))
 			}
 			for len(v) > 0 {
 				d, n := protowire.ConsumeVarint(v)
@@ -348,11 +376,14 @@ func Decode(b []byte) (*Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(seenAt) != len(p.Seen) {
-		return nil, fmt.Errorf("%w: %d seen ids but %d times", ErrCorrupt, len(p.Seen), len(seenAt))
+	if len(seenAt) != len(legacySeen) {
+		return nil, fmt.Errorf("%w: %d seen ids but %d times", ErrCorrupt, len(legacySeen), len(seenAt))
 	}
-	for i := range p.Seen {
-		p.Seen[i].At = seenAt[i]
+	if !tiered {
+		upgrade(p, legacySeen, seenAt)
+	}
+	if !slices.IsSortedFunc(p.Seen, func(a, b SeenDay) int { return cmp.Compare(a.Day, b.Day) }) {
+		return nil, fmt.Errorf("%w: seen days out of order", ErrCorrupt)
 	}
 	// Sends and LastSent search from the newest: keep the order even if
 	// a writer did not (Encode writes them in order, so this is a no-op).
@@ -378,8 +409,43 @@ func compareSends(a, b Send) int { return a.At.Compare(b.At) }
 
 func compareWakes(a, b Timer) int { return a.Wake.Compare(b.Wake) }
 
+// Stored form of a series: a message of 1 type, 2 category, and per tier
+// (3 minutes, 4 hours, 5 days) packed varints (zigzag delta of At, count)
+// for each bucket; then, for a tier with a value other than 0, packed
+// doubles (6 minutes, 7 hours, 8 days), one per bucket.
+func encodeSeries(msg, packed []byte, s *Series) ([]byte, []byte) {
+	msg = appendString(msg, 1, s.Type)
+	msg = appendString(msg, 2, s.Category)
+	for t := TierMinute; t < numTiers; t++ {
+		bs := s.Buckets(t)
+		if len(bs) == 0 {
+			continue
+		}
+		packed = packed[:0]
+		prev := int64(0)
+		valued := false
+		for _, b := range bs {
+			packed = protowire.AppendVarint(packed, protowire.EncodeZigZag(b.At-prev))
+			packed = protowire.AppendVarint(packed, uint64(b.Count))
+			prev = b.At
+			valued = valued || b.Value != 0
+		}
+		msg = protowire.AppendTag(msg, protowire.Number(3+t), protowire.BytesType)
+		msg = protowire.AppendBytes(msg, packed)
+		if valued {
+			msg = protowire.AppendTag(msg, protowire.Number(6+t), protowire.BytesType)
+			msg = protowire.AppendVarint(msg, uint64(8*len(bs)))
+			for _, b := range bs {
+				msg = protowire.AppendFixed64(msg, math.Float64bits(b.Value))
+			}
+		}
+	}
+	return msg, packed
+}
+
 func decodeSeries(v []byte) (Series, error) {
 	var s Series
+	var values [numTiers][]float64
 	err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
 		if typ != protowire.BytesType {
 			return nil
@@ -389,17 +455,18 @@ func decodeSeries(v []byte) (Series, error) {
 			s.Type = string(v)
 		case 2:
 			s.Category = string(v)
-		case 3:
-			// Minutes are delta-encoded across every occurrence of the
+		case 3, 4, 5:
+			// Buckets are delta-encoded across every occurrence of the
 			// field, so a split packed field decodes the same.
+			bs := s.tier(Tier(num - 3))
 			prev := int64(0)
-			if len(s.Minutes) > 0 {
-				prev = s.Minutes[len(s.Minutes)-1].Minute
+			if len(*bs) > 0 {
+				prev = (*bs)[len(*bs)-1].At
 			}
 			for len(v) > 0 {
 				d, n := protowire.ConsumeVarint(v)
 				if n < 0 {
-					return fmt.Errorf("%w: series minutes: %w", ErrCorrupt, protowire.ParseError(n))
+					return fmt.Errorf("%w: series buckets: %w", ErrCorrupt, protowire.ParseError(n))
 				}
 				v = v[n:]
 				c, n := protowire.ConsumeVarint(v)
@@ -408,19 +475,84 @@ func decodeSeries(v []byte) (Series, error) {
 				}
 				v = v[n:]
 				m := prev + protowire.DecodeZigZag(d)
-				if len(s.Minutes) > 0 && m <= prev || c > math.MaxUint32 {
-					return fmt.Errorf("%w: series minutes out of order", ErrCorrupt)
+				if len(*bs) > 0 && m <= prev || c > math.MaxUint32 {
+					return fmt.Errorf("%w: series buckets out of order", ErrCorrupt)
 				}
-				s.Minutes = append(s.Minutes, MinuteCount{Minute: m, Count: uint32(c)})
+				*bs = append(*bs, Bucket{At: m, Count: uint32(c)})
 				prev = m
+			}
+		case 6, 7, 8:
+			if len(v)%8 != 0 {
+				return fmt.Errorf("%w: series values: %d bytes", ErrCorrupt, len(v))
+			}
+			t := num - 6
+			for len(v) > 0 {
+				x, n := protowire.ConsumeFixed64(v)
+				values[t] = append(values[t], math.Float64frombits(x))
+				v = v[n:]
 			}
 		}
 		return nil
 	})
-	if err == nil && len(s.Minutes) == 0 {
-		err = fmt.Errorf("%w: empty series", ErrCorrupt)
+	if err != nil {
+		return s, err
 	}
-	return s, err
+	if s.empty() {
+		return s, fmt.Errorf("%w: empty series", ErrCorrupt)
+	}
+	for t := TierMinute; t < numTiers; t++ {
+		if values[t] == nil {
+			continue
+		}
+		bs := s.Buckets(t)
+		if len(values[t]) != len(bs) {
+			return s, fmt.Errorf("%w: series: %d %s buckets but %d values", ErrCorrupt, len(bs), t, len(values[t]))
+		}
+		for i := range bs {
+			bs[i].Value = values[t][i]
+		}
+	}
+	return s, nil
+}
+
+func decodeSeenDay(v []byte) (SeenDay, error) {
+	var d SeenDay
+	err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			d.Day = protowire.DecodeZigZag(x)
+		case num == 2 && typ == protowire.BytesType:
+			if len(v)%8 != 0 {
+				return fmt.Errorf("%w: seen ids: %d bytes", ErrCorrupt, len(v))
+			}
+			d.Hashes = slices.Grow(d.Hashes, len(v)/8)
+			for len(v) > 0 {
+				h, n := protowire.ConsumeFixed64(v)
+				d.Hashes = append(d.Hashes, h)
+				v = v[n:]
+			}
+		}
+		return nil
+	})
+	if err == nil && !slices.IsSorted(d.Hashes) {
+		err = fmt.Errorf("%w: seen ids out of order", ErrCorrupt)
+	}
+	return d, err
+}
+
+// upgrade brings a profile stored before the tiers (issue 19) to the
+// tiered form: its minutes held every event it had accepted and kept, so
+// they fill the hour and day tiers too (MinuteFrom and HourFrom stay 0:
+// the minutes are complete); its event ids, remembered by processing
+// time, are kept under the day they were applied, no earlier than their
+// events' (so they are kept at least as long as needed).
+func upgrade(p *Profile, hashes []uint64, at []int64) {
+	for i := range p.Series {
+		p.Series[i].rollUp()
+	}
+	for i, h := range hashes {
+		p.seenDay(floorDiv(at[i], 86_400_000)).remember(h)
+	}
 }
 
 // decodePair decodes a message {1: string, 2: varint}.

@@ -81,10 +81,17 @@ func edgeProfile() *profile.Profile {
 		Version:   math.MaxUint64,
 		UpdatedAt: ms(-1), // before the epoch
 		Series: []profile.Series{
-			{Type: "", Category: "", Minutes: []profile.MinuteCount{{Minute: -5, Count: 1}, {Minute: 0, Count: math.MaxUint32}}},
-			{Type: "view", Category: "", Minutes: []profile.MinuteCount{{Minute: math.MinInt64, Count: 0}, {Minute: math.MaxInt64, Count: 2}}},
-			{Type: "view", Category: "日本語", Minutes: []profile.MinuteCount{{Minute: 1, Count: 2}, {Minute: 1 << 40, Count: 3}}},
+			{Type: "", Category: "", Minutes: []profile.Bucket{{At: -5, Count: 1}, {At: 0, Count: math.MaxUint32}}},
+			{Type: "purchase", Category: "tiers",
+				Minutes: []profile.Bucket{{At: 100, Count: 1, Value: 9.5}},
+				Hours:   []profile.Bucket{{At: -2, Count: 7}, {At: 1, Count: 1}},
+				Days:    []profile.Bucket{{At: 0, Count: 8, Value: -1e15}, {At: 3, Count: 1, Value: math.Inf(1)}}},
+			{Type: "view", Category: "", Minutes: []profile.Bucket{{At: math.MinInt64, Count: 0}, {At: math.MaxInt64, Count: 2}}},
+			{Type: "view", Category: "日本語", Minutes: []profile.Bucket{{At: 1, Count: 2}, {At: 1 << 40, Count: 3}}},
 		},
+		MinuteFrom: -7,
+		HourFrom:   math.MaxInt64,
+		DedupFloor: 20_000,
 		Totals:        map[string]uint64{"": 0, "view": math.MaxUint64, "ünïcode": 1},
 		LastSeen:      map[string]time.Time{"view": ms(1741608000123), "zero": {}, "far": ms(math.MaxInt64)},
 		PurchaseCount: 3,
@@ -95,8 +102,8 @@ func edgeProfile() *profile.Profile {
 			"":                  {},
 		},
 		Attributes: map[string]profile.Attribute{"tz": {}, "": {Value: "empty key", At: ms(-7)}},
-		Seen: []profile.SeenID{
-			{Hash: 0, At: 5}, {Hash: math.MaxUint64, At: -3}, {Hash: 42, At: math.MaxInt64}, {Hash: 43, At: math.MinInt64},
+		Seen: []profile.SeenDay{
+			{Day: math.MinInt64, Hashes: []uint64{0, 42}}, {Day: -3, Hashes: []uint64{43, math.MaxUint64}}, {Day: math.MaxInt64, Hashes: []uint64{7}},
 		},
 		Fired: map[string]time.Time{"cooldown": ms(1), "": ms(math.MinInt64)},
 		SendLog: []profile.Send{
@@ -162,7 +169,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"empty", &profile.Profile{}},
 		{"applied events", appliedProfile(t)},
 		{"edge values", edgeProfile()},
-		{"only seen ids", &profile.Profile{Seen: []profile.SeenID{{Hash: 1, At: 100}, {Hash: 2, At: 50}}}},
+		{"only seen ids", &profile.Profile{Seen: []profile.SeenDay{{Day: 50, Hashes: []uint64{2}}, {Day: 100, Hashes: []uint64{1, 3}}}}},
 		{"NaN purchase value", &profile.Profile{PurchaseValue: math.NaN()}},
 		{"infinite purchase value", &profile.Profile{PurchaseValue: math.Inf(-1)}},
 		{"only sends", &profile.Profile{SendLog: []profile.Send{{Channel: "sms", At: ms(5)}, {OfferID: "o", At: ms(6)}}}},
@@ -413,7 +420,7 @@ func TestDecodeSplitPackedMinutes(t *testing.T) {
 			}
 			ms := p.Series[0].Minutes
 			for i := 1; i < len(ms); i++ {
-				if ms[i-1].Minute >= ms[i].Minute {
+				if ms[i-1].At >= ms[i].At {
 					t.Fatalf("Decode accepted minutes out of order: %+v", ms)
 				}
 			}
@@ -503,7 +510,11 @@ func TestDecodeSkipsUnknownFields(t *testing.T) {
 		)
 		want := &profile.Profile{
 			Version:    3,
-			Series:     []profile.Series{{Type: "view", Category: "a", Minutes: []profile.MinuteCount{{Minute: 100, Count: 2}, {Minute: 101, Count: 1}}}},
+			// Stored before the tiers: the minutes fill the hours and days.
+			Series: []profile.Series{{Type: "view", Category: "a",
+				Minutes: []profile.Bucket{{At: 100, Count: 2}, {At: 101, Count: 1}},
+				Hours:   []profile.Bucket{{At: 1, Count: 3}},
+				Days:    []profile.Bucket{{At: 0, Count: 3}}}},
 			Totals:     map[string]uint64{"view": 3},
 			LastSeen:   map[string]time.Time{"view": ms(6060000)},
 			Consent:    map[string]profile.ConsentState{"sms": {Granted: true, At: ms(-2000)}},
@@ -581,12 +592,15 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 		for i, s := range p.Series {
-			if len(s.Minutes) == 0 {
-				t.Fatalf("series %d has no minutes", i)
+			if len(s.Minutes)+len(s.Hours)+len(s.Days) == 0 {
+				t.Fatalf("series %d has no buckets", i)
 			}
-			for j := 1; j < len(s.Minutes); j++ {
-				if s.Minutes[j-1].Minute >= s.Minutes[j].Minute {
-					t.Fatalf("series %d: minutes not strictly ascending: %+v", i, s.Minutes)
+			for tier := profile.TierMinute; tier <= profile.TierDay; tier++ {
+				bs := s.Buckets(tier)
+				for j := 1; j < len(bs); j++ {
+					if bs[j-1].At >= bs[j].At {
+						t.Fatalf("series %d: %s buckets not strictly ascending: %+v", i, tier, bs)
+					}
 				}
 			}
 		}
@@ -604,8 +618,8 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// benchProfile is a typical profile: 10 series of 30 minutes, 500 seen ids,
-// a few totals, consent and cooldown marks.
+// benchProfile is a typical profile: 10 series of 30 minutes (and their
+// hours and day), 500 seen ids, a few totals, consent and cooldown marks.
 func benchProfile() *profile.Profile {
 	base := t0.Unix() / 60
 	p := &profile.Profile{
@@ -622,18 +636,25 @@ func benchProfile() *profile.Profile {
 	for i := range 10 {
 		s := profile.Series{Type: fmt.Sprintf("type-%d", i/3), Category: fmt.Sprintf("category-%d", i)}
 		for m := range 30 {
-			s.Minutes = append(s.Minutes, profile.MinuteCount{Minute: base - 60 + int64(2*m), Count: uint32(1 + m%4)})
+			at := base - 60 + int64(2*m)
+			n := uint32(1 + m%4)
+			s.Minutes = append(s.Minutes, profile.Bucket{At: at, Count: n})
+			if h := at / 60; len(s.Hours) == 0 || s.Hours[len(s.Hours)-1].At != h {
+				s.Hours = append(s.Hours, profile.Bucket{At: h})
+			}
+			s.Hours[len(s.Hours)-1].Count += n
 		}
+		s.Days = []profile.Bucket{{At: base / 1440, Count: 60}}
 		p.Series = append(p.Series, s)
 		p.Totals[s.Type] += 60
 		p.LastSeen[s.Type] = t0
 	}
+	day := profile.SeenDay{Day: base / 1440}
 	for i := range 500 {
-		p.Seen = append(p.Seen, profile.SeenID{
-			Hash: profile.HashEventID(fmt.Sprintf("event-%d", i)),
-			At:   t0.Add(time.Duration(i) * 150 * time.Millisecond).UnixMilli(),
-		})
+		day.Hashes = append(day.Hashes, profile.HashEventID(fmt.Sprintf("event-%d", i)))
 	}
+	slices.Sort(day.Hashes)
+	p.Seen = []profile.SeenDay{day}
 	return p
 }
 

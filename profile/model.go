@@ -1,10 +1,9 @@
 package profile
 
 import (
-	"hash/fnv"
-	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -58,6 +57,9 @@ type Result struct {
 const (
 	RejectTooOld = "too_old"
 	RejectTooNew = "too_new"
+	// RejectDedupHorizon: the profile could not deduplicate the event
+	// (dedup.go).
+	RejectDedupHorizon = "dedup_horizon"
 )
 
 // Event types with a meaning of their own in the model. Every other type is
@@ -87,18 +89,32 @@ var rememberedAttributes = [...]string{"tz"}
 // Limits bound what a profile remembers. The zero value of a field means its
 // default. The yaml names are the keys of nudged's profile settings.
 type Limits struct {
-	// Retention is how far back event-time counts are kept, and so the
-	// longest window a rule can ask for. Events older than now-Retention are
-	// rejected. Default 24h (plus one minute so a 24h window is complete).
+	// Retention is how far back events are accepted, counted (per day)
+	// and deduplicated, and so the longest window a rule can ask for.
+	// Events older than now-Retention are rejected. Default 90 days
+	// (2160h).
 	Retention time.Duration `yaml:"retention"`
+	// MinuteSpan is how long events are counted per minute. Default 25h:
+	// a window of up to 24 hours is read per minute even when judged at
+	// the time of an event that arrives up to an hour late. It is at most
+	// HourSpan (WithDefaults cuts it).
+	MinuteSpan time.Duration `yaml:"minute_span"`
+	// HourSpan is how long events are counted per hour. Default 8 days
+	// (192h): 7-day windows per hour, with a day of margin likewise. It
+	// is at most Retention (WithDefaults cuts it).
+	HourSpan time.Duration `yaml:"hour_span"`
 	// MaxFuture is how far ahead of the server clock an event may be.
 	// Default 5m.
 	MaxFuture time.Duration `yaml:"max_future"`
-	// DedupWindow is how long (processing time) an event id is remembered.
-	// Default 24h.
+	// DedupWindow is ignored: event ids are remembered as long as their
+	// events can be accepted (Retention). The key is still read so that
+	// older configuration files load.
+	//
+	// Deprecated: ids are kept for the retention (dedup.go).
 	DedupWindow time.Duration `yaml:"dedup_window"`
-	// DedupMax is the most event ids remembered per user; the oldest are
-	// forgotten first. Default 2048.
+	// DedupMax is the most event ids remembered per user; past it the
+	// oldest days of ids are forgotten and their events rejected from
+	// then on (see dedup.go). Default 4096.
 	DedupMax int `yaml:"dedup_max"`
 	// MaxSeries is the most (type, category) series kept per user; the
 	// series whose latest event (by event time) is oldest is dropped first.
@@ -137,14 +153,15 @@ type Limits struct {
 }
 
 // DefaultLimits returns the limits a profile is kept under when told
-// nothing: the documented dedup horizon (24 h, 2048 ids) and retention
-// (24 h + 1 min).
+// nothing: events accepted, counted and deduplicated for 90 days, per
+// minute for 25 hours and per hour for 8 days, at most 4,096 event ids.
 func DefaultLimits() Limits {
 	return Limits{
-		Retention:             24*time.Hour + time.Minute,
+		Retention:             90 * 24 * time.Hour,
+		MinuteSpan:            25 * time.Hour,
+		HourSpan:              8 * 24 * time.Hour,
 		MaxFuture:             5 * time.Minute,
-		DedupWindow:           24 * time.Hour,
-		DedupMax:              2048,
+		DedupMax:              4096,
 		MaxSeries:             256,
 		FiredRetention:        30 * 24 * time.Hour,
 		MaxFired:              256,
@@ -158,12 +175,16 @@ func DefaultLimits() Limits {
 }
 
 // WithDefaults returns l with every zero (or negative) field set to its
-// default (DefaultLimits).
+// default (DefaultLimits), and the spans cut so that MinuteSpan <=
+// HourSpan <= Retention.
 func (l Limits) WithDefaults() Limits {
 	d := DefaultLimits()
 	orDefault(&l.Retention, d.Retention)
+	orDefault(&l.MinuteSpan, d.MinuteSpan)
+	orDefault(&l.HourSpan, d.HourSpan)
+	l.HourSpan = min(l.HourSpan, l.Retention)
+	l.MinuteSpan = min(l.MinuteSpan, l.HourSpan)
 	orDefault(&l.MaxFuture, d.MaxFuture)
-	orDefault(&l.DedupWindow, d.DedupWindow)
 	orDefault(&l.DedupMax, d.DedupMax)
 	orDefault(&l.MaxSeries, d.MaxSeries)
 	orDefault(&l.FiredRetention, d.FiredRetention)
@@ -191,8 +212,13 @@ type Profile struct {
 	Version uint64
 	// UpdatedAt is the processing time of the last change.
 	UpdatedAt time.Time
-	// Series holds event-time counts per (type, category), sorted by key.
+	// Series holds event-time counts per (type, category), sorted by key
+	// (tiers.go).
 	Series []Series
+	// MinuteFrom and HourFrom are the first Unix minute and hour from
+	// which the minute and hour tiers hold every event applied (tiers.go);
+	// before them a window is read from a coarser tier.
+	MinuteFrom, HourFrom int64
 	// Totals are all-time counts per event type.
 	Totals map[string]uint64
 	// LastSeen is the latest event time per event type.
@@ -205,8 +231,13 @@ type Profile struct {
 	Consent map[string]ConsentState
 	// Attributes remembered from events (see rememberedAttributes).
 	Attributes map[string]Attribute
-	// Seen are the hashes of remembered event ids, oldest first.
-	Seen []SeenID
+	// Seen are the hashes of the ids of the events applied, by UTC day of
+	// event time, oldest first (dedup.go).
+	Seen []SeenDay
+	// DedupFloor is the first UTC day (days since the Unix epoch) whose
+	// events the profile accepts: it forgot the ids of earlier days to
+	// stay within Limits.DedupMax. 0: no floor.
+	DedupFloor int64
 	// Fired is the event time at which each trigger cooldown key last fired.
 	Fired map[string]time.Time
 	// SendLog records the applied message_sent events, sorted by event
@@ -243,19 +274,15 @@ type Send struct {
 	At time.Time
 }
 
-// Series counts the events of one (type, category) per minute of event time.
+// Series counts the events of one (type, category) per bucket of event
+// time, in three tiers (tiers.go). Each tier is sorted by At, ascending,
+// without duplicates.
 type Series struct {
 	Type     string
 	Category string
-	// Minutes is sorted by Minute, ascending, without duplicates.
-	Minutes []MinuteCount
-}
-
-// MinuteCount is the number of events in one minute of event time.
-type MinuteCount struct {
-	// Minute is the Unix time in minutes.
-	Minute int64
-	Count  uint32
+	Minutes  []Bucket
+	Hours    []Bucket
+	Days     []Bucket
 }
 
 // Attribute is a remembered event attribute: the value of the latest event
@@ -272,61 +299,15 @@ type ConsentState struct {
 	At time.Time
 }
 
-// SeenID remembers one applied event id.
-type SeenID struct {
-	// Hash is the 64-bit FNV-1a hash of the event id.
-	Hash uint64
-	// At is the processing time, in Unix milliseconds.
-	At int64
-}
-
-// HashEventID is the hash under which an event id is remembered. With 64
-// bits and at most a few thousand ids per user, a false duplicate is
-// astronomically unlikely (about 1 in 10^13 per user at the default limit).
-func HashEventID(id string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(id))
-	return h.Sum64()
-}
-
-func unixMinute(t time.Time) int64 {
-	return int64(math.Floor(float64(t.Unix()) / 60))
-}
-
-// HasSeen reports whether the event id is remembered.
-func (p *Profile) HasSeen(eventID string) bool {
-	h := HashEventID(eventID)
-	for i := range p.Seen {
-		if p.Seen[i].Hash == h {
-			return true
-		}
-	}
-	return false
-}
-
 // Count returns the number of events of the given type and category whose
-// event time falls in the window ending at now: every minute from the one
-// containing now-window to the one containing now, so at most one minute
-// more than the window. An empty category counts all categories.
+// event time falls in the window ending at now, read from the finest tier
+// that holds the whole window (tiers.go): every bucket from the one
+// containing now-window to the one containing now, so at most one bucket
+// (a minute, an hour or a day) more than the window. An empty category
+// counts all categories.
 func (p *Profile) Count(typ, category string, window time.Duration, now time.Time) int64 {
-	from, to := unixMinute(now.Add(-window)), unixMinute(now)
 	var n int64
-	for i := range p.Series {
-		s := &p.Series[i]
-		if s.Type != typ || (category != "" && s.Category != category) {
-			continue
-		}
-		for j := len(s.Minutes) - 1; j >= 0; j-- {
-			m := s.Minutes[j]
-			if m.Minute > to {
-				continue
-			}
-			if m.Minute < from {
-				break
-			}
-			n += int64(m.Count)
-		}
-	}
+	p.window(typ, category, window, now, func(_ *Series, b *Bucket) { n += int64(b.Count) })
 	return n
 }
 
@@ -426,7 +407,7 @@ func (l Limits) Check(e *Event, now time.Time) (Result, bool) {
 	switch {
 	case e.OccurredAt.Before(now.Add(-l.Retention)):
 		return Result{Status: Rejected, Code: RejectTooOld, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
-			" is older than the retention of " + l.Retention.String()}, false
+			" is older than the retention of " + FormatDuration(l.Retention)}, false
 	case e.OccurredAt.After(now.Add(l.MaxFuture)):
 		return Result{Status: Rejected, Code: RejectTooNew, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
 			" is more than " + l.MaxFuture.String() + " in the future"}, false
@@ -441,11 +422,22 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 	if r, ok := l.Check(e, now); !ok {
 		return r
 	}
+	day := unixDay(e.OccurredAt)
+	if day < p.DedupFloor {
+		return Result{Status: Rejected, Code: RejectDedupHorizon, Reason: "occurred_at " + e.OccurredAt.UTC().Format(time.RFC3339) +
+			" is before this profile's deduplication horizon " + time.Unix(p.DedupFloor*86400, 0).UTC().Format(time.DateOnly) +
+			": it remembers at most " + strconv.Itoa(l.DedupMax) + " event ids (profile.dedup_max) and forgot older days', so it could not tell a re-sent event"}
+	}
 	if p.HasSeen(e.ID) {
 		return Result{Status: Duplicate}
 	}
-	p.Seen = append(p.Seen, SeenID{Hash: HashEventID(e.ID), At: now.UnixMilli()})
-	p.addCount(e.Type, e.Category, unixMinute(e.OccurredAt))
+	if p.dayFull(day, l.DedupMax) {
+		return Result{Status: Rejected, Code: RejectDedupHorizon, Reason: "the profile already remembers " + strconv.Itoa(l.DedupMax) +
+			" event ids of " + e.OccurredAt.UTC().Format(time.DateOnly) + " (profile.dedup_max): more could not be deduplicated"}
+	}
+	p.seenDay(day).remember(HashEventID(e.ID))
+	p.advanceTiers(now, l)
+	p.addCount(e.Type, e.Category, e.OccurredAt, e.Value)
 	if p.Totals == nil {
 		p.Totals = make(map[string]uint64)
 	}
@@ -506,90 +498,14 @@ func (p *Profile) addSend(s Send) {
 	p.SendLog = slices.Insert(p.SendLog, j, s)
 }
 
-func (p *Profile) addCount(typ, category string, minute int64) {
-	i := sort.Search(len(p.Series), func(i int) bool {
-		s := &p.Series[i]
-		return s.Type > typ || (s.Type == typ && s.Category >= category)
-	})
-	if i == len(p.Series) || p.Series[i].Type != typ || p.Series[i].Category != category {
-		p.Series = append(p.Series, Series{})
-		copy(p.Series[i+1:], p.Series[i:])
-		p.Series[i] = Series{Type: typ, Category: category}
-	}
-	s := &p.Series[i]
-	// Events mostly arrive in order: search from the end.
-	j := len(s.Minutes)
-	for j > 0 && s.Minutes[j-1].Minute > minute {
-		j--
-	}
-	if j > 0 && s.Minutes[j-1].Minute == minute {
-		if s.Minutes[j-1].Count < math.MaxUint32 {
-			s.Minutes[j-1].Count++
-		}
-		return
-	}
-	s.Minutes = append(s.Minutes, MinuteCount{})
-	copy(s.Minutes[j+1:], s.Minutes[j:])
-	s.Minutes[j] = MinuteCount{Minute: minute, Count: 1}
-}
-
 // Compact forgets what the limits no longer require at processing time now:
-// minutes older than the retention, event ids past the dedup horizon,
+// buckets past their tiers' spans, event ids of days no longer accepted,
 // expired cooldown marks, sends and purchase times, and the least recently
 // used series, marks, sends and purchase categories beyond their caps.
 func (p *Profile) Compact(now time.Time, l Limits) {
-	oldest := unixMinute(now.Add(-l.Retention))
-	kept := p.Series[:0]
-	for _, s := range p.Series {
-		k := 0
-		for k < len(s.Minutes) && s.Minutes[k].Minute < oldest {
-			k++
-		}
-		if k == len(s.Minutes) {
-			continue
-		}
-		s.Minutes = s.Minutes[k:]
-		kept = append(kept, s)
-	}
-	clear(p.Series[len(kept):])
-	p.Series = kept
-	if len(p.Series) > l.MaxSeries {
-		latest := make([]int64, len(p.Series))
-		for i, s := range p.Series {
-			latest[i] = s.Minutes[len(s.Minutes)-1].Minute
-		}
-		order := make([]int, len(p.Series))
-		for i := range order {
-			order[i] = i
-		}
-		sort.SliceStable(order, func(a, b int) bool { return latest[order[a]] > latest[order[b]] })
-		drop := make([]bool, len(p.Series))
-		for _, i := range order[l.MaxSeries:] {
-			drop[i] = true
-		}
-		kept := p.Series[:0]
-		for i, s := range p.Series {
-			if !drop[i] {
-				kept = append(kept, s)
-			}
-		}
-		p.Series = kept
-	}
-
-	horizon := now.Add(-l.DedupWindow).UnixMilli()
-	k := 0
-	for k < len(p.Seen) && p.Seen[k].At < horizon {
-		k++
-	}
-	if n := len(p.Seen) - k; n > l.DedupMax {
-		k += n - l.DedupMax
-	}
-	if k > 0 {
-		p.Seen = append(p.Seen[:0], p.Seen[k:]...)
-	}
-
+	p.compactSeries(now, l)
+	p.compactSeen(now, l)
 	compactTimes(p.Fired, now.Add(-l.FiredRetention), l.MaxFired)
-
 	p.compactSends(now, l)
 	p.compactPurchases(now, l)
 	p.compactReservations(now)
@@ -657,4 +573,14 @@ const MaxValueTotal = 1e15
 // saturate clamps v to ±MaxValueTotal.
 func saturate(v float64) float64 {
 	return max(-MaxValueTotal, min(v, MaxValueTotal))
+}
+
+// FormatDuration writes d in days when it is a whole number of days
+// ("90d"), else as time.Duration does ("24h1m0s").
+func FormatDuration(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d > 0 && d%day == 0 {
+		return strconv.FormatInt(int64(d/day), 10) + "d"
+	}
+	return d.String()
 }

@@ -57,10 +57,11 @@ func TestStatusString(t *testing.T) {
 
 func TestLimitsWithDefaults(t *testing.T) {
 	want := profile.Limits{
-		Retention:      24*time.Hour + time.Minute,
+		Retention:      90 * 24 * time.Hour,
+		MinuteSpan:     25 * time.Hour,
+		HourSpan:       8 * 24 * time.Hour,
 		MaxFuture:      5 * time.Minute,
-		DedupWindow:    24 * time.Hour,
-		DedupMax:       2048,
+		DedupMax:       4096,
 		MaxSeries:      256,
 		FiredRetention: 30 * 24 * time.Hour,
 		MaxFired:       256,
@@ -74,6 +75,8 @@ func TestLimitsWithDefaults(t *testing.T) {
 	}
 	custom := profile.Limits{
 		Retention:      time.Hour,
+		MinuteSpan:     time.Minute,
+		HourSpan:       time.Hour,
 		MaxFuture:      time.Second,
 		DedupWindow:    2 * time.Hour,
 		DedupMax:       10,
@@ -95,15 +98,25 @@ func TestLimitsWithDefaults(t *testing.T) {
 	}{
 		{"zero value gets every default", profile.Limits{}, want},
 		{"negative values get defaults", profile.Limits{
-			Retention: -1, MaxFuture: -1, DedupWindow: -1, DedupMax: -1,
+			Retention: -1, MinuteSpan: -1, HourSpan: -1, MaxFuture: -1, DedupMax: -1,
 			MaxSeries: -1, FiredRetention: -1, MaxFired: -1,
 			SendRetention: -1, MaxSends: -1, MaxPurchaseCategories: -1, MaxTimers: -1,
 			MaxExposures: -1, MaxConversions: -1,
 		}, want},
 		{"set values are kept", custom, custom},
-		{"only zero fields are filled", profile.Limits{Retention: time.Hour, MaxFired: 1}, func() profile.Limits {
+		{"only zero fields are filled, spans cut to the retention", profile.Limits{Retention: time.Hour, MaxFired: 1}, func() profile.Limits {
 			l := want
-			l.Retention, l.MaxFired = time.Hour, 1
+			l.Retention, l.MinuteSpan, l.HourSpan, l.MaxFired = time.Hour, time.Hour, time.Hour, 1
+			return l
+		}()},
+		{"minute span cut to the hour span", profile.Limits{MinuteSpan: 48 * time.Hour, HourSpan: 36 * time.Hour}, func() profile.Limits {
+			l := want
+			l.MinuteSpan, l.HourSpan = 36*time.Hour, 36*time.Hour
+			return l
+		}()},
+		{"the deprecated dedup window is kept as given", profile.Limits{DedupWindow: time.Hour}, func() profile.Limits {
+			l := want
+			l.DedupWindow = time.Hour
 			return l
 		}()},
 		{"idempotent", want, want},
@@ -225,7 +238,7 @@ func TestCountOutOfOrderEvents(t *testing.T) {
 			}
 			ms := p.Series[0].Minutes
 			for i := 1; i < len(ms); i++ {
-				if ms[i-1].Minute >= ms[i].Minute {
+				if ms[i-1].At >= ms[i].At {
 					t.Fatalf("minutes not strictly ascending at %d: %+v", i, ms)
 				}
 			}
@@ -274,8 +287,8 @@ func TestCheck(t *testing.T) {
 		{"now", defaults, now, true, nil},
 		{"exactly at the retention", defaults, now.Add(-defaults.Retention), true, nil},
 		{"just older than the retention", defaults, now.Add(-defaults.Retention - time.Millisecond), false,
-			[]string{"older than the retention", "24h1m0s", "2025-03-09T11:58:59Z"}},
-		{"zero time", defaults, time.Time{}, false, []string{"older than the retention of 24h1m0s"}},
+			[]string{"older than the retention", "90d", "2024-12-10T11:59:59Z"}},
+		{"zero time", defaults, time.Time{}, false, []string{"older than the retention of 90d"}},
 		{"exactly at max future", defaults, now.Add(defaults.MaxFuture), true, nil},
 		{"just past max future", defaults, now.Add(defaults.MaxFuture + time.Millisecond), false,
 			[]string{"5m0s in the future", "2025-03-10T12:05:00Z"}},
@@ -375,8 +388,8 @@ func TestApplyEventTotalsAndLastSeen(t *testing.T) {
 	if _, ok := p.LastSeenAt("nope"); ok {
 		t.Error("LastSeenAt(nope) found a time")
 	}
-	// Totals are all-time: compaction of the minutes does not lower them.
-	p.Compact(t0.Add(48*time.Hour), defaults)
+	// Totals are all-time: compaction of the counts does not lower them.
+	p.Compact(t0.Add(defaults.Retention+48*time.Hour), defaults)
 	if got := p.Total("view"); got != 2 {
 		t.Errorf("after compaction Total(view) = %d, want 2", got)
 	}
@@ -535,7 +548,7 @@ func TestLastPurchase(t *testing.T) {
 
 func TestCompactSendsAndPurchases(t *testing.T) {
 	t.Run("send retention is independent of the count retention", func(t *testing.T) {
-		l := profile.Limits{SendRetention: 7 * 24 * time.Hour}.WithDefaults()
+		l := profile.Limits{SendRetention: 7 * 24 * time.Hour, Retention: 24 * time.Hour}.WithDefaults()
 		var p profile.Profile
 		mustApply(t, &p, t0, l,
 			sent("old", "push", "a", t0.Add(-20*time.Hour)),
@@ -766,74 +779,115 @@ func TestMarkFired(t *testing.T) {
 }
 
 func TestCompact(t *testing.T) {
-	t.Run("retention drops old minutes and empty series", func(t *testing.T) {
-		l := profile.Limits{Retention: time.Hour}.WithDefaults()
+	t.Run("tiers drop buckets past their spans, then empty series", func(t *testing.T) {
+		l := profile.Limits{Retention: 3 * time.Hour, HourSpan: 2 * time.Hour, MinuteSpan: 30 * time.Minute}.WithDefaults()
 		var p profile.Profile
 		mustApply(t, &p, t0, l,
-			ev("1", "view", "a", t0.Add(-50*time.Minute)),
-			ev("2", "view", "a", t0.Add(-10*time.Minute)),
-			ev("3", "view", "b", t0.Add(-10*time.Minute)),
-			ev("4", "view", "c", t0.Add(-50*time.Minute)),
-			ev("5", "view", "c", t0.Add(-40*time.Minute)),
+			ev("1", "view", "a", t0.Add(-10*time.Minute)),  // 11:50: every tier
+			ev("2", "view", "a", t0.Add(-50*time.Minute)),  // 11:10: before the minute span
+			ev("3", "view", "b", t0.Add(-150*time.Minute)), // 09:30: before the hour span too
 		)
-		// At t0+20m the oldest kept minute is t0-40m: 11:10 goes, 11:20 stays.
-		p.Compact(t0.Add(20*time.Minute), l)
+		p.Compact(t0, l)
+		minute, hour, day := t0.Unix()/60, t0.Unix()/3600, t0.Unix()/86400
 		want := []profile.Series{
-			{Type: "view", Category: "a", Minutes: []profile.MinuteCount{{Minute: t0.Add(-10*time.Minute).Unix() / 60, Count: 1}}},
-			{Type: "view", Category: "b", Minutes: []profile.MinuteCount{{Minute: t0.Add(-10*time.Minute).Unix() / 60, Count: 1}}},
-			{Type: "view", Category: "c", Minutes: []profile.MinuteCount{{Minute: t0.Add(-40*time.Minute).Unix() / 60, Count: 1}}},
+			{Type: "view", Category: "a",
+				Minutes: []profile.Bucket{{At: minute - 10, Count: 1}},
+				Hours:   []profile.Bucket{{At: hour - 1, Count: 2}},
+				Days:    []profile.Bucket{{At: day, Count: 2}}},
+			{Type: "view", Category: "b", Days: []profile.Bucket{{At: day, Count: 1}}},
 		}
 		if !reflect.DeepEqual(p.Series, want) {
 			t.Errorf("series = %+v\nwant %+v", p.Series, want)
 		}
-		p.Compact(t0.Add(55*time.Minute), l)
+		for _, c := range []struct {
+			cat    string
+			window time.Duration
+			want   int64
+			tier   profile.Tier
+		}{
+			{"a", 20 * time.Minute, 1, profile.TierMinute},
+			{"a", time.Hour, 2, profile.TierHour},   // from 11:00, before the minutes
+			{"b", 3 * time.Hour, 1, profile.TierDay}, // from 09:00, before the hours
+			{"", 150 * time.Minute, 3, profile.TierDay},
+		} {
+			if got := p.Count("view", c.cat, c.window, t0); got != c.want {
+				t.Errorf("Count(view, %q, %v) = %d, want %d", c.cat, c.window, got, c.want)
+			}
+			if got := p.TierFor(c.window, t0); got != c.tier {
+				t.Errorf("TierFor(%v) = %v, want %v", c.window, got, c.tier)
+			}
+		}
+		p.Compact(t0.Add(36*time.Hour), l)
 		if len(p.Series) != 0 {
-			t.Errorf("series = %+v, want none once every minute is past the retention", p.Series)
+			t.Errorf("series = %+v, want none once every bucket is past the retention", p.Series)
 		}
-		if p.Total("view") != 5 {
-			t.Errorf("Total(view) = %d, want 5 (totals are all-time)", p.Total("view"))
+		if p.Total("view") != 3 {
+			t.Errorf("Total(view) = %d, want 3 (totals are all-time)", p.Total("view"))
 		}
 	})
 
-	t.Run("DedupMax keeps the newest ids", func(t *testing.T) {
+	t.Run("DedupMax forgets the oldest days and then refuses their events", func(t *testing.T) {
 		l := profile.Limits{DedupMax: 4}.WithDefaults()
+		const day = 24 * time.Hour
 		var p profile.Profile
-		for i := range 10 {
-			mustApply(t, &p, t0.Add(time.Duration(i)*time.Second), l, ev(fmt.Sprint(i), "view", "", t0))
+		mustApply(t, &p, t0, l,
+			ev("a1", "view", "", t0.Add(-2*day)), ev("a2", "view", "", t0.Add(-2*day)),
+			ev("b1", "view", "", t0.Add(-day)), ev("b2", "view", "", t0.Add(-day)),
+			ev("c1", "view", "", t0), ev("c2", "view", "", t0),
+		)
+		p.Compact(t0, l)
+		if n := p.RememberedIDs(); n != 4 {
+			t.Fatalf("%d ids remembered, want 4", n)
 		}
-		p.Compact(t0.Add(10*time.Second), l)
-		if len(p.Seen) != 4 {
-			t.Fatalf("%d seen ids, want 4", len(p.Seen))
-		}
-		for i := range 10 {
-			if got, want := p.HasSeen(fmt.Sprint(i)), i >= 6; got != want {
-				t.Errorf("HasSeen(%d) = %v, want %v", i, got, want)
+		for _, id := range []string{"a1", "a2"} {
+			if p.HasSeen(id) {
+				t.Errorf("HasSeen(%s) = true after its day was forgotten", id)
 			}
 		}
-		for i := 1; i < len(p.Seen); i++ {
-			if p.Seen[i-1].At > p.Seen[i].At {
-				t.Errorf("seen ids not oldest first: %+v", p.Seen)
+		// Neither a re-sent event nor a new one of a forgotten day is
+		// applied: the profile can no longer tell them apart.
+		for _, id := range []string{"a1", "a9"} {
+			e := ev(id, "view", "", t0.Add(-2*day))
+			if r := p.ApplyEvent(&e, t0, l); r.Status != profile.Rejected || r.Code != profile.RejectDedupHorizon || !strings.Contains(r.Reason, "deduplication horizon") {
+				t.Errorf("ApplyEvent(%s of a forgotten day) = %v %s %q, want rejected at the dedup horizon", id, r.Status, r.Code, r.Reason)
 			}
+		}
+		// A day holding DedupMax ids takes no more.
+		mustApply(t, &p, t0, l, ev("c3", "view", "", t0), ev("c4", "view", "", t0))
+		e := ev("c5", "view", "", t0)
+		if r := p.ApplyEvent(&e, t0, l); r.Status != profile.Rejected || r.Code != profile.RejectDedupHorizon {
+			t.Errorf("ApplyEvent(fifth id of a day) = %v %s %q, want rejected", r.Status, r.Code, r.Reason)
+		}
+		if e := ev("c1", "view", "", t0); p.ApplyEvent(&e, t0, l).Status != profile.Duplicate {
+			t.Errorf("a re-sent event of a full day is not a duplicate")
+		}
+		p.Compact(t0, l)
+		if n := p.RememberedIDs(); n != 4 || p.HasSeen("b1") {
+			t.Errorf("after the full day: %d ids, HasSeen(b1) = %v; want 4 and false", n, p.HasSeen("b1"))
 		}
 	})
 
-	t.Run("DedupWindow forgets ids by processing time", func(t *testing.T) {
+	t.Run("an id is remembered as long as its event can be accepted", func(t *testing.T) {
+		l := defaults
 		var p profile.Profile
-		// Processing times t0, t0+1h, t0+2h; all with the same event time.
-		for i := range 3 {
-			mustApply(t, &p, t0.Add(time.Duration(i)*time.Hour), defaults, ev(fmt.Sprint(i), "view", "", t0))
-		}
-		l := profile.Limits{DedupWindow: 90 * time.Minute}.WithDefaults()
-		// Horizon t0+1h exactly: the id processed at t0+1h is kept.
-		p.Compact(t0.Add(150*time.Minute), l)
-		for i, want := range []bool{false, true, true} {
-			if got := p.HasSeen(fmt.Sprint(i)); got != want {
-				t.Errorf("HasSeen(%d) = %v, want %v", i, got, want)
+		old := ev("old", "view", "", t0.Add(-l.Retention+time.Minute))
+		mustApply(t, &p, t0, l, old, ev("new", "view", "", t0))
+		// Hour by hour for five days: a re-sent event is a duplicate or
+		// too old, never applied again.
+		for h := range 5 * 24 {
+			now := t0.Add(time.Duration(h) * time.Hour)
+			p.Compact(now, l)
+			e := old
+			r := p.ApplyEvent(&e, now, l)
+			if r.Status == profile.Applied || r.Status == profile.Rejected && r.Code != profile.RejectTooOld {
+				t.Fatalf("at +%dh the re-sent event was %v %s %q", h, r.Status, r.Code, r.Reason)
 			}
 		}
-		p.Compact(t0.Add(5*time.Hour), l)
-		if len(p.Seen) != 0 {
-			t.Errorf("%d seen ids past the window, want 0", len(p.Seen))
+		if p.HasSeen("old") || !p.HasSeen("new") {
+			t.Errorf("after five days: HasSeen(old) = %v, HasSeen(new) = %v; want false, true", p.HasSeen("old"), p.HasSeen("new"))
+		}
+		if got := p.Count("view", "", l.Retention, t0.Add(5*24*time.Hour)); got != 1 {
+			t.Errorf("Count over the retention = %d, want 1", got)
 		}
 	})
 
@@ -899,7 +953,7 @@ func TestCompact(t *testing.T) {
 	})
 
 	t.Run("idempotent", func(t *testing.T) {
-		l := profile.Limits{DedupMax: 3, MaxSeries: 2, MaxFired: 1, Retention: time.Hour}.WithDefaults()
+		l := profile.Limits{DedupMax: 8, MaxSeries: 2, MaxFired: 1, Retention: time.Hour}.WithDefaults()
 		var p profile.Profile
 		for i := range 8 {
 			mustApply(t, &p, t0, l, ev(fmt.Sprint(i), "view", fmt.Sprint(i%4), t0.Add(-time.Duration(i*5)*time.Minute)))

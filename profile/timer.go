@@ -84,9 +84,9 @@ func (p *Profile) TakeDue(now time.Time) []Timer {
 
 // OccurredBetween reports whether an event of type typ occurred after
 // from and at or before to, as far as the profile can tell: exactly when
-// the latest such event is in the interval, otherwise from the per-minute
-// counts, which see the minutes wholly after from's minute and up to to's
-// (within Limits.Retention).
+// the latest such event is in the interval, otherwise from the counts of
+// the tier that holds from (tiers.go), which see the buckets wholly after
+// from's and up to to's.
 func (p *Profile) OccurredBetween(typ string, from, to time.Time) bool {
 	last, ok := p.LastSeen[typ]
 	if !ok || !last.After(from) {
@@ -95,16 +95,15 @@ func (p *Profile) OccurredBetween(typ string, from, to time.Time) bool {
 	if !last.After(to) {
 		return true
 	}
-	lo, hi := unixMinute(from)+1, unixMinute(to)
+	t, lo := p.tierFor(from)
+	lo, hi := lo+1, bucketOf(t, to)
 	for i := range p.Series {
 		s := &p.Series[i]
 		if s.Type != typ {
 			continue
 		}
-		for _, m := range s.Minutes {
-			if m.Minute >= lo && m.Minute <= hi {
-				return true
-			}
+		if bs := s.since(t, lo); len(bs) > 0 && bs[0].At <= hi {
+			return true
 		}
 	}
 	return false
@@ -127,9 +126,9 @@ func (p *Profile) Minutes(types []string, category string, oneCategory bool, fro
 			continue
 		}
 		// The series' minutes are ascending: find lo, take while <= hi.
-		j, _ := slices.BinarySearchFunc(s.Minutes, lo, func(m MinuteCount, t int64) int { return cmp.Compare(m.Minute, t) })
-		for ; j < len(s.Minutes) && s.Minutes[j].Minute <= hi; j++ {
-			m := s.Minutes[j].Minute
+		j, _ := slices.BinarySearchFunc(s.Minutes, lo, func(b Bucket, t int64) int { return cmp.Compare(b.At, t) })
+		for ; j < len(s.Minutes) && s.Minutes[j].At <= hi; j++ {
+			m := s.Minutes[j].At
 			k, found := slices.BinarySearch(out, m)
 			switch {
 			case found:

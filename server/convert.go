@@ -104,7 +104,8 @@ func decisionToProto(d decision.Decision) *nudgev1.Decision {
 }
 
 // profileWindows are the windows GetProfile reports counts for.
-var profileWindows = [...]time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 24 * time.Hour}
+var profileWindows = [...]time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 24 * time.Hour,
+	7 * 24 * time.Hour, 30 * 24 * time.Hour, 90 * 24 * time.Hour}
 
 func profileToProto(userID string, p *profile.Profile, now time.Time) *nudgev1.Profile {
 	out := &nudgev1.Profile{
@@ -117,7 +118,7 @@ func profileToProto(userID string, p *profile.Profile, now time.Time) *nudgev1.P
 		PurchaseValue:      p.PurchaseValue,
 		Consent:            make(map[string]bool, len(p.Consent)),
 		Attributes:         make(map[string]string, len(p.Attributes)),
-		RememberedEventIds: uint32(len(p.Seen)),
+		RememberedEventIds: uint32(p.RememberedIDs()),
 	}
 	for k, a := range p.Attributes {
 		out.Attributes[k] = a.Value

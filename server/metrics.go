@@ -120,6 +120,7 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	for _, sr := range []statusReason{
 		{profile.Applied, ""}, {profile.Duplicate, ""}, {profile.Rejected, ""},
 		{profile.Rejected, rejectInvalid}, {profile.Rejected, profile.RejectTooOld}, {profile.Rejected, profile.RejectTooNew},
+		{profile.Rejected, profile.RejectDedupHorizon},
 		{profile.Rejected, rejectCorrupt},
 	} {
 		attrs := []attribute.KeyValue{attribute.String("status", sr.status.String())}

@@ -156,8 +156,9 @@ type RedisConfig struct {
 // fields are the other keys of this section, with their defaults) and how
 // long it is kept; docs/rules.md explains what each bound means for rules.
 type ProfileConfig struct {
-	// TTL is how long an idle profile is kept in Redis. Default 720h (30
-	// days); negative (-1s): never expire.
+	// TTL is how long an idle profile is kept in Redis. Default 2184h (91
+	// days: the retention and a day, so that a 90-day window still finds
+	// a user idle for 89 days); negative (-1s): never expire.
 	TTL            time.Duration `yaml:"ttl"`
 	profile.Limits `yaml:",inline"`
 }
@@ -567,9 +568,11 @@ func (c *Config) settings() []setting {
 		{"redis.user_locks", "redis-user-locks", "in-process lock stripes serialising transactions on one user (-1: none)", integer(&c.Redis.UserLocks)},
 
 		{"profile.ttl", "profile-ttl", "how long an idle profile is kept (negative: forever)", duration(&c.Profile.TTL)},
-		{"profile.retention", "profile-retention", "how far back event-time counts go: the longest window and the oldest event accepted", duration(&c.Profile.Retention)},
+		{"profile.retention", "profile-retention", "how far back events are accepted, counted per day and deduplicated: the longest window", duration(&c.Profile.Retention)},
+		{"profile.minute_span", "profile-minute-span", "how long events are counted per minute", duration(&c.Profile.MinuteSpan)},
+		{"profile.hour_span", "profile-hour-span", "how long events are counted per hour", duration(&c.Profile.HourSpan)},
 		{"profile.max_future", "profile-max-future", "how far ahead of the clock an event may be", duration(&c.Profile.MaxFuture)},
-		{"profile.dedup_window", "profile-dedup-window", "how long an event id is remembered for deduplication", duration(&c.Profile.DedupWindow)},
+		{"profile.dedup_window", "profile-dedup-window", "ignored (event ids are remembered for the retention); read so that older files load", duration(&c.Profile.DedupWindow)},
 		{"profile.dedup_max", "profile-dedup-max", "most event ids remembered per user", integer(&c.Profile.DedupMax)},
 		{"profile.max_series", "profile-max-series", "most (type, category) series kept per user", integer(&c.Profile.MaxSeries)},
 		{"profile.fired_retention", "profile-fired-retention", "how long trigger cooldown marks are kept", duration(&c.Profile.FiredRetention)},
@@ -900,7 +903,7 @@ func (c ProfileConfig) validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"retention", c.Retention}, {"max_future", c.MaxFuture}, {"dedup_window", c.DedupWindow}, {"fired_retention", c.FiredRetention}, {"send_retention", c.SendRetention}} {
+	}{{"retention", c.Retention}, {"minute_span", c.MinuteSpan}, {"hour_span", c.HourSpan}, {"max_future", c.MaxFuture}, {"dedup_window", c.DedupWindow}, {"fired_retention", c.FiredRetention}, {"send_retention", c.SendRetention}} {
 		if d.v < 0 {
 			return fmt.Errorf("profile.%s: %v is negative", d.key, d.v)
 		}

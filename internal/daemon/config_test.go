@@ -352,6 +352,8 @@ func TestProfileAndStoreSettingsReachTheirPackages(t *testing.T) {
 profile:
   ttl: -1s
   retention: 48h
+  minute_span: 2h
+  hour_span: 30h
   max_future: 1m
   dedup_window: 36h
   dedup_max: 100
@@ -392,7 +394,7 @@ redis:
 	}
 	gotLimits := c.serverConfig(nil, nil, nil, nil, nil).Limits
 	wantLimits := profile.Limits{
-		Retention: 48 * time.Hour, MaxFuture: time.Minute, DedupWindow: 36 * time.Hour, DedupMax: 100, MaxSeries: 10,
+		Retention: 48 * time.Hour, MinuteSpan: 2 * time.Hour, HourSpan: 30 * time.Hour, MaxFuture: time.Minute, DedupWindow: 36 * time.Hour, DedupMax: 100, MaxSeries: 10,
 		FiredRetention: time.Hour, MaxFired: 11, SendRetention: 2 * time.Hour, MaxSends: 12, MaxPurchaseCategories: 13,
 		MaxTimers: 14, MaxExposures: 15, MaxConversions: 16,
 	}

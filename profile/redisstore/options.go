@@ -13,7 +13,7 @@ type Options struct {
 	// B of DESIGN.md, see Layout). It is part of the key layout: changing
 	// it on a live deployment orphans every profile. Default 1024.
 	Buckets int
-	// TTL is how long an idle profile is kept. Default 30 days; negative
+	// TTL is how long an idle profile is kept. Default 91 days; negative
 	// means no expiry.
 	TTL time.Duration
 	// MaxAttempts bounds the transactions tried per user when other
@@ -124,7 +124,7 @@ type NearCacheOptions struct {
 func DefaultOptions() Options {
 	return Options{
 		Buckets:         DefaultBuckets,
-		TTL:             30 * 24 * time.Hour,
+		TTL:             91 * 24 * time.Hour,
 		MaxAttempts:     64,
 		MaxErrorRetries: 3,
 		MaxRedirects:    200,

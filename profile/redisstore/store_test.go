@@ -219,7 +219,7 @@ func TestRedisStoreApplyAndGet(t *testing.T) {
 			[]profile.Status{profile.Applied, profile.Applied}, 2, true},
 		{"only duplicates", []profile.Event{uev(user, "e1", "view", at), uev(user, "e5", triggerType, at)},
 			[]profile.Status{profile.Duplicate, profile.Duplicate}, 2, false},
-		{"only rejected", []profile.Event{uev(user, "old", "view", storeNow.Add(-48*time.Hour))},
+		{"only rejected", []profile.Event{uev(user, "old", "view", storeNow.Add(-91*24*time.Hour))},
 			[]profile.Status{profile.Rejected}, 2, false},
 		{"duplicate, rejected and new", []profile.Event{
 			uev(user, "e2", triggerType, at), uev(user, "future", "view", storeNow.Add(time.Hour)), uev(user, "e6", "view", at),
@@ -487,9 +487,9 @@ func TestRedisStoreConcurrentHotUser(t *testing.T) {
 	// Each store's shard merges the calls queued for the user while it
 	// commits, so there are at most as many commits as events, and the
 	// version counts them.
-	if p.Version != s.Transactions || s.Transactions > total || len(p.Seen) != total {
+	if p.Version != s.Transactions || s.Transactions > total || p.RememberedIDs() != total {
 		t.Errorf("version %d after %d commits with %d seen ids, want the version to count the commits (at most %d) and %d ids",
-			p.Version, s.Transactions, len(p.Seen), total, total)
+			p.Version, s.Transactions, p.RememberedIDs(), total, total)
 	}
 	if s.Conflicts == 0 {
 		t.Errorf("Stats().Conflicts = 0: %d writers in %d stores on one key never conflicted, so retries went untested", goroutines, servers)
@@ -650,7 +650,7 @@ func TestRedisStoreTTL(t *testing.T) {
 		wantMax time.Duration // 0: no expiry
 	}{
 		{"configured", time.Hour, time.Hour},
-		{"default 30 days", 0, 30 * 24 * time.Hour},
+		{"default 91 days", 0, 91 * 24 * time.Hour},
 		{"negative means no expiry", -1, 0},
 	}
 	for _, tt := range tests {
@@ -744,7 +744,7 @@ func TestRedisStoreUnavailable(t *testing.T) {
 }
 
 func TestRedisStoreCorruptProfile(t *testing.T) {
-	valid := profile.Encode(&profile.Profile{Version: 3, Totals: map[string]uint64{"view": 2}, Seen: []profile.SeenID{{Hash: 7, At: 1}}})
+	valid := profile.Encode(&profile.Profile{Version: 3, Totals: map[string]uint64{"view": 2}, Seen: []profile.SeenDay{{Day: 1, Hashes: []uint64{7}}}})
 	tests := []struct {
 		name   string
 		stored []byte
