@@ -176,7 +176,7 @@ func TestStepChanged(t *testing.T) {
 	}{
 		{"no events", nil, false},
 		{"only duplicates", views("v", "phones", t0, time.Minute, 1), false},
-		{"only rejected", []profile.Event{view("old", "phones", now.Add(-48*time.Hour))}, false},
+		{"only rejected", []profile.Event{view("old", "phones", now.Add(-100*24*time.Hour))}, false}, // past the retention
 		{"one applied among others", append(views("v", "phones", t0, time.Minute, 1), view("new", "phones", t0)), true},
 	}
 	if !applied.Changed {

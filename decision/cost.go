@@ -34,9 +34,10 @@ const (
 )
 
 // profileCallCost is the estimate of the profile functions that scan a
-// user's history (count scans the user's series and their minutes in the
-// window, sends the user's sends), in CEL's unit (50 to 100 ns). The
-// others are a lookup, costing 1 like any CEL call. The estimate cannot
+// user's history (count, sum, monetary, distinct, sessions and
+// active_days scan the user's series and their buckets in the window,
+// sends the user's sends), in CEL's unit (50 to 100 ns). The others are
+// a lookup, costing 1 like any CEL call. The estimate cannot
 // see how much a profile holds: that is bounded by the profile settings
 // (max_series, max_sends).
 const profileCallCost = 10
@@ -119,7 +120,9 @@ const maxScalarText = 40
 
 func (sizeEstimator) EstimateCallCost(_, overloadID string, _ *cost.AstNode, _ []cost.AstNode) *cost.CallEstimate {
 	switch overloadID {
-	case "profile_count_type_window", "profile_count_type_category_window", "profile_sends_channel_window":
+	case "profile_count_type_window", "profile_count_type_category_window", "profile_sends_channel_window",
+		"profile_sum_type_window", "profile_sum_type_category_window", "profile_monetary_window",
+		"profile_distinct_type_field_window", "profile_sessions_window_gap", "profile_active_days_window":
 		return &cost.CallEstimate{CostEstimate: cost.FixedCostEstimate(profileCallCost)}
 	case "profile_attr_name":
 		return &cost.CallEstimate{CostEstimate: cost.FixedCostEstimate(1), ResultSize: sizeRange(maxPairValLen)}

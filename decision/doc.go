@@ -5,7 +5,12 @@
 // timers live in the profile, Rules.FireStep fires the due ones), puts
 // trigger actions under the channel limit, frequency caps and quiet
 // hours, and picks offers under the policies for decisions
-// (Rules.Decide).
+// (Rules.Decide), ranked by priority and then by their score.
+//
+// A rules file's features (features.go) are named numbers computed from
+// a profile by CEL expressions over profile and now: Rules.EvalFeatures
+// serves them to models (GetFeatures, feature exports), and offers read
+// them as features.<name>, evaluated at most once per decision.
 //
 // Every answer a decider gets is built here (answer.go): Rules.Answer
 // turns a profile read into the decision, the channel's degraded fallback
@@ -37,9 +42,9 @@
 //
 // The package is pure: no Redis, no gRPC, no clock reads (callers pass
 // now; time zones come from the embedded tzdata, not the host). A compiled
-// *Rules is immutable and safe for concurrent use: Decide, Fallback and
-// Step may be called from any number of goroutines. Decide only reads the
-// profile it is given. The step function returned by Step modifies the
+// *Rules is immutable and safe for concurrent use: Decide, Fallback,
+// Step and EvalFeatures may be called from any number of goroutines.
+// Decide and EvalFeatures only read the profile they are given. The step function returned by Step modifies the
 // profile it is given, so it may run concurrently only on distinct
 // profiles. Live holds the rules in force, swaps them atomically on
 // reload, remembers the last file it refused (Refused: when, why), and is

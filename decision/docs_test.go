@@ -677,6 +677,74 @@ var docExamples = map[string]func(t *testing.T, r *Rules){
 			t.Errorf("no sampler: %v %+v", d.Verdict, d.Offer)
 		}
 	},
+	"scored": func(t *testing.T, r *Rules) {
+		req := docRequest
+		d := r.Decide(docUser(t), req, docNow)
+		want := []Reason{
+			{"phones-coupon", "offer phones-coupon ranked first by score: phones-coupon 1, win-back 0.1"},
+			{"phones-coupon", "offer phones-coupon is eligible"},
+		}
+		if d.Verdict != VerdictSend || d.Offer.ID != "phones-coupon" || !reflect.DeepEqual(d.Reasons, want) {
+			t.Errorf("sample user: %v %+v %q", d.Verdict, d.Offer, d.Reasons)
+		}
+		// Bought 50 days ago, one phone view today: 2.5 against 0.33.
+		p := build(t, docNow,
+			profile.Event{Type: "purchase", Value: 10, OccurredAt: docNow.Add(-50 * 24 * time.Hour)},
+			profile.Event{Type: "view", Category: "phones", OccurredAt: docNow.Add(-time.Hour)})
+		if d := r.Decide(p, req, docNow); d.Verdict != VerdictSend || d.Offer.ID != "win-back" {
+			t.Errorf("lapsed customer: %v %+v %q", d.Verdict, d.Offer, d.Reasons)
+		}
+		if d := r.Decide(nil, req, docNow); d.Verdict != VerdictSend || d.Offer.ID != "newsletter" {
+			t.Errorf("new user: %v %+v %q", d.Verdict, d.Offer, d.Reasons)
+		}
+	},
+	"features": func(t *testing.T, r *Rules) {
+		// The table of "Features", then a user never seen.
+		want := []FeatureValue{
+			{Name: "views_7d", Value: 4},
+			{Name: "distinct_categories_7d", Value: 2},
+			{Name: "days_since_purchase", Value: 2},
+			{Name: "purchases_90d", Value: 1},
+			{Name: "monetary_90d", Value: 59.9},
+			{Name: "sessions_24h", Value: 4},
+			{Name: "active_days_7d", Value: 4},
+			{Name: "has_cart", Value: 1},
+			{Name: "avg_order_90d", Value: 59.9},
+		}
+		if got := r.EvalFeatures(docUser(t), nil, docNow, nil); !reflect.DeepEqual(got, want) {
+			t.Errorf("sample user:\n got %+v\nwant %+v", got, want)
+		}
+		for _, v := range r.EvalFeatures(&profile.Profile{}, nil, docNow, nil) {
+			switch v.Name {
+			case "days_since_purchase":
+				if v.Value != 36500 || v.Err != nil {
+					t.Errorf("new user: %+v", v)
+				}
+			case "avg_order_90d":
+				if v.Err == nil || v.Err.Error() != "features.avg_order_90d: got NaN, want a finite number" {
+					t.Errorf("new user: %+v", v)
+				}
+			default:
+				if v.Value != 0 || v.Err != nil {
+					t.Errorf("new user: %+v", v)
+				}
+			}
+		}
+		// The guarded version of avg_order_90d.
+		g := mustParse(t, `version: 1
+features:
+  - name: avg_order_90d
+    expr: >-
+      profile.count("purchase", duration("90d")) == 0 ? 0.0 :
+      profile.monetary(duration("90d")) / double(profile.count("purchase", duration("90d")))
+`)
+		if v := g.EvalFeatures(nil, nil, docNow, nil); v[0].Value != 0 || v[0].Err != nil {
+			t.Errorf("guarded, new user: %+v", v)
+		}
+		if v := g.EvalFeatures(docUser(t), nil, docNow, nil); v[0].Value != 59.9 || v[0].Err != nil {
+			t.Errorf("guarded, sample user: %+v", v)
+		}
+	},
 	"seed": func(t *testing.T, r *Rules) {
 		p := &profile.Profile{}
 		var events []profile.Event

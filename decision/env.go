@@ -10,12 +10,15 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common"
 	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/overloads"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
 	"cel.dev/cel-go/ext"
 	"cel.dev/cel-go/interpreter"
+	"cel.dev/cel-go/parser"
 
 	"github.com/nudge-dm/nudge/profile"
 )
@@ -40,29 +43,37 @@ var eventFields = eventFieldsArray[:]
 var eventType = cel.MapType(cel.StringType, cel.DynType)
 
 // envs are built once: a cel.Env is immutable and safe for concurrent use.
+// The offer environment of a file with features extends envs' offer
+// environment with them (offerEnv).
 var envs = sync.OnceValues(func() (*environments, error) {
-	common := []cel.EnvOption{
+	shared := []cel.EnvOption{
 		cel.Variable("profile", profileType),
 		cel.Variable("now", cel.TimestampType),
 		ext.Strings(),
 		cel.CrossTypeNumericComparisons(true),
 		cel.DefaultUTCTimeZone(true),
+		cel.Macros(dayDurationMacro),
 		cel.ASTValidators(
 			cel.ValidateDurationLiterals(),
 			cel.ValidateTimestampLiterals(),
 			cel.ValidateRegexLiterals(),
 			cel.ValidateHomogeneousAggregateLiterals(),
+			distinctFieldValidator{},
 		),
 	}
-	common = append(common, profileFunctions()...)
-	trig, err := cel.NewEnv(append(slices.Clip(common),
+	shared = append(shared, profileFunctions()...)
+	feat, err := cel.NewEnv(slices.Clip(shared)...)
+	if err != nil {
+		return nil, fmt.Errorf("decision: feature environment: %w", err)
+	}
+	trig, err := cel.NewEnv(append(slices.Clip(shared),
 		cel.Variable("event", eventType),
 		cel.ASTValidators(eventFieldValidator{}),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("decision: trigger environment: %w", err)
 	}
-	off, err := cel.NewEnv(append(slices.Clip(common),
+	off, err := cel.NewEnv(append(slices.Clip(shared),
 		cel.Variable("channel", cel.StringType),
 		cel.Variable("placement", cel.StringType),
 		cel.Variable("context", cel.MapType(cel.StringType, cel.StringType)),
@@ -70,12 +81,56 @@ var envs = sync.OnceValues(func() (*environments, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decision: offer environment: %w", err)
 	}
-	return &environments{trigger: trig, offer: off}, nil
+	return &environments{trigger: trig, offer: off, feature: feat}, nil
 })
 
+// environments are the CEL environments of rule expressions. feature is
+// the offer environment without channel, placement and context: a
+// feature depends on the user and the time only, so that it means the
+// same in a decision, in GetFeatures and in an export.
 type environments struct {
-	trigger, offer *cel.Env
+	trigger, offer, feature *cel.Env
 }
+
+// offerEnv is the offer environment of a file with features: each is a
+// variable features.<name> of type double (a feature that fails makes
+// the expression reading it fail), so that reading one the file does not
+// define is a load error naming it.
+func (e *environments) offerEnv(features []string) (*cel.Env, error) {
+	if len(features) == 0 {
+		return e.offer, nil
+	}
+	opts := make([]cel.EnvOption, len(features))
+	for i, name := range features {
+		opts[i] = cel.Variable(featurePrefix+name, cel.DoubleType)
+	}
+	return e.offer.Extend(opts...)
+}
+
+// featurePrefix is how offers name features: features.<name>.
+const featurePrefix = "features."
+
+// dayDurationMacro lets duration() take days, as rules-file durations do:
+// duration("7d") is expanded, when the file is parsed, to
+// duration("168h0m0s"). Only a string literal with a d unit that
+// parseDuration reads is expanded; anything else is left to CEL's
+// duration(), whose literal validator reports malformed literals at
+// their position.
+var dayDurationMacro = cel.GlobalMacro(overloads.TypeConvertDuration, 1,
+	func(eh parser.ExprHelper, _ ast.Expr, args []ast.Expr) (ast.Expr, *common.Error) {
+		if args[0].Kind() != ast.LiteralKind {
+			return nil, nil
+		}
+		s, ok := args[0].AsLiteral().(types.String)
+		if !ok || !strings.Contains(string(s), "d") { // Go durations have no d unit
+			return nil, nil
+		}
+		d, err := parseDuration(string(s))
+		if err != nil {
+			return nil, nil
+		}
+		return eh.NewCall(overloads.TypeConvertDuration, eh.NewLiteral(types.String(d.String()))), nil
+	})
 
 // profileFunctions declares the member functions of profile. Every window
 // ends at the evaluation's now (event time for triggers, processing time for
@@ -204,6 +259,94 @@ func profileFunctions() []cel.EnvOption {
 					}
 					return types.String(v.p.Attr(string(n)))
 				}))),
+		cel.Function("sum",
+			cel.MemberOverload("profile_sum_type_window", []*cel.Type{p, str, dur}, cel.DoubleType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					return sum(args[0], args[1], nil, args[2])
+				})),
+			cel.MemberOverload("profile_sum_type_category_window", []*cel.Type{p, str, str, dur}, cel.DoubleType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					return sum(args[0], args[1], args[2], args[3])
+				}))),
+		cel.Function("monetary",
+			cel.MemberOverload("profile_monetary_window", []*cel.Type{p, dur}, cel.DoubleType,
+				cel.BinaryBinding(func(pv, window ref.Val) ref.Val {
+					v, ok := pv.(*profileVal)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(pv)
+					}
+					w, errv := windowArg("monetary", window)
+					if errv != nil {
+						return errv
+					}
+					return types.Double(v.p.Sum(profile.TypePurchase, "", w, v.now))
+				}))),
+		cel.Function("distinct",
+			cel.MemberOverload("profile_distinct_type_field_window", []*cel.Type{p, str, str, dur}, cel.IntType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					v, t, err := profileAnd[types.String](args[0], args[1])
+					if err != nil {
+						return err
+					}
+					f, ok := args[2].(types.String)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(args[2])
+					}
+					if f != distinctField {
+						return types.NewErr("distinct: %s", distinctFieldProblem(string(f)))
+					}
+					w, errv := windowArg("distinct", args[3])
+					if errv != nil {
+						return errv
+					}
+					return types.Int(v.p.Distinct(string(t), w, v.now))
+				}))),
+		cel.Function("sessions",
+			cel.MemberOverload("profile_sessions_window_gap", []*cel.Type{p, dur, dur}, cel.IntType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					v, ok := args[0].(*profileVal)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(args[0])
+					}
+					w, errv := windowArg("sessions", args[1])
+					if errv != nil {
+						return errv
+					}
+					gap, ok := args[2].(types.Duration)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(args[2])
+					}
+					if gap.Duration <= 0 {
+						return types.NewErr("sessions: the gap must be positive, got %s", gap.Duration)
+					}
+					return types.Int(v.p.Sessions(w, gap.Duration, v.now))
+				}))),
+		cel.Function("active_days",
+			cel.MemberOverload("profile_active_days_window", []*cel.Type{p, dur}, cel.IntType,
+				cel.BinaryBinding(func(pv, window ref.Val) ref.Val {
+					v, ok := pv.(*profileVal)
+					if !ok {
+						return types.MaybeNoSuchOverloadErr(pv)
+					}
+					w, errv := windowArg("active_days", window)
+					if errv != nil {
+						return errv
+					}
+					return types.Int(v.p.ActiveDays(w, v.now))
+				}))),
+		cel.Function("days_since",
+			cel.MemberOverload("profile_days_since_type", []*cel.Type{p, str}, cel.DoubleType,
+				cel.BinaryBinding(func(pv, typ ref.Val) ref.Val {
+					v, t, err := profileAnd[types.String](pv, typ)
+					if err != nil {
+						return err
+					}
+					since := SinceNever
+					if last, ok := v.p.LastSeenAt(string(t)); ok {
+						since = max(v.now.Sub(last), 0)
+					}
+					return types.Double(float64(since) / float64(day))
+				}))),
 	}
 }
 
@@ -244,6 +387,60 @@ func count(pv, typ, category, window ref.Val) ref.Val {
 		return errv
 	}
 	return types.Int(v.p.Count(string(t), string(cat), w, v.now))
+}
+
+// sum is count for the values of the events: an empty category gives 0,
+// as count's does.
+func sum(pv, typ, category, window ref.Val) ref.Val {
+	v, t, err := profileAnd[types.String](pv, typ)
+	if err != nil {
+		return err
+	}
+	var cat types.String
+	if category != nil {
+		c, ok := category.(types.String)
+		if !ok {
+			return types.MaybeNoSuchOverloadErr(category)
+		}
+		if c == "" {
+			return types.Double(0)
+		}
+		cat = c
+	}
+	w, errv := windowArg("sum", window)
+	if errv != nil {
+		return errv
+	}
+	return types.Double(v.p.Sum(string(t), string(cat), w, v.now))
+}
+
+// distinctField is the one field profile.distinct counts the distinct
+// values of: the profile keeps counts per type and category only.
+const distinctField = "category"
+
+func distinctFieldProblem(field string) string {
+	return fmt.Sprintf("field %q is not supported (only %q: the profile counts events per type and category)", field, distinctField)
+}
+
+// distinctFieldValidator rejects profile.distinct(type, "<field>", window)
+// for a literal field other than category at load time; a field that is
+// not a literal is checked when evaluated.
+type distinctFieldValidator struct{}
+
+func (distinctFieldValidator) Name() string { return "nudge.distinct_field" }
+
+func (distinctFieldValidator) Validate(_ *cel.Env, _ cel.ValidatorConfig, a *ast.AST, iss *cel.Issues) {
+	for _, e := range ast.MatchDescendants(ast.NavigateAST(a), ast.FunctionMatcher("distinct")) {
+		call := e.AsCall()
+		args := call.Args()
+		if !call.IsMemberFunction() || len(args) != 3 || args[1].Kind() != ast.LiteralKind ||
+			!a.GetType(call.Target().ID()).IsExactType(profileType) {
+			continue
+		}
+		if f, ok := args[1].AsLiteral().(types.String); ok && f != distinctField {
+			iss.ReportErrorAtID(args[1].ID(), "profile.distinct: %s", distinctFieldProblem(string(f)))
+		}
+	}
 }
 
 func clampInt(n uint64) types.Int {
@@ -396,9 +593,16 @@ func (a *triggerVars) ResolveName(name string) (any, bool) {
 
 func (a *triggerVars) Parent() interpreter.Activation { return nil }
 
-// offerVars is the activation of offer expressions.
+// offerVars is the activation of offer expressions. It is also the
+// activation of the features they read (features.<name>): each is
+// evaluated on the decision's profile at its now the first time it is
+// read, and remembered for the rest of the decision.
 type offerVars struct {
 	profile, now, channel, placement, context ref.Val
+	// rules are the rules deciding, when they have features; feats
+	// holds the features read so far (nil until the first).
+	rules *Rules
+	feats []ref.Val
 }
 
 func (a *offerVars) ResolveName(name string) (any, bool) {
@@ -414,7 +618,33 @@ func (a *offerVars) ResolveName(name string) (any, bool) {
 	case "context":
 		return a.context, true
 	}
+	if f, ok := strings.CutPrefix(name, featurePrefix); ok && a.rules != nil {
+		return a.feature(f)
+	}
 	return nil, false
+}
+
+// feature evaluates the named feature once per decision. A feature that
+// fails gives its error, which makes the expression reading it fail.
+func (a *offerVars) feature(name string) (ref.Val, bool) {
+	i, ok := a.rules.featureIndex[name]
+	if !ok {
+		return nil, false
+	}
+	if a.feats == nil {
+		a.feats = make([]ref.Val, len(a.rules.features))
+	}
+	if v := a.feats[i]; v != nil {
+		return v, true
+	}
+	// The feature's program reads only profile and now, which a resolves.
+	x, err := a.rules.features[i].eval(a)
+	var v ref.Val = types.Double(x)
+	if err != nil {
+		v = types.WrapErr(err)
+	}
+	a.feats[i] = v
+	return v, true
 }
 
 func (a *offerVars) Parent() interpreter.Activation { return nil }

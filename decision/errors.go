@@ -22,15 +22,17 @@ type RuleError struct {
 	// Line is the 1-based line in File, or 0 when unknown (for instance a
 	// YAML syntax error, whose message carries its own line).
 	Line int
-	// Kind is "trigger", "offer", "frequency_cap", "quiet_hours",
-	// "purchase_cooldown" or "fallback", or "" for file-level problems
-	// (including settings).
+	// Kind is "trigger", "step", "offer", "feature", "frequency_cap",
+	// "quiet_hours", "purchase_cooldown" or "fallback", or "" for
+	// file-level problems (including settings).
 	Kind string
-	// Rule is the id of the rule (the channel, for a fallback), or "" when
-	// the problem is not inside a rule or the rule has no valid id.
+	// Rule is the id of the rule (the channel, for a fallback; the name,
+	// for a feature), or "" when the problem is not inside a rule or the
+	// rule has no valid id.
 	Rule string
-	// Field is the rule field at fault, e.g. "when", "action.channel" or
-	// "payload_expr.category"; "" when the problem is the rule as a whole.
+	// Field is the rule field at fault, e.g. "when", "action.channel",
+	// "payload_expr.category" or "expr" (a feature's); "" when the problem
+	// is the rule as a whole.
 	Field string
 	// Msg says what is wrong.
 	Msg string

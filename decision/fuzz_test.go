@@ -10,10 +10,10 @@ import (
 	"github.com/nudge-dm/nudge/profile"
 )
 
-// fuzzLimits keep each execution of FuzzParse cheap: an input over 4 KiB
+// fuzzLimits keep each execution of FuzzParse cheap: an input over 8 KiB
 // is refused at once (the size limit is under test too), and none
 // compiles more than 32 expressions, each a fraction of a millisecond.
-var fuzzLimits = Limits{MaxBytes: 4 << 10, MaxExpressions: 32}
+var fuzzLimits = Limits{MaxBytes: 8 << 10, MaxExpressions: 32}
 
 // FuzzParse checks that no rules file makes Parse, or the rules it
 // accepts, panic, and that every rejection is what Parse promises: an
@@ -33,6 +33,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\ntriggers:\n  - id: x\n    when: evnt.x\n"))
 	f.Add([]byte("version: 1\ntriggers: &a [*a]\n"))
 	f.Add([]byte("version: 1\noffers:\n  - {id: o, template: t, payload_expr: {a: 'context.a + string(1/0)'}}\n"))
+	f.Add([]byte("version: 1\nfeatures:\n  - {name: v, expr: 'profile.count(\"view\", duration(\"7d\")) / profile.sessions(duration(\"1d\"), duration(\"30m\"))'}\n" +
+		"  - {name: w, expr: 'profile.days_since(\"purchase\") > 1.0'}\n" +
+		"offers:\n  - {id: o, when: features.v > 0.0, score: 'features.w / 0.0', template: t, payload_expr: {v: features.v}}\n  - {id: p, score: '1', template: t}\n"))
 	f.Add([]byte("version: [1]\n---\nversion: 2\n"))
 	f.Add([]byte("\t\x00: \xff"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -64,6 +67,21 @@ func FuzzParse(f *testing.F) {
 			}
 			r.Fallback(ch)
 		}
+		names := []string{"Nope"} // never a feature name
+		for _, ft := range r.Features() {
+			names = append(names, ft.Name)
+		}
+		if err := r.CheckFeatures(names); !errors.Is(err, ErrUnknownFeature) {
+			t.Fatalf("CheckFeatures(%q) = %v", names, err)
+		}
+		for _, pr := range []*profile.Profile{p, {}, nil} {
+			if got := r.EvalFeatures(pr, nil, now, nil); len(got) != len(names)-1 {
+				t.Fatalf("EvalFeatures: %d values, want %d", len(got), len(names)-1)
+			}
+			if got := r.EvalFeatures(pr, names, now, nil); len(got) != len(names) || got[0].Err == nil {
+				t.Fatalf("EvalFeatures(%q) = %+v", names, got)
+			}
+		}
 	})
 }
 
@@ -79,8 +97,8 @@ func withoutComments(data []byte) []byte {
 }
 
 // ruleKinds are the values of RuleError.Kind.
-var ruleKinds = map[string]bool{"": true, kindTrigger: true, kindOffer: true, kindFrequencyCap: true,
-	kindQuietHours: true, kindPurchaseCooldown: true, kindFallback: true}
+var ruleKinds = map[string]bool{"": true, kindTrigger: true, kindStep: true, kindOffer: true, kindFeature: true,
+	kindFrequencyCap: true, kindQuietHours: true, kindPurchaseCooldown: true, kindFallback: true}
 
 // checkRuleErrors fails the test unless every problem joined in err is a
 // *RuleError located in file, whose data has the given content.

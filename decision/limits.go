@@ -36,12 +36,14 @@ type Limits struct {
 	MaxTriggers int `yaml:"max_triggers"`
 	// MaxOffers bounds the offers of the file. Default 1,000.
 	MaxOffers int `yaml:"max_offers"`
+	// MaxFeatures bounds the features of the file. Default 1,000.
+	MaxFeatures int `yaml:"max_features"`
 	// MaxPolicies bounds the frequency caps and quiet hours together:
 	// every decision checks every one of them. Default 100.
 	MaxPolicies int `yaml:"max_policies"`
 	// MaxExpressions bounds the CEL expressions of the file (each when,
-	// cooldown_by and payload_expr entry), which every load compiles.
-	// Default 10,000.
+	// cooldown_by, score and payload_expr entry, and each feature), which
+	// every load compiles. Default 10,000.
 	MaxExpressions int `yaml:"max_expressions"`
 	// MaxExpressionLength bounds the source of one expression, in
 	// characters (Unicode code points). Default 4,096.
@@ -65,8 +67,9 @@ type Limits struct {
 	MaxEventCost int `yaml:"max_event_cost"`
 	// MaxDecisionCost bounds the work of one decision: the cost of the
 	// offers its channel reaches (those that list it, and those that list
-	// no channel), summed, each counted as a trigger is. Default 20,000.
-	// The costliest channel of examples/rules.yaml costs 57.
+	// no channel), summed, each counted as a trigger is, plus the cost of
+	// the features each reads. Default 20,000. The costliest channel of
+	// examples/rules.yaml (email) costs 97.
 	MaxDecisionCost int `yaml:"max_decision_cost"`
 }
 
@@ -78,6 +81,7 @@ func DefaultLimits() Limits {
 		MaxYAMLNodes:        250_000,
 		MaxTriggers:         1_000,
 		MaxOffers:           1_000,
+		MaxFeatures:         1_000,
 		MaxPolicies:         100,
 		MaxExpressions:      10_000,
 		MaxExpressionLength: 4_096,
@@ -95,6 +99,7 @@ func (l Limits) WithDefaults() Limits {
 	orDefault(&l.MaxYAMLNodes, d.MaxYAMLNodes)
 	orDefault(&l.MaxTriggers, d.MaxTriggers)
 	orDefault(&l.MaxOffers, d.MaxOffers)
+	orDefault(&l.MaxFeatures, d.MaxFeatures)
 	orDefault(&l.MaxPolicies, d.MaxPolicies)
 	orDefault(&l.MaxExpressions, d.MaxExpressions)
 	orDefault(&l.MaxExpressionLength, d.MaxExpressionLength)

@@ -110,6 +110,28 @@ func TestLimitsRefuse(t *testing.T) {
 			want: []string{"offers: the file has 1500 offers, over the limit of 1000 (max_offers)"},
 		},
 		{
+			name: "too many features",
+			file: rulesOf("features", 1001, "  - {name: f%d, expr: '1'}\n"),
+			line: 1003,
+			want: []string{"features: the file has 1001 features, over the limit of 1000 (max_features) from this one on"},
+		},
+		{
+			name:   "features count as expressions",
+			file:   rulesOf("features", 6, "  - {name: f%d, expr: '1'}\n"),
+			limits: Limits{MaxExpressions: 5},
+			line:   8,
+			want:   []string{`feature "f5": the file has 6 expressions (when, cooldown_by, payload_expr, score, features), over the limit of 5 (max_expressions)`},
+		},
+		{
+			name: "the features an offer reads count in its cost",
+			file: "version: 1\nfeatures:\n  - {name: tz_len, expr: '\"%s!\".format([profile.attr(\"tz\")]).contains(\"!\")'}\n" +
+				"offers:\n" +
+				"  - {id: a, channels: [web], when: features.tz_len > 0.0, template: t}\n" +
+				"  - {id: b, channels: [web], when: features.tz_len > 0.0, score: features.tz_len, template: t}\n",
+			line: 6, // each: 10,001 for the feature read (once, though b reads it twice), 10 and 3 for when, 2 for b's score
+			want: []string{`offer "b": a decision on channel "web" reaches offers costing 20030 in all, over the limit of 20000 (max_decision_cost)`},
+		},
+		{
 			name: "too many policies",
 			file: rulesOf("policies:\n  frequency_caps", 60, "    - {id: c%d, channel: sms, max: 1, period: 1h}\n") +
 				strings.TrimPrefix(rulesOf("  quiet_hours", 41, "    - {id: q%d, channels: [sms], from: \"21:00\", to: \"08:00\"}\n"), "version: 1\n"),
@@ -121,7 +143,7 @@ func TestLimitsRefuse(t *testing.T) {
 			file: rulesOf("triggers", 1000, "  - {id: t%d, on: [view], when: 'true', action: {channel: sms, template: t, payload_expr: "+
 				"{a: '1', b: '2', c: '3', d: '4', e: '5', f: '6', g: '7', h: '8', i: '9', j: '10'}}}\n"),
 			line: 912, // 11 expressions a trigger: the 10,001st is in the 910th
-			want: []string{`trigger "t909": the file has 11000 expressions (when, cooldown_by, payload_expr), over the limit of 10000 (max_expressions) from this rule on`},
+			want: []string{`trigger "t909": the file has 11000 expressions (when, cooldown_by, payload_expr, score, features), over the limit of 10000 (max_expressions) from this rule on`},
 		},
 		{
 			name: "expression sources over max_expression_bytes, aliases counted",
@@ -223,6 +245,7 @@ func TestLimitsAccept(t *testing.T) {
 	}{
 		{"1000 triggers", rulesOf("triggers", 1000, "  - {id: t%d, on: [view], action: {channel: sms, template: t}}\n")},
 		{"1000 offers", rulesOf("offers", 1000, "  - {id: o%d, template: t}\n")},
+		{"1000 features", rulesOf("features", 1000, "  - {name: f%d, expr: 'profile.count(\"view\", duration(\"7d\"))'}\n")},
 		{"1000 triggers on one type, a condition each", rulesOf("triggers", 1000,
 			"  - {id: t%d, on: [view], when: 'event.category == \"c%[1]d\"', action: {channel: sms, template: t}}\n")},
 		{"44 aliases of an expression of 4 KB", aliased(44)},

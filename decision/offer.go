@@ -162,7 +162,10 @@ var noContext = types.NewStringStringMap(types.DefaultTypeAdapter, nil)
 //     the channel: an offer is skipped, with a reason, when its category
 //     was bought within the purchase cooldown or it was sent within its
 //     own cooldown; then skipped when its when is false, or with a reason
-//     when when or its payload fails to evaluate. The first one left wins;
+//     when when, its payload or its score fails to evaluate. Within a
+//     priority, the offers left with a score are ranked by it (highest
+//     first, ties in file order) before those without one, which keep
+//     file order. The first one left wins;
 //  4. the winner's A/B split: a user in the control group gets
 //     VerdictNone with Control set;
 //  5. quiet hours for the channel, in the user's time zone (profile
@@ -266,8 +269,12 @@ func (r *Rules) capped(d *Decision, p *profile.Profile, req Request, now time.Ti
 	return reached
 }
 
-// pick returns the first offer for the channel that passes its cooldowns
-// and conditions, with its payload, or nil.
+// pick returns the offer for the channel that wins: by priority, the
+// first that passes its cooldowns and conditions, with its payload, or
+// nil. Within a priority, the eligible offers with a score that
+// evaluates are ranked by it first (highest wins, ties in file order);
+// only when none is left do the offers without one compete, in file
+// order (or by Thompson sampling).
 func (r *Rules) pick(d *Decision, p *profile.Profile, req Request, now time.Time) (*offer, map[string]string) {
 	if len(r.offers) == 0 {
 		return nil, nil
@@ -282,21 +289,80 @@ func (r *Rules) pick(d *Decision, p *profile.Profile, req Request, now time.Time
 	if req.Context != nil {
 		vars.context = types.NewStringStringMap(types.DefaultTypeAdapter, req.Context)
 	}
-	for i, o := range r.offers {
-		if !o.forChannel(req.Channel) {
+	if len(r.features) > 0 {
+		vars.rules = r
+	}
+	for i := 0; i < len(r.offers); {
+		end := i + 1
+		for end < len(r.offers) && r.offers[end].priority == r.offers[i].priority {
+			end++
+		}
+		if r.scored {
+			if o, payload := r.bestScore(d, p, req, now, vars, r.offers[i:end]); o != nil {
+				return o, payload
+			}
+		}
+		for k := i; k < end; k++ {
+			o := r.offers[k]
+			if o.score != nil || !o.forChannel(req.Channel) {
+				continue
+			}
+			payload, ok := r.eligible(d, p, req, now, vars, o)
+			if !ok {
+				continue
+			}
+			if o.thompson {
+				return r.thompson(d, p, req, now, vars, k, payload)
+			}
+			return o, payload
+		}
+		i = end
+	}
+	return nil, nil
+}
+
+// bestScore returns the eligible offer of group (offers of one priority)
+// for the channel whose score is the highest, ties in file order, with
+// its payload; nil if no offer with a score is eligible. An offer whose
+// score fails to evaluate is skipped, with a reason.
+func (r *Rules) bestScore(d *Decision, p *profile.Profile, req Request, now time.Time, vars *offerVars, group []*offer) (*offer, map[string]string) {
+	var best *offer
+	var bestPayload map[string]string
+	var bestScore float64
+	var ranked []string // "id score" of the candidates, for the reason
+	for _, o := range group {
+		if o.score == nil || !o.forChannel(req.Channel) {
 			continue
 		}
 		payload, ok := r.eligible(d, p, req, now, vars, o)
 		if !ok {
 			continue
 		}
-		if o.thompson {
-			return r.thompson(d, p, req, now, vars, i, payload)
+		score, err := o.score.evalNumber(vars)
+		if req.Explain {
+			v := formatScore(score)
+			if err != nil {
+				v = "error: " + err.Error()
+			}
+			d.trace(o.id, "score: "+o.score.src, v, err == nil)
 		}
-		return o, payload
+		if err != nil {
+			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: score: " + err.Error()})
+			continue
+		}
+		ranked = append(ranked, o.id+" "+formatScore(score))
+		if best == nil || score > bestScore {
+			best, bestPayload, bestScore = o, payload, score
+		}
 	}
-	return nil, nil
+	if len(ranked) > 1 {
+		d.Reasons = append(d.Reasons, Reason{RuleID: best.id, Message: "offer " + best.id + " ranked first by score: " +
+			strings.Join(ranked, ", ")})
+	}
+	return best, bestPayload
 }
+
+func formatScore(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
 // eligible checks an offer for the channel: its cooldowns, its when and
 // its payload.

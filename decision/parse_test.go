@@ -146,7 +146,7 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "bad duration literal",
-			src:  "version: 1\ntriggers:\n  - id: x\n    when: profile.count(\"view\", duration(\"1d\")) > 0\n" + action,
+			src:  "version: 1\ntriggers:\n  - id: x\n    when: profile.count(\"view\", duration(\"1w\")) > 0\n" + action,
 			want: RuleError{File: "rules.yaml", Line: 4, Kind: "trigger", Rule: "x", Field: "when"},
 			msg:  "invalid duration argument",
 		},

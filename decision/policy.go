@@ -74,6 +74,15 @@ func compileSettings(c *collector, raw *rawFile, r *Rules) {
 			r.channelLimit = n
 		}
 	}
+	r.triggerHorizon = DefaultTriggerHorizon
+	if th := raw.triggerHorizon; th.set {
+		d, err := parseDuration(th.val)
+		if err != nil || d <= 0 {
+			c.at(where{}, th.line, "settings.trigger_horizon", "must be a positive duration (24h, 7d); got %q", th.val)
+		} else {
+			r.triggerHorizon = d
+		}
+	}
 	switch m := raw.measure; {
 	case !m.set || m.val == "true":
 	case m.val == "false":
@@ -98,6 +107,22 @@ func compileSettings(c *collector, raw *rawFile, r *Rules) {
 // trigger of highest priority (then first in the file) goes, the others
 // are dropped and counted.
 const DefaultChannelLimit = 1
+
+// DefaultTriggerHorizon is how old an event may be and still be judged by
+// the triggers when settings.trigger_horizon is not given: events are
+// accepted back to the profile's retention (90 days), but a backfill of
+// last month's export should count, not message people about last
+// month.
+const DefaultTriggerHorizon = 24 * time.Hour
+
+// horizon is the trigger horizon (the default for a nil or unparsed
+// Rules).
+func (r *Rules) horizon() time.Duration {
+	if r == nil || r.triggerHorizon <= 0 {
+		return DefaultTriggerHorizon
+	}
+	return r.triggerHorizon
+}
 
 // loadConfigLocation loads a time zone named in the rules file.
 func loadConfigLocation(name string) (*time.Location, error) {

@@ -48,6 +48,10 @@ type Rules struct {
 	// channelLimit is the most actions one event's triggers send on one
 	// channel (settings.max_actions_per_channel; 0: no limit).
 	channelLimit int
+	// triggerHorizon is how old (by processing time) an applied event
+	// may be and still be judged by the triggers
+	// (settings.trigger_horizon).
+	triggerHorizon time.Duration
 	// conversion says what counts as a conversion (measure.go);
 	// noMeasure (settings.measure: false) records no exposure or
 	// conversion.
@@ -57,6 +61,11 @@ type Rules struct {
 	// order (triggers first); offerByID finds an offer.
 	campaigns []Campaign
 	offerByID map[string]*offer
+	// features are the features section, in file order; featureIndex
+	// finds one by name. scored: some offer has a score.
+	features     []*feature
+	featureIndex map[string]int
+	scored       bool
 }
 
 // triggerList is the triggers one event type reaches, as two lists in
@@ -143,6 +152,7 @@ type offer struct {
 	control      float64 // share of users in the control group, [0, 1)
 	thompson     bool    // select: thompson
 	when         *expr   // nil: always eligible
+	score        *expr   // nil: none (ranked after the offers with one)
 	template     string
 	payload      map[string]string
 	exprs        []payloadExpr
@@ -196,6 +206,9 @@ type payloadExpr struct {
 type expr struct {
 	prg cel.Program
 	src string // for the trace
+	// reads are the features the expression reads (features.<name>),
+	// for the cost of offers.
+	reads []string
 }
 
 // Load reads and compiles the rules file at path, reading at most one byte
@@ -251,10 +264,26 @@ func parse(name string, data []byte, size int64, l Limits, pace func()) (*Rules,
 		}
 		pace()
 	}
+	features, names := cc.compileFeatures(env.feature, raw.features)
+	r.features = features
+	var featureCost map[string]uint64 // for the offers that read them
+	if len(features) > 0 {
+		r.featureIndex = make(map[string]int, len(features))
+		featureCost = make(map[string]uint64, len(features))
+		for i, f := range features {
+			r.featureIndex[f.name] = i
+			featureCost[f.name] = f.cost
+		}
+	}
+	offerEnv, err := env.offerEnv(names)
+	if err != nil {
+		return nil, fmt.Errorf("decision: offer environment with the features: %w", err)
+	}
 	clear(seen)
 	for i := range raw.offers {
-		if o := cc.compileOffer(env.offer, &raw.offers[i], seen); o != nil {
+		if o := cc.compileOffer(offerEnv, &raw.offers[i], seen, featureCost); o != nil {
 			r.offers = append(r.offers, o)
+			r.scored = r.scored || o.score != nil
 		}
 		pace()
 	}
@@ -308,10 +337,16 @@ func checkExpressions(c *collector, raw *rawFile, l Limits) bool {
 	for i := range raw.offers {
 		o := &raw.offers[i]
 		r := rule{kind: kindOffer, id: o.id.val, line: o.line}
-		count(&r, o.when.val)
+		count(&r, o.when.val, o.score.val)
 		for _, e := range o.payloadExpr {
 			count(&r, e.val)
 		}
+		rules = append(rules, r)
+	}
+	for i := range raw.features {
+		f := &raw.features[i]
+		r := rule{kind: kindFeature, id: f.name.val, line: f.line}
+		count(&r, f.expr.val)
 		rules = append(rules, r)
 	}
 	slices.SortStableFunc(rules, func(a, b rule) int { return cmp.Compare(a.line, b.line) })
@@ -329,7 +364,7 @@ func checkExpressions(c *collector, raw *rawFile, l Limits) bool {
 	}
 	if overN >= 0 {
 		r := rules[overN]
-		c.add(r.line, r.kind, r.id, "", "the file has %d expressions (when, cooldown_by, payload_expr), over the limit of %d (max_expressions) from this rule on",
+		c.add(r.line, r.kind, r.id, "", "the file has %d expressions (when, cooldown_by, payload_expr, score, features), over the limit of %d (max_expressions) from this rule on",
 			n, l.MaxExpressions)
 	}
 	if overSize >= 0 {
@@ -534,12 +569,13 @@ var durationLiteral = regexp.MustCompile(`duration\(\s*["']([^"']+)["']\s*\)`)
 var eventCategory = regexp.MustCompile(`event\s*(\.\s*category\b|\[\s*["']category["']\s*\])`)
 
 // lookback is how far after a late event a trigger's when is judged
-// again (Step): the longest duration literal of the expression, at most
-// maxLookback. An expression without one is judged at its event only.
+// again (Step): the longest duration literal of the expression (which
+// may use days, as duration() does), at most maxLookback. An expression
+// without one is judged at its event only.
 func lookback(src string) time.Duration {
 	var d time.Duration
 	for _, m := range durationLiteral.FindAllStringSubmatch(src, -1) {
-		if x, err := time.ParseDuration(m[1]); err == nil && x > d {
+		if x, err := parseDuration(m[1]); err == nil && x > d {
 			d = x
 		}
 	}
@@ -551,7 +587,9 @@ func lookback(src string) time.Duration {
 // maxReevaluations).
 const maxLookback = 24 * time.Hour
 
-func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int) *offer {
+// compileOffer compiles an offer in env, the offer environment with the
+// file's features, whose costs featureCost gives by name.
+func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int, featureCost map[string]uint64) *offer {
 	c := cc.c
 	w := where{kind: kindOffer, rule: ro.id.val}
 	before := len(c.errs) + c.dropped
@@ -581,12 +619,46 @@ func (cc *compiler) compileOffer(env *cel.Env, ro *rawOffer, seen map[string]int
 	if ro.when.val != "" {
 		o.when = cc.compileExpr(env, w, "when", ro.when, boolResult, &o.cost)
 	}
+	if ro.score.val != "" {
+		if o.thompson {
+			c.at(w, ro.score.line, "score", "cannot be used with select: thompson (thompson offers compete on their measured conversions, scored offers on their score)")
+		}
+		o.score = cc.compileExpr(env, w, "score", ro.score, numberResult, &o.cost)
+	}
 	o.template = checkTemplate(c, w, "template", ro.template, ro.line)
 	o.payload, o.exprs = cc.compilePayload(env, w, "", ro.payload, ro.payloadExpr, &o.cost)
 	if len(c.errs)+c.dropped != before {
 		return nil
 	}
+	o.cost = addCost(o.cost, readsCost(featureCost, o.when, o.score, o.exprs))
 	return o
+}
+
+// readsCost is the cost of the features an offer's expressions read:
+// each is evaluated at most once per decision, so it counts once per
+// offer.
+func readsCost(featureCost map[string]uint64, when, score *expr, exprs []payloadExpr) uint64 {
+	var names []string
+	add := func(x *expr) {
+		if x == nil {
+			return
+		}
+		for _, n := range x.reads {
+			if !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	add(when)
+	add(score)
+	for _, e := range exprs {
+		add(e.expr)
+	}
+	var cost uint64
+	for _, n := range names {
+		cost = addCost(cost, featureCost[n])
+	}
+	return cost
 }
 
 // compileAB checks a rule's ab mapping (nil: none).
@@ -655,6 +727,7 @@ const (
 	boolResult resultKind = iota + 1
 	stringResult
 	numberResult
+	featureResult // a number or a bool, never dyn: see feature.eval
 )
 
 // compileExpr compiles one expression and adds its cost (exprCost) to
@@ -701,6 +774,14 @@ func (cc *compiler) compile(env *cel.Env, src string, want resultKind) compiled 
 		if !out.IsExactType(cel.DoubleType) && !out.IsExactType(cel.IntType) && !out.IsExactType(cel.UintType) && !out.IsExactType(cel.DynType) {
 			return compiled{problem: "must be a number (double or int), but its type is " + cel.FormatCELType(out)}
 		}
+	case featureResult:
+		if !out.IsExactType(cel.DoubleType) && !out.IsExactType(cel.IntType) && !out.IsExactType(cel.UintType) && !out.IsExactType(cel.BoolType) {
+			problem := "must be a number (int, uint or double) or a bool (1 or 0), but its type is " + cel.FormatCELType(out)
+			if out.IsExactType(cel.DynType) {
+				problem += " (convert it: double(...))"
+			}
+			return compiled{problem: problem}
+		}
 	case stringResult:
 		if !stringConvertible(out) {
 			return compiled{problem: "must give a string (or a number, bool, timestamp or duration), but its type is " + cel.FormatCELType(out)}
@@ -714,7 +795,19 @@ func (cc *compiler) compile(env *cel.Env, src string, want resultKind) compiled 
 	if err != nil {
 		return compiled{problem: err.Error()}
 	}
-	return compiled{x: &expr{prg: prg, src: src}, cost: exprCost(est)}
+	return compiled{x: &expr{prg: prg, src: src, reads: featureReads(ast)}, cost: exprCost(est)}
+}
+
+// featureReads lists the features a checked expression reads, sorted.
+func featureReads(a *cel.Ast) []string {
+	var out []string
+	for _, ref := range a.NativeRep().ReferenceMap() {
+		if name, ok := strings.CutPrefix(ref.Name, featurePrefix); ok && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // nesting is how deeply list, map and message literals and comprehensions

@@ -35,6 +35,7 @@ type rawFile struct {
 	hasVersion       bool
 	defaultTZ        text
 	channelLimit     text
+	triggerHorizon   text
 	measure          text
 	caps             []rawCap
 	quiet            []rawQuiet
@@ -42,7 +43,13 @@ type rawFile struct {
 	fallbacks        []rawFallback
 	triggers         []rawTrigger
 	offers           []rawOffer
+	features         []rawFeature
 	conversion       *rawConversion
+}
+
+type rawFeature struct {
+	line                    int
+	name, description, expr text
 }
 
 type rawConversion struct {
@@ -107,6 +114,7 @@ type rawOffer struct {
 	category, cooldown   text
 	ab                   *rawAB
 	selectMode           text
+	score                text
 }
 
 type rawAB struct {
@@ -118,9 +126,9 @@ type rawAB struct {
 }
 
 var (
-	fileFields     = []string{"version", "settings", "policies", "fallbacks", "conversion", "triggers", "offers"}
+	fileFields     = []string{"version", "settings", "policies", "fallbacks", "conversion", "features", "triggers", "offers"}
 	convFields     = []string{"on", "window", "value"}
-	settingsFields = []string{"default_timezone", "max_actions_per_channel", "measure"}
+	settingsFields = []string{"default_timezone", "max_actions_per_channel", "trigger_horizon", "measure"}
 	policiesFields = []string{"frequency_caps", "quiet_hours", "purchase_cooldown"}
 	capFields      = []string{"id", "channel", "max", "period"}
 	quietFields    = []string{"id", "channels", "from", "to"}
@@ -131,8 +139,9 @@ var (
 	stepFields   = []string{"id", "description", "wait", "unless", "when", "cooldown", "transactional", "action"}
 	actionFields = []string{"channel", "template", "payload", "payload_expr"}
 	offerFields  = []string{"id", "description", "priority", "channels", "category", "cooldown", "ab", "select",
-		"when", "template", "payload", "payload_expr"}
-	abFields = []string{"control"}
+		"when", "score", "template", "payload", "payload_expr"}
+	abFields      = []string{"control"}
+	featureFields = []string{"name", "description", "expr"}
 )
 
 // Kinds of rules, as in RuleError.Kind.
@@ -144,6 +153,7 @@ const (
 	kindQuietHours       = "quiet_hours"
 	kindPurchaseCooldown = "purchase_cooldown"
 	kindFallback         = "fallback"
+	kindFeature          = "feature"
 )
 
 // where is the rule being read, for error messages.
@@ -368,6 +378,8 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 					f.defaultTZ = c.scalar(v, top, "settings."+key)
 				case "max_actions_per_channel":
 					f.channelLimit = c.scalar(v, top, "settings."+key)
+				case "trigger_horizon":
+					f.triggerHorizon = c.scalar(v, top, "settings."+key)
 				case "measure":
 					f.measure = c.scalar(v, top, "settings."+key)
 				}
@@ -428,6 +440,20 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 			for _, n := range v.Content {
 				f.offers = append(f.offers, readOffer(c, deref(n)))
 			}
+		case "features":
+			if isNull(v) {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				c.at(top, v.Line, "features", "expected a list, got %s", kindName(v))
+				return
+			}
+			if !checkCount(c, v, "features", l.MaxFeatures, "max_features") {
+				return
+			}
+			for _, n := range v.Content {
+				f.features = append(f.features, readFeature(c, deref(n)))
+			}
 		}
 	})
 	if ok && !f.hasVersion {
@@ -438,17 +464,38 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 
 // ruleID finds the id of a rule mapping first, so every other error in the
 // rule can name it.
-func ruleID(n *yaml.Node) string {
+func ruleID(n *yaml.Node) string { return scalarOf(n, "id") }
+
+// scalarOf finds the value of a key of a mapping, "" if it has none.
+func scalarOf(n *yaml.Node, key string) string {
 	if n.Kind != yaml.MappingNode {
 		return ""
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := deref(n.Content[i]), deref(n.Content[i+1])
-		if k.Kind == yaml.ScalarNode && k.Value == "id" && v.Kind == yaml.ScalarNode && !isNull(v) {
+		if k.Kind == yaml.ScalarNode && k.Value == key && v.Kind == yaml.ScalarNode && !isNull(v) {
 			return v.Value
 		}
 	}
 	return ""
+}
+
+// readFeature reads one feature of the features section; its errors
+// name it by its name.
+func readFeature(c *collector, n *yaml.Node) rawFeature {
+	f := rawFeature{line: n.Line}
+	w := where{kind: kindFeature, rule: scalarOf(n, "name")}
+	c.fields(n, w, "", featureFields, func(key string, _, v *yaml.Node) {
+		switch key {
+		case "name":
+			f.name = c.scalar(v, w, key)
+		case "description":
+			f.description = c.scalar(v, w, key)
+		case "expr":
+			f.expr = c.scalar(v, w, key)
+		}
+	})
+	return f
 }
 
 func readTrigger(c *collector, n *yaml.Node) rawTrigger {
@@ -547,6 +594,8 @@ func readOffer(c *collector, n *yaml.Node) rawOffer {
 			o.selectMode = c.scalar(v, w, key)
 		case "when":
 			o.when = c.scalar(v, w, key)
+		case "score":
+			o.score = c.scalar(v, w, key)
 		case "template":
 			o.template = c.scalar(v, w, key)
 		case "payload":

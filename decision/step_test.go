@@ -140,8 +140,8 @@ func TestSeedScenario(t *testing.T) {
 		{
 			name: "rejected events do not fire",
 			batches: []batch{
-				// Older than the 24h retention at processing time.
-				{views("old", "phones", t0, time.Minute, 3), t0.Add(48 * time.Hour)},
+				// Older than the retention (90 days) at processing time.
+				{views("old", "phones", t0, time.Minute, 3), t0.Add(100 * 24 * time.Hour)},
 			},
 		},
 	}
@@ -433,5 +433,50 @@ func TestStepProfileFunctions(t *testing.T) {
 				t.Errorf("false on the last event (fired %q)", got)
 			}
 		})
+	}
+}
+
+// TestTriggerHorizon: an event older than settings.trigger_horizon is
+// applied and counted, but judges no trigger; a journey's unless still
+// hears of it.
+func TestTriggerHorizon(t *testing.T) {
+	const src = `version: 1
+%s
+triggers:
+  - id: any-view
+    on: [view]
+    action: {channel: push, template: t}
+`
+	old := t0.Add(-30 * time.Hour)
+	tests := []struct {
+		name     string
+		settings string
+		want     []string
+	}{
+		{"default 24h: a 30-hour-old view fires nothing", "", nil},
+		{"a 2-day horizon judges it", "settings: {trigger_horizon: 2d}", []string{"any-view@old"}},
+		{"a 1-hour horizon", "settings: {trigger_horizon: 1h}", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := mustParse(t, fmt.Sprintf(src, tt.settings))
+			var p profile.Profile
+			ev := profile.Event{ID: "old", UserID: "u", Type: "view", OccurredAt: old}
+			actions, errs := run(t, r, &p, batch{[]profile.Event{ev}, t0})
+			if len(errs) > 0 {
+				t.Fatalf("evaluation errors: %v", errs)
+			}
+			if got := fired(actions); !reflect.DeepEqual(got, tt.want) && len(got)+len(tt.want) > 0 {
+				t.Errorf("fired %v, want %v", got, tt.want)
+			}
+			if got := p.Count("view", "", 7*24*time.Hour, t0); got != 1 {
+				t.Errorf("the old view counts %d, want 1", got)
+			}
+		})
+	}
+	for _, bad := range []string{"0", "-1h", "soon"} {
+		if _, err := Parse("r.yaml", fmt.Appendf(nil, src, "settings: {trigger_horizon: "+bad+"}")); err == nil {
+			t.Errorf("trigger_horizon %q loaded, want an error", bad)
+		}
 	}
 }

@@ -40,7 +40,10 @@ const maxReevaluations = 32
 //   - it cancels the pending journey steps that list its type in unless,
 //     when it occurred after their trigger's event and at or before their
 //     due time (and with them the steps after);
-//   - each trigger whose on lists its type (or that has no on) is judged:
+//   - unless the event is older than settings.trigger_horizon (24 h by
+//     default: a backfill of last month's events counts them but sends
+//     nothing), each trigger whose on lists its type (or that has no on)
+//     is judged:
 //     its when on the updated profile at event time. A late event (one
 //     before other events of the trigger's types) is also judged at the
 //     later minutes that have such events, within the longest duration
@@ -82,7 +85,9 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			out.Changed = true
 			j.measure(e)
 			j.cancel(e)
-			j.event(e)
+			if !e.OccurredAt.Before(now.Add(-r.horizon())) {
+				j.event(e)
+			}
 		}
 		if j.fireDue() {
 			out.Changed = true

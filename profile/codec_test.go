@@ -89,9 +89,9 @@ func edgeProfile() *profile.Profile {
 			{Type: "view", Category: "", Minutes: []profile.Bucket{{At: math.MinInt64, Count: 0}, {At: math.MaxInt64, Count: 2}}},
 			{Type: "view", Category: "日本語", Minutes: []profile.Bucket{{At: 1, Count: 2}, {At: 1 << 40, Count: 3}}},
 		},
-		MinuteFrom: -7,
-		HourFrom:   math.MaxInt64,
-		DedupFloor: 20_000,
+		MinuteFrom:    -7,
+		HourFrom:      math.MaxInt64,
+		DedupFloor:    20_000,
 		Totals:        map[string]uint64{"": 0, "view": math.MaxUint64, "ünïcode": 1},
 		LastSeen:      map[string]time.Time{"view": ms(1741608000123), "zero": {}, "far": ms(math.MaxInt64)},
 		PurchaseCount: 3,
@@ -509,7 +509,7 @@ func TestDecodeSkipsUnknownFields(t *testing.T) {
 			bytesField(nil, fLastPurchases, pair("phones", protowire.EncodeZigZag(7000))),
 		)
 		want := &profile.Profile{
-			Version:    3,
+			Version: 3,
 			// Stored before the tiers: the minutes fill the hours and days.
 			Series: []profile.Series{{Type: "view", Category: "a",
 				Minutes: []profile.Bucket{{At: 100, Count: 2}, {At: 101, Count: 1}},
@@ -681,7 +681,8 @@ func BenchmarkDecode(b *testing.B) {
 // BenchmarkApplyEvent is the pure profile update of one event (dedup,
 // event-time bucket, totals) on the typical profile of BenchmarkEncode,
 // followed by Compact, as a step does per batch. The one allocation per
-// op is the benchmark's own event id.
+// op is the benchmark's own event id. The profile is rebuilt every 1,000
+// events (untimed), before its day of ids fills up (Limits.DedupMax).
 func BenchmarkApplyEvent(b *testing.B) {
 	p := benchProfile()
 	now := p.UpdatedAt
@@ -689,6 +690,11 @@ func BenchmarkApplyEvent(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
+		if i%1000 == 999 {
+			b.StopTimer()
+			p = benchProfile()
+			b.StartTimer()
+		}
 		e := profile.Event{ID: fmt.Sprintf("bench-%d", i), UserID: "u", Type: "view", Category: "phones", OccurredAt: now.Add(-time.Minute)}
 		if r := p.ApplyEvent(&e, now, l); r.Status != profile.Applied {
 			b.Fatalf("event %d: %v", i, r.Status)

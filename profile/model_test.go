@@ -806,7 +806,7 @@ func TestCompact(t *testing.T) {
 			tier   profile.Tier
 		}{
 			{"a", 20 * time.Minute, 1, profile.TierMinute},
-			{"a", time.Hour, 2, profile.TierHour},   // from 11:00, before the minutes
+			{"a", time.Hour, 2, profile.TierHour},    // from 11:00, before the minutes
 			{"b", 3 * time.Hour, 1, profile.TierDay}, // from 09:00, before the hours
 			{"", 150 * time.Minute, 3, profile.TierDay},
 		} {

@@ -595,6 +595,7 @@ func (c *Config) settings() []setting {
 		{"rules.max_yaml_nodes", "rules-max-yaml-nodes", "most YAML nodes of the rules file, aliases expanded", integer(&c.Rules.MaxYAMLNodes)},
 		{"rules.max_triggers", "rules-max-triggers", "most triggers of the rules file", integer(&c.Rules.MaxTriggers)},
 		{"rules.max_offers", "rules-max-offers", "most offers of the rules file", integer(&c.Rules.MaxOffers)},
+		{"rules.max_features", "rules-max-features", "most features of the rules file", integer(&c.Rules.MaxFeatures)},
 		{"rules.max_policies", "rules-max-policies", "most frequency caps and quiet hours of the rules file", integer(&c.Rules.MaxPolicies)},
 		{"rules.max_expressions", "rules-max-expressions", "most CEL expressions of the rules file", integer(&c.Rules.MaxExpressions)},
 		{"rules.max_expression_length", "rules-max-expression-length", "longest CEL expression, in characters", integer(&c.Rules.MaxExpressionLength)},
@@ -926,7 +927,7 @@ func (c RulesConfig) validate() error {
 		v   int
 	}{
 		{"max_bytes", c.MaxBytes}, {"max_yaml_nodes", c.MaxYAMLNodes}, {"max_triggers", c.MaxTriggers},
-		{"max_offers", c.MaxOffers}, {"max_policies", c.MaxPolicies}, {"max_expressions", c.MaxExpressions},
+		{"max_offers", c.MaxOffers}, {"max_features", c.MaxFeatures}, {"max_policies", c.MaxPolicies}, {"max_expressions", c.MaxExpressions},
 		{"max_expression_length", c.MaxExpressionLength}, {"max_expression_bytes", c.MaxExpressionBytes},
 		{"max_event_cost", c.MaxEventCost}, {"max_decision_cost", c.MaxDecisionCost},
 	} {
