@@ -3,6 +3,7 @@ package profile_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -200,5 +201,45 @@ func TestDecodeBeforeTiers(t *testing.T) {
 	}
 	if got := q.Count("view", "a", 7*24*time.Hour, t0); got != 4 {
 		t.Errorf("Count(7d) after a backfilled event = %d, want 4", got)
+	}
+}
+
+// TestHeavyUserBound builds the largest profile the default limits let
+// counts and ids grow to (every series with a bucket in every minute,
+// hour and day it keeps, every id) and checks it against the bound the
+// docs state (docs/rules.md, "What the profile remembers").
+func TestHeavyUserBound(t *testing.T) {
+	l := defaults
+	p := &profile.Profile{Version: 1, UpdatedAt: t0}
+	minutes, hours := int64(l.MinuteSpan/time.Minute), int64(l.HourSpan/time.Hour)
+	days := int64(l.Retention/(24*time.Hour)) + 1
+	for i := range l.MaxSeries {
+		s := profile.Series{Type: "view", Category: fmt.Sprintf("category-%03d", i)}
+		for m := range minutes {
+			s.Minutes = append(s.Minutes, profile.Bucket{At: t0.Unix()/60 - minutes + m, Count: 3})
+		}
+		for h := range hours {
+			s.Hours = append(s.Hours, profile.Bucket{At: t0.Unix()/3600 - hours + h, Count: 100})
+		}
+		for d := range days {
+			s.Days = append(s.Days, profile.Bucket{At: t0.Unix()/86400 - days + d, Count: 1000})
+		}
+		p.Series = append(p.Series, s)
+	}
+	var ids int
+	for d := range days {
+		day := profile.SeenDay{Day: t0.Unix()/86400 - days + d}
+		for range l.DedupMax / int(days) {
+			day.Hashes = append(day.Hashes, uint64(ids)*0x9e3779b97f4a7c15)
+			ids++
+		}
+		slices.Sort(day.Hashes)
+		p.Seen = append(p.Seen, day)
+	}
+	n := len(profile.Encode(p))
+	const bound = 1_000_000 // the figure docs/rules.md states
+	t.Logf("heaviest counts and ids: %d bytes (%d series, %d ids)", n, len(p.Series), ids)
+	if n > bound {
+		t.Errorf("the heaviest profile encodes to %d bytes, over the documented %d", n, bound)
 	}
 }
