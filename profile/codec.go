@@ -36,7 +36,7 @@ const (
 	fTimers        = 16 // message per timer, by wake time (timer.go)
 	fExposures     = 17 // message per attribution window (measure.go)
 	fConversions   = 18 // message per kept conversion, by event time (measure.go)
-	fSeenDays      = 19 // message per day of remembered ids: 1 sint64 day, 2 packed fixed64 hashes, ascending
+	fSeenDays      = 19 // message per day of remembered ids: 1 sint64 day, 2 packed fixed64 hashes in the order applied
 	fTiers         = 20 // message: 1 sint64 minute from, 2 sint64 hour from, 3 sint64 dedup floor; its presence marks the tiered form
 )
 
@@ -534,9 +534,6 @@ func decodeSeenDay(v []byte) (SeenDay, error) {
 		}
 		return nil
 	})
-	if err == nil && !slices.IsSorted(d.Hashes) {
-		err = fmt.Errorf("%w: seen ids out of order", ErrCorrupt)
-	}
 	return d, err
 }
 

@@ -16,12 +16,15 @@ import (
 // counts twice.
 //
 // The memory is 8 bytes per event id kept, plus a few bytes per day.
-// Limits.DedupMax bounds the ids of a profile (4,096 by default, 32 KiB):
-// past it the oldest days are forgotten whole, and the profile then
+// Limits.DedupMax bounds the ids of a profile (4,096 by default, 32 KiB).
+// Past it, the oldest days are forgotten whole, and the profile then
 // rejects events of those days (Profile.DedupFloor, reason "dedup
-// horizon"), since it could no longer tell a re-sent one; and a day that
-// alone holds DedupMax ids takes no more events. The bound is for heavy
-// users and bots: a shopper with 40 events a day for 90 days fits.
+// horizon"), since it could no longer tell a re-sent one. A single day
+// with more ids than DedupMax (a bot, a load test's hottest user) keeps
+// its latest DedupMax: for such a user a re-sent event whose id was
+// forgotten would count again; that is the one exception to exactly
+// once, and the price of a bounded profile for an unbounded user. A
+// shopper with 40 events a day for 90 days fits in the bound.
 //
 // The hash is 64-bit FNV-1a: with 4,096 ids in a profile the chance that
 // a new event is taken for a duplicate is 4,096 / 2^64, about 2 in 10^16
@@ -32,7 +35,7 @@ import (
 type SeenDay struct {
 	// Day is the UTC day, in days since the Unix epoch.
 	Day int64
-	// Hashes are the HashEventID of the ids, ascending.
+	// Hashes are the HashEventID of the ids, in the order applied.
 	Hashes []uint64
 }
 
@@ -48,7 +51,7 @@ func HashEventID(id string) uint64 {
 func (p *Profile) HasSeen(eventID string) bool {
 	h := HashEventID(eventID)
 	for i := range p.Seen {
-		if _, ok := slices.BinarySearch(p.Seen[i].Hashes, h); ok {
+		if slices.Contains(p.Seen[i].Hashes, h) {
 			return true
 		}
 	}
@@ -73,23 +76,13 @@ func (p *Profile) seenDay(day int64) *SeenDay {
 	return &p.Seen[i]
 }
 
-// remember adds the hash to its day, which has room (see ApplyEvent).
-func (d *SeenDay) remember(h uint64) {
-	i, found := slices.BinarySearch(d.Hashes, h)
-	if !found {
-		d.Hashes = slices.Insert(d.Hashes, i, h)
-	}
-}
-
-// dayFull reports whether the day of an event holds DedupMax ids.
-func (p *Profile) dayFull(day int64, max int) bool {
-	i := sort.Search(len(p.Seen), func(i int) bool { return p.Seen[i].Day >= day })
-	return i < len(p.Seen) && p.Seen[i].Day == day && len(p.Seen[i].Hashes) >= max
-}
+// remember adds the hash of an id not seen to its day.
+func (d *SeenDay) remember(h uint64) { d.Hashes = append(d.Hashes, h) }
 
 // compactSeen forgets the days no event of which can be accepted any
 // more at processing time now (with a day of margin), then the oldest
-// days while more than DedupMax ids remain, raising DedupFloor past them.
+// days while more than DedupMax ids remain, raising DedupFloor past them,
+// and last the oldest ids of a single day over DedupMax.
 func (p *Profile) compactSeen(now time.Time, l Limits) {
 	// Day d holds events before (d+1) days; they are all rejected once
 	// that is before now - Retention.
@@ -111,6 +104,10 @@ func (p *Profile) compactSeen(now time.Time, l Limits) {
 		m := copy(p.Seen, p.Seen[k:])
 		clear(p.Seen[m:])
 		p.Seen = p.Seen[:m]
+	}
+	if n > l.DedupMax {
+		d := &p.Seen[0]
+		d.Hashes = append(d.Hashes[:0], d.Hashes[n-l.DedupMax:]...)
 	}
 	if len(p.Seen) == 0 {
 		p.Seen = nil

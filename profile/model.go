@@ -431,10 +431,6 @@ func (p *Profile) ApplyEvent(e *Event, now time.Time, l Limits) Result {
 	if p.HasSeen(e.ID) {
 		return Result{Status: Duplicate}
 	}
-	if p.dayFull(day, l.DedupMax) {
-		return Result{Status: Rejected, Code: RejectDedupHorizon, Reason: "the profile already remembers " + strconv.Itoa(l.DedupMax) +
-			" event ids of " + e.OccurredAt.UTC().Format(time.DateOnly) + " (profile.dedup_max): more could not be deduplicated"}
-	}
 	p.seenDay(day).remember(HashEventID(e.ID))
 	p.advanceTiers(now, l)
 	p.addCount(e.Type, e.Category, e.OccurredAt, e.Value)
