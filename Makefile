@@ -16,7 +16,7 @@ DEMO_ADDR ?= 127.0.0.1:7071
 DEMO_HTTP ?= 127.0.0.1:7081
 DEMO_METRICS ?= 127.0.0.1:9091
 
-.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache bench-http lint fmt-check vet clean fuzz
+.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache bench-http bench-features lint fmt-check vet clean fuzz
 
 all: build
 
@@ -63,6 +63,12 @@ bench-nearcache:
 # p50 and p99 at c=1 and at 2,000/s (about 2 min, not in CI).
 bench-http:
 	bash scripts/httpbench.sh
+
+# Features for models (issue 19): GetFeatures latency and users/s for
+# batches of 1, 10 and 100 users over 100,000 seeded 90-day profiles
+# (about 4 min, not in CI).
+bench-features:
+	bash scripts/featuresbench.sh
 
 vet:
 	$(GO) vet ./...

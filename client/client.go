@@ -23,9 +23,10 @@ import (
 // Client is a connection to a nudge server (or a load balancer in front of
 // several). It is safe for concurrent use.
 type Client struct {
-	conn   *grpc.ClientConn
-	decide nudgev1.DecisionServiceClient
-	ingest nudgev1.IngestServiceClient
+	conn     *grpc.ClientConn
+	decide   nudgev1.DecisionServiceClient
+	ingest   nudgev1.IngestServiceClient
+	profiles nudgev1.ProfileServiceClient
 }
 
 // Option configures Dial.
@@ -137,9 +138,10 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("client: dial %s: %w", target, err)
 	}
 	return &Client{
-		conn:   conn,
-		decide: nudgev1.NewDecisionServiceClient(conn),
-		ingest: nudgev1.NewIngestServiceClient(conn),
+		conn:     conn,
+		decide:   nudgev1.NewDecisionServiceClient(conn),
+		ingest:   nudgev1.NewIngestServiceClient(conn),
+		profiles: nudgev1.NewProfileServiceClient(conn),
 	}, nil
 }
 
@@ -147,8 +149,8 @@ func Dial(target string, opts ...Option) (*Client, error) {
 // a publisher whose connection is closed can only fail.
 func (c *Client) Close() error { return c.conn.Close() }
 
-// Conn returns the underlying connection, for the services this package
-// does not wrap (ProfileService, AdminService).
+// Conn returns the underlying connection, for the methods this package
+// does not wrap (ProfileService's but GetFeatures, AdminService).
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // isLoopback reports whether target names this machine.
@@ -305,4 +307,36 @@ func (c *Client) DecideBatch(ctx context.Context, queries []Query, opts ...Decid
 		out[i] = Decision{Decision: r.GetDecision(), ProfileVersion: r.GetProfileVersion()}
 	}
 	return out, nil
+}
+
+// Features are the features of users, as a model reads them: one row per
+// user asked, in order, every row computed with the rules of RulesVersion
+// on windows ending at At.
+type Features struct {
+	// Names are the features of every row: those asked for, or every
+	// feature of the rules in the file's order.
+	Names        []string
+	Rows         []*nudgev1.FeatureRow
+	RulesVersion string
+	At           time.Time
+}
+
+// GetFeatures evaluates features of the rules in force (the rules file's
+// features section) for up to 1000 users in one call: the names given,
+// or every feature when none. A row's Values holds each feature's value,
+// its Errors why a feature has none (its expression failed on the
+// profile); a user never seen has Found false and the features of an
+// empty profile. Errors are gRPC status errors: INVALID_ARGUMENT for a
+// feature the rules do not define (the message lists those they do),
+// FAILED_PRECONDITION when they define none, UNAVAILABLE when the store
+// is. With tokens, it needs the features or admin role.
+func (c *Client) GetFeatures(ctx context.Context, userIDs []string, features ...string) (Features, error) {
+	resp, err := c.profiles.GetFeatures(ctx, &nudgev1.GetFeaturesRequest{UserIds: userIDs, Features: features})
+	if err != nil {
+		return Features{}, err
+	}
+	if len(resp.GetRows()) != len(userIDs) {
+		return Features{}, fmt.Errorf("client: %d feature rows for %d users", len(resp.GetRows()), len(userIDs))
+	}
+	return Features{Names: resp.GetFeatures(), Rows: resp.GetRows(), RulesVersion: resp.GetRulesVersion(), At: resp.GetAt().AsTime()}, nil
 }

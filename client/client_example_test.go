@@ -104,3 +104,48 @@ func ExampleClient_DecideBatch() {
 	// VERDICT_SEND web-welcome
 	// VERDICT_NONE
 }
+
+// A scoring service reads a user's features (the rules file's features
+// section) for its model, and those of a user never seen.
+func ExampleClient_GetFeatures() {
+	c, err := client.Dial(exampleAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	user := exampleUser("erin")
+	p := c.NewPublisher()
+	for i, category := range []string{"phones", "tv"} {
+		err := p.Publish(ctx, &nudgev1.Event{
+			EventId:    fmt.Sprint("f", i),
+			UserId:     user,
+			Type:       "view",
+			Category:   category,
+			OccurredAt: timestamppb.New(time.Now().Add(-time.Hour)),
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	f, err := c.GetFeatures(ctx, []string{user, exampleUser("never-seen")},
+		"views_7d", "distinct_categories_7d", "days_since_purchase")
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i, r := range f.Rows {
+		fmt.Printf("user %d found=%v", i, r.GetFound())
+		for _, name := range f.Names {
+			fmt.Printf(" %s=%v", name, r.GetValues()[name])
+		}
+		fmt.Println()
+	}
+	// Output:
+	// user 0 found=true views_7d=2 distinct_categories_7d=2 days_since_purchase=36500
+	// user 1 found=false views_7d=0 distinct_categories_7d=0 days_since_purchase=36500
+}

@@ -1,6 +1,6 @@
 // Package client is the Go client of nudge: decisions (Decide,
-// DecideBatch), reliable event ingestion (Publisher) and action delivery
-// (Subscribe) over gRPC.
+// DecideBatch), reliable event ingestion (Publisher), action delivery
+// (Subscribe) and features for models (GetFeatures) over gRPC.
 //
 // # Connecting
 //

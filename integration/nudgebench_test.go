@@ -33,6 +33,12 @@ type benchReport struct {
 		P50 float64 `json:"p50"`
 		P99 float64 `json:"p99"`
 	} `json:"floor_ratio"`
+	Features *struct {
+		Served    []string `json:"served"`
+		Rows      uint64   `json:"rows"`
+		RowErrors uint64   `json:"row_errors"`
+		NotFound  uint64   `json:"not_found"`
+	} `json:"features"`
 	Verified bool `json:"verified"`
 	Checks   []struct {
 		Name string `json:"name"`
@@ -112,5 +118,27 @@ func TestNudgeBenchAgainstNudged(t *testing.T) {
 	r = runNudgeBench(t, bench, append([]string{"--workload", "mixed", "--rate", "200", "--ingest-rate", "5000", "--duration", "2s", "--prefix", "it3"}, common...)...)
 	if len(r.Results) != 2 || r.Results[0].Name != "ingest" || r.Results[0].Applied != 10000 || r.Results[1].Name != "decide" || r.Results[1].Ops < 360 {
 		t.Fatalf("mixed: %+v", r.Results)
+	}
+}
+
+// The features workload, small: GetFeatures for batches of 1 and 10 of
+// 500 users with seeded 90-day histories, every row with all the bundled
+// rules' features, and one result per batch size.
+func TestNudgeBenchFeatures(t *testing.T) {
+	nudgedBin, bench := buildNudged(t), buildCommand(t, "nudge-bench")
+	rs := redistest.Start(t)
+	n := startNudged(t, nudgedBin, "--redis-addr", rs.Addr)
+	r := runNudgeBench(t, bench, "--workload", "features", "--addr", n.addr, "--users", "500", "--dist", "uniform",
+		"--seed", "--seed-events", "10", "--batch-sizes", "1,10", "--concurrency", "2", "--duration", "2s", "--verify")
+	if len(r.Results) != 2 || r.Results[0].Name != "features-1" || r.Results[1].Name != "features-10" {
+		t.Fatalf("results %+v, want features-1 and features-10", r.Results)
+	}
+	for _, w := range r.Results {
+		if w.Ops == 0 || w.Errors != 0 || w.LatencyUS.P50 <= 0 || w.LatencyUS.P99 < w.LatencyUS.P50 {
+			t.Errorf("%s: %+v", w.Name, w)
+		}
+	}
+	if f := r.Features; f == nil || len(f.Served) == 0 || f.Rows != r.Results[0].Ops+10*r.Results[1].Ops || f.RowErrors != 0 || f.NotFound != 0 {
+		t.Errorf("features section %+v", f)
 	}
 }

@@ -185,7 +185,7 @@ func TestMetricsAfterTrafficCoverDashboardAndAlerts(t *testing.T) {
 	first := ev("v1", 3*time.Second)
 	first.Attributes = map[string]string{"tz": daytimeTZ()} // outside the bundled rules' quiet hours whatever the hour
 	batch := []*nudgev1.Event{first, ev("v2", 2*time.Second), ev("v3", time.Second), ev("late", 10*time.Minute),
-		{EventId: "bad", UserId: "obs-user", Type: "Not A Type", OccurredAt: timestamppb.New(now)}, ev("ancient", 72*time.Hour)}
+		{EventId: "bad", UserId: "obs-user", Type: "Not A Type", OccurredAt: timestamppb.New(now)}, ev("ancient", 91*24*time.Hour)}
 	ingest := nudgev1.NewIngestServiceClient(conn)
 	resp, err := ingest.Publish(ctx, &nudgev1.PublishRequest{Events: batch})
 	if err != nil {

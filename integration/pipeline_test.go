@@ -258,7 +258,7 @@ func TestInvalidEventRejectedAlone(t *testing.T) {
 		noUser := ev("", "view", "phones", time.Minute)
 		badType := ev(user, "View Page", "phones", time.Minute)
 		future := ev(user, "view", "phones", -2*time.Hour)
-		ancient := ev(user, "view", "phones", 48*time.Hour)
+		ancient := ev(user, "view", "phones", 91*24*time.Hour)
 		noTime := ev(user, "view", "phones", 0)
 		noTime.OccurredAt = nil
 		badAttr := ev(user, "view", "phones", time.Minute)

@@ -15,7 +15,10 @@
 #                  5,000/s: p50 and p99 ratios
 #   AB_MODE=ingest events/s of AB_EVENTS (default 300000) Zipf events over
 #                  100,000 users, 4 streams of 500-event batches, exactly
-#                  once checked (--verify), from an empty Redis each time
+#                  once checked (--verify), from an empty Redis each time;
+#                  and the profiles' size: Redis used_memory growth per
+#                  profile key (outbox included) and the mean stored
+#                  profile (STRLEN of 2,000 profile keys)
 #   AB_ROUNDS=N    rounds (default 4); AB_ORDER="b a" to start with NEW
 set -euo pipefail
 [ $# -eq 3 ] || { sed -n '2,18p' "$0" >&2; exit 2; }
@@ -45,18 +48,24 @@ for r in $(seq "$rounds"); do
   for v in ${AB_ORDER:-a b}; do
     if [ "$mode" = ingest ]; then
       redis-cli -p "$rp" flushall >/dev/null
+      mem0=$(redis-cli -p "$rp" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)$/\1/p')
       start "$v"
       out=$("$nb" --workload ingest --addr "127.0.0.1:$np" --redis-addr "127.0.0.1:$rp" --events "${AB_EVENTS:-300000}" \
         --users 100000 --dist zipf --streams 4 --batch 500 --verify --quiet | tail -n 1)
       stop
-      python3 - "$v" "$r" "$out" <<'PY'
+      mem1=$(redis-cli -p "$rp" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)$/\1/p')
+      keys=$(redis-cli -p "$rp" --scan --pattern 'nudge:{*}:p:*' | wc -l)
+      strlen=$(redis-cli -p "$rp" --scan --pattern 'nudge:{*}:p:*' | head -n 2000 | sed 's/^/STRLEN /' | redis-cli -p "$rp" | awk '{s+=$1; n++} END {if (n) printf "%.0f", s/n}')
+      python3 - "$v" "$r" "$out" "$mem0" "$mem1" "$keys" "$strlen" <<'PY'
 import json, sys
-v, r, out = sys.argv[1:]
+v, r, out, mem0, mem1, keys, strlen = sys.argv[1:]
 rep = json.loads(out)
 i = {x["name"]: x for x in rep["results"]}["ingest"]
 checks = " ".join(f"{c['name']}={'ok' if c['ok'] else 'FAILED'}" for c in rep.get("checks") or [])
 name = {"a": "old", "b": "new"}[v]
-print(f"{name} round {r}: {i['events_per_sec']:.0f} events/s, {i['applied']} applied, {checks}")
+bpp = (int(mem1) - int(mem0)) / max(int(keys), 1)
+print(f"{name} round {r}: {i['events_per_sec']:.0f} events/s, {i['applied']} applied, {checks}; "
+      f"{int(keys)} profiles, {bpp:.0f} B of used_memory per profile, stored profile {strlen} B on average")
 PY
       continue
     fi

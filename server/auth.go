@@ -41,9 +41,15 @@ const (
 	// (AdminService.TailDecisions): that lists every user's decisions,
 	// not the ones the token asks for, so it stays RoleAdmin's.
 	RoleExplain Role = "explain"
+	// RoleFeatures calls ProfileService.GetFeatures and ExportFeatures,
+	// read-only: the features the rules define, for models (a scoring
+	// service, a training job). RoleAdmin may too. It opens no other
+	// method of ProfileService: GetProfile shows the whole profile and
+	// DeleteProfile erases it, so they stay RoleAdmin's.
+	RoleFeatures Role = "features"
 )
 
-var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin, RoleSend, RoleExplain}
+var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin, RoleSend, RoleExplain, RoleFeatures}
 
 // Token is a bearer token a caller sends as "authorization: Bearer
 // <Secret>". With no tokens configured the server does not authenticate.
@@ -98,8 +104,16 @@ var serviceRoles = map[string]Role{
 	reflectionv1alpha.ServerReflection_ServiceDesc.ServiceName: anyRole,
 }
 
-// requiredRole is the role fullMethod ("/package.Service/Method") requires;
-// false when no rule covers it.
+// methodRoles are the methods whose access rule is not their service's:
+// any one of the roles opens the method. They come before serviceRoles.
+var methodRoles = map[string][]Role{
+	nudgev1.ProfileService_GetFeatures_FullMethodName:    {RoleFeatures, RoleAdmin},
+	nudgev1.ProfileService_ExportFeatures_FullMethodName: {RoleFeatures, RoleAdmin},
+}
+
+// requiredRole is the role fullMethod ("/package.Service/Method") requires
+// by its service's rule; false when no rule covers it. See methodRoles
+// first.
 func requiredRole(fullMethod string) (Role, bool) {
 	service, _, ok := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
 	if !ok {
@@ -255,6 +269,12 @@ func (s *Server) authorize(authorization []string, method string) (*principal, e
 	p := s.tokens[secretDigest(sha256.Sum256([]byte(secret)))]
 	if p == nil {
 		return nil, errUnknownToken
+	}
+	if roles, ok := methodRoles[method]; ok {
+		if !slices.ContainsFunc(roles, p.has) {
+			return p, lacksRoles(p.name, roles, method)
+		}
+		return p, nil
 	}
 	role, ok := requiredRole(method)
 	switch {

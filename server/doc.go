@@ -18,6 +18,9 @@
 //     degraded, stale, reserved) is built by decision (Rules.Answer,
 //     Rules.Reserve);
 //   - actions.go, profiles.go, admin.go: the other services;
+//   - features.go: features for models (GetFeatures: read as decisions
+//     read, near-cache first; ExportFeatures: a scan of every profile,
+//     ProfileScanner), evaluated by decision (Rules.EvalFeatures);
 //   - logs.go: the admin RPCs that read logs back (the decision log,
 //     the dead letters);
 //   - groups.go: which consumer groups a token may use (Token.Groups),

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -69,6 +71,9 @@ var (
 	errNoDecisionLog     = status.Error(codes.Unimplemented, "this server reads no decision log (no audit log configured)")
 	errNoDeadLetters     = status.Error(codes.Unimplemented, "this server lists no dead letters (no outbox configured)")
 	errTailDraining      = status.Error(codes.Unavailable, "server is shutting down: tail again, from another instance")
+	errExportDraining    = status.Error(codes.Unavailable, "server is shutting down: export again, from another instance")
+	errNoScanner         = status.Error(codes.Unimplemented, "this server's store cannot list its profiles, so it exports no features")
+	errNoFeatures        = status.Error(codes.FailedPrecondition, "the rules in force define no features: add a features section to the rules file")
 	errNoToken           = status.Error(codes.Unauthenticated, "missing bearer token: send metadata 'authorization: Bearer <token>'")
 	errUnknownToken      = status.Error(codes.Unauthenticated, "unknown token: send a token configured on this server")
 )
@@ -108,6 +113,15 @@ func lacksRole(token string, role Role, method string) error {
 // do not allow.
 func lacksRoleFor(token string, role Role, what string) error {
 	return status.Errorf(codes.PermissionDenied, "token %q lacks role %q, required to %s", token, role, what)
+}
+
+// lacksRoles refuses a token a method that any one of roles opens.
+func lacksRoles(token string, roles []Role, method string) error {
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = strconv.Quote(string(r))
+	}
+	return status.Errorf(codes.PermissionDenied, "token %q lacks role %s, required by %s", token, strings.Join(names, " or "), method)
 }
 
 // streamIdle is the status that ends an ingest stream idle for d.

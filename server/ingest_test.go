@@ -38,7 +38,7 @@ func mixedBatch() []*nudgev1.Event {
 		ev("r2", "u2", "View", "", now),
 		noTime,
 		twoBad,
-		ev("old", "u2", "view", "", now.Add(-48*time.Hour)),
+		ev("old", "u2", "view", "", now.Add(-91*24*time.Hour)),
 		ev("future", "u2", "view", "", now.Add(time.Hour)),
 	}
 }

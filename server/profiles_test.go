@@ -18,12 +18,14 @@ import (
 )
 
 // counts is one (type, category) group of GetProfile's counts, over the
-// 5m, 30m, 1h and 24h windows in that order.
+// 5m, 30m, 1h, 24h, 7d, 30d and 90d windows in that order; the tests'
+// events are all within the day, so the longer windows count as 24h.
 func counts(typ, category string, n5m, n30m, n1h, n24h uint64) []*nudgev1.WindowedCount {
+	const day = 24 * time.Hour
 	var out []*nudgev1.WindowedCount
-	for i, w := range []time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 24 * time.Hour} {
+	for i, w := range []time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, day, 7 * day, 30 * day, 90 * day} {
 		out = append(out, &nudgev1.WindowedCount{Type: typ, Category: category, Window: durationpb.New(w),
-			Count: []uint64{n5m, n30m, n1h, n24h}[i]})
+			Count: []uint64{n5m, n30m, n1h, n24h, n24h, n24h, n24h}[i]})
 	}
 	return out
 }

@@ -15,7 +15,7 @@ import (
 
 // config is every setting of a run, from the flags.
 type config struct {
-	Workloads []string // ingest, decide, floor, mixed, actions, peer-watch; "decide,floor" is the only pair
+	Workloads []string // ingest, decide, floor, mixed, actions, features, peer-watch; "decide,floor" is the only pair
 	Addr      string
 	HTTPAddr  string // nudged's HTTP/JSON listener (decide-http)
 	Conns     int
@@ -44,6 +44,16 @@ type config struct {
 	Budget      time.Duration // 0: the server's
 	Rounds      int           // decide,floor: alternate the two this many times
 	Seed        bool
+
+	// Features: users per GetFeatures call, one result per size (run in
+	// turn, --rounds times, each for Duration in all); the features asked
+	// (nil: every feature of the rules); and what --seed writes per user:
+	// SeedEvents events over the SeedSpan before now. Set for the
+	// features workload alone.
+	BatchSizes []int
+	Features   []string
+	SeedEvents int
+	SeedSpan   time.Duration
 
 	// Actions: the subscriber's consumer group and how many members, the
 	// events per fired action, and how long to wait for stragglers.
@@ -93,7 +103,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	var c config
 	fs := flag.NewFlagSet("nudge-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	workload := fs.String("workload", "ingest", "ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, or decide,floor or decide-http,decide (both in one run, alternating, see --rounds)")
+	workload := fs.String("workload", "ingest", "ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, features, peer-watch, or decide,floor or decide-http,decide (both in one run, alternating, see --rounds)")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:7070", "nudged address")
 	fs.IntVar(&c.Conns, "conns", 2, "gRPC connections; streams and callers are spread over them")
 	c.Security = clientflags.Register(fs, "ingest and decide", getenv)
@@ -107,13 +117,17 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 	fs.IntVar(&c.InFlight, "inflight", 8, "ingest: batches in flight per stream")
 	fs.StringVar(&c.Prefix, "prefix", "", "ingest: event id prefix, so that a re-run does not deduplicate (default: from the start time)")
 	fs.Float64Var(&c.IngestRate, "ingest-rate", 0, "mixed, actions: events per second sent during --duration (default 20000; actions 10000)")
-	fs.Float64Var(&c.Rate, "rate", 5000, "decide, floor, mixed: calls per second, open loop (0: as fast as --concurrency callers go)")
-	fs.IntVar(&c.Concurrency, "concurrency", 16, "decide, floor, mixed, peer-watch: concurrent callers (peer-watch: workers)")
-	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "decide, floor, mixed, actions: how long to send (decide,floor: each); peer-watch: its time bound")
+	fs.Float64Var(&c.Rate, "rate", 5000, "decide, floor, mixed, features: calls per second, open loop (0: as fast as --concurrency callers go; features' default)")
+	fs.IntVar(&c.Concurrency, "concurrency", 16, "decide, floor, mixed, features, peer-watch: concurrent callers (peer-watch: workers)")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "decide, floor, mixed, actions, features: how long to send (decide,floor and features' batch sizes: each); peer-watch: its time bound")
 	fs.StringVar(&c.Channel, "channel", "sms", "decide: channel asked for")
 	fs.DurationVar(&c.Budget, "budget", 0, "decide: budget of each call (default: the server's)")
-	fs.IntVar(&c.Rounds, "rounds", 2, "decide,floor: alternate decide and floor this many times, each for duration/rounds")
-	fs.BoolVar(&c.Seed, "seed", false, "decide, floor, mixed: first write one profile per user through IngestService/Publish")
+	fs.IntVar(&c.Rounds, "rounds", 2, "decide,floor: alternate decide and floor this many times, each for duration/rounds (features: the batch sizes)")
+	fs.BoolVar(&c.Seed, "seed", false, "decide, floor, mixed: first write one profile per user through IngestService/Publish; features: a history per user (--seed-events, --seed-span)")
+	batchSizes := fs.String("batch-sizes", "1,10,100", "features: users per GetFeatures call, comma separated, each at most 1000; each size is a result of its own")
+	features := fs.String("features", "", "features: the features asked for, comma separated (default: every feature of nudged's rules)")
+	seedEvents := fs.Int("seed-events", 20, "features: events per user --seed writes")
+	seedSpan := fs.Duration("seed-span", 89*24*time.Hour, "features: --seed spreads each user's events uniformly over this long before now (within nudged's profile retention, 90 days by default)")
 	fs.StringVar(&c.Group, "group", "nudge-bench", "actions: the subscribers' consumer group")
 	fs.IntVar(&c.Subscribers, "subscribers", 1, "actions: members of the group, each on its own ActionService/Subscribe stream")
 	fs.IntVar(&c.ActionEvery, "action-every", 10, "actions: one action per this many events, 3..18 (a fresh user views one category 3 times and others once)")
@@ -156,6 +170,22 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 		c.Prefix = "nb" + now.UTC().Format("20060102T150405.000")
 	}
 	c.Workloads = strings.Split(*workload, ",")
+	if c.has("features") {
+		if c.BatchSizes, err = parseSizes(*batchSizes); err != nil {
+			return c, usageError{Msg: err.Error()}
+		}
+		if *features != "" {
+			c.Features = strings.Split(*features, ",")
+		}
+		c.SeedEvents, c.SeedSpan = *seedEvents, *seedSpan
+		// A sweep of batch sizes compares latencies: closed loop unless
+		// a rate is asked for.
+		rateSet := false
+		fs.Visit(func(f *flag.Flag) { rateSet = rateSet || f.Name == "rate" })
+		if !rateSet {
+			c.Rate = 0
+		}
+	}
 	// The actions workload measures latency, so it sends smaller batches at
 	// a lower rate than the throughput workloads by default.
 	if c.Batch == 0 {
@@ -180,9 +210,9 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string, no
 func (c config) validate() error {
 	bad := func(format string, a ...any) error { return usageError{Msg: fmt.Sprintf(format, a...)} }
 	switch w := strings.Join(c.Workloads, ","); w {
-	case "ingest", "decide", "decide-http", "floor", "health", "freshness", "mixed", "actions", "timers", "shoppers", "peer-watch", "decide,floor", "decide-http,decide":
+	case "ingest", "decide", "decide-http", "floor", "health", "freshness", "mixed", "actions", "timers", "shoppers", "features", "peer-watch", "decide,floor", "decide-http,decide":
 	default:
-		return bad("--workload %q: want ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, peer-watch, decide,floor or decide-http,decide", w)
+		return bad("--workload %q: want ingest, decide, decide-http, floor, health, freshness, mixed, actions, timers, shoppers, features, peer-watch, decide,floor or decide-http,decide", w)
 	}
 	if c.has("decide-http") && c.HTTPAddr == "" {
 		return bad("--workload decide-http needs --http-addr")
@@ -248,6 +278,8 @@ func (c config) validate() error {
 		return bad("--seed-users, --learn-tail and --learn-rate must be positive, --learn not negative")
 	case !(c.PControl > 0 && c.PControl < 1 && c.PTreated >= 0 && c.PTreated <= 1):
 		return bad("--p-control must be in (0, 1) and --p-treated in [0, 1]")
+	case c.has("features") && (c.SeedEvents < 1 || c.SeedSpan <= 0):
+		return bad("--seed-events and --seed-span must be positive")
 	}
 	return nil
 }
@@ -273,4 +305,20 @@ func (c config) dial() ([]*client.Client, error) {
 		conns = append(conns, cl)
 	}
 	return conns, nil
+}
+
+// parseSizes reads --batch-sizes: distinct sizes within 1..maxFeatureUsers.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > maxFeatureUsers {
+			return nil, fmt.Errorf("--batch-sizes %q: want sizes from 1 to %d, comma separated", s, maxFeatureUsers)
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("--batch-sizes %q: %d twice", s, n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -27,6 +27,15 @@
 //     fired it (its event_id) to its arrival at a subscriber; the run
 //     waits up to --grace for stragglers and reports actions fired
 //     (per the ingest responses) against received.
+//   - features: ProfileService/GetFeatures for --batch-sizes users per
+//     call (1,10,100), each size a result of its own with its latency
+//     quantiles, in turn for --rounds rounds, each size for --duration in
+//     all; closed loop from --concurrency callers unless --rate is given
+//     (calls/s per size). --features names the features (default: all of
+//     the rules). --verify checks that no row has a feature error and,
+//     with --seed, that every user has a profile; --seed writes
+//     --seed-events events per user (views, clicks, carts, purchases)
+//     spread over the --seed-span before now.
 //   - peer-watch: no nudged; the seed's per-event optimistic transaction in
 //     Go against --redis-addr (Client.Watch, GET, TxPipelined SET of a
 //     small JSON blob, retried on redis.TxFailedErr up to 100 times) from

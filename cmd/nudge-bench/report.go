@@ -103,6 +103,7 @@ type reportJSON struct {
 	Txn        *txnJSON       `json:"txn,omitempty"`      // the peer-watch workload
 	Timers     *timersJSON    `json:"timers,omitempty"`   // the timers workload
 	Shoppers   *shoppersJSON  `json:"shoppers,omitempty"` // the shoppers workload
+	Features   *featuresJSON  `json:"features,omitempty"` // the features workload
 	// ClientCores is the CPU nudge-bench itself used during the
 	// workloads, in cores: on a small machine it is taken from the server.
 	ClientCores float64 `json:"client_cores"`
@@ -183,6 +184,13 @@ func printHuman(out io.Writer, r reportJSON) {
 	}
 	if sj := r.Shoppers; sj != nil {
 		printShoppers(out, sj)
+	}
+	if f := r.Features; f != nil {
+		fmt.Fprintf(out, "features: %s (rules %s); %d rows: %d with a feature error, %d of users without a profile\n",
+			strings.Join(f.Served, ","), f.RulesVersion, f.Rows, f.RowErrors, f.NotFound)
+		if f.FirstRowError != "" {
+			fmt.Fprintf(out, "   first feature error: %s\n", f.FirstRowError)
+		}
 	}
 	fmt.Fprintf(out, "nudge-bench itself used %.2f cores\n", r.ClientCores)
 	if r.FloorRatio != nil {

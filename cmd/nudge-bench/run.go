@@ -100,7 +100,11 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 	r := reportJSON{Workload: strings.Join(cfg.Workloads, ","), Params: cfg.params(), Verified: cfg.Verify, OK: true}
 	if cfg.Seed {
 		start := time.Now()
-		n, err := seed(ctx, cfg, conns)
+		seedProfiles := seed
+		if cfg.has("features") {
+			seedProfiles = seedHistory
+		}
+		n, err := seedProfiles(ctx, cfg, conns)
 		if err != nil {
 			return r, fmt.Errorf("seed: %w", err)
 		}
@@ -183,34 +187,46 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 			wg.Wait()
 		}, ingestStats, dec)
 		r.Results = append(r.Results, ingestStats.summary(ingestElapsed), dec.summary(elapsed))
-	default: // decide, decide-http, floor, decide,floor, decide-http,decide
-		calls := map[string]callFunc{}
-		if cfg.has("decide") {
-			calls["decide"] = decideCall(cfg, conns)
-		}
-		if cfg.has("floor") {
-			calls["floor"] = floorCall(cfg, conns, rdb)
-		}
-		if cfg.has("decide-http") {
-			calls["decide-http"] = decideHTTPCall(cfg)
-		}
-		if cfg.has("health") {
-			calls["health"] = healthCall(conns)
+	default: // decide, decide-http, floor, health, features, decide,floor, decide-http,decide
+		// The paced calls, each a result: a workload, or a batch size of
+		// features.
+		var names []string
+		var calls []callFunc
+		var tally *featureTally
+		for _, w := range cfg.Workloads {
+			switch w {
+			case "decide":
+				calls = append(calls, decideCall(cfg, conns))
+			case "floor":
+				calls = append(calls, floorCall(cfg, conns, rdb))
+			case "decide-http":
+				calls = append(calls, decideHTTPCall(cfg))
+			case "health":
+				calls = append(calls, healthCall(conns))
+			case "features":
+				tally = &featureTally{}
+				for _, size := range cfg.BatchSizes {
+					names = append(names, featureName(size))
+					calls = append(calls, featuresCall(cfg, conns, size, tally))
+				}
+				continue
+			}
+			names = append(names, w)
 		}
 		rounds := 1
-		if len(cfg.Workloads) > 1 {
+		if len(calls) > 1 {
 			rounds = cfg.Rounds
 		}
-		all := make([]*stats, len(cfg.Workloads))
-		elapsed := make([]time.Duration, len(cfg.Workloads))
-		for i, w := range cfg.Workloads {
-			all[i] = newStats(w)
+		all := make([]*stats, len(calls))
+		elapsed := make([]time.Duration, len(calls))
+		for i, name := range names {
+			all[i] = newStats(name)
 		}
 		withProgress(cfg, stderr, func() {
 			for range rounds {
-				for i, w := range cfg.Workloads {
+				for i, call := range calls {
 					start := time.Now()
-					paced(ctx, cfg, cfg.Duration/time.Duration(rounds), all[i], calls[w])
+					paced(ctx, cfg, cfg.Duration/time.Duration(rounds), all[i], call)
 					elapsed[i] += time.Since(start)
 				}
 			}
@@ -218,7 +234,11 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		for i := range all {
 			r.Results = append(r.Results, all[i].summary(elapsed[i]))
 		}
-		if len(all) == 2 {
+		if tally != nil {
+			f := tally.summary(cfg)
+			r.Features = &f
+		}
+		if len(cfg.Workloads) == 2 {
 			d, f := &all[0].lat.Total, &all[1].lat.Total
 			r.FloorRatio = &ratioJSON{
 				P50: ratio(d.Quantile(0.5), f.Quantile(0.5)),
@@ -241,6 +261,9 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (reportJSON, error
 		r.Checks = verify(ctx, cfg, r.Results, rdb, baseline)
 		if r.Actions != nil {
 			r.Checks = append(r.Checks, actionChecks(*r.Actions)...)
+		}
+		if r.Features != nil {
+			r.Checks = append(r.Checks, featureChecks(cfg, *r.Features)...)
 		}
 	}
 	if r.Txn != nil { // always: a floor that lost updates is no floor
@@ -351,6 +374,18 @@ func (c config) params() map[string]any {
 		if c.has("decide") || c.has("mixed") {
 			p["channel"] = c.Channel
 			p["budget_ms"] = float64(c.Budget) / 1e6
+		}
+	}
+	if c.only("features") {
+		p["batch_sizes"], p["features"] = c.BatchSizes, "all"
+		if c.Features != nil {
+			p["features"] = strings.Join(c.Features, ",")
+		}
+		if c.Seed {
+			p["seed_events"], p["seed_span_h"] = c.SeedEvents, c.SeedSpan.Hours()
+		}
+		if len(c.BatchSizes) > 1 {
+			p["rounds"] = c.Rounds
 		}
 	}
 	if len(c.Workloads) > 1 {

@@ -22,6 +22,13 @@
 //	    exactly once in effect.
 //	nudgectl decide USER --channel C, nudgectl profile get|delete USER
 //	    Call nudged (--addr) and print the answer (--json for JSON).
+//	nudgectl features get USER... [--features a,b] [--json]
+//	    The features of the rules in force for the users, now: a table
+//	    (ProfileService/GetFeatures, role features or admin).
+//	nudgectl features export [--format jsonl|parquet] [--features a,b] [-o FILE]
+//	    Every stored user's features, evaluated at one instant with one
+//	    version of the rules, written as they arrive: JSON lines, or a
+//	    parquet file with a column per feature (ExportFeatures).
 //	nudgectl actions tail --group G [--ack]
 //	    Subscribes to the actions as a member of group G; with --ack it
 //	    consumes them.
@@ -49,8 +56,8 @@
 // the arguments, with two dashes or, as with Go's flag package, one
 // (-addr).
 //
-// The commands that call nudged (send, decide, profile, actions tail,
-// groups, report) share its security flags, with the Go client's rules: --token sends a
+// The commands that call nudged (send, decide, profile, features, actions
+// tail, groups, report) share its security flags, with the Go client's rules: --token sends a
 // bearer token (default $NUDGE_TOKEN, which keeps the secret off the
 // command line); --tls, --ca-file, --cert-file/--key-file (mutual TLS) and
 // --server-name connect with TLS; without them a loopback --addr is dialled

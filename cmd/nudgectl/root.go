@@ -50,11 +50,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 const rootLong = `nudgectl validates and tests rules files offline, and calls nudged: it
-replays events, asks for decisions, reads and erases profiles, follows and
-consumes actions, manages consumer groups and measures campaigns.
+replays events, asks for decisions, reads and erases profiles, reads and
+exports features for models, follows and consumes actions, manages
+consumer groups and measures campaigns.
 
-Security flags of send, decide, profile, actions tail, groups and report, which
-call nudged (--addr, default 127.0.0.1:7070):
+Security flags of send, decide, profile, features, actions tail, groups and
+report, which call nudged (--addr, default 127.0.0.1:7070):
   --token T          bearer token (default: $NUDGE_TOKEN; prefer the variable,
                      a command line is visible to other users)
   --tls              connect with TLS (default: TLS, except to a loopback --addr)
@@ -103,6 +104,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newDecideCmd(stdout, stderr),
 		parentCmd("profile", "Read or erase a user's profile (role admin)",
 			newProfileCmd("get", stdout, stderr), newProfileCmd("delete", stdout, stderr)),
+		parentCmd("features", "Read or export the rules' features for models (role features or admin)",
+			newFeaturesGetCmd(stdout, stderr), newFeaturesExportCmd(stdout, stderr)),
 		parentCmd("actions", "Follow and consume actions, list dead letters",
 			newActionsTailCmd(stdout, stderr), newActionsDeadCmd(stdout, stderr)),
 		parentCmd("groups", "List or delete the outbox's consumer groups (role admin)",

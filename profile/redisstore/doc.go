@@ -25,6 +25,9 @@
 //     firing of due users through the shards, as Apply), Due and RaiseDue
 //     for the poll.
 //   - cluster.go: transactions on the master of their slot.
+//   - scan.go: ScanProfiles, every profile key by SCAN (on every master of
+//     a cluster) with a pipeline of GETs per page, never blocking Redis:
+//     what nudgectl features export reads.
 //   - replies.go: the Redis error replies nudge acts on (NOGROUP,
 //     BUSYGROUP, no such key, WRONGTYPE), recognised by prefix in one
 //     place, and DeleteWhere for erasure in streams.

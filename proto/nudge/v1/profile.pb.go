@@ -222,7 +222,9 @@ type Profile struct {
 	Version   uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// Event counts per (type, category) over standard windows ending now
-	// (5m, 30m, 1h, 24h), plus counts over all categories (category "").
+	// (5m, 30m, 1h, 24h, 7d, 30d, 90d), plus counts over all categories
+	// (category ""). Windows up to 24h count per minute, up to 7d per hour,
+	// longer ones per day (docs/rules.md, "Windows and tiers").
 	Counts []*WindowedCount `protobuf:"bytes,4,rep,name=counts,proto3" json:"counts,omitempty"`
 	// Last event time per event type.
 	LastSeen map[string]*timestamppb.Timestamp `protobuf:"bytes,5,rep,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -512,6 +514,346 @@ func (x *WindowedCount) GetCount() uint64 {
 	return 0
 }
 
+// GetFeaturesRequest names the users and the features.
+type GetFeaturesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Users, in the order of the rows answered; a user named twice gets two
+	// rows.
+	UserIds []string `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	// Features of the rules, by name. Empty: every feature of the rules, in
+	// the file's order.
+	Features      []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFeaturesRequest) Reset() {
+	*x = GetFeaturesRequest{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFeaturesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFeaturesRequest) ProtoMessage() {}
+
+func (x *GetFeaturesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFeaturesRequest.ProtoReflect.Descriptor instead.
+func (*GetFeaturesRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetFeaturesRequest) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+func (x *GetFeaturesRequest) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+// GetFeaturesResponse has one row per requested user, in request order.
+type GetFeaturesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rows  []*FeatureRow          `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	// The version (content hash) of the rules that defined the features.
+	RulesVersion string `protobuf:"bytes,2,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// The instant every window of every row ends at.
+	At *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	// The features of every row: the request's, or every feature of the
+	// rules in the file's order.
+	Features      []string `protobuf:"bytes,4,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFeaturesResponse) Reset() {
+	*x = GetFeaturesResponse{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFeaturesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFeaturesResponse) ProtoMessage() {}
+
+func (x *GetFeaturesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFeaturesResponse.ProtoReflect.Descriptor instead.
+func (*GetFeaturesResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetFeaturesResponse) GetRows() []*FeatureRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *GetFeaturesResponse) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *GetFeaturesResponse) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *GetFeaturesResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+// ExportFeaturesRequest names the features to export.
+type ExportFeaturesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As GetFeaturesRequest.features. Empty: every feature of the rules.
+	Features      []string `protobuf:"bytes,1,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportFeaturesRequest) Reset() {
+	*x = ExportFeaturesRequest{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportFeaturesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportFeaturesRequest) ProtoMessage() {}
+
+func (x *ExportFeaturesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportFeaturesRequest.ProtoReflect.Descriptor instead.
+func (*ExportFeaturesRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExportFeaturesRequest) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+// ExportFeaturesResponse is a message of an export. The first one has no
+// rows: it is sent before the scan starts, with features (a writer can
+// lay out its columns before any row arrives). The others are pages of at
+// most 500 rows (fewer when they would pass 1 MiB). Every message of an
+// export carries the same rules_version and at.
+type ExportFeaturesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rows  []*FeatureRow          `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	// The version (content hash) of the rules that defined the features.
+	RulesVersion string `protobuf:"bytes,2,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// The instant every window of every row of the export ends at.
+	At *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	// The features of every row, as GetFeaturesResponse.features: in the
+	// first message only.
+	Features      []string `protobuf:"bytes,4,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportFeaturesResponse) Reset() {
+	*x = ExportFeaturesResponse{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportFeaturesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportFeaturesResponse) ProtoMessage() {}
+
+func (x *ExportFeaturesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportFeaturesResponse.ProtoReflect.Descriptor instead.
+func (*ExportFeaturesResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExportFeaturesResponse) GetRows() []*FeatureRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *ExportFeaturesResponse) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *ExportFeaturesResponse) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ExportFeaturesResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+// FeatureRow is the features of one user. Every requested feature is in
+// values or, when its expression failed on this profile (or the profile
+// could not be read), in errors; never in both.
+type FeatureRow struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Whether the user has a stored profile. False: the features are those
+	// of an empty profile (see GetFeatures).
+	Found bool `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	// Feature name -> value.
+	Values map[string]float64 `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// Feature name -> why it has no value: the expression's error, or
+	// "profile: corrupt encoding: ..." for every feature when the stored
+	// profile cannot be decoded (found is then true, profile_version 0).
+	Errors map[string]string `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The version of the profile the features were computed on; 0 when not
+	// found.
+	ProfileVersion uint64 `protobuf:"varint,5,opt,name=profile_version,json=profileVersion,proto3" json:"profile_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FeatureRow) Reset() {
+	*x = FeatureRow{}
+	mi := &file_nudge_v1_profile_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureRow) ProtoMessage() {}
+
+func (x *FeatureRow) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_profile_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureRow.ProtoReflect.Descriptor instead.
+func (*FeatureRow) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_profile_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeatureRow) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *FeatureRow) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *FeatureRow) GetValues() map[string]float64 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *FeatureRow) GetErrors() map[string]string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *FeatureRow) GetProfileVersion() uint64 {
+	if x != nil {
+		return x.ProfileVersion
+	}
+	return 0
+}
+
 var File_nudge_v1_profile_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_profile_proto_rawDesc = "" +
@@ -567,11 +909,41 @@ const file_nudge_v1_profile_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x121\n" +
 	"\x06window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x14\n" +
-	"\x05count\x18\x04 \x01(\x04R\x05count2\xab\x01\n" +
+	"\x05count\x18\x04 \x01(\x04R\x05count\"\x9a\x01\n" +
+	"\x12GetFeaturesRequest\x12?\n" +
+	"\buser_ids\x18\x01 \x03(\tB$\xbaH!\x92\x01\x1e\b\x01\x10\xe8\a\"\x17r\x15\x10\x01\x18\x80\x012\x0e^[\\x21-\\x7e]+$R\auserIds\x12C\n" +
+	"\bfeatures\x18\x02 \x03(\tB'\xbaH$\x92\x01!\x10\xe8\a\x18\x01\"\x1ar\x182\x16^[a-z][a-z0-9_]{0,63}$R\bfeatures\"\xac\x01\n" +
+	"\x13GetFeaturesResponse\x12(\n" +
+	"\x04rows\x18\x01 \x03(\v2\x14.nudge.v1.FeatureRowR\x04rows\x12#\n" +
+	"\rrules_version\x18\x02 \x01(\tR\frulesVersion\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\\\n" +
+	"\x15ExportFeaturesRequest\x12C\n" +
+	"\bfeatures\x18\x01 \x03(\tB'\xbaH$\x92\x01!\x10\xe8\a\x18\x01\"\x1ar\x182\x16^[a-z][a-z0-9_]{0,63}$R\bfeatures\"\xaf\x01\n" +
+	"\x16ExportFeaturesResponse\x12(\n" +
+	"\x04rows\x18\x01 \x03(\v2\x14.nudge.v1.FeatureRowR\x04rows\x12#\n" +
+	"\rrules_version\x18\x02 \x01(\tR\frulesVersion\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\xce\x02\n" +
+	"\n" +
+	"FeatureRow\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\x128\n" +
+	"\x06values\x18\x03 \x03(\v2 .nudge.v1.FeatureRow.ValuesEntryR\x06values\x128\n" +
+	"\x06errors\x18\x04 \x03(\v2 .nudge.v1.FeatureRow.ErrorsEntryR\x06errors\x12'\n" +
+	"\x0fprofile_version\x18\x05 \x01(\x04R\x0eprofileVersion\x1a9\n" +
+	"\vValuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a9\n" +
+	"\vErrorsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xce\x02\n" +
 	"\x0eProfileService\x12G\n" +
 	"\n" +
 	"GetProfile\x12\x1b.nudge.v1.GetProfileRequest\x1a\x1c.nudge.v1.GetProfileResponse\x12P\n" +
-	"\rDeleteProfile\x12\x1e.nudge.v1.DeleteProfileRequest\x1a\x1f.nudge.v1.DeleteProfileResponseB\x8f\x01\n" +
+	"\rDeleteProfile\x12\x1e.nudge.v1.DeleteProfileRequest\x1a\x1f.nudge.v1.DeleteProfileResponse\x12J\n" +
+	"\vGetFeatures\x12\x1c.nudge.v1.GetFeaturesRequest\x1a\x1d.nudge.v1.GetFeaturesResponse\x12U\n" +
+	"\x0eExportFeatures\x12\x1f.nudge.v1.ExportFeaturesRequest\x1a .nudge.v1.ExportFeaturesResponse0\x01B\x8f\x01\n" +
 	"\fcom.nudge.v1B\fProfileProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
 var (
@@ -586,43 +958,60 @@ func file_nudge_v1_profile_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_profile_proto_rawDescData
 }
 
-var file_nudge_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_nudge_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_nudge_v1_profile_proto_goTypes = []any{
-	(*GetProfileRequest)(nil),     // 0: nudge.v1.GetProfileRequest
-	(*GetProfileResponse)(nil),    // 1: nudge.v1.GetProfileResponse
-	(*DeleteProfileRequest)(nil),  // 2: nudge.v1.DeleteProfileRequest
-	(*DeleteProfileResponse)(nil), // 3: nudge.v1.DeleteProfileResponse
-	(*Profile)(nil),               // 4: nudge.v1.Profile
-	(*CampaignExposure)(nil),      // 5: nudge.v1.CampaignExposure
-	(*WindowedCount)(nil),         // 6: nudge.v1.WindowedCount
-	nil,                           // 7: nudge.v1.Profile.LastSeenEntry
-	nil,                           // 8: nudge.v1.Profile.TotalsEntry
-	nil,                           // 9: nudge.v1.Profile.ConsentEntry
-	nil,                           // 10: nudge.v1.Profile.AttributesEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*GetProfileRequest)(nil),      // 0: nudge.v1.GetProfileRequest
+	(*GetProfileResponse)(nil),     // 1: nudge.v1.GetProfileResponse
+	(*DeleteProfileRequest)(nil),   // 2: nudge.v1.DeleteProfileRequest
+	(*DeleteProfileResponse)(nil),  // 3: nudge.v1.DeleteProfileResponse
+	(*Profile)(nil),                // 4: nudge.v1.Profile
+	(*CampaignExposure)(nil),       // 5: nudge.v1.CampaignExposure
+	(*WindowedCount)(nil),          // 6: nudge.v1.WindowedCount
+	(*GetFeaturesRequest)(nil),     // 7: nudge.v1.GetFeaturesRequest
+	(*GetFeaturesResponse)(nil),    // 8: nudge.v1.GetFeaturesResponse
+	(*ExportFeaturesRequest)(nil),  // 9: nudge.v1.ExportFeaturesRequest
+	(*ExportFeaturesResponse)(nil), // 10: nudge.v1.ExportFeaturesResponse
+	(*FeatureRow)(nil),             // 11: nudge.v1.FeatureRow
+	nil,                            // 12: nudge.v1.Profile.LastSeenEntry
+	nil,                            // 13: nudge.v1.Profile.TotalsEntry
+	nil,                            // 14: nudge.v1.Profile.ConsentEntry
+	nil,                            // 15: nudge.v1.Profile.AttributesEntry
+	nil,                            // 16: nudge.v1.FeatureRow.ValuesEntry
+	nil,                            // 17: nudge.v1.FeatureRow.ErrorsEntry
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
 }
 var file_nudge_v1_profile_proto_depIdxs = []int32{
 	4,  // 0: nudge.v1.GetProfileResponse.profile:type_name -> nudge.v1.Profile
-	11, // 1: nudge.v1.Profile.updated_at:type_name -> google.protobuf.Timestamp
+	18, // 1: nudge.v1.Profile.updated_at:type_name -> google.protobuf.Timestamp
 	6,  // 2: nudge.v1.Profile.counts:type_name -> nudge.v1.WindowedCount
-	7,  // 3: nudge.v1.Profile.last_seen:type_name -> nudge.v1.Profile.LastSeenEntry
-	8,  // 4: nudge.v1.Profile.totals:type_name -> nudge.v1.Profile.TotalsEntry
-	9,  // 5: nudge.v1.Profile.consent:type_name -> nudge.v1.Profile.ConsentEntry
-	10, // 6: nudge.v1.Profile.attributes:type_name -> nudge.v1.Profile.AttributesEntry
+	12, // 3: nudge.v1.Profile.last_seen:type_name -> nudge.v1.Profile.LastSeenEntry
+	13, // 4: nudge.v1.Profile.totals:type_name -> nudge.v1.Profile.TotalsEntry
+	14, // 5: nudge.v1.Profile.consent:type_name -> nudge.v1.Profile.ConsentEntry
+	15, // 6: nudge.v1.Profile.attributes:type_name -> nudge.v1.Profile.AttributesEntry
 	5,  // 7: nudge.v1.Profile.exposures:type_name -> nudge.v1.CampaignExposure
-	11, // 8: nudge.v1.CampaignExposure.exposed_at:type_name -> google.protobuf.Timestamp
-	12, // 9: nudge.v1.WindowedCount.window:type_name -> google.protobuf.Duration
-	11, // 10: nudge.v1.Profile.LastSeenEntry.value:type_name -> google.protobuf.Timestamp
-	0,  // 11: nudge.v1.ProfileService.GetProfile:input_type -> nudge.v1.GetProfileRequest
-	2,  // 12: nudge.v1.ProfileService.DeleteProfile:input_type -> nudge.v1.DeleteProfileRequest
-	1,  // 13: nudge.v1.ProfileService.GetProfile:output_type -> nudge.v1.GetProfileResponse
-	3,  // 14: nudge.v1.ProfileService.DeleteProfile:output_type -> nudge.v1.DeleteProfileResponse
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	18, // 8: nudge.v1.CampaignExposure.exposed_at:type_name -> google.protobuf.Timestamp
+	19, // 9: nudge.v1.WindowedCount.window:type_name -> google.protobuf.Duration
+	11, // 10: nudge.v1.GetFeaturesResponse.rows:type_name -> nudge.v1.FeatureRow
+	18, // 11: nudge.v1.GetFeaturesResponse.at:type_name -> google.protobuf.Timestamp
+	11, // 12: nudge.v1.ExportFeaturesResponse.rows:type_name -> nudge.v1.FeatureRow
+	18, // 13: nudge.v1.ExportFeaturesResponse.at:type_name -> google.protobuf.Timestamp
+	16, // 14: nudge.v1.FeatureRow.values:type_name -> nudge.v1.FeatureRow.ValuesEntry
+	17, // 15: nudge.v1.FeatureRow.errors:type_name -> nudge.v1.FeatureRow.ErrorsEntry
+	18, // 16: nudge.v1.Profile.LastSeenEntry.value:type_name -> google.protobuf.Timestamp
+	0,  // 17: nudge.v1.ProfileService.GetProfile:input_type -> nudge.v1.GetProfileRequest
+	2,  // 18: nudge.v1.ProfileService.DeleteProfile:input_type -> nudge.v1.DeleteProfileRequest
+	7,  // 19: nudge.v1.ProfileService.GetFeatures:input_type -> nudge.v1.GetFeaturesRequest
+	9,  // 20: nudge.v1.ProfileService.ExportFeatures:input_type -> nudge.v1.ExportFeaturesRequest
+	1,  // 21: nudge.v1.ProfileService.GetProfile:output_type -> nudge.v1.GetProfileResponse
+	3,  // 22: nudge.v1.ProfileService.DeleteProfile:output_type -> nudge.v1.DeleteProfileResponse
+	8,  // 23: nudge.v1.ProfileService.GetFeatures:output_type -> nudge.v1.GetFeaturesResponse
+	10, // 24: nudge.v1.ProfileService.ExportFeatures:output_type -> nudge.v1.ExportFeaturesResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_profile_proto_init() }
@@ -636,7 +1025,7 @@ func file_nudge_v1_profile_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_profile_proto_rawDesc), len(file_nudge_v1_profile_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ProfileService_GetProfile_FullMethodName    = "/nudge.v1.ProfileService/GetProfile"
-	ProfileService_DeleteProfile_FullMethodName = "/nudge.v1.ProfileService/DeleteProfile"
+	ProfileService_GetProfile_FullMethodName     = "/nudge.v1.ProfileService/GetProfile"
+	ProfileService_DeleteProfile_FullMethodName  = "/nudge.v1.ProfileService/DeleteProfile"
+	ProfileService_GetFeatures_FullMethodName    = "/nudge.v1.ProfileService/GetFeatures"
+	ProfileService_ExportFeatures_FullMethodName = "/nudge.v1.ProfileService/ExportFeatures"
 )
 
 // ProfileServiceClient is the client API for ProfileService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ProfileService reads and erases what nudge stores about a user.
+// ProfileService reads and erases what nudge stores about a user, and
+// computes the rules' features of users for models.
 type ProfileServiceClient interface {
 	// GetProfile returns the user's profile; NOT_FOUND when there is none.
 	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (*GetProfileResponse, error)
@@ -35,6 +38,34 @@ type ProfileServiceClient interface {
 	// and the user's pending actions in the outbox. Deleting an absent profile
 	// succeeds with deleted = false.
 	DeleteProfile(ctx context.Context, in *DeleteProfileRequest, opts ...grpc.CallOption) (*DeleteProfileResponse, error)
+	// GetFeatures evaluates the features of the rules in force (the rules
+	// file's features section) on the profiles of up to 1000 users, read in
+	// one pipelined round trip (the profiles the server's near-cache holds
+	// from memory), every window ending at one instant, `at`. Rows are in
+	// request order. A user never seen gets found = false and the features
+	// of an empty profile: counts and sums 0, profile.since() of any type
+	// 100 years and profile.days_since() 36500 (the rules' SinceNever), so
+	// that a model sees a new user as one whose events all lie outside
+	// every window. A feature name the rules do not define: INVALID_ARGUMENT
+	// naming it and listing the defined ones; rules without features:
+	// FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
+	// features and admin roles.
+	GetFeatures(ctx context.Context, in *GetFeaturesRequest, opts ...grpc.CallOption) (*GetFeaturesResponse, error)
+	// ExportFeatures evaluates the features on every stored profile and
+	// streams them, a header then pages of rows, for training sets and batch
+	// scoring: every row with the rules in force when the call started, at
+	// one instant (`at`, the start of the call), so that the export is one
+	// consistent definition whatever is reloaded meanwhile. The server reads
+	// the store with SCAN (every master of a cluster), never KEYS, and sends
+	// each user at most once (it keeps a 64-bit hash of every user sent:
+	// 8 bytes a user, 11 to 22 with its table). Users who have no stored
+	// profile are not exported. Profiles written during the export may be
+	// exported before or after the write; a profile created or deleted
+	// during it may or may not be. The stream ends with UNAVAILABLE when the
+	// server drains (export again) or the store fails; cancelling the call
+	// stops the scan. Other errors as GetFeatures'. Open to the features and
+	// admin roles.
+	ExportFeatures(ctx context.Context, in *ExportFeaturesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportFeaturesResponse], error)
 }
 
 type profileServiceClient struct {
@@ -65,11 +96,41 @@ func (c *profileServiceClient) DeleteProfile(ctx context.Context, in *DeleteProf
 	return out, nil
 }
 
+func (c *profileServiceClient) GetFeatures(ctx context.Context, in *GetFeaturesRequest, opts ...grpc.CallOption) (*GetFeaturesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetFeaturesResponse)
+	err := c.cc.Invoke(ctx, ProfileService_GetFeatures_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *profileServiceClient) ExportFeatures(ctx context.Context, in *ExportFeaturesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportFeaturesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ProfileService_ServiceDesc.Streams[0], ProfileService_ExportFeatures_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportFeaturesRequest, ExportFeaturesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProfileService_ExportFeaturesClient = grpc.ServerStreamingClient[ExportFeaturesResponse]
+
 // ProfileServiceServer is the server API for ProfileService service.
 // All implementations must embed UnimplementedProfileServiceServer
 // for forward compatibility.
 //
-// ProfileService reads and erases what nudge stores about a user.
+// ProfileService reads and erases what nudge stores about a user, and
+// computes the rules' features of users for models.
 type ProfileServiceServer interface {
 	// GetProfile returns the user's profile; NOT_FOUND when there is none.
 	GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error)
@@ -77,6 +138,34 @@ type ProfileServiceServer interface {
 	// and the user's pending actions in the outbox. Deleting an absent profile
 	// succeeds with deleted = false.
 	DeleteProfile(context.Context, *DeleteProfileRequest) (*DeleteProfileResponse, error)
+	// GetFeatures evaluates the features of the rules in force (the rules
+	// file's features section) on the profiles of up to 1000 users, read in
+	// one pipelined round trip (the profiles the server's near-cache holds
+	// from memory), every window ending at one instant, `at`. Rows are in
+	// request order. A user never seen gets found = false and the features
+	// of an empty profile: counts and sums 0, profile.since() of any type
+	// 100 years and profile.days_since() 36500 (the rules' SinceNever), so
+	// that a model sees a new user as one whose events all lie outside
+	// every window. A feature name the rules do not define: INVALID_ARGUMENT
+	// naming it and listing the defined ones; rules without features:
+	// FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
+	// features and admin roles.
+	GetFeatures(context.Context, *GetFeaturesRequest) (*GetFeaturesResponse, error)
+	// ExportFeatures evaluates the features on every stored profile and
+	// streams them, a header then pages of rows, for training sets and batch
+	// scoring: every row with the rules in force when the call started, at
+	// one instant (`at`, the start of the call), so that the export is one
+	// consistent definition whatever is reloaded meanwhile. The server reads
+	// the store with SCAN (every master of a cluster), never KEYS, and sends
+	// each user at most once (it keeps a 64-bit hash of every user sent:
+	// 8 bytes a user, 11 to 22 with its table). Users who have no stored
+	// profile are not exported. Profiles written during the export may be
+	// exported before or after the write; a profile created or deleted
+	// during it may or may not be. The stream ends with UNAVAILABLE when the
+	// server drains (export again) or the store fails; cancelling the call
+	// stops the scan. Other errors as GetFeatures'. Open to the features and
+	// admin roles.
+	ExportFeatures(*ExportFeaturesRequest, grpc.ServerStreamingServer[ExportFeaturesResponse]) error
 	mustEmbedUnimplementedProfileServiceServer()
 }
 
@@ -92,6 +181,12 @@ func (UnimplementedProfileServiceServer) GetProfile(context.Context, *GetProfile
 }
 func (UnimplementedProfileServiceServer) DeleteProfile(context.Context, *DeleteProfileRequest) (*DeleteProfileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteProfile not implemented")
+}
+func (UnimplementedProfileServiceServer) GetFeatures(context.Context, *GetFeaturesRequest) (*GetFeaturesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFeatures not implemented")
+}
+func (UnimplementedProfileServiceServer) ExportFeatures(*ExportFeaturesRequest, grpc.ServerStreamingServer[ExportFeaturesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportFeatures not implemented")
 }
 func (UnimplementedProfileServiceServer) mustEmbedUnimplementedProfileServiceServer() {}
 func (UnimplementedProfileServiceServer) testEmbeddedByValue()                        {}
@@ -150,6 +245,35 @@ func _ProfileService_DeleteProfile_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProfileService_GetFeatures_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFeaturesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileServiceServer).GetFeatures(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileService_GetFeatures_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileServiceServer).GetFeatures(ctx, req.(*GetFeaturesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProfileService_ExportFeatures_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportFeaturesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ProfileServiceServer).ExportFeatures(m, &grpc.GenericServerStream[ExportFeaturesRequest, ExportFeaturesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProfileService_ExportFeaturesServer = grpc.ServerStreamingServer[ExportFeaturesResponse]
+
 // ProfileService_ServiceDesc is the grpc.ServiceDesc for ProfileService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -165,7 +289,17 @@ var ProfileService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DeleteProfile",
 			Handler:    _ProfileService_DeleteProfile_Handler,
 		},
+		{
+			MethodName: "GetFeatures",
+			Handler:    _ProfileService_GetFeatures_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportFeatures",
+			Handler:       _ProfileService_ExportFeatures_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "nudge/v1/profile.proto",
 }

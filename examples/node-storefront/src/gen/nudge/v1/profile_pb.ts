@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nudge/v1/profile.proto.
  */
 export const file_nudge_v1_profile: GenFile = /*@__PURE__*/
-  fileDesc("ChZudWRnZS92MS9wcm9maWxlLnByb3RvEghudWRnZS52MSJBChFHZXRQcm9maWxlUmVxdWVzdBIsCgd1c2VyX2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQiOAoSR2V0UHJvZmlsZVJlc3BvbnNlEiIKB3Byb2ZpbGUYASABKAsyES5udWRnZS52MS5Qcm9maWxlIkQKFERlbGV0ZVByb2ZpbGVSZXF1ZXN0EiwKB3VzZXJfaWQYASABKAlCG7pIGMgBAXITGIABMg5eW1x4MjEtXHg3ZV0rJCJBChVEZWxldGVQcm9maWxlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCBIXCg9hY3Rpb25zX2RlbGV0ZWQYAiABKAQiwwUKB1Byb2ZpbGUSDwoHdXNlcl9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgEEi4KCnVwZGF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBmNvdW50cxgEIAMoCzIXLm51ZGdlLnYxLldpbmRvd2VkQ291bnQSMgoJbGFzdF9zZWVuGAUgAygLMh8ubnVkZ2UudjEuUHJvZmlsZS5MYXN0U2VlbkVudHJ5Ei0KBnRvdGFscxgGIAMoCzIdLm51ZGdlLnYxLlByb2ZpbGUuVG90YWxzRW50cnkSFgoOcHVyY2hhc2VfY291bnQYByABKAQSFgoOcHVyY2hhc2VfdmFsdWUYCCABKAESLwoHY29uc2VudBgJIAMoCzIeLm51ZGdlLnYxLlByb2ZpbGUuQ29uc2VudEVudHJ5EhYKDmdsb2JhbF9vcHRfb3V0GAogASgIEjUKCmF0dHJpYnV0ZXMYCyADKAsyIS5udWRnZS52MS5Qcm9maWxlLkF0dHJpYnV0ZXNFbnRyeRIcChRyZW1lbWJlcmVkX2V2ZW50X2lkcxgMIAEoDRItCglleHBvc3VyZXMYDSADKAsyGi5udWRnZS52MS5DYW1wYWlnbkV4cG9zdXJlGksKDUxhc3RTZWVuRW50cnkSCwoDa2V5GAEgASgJEikKBXZhbHVlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoCOAEaLQoLVG90YWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARouCgxDb25zZW50RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ARoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ7ChBDYW1wYWlnbkV4cG9zdXJlEhMKC2NhbXBhaWduX2lkGAEgASgJEg8KB3ZhcmlhbnQYAiABKAkSLgoKZXhwb3NlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29udmVydGVkGAQgASgIImkKDVdpbmRvd2VkQ291bnQSDAoEdHlwZRgBIAEoCRIQCghjYXRlZ29yeRgCIAEoCRIpCgZ3aW5kb3cYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFY291bnQYBCABKAQyqwEKDlByb2ZpbGVTZXJ2aWNlEkcKCkdldFByb2ZpbGUSGy5udWRnZS52MS5HZXRQcm9maWxlUmVxdWVzdBocLm51ZGdlLnYxLkdldFByb2ZpbGVSZXNwb25zZRJQCg1EZWxldGVQcm9maWxlEh4ubnVkZ2UudjEuRGVsZXRlUHJvZmlsZVJlcXVlc3QaHy5udWRnZS52MS5EZWxldGVQcm9maWxlUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZudWRnZS92MS9wcm9maWxlLnByb3RvEghudWRnZS52MSJBChFHZXRQcm9maWxlUmVxdWVzdBIsCgd1c2VyX2lkGAEgASgJQhu6SBjIAQFyExiAATIOXltceDIxLVx4N2VdKyQiOAoSR2V0UHJvZmlsZVJlc3BvbnNlEiIKB3Byb2ZpbGUYASABKAsyES5udWRnZS52MS5Qcm9maWxlIkQKFERlbGV0ZVByb2ZpbGVSZXF1ZXN0EiwKB3VzZXJfaWQYASABKAlCG7pIGMgBAXITGIABMg5eW1x4MjEtXHg3ZV0rJCJBChVEZWxldGVQcm9maWxlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCBIXCg9hY3Rpb25zX2RlbGV0ZWQYAiABKAQiwwUKB1Byb2ZpbGUSDwoHdXNlcl9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgEEi4KCnVwZGF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBmNvdW50cxgEIAMoCzIXLm51ZGdlLnYxLldpbmRvd2VkQ291bnQSMgoJbGFzdF9zZWVuGAUgAygLMh8ubnVkZ2UudjEuUHJvZmlsZS5MYXN0U2VlbkVudHJ5Ei0KBnRvdGFscxgGIAMoCzIdLm51ZGdlLnYxLlByb2ZpbGUuVG90YWxzRW50cnkSFgoOcHVyY2hhc2VfY291bnQYByABKAQSFgoOcHVyY2hhc2VfdmFsdWUYCCABKAESLwoHY29uc2VudBgJIAMoCzIeLm51ZGdlLnYxLlByb2ZpbGUuQ29uc2VudEVudHJ5EhYKDmdsb2JhbF9vcHRfb3V0GAogASgIEjUKCmF0dHJpYnV0ZXMYCyADKAsyIS5udWRnZS52MS5Qcm9maWxlLkF0dHJpYnV0ZXNFbnRyeRIcChRyZW1lbWJlcmVkX2V2ZW50X2lkcxgMIAEoDRItCglleHBvc3VyZXMYDSADKAsyGi5udWRnZS52MS5DYW1wYWlnbkV4cG9zdXJlGksKDUxhc3RTZWVuRW50cnkSCwoDa2V5GAEgASgJEikKBXZhbHVlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoCOAEaLQoLVG90YWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARouCgxDb25zZW50RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ARoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ7ChBDYW1wYWlnbkV4cG9zdXJlEhMKC2NhbXBhaWduX2lkGAEgASgJEg8KB3ZhcmlhbnQYAiABKAkSLgoKZXhwb3NlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29udmVydGVkGAQgASgIImkKDVdpbmRvd2VkQ291bnQSDAoEdHlwZRgBIAEoCRIQCghjYXRlZ29yeRgCIAEoCRIpCgZ3aW5kb3cYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFY291bnQYBCABKAQihwEKEkdldEZlYXR1cmVzUmVxdWVzdBI2Cgh1c2VyX2lkcxgBIAMoCUIkukghkgEeCAEQ6AciF3IVEAEYgAEyDl5bXHgyMS1ceDdlXSskEjkKCGZlYXR1cmVzGAIgAygJQie6SCSSASEQ6AcYASIachgyFl5bYS16XVthLXowLTlfXXswLDYzfSQiigEKE0dldEZlYXR1cmVzUmVzcG9uc2USIgoEcm93cxgBIAMoCzIULm51ZGdlLnYxLkZlYXR1cmVSb3cSFQoNcnVsZXNfdmVyc2lvbhgCIAEoCRImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZmVhdHVyZXMYBCADKAkiUgoVRXhwb3J0RmVhdHVyZXNSZXF1ZXN0EjkKCGZlYXR1cmVzGAEgAygJQie6SCSSASEQ6AcYASIachgyFl5bYS16XVthLXowLTlfXXswLDYzfSQijQEKFkV4cG9ydEZlYXR1cmVzUmVzcG9uc2USIgoEcm93cxgBIAMoCzIULm51ZGdlLnYxLkZlYXR1cmVSb3cSFQoNcnVsZXNfdmVyc2lvbhgCIAEoCRImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZmVhdHVyZXMYBCADKAkihwIKCkZlYXR1cmVSb3cSDwoHdXNlcl9pZBgBIAEoCRINCgVmb3VuZBgCIAEoCBIwCgZ2YWx1ZXMYAyADKAsyIC5udWRnZS52MS5GZWF0dXJlUm93LlZhbHVlc0VudHJ5EjAKBmVycm9ycxgEIAMoCzIgLm51ZGdlLnYxLkZlYXR1cmVSb3cuRXJyb3JzRW50cnkSFwoPcHJvZmlsZV92ZXJzaW9uGAUgASgEGi0KC1ZhbHVlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEaLQoLRXJyb3JzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLOAgoOUHJvZmlsZVNlcnZpY2USRwoKR2V0UHJvZmlsZRIbLm51ZGdlLnYxLkdldFByb2ZpbGVSZXF1ZXN0GhwubnVkZ2UudjEuR2V0UHJvZmlsZVJlc3BvbnNlElAKDURlbGV0ZVByb2ZpbGUSHi5udWRnZS52MS5EZWxldGVQcm9maWxlUmVxdWVzdBofLm51ZGdlLnYxLkRlbGV0ZVByb2ZpbGVSZXNwb25zZRJKCgtHZXRGZWF0dXJlcxIcLm51ZGdlLnYxLkdldEZlYXR1cmVzUmVxdWVzdBodLm51ZGdlLnYxLkdldEZlYXR1cmVzUmVzcG9uc2USVQoORXhwb3J0RmVhdHVyZXMSHy5udWRnZS52MS5FeHBvcnRGZWF0dXJlc1JlcXVlc3QaIC5udWRnZS52MS5FeHBvcnRGZWF0dXJlc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetProfileRequest names the user.
@@ -282,7 +282,198 @@ export const WindowedCountSchema: GenMessage<WindowedCount> = /*@__PURE__*/
   messageDesc(file_nudge_v1_profile, 6);
 
 /**
- * ProfileService reads and erases what nudge stores about a user.
+ * GetFeaturesRequest names the users and the features.
+ *
+ * @generated from message nudge.v1.GetFeaturesRequest
+ */
+export type GetFeaturesRequest = Message<"nudge.v1.GetFeaturesRequest"> & {
+  /**
+   * Users, in the order of the rows answered; a user named twice gets two
+   * rows.
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+
+  /**
+   * Features of the rules, by name. Empty: every feature of the rules, in
+   * the file's order.
+   *
+   * @generated from field: repeated string features = 2;
+   */
+  features: string[];
+};
+
+/**
+ * Describes the message nudge.v1.GetFeaturesRequest.
+ * Use `create(GetFeaturesRequestSchema)` to create a new message.
+ */
+export const GetFeaturesRequestSchema: GenMessage<GetFeaturesRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 7);
+
+/**
+ * GetFeaturesResponse has one row per requested user, in request order.
+ *
+ * @generated from message nudge.v1.GetFeaturesResponse
+ */
+export type GetFeaturesResponse = Message<"nudge.v1.GetFeaturesResponse"> & {
+  /**
+   * @generated from field: repeated nudge.v1.FeatureRow rows = 1;
+   */
+  rows: FeatureRow[];
+
+  /**
+   * The version (content hash) of the rules that defined the features.
+   *
+   * @generated from field: string rules_version = 2;
+   */
+  rulesVersion: string;
+
+  /**
+   * The instant every window of every row ends at.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 3;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The features of every row: the request's, or every feature of the
+   * rules in the file's order.
+   *
+   * @generated from field: repeated string features = 4;
+   */
+  features: string[];
+};
+
+/**
+ * Describes the message nudge.v1.GetFeaturesResponse.
+ * Use `create(GetFeaturesResponseSchema)` to create a new message.
+ */
+export const GetFeaturesResponseSchema: GenMessage<GetFeaturesResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 8);
+
+/**
+ * ExportFeaturesRequest names the features to export.
+ *
+ * @generated from message nudge.v1.ExportFeaturesRequest
+ */
+export type ExportFeaturesRequest = Message<"nudge.v1.ExportFeaturesRequest"> & {
+  /**
+   * As GetFeaturesRequest.features. Empty: every feature of the rules.
+   *
+   * @generated from field: repeated string features = 1;
+   */
+  features: string[];
+};
+
+/**
+ * Describes the message nudge.v1.ExportFeaturesRequest.
+ * Use `create(ExportFeaturesRequestSchema)` to create a new message.
+ */
+export const ExportFeaturesRequestSchema: GenMessage<ExportFeaturesRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 9);
+
+/**
+ * ExportFeaturesResponse is a message of an export. The first one has no
+ * rows: it is sent before the scan starts, with features (a writer can
+ * lay out its columns before any row arrives). The others are pages of at
+ * most 500 rows (fewer when they would pass 1 MiB). Every message of an
+ * export carries the same rules_version and at.
+ *
+ * @generated from message nudge.v1.ExportFeaturesResponse
+ */
+export type ExportFeaturesResponse = Message<"nudge.v1.ExportFeaturesResponse"> & {
+  /**
+   * @generated from field: repeated nudge.v1.FeatureRow rows = 1;
+   */
+  rows: FeatureRow[];
+
+  /**
+   * The version (content hash) of the rules that defined the features.
+   *
+   * @generated from field: string rules_version = 2;
+   */
+  rulesVersion: string;
+
+  /**
+   * The instant every window of every row of the export ends at.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 3;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The features of every row, as GetFeaturesResponse.features: in the
+   * first message only.
+   *
+   * @generated from field: repeated string features = 4;
+   */
+  features: string[];
+};
+
+/**
+ * Describes the message nudge.v1.ExportFeaturesResponse.
+ * Use `create(ExportFeaturesResponseSchema)` to create a new message.
+ */
+export const ExportFeaturesResponseSchema: GenMessage<ExportFeaturesResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 10);
+
+/**
+ * FeatureRow is the features of one user. Every requested feature is in
+ * values or, when its expression failed on this profile (or the profile
+ * could not be read), in errors; never in both.
+ *
+ * @generated from message nudge.v1.FeatureRow
+ */
+export type FeatureRow = Message<"nudge.v1.FeatureRow"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Whether the user has a stored profile. False: the features are those
+   * of an empty profile (see GetFeatures).
+   *
+   * @generated from field: bool found = 2;
+   */
+  found: boolean;
+
+  /**
+   * Feature name -> value.
+   *
+   * @generated from field: map<string, double> values = 3;
+   */
+  values: { [key: string]: number };
+
+  /**
+   * Feature name -> why it has no value: the expression's error, or
+   * "profile: corrupt encoding: ..." for every feature when the stored
+   * profile cannot be decoded (found is then true, profile_version 0).
+   *
+   * @generated from field: map<string, string> errors = 4;
+   */
+  errors: { [key: string]: string };
+
+  /**
+   * The version of the profile the features were computed on; 0 when not
+   * found.
+   *
+   * @generated from field: uint64 profile_version = 5;
+   */
+  profileVersion: bigint;
+};
+
+/**
+ * Describes the message nudge.v1.FeatureRow.
+ * Use `create(FeatureRowSchema)` to create a new message.
+ */
+export const FeatureRowSchema: GenMessage<FeatureRow> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_profile, 11);
+
+/**
+ * ProfileService reads and erases what nudge stores about a user, and
+ * computes the rules' features of users for models.
  *
  * @generated from service nudge.v1.ProfileService
  */
@@ -308,6 +499,50 @@ export const ProfileService: GenService<{
     methodKind: "unary";
     input: typeof DeleteProfileRequestSchema;
     output: typeof DeleteProfileResponseSchema;
+  },
+  /**
+   * GetFeatures evaluates the features of the rules in force (the rules
+   * file's features section) on the profiles of up to 1000 users, read in
+   * one pipelined round trip (the profiles the server's near-cache holds
+   * from memory), every window ending at one instant, `at`. Rows are in
+   * request order. A user never seen gets found = false and the features
+   * of an empty profile: counts and sums 0, profile.since() of any type
+   * 100 years and profile.days_since() 36500 (the rules' SinceNever), so
+   * that a model sees a new user as one whose events all lie outside
+   * every window. A feature name the rules do not define: INVALID_ARGUMENT
+   * naming it and listing the defined ones; rules without features:
+   * FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
+   * features and admin roles.
+   *
+   * @generated from rpc nudge.v1.ProfileService.GetFeatures
+   */
+  getFeatures: {
+    methodKind: "unary";
+    input: typeof GetFeaturesRequestSchema;
+    output: typeof GetFeaturesResponseSchema;
+  },
+  /**
+   * ExportFeatures evaluates the features on every stored profile and
+   * streams them, a header then pages of rows, for training sets and batch
+   * scoring: every row with the rules in force when the call started, at
+   * one instant (`at`, the start of the call), so that the export is one
+   * consistent definition whatever is reloaded meanwhile. The server reads
+   * the store with SCAN (every master of a cluster), never KEYS, and sends
+   * each user at most once (it keeps a 64-bit hash of every user sent:
+   * 8 bytes a user, 11 to 22 with its table). Users who have no stored
+   * profile are not exported. Profiles written during the export may be
+   * exported before or after the write; a profile created or deleted
+   * during it may or may not be. The stream ends with UNAVAILABLE when the
+   * server drains (export again) or the store fails; cancelling the call
+   * stops the scan. Other errors as GetFeatures'. Open to the features and
+   * admin roles.
+   *
+   * @generated from rpc nudge.v1.ProfileService.ExportFeatures
+   */
+  exportFeatures: {
+    methodKind: "server_streaming";
+    input: typeof ExportFeaturesRequestSchema;
+    output: typeof ExportFeaturesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nudge_v1_profile, 0);
