@@ -465,7 +465,7 @@ func badTimestamp(rng *rand.Rand, now time.Time) *timestamppb.Timestamp {
 	case 2:
 		return timestamppb.New(now.Add(time.Duration(6+rng.IntN(1e6)) * time.Minute)) // beyond the 5m future limit
 	case 3:
-		return timestamppb.New(now.Add(-time.Duration(25+rng.IntN(1e5)) * time.Hour)) // beyond the 24h retention
+		return timestamppb.New(now.Add(-time.Duration(91*24+1+rng.IntN(1e5)) * time.Hour)) // beyond the 90-day retention
 	case 4:
 		ts.Nanos = -1 - rng.Int32N(1e9)
 	case 5:
