@@ -54,8 +54,9 @@ for r in $(seq "$rounds"); do
         --users 100000 --dist zipf --streams 4 --batch 500 --verify --quiet | tail -n 1)
       stop
       mem1=$(redis-cli -p "$rp" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)$/\1/p')
-      keys=$(redis-cli -p "$rp" --scan --pattern 'nudge:{*}:p:*' | wc -l)
-      strlen=$(redis-cli -p "$rp" --scan --pattern 'nudge:{*}:p:*' | head -n 2000 | sed 's/^/STRLEN /' | redis-cli -p "$rp" | awk '{s+=$1; n++} END {if (n) printf "%.0f", s/n}')
+      redis-cli -p "$rp" --scan --pattern 'nudge:{*}:p:*' >"$work/keys"
+      keys=$(wc -l <"$work/keys")
+      strlen=$(sed -n '1,2000s/^/STRLEN /p' "$work/keys" | redis-cli -p "$rp" | awk '{s+=$1; n++} END {if (n) printf "%.0f", s/n}')
       python3 - "$v" "$r" "$out" "$mem0" "$mem1" "$keys" "$strlen" <<'PY'
 import json, sys
 v, r, out, mem0, mem1, keys, strlen = sys.argv[1:]

@@ -29,7 +29,8 @@ go build -o "$work/bin/" ./cmd/nudged ./cmd/nudge-bench
 bench=$work/bin/nudge-bench
 . scripts/lib.sh
 start_redis
-start_nudged a --redis-addr "$redis_addr"
+# FEATURESBENCH_NUDGED_ARGS: more nudged flags (e.g. --near-cache-mib 0).
+start_nudged a --redis-addr "$redis_addr" ${FEATURESBENCH_NUDGED_ARGS:-}
 nb() {
   "$bench" --quiet --workload features --addr "$a_addr" --users "$users" --dist uniform --verify "$@" \
     2>>"$work/bench.stderr" | tail -n 1

@@ -401,14 +401,27 @@ func (s *Store) GetMany(ctx context.Context, userIDs []string, minVersions []uin
 // would.
 func (s *Store) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	profiles, errs := s.getMany(ctx, userIDs)
+	profiles, errs := s.getMany(ctx, userIDs, true)
 	if span != nil {
 		endRead(span, errs...)
 	}
 	return profiles, errs
 }
 
-func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+// ReadMany is LoadMany without keeping what it reads in the near-cache:
+// for batch readers (GetFeatures) whose users are not the decisions' hot
+// set, so that they neither evict it nor make the garbage collector work
+// for profiles nobody asks for again.
+func (s *Store) ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	ctx, span := s.startSpan(ctx, spanRead)
+	profiles, errs := s.getMany(ctx, userIDs, false)
+	if span != nil {
+		endRead(span, errs...)
+	}
+	return profiles, errs
+}
+
+func (s *Store) getMany(ctx context.Context, userIDs []string, keep bool) ([]*profile.Profile, []error) {
 	profiles := make([]*profile.Profile, len(userIDs))
 	errs := make([]error, len(userIDs))
 	cmds := make([]*redis.StringCmd, len(userIDs))
@@ -416,7 +429,9 @@ func (s *Store) getMany(ctx context.Context, userIDs []string) ([]*profile.Profi
 	tickets := make([]ticket, len(userIDs))
 	for i, id := range userIDs {
 		keys[i] = s.keys.ProfileKey(id)
-		tickets[i] = s.near.begin(keys[i])
+		if keep {
+			tickets[i] = s.near.begin(keys[i])
+		}
 	}
 	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i := range keys {
