@@ -274,9 +274,14 @@ func (p *Profile) compactSeries(now time.Time, l Limits) {
 // stored before the tiers existed (their minutes held every event they
 // had accepted and still kept).
 func (s *Series) rollUp() {
+	if len(s.Minutes) == 0 {
+		return // not such a series: it has no minutes to roll up
+	}
+	// Such profiles had no other tier: any found are not theirs.
+	s.Hours, s.Days = nil, nil
 	for _, m := range s.Minutes {
 		for t := TierHour; t < numTiers; t++ {
-			at := floorDiv(m.At*60, tierSeconds[t])
+			at := floorDiv(m.At, tierSeconds[t]/60) // minutes to hours or days, without overflow
 			bs := s.tier(t)
 			if n := len(*bs); n > 0 && (*bs)[n-1].At == at {
 				b := &(*bs)[n-1]
