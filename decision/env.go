@@ -26,7 +26,9 @@ import (
 // MaxCost is the CEL cost limit of one expression evaluation (roughly the
 // number of operations). An expression that exceeds it fails with an
 // evaluation error instead of stalling a batch or a decision. Rule
-// expressions stay far below it: the seed trigger costs about 10.
+// expressions stay far below it: the seed trigger costs about 10. Only
+// expressions whose estimated worst case exceeds it are tracked while they
+// run (compile); the others cannot reach it.
 const MaxCost = 10_000
 
 // SinceNever is what profile.since gives for an event type the user never had:

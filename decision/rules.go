@@ -791,7 +791,17 @@ func (cc *compiler) compile(env *cel.Env, src string, want resultKind) compiled 
 	if err != nil {
 		return compiled{problem: "estimating its cost: " + err.Error()}
 	}
-	prg, err := env.Program(ast, cel.CostLimit(MaxCost), cel.EvalOptions(cel.OptOptimize))
+	// The runtime cost limit is kept only for expressions whose estimated
+	// worst case exceeds it: the estimate counts every operation as the
+	// runtime tracker does, with sizes bounded by what validation lets
+	// in (sizeEstimator), so an expression estimated within MaxCost cannot
+	// exceed it, and tracking its cost cost more than evaluating it (half
+	// of a feature's evaluation).
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	if est.Max > MaxCost {
+		opts = append(opts, cel.CostLimit(MaxCost))
+	}
+	prg, err := env.Program(ast, opts...)
 	if err != nil {
 		return compiled{problem: err.Error()}
 	}
