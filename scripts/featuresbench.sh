@@ -26,6 +26,8 @@ duration=${FEATURESBENCH_DURATION:-10s}
 work=$(mktemp -d -t nudge-featuresbench.XXXXXX)
 echo "featuresbench: raw results in $work" >&2
 go build -o "$work/bin/" ./cmd/nudged ./cmd/nudge-bench
+# FEATURESBENCH_NUDGED: a nudged binary to measure instead (an A/B).
+if [ -n "${FEATURESBENCH_NUDGED:-}" ]; then cp "$FEATURESBENCH_NUDGED" "$work/bin/nudged"; fi
 bench=$work/bin/nudge-bench
 . scripts/lib.sh
 start_redis
