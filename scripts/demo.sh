@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # make demo: nudged with the embedded store on DEMO_ADDR (gRPC), DEMO_HTTP
 # (HTTP/JSON) and DEMO_METRICS, then the scripted shopper (cmd/nudge-demo)
-# against it, then a decision asked with curl over HTTP/JSON. Stops nudged
-# whatever happens. Fails at once, naming the port, when one is taken, so
-# the demo never talks to another program.
+# against it, then a decision and the shopper's features asked with curl
+# over HTTP/JSON. Stops nudged whatever happens. Fails at once, naming the
+# port, when one is taken, so the demo never talks to another program.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BIN:-bin}
@@ -43,4 +43,11 @@ echo "curl -s -H 'Content-Type: application/json' -d '{\"user_id\":\"$DEMO_USER\
 curl -sS --max-time 10 -H 'Content-Type: application/json' \
   -d "{\"user_id\":\"$DEMO_USER\",\"channel\":\"sms\",\"budget\":\"1s\"}" \
   "http://$http/nudge.v1.DecisionService/GetDecision"
+echo
+echo
+echo "== The shopper's features for a model (the rules' features: section, issue 19):"
+echo "curl -s -H 'Content-Type: application/json' -d '{\"user_ids\":[\"$DEMO_USER\"]}' http://$http/nudge.v1.ProfileService/GetFeatures"
+curl -sS --max-time 10 -H 'Content-Type: application/json' \
+  -d "{\"user_ids\":[\"$DEMO_USER\"]}" \
+  "http://$http/nudge.v1.ProfileService/GetFeatures"
 echo
