@@ -610,7 +610,7 @@ func (c *Config) settings() []setting {
 		{"decision.breaker_failures", "breaker-failures", "decision reads failed in a row that stop reads for breaker_cooldown (-1: never)", integer(&c.Decision.BreakerFailures)},
 		{"decision.breaker_cooldown", "breaker-cooldown", "how long decision reads stop after breaker_failures failed, before one probes", duration(&c.Decision.BreakerCooldown)},
 
-		{"near_cache.max_mib", "near-cache-mib", "memory of the near-cache of profiles decisions read, in MiB (0: off, every decision reads Redis)", integer(&c.NearCache.MaxMiB)},
+		{"near_cache.max_mib", "near-cache-mib", "memory of the near-cache of profiles decisions read, in MiB, at most half of the memory limit (0: off, every decision reads Redis)", integer(&c.NearCache.MaxMiB)},
 		{"near_cache.max_silence", "near-cache-max-silence", "freshness bound: cached profiles are served only while Redis acknowledged a tracking heartbeat sent less than this ago", duration(&c.NearCache.MaxSilence)},
 		{"near_cache.heartbeat", "near-cache-heartbeat", "how often each tracking connection is pinged", duration(&c.NearCache.Heartbeat)},
 

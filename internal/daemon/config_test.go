@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -478,5 +479,29 @@ func TestLoadVersion(t *testing.T) {
 	got, err := Load([]string{"--version", "--listen", "0.0.0.0:1"}, func(string) (string, bool) { return "", false }, io.Discard)
 	if err != nil || !got.Version {
 		t.Fatalf("Load(--version) = %+v, %v", got, err)
+	}
+}
+
+func TestFitNearCache(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name       string
+		max, limit int64
+		want       int64
+		wantCapped bool
+	}{
+		{"the defaults: 256 MiB beside a 150 MiB limit", 256 * mib, 150 * mib, 75 * mib, true},
+		{"within half the limit", 64 * mib, 150 * mib, 64 * mib, false},
+		{"exactly half", 75 * mib, 150 * mib, 75 * mib, false},
+		{"no limit", 256 * mib, math.MaxInt64, 256 * mib, false},
+		{"near-cache off", 0, 150 * mib, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, capped := fitNearCache(tt.max, tt.limit)
+			if got != tt.want || capped != tt.wantCapped {
+				t.Errorf("fitNearCache(%d, %d) = %d, %v; want %d, %v", tt.max, tt.limit, got, capped, tt.want, tt.wantCapped)
+			}
+		})
 	}
 }

@@ -12,10 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -131,6 +133,12 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	}()
 
 	storeOpt := cfg.storeOptions(waitReplicas, tp)
+	memLimit := debug.SetMemoryLimit(-1) // a negative value only reads it
+	if n, capped := fitNearCache(storeOpt.NearCache.MaxBytes, memLimit); capped {
+		log.Info("near-cache limited to half of the soft memory limit", "near_cache_mib", n>>20,
+			"configured_mib", cfg.NearCache.MaxMiB, "memory_limit_mib", memLimit>>20)
+		storeOpt.NearCache.MaxBytes = n
+	}
 	storeOpt.NearCache.OnTrackingError = func(err error) {
 		log.Warn("near-cache bypassed until tracking is back", "err", err)
 	}
@@ -275,6 +283,22 @@ func (c Config) storeOptions(waitReplicas int, tp trace.TracerProvider) redissto
 		TracerProvider:  tp,
 		NearCache:       c.nearCache(),
 	}
+}
+
+// fitNearCache caps the near-cache (max bytes) at half of the process's
+// soft memory limit (memLimit; math.MaxInt64 when there is none): a cache
+// that can grow past the heap the garbage collector is told to keep makes
+// it collect without end once enough profiles are cached (100,000 profiles
+// of 90 days outgrow 150 MiB), and every call pays for it. It reports
+// whether it capped.
+func fitNearCache(max, memLimit int64) (int64, bool) {
+	if max <= 0 || memLimit <= 0 || memLimit == math.MaxInt64 {
+		return max, false
+	}
+	if half := memLimit / 2; max > half {
+		return half, true
+	}
+	return max, false
 }
 
 // nearCache is the store's near-cache from c: none on the embedded store,
