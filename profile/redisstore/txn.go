@@ -64,6 +64,22 @@ func (w *userWork) fail(err error) {
 	w.err, w.done = err, true
 }
 
+// abandoned returns the context error of the user's calls when every
+// part belongs to a call whose context has ended (nil otherwise: an
+// Update or Fire part, or a call still waiting).
+func (w *userWork) abandoned() error {
+	var err error
+	for _, p := range w.parts {
+		if p.call == nil {
+			return nil
+		}
+		if err = p.call.ctx.Err(); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
 func (w *userWork) succeed(outcomes []profile.Outcome, version uint64) {
 	for j, p := range w.parts {
 		p.outcome, p.version = outcomes[j], version
@@ -226,6 +242,21 @@ func (s *Store) commitGroup(ctx context.Context, group []*userWork) {
 				for _, w := range a.users {
 					fail(w, err)
 				}
+				continue
+			}
+			// The cycle's context ends a moment after the last of its
+			// calls' (context.AfterFunc), so a backoff can end in
+			// between: users whose callers have all given up are not
+			// tried again, or a write could commit after Apply said
+			// context.Canceled.
+			a.users = slices.DeleteFunc(a.users, func(w *userWork) bool {
+				if err := w.abandoned(); err != nil {
+					fail(w, err)
+					return true
+				}
+				return false
+			})
+			if len(a.users) == 0 {
 				continue
 			}
 		}
