@@ -70,28 +70,3 @@ func parseDuration(s string) (time.Duration, error) {
 	return total, nil
 }
 
-// formatDuration writes d for people: days, hours, minutes, and seconds
-// only below a minute (1d2h, 5h30m, 45s). It rounds to the second.
-func formatDuration(d time.Duration) string {
-	var b []byte
-	if d < 0 {
-		b = append(b, '-')
-		d = -d
-	}
-	d = d.Round(time.Second)
-	if d < time.Minute {
-		return string(strconv.AppendInt(b, int64(d/time.Second), 10)) + "s"
-	}
-	d = d.Round(time.Minute)
-	for _, u := range [...]struct {
-		size time.Duration
-		unit byte
-	}{{day, 'd'}, {time.Hour, 'h'}, {time.Minute, 'm'}} {
-		if n := d / u.size; n > 0 {
-			b = strconv.AppendInt(b, int64(n), 10)
-			b = append(b, u.unit)
-			d -= n * u.size
-		}
-	}
-	return string(b)
-}

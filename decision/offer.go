@@ -373,13 +373,13 @@ func (r *Rules) eligible(d *Decision, p *profile.Profile, req Request, now time.
 		if req.Explain {
 			v := "no purchase of " + o.category + " kept"
 			if ok {
-				v = o.category + " bought " + formatDuration(now.Sub(last)) + " ago"
+				v = o.category + " bought " + profile.FormatDuration(now.Sub(last)) + " ago"
 			}
 			d.trace(pc.id, "purchase cooldown of offer "+o.id+": no "+o.category+" offer for "+pc.periodText+" after a purchase", v, !within)
 		}
 		if within {
 			d.Reasons = append(d.Reasons, Reason{RuleID: pc.id, Message: "offer " + o.id + " skipped: " + o.category +
-				" bought " + formatDuration(now.Sub(last)) + " ago, within the purchase cooldown of " + pc.periodText})
+				" bought " + profile.FormatDuration(now.Sub(last)) + " ago, within the purchase cooldown of " + pc.periodText})
 			return nil, false
 		}
 	}
@@ -389,13 +389,13 @@ func (r *Rules) eligible(d *Decision, p *profile.Profile, req Request, now time.
 		if req.Explain {
 			v := "never sent"
 			if ok {
-				v = "sent " + formatDuration(now.Sub(last)) + " ago"
+				v = "sent " + profile.FormatDuration(now.Sub(last)) + " ago"
 			}
 			d.trace(o.id, "cooldown: not again within "+o.cooldownText+" of a send", v, !within)
 		}
 		if within {
 			d.Reasons = append(d.Reasons, Reason{RuleID: o.id, Message: "offer " + o.id + " skipped: sent " +
-				formatDuration(now.Sub(last)) + " ago, within its cooldown of " + o.cooldownText})
+				profile.FormatDuration(now.Sub(last)) + " ago, within its cooldown of " + o.cooldownText})
 			return nil, false
 		}
 	}

@@ -769,14 +769,6 @@ func TestDurations(t *testing.T) {
 			t.Errorf("parseDuration(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
 		}
 	}
-	for d, want := range map[time.Duration]string{
-		0: "0s", 45 * time.Second: "45s", 90 * time.Second: "2m", 2 * time.Hour: "2h",
-		49*time.Hour + 30*time.Minute: "2d1h30m", 7 * day: "7d", -3 * time.Minute: "-3m",
-	} {
-		if got := formatDuration(d); got != want {
-			t.Errorf("formatDuration(%v) = %q, want %q", d, got, want)
-		}
-	}
 }
 
 func TestProfileFunctionsForPolicies(t *testing.T) {

@@ -571,12 +571,28 @@ func saturate(v float64) float64 {
 	return max(-MaxValueTotal, min(v, MaxValueTotal))
 }
 
-// FormatDuration writes d in days when it is a whole number of days
-// ("90d"), else as time.Duration does ("24h1m0s").
+// FormatDuration writes d for people: days, hours, minutes, and seconds
+// only below a minute (1d2h, 5h30m, 45s). It rounds to the second.
 func FormatDuration(d time.Duration) string {
-	const day = 24 * time.Hour
-	if d > 0 && d%day == 0 {
-		return strconv.FormatInt(int64(d/day), 10) + "d"
+	var b []byte
+	if d < 0 {
+		b = append(b, '-')
+		d = -d
 	}
-	return d.String()
+	d = d.Round(time.Second)
+	if d < time.Minute {
+		return string(strconv.AppendInt(b, int64(d/time.Second), 10)) + "s"
+	}
+	d = d.Round(time.Minute)
+	for _, u := range [...]struct {
+		size time.Duration
+		unit byte
+	}{{24 * time.Hour, 'd'}, {time.Hour, 'h'}, {time.Minute, 'm'}} {
+		if n := d / u.size; n > 0 {
+			b = strconv.AppendInt(b, int64(n), 10)
+			b = append(b, u.unit)
+			d -= n * u.size
+		}
+	}
+	return string(b)
 }

@@ -292,7 +292,7 @@ func TestCheck(t *testing.T) {
 		{"exactly at max future", defaults, now.Add(defaults.MaxFuture), true, nil},
 		{"just past max future", defaults, now.Add(defaults.MaxFuture + time.Millisecond), false,
 			[]string{"5m0s in the future", "2025-03-10T12:05:00Z"}},
-		{"custom retention", custom, now.Add(-61 * time.Minute), false, []string{"retention of 1h0m0s"}},
+		{"custom retention", custom, now.Add(-61 * time.Minute), false, []string{"retention of 1h"}},
 		{"custom max future", custom, now.Add(31 * time.Second), false, []string{"more than 30s in the future"}},
 		{"reason time is UTC", defaults, now.Add(time.Hour).In(time.FixedZone("X", 3600)), false,
 			[]string{"2025-03-10T13:00:00Z"}},
@@ -1002,5 +1002,18 @@ func TestActionID(t *testing.T) {
 					tt.user, tt.event, tt.trigger, tt.otherUser, tt.otherEvent, tt.otherTrigger, a)
 			}
 		})
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	const day = 24 * time.Hour
+	for d, want := range map[time.Duration]string{
+		0: "0s", 45 * time.Second: "45s", 90 * time.Second: "2m", 2 * time.Hour: "2h",
+		49*time.Hour + 30*time.Minute: "2d1h30m", 7 * day: "7d", 90 * day: "90d",
+		24*time.Hour + time.Minute: "1d1m", -3 * time.Minute: "-3m",
+	} {
+		if got := profile.FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", d, got, want)
+		}
 	}
 }
