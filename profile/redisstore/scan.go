@@ -195,37 +195,18 @@ func (sc *scan) read(ctx context.Context, keys []string, page *scanPage) error {
 	if len(users) == 0 {
 		return nil
 	}
-	cmds := make([]*redis.StringCmd, len(users))
-	// Through the store's client: on a cluster it routes each GET to the
-	// master of its slot now, and follows a slot that moved since SCAN.
-	_, err := sc.s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, u := range users {
-			cmds[i] = pipe.Get(ctx, sc.s.keys.ProfileKey(u))
-		}
-		return nil
-	})
-	if err != nil && !errors.As(err, new(redis.Error)) { // not one key's reply: every command's
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("%w: read a page of profiles: %w", profile.ErrUnavailable, err)
-	}
-	for i, cmd := range cmds {
-		raw, err := cmd.Bytes()
-		var p *profile.Profile
-		if err == nil {
-			p, err = profile.Decode(raw)
-		} else {
-			err = readError(ctx, err)
-		}
+	// Through the store's client (on a cluster it routes each GET to the
+	// master of its slot now), without keeping them in the near-cache.
+	profiles, errs := sc.s.getMany(ctx, users, false)
+	for i, err := range errs {
 		switch {
 		case errors.Is(err, profile.ErrNotFound):
 			continue // deleted (or expired) since SCAN
 		case err != nil && !errors.Is(err, profile.ErrCorrupt):
-			return err
+			return err // the context's, or the store unavailable
 		}
 		page.users = append(page.users, users[i])
-		page.profiles = append(page.profiles, p)
+		page.profiles = append(page.profiles, profiles[i])
 		page.errs = append(page.errs, err)
 	}
 	return nil
