@@ -57,26 +57,19 @@ func (p *Profile) Sessions(window, gap time.Duration, now time.Time) int64 {
 // user had events of any type, from the day containing now-window to
 // now's.
 func (p *Profile) ActiveDays(window time.Duration, now time.Time) int64 {
-	from, to := bucketOf(TierDay, now.Add(-window)), bucketOf(TierDay, now)
-	var days []int64
-	for i := range p.Series {
-		for _, b := range p.Series[i].since(TierDay, from) {
-			if b.At > to {
-				break
-			}
-			if j, found := slices.BinarySearch(days, b.At); !found {
-				days = slices.Insert(days, j, b.At)
-			}
-		}
-	}
-	return int64(len(days))
+	return int64(len(p.active(TierDay, bucketOf(TierDay, now.Add(-window)), bucketOf(TierDay, now))))
 }
 
 // activeBuckets returns the tier the window reaches and its buckets with
 // events of any type in the window, ascending.
 func (p *Profile) activeBuckets(window time.Duration, now time.Time) (Tier, []int64) {
 	t, from := p.tierFor(now.Add(-window))
-	to := bucketOf(t, now)
+	return t, p.active(t, from, bucketOf(t, now))
+}
+
+// active returns the buckets of tier t from from to to (inclusive) with
+// events of any type, ascending and without duplicates.
+func (p *Profile) active(t Tier, from, to int64) []int64 {
 	var out []int64
 	for i := range p.Series {
 		for _, b := range p.Series[i].since(t, from) {
@@ -88,5 +81,5 @@ func (p *Profile) activeBuckets(window time.Duration, now time.Time) (Tier, []in
 			}
 		}
 	}
-	return t, out
+	return out
 }
