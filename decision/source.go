@@ -413,47 +413,11 @@ func readFile(c *collector, data []byte, l Limits) rawFile {
 				}
 			})
 		case "triggers":
-			if isNull(v) {
-				return
-			}
-			if v.Kind != yaml.SequenceNode {
-				c.at(top, v.Line, "triggers", "expected a list, got %s", kindName(v))
-				return
-			}
-			if !checkCount(c, v, "triggers", l.MaxTriggers, "max_triggers") {
-				return
-			}
-			for _, n := range v.Content {
-				f.triggers = append(f.triggers, readTrigger(c, deref(n)))
-			}
+			f.triggers = readList(c, top, v, "triggers", l.MaxTriggers, "max_triggers", readTrigger)
 		case "offers":
-			if isNull(v) {
-				return
-			}
-			if v.Kind != yaml.SequenceNode {
-				c.at(top, v.Line, "offers", "expected a list, got %s", kindName(v))
-				return
-			}
-			if !checkCount(c, v, "offers", l.MaxOffers, "max_offers") {
-				return
-			}
-			for _, n := range v.Content {
-				f.offers = append(f.offers, readOffer(c, deref(n)))
-			}
+			f.offers = readList(c, top, v, "offers", l.MaxOffers, "max_offers", readOffer)
 		case "features":
-			if isNull(v) {
-				return
-			}
-			if v.Kind != yaml.SequenceNode {
-				c.at(top, v.Line, "features", "expected a list, got %s", kindName(v))
-				return
-			}
-			if !checkCount(c, v, "features", l.MaxFeatures, "max_features") {
-				return
-			}
-			for _, n := range v.Content {
-				f.features = append(f.features, readFeature(c, deref(n)))
-			}
+			f.features = readList(c, top, v, "features", l.MaxFeatures, "max_features", readFeature)
 		}
 	})
 	if ok && !f.hasVersion {
@@ -744,6 +708,27 @@ func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
 
 // checkCount refuses a list of rules longer than the limit before any is
 // read, at the first one past it.
+// readList reads a list section of rules (triggers, offers, features)
+// with read, refusing a list over its limit (key names it); null is an
+// empty list.
+func readList[T any](c *collector, top where, v *yaml.Node, field string, limit int, key string, read func(*collector, *yaml.Node) T) []T {
+	if isNull(v) {
+		return nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		c.at(top, v.Line, field, "expected a list, got %s", kindName(v))
+		return nil
+	}
+	if !checkCount(c, v, field, limit, key) {
+		return nil
+	}
+	out := make([]T, 0, len(v.Content))
+	for _, n := range v.Content {
+		out = append(out, read(c, deref(n)))
+	}
+	return out
+}
+
 func checkCount(c *collector, list *yaml.Node, field string, limit int, key string) bool {
 	if len(list.Content) <= limit {
 		return true
