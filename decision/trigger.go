@@ -75,6 +75,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			p.UserID = events[0].UserID
 		}
 		j := r.newJudge(p, now, limits, &cfg, &out)
+		judgedFrom := now.Add(-r.horizon()) // older events judge no trigger
 		for i := range events {
 			e := &events[i]
 			res := p.ApplyEvent(e, now, limits)
@@ -85,7 +86,7 @@ func (r *Rules) Step(limits profile.Limits, opts ...StepOption) profile.Step {
 			out.Changed = true
 			j.measure(e)
 			j.cancel(e)
-			if !e.OccurredAt.Before(now.Add(-r.horizon())) {
+			if !e.OccurredAt.Before(judgedFrom) {
 				j.event(e)
 			}
 		}
