@@ -69,4 +69,3 @@ func parseDuration(s string) (time.Duration, error) {
 	}
 	return total, nil
 }
-
