@@ -376,7 +376,14 @@ func TestNearCacheSharesConcurrentReads(t *testing.T) {
 	a := tracked(t, rdb, redisstore.Options{Now: func() time.Time { return storeNow }})
 	hook.key = a.Layout().ProfileKey("hot")
 	env := storeEnv{srv: srv, rdb: srv.Client(t), store: redisstore.New(srv.Client(t), redisstore.Options{Buckets: 16, Now: func() time.Time { return storeNow }})}
+	before := a.NearCache().Invalidations
 	applyOne(t, env, triggerStep(profile.Limits{}), "hot", view("hot", "e1"))
+	// The write's invalidation must arrive before the leader's read is
+	// decided: arriving after, it would (rightly) keep the followers from
+	// joining a read that might predate the write, and each would send a
+	// GET of its own, held by the hook. On a loaded machine it can take a
+	// while; Redis sends one message for all of the transaction's keys.
+	waitFor(t, "the write's invalidation", func() bool { return a.NearCache().Invalidations > before })
 
 	const callers = 10
 	type result struct {
