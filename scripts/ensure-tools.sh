@@ -2,7 +2,8 @@
 # Makes sure the programs the tests run are on PATH: redis-server and
 # redis-cli (the tests start their own instances on free loopback ports),
 # promtool (the tests check deploy/prometheus/alerts.yml with it), curl
-# (the README's HTTP examples) and buf (scripts/ensure-buf.sh). Installs
+# (the README's HTTP examples), chromium and chromedriver (the web
+# console's browser tests) and buf (scripts/ensure-buf.sh). Installs
 # the Debian packages when missing and possible; otherwise stops with a
 # message naming them. Never lets tests skip silently.
 set -euo pipefail
@@ -40,7 +41,19 @@ need redis-cli redis-tools
 need promtool prometheus --no-install-recommends
 # The HTTP/JSON tests run the README's curl commands.
 need curl curl
+# The web console's browser tests drive a headless chromium through
+# chromedriver (internal/webdriver). chromium-driver depends on the exact
+# chromium version, so apt installs and upgrades the two together.
+need chromium chromium --no-install-recommends
+need chromedriver chromium-driver --no-install-recommends
+chromium_version=$(chromium --version 2>/dev/null | awk '{print $2}')
+chromedriver_version=$(chromedriver --version | awk '{print $2}')
+if [ "$chromium_version" != "$chromedriver_version" ]; then
+  echo "chromium $chromium_version and chromedriver $chromedriver_version differ: install both from Debian (apt-get install -y chromium chromium-driver)" >&2
+  exit 1
+fi
 redis-server --version
 promtool --version 2>&1 | head -1
+chromedriver --version
 # buf: the descriptor-set test and make breaking (scripts/ensure-buf.sh).
 bash "$(dirname "$0")/ensure-buf.sh"
