@@ -93,6 +93,11 @@ func (l *Live) LoadedAt() time.Time { return l.cur.Load().at }
 // Source names the file the rules came from.
 func (l *Live) Source() string { return l.source }
 
+// Limits returns the limits every reload is held to (LoadLive's
+// WithLimits; zero fields, all of them for NewLive, mean their defaults),
+// so that other files can be held to them too (AdminService.TestRules).
+func (l *Live) Limits() Limits { return l.limits }
+
 // Refused returns the last refused rules file, if the file on disk is not
 // the one in force because it was refused. It is cleared when a new file is
 // put in force, or when a reload finds the file in force back on disk.

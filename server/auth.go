@@ -31,6 +31,11 @@ const (
 	// RoleAdmin calls nudge.v1.ProfileService and nudge.v1.AdminService,
 	// and may ask for explain traces.
 	RoleAdmin Role = "admin"
+	// RoleConsole reads what RoleAdmin reads and changes nothing: the web
+	// console's read-only role. It calls the methods of AdminService and
+	// ProfileService that write nothing (methodRoles), TestRules among
+	// them, and not DeleteProfile or DeleteGroup.
+	RoleConsole Role = "console"
 	// RoleSend is a sender's: with RoleDecide, it may ask GetDecision to
 	// reserve a frequency-cap slot (GetDecisionRequest.reserve), which
 	// changes the user's state. A decide token alone stays read-only.
@@ -39,17 +44,19 @@ const (
 	// user's consent, time zone, local time, purchase state and send
 	// counts. RoleAdmin may too. It does not open the decision log
 	// (AdminService.TailDecisions): that lists every user's decisions,
-	// not the ones the token asks for, so it stays RoleAdmin's.
+	// not the ones the token asks for, so it stays RoleAdmin's (and
+	// RoleConsole's).
 	RoleExplain Role = "explain"
 	// RoleFeatures calls ProfileService.GetFeatures and ExportFeatures,
 	// read-only: the features the rules define, for models (a scoring
-	// service, a training job). RoleAdmin may too. It opens no other
-	// method of ProfileService: GetProfile shows the whole profile and
-	// DeleteProfile erases it, so they stay RoleAdmin's.
+	// service, a training job). RoleAdmin and RoleConsole may too. It
+	// opens no other method of ProfileService: GetProfile shows the whole
+	// profile and DeleteProfile erases it, so they stay RoleAdmin's (and
+	// GetProfile RoleConsole's).
 	RoleFeatures Role = "features"
 )
 
-var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin, RoleSend, RoleExplain, RoleFeatures}
+var knownRoles = []Role{RoleIngest, RoleDecide, RoleSubscribe, RoleAdmin, RoleSend, RoleExplain, RoleFeatures, RoleConsole}
 
 // Token is a bearer token a caller sends as "authorization: Bearer
 // <Secret>". With no tokens configured the server does not authenticate.
@@ -106,9 +113,22 @@ var serviceRoles = map[string]Role{
 
 // methodRoles are the methods whose access rule is not their service's:
 // any one of the roles opens the method. They come before serviceRoles.
+// A refusal names RoleConsole after the others (lacksRoles): the method
+// is for them, console only reads along.
 var methodRoles = map[string][]Role{
-	nudgev1.ProfileService_GetFeatures_FullMethodName:    {RoleFeatures, RoleAdmin},
-	nudgev1.ProfileService_ExportFeatures_FullMethodName: {RoleFeatures, RoleAdmin},
+	nudgev1.ProfileService_GetFeatures_FullMethodName:    {RoleFeatures, RoleAdmin, RoleConsole},
+	nudgev1.ProfileService_ExportFeatures_FullMethodName: {RoleFeatures, RoleAdmin, RoleConsole},
+	nudgev1.ProfileService_GetProfile_FullMethodName:     {RoleAdmin, RoleConsole},
+	// AdminService but DeleteGroup. TailDecisions lists every user's
+	// decisions, which the console shows its operators like admin's
+	// tools do.
+	nudgev1.AdminService_GetRules_FullMethodName:            {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_ListGroups_FullMethodName:          {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_GetCampaignReport_FullMethodName:   {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_ListCampaignReports_FullMethodName: {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_TailDecisions_FullMethodName:       {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_ListDeadActions_FullMethodName:     {RoleAdmin, RoleConsole},
+	nudgev1.AdminService_TestRules_FullMethodName:           {RoleAdmin, RoleConsole},
 }
 
 // requiredRole is the role fullMethod ("/package.Service/Method") requires

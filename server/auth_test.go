@@ -278,6 +278,102 @@ func roleCalls() []roleCall {
 			_, err := nudgev1.NewAdminServiceClient(h.conn).GetRules(ctx, &nudgev1.GetRulesRequest{})
 			return err
 		}},
+		{"TestRules", "/nudge.v1.AdminService/TestRules", server.RoleAdmin, codes.OK, func(ctx context.Context, h *harness) error {
+			_, err := nudgev1.NewAdminServiceClient(h.conn).TestRules(ctx, &nudgev1.TestRulesRequest{UserId: "u1", Channels: []string{"sms"}})
+			return err
+		}},
+	}
+}
+
+// consoleSecret is the console role's test token's.
+const consoleSecret = "secret-console-c0c0"
+
+// TestConsoleRole: a console token reads what admin reads (every method
+// of AdminService and ProfileService but DeleteGroup and DeleteProfile)
+// and nothing else; every other service refuses it.
+func TestConsoleRole(t *testing.T) {
+	cfg := authConfig()
+	cfg.Tokens = append(cfg.Tokens, server.Token{Name: "console", Secret: consoleSecret, Roles: []server.Role{server.RoleConsole}})
+	h := start(t, okStore(), cfg)
+	ctx := withToken(callCtx(t), consoleSecret)
+	admin := nudgev1.NewAdminServiceClient(h.conn)
+
+	t.Run("reads", func(t *testing.T) {
+		if _, err := admin.GetRules(ctx, &nudgev1.GetRulesRequest{}); err != nil {
+			t.Errorf("GetRules: %v", err)
+		}
+		// NOT_FOUND: past authorization, the store has no profile.
+		_, err := h.profiles.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: "u1"})
+		wantCode(t, err, codes.NotFound, "")
+		resp, err := admin.TestRules(ctx, &nudgev1.TestRulesRequest{UserId: "u1", Event: ev("e1", "u1", "view", "phones", now)})
+		if err != nil || len(resp.GetDecisions()) == 0 {
+			t.Errorf("TestRules: %v, %v", resp, err)
+		}
+	})
+
+	denied := []struct {
+		name, method string
+		call         func() error
+	}{
+		{"DeleteProfile", "/nudge.v1.ProfileService/DeleteProfile", func() error {
+			_, err := h.profiles.DeleteProfile(ctx, &nudgev1.DeleteProfileRequest{UserId: "u1"})
+			return err
+		}},
+		{"DeleteGroup", "/nudge.v1.AdminService/DeleteGroup", func() error {
+			_, err := admin.DeleteGroup(ctx, &nudgev1.DeleteGroupRequest{Group: "sms"})
+			return err
+		}},
+		{"Publish", "/nudge.v1.IngestService/Publish", func() error {
+			_, err := h.ingest.Publish(ctx, &nudgev1.PublishRequest{Events: []*nudgev1.Event{ev("e1", "u1", "view", "", now)}})
+			return err
+		}},
+		{"GetDecision", "/nudge.v1.DecisionService/GetDecision", func() error {
+			_, err := h.decide.GetDecision(ctx, &nudgev1.GetDecisionRequest{UserId: "u1", Channel: "sms"})
+			return err
+		}},
+	}
+	for _, d := range denied {
+		t.Run("denied "+d.name, func(t *testing.T) {
+			wantCode(t, d.call(), codes.PermissionDenied, `token "console" lacks role "`)
+			wantCode(t, d.call(), codes.PermissionDenied, "required by "+d.method)
+		})
+	}
+
+	t.Run("the refusal of a read names console", func(t *testing.T) {
+		_, err := admin.GetRules(withToken(callCtx(t), decideSecret), &nudgev1.GetRulesRequest{})
+		wantCode(t, err, codes.PermissionDenied,
+			`token "decider" lacks role "admin", required by /nudge.v1.AdminService/GetRules (the read-only role "console" may call it too)`)
+		_, err = h.profiles.DeleteProfile(withToken(callCtx(t), decideSecret), &nudgev1.DeleteProfileRequest{UserId: "u1"})
+		if st := status.Convert(err); strings.Contains(st.Message(), "console") {
+			t.Errorf("DeleteProfile's refusal names console: %q", st.Message())
+		}
+	})
+
+	// Every method, so that one added later is decided on: a new write
+	// of AdminService or ProfileService stays admin's (add it to
+	// writes), a new read needs a methodRoles entry.
+	writes := map[string]bool{
+		"/nudge.v1.ProfileService/DeleteProfile": true,
+		"/nudge.v1.AdminService/DeleteGroup":     true,
+	}
+	reads := map[string]bool{
+		nudgev1.AdminService_ServiceDesc.ServiceName:   true,
+		nudgev1.ProfileService_ServiceDesc.ServiceName: true,
+	}
+	for service, info := range h.grpc.GetServiceInfo() {
+		if !strings.HasPrefix(service, "nudge.") {
+			continue // health and reflection: see TestEveryMethodHasARule
+		}
+		for _, m := range info.Methods {
+			full := "/" + service + "/" + m.Name
+			t.Run(service+"/"+m.Name, func(t *testing.T) {
+				err := invoke(t, h.conn, full, m, consoleSecret)
+				denied := status.Code(err) == codes.PermissionDenied
+				if want := !reads[service] || writes[full]; denied != want {
+					t.Errorf("console token: %v; want denied %v", err, want)
+				}
+			})
+		}
 	}
 }
 
@@ -504,6 +600,7 @@ func TestTokenValidation(t *testing.T) {
 		{"none", nil, ""},
 		{"valid", testTokens(), ""},
 		{"no roles", []server.Token{ok("a", "s1")}, ""},
+		{"console", []server.Token{ok("a", "s1", server.RoleConsole)}, ""},
 		{"empty name", []server.Token{ok("a", "s1"), ok("", "s2")}, "token 1: empty name"},
 		{"duplicate name", []server.Token{ok("a", "s1"), ok("a", "s2")}, `token "a": duplicate name`},
 		{"empty secret", []server.Token{ok("a", "")}, `token "a": empty secret`},

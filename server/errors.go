@@ -116,12 +116,19 @@ func lacksRoleFor(token string, role Role, what string) error {
 }
 
 // lacksRoles refuses a token a method that any one of roles opens.
+// RoleConsole, admin's read-only stand-in, is named apart after the
+// method, so that the message leads with the roles the method is for.
 func lacksRoles(token string, roles []Role, method string) error {
-	names := make([]string, len(roles))
-	for i, r := range roles {
-		names[i] = strconv.Quote(string(r))
+	names := make([]string, 0, len(roles))
+	console := ""
+	for _, r := range roles {
+		if r == RoleConsole {
+			console = ` (the read-only role "console" may call it too)`
+			continue
+		}
+		names = append(names, strconv.Quote(string(r)))
 	}
-	return status.Errorf(codes.PermissionDenied, "token %q lacks role %s, required by %s", token, strings.Join(names, " or "), method)
+	return status.Errorf(codes.PermissionDenied, "token %q lacks role %s, required by %s%s", token, strings.Join(names, " or "), method, console)
 }
 
 // streamIdle is the status that ends an ingest stream idle for d.

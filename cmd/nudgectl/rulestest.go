@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/internal/rulestest"
 	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 	"github.com/nudge-dm/nudge/server"
@@ -55,11 +56,6 @@ type firing struct {
 	Actions []profile.Action `json:"actions,omitempty"`
 	Notes   []profile.Note   `json:"notes,omitempty"`
 }
-
-// maxFirings bounds the simulated firings of rules test: a journey has
-// at most 17 steps, and each may be deferred once or twice by quiet
-// hours, so only a profile full of timers comes near it.
-const maxFirings = 256
 
 type channelDecision struct {
 	Channel string            `json:"channel"`
@@ -106,7 +102,9 @@ with its trace. No server is needed.`,
 
 // rulesTest shows what a rules file does with one event on a profile: the
 // actions it would fire, the timers it would schedule and what each would
-// do at its due time, and the decision on each channel.
+// do at its due time, and the decision on each channel. The playing is
+// internal/rulestest's, shared with AdminService.TestRules (the web
+// console's rules playground); the printing is this command's.
 func rulesTest(rulesPath string, o rulesTestOptions, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "nudgectl rules test:", err)
@@ -136,28 +134,25 @@ func rulesTest(rulesPath string, o rulesTestOptions, stdout, stderr io.Writer) i
 		}
 	}
 
-	step := rules.Step(profile.Limits{})
-	p := &profile.Profile{}
-	if len(history) > 0 {
-		step(p, history, now)
-	}
-	out := step(p, []profile.Event{ev}, now)
-	rep := testReport{Event: ev.ID, Status: out.Results[0].Status.String(), Reason: out.Results[0].Reason, Actions: out.Actions,
-		Notes: out.Notes}
-	for _, t := range p.Timers {
-		rep.Timers = append(rep.Timers, timerReport{Trigger: t.Trigger, Step: t.Step, Due: t.Due, Wake: t.Wake, Deferred: t.Deferred})
-	}
-	chs := rules.Channels()
+	var chs []string
 	if o.channels != "" {
 		chs = strings.Split(o.channels, ",")
 	}
-	for _, ch := range chs {
-		d := rules.Decide(p, decision.Request{UserID: ev.UserID, Channel: ch, Explain: true}, now)
-		rep.Decisions = append(rep.Decisions, channelDecision{Channel: ch, Result: d})
+	res, err := rulestest.Run(rules, rulestest.Input{UserID: ev.UserID, History: history, Event: &ev, Channels: chs, Now: now})
+	if err != nil {
+		return fail(err)
 	}
-	// Last, as it moves the profile on: fire the timers at their wake
-	// times, as nudged would if no other event arrived.
-	rep.Later = fireTimers(rules, p)
+	rep := testReport{Event: ev.ID, Status: res.Event.Status.String(), Reason: res.Event.Reason, Actions: res.Actions,
+		Notes: res.Notes}
+	for _, t := range res.Timers {
+		rep.Timers = append(rep.Timers, timerReport{Trigger: t.Trigger, Step: t.Step, Due: t.Due, Wake: t.Wake, Deferred: t.Deferred})
+	}
+	for _, cd := range res.Decisions {
+		rep.Decisions = append(rep.Decisions, channelDecision{Channel: cd.Channel, Result: cd.Decision})
+	}
+	for _, f := range res.Later {
+		rep.Later = append(rep.Later, firing{At: f.At, Actions: f.Actions, Notes: f.Notes})
+	}
 	if o.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -168,23 +163,6 @@ func rulesTest(rulesPath string, o rulesTestOptions, stdout, stderr io.Writer) i
 	}
 	printReport(stdout, rep)
 	return 0
-}
-
-// fireTimers runs the rules' FireStep on p at each wake time of its
-// timers in turn, until none is left (or maxFirings), and returns what
-// each firing did.
-func fireTimers(rules *decision.Rules, p *profile.Profile) []firing {
-	fire := rules.FireStep(profile.Limits{})
-	var out []firing
-	for range maxFirings {
-		at := p.NextWake()
-		if at.IsZero() {
-			break
-		}
-		o := fire(p, nil, at)
-		out = append(out, firing{At: at, Actions: o.Actions, Notes: o.Notes})
-	}
-	return out
 }
 
 func printReport(w io.Writer, rep testReport) {

@@ -1313,11 +1313,766 @@ func (x *DeadAction) GetOutboxId() string {
 	return ""
 }
 
+// TestRulesRequest says what to play: which rules, on which profile,
+// with which event, deciding on which channels, when.
+type TestRulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rules file to play, as YAML text, held to the server's rules
+	// limits (rules.max_bytes and the others) as a file it loads; its
+	// problems name it playground.yaml. Empty: the rules in force.
+	Rules string `protobuf:"bytes,1,opt,name=rules,proto3" json:"rules,omitempty"`
+	// The event to test, applied after the history; its triggers' actions
+	// are reported. Absent: no event, the decisions are made on the profile
+	// the stored profile and the history make (a dry-run decision).
+	Event *Event `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// Events applied before the event, in one batch at `now`, to build the
+	// profile: their results are reported, not the actions their triggers
+	// fire (the profile remembers those firings, for cooldowns).
+	History []*Event `protobuf:"bytes,3,rep,name=history,proto3" json:"history,omitempty"`
+	// Start from this user's stored profile (read, never written). Empty:
+	// from a new user's empty profile. A user without a stored profile
+	// starts empty too (profile_found says which). Every event must be this
+	// user's; empty, the user is the event's (else the first history
+	// event's).
+	UserId string `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The channels to decide on, in order. Empty: every channel the rules
+	// name (trigger actions, offers, policies, fallbacks), sorted.
+	Channels []string `protobuf:"bytes,5,rep,name=channels,proto3" json:"channels,omitempty"`
+	// The placement of every decision, as GetDecisionRequest.placement.
+	Placement string `protobuf:"bytes,6,opt,name=placement,proto3" json:"placement,omitempty"`
+	// The caller context of every decision, as GetDecisionRequest.context.
+	Context map[string]string `protobuf:"bytes,7,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The processing time of every step and decision: event times are
+	// judged against it (too old, too new), windows end at it. Absent: the
+	// server's clock.
+	Now           *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=now,proto3" json:"now,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestRulesRequest) Reset() {
+	*x = TestRulesRequest{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestRulesRequest) ProtoMessage() {}
+
+func (x *TestRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestRulesRequest.ProtoReflect.Descriptor instead.
+func (*TestRulesRequest) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TestRulesRequest) GetRules() string {
+	if x != nil {
+		return x.Rules
+	}
+	return ""
+}
+
+func (x *TestRulesRequest) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *TestRulesRequest) GetHistory() []*Event {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *TestRulesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *TestRulesRequest) GetChannels() []string {
+	if x != nil {
+		return x.Channels
+	}
+	return nil
+}
+
+func (x *TestRulesRequest) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
+func (x *TestRulesRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *TestRulesRequest) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+// TestRulesResponse is what the rules did: their problems when they do
+// not load, else everything else.
+type TestRulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every problem of request.rules when they do not load, in file order
+	// (at most 50 and a last one counting the others); then no other field
+	// is set. Empty when they load.
+	Problems []*RulesProblem `protobuf:"bytes,1,rep,name=problems,proto3" json:"problems,omitempty"`
+	// The content hash of the rules played, as GetRulesResponse.version.
+	RulesVersion string `protobuf:"bytes,2,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"`
+	// The user played (request.user_id, or the events').
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The processing time played (request.now, or the server's clock).
+	Now *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=now,proto3" json:"now,omitempty"`
+	// With user_id: the user had a stored profile, of version
+	// profile_version, which the play started from. False (and 0) without
+	// user_id or for a user never seen: the play started from an empty
+	// profile.
+	ProfileFound   bool   `protobuf:"varint,5,opt,name=profile_found,json=profileFound,proto3" json:"profile_found,omitempty"`
+	ProfileVersion uint64 `protobuf:"varint,6,opt,name=profile_version,json=profileVersion,proto3" json:"profile_version,omitempty"`
+	// The result of each history event, in order.
+	History []*PlayedEvent `protobuf:"bytes,7,rep,name=history,proto3" json:"history,omitempty"`
+	// The result of the event; absent without one.
+	Event *PlayedEvent `protobuf:"bytes,8,opt,name=event,proto3" json:"event,omitempty"`
+	// The actions the event's triggers fire at once, as ActionService would
+	// deliver them (none is written).
+	Actions []*Action `protobuf:"bytes,9,rep,name=actions,proto3" json:"actions,omitempty"`
+	// What became of the trigger actions and journey steps the event
+	// reached.
+	Notes []*ActionNote `protobuf:"bytes,10,rep,name=notes,proto3" json:"notes,omitempty"`
+	// The journey steps and deferred actions pending once the event is
+	// applied, by wake time.
+	Timers []*PendingTimer `protobuf:"bytes,11,rep,name=timers,proto3" json:"timers,omitempty"`
+	// The decision on each channel, in order, each with its explain trace
+	// (Decision.trace) and no decision_id.
+	Decisions []*ChannelDecision `protobuf:"bytes,12,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// The profile the decisions were made on, as GetProfile shows it, with
+	// its counts' windows ending at now.
+	Profile *Profile `protobuf:"bytes,13,opt,name=profile,proto3" json:"profile,omitempty"`
+	// What the pending timers do at their wake times if no other event
+	// arrives: each firing, in time order, with the steps they schedule in
+	// turn, up to 256 firings.
+	Later []*TimerFiring `protobuf:"bytes,14,rep,name=later,proto3" json:"later,omitempty"`
+	// Timers were still pending after 256 firings: later stops there.
+	LaterTruncated bool `protobuf:"varint,15,opt,name=later_truncated,json=laterTruncated,proto3" json:"later_truncated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TestRulesResponse) Reset() {
+	*x = TestRulesResponse{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestRulesResponse) ProtoMessage() {}
+
+func (x *TestRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestRulesResponse.ProtoReflect.Descriptor instead.
+func (*TestRulesResponse) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TestRulesResponse) GetProblems() []*RulesProblem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *TestRulesResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *TestRulesResponse) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetProfileFound() bool {
+	if x != nil {
+		return x.ProfileFound
+	}
+	return false
+}
+
+func (x *TestRulesResponse) GetProfileVersion() uint64 {
+	if x != nil {
+		return x.ProfileVersion
+	}
+	return 0
+}
+
+func (x *TestRulesResponse) GetHistory() []*PlayedEvent {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetEvent() *PlayedEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetActions() []*Action {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetNotes() []*ActionNote {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetTimers() []*PendingTimer {
+	if x != nil {
+		return x.Timers
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetDecisions() []*ChannelDecision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetProfile() *Profile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetLater() []*TimerFiring {
+	if x != nil {
+		return x.Later
+	}
+	return nil
+}
+
+func (x *TestRulesResponse) GetLaterTruncated() bool {
+	if x != nil {
+		return x.LaterTruncated
+	}
+	return false
+}
+
+// RulesProblem is one problem of a rules file that did not load.
+type RulesProblem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The 1-based line of the problem in the file; 0 when unknown (a YAML
+	// syntax error gives its line in message).
+	Line uint32 `protobuf:"varint,1,opt,name=line,proto3" json:"line,omitempty"`
+	// The 1-based column; 0 when unknown (the rules compiler locates
+	// problems by line).
+	Column uint32 `protobuf:"varint,2,opt,name=column,proto3" json:"column,omitempty"`
+	// trigger, step, offer, feature, frequency_cap, quiet_hours,
+	// purchase_cooldown or fallback; empty for a problem of the file or
+	// its settings.
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The id of the rule (a fallback's channel, a feature's name); empty
+	// when the problem is not inside a rule.
+	RuleId string `protobuf:"bytes,4,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// The rule's field at fault, e.g. when or action.channel; empty for
+	// the rule as a whole.
+	Field string `protobuf:"bytes,5,opt,name=field,proto3" json:"field,omitempty"`
+	// What is wrong.
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// The whole problem as nudged logs it and nudgectl rules check prints
+	// it: playground.yaml:LINE: kind "id": field: message.
+	Text          string `protobuf:"bytes,7,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RulesProblem) Reset() {
+	*x = RulesProblem{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RulesProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RulesProblem) ProtoMessage() {}
+
+func (x *RulesProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RulesProblem.ProtoReflect.Descriptor instead.
+func (*RulesProblem) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RulesProblem) GetLine() uint32 {
+	if x != nil {
+		return x.Line
+	}
+	return 0
+}
+
+func (x *RulesProblem) GetColumn() uint32 {
+	if x != nil {
+		return x.Column
+	}
+	return 0
+}
+
+func (x *RulesProblem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RulesProblem) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *RulesProblem) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *RulesProblem) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RulesProblem) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// PlayedEvent is the result of an event of a TestRules call, as an
+// ingest result would say it.
+type PlayedEvent struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Status  EventStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=nudge.v1.EventStatus" json:"status,omitempty"`
+	// Why the event was rejected; empty otherwise.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlayedEvent) Reset() {
+	*x = PlayedEvent{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlayedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlayedEvent) ProtoMessage() {}
+
+func (x *PlayedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlayedEvent.ProtoReflect.Descriptor instead.
+func (*PlayedEvent) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PlayedEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *PlayedEvent) GetStatus() EventStatus {
+	if x != nil {
+		return x.Status
+	}
+	return EventStatus_EVENT_STATUS_UNSPECIFIED
+}
+
+func (x *PlayedEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ActionNote says what became of a trigger action or journey step.
+type ActionNote struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The trigger or journey step.
+	TriggerId string `protobuf:"bytes,1,opt,name=trigger_id,json=triggerId,proto3" json:"trigger_id,omitempty"`
+	// scheduled (judged at its due time), cancelled (by an unless event),
+	// fired, deferred (by quiet hours, until they end), dropped (reason
+	// says why) or control (the user is in the campaign's control group).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// For dropped: when, consent, cooldown, frequency_cap, channel_limit,
+	// timer_limit, rule_removed or eval_error.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When a fired or dropped journey step was due; unset for an action
+	// fired at once by its event.
+	Due           *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=due,proto3" json:"due,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActionNote) Reset() {
+	*x = ActionNote{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActionNote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActionNote) ProtoMessage() {}
+
+func (x *ActionNote) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActionNote.ProtoReflect.Descriptor instead.
+func (*ActionNote) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ActionNote) GetTriggerId() string {
+	if x != nil {
+		return x.TriggerId
+	}
+	return ""
+}
+
+func (x *ActionNote) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ActionNote) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ActionNote) GetDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Due
+	}
+	return nil
+}
+
+// PendingTimer is a journey step, or an action deferred by quiet hours,
+// waiting in the profile.
+type PendingTimer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The journey's trigger.
+	TriggerId string `protobuf:"bytes,1,opt,name=trigger_id,json=triggerId,proto3" json:"trigger_id,omitempty"`
+	// The step due: 0 for the trigger itself, k for the k-th step of its
+	// then.
+	Step uint32 `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	// When the step is due: the event's time plus the waits.
+	Due *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=due,proto3" json:"due,omitempty"`
+	// When it is to be judged: due, or the end of the quiet hours that
+	// deferred it.
+	Wake *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=wake,proto3" json:"wake,omitempty"`
+	// Quiet hours deferred it (judged at due, held until wake).
+	Deferred      bool `protobuf:"varint,5,opt,name=deferred,proto3" json:"deferred,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingTimer) Reset() {
+	*x = PendingTimer{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingTimer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingTimer) ProtoMessage() {}
+
+func (x *PendingTimer) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingTimer.ProtoReflect.Descriptor instead.
+func (*PendingTimer) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PendingTimer) GetTriggerId() string {
+	if x != nil {
+		return x.TriggerId
+	}
+	return ""
+}
+
+func (x *PendingTimer) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *PendingTimer) GetDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Due
+	}
+	return nil
+}
+
+func (x *PendingTimer) GetWake() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Wake
+	}
+	return nil
+}
+
+func (x *PendingTimer) GetDeferred() bool {
+	if x != nil {
+		return x.Deferred
+	}
+	return false
+}
+
+// TimerFiring is what the timers due at one time do.
+type TimerFiring struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// The actions they fire.
+	Actions []*Action `protobuf:"bytes,2,rep,name=actions,proto3" json:"actions,omitempty"`
+	// What became of each step judged.
+	Notes         []*ActionNote `protobuf:"bytes,3,rep,name=notes,proto3" json:"notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimerFiring) Reset() {
+	*x = TimerFiring{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimerFiring) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimerFiring) ProtoMessage() {}
+
+func (x *TimerFiring) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimerFiring.ProtoReflect.Descriptor instead.
+func (*TimerFiring) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *TimerFiring) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *TimerFiring) GetActions() []*Action {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *TimerFiring) GetNotes() []*ActionNote {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+// ChannelDecision is the decision on one channel.
+type ChannelDecision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Decision      *Decision              `protobuf:"bytes,2,opt,name=decision,proto3" json:"decision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChannelDecision) Reset() {
+	*x = ChannelDecision{}
+	mi := &file_nudge_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChannelDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChannelDecision) ProtoMessage() {}
+
+func (x *ChannelDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_nudge_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChannelDecision.ProtoReflect.Descriptor instead.
+func (*ChannelDecision) Descriptor() ([]byte, []int) {
+	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ChannelDecision) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ChannelDecision) GetDecision() *Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
 var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nudge/v1/decision.proto\x1a\x14nudge/v1/event.proto\"\x11\n" +
+	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nudge/v1/decision.proto\x1a\x14nudge/v1/event.proto\x1a\x15nudge/v1/ingest.proto\x1a\x16nudge/v1/profile.proto\"\x11\n" +
 	"\x0fGetRulesRequest\"\xe3\x01\n" +
 	"\x10GetRulesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x127\n" +
@@ -1414,7 +2169,69 @@ const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\x0edelivery_count\x18\x04 \x01(\rR\rdeliveryCount\x12D\n" +
 	"\x10dead_lettered_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0edeadLetteredAt\x12#\n" +
 	"\routbox_stream\x18\x06 \x01(\tR\foutboxStream\x12\x1b\n" +
-	"\toutbox_id\x18\a \x01(\tR\boutboxId2\xd4\x04\n" +
+	"\toutbox_id\x18\a \x01(\tR\boutboxId\"\xf3\x03\n" +
+	"\x10TestRulesRequest\x12\x1f\n" +
+	"\x05rules\x18\x01 \x01(\tB\t\xbaH\x06r\x04(\x80\x80@R\x05rules\x12%\n" +
+	"\x05event\x18\x02 \x01(\v2\x0f.nudge.v1.EventR\x05event\x124\n" +
+	"\ahistory\x18\x03 \x03(\v2\x0f.nudge.v1.EventB\t\xbaH\x06\x92\x01\x03\x10\x90NR\ahistory\x121\n" +
+	"\auser_id\x18\x04 \x01(\tB\x18\xbaH\x15r\x13\x18\x80\x012\x0e^[\\x21-\\x7e]*$R\x06userId\x12@\n" +
+	"\bchannels\x18\x05 \x03(\tB$\xbaH!\x92\x01\x1e\x10 \x18\x01\"\x18r\x16\x18 2\x12^[a-z][a-z0-9_-]*$R\bchannels\x12&\n" +
+	"\tplacement\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tplacement\x12Z\n" +
+	"\acontext\x18\a \x03(\v2'.nudge.v1.TestRulesRequest.ContextEntryB\x17\xbaH\x14\x9a\x01\x11\x10 \"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x02R\acontext\x12,\n" +
+	"\x03now\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x03now\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x05\n" +
+	"\x11TestRulesResponse\x122\n" +
+	"\bproblems\x18\x01 \x03(\v2\x16.nudge.v1.RulesProblemR\bproblems\x12#\n" +
+	"\rrules_version\x18\x02 \x01(\tR\frulesVersion\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12,\n" +
+	"\x03now\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x03now\x12#\n" +
+	"\rprofile_found\x18\x05 \x01(\bR\fprofileFound\x12'\n" +
+	"\x0fprofile_version\x18\x06 \x01(\x04R\x0eprofileVersion\x12/\n" +
+	"\ahistory\x18\a \x03(\v2\x15.nudge.v1.PlayedEventR\ahistory\x12+\n" +
+	"\x05event\x18\b \x01(\v2\x15.nudge.v1.PlayedEventR\x05event\x12*\n" +
+	"\aactions\x18\t \x03(\v2\x10.nudge.v1.ActionR\aactions\x12*\n" +
+	"\x05notes\x18\n" +
+	" \x03(\v2\x14.nudge.v1.ActionNoteR\x05notes\x12.\n" +
+	"\x06timers\x18\v \x03(\v2\x16.nudge.v1.PendingTimerR\x06timers\x127\n" +
+	"\tdecisions\x18\f \x03(\v2\x19.nudge.v1.ChannelDecisionR\tdecisions\x12+\n" +
+	"\aprofile\x18\r \x01(\v2\x11.nudge.v1.ProfileR\aprofile\x12+\n" +
+	"\x05later\x18\x0e \x03(\v2\x15.nudge.v1.TimerFiringR\x05later\x12'\n" +
+	"\x0flater_truncated\x18\x0f \x01(\bR\x0elaterTruncated\"\xab\x01\n" +
+	"\fRulesProblem\x12\x12\n" +
+	"\x04line\x18\x01 \x01(\rR\x04line\x12\x16\n" +
+	"\x06column\x18\x02 \x01(\rR\x06column\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x17\n" +
+	"\arule_id\x18\x04 \x01(\tR\x06ruleId\x12\x14\n" +
+	"\x05field\x18\x05 \x01(\tR\x05field\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12\x12\n" +
+	"\x04text\x18\a \x01(\tR\x04text\"o\n" +
+	"\vPlayedEvent\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12-\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x15.nudge.v1.EventStatusR\x06status\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x85\x01\n" +
+	"\n" +
+	"ActionNote\x12\x1d\n" +
+	"\n" +
+	"trigger_id\x18\x01 \x01(\tR\ttriggerId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12,\n" +
+	"\x03due\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x03due\"\xbb\x01\n" +
+	"\fPendingTimer\x12\x1d\n" +
+	"\n" +
+	"trigger_id\x18\x01 \x01(\tR\ttriggerId\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\rR\x04step\x12,\n" +
+	"\x03due\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x03due\x12.\n" +
+	"\x04wake\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04wake\x12\x1a\n" +
+	"\bdeferred\x18\x05 \x01(\bR\bdeferred\"\x91\x01\n" +
+	"\vTimerFiring\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12*\n" +
+	"\aactions\x18\x02 \x03(\v2\x10.nudge.v1.ActionR\aactions\x12*\n" +
+	"\x05notes\x18\x03 \x03(\v2\x14.nudge.v1.ActionNoteR\x05notes\"[\n" +
+	"\x0fChannelDecision\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12.\n" +
+	"\bdecision\x18\x02 \x01(\v2\x12.nudge.v1.DecisionR\bdecision2\x9a\x05\n" +
 	"\fAdminService\x12A\n" +
 	"\bGetRules\x12\x19.nudge.v1.GetRulesRequest\x1a\x1a.nudge.v1.GetRulesResponse\x12G\n" +
 	"\n" +
@@ -1423,7 +2240,8 @@ const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\x11GetCampaignReport\x12\".nudge.v1.GetCampaignReportRequest\x1a#.nudge.v1.GetCampaignReportResponse\x12b\n" +
 	"\x13ListCampaignReports\x12$.nudge.v1.ListCampaignReportsRequest\x1a%.nudge.v1.ListCampaignReportsResponse\x12R\n" +
 	"\rTailDecisions\x12\x1e.nudge.v1.TailDecisionsRequest\x1a\x1f.nudge.v1.TailDecisionsResponse0\x01\x12V\n" +
-	"\x0fListDeadActions\x12 .nudge.v1.ListDeadActionsRequest\x1a!.nudge.v1.ListDeadActionsResponseB\x8d\x01\n" +
+	"\x0fListDeadActions\x12 .nudge.v1.ListDeadActionsRequest\x1a!.nudge.v1.ListDeadActionsResponse\x12D\n" +
+	"\tTestRules\x12\x1a.nudge.v1.TestRulesRequest\x1a\x1b.nudge.v1.TestRulesResponseB\x8d\x01\n" +
 	"\fcom.nudge.v1B\n" +
 	"AdminProtoP\x01Z0github.com/nudge-dm/nudge/proto/nudge/v1;nudgev1\xa2\x02\x03NXX\xaa\x02\bNudge.V1\xca\x02\bNudge\\V1\xe2\x02\x14Nudge\\V1\\GPBMetadata\xea\x02\tNudge::V1b\x06proto3"
 
@@ -1439,7 +2257,7 @@ func file_nudge_v1_admin_proto_rawDescGZIP() []byte {
 	return file_nudge_v1_admin_proto_rawDescData
 }
 
-var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_nudge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_nudge_v1_admin_proto_goTypes = []any{
 	(*GetRulesRequest)(nil),             // 0: nudge.v1.GetRulesRequest
 	(*GetRulesResponse)(nil),            // 1: nudge.v1.GetRulesResponse
@@ -1460,48 +2278,85 @@ var file_nudge_v1_admin_proto_goTypes = []any{
 	(*ListDeadActionsRequest)(nil),      // 16: nudge.v1.ListDeadActionsRequest
 	(*ListDeadActionsResponse)(nil),     // 17: nudge.v1.ListDeadActionsResponse
 	(*DeadAction)(nil),                  // 18: nudge.v1.DeadAction
-	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 20: google.protobuf.Duration
-	(Verdict)(0),                        // 21: nudge.v1.Verdict
-	(*Reason)(nil),                      // 22: nudge.v1.Reason
-	(*Action)(nil),                      // 23: nudge.v1.Action
+	(*TestRulesRequest)(nil),            // 19: nudge.v1.TestRulesRequest
+	(*TestRulesResponse)(nil),           // 20: nudge.v1.TestRulesResponse
+	(*RulesProblem)(nil),                // 21: nudge.v1.RulesProblem
+	(*PlayedEvent)(nil),                 // 22: nudge.v1.PlayedEvent
+	(*ActionNote)(nil),                  // 23: nudge.v1.ActionNote
+	(*PendingTimer)(nil),                // 24: nudge.v1.PendingTimer
+	(*TimerFiring)(nil),                 // 25: nudge.v1.TimerFiring
+	(*ChannelDecision)(nil),             // 26: nudge.v1.ChannelDecision
+	nil,                                 // 27: nudge.v1.TestRulesRequest.ContextEntry
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
+	(Verdict)(0),                        // 30: nudge.v1.Verdict
+	(*Reason)(nil),                      // 31: nudge.v1.Reason
+	(*Action)(nil),                      // 32: nudge.v1.Action
+	(*Event)(nil),                       // 33: nudge.v1.Event
+	(*Profile)(nil),                     // 34: nudge.v1.Profile
+	(EventStatus)(0),                    // 35: nudge.v1.EventStatus
+	(*Decision)(nil),                    // 36: nudge.v1.Decision
 }
 var file_nudge_v1_admin_proto_depIdxs = []int32{
-	19, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	28, // 0: nudge.v1.GetRulesResponse.loaded_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: nudge.v1.GetRulesResponse.refusal:type_name -> nudge.v1.RulesRefusal
-	19, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
+	28, // 2: nudge.v1.RulesRefusal.at:type_name -> google.protobuf.Timestamp
 	5,  // 3: nudge.v1.ListGroupsResponse.groups:type_name -> nudge.v1.ConsumerGroup
-	19, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
-	20, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
+	28, // 4: nudge.v1.ConsumerGroup.last_active:type_name -> google.protobuf.Timestamp
+	29, // 5: nudge.v1.ConsumerGroup.idle:type_name -> google.protobuf.Duration
 	10, // 6: nudge.v1.GetCampaignReportResponse.treated:type_name -> nudge.v1.VariantCounts
 	10, // 7: nudge.v1.GetCampaignReportResponse.control:type_name -> nudge.v1.VariantCounts
 	9,  // 8: nudge.v1.ListCampaignReportsResponse.reports:type_name -> nudge.v1.GetCampaignReportResponse
 	15, // 9: nudge.v1.TailDecisionsResponse.entries:type_name -> nudge.v1.DecisionLogEntry
-	19, // 10: nudge.v1.DecisionLogEntry.at:type_name -> google.protobuf.Timestamp
-	21, // 11: nudge.v1.DecisionLogEntry.verdict:type_name -> nudge.v1.Verdict
-	22, // 12: nudge.v1.DecisionLogEntry.reasons:type_name -> nudge.v1.Reason
+	28, // 10: nudge.v1.DecisionLogEntry.at:type_name -> google.protobuf.Timestamp
+	30, // 11: nudge.v1.DecisionLogEntry.verdict:type_name -> nudge.v1.Verdict
+	31, // 12: nudge.v1.DecisionLogEntry.reasons:type_name -> nudge.v1.Reason
 	18, // 13: nudge.v1.ListDeadActionsResponse.dead_actions:type_name -> nudge.v1.DeadAction
-	23, // 14: nudge.v1.DeadAction.action:type_name -> nudge.v1.Action
-	19, // 15: nudge.v1.DeadAction.dead_lettered_at:type_name -> google.protobuf.Timestamp
-	0,  // 16: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
-	3,  // 17: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
-	6,  // 18: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
-	8,  // 19: nudge.v1.AdminService.GetCampaignReport:input_type -> nudge.v1.GetCampaignReportRequest
-	11, // 20: nudge.v1.AdminService.ListCampaignReports:input_type -> nudge.v1.ListCampaignReportsRequest
-	13, // 21: nudge.v1.AdminService.TailDecisions:input_type -> nudge.v1.TailDecisionsRequest
-	16, // 22: nudge.v1.AdminService.ListDeadActions:input_type -> nudge.v1.ListDeadActionsRequest
-	1,  // 23: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
-	4,  // 24: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
-	7,  // 25: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
-	9,  // 26: nudge.v1.AdminService.GetCampaignReport:output_type -> nudge.v1.GetCampaignReportResponse
-	12, // 27: nudge.v1.AdminService.ListCampaignReports:output_type -> nudge.v1.ListCampaignReportsResponse
-	14, // 28: nudge.v1.AdminService.TailDecisions:output_type -> nudge.v1.TailDecisionsResponse
-	17, // 29: nudge.v1.AdminService.ListDeadActions:output_type -> nudge.v1.ListDeadActionsResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	32, // 14: nudge.v1.DeadAction.action:type_name -> nudge.v1.Action
+	28, // 15: nudge.v1.DeadAction.dead_lettered_at:type_name -> google.protobuf.Timestamp
+	33, // 16: nudge.v1.TestRulesRequest.event:type_name -> nudge.v1.Event
+	33, // 17: nudge.v1.TestRulesRequest.history:type_name -> nudge.v1.Event
+	27, // 18: nudge.v1.TestRulesRequest.context:type_name -> nudge.v1.TestRulesRequest.ContextEntry
+	28, // 19: nudge.v1.TestRulesRequest.now:type_name -> google.protobuf.Timestamp
+	21, // 20: nudge.v1.TestRulesResponse.problems:type_name -> nudge.v1.RulesProblem
+	28, // 21: nudge.v1.TestRulesResponse.now:type_name -> google.protobuf.Timestamp
+	22, // 22: nudge.v1.TestRulesResponse.history:type_name -> nudge.v1.PlayedEvent
+	22, // 23: nudge.v1.TestRulesResponse.event:type_name -> nudge.v1.PlayedEvent
+	32, // 24: nudge.v1.TestRulesResponse.actions:type_name -> nudge.v1.Action
+	23, // 25: nudge.v1.TestRulesResponse.notes:type_name -> nudge.v1.ActionNote
+	24, // 26: nudge.v1.TestRulesResponse.timers:type_name -> nudge.v1.PendingTimer
+	26, // 27: nudge.v1.TestRulesResponse.decisions:type_name -> nudge.v1.ChannelDecision
+	34, // 28: nudge.v1.TestRulesResponse.profile:type_name -> nudge.v1.Profile
+	25, // 29: nudge.v1.TestRulesResponse.later:type_name -> nudge.v1.TimerFiring
+	35, // 30: nudge.v1.PlayedEvent.status:type_name -> nudge.v1.EventStatus
+	28, // 31: nudge.v1.ActionNote.due:type_name -> google.protobuf.Timestamp
+	28, // 32: nudge.v1.PendingTimer.due:type_name -> google.protobuf.Timestamp
+	28, // 33: nudge.v1.PendingTimer.wake:type_name -> google.protobuf.Timestamp
+	28, // 34: nudge.v1.TimerFiring.at:type_name -> google.protobuf.Timestamp
+	32, // 35: nudge.v1.TimerFiring.actions:type_name -> nudge.v1.Action
+	23, // 36: nudge.v1.TimerFiring.notes:type_name -> nudge.v1.ActionNote
+	36, // 37: nudge.v1.ChannelDecision.decision:type_name -> nudge.v1.Decision
+	0,  // 38: nudge.v1.AdminService.GetRules:input_type -> nudge.v1.GetRulesRequest
+	3,  // 39: nudge.v1.AdminService.ListGroups:input_type -> nudge.v1.ListGroupsRequest
+	6,  // 40: nudge.v1.AdminService.DeleteGroup:input_type -> nudge.v1.DeleteGroupRequest
+	8,  // 41: nudge.v1.AdminService.GetCampaignReport:input_type -> nudge.v1.GetCampaignReportRequest
+	11, // 42: nudge.v1.AdminService.ListCampaignReports:input_type -> nudge.v1.ListCampaignReportsRequest
+	13, // 43: nudge.v1.AdminService.TailDecisions:input_type -> nudge.v1.TailDecisionsRequest
+	16, // 44: nudge.v1.AdminService.ListDeadActions:input_type -> nudge.v1.ListDeadActionsRequest
+	19, // 45: nudge.v1.AdminService.TestRules:input_type -> nudge.v1.TestRulesRequest
+	1,  // 46: nudge.v1.AdminService.GetRules:output_type -> nudge.v1.GetRulesResponse
+	4,  // 47: nudge.v1.AdminService.ListGroups:output_type -> nudge.v1.ListGroupsResponse
+	7,  // 48: nudge.v1.AdminService.DeleteGroup:output_type -> nudge.v1.DeleteGroupResponse
+	9,  // 49: nudge.v1.AdminService.GetCampaignReport:output_type -> nudge.v1.GetCampaignReportResponse
+	12, // 50: nudge.v1.AdminService.ListCampaignReports:output_type -> nudge.v1.ListCampaignReportsResponse
+	14, // 51: nudge.v1.AdminService.TailDecisions:output_type -> nudge.v1.TailDecisionsResponse
+	17, // 52: nudge.v1.AdminService.ListDeadActions:output_type -> nudge.v1.ListDeadActionsResponse
+	20, // 53: nudge.v1.AdminService.TestRules:output_type -> nudge.v1.TestRulesResponse
+	46, // [46:54] is the sub-list for method output_type
+	38, // [38:46] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_nudge_v1_admin_proto_init() }
@@ -1511,6 +2366,8 @@ func file_nudge_v1_admin_proto_init() {
 	}
 	file_nudge_v1_decision_proto_init()
 	file_nudge_v1_event_proto_init()
+	file_nudge_v1_ingest_proto_init()
+	file_nudge_v1_profile_proto_init()
 	file_nudge_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1518,7 +2375,7 @@ func file_nudge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nudge_v1_admin_proto_rawDesc), len(file_nudge_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

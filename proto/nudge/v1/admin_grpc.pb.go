@@ -26,13 +26,16 @@ const (
 	AdminService_ListCampaignReports_FullMethodName = "/nudge.v1.AdminService/ListCampaignReports"
 	AdminService_TailDecisions_FullMethodName       = "/nudge.v1.AdminService/TailDecisions"
 	AdminService_ListDeadActions_FullMethodName     = "/nudge.v1.AdminService/ListDeadActions"
+	AdminService_TestRules_FullMethodName           = "/nudge.v1.AdminService/TestRules"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is for operators.
+// AdminService is for operators: the admin role calls every method, the
+// console role (the web console's, read-only) every method but
+// DeleteGroup.
 type AdminServiceClient interface {
 	// GetRules describes the rules in force.
 	GetRules(ctx context.Context, in *GetRulesRequest, opts ...grpc.CallOption) (*GetRulesResponse, error)
@@ -65,10 +68,11 @@ type AdminServiceClient interface {
 	// client cancels, limit entries are sent (then it ends with OK) or the
 	// server shuts down (UNAVAILABLE: call again). The response headers
 	// are sent once the starting point is fixed: a decision recorded after
-	// the client has them is in the stream. The admin role only, as every
-	// AdminService method: the log names every user decided for, which an
-	// explain token (which sees the reasons of its own decisions) may not
-	// list. UNIMPLEMENTED on a server without a decision log.
+	// the client has them is in the stream. The admin and console roles
+	// only, as every AdminService method: the log names every user decided
+	// for, which an explain token (which sees the reasons of its own
+	// decisions) may not list. UNIMPLEMENTED on a server without a decision
+	// log.
 	TailDecisions(ctx context.Context, in *TailDecisionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TailDecisionsResponse], error)
 	// ListDeadActions lists the dead-letter stream, oldest first: the
 	// actions a consumer group was handed the server's maximum number of
@@ -76,6 +80,22 @@ type AdminServiceClient interface {
 	// are no longer delivered to it. UNIMPLEMENTED on a server without an
 	// outbox.
 	ListDeadActions(ctx context.Context, in *ListDeadActionsRequest, opts ...grpc.CallOption) (*ListDeadActionsResponse, error)
+	// TestRules plays rules on a user and changes nothing: what `nudgectl
+	// rules test` shows, for the web console's rules playground and its
+	// dry-run decisions. It builds a profile (the user's stored profile with
+	// user_id, then the history), applies the event, and reports the
+	// actions its triggers fire, the journey steps it schedules and what
+	// each does at its due time if no other event arrives, and the decision
+	// on each channel with its explain trace, all at `now`. Nothing is
+	// written: no profile, outbox entry, exposure, decision log entry or
+	// frequency-cap reservation. Rules that do not load are not an error:
+	// the answer is OK with their problems. INVALID_ARGUMENT for an invalid
+	// request, naming the field (history[3].occurred_at), and for an event
+	// of another user than the request's; UNAVAILABLE when user_id's
+	// profile cannot be read. A server process plays one call at a time
+	// (compiling a large rules file takes seconds of a core): a call waits
+	// for its turn up to its deadline.
+	TestRules(ctx context.Context, in *TestRulesRequest, opts ...grpc.CallOption) (*TestRulesResponse, error)
 }
 
 type adminServiceClient struct {
@@ -165,11 +185,23 @@ func (c *adminServiceClient) ListDeadActions(ctx context.Context, in *ListDeadAc
 	return out, nil
 }
 
+func (c *adminServiceClient) TestRules(ctx context.Context, in *TestRulesRequest, opts ...grpc.CallOption) (*TestRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TestRulesResponse)
+	err := c.cc.Invoke(ctx, AdminService_TestRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is for operators.
+// AdminService is for operators: the admin role calls every method, the
+// console role (the web console's, read-only) every method but
+// DeleteGroup.
 type AdminServiceServer interface {
 	// GetRules describes the rules in force.
 	GetRules(context.Context, *GetRulesRequest) (*GetRulesResponse, error)
@@ -202,10 +234,11 @@ type AdminServiceServer interface {
 	// client cancels, limit entries are sent (then it ends with OK) or the
 	// server shuts down (UNAVAILABLE: call again). The response headers
 	// are sent once the starting point is fixed: a decision recorded after
-	// the client has them is in the stream. The admin role only, as every
-	// AdminService method: the log names every user decided for, which an
-	// explain token (which sees the reasons of its own decisions) may not
-	// list. UNIMPLEMENTED on a server without a decision log.
+	// the client has them is in the stream. The admin and console roles
+	// only, as every AdminService method: the log names every user decided
+	// for, which an explain token (which sees the reasons of its own
+	// decisions) may not list. UNIMPLEMENTED on a server without a decision
+	// log.
 	TailDecisions(*TailDecisionsRequest, grpc.ServerStreamingServer[TailDecisionsResponse]) error
 	// ListDeadActions lists the dead-letter stream, oldest first: the
 	// actions a consumer group was handed the server's maximum number of
@@ -213,6 +246,22 @@ type AdminServiceServer interface {
 	// are no longer delivered to it. UNIMPLEMENTED on a server without an
 	// outbox.
 	ListDeadActions(context.Context, *ListDeadActionsRequest) (*ListDeadActionsResponse, error)
+	// TestRules plays rules on a user and changes nothing: what `nudgectl
+	// rules test` shows, for the web console's rules playground and its
+	// dry-run decisions. It builds a profile (the user's stored profile with
+	// user_id, then the history), applies the event, and reports the
+	// actions its triggers fire, the journey steps it schedules and what
+	// each does at its due time if no other event arrives, and the decision
+	// on each channel with its explain trace, all at `now`. Nothing is
+	// written: no profile, outbox entry, exposure, decision log entry or
+	// frequency-cap reservation. Rules that do not load are not an error:
+	// the answer is OK with their problems. INVALID_ARGUMENT for an invalid
+	// request, naming the field (history[3].occurred_at), and for an event
+	// of another user than the request's; UNAVAILABLE when user_id's
+	// profile cannot be read. A server process plays one call at a time
+	// (compiling a large rules file takes seconds of a core): a call waits
+	// for its turn up to its deadline.
+	TestRules(context.Context, *TestRulesRequest) (*TestRulesResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -243,6 +292,9 @@ func (UnimplementedAdminServiceServer) TailDecisions(*TailDecisionsRequest, grpc
 }
 func (UnimplementedAdminServiceServer) ListDeadActions(context.Context, *ListDeadActionsRequest) (*ListDeadActionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDeadActions not implemented")
+}
+func (UnimplementedAdminServiceServer) TestRules(context.Context, *TestRulesRequest) (*TestRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TestRules not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -384,6 +436,24 @@ func _AdminService_ListDeadActions_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_TestRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).TestRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_TestRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).TestRules(ctx, req.(*TestRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -414,6 +484,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDeadActions",
 			Handler:    _AdminService_ListDeadActions_Handler,
+		},
+		{
+			MethodName: "TestRules",
+			Handler:    _AdminService_TestRules_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

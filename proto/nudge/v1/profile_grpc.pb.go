@@ -33,6 +33,7 @@ const (
 // computes the rules' features of users for models.
 type ProfileServiceClient interface {
 	// GetProfile returns the user's profile; NOT_FOUND when there is none.
+	// Open to the admin and console roles (DeleteProfile: admin only).
 	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (*GetProfileResponse, error)
 	// DeleteProfile erases everything nudge stores about the user: the profile
 	// and the user's pending actions in the outbox. Deleting an absent profile
@@ -49,7 +50,7 @@ type ProfileServiceClient interface {
 	// every window. A feature name the rules do not define: INVALID_ARGUMENT
 	// naming it and listing the defined ones; rules without features:
 	// FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
-	// features and admin roles.
+	// features, admin and console roles.
 	GetFeatures(ctx context.Context, in *GetFeaturesRequest, opts ...grpc.CallOption) (*GetFeaturesResponse, error)
 	// ExportFeatures evaluates the features on every stored profile and
 	// streams them, a header then pages of rows, for training sets and batch
@@ -63,8 +64,8 @@ type ProfileServiceClient interface {
 	// exported before or after the write; a profile created or deleted
 	// during it may or may not be. The stream ends with UNAVAILABLE when the
 	// server drains (export again) or the store fails; cancelling the call
-	// stops the scan. Other errors as GetFeatures'. Open to the features and
-	// admin roles.
+	// stops the scan. Other errors as GetFeatures'. Open to the features,
+	// admin and console roles.
 	ExportFeatures(ctx context.Context, in *ExportFeaturesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportFeaturesResponse], error)
 }
 
@@ -133,6 +134,7 @@ type ProfileService_ExportFeaturesClient = grpc.ServerStreamingClient[ExportFeat
 // computes the rules' features of users for models.
 type ProfileServiceServer interface {
 	// GetProfile returns the user's profile; NOT_FOUND when there is none.
+	// Open to the admin and console roles (DeleteProfile: admin only).
 	GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error)
 	// DeleteProfile erases everything nudge stores about the user: the profile
 	// and the user's pending actions in the outbox. Deleting an absent profile
@@ -149,7 +151,7 @@ type ProfileServiceServer interface {
 	// every window. A feature name the rules do not define: INVALID_ARGUMENT
 	// naming it and listing the defined ones; rules without features:
 	// FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
-	// features and admin roles.
+	// features, admin and console roles.
 	GetFeatures(context.Context, *GetFeaturesRequest) (*GetFeaturesResponse, error)
 	// ExportFeatures evaluates the features on every stored profile and
 	// streams them, a header then pages of rows, for training sets and batch
@@ -163,8 +165,8 @@ type ProfileServiceServer interface {
 	// exported before or after the write; a profile created or deleted
 	// during it may or may not be. The stream ends with UNAVAILABLE when the
 	// server drains (export again) or the store fails; cancelling the call
-	// stops the scan. Other errors as GetFeatures'. Open to the features and
-	// admin roles.
+	// stops the scan. Other errors as GetFeatures'. Open to the features,
+	// admin and console roles.
 	ExportFeatures(*ExportFeaturesRequest, grpc.ServerStreamingServer[ExportFeaturesResponse]) error
 	mustEmbedUnimplementedProfileServiceServer()
 }

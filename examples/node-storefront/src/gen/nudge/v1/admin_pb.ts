@@ -7,17 +7,21 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Reason, Verdict } from "./decision_pb.js";
+import type { Decision, Reason, Verdict } from "./decision_pb.js";
 import { file_nudge_v1_decision } from "./decision_pb.js";
-import type { Action } from "./event_pb.js";
+import type { Action, Event } from "./event_pb.js";
 import { file_nudge_v1_event } from "./event_pb.js";
+import type { EventStatus } from "./ingest_pb.js";
+import { file_nudge_v1_ingest } from "./ingest_pb.js";
+import type { Profile } from "./profile_pb.js";
+import { file_nudge_v1_profile } from "./profile_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nudge/v1/admin.proto.
  */
 export const file_nudge_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDSJTChhHZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QSNwoLY2FtcGFpZ25faWQYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQi7wIKGUdldENhbXBhaWduUmVwb3J0UmVzcG9uc2USEwoLY2FtcGFpZ25faWQYASABKAkSKAoHdHJlYXRlZBgCIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSKAoHY29udHJvbBgDIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSEwoGdXBsaWZ0GAQgASgBSACIAQESEQoEbGlmdBgFIAEoAUgBiAEBEhgKC2xpZnRfY2lfbG93GAYgASgBSAKIAQESGQoMbGlmdF9jaV9oaWdoGAcgASgBSAOIAQESFAoHcF92YWx1ZRgIIAEoAUgEiAEBEgwKBGtpbmQYCSABKAkSFQoNY29udHJvbF9zaGFyZRgKIAEoARIQCgh0aG9tcHNvbhgLIAEoCEIJCgdfdXBsaWZ0QgcKBV9saWZ0Qg4KDF9saWZ0X2NpX2xvd0IPCg1fbGlmdF9jaV9oaWdoQgoKCF9wX3ZhbHVlInIKDVZhcmlhbnRDb3VudHMSFQoNZXhwb3NlZF91c2VycxgBIAEoBBIXCg9jb252ZXJ0ZWRfdXNlcnMYAiABKAQSGAoQY29udmVyc2lvbl92YWx1ZRgDIAEoARIXCg9jb252ZXJzaW9uX3JhdGUYBCABKAEiHAoaTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QiUwobTGlzdENhbXBhaWduUmVwb3J0c1Jlc3BvbnNlEjQKB3JlcG9ydHMYASADKAsyIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlIkUKFFRhaWxEZWNpc2lvbnNSZXF1ZXN0EhMKC2Zyb21fb2xkZXN0GAEgASgIEhgKBWxpbWl0GAIgASgNQgm6SAYqBBjAhD0iRAoVVGFpbERlY2lzaW9uc1Jlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5udWRnZS52MS5EZWNpc2lvbkxvZ0VudHJ5Ir8CChBEZWNpc2lvbkxvZ0VudHJ5EhMKC2RlY2lzaW9uX2lkGAEgASgJEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAMgASgJEg8KB2NoYW5uZWwYBCABKAkSEQoJcGxhY2VtZW50GAUgASgJEiIKB3ZlcmRpY3QYBiABKA4yES5udWRnZS52MS5WZXJkaWN0EhAKCG9mZmVyX2lkGAcgASgJEhAKCGRlZ3JhZGVkGAggASgIEg0KBXN0YWxlGAkgASgIEg8KB2NvbnRyb2wYCiABKAgSFwoPcHJvZmlsZV92ZXJzaW9uGAsgASgEEhUKDXJ1bGVzX3ZlcnNpb24YDCABKAkSIQoHcmVhc29ucxgNIAMoCzIQLm51ZGdlLnYxLlJlYXNvbiJdChZMaXN0RGVhZEFjdGlvbnNSZXF1ZXN0EhcKBWxpbWl0GAEgASgNQgi6SAUqAxjoBxIqCgVhZnRlchgCIAEoCUIbukgYchYYKTISXihbMC05XSstWzAtOV0rKT8kIkUKF0xpc3REZWFkQWN0aW9uc1Jlc3BvbnNlEioKDGRlYWRfYWN0aW9ucxgBIAMoCzIULm51ZGdlLnYxLkRlYWRBY3Rpb24iwQEKCkRlYWRBY3Rpb24SCgoCaWQYASABKAkSIAoGYWN0aW9uGAIgASgLMhAubnVkZ2UudjEuQWN0aW9uEg0KBWdyb3VwGAMgASgJEhYKDmRlbGl2ZXJ5X2NvdW50GAQgASgNEjQKEGRlYWRfbGV0dGVyZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDW91dGJveF9zdHJlYW0YBiABKAkSEQoJb3V0Ym94X2lkGAcgASgJMtQECgxBZG1pblNlcnZpY2USQQoIR2V0UnVsZXMSGS5udWRnZS52MS5HZXRSdWxlc1JlcXVlc3QaGi5udWRnZS52MS5HZXRSdWxlc1Jlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5udWRnZS52MS5MaXN0R3JvdXBzUmVxdWVzdBocLm51ZGdlLnYxLkxpc3RHcm91cHNSZXNwb25zZRJKCgtEZWxldGVHcm91cBIcLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBodLm51ZGdlLnYxLkRlbGV0ZUdyb3VwUmVzcG9uc2USXAoRR2V0Q2FtcGFpZ25SZXBvcnQSIi5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QaIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlEmIKE0xpc3RDYW1wYWlnblJlcG9ydHMSJC5udWRnZS52MS5MaXN0Q2FtcGFpZ25SZXBvcnRzUmVxdWVzdBolLm51ZGdlLnYxLkxpc3RDYW1wYWlnblJlcG9ydHNSZXNwb25zZRJSCg1UYWlsRGVjaXNpb25zEh4ubnVkZ2UudjEuVGFpbERlY2lzaW9uc1JlcXVlc3QaHy5udWRnZS52MS5UYWlsRGVjaXNpb25zUmVzcG9uc2UwARJWCg9MaXN0RGVhZEFjdGlvbnMSIC5udWRnZS52MS5MaXN0RGVhZEFjdGlvbnNSZXF1ZXN0GiEubnVkZ2UudjEuTGlzdERlYWRBY3Rpb25zUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_nudge_v1_decision, file_nudge_v1_event]);
+  fileDesc("ChRudWRnZS92MS9hZG1pbi5wcm90bxIIbnVkZ2UudjEiEQoPR2V0UnVsZXNSZXF1ZXN0Iq0BChBHZXRSdWxlc1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSLQoJbG9hZGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYAyABKAkSEAoIdHJpZ2dlcnMYBCABKA0SDgoGb2ZmZXJzGAUgASgNEicKB3JlZnVzYWwYBiABKAsyFi5udWRnZS52MS5SdWxlc1JlZnVzYWwiVgoMUnVsZXNSZWZ1c2FsEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIhMKEUxpc3RHcm91cHNSZXF1ZXN0Ij0KEkxpc3RHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5udWRnZS52MS5Db25zdW1lckdyb3VwIuABCg1Db25zdW1lckdyb3VwEgwKBG5hbWUYASABKAkSDwoHcGVuZGluZxgCIAEoBBITCgt1bmRlbGl2ZXJlZBgDIAEoBBIbChN1bmtub3duX2xhZ19zdHJlYW1zGAQgASgNEhEKCWNvbnN1bWVycxgFIAEoDRIvCgtsYXN0X2FjdGl2ZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEaWRsZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglhYmFuZG9uZWQYCCABKAgiRwoSRGVsZXRlR3JvdXBSZXF1ZXN0EjEKBWdyb3VwGAEgASgJQiK6SB/IAQFyGhhAMhZeW2EtejAtOV1bYS16MC05Xy4tXSokIiYKE0RlbGV0ZUdyb3VwUmVzcG9uc2USDwoHc3RyZWFtcxgBIAEoDSJTChhHZXRDYW1wYWlnblJlcG9ydFJlcXVlc3QSNwoLY2FtcGFpZ25faWQYASABKAlCIrpIH8gBAXIaGEAyFl5bYS16MC05XVthLXowLTlfLi1dKiQi7wIKGUdldENhbXBhaWduUmVwb3J0UmVzcG9uc2USEwoLY2FtcGFpZ25faWQYASABKAkSKAoHdHJlYXRlZBgCIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSKAoHY29udHJvbBgDIAEoCzIXLm51ZGdlLnYxLlZhcmlhbnRDb3VudHMSEwoGdXBsaWZ0GAQgASgBSACIAQESEQoEbGlmdBgFIAEoAUgBiAEBEhgKC2xpZnRfY2lfbG93GAYgASgBSAKIAQESGQoMbGlmdF9jaV9oaWdoGAcgASgBSAOIAQESFAoHcF92YWx1ZRgIIAEoAUgEiAEBEgwKBGtpbmQYCSABKAkSFQoNY29udHJvbF9zaGFyZRgKIAEoARIQCgh0aG9tcHNvbhgLIAEoCEIJCgdfdXBsaWZ0QgcKBV9saWZ0Qg4KDF9saWZ0X2NpX2xvd0IPCg1fbGlmdF9jaV9oaWdoQgoKCF9wX3ZhbHVlInIKDVZhcmlhbnRDb3VudHMSFQoNZXhwb3NlZF91c2VycxgBIAEoBBIXCg9jb252ZXJ0ZWRfdXNlcnMYAiABKAQSGAoQY29udmVyc2lvbl92YWx1ZRgDIAEoARIXCg9jb252ZXJzaW9uX3JhdGUYBCABKAEiHAoaTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QiUwobTGlzdENhbXBhaWduUmVwb3J0c1Jlc3BvbnNlEjQKB3JlcG9ydHMYASADKAsyIy5udWRnZS52MS5HZXRDYW1wYWlnblJlcG9ydFJlc3BvbnNlIkUKFFRhaWxEZWNpc2lvbnNSZXF1ZXN0EhMKC2Zyb21fb2xkZXN0GAEgASgIEhgKBWxpbWl0GAIgASgNQgm6SAYqBBjAhD0iRAoVVGFpbERlY2lzaW9uc1Jlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5udWRnZS52MS5EZWNpc2lvbkxvZ0VudHJ5Ir8CChBEZWNpc2lvbkxvZ0VudHJ5EhMKC2RlY2lzaW9uX2lkGAEgASgJEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAMgASgJEg8KB2NoYW5uZWwYBCABKAkSEQoJcGxhY2VtZW50GAUgASgJEiIKB3ZlcmRpY3QYBiABKA4yES5udWRnZS52MS5WZXJkaWN0EhAKCG9mZmVyX2lkGAcgASgJEhAKCGRlZ3JhZGVkGAggASgIEg0KBXN0YWxlGAkgASgIEg8KB2NvbnRyb2wYCiABKAgSFwoPcHJvZmlsZV92ZXJzaW9uGAsgASgEEhUKDXJ1bGVzX3ZlcnNpb24YDCABKAkSIQoHcmVhc29ucxgNIAMoCzIQLm51ZGdlLnYxLlJlYXNvbiJdChZMaXN0RGVhZEFjdGlvbnNSZXF1ZXN0EhcKBWxpbWl0GAEgASgNQgi6SAUqAxjoBxIqCgVhZnRlchgCIAEoCUIbukgYchYYKTISXihbMC05XSstWzAtOV0rKT8kIkUKF0xpc3REZWFkQWN0aW9uc1Jlc3BvbnNlEioKDGRlYWRfYWN0aW9ucxgBIAMoCzIULm51ZGdlLnYxLkRlYWRBY3Rpb24iwQEKCkRlYWRBY3Rpb24SCgoCaWQYASABKAkSIAoGYWN0aW9uGAIgASgLMhAubnVkZ2UudjEuQWN0aW9uEg0KBWdyb3VwGAMgASgJEhYKDmRlbGl2ZXJ5X2NvdW50GAQgASgNEjQKEGRlYWRfbGV0dGVyZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDW91dGJveF9zdHJlYW0YBiABKAkSEQoJb3V0Ym94X2lkGAcgASgJIqUDChBUZXN0UnVsZXNSZXF1ZXN0EhgKBXJ1bGVzGAEgASgJQgm6SAZyBCiAgEASHgoFZXZlbnQYAiABKAsyDy5udWRnZS52MS5FdmVudBIrCgdoaXN0b3J5GAMgAygLMg8ubnVkZ2UudjEuRXZlbnRCCbpIBpIBAxCQThIpCgd1c2VyX2lkGAQgASgJQhi6SBVyExiAATIOXltceDIxLVx4N2VdKiQSNgoIY2hhbm5lbHMYBSADKAlCJLpIIZIBHhAgGAEiGHIWGCAyEl5bYS16XVthLXowLTlfLV0qJBIbCglwbGFjZW1lbnQYBiABKAlCCLpIBXIDGIABElEKB2NvbnRleHQYByADKAsyJy5udWRnZS52MS5UZXN0UnVsZXNSZXF1ZXN0LkNvbnRleHRFbnRyeUIXukgUmgERECAiBnIEEAEYQCoFcgMYgAISJwoDbm93GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBouCgxDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKNBAoRVGVzdFJ1bGVzUmVzcG9uc2USKAoIcHJvYmxlbXMYASADKAsyFi5udWRnZS52MS5SdWxlc1Byb2JsZW0SFQoNcnVsZXNfdmVyc2lvbhgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEicKA25vdxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcHJvZmlsZV9mb3VuZBgFIAEoCBIXCg9wcm9maWxlX3ZlcnNpb24YBiABKAQSJgoHaGlzdG9yeRgHIAMoCzIVLm51ZGdlLnYxLlBsYXllZEV2ZW50EiQKBWV2ZW50GAggASgLMhUubnVkZ2UudjEuUGxheWVkRXZlbnQSIQoHYWN0aW9ucxgJIAMoCzIQLm51ZGdlLnYxLkFjdGlvbhIjCgVub3RlcxgKIAMoCzIULm51ZGdlLnYxLkFjdGlvbk5vdGUSJgoGdGltZXJzGAsgAygLMhYubnVkZ2UudjEuUGVuZGluZ1RpbWVyEiwKCWRlY2lzaW9ucxgMIAMoCzIZLm51ZGdlLnYxLkNoYW5uZWxEZWNpc2lvbhIiCgdwcm9maWxlGA0gASgLMhEubnVkZ2UudjEuUHJvZmlsZRIkCgVsYXRlchgOIAMoCzIVLm51ZGdlLnYxLlRpbWVyRmlyaW5nEhcKD2xhdGVyX3RydW5jYXRlZBgPIAEoCCJ5CgxSdWxlc1Byb2JsZW0SDAoEbGluZRgBIAEoDRIOCgZjb2x1bW4YAiABKA0SDAoEa2luZBgDIAEoCRIPCgdydWxlX2lkGAQgASgJEg0KBWZpZWxkGAUgASgJEg8KB21lc3NhZ2UYBiABKAkSDAoEdGV4dBgHIAEoCSJWCgtQbGF5ZWRFdmVudBIQCghldmVudF9pZBgBIAEoCRIlCgZzdGF0dXMYAiABKA4yFS5udWRnZS52MS5FdmVudFN0YXR1cxIOCgZyZWFzb24YAyABKAkiZwoKQWN0aW9uTm90ZRISCgp0cmlnZ2VyX2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDgoGcmVhc29uGAMgASgJEicKA2R1ZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilQEKDFBlbmRpbmdUaW1lchISCgp0cmlnZ2VyX2lkGAEgASgJEgwKBHN0ZXAYAiABKA0SJwoDZHVlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgR3YWtlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghkZWZlcnJlZBgFIAEoCCJ9CgtUaW1lckZpcmluZxImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoHYWN0aW9ucxgCIAMoCzIQLm51ZGdlLnYxLkFjdGlvbhIjCgVub3RlcxgDIAMoCzIULm51ZGdlLnYxLkFjdGlvbk5vdGUiSAoPQ2hhbm5lbERlY2lzaW9uEg8KB2NoYW5uZWwYASABKAkSJAoIZGVjaXNpb24YAiABKAsyEi5udWRnZS52MS5EZWNpc2lvbjKaBQoMQWRtaW5TZXJ2aWNlEkEKCEdldFJ1bGVzEhkubnVkZ2UudjEuR2V0UnVsZXNSZXF1ZXN0GhoubnVkZ2UudjEuR2V0UnVsZXNSZXNwb25zZRJHCgpMaXN0R3JvdXBzEhsubnVkZ2UudjEuTGlzdEdyb3Vwc1JlcXVlc3QaHC5udWRnZS52MS5MaXN0R3JvdXBzUmVzcG9uc2USSgoLRGVsZXRlR3JvdXASHC5udWRnZS52MS5EZWxldGVHcm91cFJlcXVlc3QaHS5udWRnZS52MS5EZWxldGVHcm91cFJlc3BvbnNlElwKEUdldENhbXBhaWduUmVwb3J0EiIubnVkZ2UudjEuR2V0Q2FtcGFpZ25SZXBvcnRSZXF1ZXN0GiMubnVkZ2UudjEuR2V0Q2FtcGFpZ25SZXBvcnRSZXNwb25zZRJiChNMaXN0Q2FtcGFpZ25SZXBvcnRzEiQubnVkZ2UudjEuTGlzdENhbXBhaWduUmVwb3J0c1JlcXVlc3QaJS5udWRnZS52MS5MaXN0Q2FtcGFpZ25SZXBvcnRzUmVzcG9uc2USUgoNVGFpbERlY2lzaW9ucxIeLm51ZGdlLnYxLlRhaWxEZWNpc2lvbnNSZXF1ZXN0Gh8ubnVkZ2UudjEuVGFpbERlY2lzaW9uc1Jlc3BvbnNlMAESVgoPTGlzdERlYWRBY3Rpb25zEiAubnVkZ2UudjEuTGlzdERlYWRBY3Rpb25zUmVxdWVzdBohLm51ZGdlLnYxLkxpc3REZWFkQWN0aW9uc1Jlc3BvbnNlEkQKCVRlc3RSdWxlcxIaLm51ZGdlLnYxLlRlc3RSdWxlc1JlcXVlc3QaGy5udWRnZS52MS5UZXN0UnVsZXNSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_nudge_v1_decision, file_nudge_v1_event, file_nudge_v1_ingest, file_nudge_v1_profile]);
 
 /**
  * GetRulesRequest is empty.
@@ -740,7 +744,480 @@ export const DeadActionSchema: GenMessage<DeadAction> = /*@__PURE__*/
   messageDesc(file_nudge_v1_admin, 18);
 
 /**
- * AdminService is for operators.
+ * TestRulesRequest says what to play: which rules, on which profile,
+ * with which event, deciding on which channels, when.
+ *
+ * @generated from message nudge.v1.TestRulesRequest
+ */
+export type TestRulesRequest = Message<"nudge.v1.TestRulesRequest"> & {
+  /**
+   * The rules file to play, as YAML text, held to the server's rules
+   * limits (rules.max_bytes and the others) as a file it loads; its
+   * problems name it playground.yaml. Empty: the rules in force.
+   *
+   * @generated from field: string rules = 1;
+   */
+  rules: string;
+
+  /**
+   * The event to test, applied after the history; its triggers' actions
+   * are reported. Absent: no event, the decisions are made on the profile
+   * the stored profile and the history make (a dry-run decision).
+   *
+   * @generated from field: nudge.v1.Event event = 2;
+   */
+  event?: Event | undefined;
+
+  /**
+   * Events applied before the event, in one batch at `now`, to build the
+   * profile: their results are reported, not the actions their triggers
+   * fire (the profile remembers those firings, for cooldowns).
+   *
+   * @generated from field: repeated nudge.v1.Event history = 3;
+   */
+  history: Event[];
+
+  /**
+   * Start from this user's stored profile (read, never written). Empty:
+   * from a new user's empty profile. A user without a stored profile
+   * starts empty too (profile_found says which). Every event must be this
+   * user's; empty, the user is the event's (else the first history
+   * event's).
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+
+  /**
+   * The channels to decide on, in order. Empty: every channel the rules
+   * name (trigger actions, offers, policies, fallbacks), sorted.
+   *
+   * @generated from field: repeated string channels = 5;
+   */
+  channels: string[];
+
+  /**
+   * The placement of every decision, as GetDecisionRequest.placement.
+   *
+   * @generated from field: string placement = 6;
+   */
+  placement: string;
+
+  /**
+   * The caller context of every decision, as GetDecisionRequest.context.
+   *
+   * @generated from field: map<string, string> context = 7;
+   */
+  context: { [key: string]: string };
+
+  /**
+   * The processing time of every step and decision: event times are
+   * judged against it (too old, too new), windows end at it. Absent: the
+   * server's clock.
+   *
+   * @generated from field: google.protobuf.Timestamp now = 8;
+   */
+  now?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nudge.v1.TestRulesRequest.
+ * Use `create(TestRulesRequestSchema)` to create a new message.
+ */
+export const TestRulesRequestSchema: GenMessage<TestRulesRequest> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 19);
+
+/**
+ * TestRulesResponse is what the rules did: their problems when they do
+ * not load, else everything else.
+ *
+ * @generated from message nudge.v1.TestRulesResponse
+ */
+export type TestRulesResponse = Message<"nudge.v1.TestRulesResponse"> & {
+  /**
+   * Every problem of request.rules when they do not load, in file order
+   * (at most 50 and a last one counting the others); then no other field
+   * is set. Empty when they load.
+   *
+   * @generated from field: repeated nudge.v1.RulesProblem problems = 1;
+   */
+  problems: RulesProblem[];
+
+  /**
+   * The content hash of the rules played, as GetRulesResponse.version.
+   *
+   * @generated from field: string rules_version = 2;
+   */
+  rulesVersion: string;
+
+  /**
+   * The user played (request.user_id, or the events').
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The processing time played (request.now, or the server's clock).
+   *
+   * @generated from field: google.protobuf.Timestamp now = 4;
+   */
+  now?: Timestamp | undefined;
+
+  /**
+   * With user_id: the user had a stored profile, of version
+   * profile_version, which the play started from. False (and 0) without
+   * user_id or for a user never seen: the play started from an empty
+   * profile.
+   *
+   * @generated from field: bool profile_found = 5;
+   */
+  profileFound: boolean;
+
+  /**
+   * @generated from field: uint64 profile_version = 6;
+   */
+  profileVersion: bigint;
+
+  /**
+   * The result of each history event, in order.
+   *
+   * @generated from field: repeated nudge.v1.PlayedEvent history = 7;
+   */
+  history: PlayedEvent[];
+
+  /**
+   * The result of the event; absent without one.
+   *
+   * @generated from field: nudge.v1.PlayedEvent event = 8;
+   */
+  event?: PlayedEvent | undefined;
+
+  /**
+   * The actions the event's triggers fire at once, as ActionService would
+   * deliver them (none is written).
+   *
+   * @generated from field: repeated nudge.v1.Action actions = 9;
+   */
+  actions: Action[];
+
+  /**
+   * What became of the trigger actions and journey steps the event
+   * reached.
+   *
+   * @generated from field: repeated nudge.v1.ActionNote notes = 10;
+   */
+  notes: ActionNote[];
+
+  /**
+   * The journey steps and deferred actions pending once the event is
+   * applied, by wake time.
+   *
+   * @generated from field: repeated nudge.v1.PendingTimer timers = 11;
+   */
+  timers: PendingTimer[];
+
+  /**
+   * The decision on each channel, in order, each with its explain trace
+   * (Decision.trace) and no decision_id.
+   *
+   * @generated from field: repeated nudge.v1.ChannelDecision decisions = 12;
+   */
+  decisions: ChannelDecision[];
+
+  /**
+   * The profile the decisions were made on, as GetProfile shows it, with
+   * its counts' windows ending at now.
+   *
+   * @generated from field: nudge.v1.Profile profile = 13;
+   */
+  profile?: Profile | undefined;
+
+  /**
+   * What the pending timers do at their wake times if no other event
+   * arrives: each firing, in time order, with the steps they schedule in
+   * turn, up to 256 firings.
+   *
+   * @generated from field: repeated nudge.v1.TimerFiring later = 14;
+   */
+  later: TimerFiring[];
+
+  /**
+   * Timers were still pending after 256 firings: later stops there.
+   *
+   * @generated from field: bool later_truncated = 15;
+   */
+  laterTruncated: boolean;
+};
+
+/**
+ * Describes the message nudge.v1.TestRulesResponse.
+ * Use `create(TestRulesResponseSchema)` to create a new message.
+ */
+export const TestRulesResponseSchema: GenMessage<TestRulesResponse> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 20);
+
+/**
+ * RulesProblem is one problem of a rules file that did not load.
+ *
+ * @generated from message nudge.v1.RulesProblem
+ */
+export type RulesProblem = Message<"nudge.v1.RulesProblem"> & {
+  /**
+   * The 1-based line of the problem in the file; 0 when unknown (a YAML
+   * syntax error gives its line in message).
+   *
+   * @generated from field: uint32 line = 1;
+   */
+  line: number;
+
+  /**
+   * The 1-based column; 0 when unknown (the rules compiler locates
+   * problems by line).
+   *
+   * @generated from field: uint32 column = 2;
+   */
+  column: number;
+
+  /**
+   * trigger, step, offer, feature, frequency_cap, quiet_hours,
+   * purchase_cooldown or fallback; empty for a problem of the file or
+   * its settings.
+   *
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
+
+  /**
+   * The id of the rule (a fallback's channel, a feature's name); empty
+   * when the problem is not inside a rule.
+   *
+   * @generated from field: string rule_id = 4;
+   */
+  ruleId: string;
+
+  /**
+   * The rule's field at fault, e.g. when or action.channel; empty for
+   * the rule as a whole.
+   *
+   * @generated from field: string field = 5;
+   */
+  field: string;
+
+  /**
+   * What is wrong.
+   *
+   * @generated from field: string message = 6;
+   */
+  message: string;
+
+  /**
+   * The whole problem as nudged logs it and nudgectl rules check prints
+   * it: playground.yaml:LINE: kind "id": field: message.
+   *
+   * @generated from field: string text = 7;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message nudge.v1.RulesProblem.
+ * Use `create(RulesProblemSchema)` to create a new message.
+ */
+export const RulesProblemSchema: GenMessage<RulesProblem> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 21);
+
+/**
+ * PlayedEvent is the result of an event of a TestRules call, as an
+ * ingest result would say it.
+ *
+ * @generated from message nudge.v1.PlayedEvent
+ */
+export type PlayedEvent = Message<"nudge.v1.PlayedEvent"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: nudge.v1.EventStatus status = 2;
+   */
+  status: EventStatus;
+
+  /**
+   * Why the event was rejected; empty otherwise.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nudge.v1.PlayedEvent.
+ * Use `create(PlayedEventSchema)` to create a new message.
+ */
+export const PlayedEventSchema: GenMessage<PlayedEvent> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 22);
+
+/**
+ * ActionNote says what became of a trigger action or journey step.
+ *
+ * @generated from message nudge.v1.ActionNote
+ */
+export type ActionNote = Message<"nudge.v1.ActionNote"> & {
+  /**
+   * The trigger or journey step.
+   *
+   * @generated from field: string trigger_id = 1;
+   */
+  triggerId: string;
+
+  /**
+   * scheduled (judged at its due time), cancelled (by an unless event),
+   * fired, deferred (by quiet hours, until they end), dropped (reason
+   * says why) or control (the user is in the campaign's control group).
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * For dropped: when, consent, cooldown, frequency_cap, channel_limit,
+   * timer_limit, rule_removed or eval_error.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * When a fired or dropped journey step was due; unset for an action
+   * fired at once by its event.
+   *
+   * @generated from field: google.protobuf.Timestamp due = 4;
+   */
+  due?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nudge.v1.ActionNote.
+ * Use `create(ActionNoteSchema)` to create a new message.
+ */
+export const ActionNoteSchema: GenMessage<ActionNote> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 23);
+
+/**
+ * PendingTimer is a journey step, or an action deferred by quiet hours,
+ * waiting in the profile.
+ *
+ * @generated from message nudge.v1.PendingTimer
+ */
+export type PendingTimer = Message<"nudge.v1.PendingTimer"> & {
+  /**
+   * The journey's trigger.
+   *
+   * @generated from field: string trigger_id = 1;
+   */
+  triggerId: string;
+
+  /**
+   * The step due: 0 for the trigger itself, k for the k-th step of its
+   * then.
+   *
+   * @generated from field: uint32 step = 2;
+   */
+  step: number;
+
+  /**
+   * When the step is due: the event's time plus the waits.
+   *
+   * @generated from field: google.protobuf.Timestamp due = 3;
+   */
+  due?: Timestamp | undefined;
+
+  /**
+   * When it is to be judged: due, or the end of the quiet hours that
+   * deferred it.
+   *
+   * @generated from field: google.protobuf.Timestamp wake = 4;
+   */
+  wake?: Timestamp | undefined;
+
+  /**
+   * Quiet hours deferred it (judged at due, held until wake).
+   *
+   * @generated from field: bool deferred = 5;
+   */
+  deferred: boolean;
+};
+
+/**
+ * Describes the message nudge.v1.PendingTimer.
+ * Use `create(PendingTimerSchema)` to create a new message.
+ */
+export const PendingTimerSchema: GenMessage<PendingTimer> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 24);
+
+/**
+ * TimerFiring is what the timers due at one time do.
+ *
+ * @generated from message nudge.v1.TimerFiring
+ */
+export type TimerFiring = Message<"nudge.v1.TimerFiring"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The actions they fire.
+   *
+   * @generated from field: repeated nudge.v1.Action actions = 2;
+   */
+  actions: Action[];
+
+  /**
+   * What became of each step judged.
+   *
+   * @generated from field: repeated nudge.v1.ActionNote notes = 3;
+   */
+  notes: ActionNote[];
+};
+
+/**
+ * Describes the message nudge.v1.TimerFiring.
+ * Use `create(TimerFiringSchema)` to create a new message.
+ */
+export const TimerFiringSchema: GenMessage<TimerFiring> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 25);
+
+/**
+ * ChannelDecision is the decision on one channel.
+ *
+ * @generated from message nudge.v1.ChannelDecision
+ */
+export type ChannelDecision = Message<"nudge.v1.ChannelDecision"> & {
+  /**
+   * @generated from field: string channel = 1;
+   */
+  channel: string;
+
+  /**
+   * @generated from field: nudge.v1.Decision decision = 2;
+   */
+  decision?: Decision | undefined;
+};
+
+/**
+ * Describes the message nudge.v1.ChannelDecision.
+ * Use `create(ChannelDecisionSchema)` to create a new message.
+ */
+export const ChannelDecisionSchema: GenMessage<ChannelDecision> = /*@__PURE__*/
+  messageDesc(file_nudge_v1_admin, 26);
+
+/**
+ * AdminService is for operators: the admin role calls every method, the
+ * console role (the web console's, read-only) every method but
+ * DeleteGroup.
  *
  * @generated from service nudge.v1.AdminService
  */
@@ -817,10 +1294,11 @@ export const AdminService: GenService<{
    * client cancels, limit entries are sent (then it ends with OK) or the
    * server shuts down (UNAVAILABLE: call again). The response headers
    * are sent once the starting point is fixed: a decision recorded after
-   * the client has them is in the stream. The admin role only, as every
-   * AdminService method: the log names every user decided for, which an
-   * explain token (which sees the reasons of its own decisions) may not
-   * list. UNIMPLEMENTED on a server without a decision log.
+   * the client has them is in the stream. The admin and console roles
+   * only, as every AdminService method: the log names every user decided
+   * for, which an explain token (which sees the reasons of its own
+   * decisions) may not list. UNIMPLEMENTED on a server without a decision
+   * log.
    *
    * @generated from rpc nudge.v1.AdminService.TailDecisions
    */
@@ -842,6 +1320,30 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListDeadActionsRequestSchema;
     output: typeof ListDeadActionsResponseSchema;
+  },
+  /**
+   * TestRules plays rules on a user and changes nothing: what `nudgectl
+   * rules test` shows, for the web console's rules playground and its
+   * dry-run decisions. It builds a profile (the user's stored profile with
+   * user_id, then the history), applies the event, and reports the
+   * actions its triggers fire, the journey steps it schedules and what
+   * each does at its due time if no other event arrives, and the decision
+   * on each channel with its explain trace, all at `now`. Nothing is
+   * written: no profile, outbox entry, exposure, decision log entry or
+   * frequency-cap reservation. Rules that do not load are not an error:
+   * the answer is OK with their problems. INVALID_ARGUMENT for an invalid
+   * request, naming the field (history[3].occurred_at), and for an event
+   * of another user than the request's; UNAVAILABLE when user_id's
+   * profile cannot be read. A server process plays one call at a time
+   * (compiling a large rules file takes seconds of a core): a call waits
+   * for its turn up to its deadline.
+   *
+   * @generated from rpc nudge.v1.AdminService.TestRules
+   */
+  testRules: {
+    methodKind: "unary";
+    input: typeof TestRulesRequestSchema;
+    output: typeof TestRulesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nudge_v1_admin, 0);

@@ -125,7 +125,9 @@ export type Profile = Message<"nudge.v1.Profile"> & {
 
   /**
    * Event counts per (type, category) over standard windows ending now
-   * (5m, 30m, 1h, 24h), plus counts over all categories (category "").
+   * (5m, 30m, 1h, 24h, 7d, 30d, 90d), plus counts over all categories
+   * (category ""). Windows up to 24h count per minute, up to 7d per hour,
+   * longer ones per day (docs/rules.md, "Windows and tiers").
    *
    * @generated from field: repeated nudge.v1.WindowedCount counts = 4;
    */
@@ -480,6 +482,7 @@ export const FeatureRowSchema: GenMessage<FeatureRow> = /*@__PURE__*/
 export const ProfileService: GenService<{
   /**
    * GetProfile returns the user's profile; NOT_FOUND when there is none.
+   * Open to the admin and console roles (DeleteProfile: admin only).
    *
    * @generated from rpc nudge.v1.ProfileService.GetProfile
    */
@@ -512,7 +515,7 @@ export const ProfileService: GenService<{
    * every window. A feature name the rules do not define: INVALID_ARGUMENT
    * naming it and listing the defined ones; rules without features:
    * FAILED_PRECONDITION; the store unreachable: UNAVAILABLE. Open to the
-   * features and admin roles.
+   * features, admin and console roles.
    *
    * @generated from rpc nudge.v1.ProfileService.GetFeatures
    */
@@ -534,8 +537,8 @@ export const ProfileService: GenService<{
    * exported before or after the write; a profile created or deleted
    * during it may or may not be. The stream ends with UNAVAILABLE when the
    * server drains (export again) or the store fails; cancelling the call
-   * stops the scan. Other errors as GetFeatures'. Open to the features and
-   * admin roles.
+   * stops the scan. Other errors as GetFeatures'. Open to the features,
+   * admin and console roles.
    *
    * @generated from rpc nudge.v1.ProfileService.ExportFeatures
    */
