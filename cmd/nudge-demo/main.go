@@ -36,6 +36,7 @@ func main() {
 	user := flag.String("user", fmt.Sprintf("demo-shopper-%d", time.Now().Unix()%100000), "user id to play")
 	wait := flag.Duration("wait", 0, "wait this long for nudged to report SERVING")
 	metrics := flag.String("metrics", "", "nudged's /metrics URL: print the figures the session moved")
+	crowdSize := flag.Int("crowd", 0, "then play this many simulated shoppers (carts, views, purchases, decisions), for the console to show")
 	sec := clientflags.Register(flag.CommandLine, "ingest, decide and admin", os.Getenv)
 	showVersion := flag.Bool("version", false, "print nudge-demo's version and exit")
 	flag.Parse()
@@ -43,7 +44,7 @@ func main() {
 		fmt.Println(version.String("nudge-demo"))
 		return
 	}
-	if err := run(*addr, *user, *wait, sec); err != nil {
+	if err := run(*addr, *user, *wait, *crowdSize, sec); err != nil {
 		fmt.Fprintln(os.Stderr, "nudge-demo:", err)
 		if errors.As(err, new(clientflags.UsageError)) {
 			os.Exit(2)
@@ -110,7 +111,7 @@ func daytimeZone(now time.Time) string {
 	return demoZones[0]
 }
 
-func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
+func run(addr, user string, wait time.Duration, crowdSize int, sec *clientflags.Flags) error {
 	c, err := sec.Dial(addr)
 	if err != nil {
 		return err
@@ -240,6 +241,9 @@ func run(addr, user string, wait time.Duration, sec *clientflags.Flags) error {
 		}
 	}
 	fmt.Printf("  version %d, tz %q, %d event ids remembered for dedup\n", prof.Profile.Version, prof.Profile.Attributes["tz"], prof.Profile.RememberedEventIds)
+	if crowdSize > 0 {
+		return crowd(ctx, conn, crowdSize, now)
+	}
 	return nil
 }
 

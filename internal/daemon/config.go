@@ -397,6 +397,20 @@ type HTTPConfig struct {
 	// HTTPListenOff: none; otherwise host:port. It uses the gRPC port's
 	// TLS settings, tokens and limits.
 	Listen string `yaml:"listen"`
+	// Console serves the web console under /console/ on this listener
+	// (package console). Default on.
+	Console ConsoleConfig `yaml:"console"`
+}
+
+// ConsoleConfig configures the web console.
+type ConsoleConfig struct {
+	// Enabled serves it. Default true.
+	Enabled bool `yaml:"enabled"`
+	// SessionTTL signs a session out this long after sign-in. Default 12h.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// IdleTimeout signs a session out after this long without a request.
+	// Default 1h.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // The special values of HTTPConfig.Listen.
@@ -436,7 +450,7 @@ func Defaults() Config {
 	store, srv, dlv := redisstore.DefaultOptions(), server.DefaultConfig(), delivery.DefaultOptions()
 	return Config{
 		Listen:       "127.0.0.1:7070",
-		HTTP:         HTTPConfig{Listen: HTTPListenAuto},
+		HTTP:         HTTPConfig{Listen: HTTPListenAuto, Console: ConsoleConfig{Enabled: true, SessionTTL: 12 * time.Hour, IdleTimeout: time.Hour}},
 		DrainTimeout: 10 * time.Second,
 		Buckets:      store.Buckets,
 		Redis: RedisConfig{
@@ -541,6 +555,9 @@ func (c *Config) settings() []setting {
 	return []setting{
 		{"listen", "listen", "gRPC listen address", str(&c.Listen)},
 		{"http.listen", "http-listen", "HTTP/JSON (Connect, gRPC-Web), /healthz and /readyz address: auto (loopback, the gRPC port + 10), off, or host:port", str(&c.HTTP.Listen)},
+		{"http.console.enabled", "console", "serve the web console under /console/ on the HTTP listener", boolean(&c.HTTP.Console.Enabled)},
+		{"http.console.session_ttl", "console-session-ttl", "a console session ends this long after sign-in", duration(&c.HTTP.Console.SessionTTL)},
+		{"http.console.idle_timeout", "console-idle-timeout", "a console session ends after this long without a request", duration(&c.HTTP.Console.IdleTimeout)},
 		{"insecure", "insecure", "allow a non-loopback listen address without TLS or without tokens", boolean(&c.Insecure)},
 		{"drain_timeout", "drain-timeout", "graceful shutdown limit", duration(&c.DrainTimeout)},
 		{"buckets", "buckets", "key buckets (hash tags); fixed for the life of a deployment", integer(&c.Buckets)},
@@ -829,6 +846,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("runtime.gc_percent: %d; want a percentage, or -1 for off", c.Runtime.GCPercent)
 	case c.Runtime.MemoryLimitMiB < -1:
 		return fmt.Errorf("runtime.memory_limit_mib: %d; want MiB, or -1 for no limit", c.Runtime.MemoryLimitMiB)
+	case c.HTTP.Console.SessionTTL < 0 || c.HTTP.Console.IdleTimeout < 0:
+		return fmt.Errorf("http.console: session_ttl %v and idle_timeout %v must not be negative", c.HTTP.Console.SessionTTL, c.HTTP.Console.IdleTimeout)
 	case c.Limits.MaxMessageBytes < 0:
 		return fmt.Errorf("limits.max_message_bytes: %d is negative", c.Limits.MaxMessageBytes)
 	case c.Limits.MaxRecvBytesInFlight < 0:

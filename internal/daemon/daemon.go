@@ -26,6 +26,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -34,6 +35,7 @@ import (
 	"github.com/nudge-dm/nudge/decision"
 	"github.com/nudge-dm/nudge/delivery"
 	"github.com/nudge-dm/nudge/examples"
+	"github.com/nudge-dm/nudge/internal/console"
 	"github.com/nudge-dm/nudge/profile/redisstore"
 	"github.com/nudge-dm/nudge/server"
 )
@@ -115,7 +117,16 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return err
 	}
 
-	metrics, err := startMetrics(cfg.Metrics, cfg.Tracing.ServiceName, log)
+	httpAddr, _ := cfg.httpListen() // Validate checked it
+	// The console's overview samples the metrics in-process: a reader of
+	// its own, whether or not /metrics is served.
+	var consoleReader *sdkmetric.ManualReader
+	var readers []sdkmetric.Reader
+	if httpAddr != "" && cfg.HTTP.Console.Enabled {
+		consoleReader = sdkmetric.NewManualReader()
+		readers = append(readers, consoleReader)
+	}
+	metrics, err := startMetrics(cfg.Metrics, cfg.Tracing.ServiceName, log, readers...)
 	if err != nil {
 		return err
 	}
@@ -170,6 +181,12 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 		return err
 	}
 	opts := []grpc.ServerOption{grpcServerStats(tp, metrics.provider)}
+	var webUI *webConsole
+	if consoleReader != nil {
+		if webUI, err = newWebConsole(cfg, srv, rules, consoleReader, outbox, auditLog, opts, log); err != nil {
+			return err
+		}
+	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
@@ -177,12 +194,14 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	health := newStoreHealth(rdb, srv.SetStoreReachable, log)
 	metrics.handle("/readyz", health.readyz)
 	metrics.handle("/healthz", healthz)
-	httpAddr, _ := cfg.httpListen() // Validate checked it
 	var httpSrv *http.Server
 	if httpAddr != "" {
 		h, err := newHTTPHandler(g, srv.Admit, health.readyz, cmp.Or(cfg.Limits.MaxMessageBytes, server.DefaultConfig().MaxRecvMsgBytes))
 		if err != nil {
 			return err
+		}
+		if webUI != nil {
+			h = webUI.mount(h)
 		}
 		httpSrv = newHTTPServer(h, httpTLS, cmp.Or(cfg.Limits.MaxStreamsPerConn, server.DefaultConfig().MaxStreamsPerConn), log)
 	}
@@ -237,8 +256,19 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	parts.add("SIGHUP", rl.onSIGHUP(hup))
+	if webUI != nil {
+		// Stopped after the HTTP listener, whose console pages call it.
+		parts.add("console", webUI.run)
+	}
 	parts.add("grpc", func(ctx context.Context) error {
 		log.Info("nudged serving", "listen", lis.Addr().String(), "http", listenerAddr(httpLis), "tls", tlsMode(cfg.TLS), "auth", authMode(tokens))
+		if webUI != nil && httpLis != nil {
+			scheme := "http"
+			if httpTLS != nil {
+				scheme = "https"
+			}
+			log.Info("console serving", "url", scheme+"://"+httpLis.Addr().String()+console.Prefix)
+		}
 		if len(tokens) == 0 {
 			log.Warn("no auth tokens configured: every caller may call every method", "listen", lis.Addr().String(), "loopback", isLoopback(cfg.Listen))
 		}

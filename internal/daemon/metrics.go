@@ -45,15 +45,28 @@ func (m *metricsEndpoint) handle(path string, h http.HandlerFunc) {
 }
 
 // startMetrics starts the /metrics listener (and /debug/pprof/ when
-// asked), or returns a no-op meter when no address is configured.
-func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*metricsEndpoint, error) {
+// asked). Without an address it returns a meter that feeds only the
+// extra readers (the console's), or a no-op meter without them.
+func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger, extra ...sdkmetric.Reader) (*metricsEndpoint, error) {
+	if serviceName == "" {
+		serviceName = "nudged"
+	}
+	res := resource.NewSchemaless(attribute.String("service.name", serviceName))
 	addr := cfg.Listen
 	if addr == "" {
 		if cfg.Pprof {
 			log.Warn("pprof asked for but metrics.listen is empty: pprof is off")
 		}
-		p := noop.NewMeterProvider()
-		return &metricsEndpoint{meter: p.Meter(""), provider: p}, nil
+		if len(extra) == 0 {
+			p := noop.NewMeterProvider()
+			return &metricsEndpoint{meter: p.Meter(""), provider: p}, nil
+		}
+		opts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithView(rpcDurationView)}
+		for _, r := range extra {
+			opts = append(opts, sdkmetric.WithReader(r))
+		}
+		provider := sdkmetric.NewMeterProvider(opts...)
+		return &metricsEndpoint{meter: provider.Meter("github.com/nudge-dm/nudge"), provider: provider, sdk: provider}, nil
 	}
 	reg := prometheus.NewRegistry()
 	// The Go runtime and the process (RSS, CPU, open files) beside nudge's
@@ -63,12 +76,11 @@ func startMetrics(cfg MetricsConfig, serviceName string, log *slog.Logger) (*met
 	if err != nil {
 		return nil, fmt.Errorf("metrics exporter: %w", err)
 	}
-	if serviceName == "" {
-		serviceName = "nudged"
+	opts := []sdkmetric.Option{sdkmetric.WithReader(exp), sdkmetric.WithResource(res), sdkmetric.WithView(rpcDurationView)}
+	for _, r := range extra {
+		opts = append(opts, sdkmetric.WithReader(r))
 	}
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp),
-		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", serviceName))),
-		sdkmetric.WithView(rpcDurationView))
+	provider := sdkmetric.NewMeterProvider(opts...)
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)

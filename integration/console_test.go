@@ -1,0 +1,308 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nudge-dm/nudge/internal/redistest"
+	"github.com/nudge-dm/nudge/internal/webdriver"
+	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
+)
+
+// The console's tokens: an operator's (admin, and what the demo needs), a
+// read-only viewer's (console) and a producer's (ingest: no console).
+const (
+	consoleAdmin    = "console-e2e-admin-secret"
+	consoleViewer   = "console-e2e-viewer-secret"
+	consoleProducer = "console-e2e-producer-secret"
+)
+
+// screenshotDir is where the browser tests leave a screenshot of every
+// page for review: $NUDGE_SCREENSHOTS, or build/console-screenshots at the
+// repository's root (ignored by git).
+func screenshotDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("NUDGE_SCREENSHOTS")
+	if dir == "" {
+		dir = filepath.Join("..", "build", "console-screenshots")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// page is a browser session on the console of one nudged.
+type page struct {
+	t    *testing.T
+	ctx  context.Context
+	s    *webdriver.Session
+	base string // http://host:port
+	dir  string
+}
+
+func (p *page) open(path string) {
+	p.t.Helper()
+	if err := p.s.Navigate(p.ctx, p.base+path); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *page) find(css string) webdriver.Element {
+	p.t.Helper()
+	e, err := p.s.Find(p.ctx, css)
+	if err != nil {
+		p.t.Fatalf("%s: %v", css, err)
+	}
+	return e
+}
+
+func (p *page) text(css string) string {
+	p.t.Helper()
+	s, err := p.find(css).Text(p.ctx)
+	if err != nil {
+		p.t.Fatalf("%s: %v", css, err)
+	}
+	return s
+}
+
+// waitText waits for an element matching css whose text contains want.
+func (p *page) waitText(css, want string) {
+	p.t.Helper()
+	if _, err := p.s.WaitText(p.ctx, css, want, 15*time.Second); err != nil {
+		src, _ := p.s.PageSource(p.ctx)
+		p.t.Fatalf("waiting for %q in %s: %v\npage:\n%s", want, css, err, src)
+	}
+}
+
+func (p *page) typeInto(css, text string) {
+	p.t.Helper()
+	e := p.find(css)
+	if err := e.Clear(p.ctx); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := e.SendKeys(p.ctx, text); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// setValue sets a textarea's value at once (SendKeys of a whole rules
+// file is slow, and auto-indenting editors would mangle it; this one is a
+// plain textarea).
+func (p *page) setValue(css, text string) {
+	p.t.Helper()
+	if _, err := p.s.Execute(p.ctx, `document.querySelector(arguments[0]).value = arguments[1]`, css, text); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *page) click(css string) {
+	p.t.Helper()
+	if err := p.find(css).Click(p.ctx); err != nil {
+		p.t.Fatalf("click %s: %v", css, err)
+	}
+}
+
+// shot saves a screenshot of the page as name.png.
+func (p *page) shot(name string) {
+	p.t.Helper()
+	png, err := p.s.Screenshot(p.ctx)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, name+".png"), png, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// signIn signs in with token through the form, from path (signed out, a
+// page sends the browser to sign in, and back after).
+func (p *page) signIn(path, token string) {
+	p.t.Helper()
+	p.open(path)
+	p.waitText("h1", "Sign in")
+	p.typeInto("#token", token)
+	p.click("#login button[type=submit]")
+}
+
+// noCSPViolations fails the test if the browser reported a blocked script,
+// style or connection (the console must live within its own policy).
+func (p *page) noCSPViolations() {
+	p.t.Helper()
+	logs, err := p.s.BrowserLog(p.ctx)
+	if err != nil {
+		p.t.Logf("browser log unavailable: %v", err)
+		return
+	}
+	for _, l := range logs {
+		if strings.Contains(l.Message, "Content Security Policy") || strings.Contains(l.Message, "Refused to") {
+			p.t.Errorf("browser: %s", l.Message)
+		}
+	}
+}
+
+// The console, in Debian's chromium driven by chromedriver, against a
+// built nudged on a real redis-server, after the demo's events: sign-in
+// (a wrong token and a producer's refused), the overview's rules version,
+// the campaigns page's counts equal to GetCampaignReport's, the demo
+// shopper's profile and an explained decision, a compile error with its
+// line in the playground, an action arriving on the live page, and a
+// viewer token that cannot erase. Screenshots of every page go to
+// screenshotDir.
+func TestConsoleInBrowser(t *testing.T) {
+	rs := redistest.Start(t)
+	tokens := filepath.Join(t.TempDir(), "tokens.yaml")
+	if err := os.WriteFile(tokens, []byte(fmt.Sprintf(`tokens:
+- {name: operator, secret: %s, roles: [admin, ingest, decide, explain]}
+- {name: viewer, secret: %s, roles: [console]}
+- {name: producer, secret: %s, roles: [ingest]}
+`, consoleAdmin, consoleViewer, consoleProducer)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNudged(t, buildNudged(t), "--redis-addr", rs.Addr, "--auth-token-file", tokens, "--audit-sample", "1")
+
+	// The demo's scripted shopper and a small crowd, as make demo plays them.
+	const shopper = "demo-shopper-e2e"
+	demo := exec.Command(buildCommand(t, "nudge-demo"), "--addr", n.addr, "--token", consoleAdmin, "--insecure", "--wait", "15s", "--user", shopper, "--crowd", "40")
+	if out, err := demo.CombinedOutput(); err != nil {
+		t.Fatalf("nudge-demo: %v\n%s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	drv, err := webdriver.Start(ctx, webdriver.Options{})
+	if err != nil {
+		t.Fatalf("%v (the console's browser tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver)", err)
+	}
+	defer drv.Close()
+	s, err := drv.NewSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := &page{t: t, ctx: ctx, s: s, base: "http://" + n.http, dir: screenshotDir(t)}
+	api := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+consoleAdmin)
+	conn := dial(t, n.addr)
+	admin := nudgev1.NewAdminServiceClient(conn)
+
+	// A wrong token, and a token without a console role, are refused.
+	p.signIn("/console/login", "not-a-token")
+	p.waitText("#error", "Unknown token")
+	p.shot("01-sign-in-refused")
+	p.signIn("/console/login", consoleProducer)
+	p.waitText("#error", "needs admin or console")
+
+	// Sign in from a page: back to it, then the overview.
+	p.signIn("/console/campaigns", consoleAdmin)
+	p.waitText("h1", "Campaigns")
+	p.open("/console/")
+	rules, err := admin.GetRules(api, &nudgev1.GetRulesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.waitText("#rules-version", rules.GetVersion())
+	p.waitText("#who", "operator")
+	cookies, err := s.Cookies(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cookies {
+		if c.Name == "nudge_console" && (!c.HTTPOnly || c.SameSite != "Strict" || strings.Contains(c.Value, consoleAdmin)) {
+			t.Errorf("session cookie %+v: want HttpOnly, SameSite=Strict, not the token", c)
+		}
+	}
+	p.shot("02-overview")
+
+	// Campaigns: the coupon trigger's counts are GetCampaignReport's.
+	p.open("/console/campaigns")
+	const coupon = "category-interest-coupon"
+	rep, err := admin.GetCampaignReport(api, &nudgev1.GetCampaignReportRequest{CampaignId: coupon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.GetTreated().GetExposedUsers() == 0 {
+		t.Fatalf("the demo exposed nobody to %s: %v", coupon, rep)
+	}
+	row := "#campaign-" + coupon
+	for css, want := range map[string]uint64{
+		row + " .treated-exposed":   rep.GetTreated().GetExposedUsers(),
+		row + " .treated-converted": rep.GetTreated().GetConvertedUsers(),
+		row + " .control-exposed":   rep.GetControl().GetExposedUsers(),
+		row + " .control-converted": rep.GetControl().GetConvertedUsers(),
+	} {
+		if got := p.text(css); got != strconv.FormatUint(want, 10) {
+			t.Errorf("%s: the page shows %q, GetCampaignReport %d", css, got, want)
+		}
+	}
+	// The offer with a control group has its lift drawn with an interval.
+	p.find("#campaign-cart-reminder svg.lift")
+	p.shot("03-campaigns")
+
+	// A user: the demo shopper's profile and an explained decision.
+	p.open("/console/user")
+	p.typeInto("#id", shopper)
+	p.click("#lookup button[type=submit]")
+	p.waitText("#profile-user", shopper)
+	prof, err := nudgev1.NewProfileServiceClient(conn).GetProfile(api, &nudgev1.GetProfileRequest{UserId: shopper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.text("#profile-version"); got != strconv.FormatUint(prof.GetProfile().GetVersion(), 10) {
+		t.Errorf("profile version on the page %q, GetProfile %d", got, prof.GetProfile().GetVersion())
+	}
+	p.waitText("#counts", "view")
+	p.waitText("#decision-sms summary", "sms")
+	p.click("#decision-sms summary")
+	p.waitText("#decision-sms .trace", "phones-coupon")
+	p.find("#erase") // an operator may erase
+	p.shot("04-user")
+
+	// The playground: a rules file with an error, reported with its line.
+	p.open("/console/playground")
+	p.setValue("#rules", "version: 1\ntriggers:\n  - id: broken\n    on: [view]\n    when: profile.count(\"view\" >= 3\n    action: {channel: sms, template: t}\n")
+	p.setValue("#event", `{"event_id": "e1", "user_id": "u1", "type": "view", "category": "phones", "occurred_at": "`+time.Now().UTC().Format(time.RFC3339)+`"}`)
+	p.click("#run")
+	p.waitText(".problems", "line 5")
+	p.shot("05-playground-error")
+
+	// Live actions: an event that fires the coupon appears as it happens.
+	p.open("/console/live?channel=sms")
+	p.waitText("#live-status", "Following")
+	ingest := nudgev1.NewIngestServiceClient(conn)
+	now := time.Now()
+	var events []*nudgev1.Event
+	for i := range 3 {
+		events = append(events, &nudgev1.Event{EventId: fmt.Sprintf("live-%d", i), UserId: "live-shopper", Type: "view", Category: "cameras",
+			OccurredAt: timestamppb.New(now.Add(time.Duration(i-3) * time.Minute))})
+	}
+	if _, err := ingest.Publish(api, &nudgev1.PublishRequest{Events: events}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitText("#live tbody", coupon)
+	p.waitText("#live tbody", "live-shopper")
+	p.shot("06-live-actions")
+	p.noCSPViolations()
+
+	// Sign out; a viewer token sees the user but has no erase button.
+	p.open("/console/")
+	p.click(".who button[type=submit]")
+	p.waitText("h1", "Sign in")
+	p.signIn("/console/", consoleViewer)
+	p.waitText("#who", "viewer")
+	p.open("/console/user?id=" + shopper)
+	p.waitText("#profile-user", shopper)
+	if _, err := s.Find(ctx, "#erase"); err == nil {
+		t.Error("a viewer (console role) is offered the erase button")
+	}
+	p.shot("07-user-as-viewer")
+}
