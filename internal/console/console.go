@@ -101,6 +101,7 @@ type Console struct {
 	admin    nudgev1.AdminServiceClient
 	profiles nudgev1.ProfileServiceClient
 	liveOpen atomic.Int64 // live streams open
+	throttle *signInThrottle
 }
 
 // New returns the console, or an error when its templates do not parse
@@ -122,6 +123,7 @@ func New(cfg Config) (*Console, error) {
 	c := &Console{
 		cfg:      cfg,
 		sessions: newSessions(cfg.SessionTTL, cfg.IdleTimeout, cfg.MaxSessions, cfg.Now),
+		throttle: newSignInThrottle(cfg.Now),
 		admin:    nudgev1.NewAdminServiceClient(cfg.Conn),
 		profiles: nudgev1.NewProfileServiceClient(cfg.Conn),
 	}
@@ -397,6 +399,11 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.loginForm(w, r, http.StatusForbidden, "The sign-in form expired or did not come from this console: try again.")
 		return
 	}
+	if c.throttle.blocked(r) {
+		c.cfg.Log.Warn("console: sign-in refused: too many failures from this address", "remote", r.RemoteAddr)
+		c.loginForm(w, r, http.StatusTooManyRequests, fmt.Sprintf("Too many failed sign-ins from this address: wait %v and try again.", signInEvery))
+		return
+	}
 	secret := strings.TrimSpace(r.PostFormValue("token"))
 	name, roles, ok := c.cfg.Auth.TokenRoles(secret)
 	switch {
@@ -404,6 +411,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.loginForm(w, r, http.StatusUnauthorized, "Enter a token.")
 		return
 	case !ok:
+		c.throttle.failed(r)
 		c.cfg.Log.Warn("console: sign-in refused: unknown token", "remote", r.RemoteAddr)
 		c.loginForm(w, r, http.StatusUnauthorized, "Unknown token: no token of this server has that secret.")
 		return

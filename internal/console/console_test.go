@@ -355,3 +355,78 @@ func TestUserNotFound(t *testing.T) {
 		t.Fatalf("%d\n%s", res.StatusCode, body)
 	}
 }
+
+// Failed sign-ins from one address are throttled: after signInBurst, a
+// correct token too is refused until the allowance comes back.
+func TestSignInThrottled(t *testing.T) {
+	now := testNow
+	conn := &fakeConn{handlers: map[string]func(context.Context, proto.Message) (proto.Message, error){}}
+	c, err := New(Config{Auth: fakeAuth{}, Conn: conn, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	b := browser(t)
+	try := func(secret string) int {
+		_, page := get(t, b, srv.URL+"/console/login")
+		res, _ := post(t, b, srv.URL+"/console/login", url.Values{"csrf": {csrfOf(t, page)}, "token": {secret}}, srv.URL)
+		return res.StatusCode
+	}
+	for i := range signInBurst {
+		if got := try("guess"); got != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d, want 401", i+1, got)
+		}
+	}
+	if got := try("s3cret-admin"); got != http.StatusTooManyRequests {
+		t.Fatalf("after %d failures: %d, want 429", signInBurst, got)
+	}
+	now = now.Add(signInEvery)
+	if got := try("s3cret-admin"); got != http.StatusSeeOther {
+		t.Fatalf("after waiting: %d, want a sign-in", got)
+	}
+}
+
+// A rules file refused on reload is shown on the overview, with why.
+func TestOverviewShowsRefusal(t *testing.T) {
+	srv, conn := newTestConsole(t, fakeAuth{open: true})
+	conn.handlers[nudgev1.AdminService_GetRules_FullMethodName] = func(context.Context, proto.Message) (proto.Message, error) {
+		return &nudgev1.GetRulesResponse{Version: "abc", LoadedAt: timestamppb.New(testNow), Refusal: &nudgev1.RulesRefusal{
+			At: timestamppb.New(testNow), Error: "rules.yaml:7: trigger t: when: <script>bad</script>", Version: "def",
+		}}, nil
+	}
+	_, body := get(t, browser(t), srv.URL+"/console/")
+	if !strings.Contains(body, `id="refusal"`) || !strings.Contains(body, "rules.yaml:7: trigger t: when: &lt;script&gt;") {
+		t.Fatalf("overview without the refusal, or unescaped:\n%s", body)
+	}
+}
+
+// A playground run: the form's fields reach TestRules as the request,
+// problems are listed with their lines, and a field that does not parse
+// is a 400 naming it, without a call.
+func TestPlayground(t *testing.T) {
+	srv, conn := newTestConsole(t, fakeAuth{open: true})
+	var got *nudgev1.TestRulesRequest
+	conn.handlers[nudgev1.AdminService_TestRules_FullMethodName] = func(_ context.Context, req proto.Message) (proto.Message, error) {
+		got = req.(*nudgev1.TestRulesRequest)
+		return &nudgev1.TestRulesResponse{Problems: []*nudgev1.RulesProblem{{Line: 5, RuleId: "broken", Field: "when", Message: "syntax error"}}}, nil
+	}
+	b := browser(t)
+	_, page := get(t, b, srv.URL+"/console/playground")
+	form := url.Values{"csrf": {csrfOf(t, page)}, "rules": {"version: 1\n"}, "channels": {"sms, push sms"}, "now": {"2026-12-07T12:00:00Z"},
+		"event":   {`{"event_id": "e1", "user_id": "u1", "type": "view", "occurred_at": "2026-12-07T11:59:00Z"}`},
+		"history": {`[{"event_id": "h1", "user_id": "u1", "type": "view", "occurred_at": "2026-12-07T11:00:00Z"}]`}}
+	res, body := post(t, b, srv.URL+"/console/playground", form, srv.URL)
+	if res.StatusCode != http.StatusOK || !strings.Contains(body, "line 5") || !strings.Contains(body, "syntax error") {
+		t.Fatalf("%d\n%s", res.StatusCode, body)
+	}
+	if got.GetEvent().GetEventId() != "e1" || len(got.GetHistory()) != 1 || strings.Join(got.GetChannels(), ",") != "sms,push" || !got.GetNow().AsTime().Equal(testNow) {
+		t.Fatalf("request %v", got)
+	}
+	got = nil
+	form.Set("event", `{"event_id": 1`)
+	res, body = post(t, b, srv.URL+"/console/playground", form, srv.URL)
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Event: not an event") || got != nil {
+		t.Fatalf("a broken event: %d, called %v\n%s", res.StatusCode, got != nil, body)
+	}
+}
