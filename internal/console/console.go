@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -102,6 +103,15 @@ type Console struct {
 	profiles nudgev1.ProfileServiceClient
 	liveOpen atomic.Int64 // live streams open
 	throttle *signInThrottle
+	closing  chan struct{} // closed by Close: the live streams end
+	close    sync.Once
+}
+
+// Close ends the live streams, which otherwise last as long as their
+// browsers stay: call it when the HTTP server shuts down
+// (http.Server.RegisterOnShutdown), so that it does not wait for them.
+func (c *Console) Close() {
+	c.close.Do(func() { close(c.closing) })
 }
 
 // New returns the console, or an error when its templates do not parse
@@ -124,6 +134,7 @@ func New(cfg Config) (*Console, error) {
 		cfg:      cfg,
 		sessions: newSessions(cfg.SessionTTL, cfg.IdleTimeout, cfg.MaxSessions, cfg.Now),
 		throttle: newSignInThrottle(cfg.Now),
+		closing:  make(chan struct{}),
 		admin:    nudgev1.NewAdminServiceClient(cfg.Conn),
 		profiles: nudgev1.NewProfileServiceClient(cfg.Conn),
 	}

@@ -22,6 +22,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -428,5 +431,72 @@ func TestPlayground(t *testing.T) {
 	res, body = post(t, b, srv.URL+"/console/playground", form, srv.URL)
 	if res.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Event: not an event") || got != nil {
 		t.Fatalf("a broken event: %d, called %v\n%s", res.StatusCode, got != nil, body)
+	}
+}
+
+// fakeTail hands out actions, then waits for the end of the tail.
+type fakeTail struct{ actions []profile.Action }
+
+func (f fakeTail) Tail(ctx context.Context, each func(delivery.TailEntry) error) error {
+	for _, a := range f.actions {
+		if err := each(delivery.TailEntry{Action: a}); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// The live stream sends the actions of the filter's channel and trigger
+// (with its journey's steps) as server-sent events, and ends when the
+// console closes (the HTTP server shuts down).
+func TestLiveStream(t *testing.T) {
+	conn := &fakeConn{handlers: map[string]func(context.Context, proto.Message) (proto.Message, error){}}
+	c, err := New(Config{Auth: fakeAuth{open: true}, Conn: conn, Now: func() time.Time { return testNow },
+		Actions: fakeTail{actions: []profile.Action{
+			{ID: "a1", UserID: "u1", TriggerID: "cart", Channel: "push", Template: "t"},
+			{ID: "a2", UserID: "u2", TriggerID: "coupon", Channel: "push", Template: "t"},
+			{ID: "a3", UserID: "u3", TriggerID: "cart-email", Channel: "email", Template: "t2"},
+			{ID: "a4", UserID: "u4", TriggerID: "cart-email", Channel: "push", Template: "t2"},
+		}},
+		Campaigns: func() []decision.Campaign {
+			return []decision.Campaign{{ID: "cart", Kind: decision.CampaignTrigger}, {ID: "cart-email", Kind: decision.CampaignStep, Journey: "cart"}}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	b := browser(t)
+	get(t, b, srv.URL+"/console/live") // the session
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/console/live/stream?channel=push&trigger=cart", nil)
+	res, err := b.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if ct := res.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	var seen []string
+	buf := make([]byte, 4096)
+	var all strings.Builder
+	for len(seen) < 2 {
+		n, err := res.Body.Read(buf)
+		all.Write(buf[:n])
+		seen = regexp.MustCompile(`"id":"(a\d)"`).FindAllString(all.String(), -1)
+		if err != nil {
+			t.Fatalf("stream ended after %q: %v", all.String(), err)
+		}
+	}
+	if strings.Join(seen, " ") != `"id":"a1" "id":"a4"` {
+		t.Fatalf("sent %v, want a1 and a4 (push, the cart trigger and its step)", seen)
+	}
+	c.Close()
+	if _, err := io.ReadAll(res.Body); err != nil {
+		t.Fatalf("after Close the stream should end: %v", err)
 	}
 }

@@ -484,7 +484,15 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request, s *session)
 	w.WriteHeader(http.StatusOK)
 	_, _ = fmt.Fprint(w, ": live actions\n\n")
 	_ = rc.Flush()
-	ctx := r.Context()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	beat := time.NewTicker(15 * time.Second)
 	defer beat.Stop()
 	entries := make(chan delivery.TailEntry, 256)

@@ -204,6 +204,11 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 			h = webUI.mount(h)
 		}
 		httpSrv = newHTTPServer(h, httpTLS, cmp.Or(cfg.Limits.MaxStreamsPerConn, server.DefaultConfig().MaxStreamsPerConn), log)
+		if webUI != nil {
+			// The console's live streams last as long as their pages: end
+			// them when the listener shuts down, not at its drain timeout.
+			httpSrv.RegisterOnShutdown(webUI.handler.Close)
+		}
 	}
 
 	lis, err := net.Listen("tcp", cfg.Listen)
