@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nudge-dm/nudge/decision"
+	"github.com/nudge-dm/nudge/internal/rulestest"
 )
 
 // checkResult is one file's outcome, as printed by --json.
@@ -87,25 +88,13 @@ func checkFile(path string) checkResult {
 	return res
 }
 
-// problems flattens a Load error into one problem per rule error.
+// problems flattens a Load error into one problem per rule error
+// (rulestest.Problems, which TestRules answers with too).
 func problems(err error) []checkProblem {
 	var out []checkProblem
-	var walk func(error)
-	walk = func(err error) {
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			for _, e := range j.Unwrap() {
-				walk(e)
-			}
-			return
-		}
-		var re *decision.RuleError
-		if errors.As(err, &re) {
-			out = append(out, checkProblem{Line: re.Line, Rule: re.Rule, Field: re.Field, Message: re.Error()})
-			return
-		}
-		out = append(out, checkProblem{Message: err.Error()})
+	for _, p := range rulestest.Problems(err) {
+		out = append(out, checkProblem{Line: p.Line, Rule: p.Rule, Field: p.Field, Message: p.Text})
 	}
-	walk(err)
 	return out
 }
 
