@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/decision"
@@ -18,13 +17,11 @@ import (
 // problems.
 const playgroundFile = "playground.yaml"
 
-// plays lets one TestRules call play at a time in the process: compiling
-// the largest rules file the limits allow takes about 3 s of a core and
-// 650 MB of short-lived garbage (decision.Limits), and each of up to
-// 10,000 history events may cost rules.max_event_cost to judge; several
-// at once would take that from the decisions served meanwhile. It is the
-// process's, not a Server's, as the CPU and memory it guards are.
-var plays = semaphore.NewWeighted(1)
+// One TestRules call plays at a time (Server.plays): compiling the
+// largest rules file the limits allow takes about 3 s of a core and 650 MB
+// of short-lived garbage (decision.Limits), and each of up to 10,000
+// history events may cost rules.max_event_cost to judge; several at once
+// would take that from the decisions served meanwhile.
 
 // ruleLimits is what a RuleSource says of the limits its files are held
 // to; a *decision.Live says it. TestRules holds its files to them too.
@@ -81,10 +78,10 @@ func (s *Server) TestRules(ctx context.Context, req *nudgev1.TestRulesRequest) (
 		}
 	}
 
-	if err := plays.Acquire(ctx, 1); err != nil {
+	if err := s.plays.Acquire(ctx, 1); err != nil {
 		return nil, toStatus(err)
 	}
-	defer plays.Release(1)
+	defer s.plays.Release(1)
 	rules := s.rules.Rules()
 	if req.GetRules() == "" {
 		// The counts of the rules in force's offers: thompson offers

@@ -302,6 +302,7 @@ type Server struct {
 	defaultRead  time.Duration       // the read's share of Config.DefaultBudget
 	admit        *semaphore.Weighted // events in work, see Config.MaxInFlightEvents
 	recv         *semaphore.Weighted // batch requests being received, see Config.MaxRecvBytesInFlight
+	plays        *semaphore.Weighted // TestRules calls at work: one (playground.go)
 
 	meas *measurement // measure.go
 
@@ -329,6 +330,7 @@ func New(store Store, rules RuleSource, cfg Config) (*Server, error) {
 		p.recv = semaphore.NewWeighted(int64(cfg.MaxRecvBytesInFlight) / 2)
 	}
 	s := &Server{
+		plays:        semaphore.NewWeighted(1),
 		ingest:       store,
 		decisions:    store,
 		profiles:     store,
