@@ -128,7 +128,7 @@ func lineChart(title, unit string, pts []Point, window time.Duration, now time.T
 		// The newest point, marked: one sample alone draws no line.
 		fmt.Fprintf(&b, `"/><circle class="last" cx="%.1f" cy="%.1f" r="3"/>`, lx, ly)
 	} else {
-		fmt.Fprintf(&b, `<text class="empty" x="%.1f" y="%.1f" text-anchor="middle">no samples yet</text>`, float64(left)+pw/2, float64(padTop)+ph/2)
+		fmt.Fprintf(&b, `<text class="empty" x="%.1f" y="%.1f" text-anchor="middle">no rate yet (the first after 10 s)</text>`, float64(left)+pw/2, float64(padTop)+ph/2)
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) //nolint:gosec // built from escaped text and numbers

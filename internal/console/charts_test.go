@@ -46,7 +46,7 @@ func TestLineChart(t *testing.T) {
 	if n := len(strings.Fields(poly)); n != 2 {
 		t.Errorf("%d points drawn, want 2: %q", n, poly)
 	}
-	if empty := string(lineChart("Events", "/s", nil, time.Hour, now)); !strings.Contains(empty, "no samples yet") {
+	if empty := string(lineChart("Events", "/s", nil, time.Hour, now)); !strings.Contains(empty, "no rate yet") {
 		t.Errorf("empty chart: %s", empty)
 	}
 }
