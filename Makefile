@@ -16,7 +16,7 @@ DEMO_ADDR ?= 127.0.0.1:7071
 DEMO_HTTP ?= 127.0.0.1:7081
 DEMO_METRICS ?= 127.0.0.1:9091
 
-.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache bench-http bench-features lint fmt-check vet clean fuzz
+.PHONY: all build run demo test ensure-tools bench bench-shoppers bench-nearcache bench-http bench-features bench-console lint fmt-check vet clean fuzz
 
 all: build
 
@@ -69,6 +69,11 @@ bench-http:
 # (about 4 min, not in CI).
 bench-features:
 	bash scripts/featuresbench.sh
+
+# The console's page times on the demo's data (BENCHMARKS.md, issue 20).
+bench-console:
+	$(GO) build -o $(BIN)/ ./cmd/nudged ./cmd/nudge-demo
+	@BIN=$(BIN) bash scripts/consolebench.sh
 
 vet:
 	$(GO) vet ./...
