@@ -46,6 +46,11 @@ need curl curl
 # chromium version, so apt installs and upgrades the two together.
 need chromium chromium --no-install-recommends
 need chromedriver chromium-driver --no-install-recommends
+# A font, for readable screenshots (the tests read the page, not pixels).
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s fonts-dejavu-core >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  $sudo apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null || echo "fonts-dejavu-core not installed: the console's screenshots may lack text" >&2
+fi
 chromium_version=$(chromium --version 2>/dev/null | awk '{print $2}')
 chromedriver_version=$(chromedriver --version | awk '{print $2}')
 if [ "$chromium_version" != "$chromedriver_version" ]; then
