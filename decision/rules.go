@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"maps"
@@ -28,6 +29,7 @@ var (
 // A nil *Rules has no triggers and no offers.
 type Rules struct {
 	version  string
+	text     []byte     // the file, as parsed (Text)
 	triggers []*trigger // file order
 	offers   []*offer   // by priority, highest first; ties in file order
 	// Policies, in file order.
@@ -298,6 +300,7 @@ func parse(name string, data []byte, size int64, l Limits, pace func()) (*Rules,
 		return nil, err
 	}
 	r.version = contentVersion(data)
+	r.text = bytes.Clone(data)
 	return r, nil
 }
 
@@ -396,6 +399,16 @@ func (r *Rules) triggersFor(typ string) triggerList {
 		return triggerList{}
 	}
 	return triggerList{named: r.byType[typ], any: r.anyType}
+}
+
+// Text is the rules file these rules were parsed from (the console's
+// playground edits a copy of it). Nil for nil rules. The caller must not
+// modify it.
+func (r *Rules) Text() []byte {
+	if r == nil {
+		return nil
+	}
+	return r.text
 }
 
 // Version is a short hash of the rules file's content: it changes exactly

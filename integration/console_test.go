@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nudge-dm/nudge/internal/redistest"
@@ -267,8 +269,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	p.find("#erase") // an operator may erase
 	p.shot("04-user")
 
-	// The playground: a rules file with an error, reported with its line.
+	// The playground: a copy of the rules in force to edit, then a rules
+	// file with an error, reported with its line.
 	p.open("/console/playground")
+	p.click("#load-rules")
+	if err := webdriver.WaitFor(ctx, 15*time.Second, "the rules in force in the editor", func() (bool, error) {
+		v, err := p.find("#rules").Property(ctx, "value")
+		return strings.Contains(string(v), "category-interest-coupon"), err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	p.setValue("#rules", "version: 1\ntriggers:\n  - id: broken\n    on: [view]\n    when: profile.count(\"view\" >= 3\n    action: {channel: sms, template: t}\n")
 	p.setValue("#event", `{"event_id": "e1", "user_id": "u1", "type": "view", "category": "phones", "occurred_at": "`+time.Now().UTC().Format(time.RFC3339)+`"}`)
 	p.click("#run")
@@ -293,6 +303,22 @@ func TestConsoleInBrowser(t *testing.T) {
 	p.shot("06-live-actions")
 	p.noCSPViolations()
 
+	// Erase: the operator types the user id and confirms; the profile is
+	// gone (DeleteProfile through the console's in-process call).
+	const erased = "demo-crowd-001"
+	p.open("/console/user?id=" + erased)
+	p.waitText("#profile-user", erased)
+	p.typeInto("#confirm", erased)
+	if _, err := s.Execute(ctx, `window.confirm = () => true`); err != nil { // the dialog's OK
+		t.Fatal(err)
+	}
+	p.click("#erase button[type=submit]")
+	p.waitText("#erased", "profile erased")
+	if _, err := nudgev1.NewProfileServiceClient(conn).GetProfile(api, &nudgev1.GetProfileRequest{UserId: erased}); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetProfile after the erase: %v, want NOT_FOUND", err)
+	}
+	p.shot("07-user-erased")
+
 	// Sign out; a viewer token sees the user but has no erase button.
 	p.open("/console/")
 	p.click(".who button[type=submit]")
@@ -304,5 +330,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	if _, err := s.Find(ctx, "#erase"); err == nil {
 		t.Error("a viewer (console role) is offered the erase button")
 	}
-	p.shot("07-user-as-viewer")
+	p.shot("08-user-as-viewer")
+	// A viewer who posts the erase anyway (with the session's CSRF token,
+	// from the sign-out form) is refused by the server: DeleteProfile
+	// needs admin.
+	code, err := s.Execute(ctx, `const body = new URLSearchParams({csrf: document.querySelector("input[name=csrf]").value, id: arguments[0], confirm: arguments[0]});
+return fetch("/console/user/erase", {method: "POST", body}).then(r => r.status);`, shopper)
+	if err != nil || string(code) != "403" {
+		t.Fatalf("a viewer's erase: status %s, %v; want 403", code, err)
+	}
+	if _, err := nudgev1.NewProfileServiceClient(conn).GetProfile(api, &nudgev1.GetProfileRequest{UserId: shopper}); err != nil {
+		t.Fatalf("the shopper's profile after a viewer's erase: %v", err)
+	}
 }

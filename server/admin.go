@@ -14,7 +14,7 @@ import (
 
 // GetRules describes the rules in force and, when the file on disk was
 // refused, that file.
-func (s *Server) GetRules(context.Context, *nudgev1.GetRulesRequest) (*nudgev1.GetRulesResponse, error) {
+func (s *Server) GetRules(_ context.Context, req *nudgev1.GetRulesRequest) (*nudgev1.GetRulesResponse, error) {
 	r := s.rules.Rules()
 	triggers, offers := r.Counts()
 	resp := &nudgev1.GetRulesResponse{
@@ -23,6 +23,9 @@ func (s *Server) GetRules(context.Context, *nudgev1.GetRulesRequest) (*nudgev1.G
 		Source:   s.rules.Source(),
 		Triggers: uint32(triggers),
 		Offers:   uint32(offers),
+	}
+	if req.GetIncludeContent() {
+		resp.Content = string(r.Text())
 	}
 	if ref, ok := s.rules.Refused(); ok {
 		resp.Refusal = &nudgev1.RulesRefusal{At: timestamppb.New(ref.At), Version: ref.Version}

@@ -146,6 +146,13 @@ func TestGetRules(t *testing.T) {
 	if resp.GetRefusal() != nil {
 		t.Errorf("GetRules of fixed rules has a refusal: %v", resp.GetRefusal())
 	}
+	if resp.GetContent() != "" {
+		t.Errorf("GetRules without include_content sent the file")
+	}
+	resp, err = nudgev1.NewAdminServiceClient(h.conn).GetRules(callCtx(t), &nudgev1.GetRulesRequest{IncludeContent: true})
+	if err != nil || resp.GetContent() != rulesYAML {
+		t.Errorf("GetRules with include_content: %v; content %q, want the rules file", err, resp.GetContent())
+	}
 }
 
 // TestGetRulesRefusal: GetRules shows the rules file on disk that

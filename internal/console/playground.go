@@ -35,6 +35,16 @@ type playgroundData struct {
 func (c *Console) playground(w http.ResponseWriter, r *http.Request, s *session) {
 	d := playgroundData{}
 	if r.Method != http.MethodPost {
+		if r.FormValue("load") == "rules" {
+			// A copy of the rules in force to edit.
+			ctx, cancel := c.rpc(r, s)
+			defer cancel()
+			res, err := c.admin.GetRules(ctx, &nudgev1.GetRulesRequest{IncludeContent: true})
+			if err != nil {
+				_, d.Err = rpcFailure("reading the rules in force failed", err)
+			}
+			d.Rules = res.GetContent()
+		}
 		c.render(w, r, s, "playground", "Rules playground", 0, d)
 		return
 	}

@@ -24,11 +24,14 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// GetRulesRequest is empty.
+// GetRulesRequest says what to include.
 type GetRulesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Include the rules file's text (GetRulesResponse.content): the web
+	// console's playground edits a copy of it.
+	IncludeContent bool `protobuf:"varint,1,opt,name=include_content,json=includeContent,proto3" json:"include_content,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetRulesRequest) Reset() {
@@ -61,6 +64,13 @@ func (*GetRulesRequest) Descriptor() ([]byte, []int) {
 	return file_nudge_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *GetRulesRequest) GetIncludeContent() bool {
+	if x != nil {
+		return x.IncludeContent
+	}
+	return false
+}
+
 // GetRulesResponse describes the rules in force.
 type GetRulesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -74,7 +84,9 @@ type GetRulesResponse struct {
 	Offers   uint32 `protobuf:"varint,5,opt,name=offers,proto3" json:"offers,omitempty"`
 	// The last rules file refused on reload: the file on disk is not the one
 	// in force. Absent when it is.
-	Refusal       *RulesRefusal `protobuf:"bytes,6,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal *RulesRefusal `protobuf:"bytes,6,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// The rules file in force, as it was parsed; only with include_content.
+	Content       string `protobuf:"bytes,7,opt,name=content,proto3" json:"content,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +161,13 @@ func (x *GetRulesResponse) GetRefusal() *RulesRefusal {
 		return x.Refusal
 	}
 	return nil
+}
+
+func (x *GetRulesResponse) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
 }
 
 // RulesRefusal describes a rules file that was refused on reload; the
@@ -2072,15 +2091,17 @@ var File_nudge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_nudge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nudge/v1/decision.proto\x1a\x14nudge/v1/event.proto\x1a\x15nudge/v1/ingest.proto\x1a\x16nudge/v1/profile.proto\"\x11\n" +
-	"\x0fGetRulesRequest\"\xe3\x01\n" +
+	"\x14nudge/v1/admin.proto\x12\bnudge.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17nudge/v1/decision.proto\x1a\x14nudge/v1/event.proto\x1a\x15nudge/v1/ingest.proto\x1a\x16nudge/v1/profile.proto\":\n" +
+	"\x0fGetRulesRequest\x12'\n" +
+	"\x0finclude_content\x18\x01 \x01(\bR\x0eincludeContent\"\xfd\x01\n" +
 	"\x10GetRulesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x127\n" +
 	"\tloaded_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\x12\x16\n" +
 	"\x06source\x18\x03 \x01(\tR\x06source\x12\x1a\n" +
 	"\btriggers\x18\x04 \x01(\rR\btriggers\x12\x16\n" +
 	"\x06offers\x18\x05 \x01(\rR\x06offers\x120\n" +
-	"\arefusal\x18\x06 \x01(\v2\x16.nudge.v1.RulesRefusalR\arefusal\"j\n" +
+	"\arefusal\x18\x06 \x01(\v2\x16.nudge.v1.RulesRefusalR\arefusal\x12\x18\n" +
+	"\acontent\x18\a \x01(\tR\acontent\"j\n" +
 	"\fRulesRefusal\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x18\n" +
