@@ -284,6 +284,19 @@ func TestConsoleInBrowser(t *testing.T) {
 	p.click("#run")
 	p.waitText(".problems", "line 5")
 	p.shot("05-playground-error")
+	// The rules in force (an empty editor), a history of two phone views
+	// and a third: the coupon fires, and each channel's decision is shown.
+	p.open("/console/playground")
+	at := func(ago time.Duration) string { return time.Now().Add(-ago).UTC().Format(time.RFC3339) }
+	p.setValue("#history", `{"events": [
+  {"event_id": "h1", "user_id": "pg-user", "type": "view", "category": "phones", "occurred_at": "`+at(20*time.Minute)+`"},
+  {"event_id": "h2", "user_id": "pg-user", "type": "view", "category": "phones", "occurred_at": "`+at(10*time.Minute)+`"}]}`)
+	p.setValue("#event", `{"event_id": "e3", "user_id": "pg-user", "type": "view", "category": "phones", "occurred_at": "`+at(time.Minute)+`"}`)
+	p.click("#run")
+	p.waitText("#event-status", "applied")
+	p.waitText("#actions", coupon)
+	p.waitText("#pg-decision-sms summary", "phones-coupon")
+	p.shot("06-playground-fires")
 
 	// Live actions: an event that fires the coupon appears as it happens.
 	p.open("/console/live?channel=sms")
@@ -300,7 +313,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	p.waitText("#live tbody", coupon)
 	p.waitText("#live tbody", "live-shopper")
-	p.shot("06-live-actions")
+	p.shot("07-live-actions")
 	p.noCSPViolations()
 
 	// Erase: the operator types the user id and confirms; the profile is
@@ -317,7 +330,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if _, err := nudgev1.NewProfileServiceClient(conn).GetProfile(api, &nudgev1.GetProfileRequest{UserId: erased}); status.Code(err) != codes.NotFound {
 		t.Fatalf("GetProfile after the erase: %v, want NOT_FOUND", err)
 	}
-	p.shot("07-user-erased")
+	p.shot("08-user-erased")
 
 	// Sign out; a viewer token sees the user but has no erase button.
 	p.open("/console/")
@@ -330,7 +343,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if _, err := s.Find(ctx, "#erase"); err == nil {
 		t.Error("a viewer (console role) is offered the erase button")
 	}
-	p.shot("08-user-as-viewer")
+	p.shot("09-user-as-viewer")
 	// A viewer who posts the erase anyway (with the session's CSRF token,
 	// from the sign-out form) is refused by the server: DeleteProfile
 	// needs admin.
