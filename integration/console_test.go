@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -115,9 +116,19 @@ func (p *page) click(css string) {
 	}
 }
 
-// shot saves a screenshot of the page as name.png.
+// shot saves a screenshot of the page as name.png, after checking that
+// the page fits the window's width (1280 px): readable without scrolling
+// sideways.
 func (p *page) shot(name string) {
 	p.t.Helper()
+	w, err := p.s.Execute(p.ctx, `return [document.documentElement.scrollWidth, window.innerWidth]`)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var widths [2]int
+	if err := json.Unmarshal(w, &widths); err != nil || widths[1] == 0 || widths[0] > widths[1] {
+		p.t.Errorf("%s: the page is %d px wide in a %d px window (%v)", name, widths[0], widths[1], err)
+	}
 	png, err := p.s.Screenshot(p.ctx)
 	if err != nil {
 		p.t.Fatal(err)
@@ -224,6 +235,39 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	}
 	p.shot("02-overview")
+
+	// By keyboard: the first Tab reaches the skip link, a few more the
+	// campaigns link, and Enter follows it.
+	active := func() string {
+		v, err := s.Execute(ctx, `return document.activeElement.textContent.trim()`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text string
+		_ = json.Unmarshal(v, &text)
+		return text
+	}
+	if err := s.PressKeys(ctx, webdriver.KeyTab); err != nil {
+		t.Fatal(err)
+	}
+	if got := active(); got != "Skip to content" {
+		t.Errorf("the first Tab focuses %q, want the skip link", got)
+	}
+	for range 5 {
+		if active() == "Campaigns" {
+			break
+		}
+		if err := s.PressKeys(ctx, webdriver.KeyTab); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := active(); got != "Campaigns" {
+		t.Fatalf("Tab did not reach the campaigns link (focus on %q)", got)
+	}
+	if err := s.PressKeys(ctx, webdriver.KeyEnter); err != nil {
+		t.Fatal(err)
+	}
+	p.waitText("h1", "Campaigns")
 
 	// Campaigns: the coupon trigger's counts are GetCampaignReport's.
 	p.open("/console/campaigns")

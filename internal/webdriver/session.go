@@ -197,6 +197,31 @@ func (s *Session) Refresh(ctx context.Context) error {
 	return nil
 }
 
+// Keys the browser understands in PressKeys (WebDriver's key codes).
+const (
+	KeyTab   = "\uE004"
+	KeyEnter = "\uE007"
+)
+
+// PressKeys types keys into whatever has the focus, as a person at the
+// keyboard would (WebDriver's actions: each key down, then up), where
+// Element.SendKeys first focuses an element.
+func (s *Session) PressKeys(ctx context.Context, keys ...string) error {
+	type keyAction struct {
+		Type  string `json:"type"`
+		Value string `json:"value"`
+	}
+	var acts []keyAction
+	for _, k := range keys {
+		acts = append(acts, keyAction{"keyDown", k}, keyAction{"keyUp", k})
+	}
+	body := map[string]any{"actions": []map[string]any{{"type": "key", "id": "keyboard", "actions": acts}}}
+	if err := s.do(ctx, http.MethodPost, "/actions", body, nil); err != nil {
+		return fmt.Errorf("webdriver: press keys: %w", err)
+	}
+	return nil
+}
+
 // PageSource returns the current DOM serialised as HTML (not the bytes
 // the server sent).
 func (s *Session) PageSource(ctx context.Context) (string, error) {

@@ -533,3 +533,30 @@ func TestElementJSON(t *testing.T) {
 		t.Fatalf("Marshal = %s, %v", b, err)
 	}
 }
+
+// PressKeys types at the focus: Tab moves it from the field to the
+// button, Enter presses the button.
+func TestPressKeys(t *testing.T) {
+	s := browser(t)
+	ctx := testContext(t)
+	open(t, ctx, s)
+	name, err := s.Find(ctx, "#name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := name.Click(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PressKeys(ctx, KeyTab); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.Execute(ctx, `return document.activeElement.id`); err != nil || string(id) != `"send"` {
+		t.Fatalf("focus after Tab: %s, %v; want send", id, err)
+	}
+	if err := s.PressKeys(ctx, KeyEnter); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WaitText(ctx, "#echo", "Hello, preset", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
