@@ -73,26 +73,53 @@ func compact(v float64) string {
 	return strconv.FormatFloat(v, 'g', 3, 64)
 }
 
+// line is one series of a line chart: its label, a CSS class for its
+// colour ("" for the default), and its points.
+type line struct {
+	Label, Class string
+	Points       []Point
+}
+
 // lineChart draws pts over the window ending at now: time across (minutes
 // ago), value up (in unit), with the last value in the title.
 func lineChart(title, unit string, pts []Point, window time.Duration, now time.Time) template.HTML {
+	return linesChart(title, unit, []line{{Points: pts}}, window, now)
+}
+
+// linesChart draws several series on one scale, each with its last value
+// in the title (a legend in the series' colours).
+func linesChart(title, unit string, lines []line, window time.Duration, now time.Time) template.HTML {
 	const w, h, left, right, padTop, bottom = 380, 150, 56, 12, 22, 30
 	pw, ph := float64(w-left-right), float64(h-padTop-bottom)
-	var b strings.Builder
-	last := "no data yet"
-	if len(pts) > 0 {
-		last = formatValue(pts[len(pts)-1].Value, unit)
-	}
-	fmt.Fprintf(&b, `<svg class="chart line" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s, last hour: now %s">`, w, h, w, h, svgText(title), svgText(last))
-	fmt.Fprintf(&b, `<title>%s, last hour: now %s</title>`, svgText(title), svgText(last))
-	fmt.Fprintf(&b, `<text class="ctitle" x="%d" y="14">%s <tspan class="now">%s</tspan></text>`, left, svgText(title), svgText(last))
 	mins := window.Minutes()
+	var b strings.Builder
+	var lasts []string
+	drawn := false
 	top := 0.0
-	for _, p := range pts {
-		if now.Sub(p.At).Minutes() <= mins {
-			top = max(top, p.Value)
+	for _, l := range lines {
+		last := "no data yet"
+		if len(l.Points) > 0 {
+			drawn = true
+			last = formatValue(l.Points[len(l.Points)-1].Value, unit)
+		}
+		if l.Label != "" {
+			last = l.Label + " " + last
+		}
+		lasts = append(lasts, last)
+		for _, p := range l.Points {
+			if now.Sub(p.At).Minutes() <= mins {
+				top = max(top, p.Value)
+			}
 		}
 	}
+	summary := strings.Join(lasts, ", ")
+	fmt.Fprintf(&b, `<svg class="chart line" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s, last hour: now %s">`, w, h, w, h, svgText(title), svgText(summary))
+	fmt.Fprintf(&b, `<title>%s, last hour: now %s</title>`, svgText(title), svgText(summary))
+	fmt.Fprintf(&b, `<text class="ctitle" x="%d" y="14">%s`, left, svgText(title))
+	for i, l := range lines {
+		fmt.Fprintf(&b, ` <tspan class="now %s">%s</tspan>`, svgText(l.Class), svgText(lasts[i]))
+	}
+	b.WriteString(`</text>`)
 	if unit == "%" {
 		top = max(top, 0.01)
 	}
@@ -114,10 +141,16 @@ func lineChart(title, unit string, pts []Point, window time.Duration, now time.T
 	}
 	fmt.Fprintf(&b, `<text class="axis" x="%d" y="%d" text-anchor="end">minutes ago</text>`, w-right, h-2)
 	fmt.Fprintf(&b, `<line class="axisline" x1="%d" x2="%d" y1="%d" y2="%d"/>`, left, w-right, h-bottom, h-bottom)
-	if len(pts) > 0 {
-		b.WriteString(`<polyline class="series" points="`)
+	if !drawn {
+		fmt.Fprintf(&b, `<text class="empty" x="%.1f" y="%.1f" text-anchor="middle">no rate yet (the first after 10 s)</text>`, float64(left)+pw/2, float64(padTop)+ph/2)
+	}
+	for _, l := range lines {
+		if len(l.Points) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, `<polyline class="series %s" points="`, svgText(l.Class))
 		var lx, ly float64
-		for _, p := range pts {
+		for _, p := range l.Points {
 			ago := now.Sub(p.At).Minutes()
 			if ago > mins {
 				continue
@@ -126,9 +159,7 @@ func lineChart(title, unit string, pts []Point, window time.Duration, now time.T
 			fmt.Fprintf(&b, "%.1f,%.1f ", lx, ly)
 		}
 		// The newest point, marked: one sample alone draws no line.
-		fmt.Fprintf(&b, `"/><circle class="last" cx="%.1f" cy="%.1f" r="3"/>`, lx, ly)
-	} else {
-		fmt.Fprintf(&b, `<text class="empty" x="%.1f" y="%.1f" text-anchor="middle">no rate yet (the first after 10 s)</text>`, float64(left)+pw/2, float64(padTop)+ph/2)
+		fmt.Fprintf(&b, `"/><circle class="last %s" cx="%.1f" cy="%.1f" r="3"/>`, svgText(l.Class), lx, ly)
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) //nolint:gosec // built from escaped text and numbers

@@ -95,3 +95,20 @@ func TestRelTime(t *testing.T) {
 		}
 	}
 }
+
+func TestLinesChart(t *testing.T) {
+	now := testNow
+	svg := string(linesChart("Decisions by verdict", "/s", []line{
+		{Label: "send", Class: "v-send", Points: []Point{{At: now.Add(-time.Minute), Value: 3}, {At: now, Value: 4}}},
+		{Label: "hold", Class: "v-hold", Points: []Point{{At: now, Value: 1}}},
+		{Label: "none", Class: "v-none"},
+	}, time.Hour, now))
+	for _, want := range []string{"send 4 /s", "hold 1 /s", "none no data yet", `class="series v-send"`, `class="last v-hold"`, "5 /s"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("chart lacks %q:\n%s", want, svg)
+		}
+	}
+	if n := strings.Count(svg, "<polyline"); n != 2 {
+		t.Errorf("%d lines drawn, want 2 (none has no points)", n)
+	}
+}

@@ -141,6 +141,11 @@ func (c *Console) charts() chartsData {
 	} {
 		d.Lines = append(d.Lines, lineChart(ln.title, ln.unit, ln.s.Points, window, now))
 	}
+	d.Lines = slices.Insert(d.Lines, 2, linesChart("Decisions by verdict", "/s", []line{
+		{Label: "send", Class: "v-send", Points: o.Send.Points},
+		{Label: "hold", Class: "v-hold", Points: o.Hold.Points},
+		{Label: "none", Class: "v-none", Points: o.None.Points},
+	}, window, now))
 	var mix []bar
 	for _, v := range slices.Sorted(maps.Keys(o.DecisionsByVerdict)) {
 		mix = append(mix, bar{Label: v, Value: float64(o.DecisionsByVerdict[v]), Class: "v-" + v})

@@ -97,8 +97,9 @@ type Overview struct {
 
 	// Events is events/s of every status; Applied of status applied.
 	Events, Applied Series
-	// Decisions is decisions/s.
-	Decisions Series
+	// Decisions is decisions/s; Send, Hold and None those of each
+	// verdict.
+	Decisions, Send, Hold, None Series
 	// DegradedShare is the share of an interval's decisions that were
 	// degraded; an interval without decisions has no point.
 	DegradedShare Series
@@ -158,6 +159,9 @@ const (
 	samplerSeriesDelivered
 	samplerSeriesHooksDelivered
 	samplerSeriesHooksFailed
+	samplerSeriesSend // decisions by verdict
+	samplerSeriesHold
+	samplerSeriesNone
 	samplerSeriesCount
 )
 
@@ -249,6 +253,7 @@ func (s *Sampler) addPoints(prev, cur *samplerReading, dt float64) {
 	at := cur.at
 	rate := func(i int, v float64) { s.series[i] = append(s.series[i], Point{At: at, Value: v / dt}) }
 	var events, applied, decisions, degraded, lagSum, lagCount, actions, delivered, hooksOK, hooksFailed float64
+	var verdicts [3]float64 // send, hold, none
 	for k, v := range cur.values {
 		d := max(0, v-prev.values[k]) // a counter that went back was reset
 		switch k.metric {
@@ -261,6 +266,14 @@ func (s *Sampler) addPoints(prev, cur *samplerReading, dt float64) {
 			decisions += d
 			if k.b == "true" {
 				degraded += d
+			}
+			switch k.a {
+			case "send":
+				verdicts[0] += d
+			case "hold":
+				verdicts[1] += d
+			case "none":
+				verdicts[2] += d
 			}
 		case samplerEventLag:
 			if k.a == "count" {
@@ -285,6 +298,9 @@ func (s *Sampler) addPoints(prev, cur *samplerReading, dt float64) {
 	rate(samplerSeriesDelivered, delivered)
 	rate(samplerSeriesHooksDelivered, hooksOK)
 	rate(samplerSeriesHooksFailed, hooksFailed)
+	rate(samplerSeriesSend, verdicts[0])
+	rate(samplerSeriesHold, verdicts[1])
+	rate(samplerSeriesNone, verdicts[2])
 	if decisions > 0 {
 		s.series[samplerSeriesDegraded] = append(s.series[samplerSeriesDegraded], Point{At: at, Value: degraded / decisions})
 	}
@@ -337,6 +353,9 @@ func (s *Sampler) Overview() Overview {
 	o.Delivered = series(samplerSeriesDelivered, "actions delivered", "/s")
 	o.WebhookDelivered = series(samplerSeriesHooksDelivered, "webhook deliveries", "/s")
 	o.WebhookFailed = series(samplerSeriesHooksFailed, "webhook failures", "/s")
+	o.Send = series(samplerSeriesSend, "decisions send", "/s")
+	o.Hold = series(samplerSeriesHold, "decisions hold", "/s")
+	o.None = series(samplerSeriesNone, "decisions none", "/s")
 	steps := map[string]map[string]int64{} // id -> outcome -> count
 	var values map[samplerKey]float64
 	if s.last != nil {
