@@ -15,7 +15,7 @@ import (
 )
 
 // The admin RPCs behind nudgectl decisions tail and actions dead
-// (AdminService.TailDecisions and ListDeadActions, role admin): through
+// (AdminService.TailDecisions and ListDeadActions, role admin or console): through
 // nudged, so tokens apply and the embedded store works, with the output
 // the commands printed when they read Redis themselves.
 

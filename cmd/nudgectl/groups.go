@@ -53,7 +53,7 @@ group again, from the oldest action kept.`,
 	return cmd
 }
 
-// groupsList: nudgectl groups list (AdminService, role admin).
+// groupsList: nudgectl groups list (AdminService, role admin or console).
 func groupsList(conn connFlags, asJSON bool, stdout, stderr io.Writer) int {
 	return conn.call("nudgectl groups list", stderr, func(ctx context.Context, cc grpc.ClientConnInterface) error {
 		resp, err := nudgev1.NewAdminServiceClient(cc).ListGroups(ctx, &nudgev1.ListGroupsRequest{})

@@ -107,7 +107,7 @@ func decide(o decideOptions, user string, stdout, stderr io.Writer) int {
 func newProfileCmd(verb string, stdout, stderr io.Writer) *cobra.Command {
 	var asJSON bool
 	var conn connFlags
-	short := "Print a user's profile (ProfileService/GetProfile, role admin)"
+	short := "Print a user's profile (ProfileService/GetProfile, role admin or console)"
 	if verb == "delete" {
 		short = "Erase a user's profile, outbox and audit entries (ProfileService/DeleteProfile, role admin)"
 	}

@@ -13,8 +13,9 @@ import (
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
-// decisions tail and actions dead call AdminService (role admin), so they
-// work against any nudged, the embedded store included, and tokens apply.
+// decisions tail and actions dead call AdminService (role admin or
+// console), so they work against any nudged, the embedded store included,
+// and tokens apply.
 
 func newDecisionsTailCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
@@ -25,11 +26,11 @@ func newDecisionsTailCmd(stdout, stderr io.Writer) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "tail",
-		Short: "Follow the decisions nudged samples (AdminService/TailDecisions, role admin)",
+		Short: "Follow the decisions nudged samples (AdminService/TailDecisions, role admin or console)",
 		Long: `Follows the decisions nudged samples to its decision log
 (decision.audit_sample, --audit-sample: 0.01 by default; 0 logs none): one
 line per decision with its reasons indented below, or one JSON object per
-decision with --json. Calls AdminService/TailDecisions (role admin) until
+decision with --json. Calls AdminService/TailDecisions (role admin or console) until
 interrupted or -n entries are printed.`,
 		Example: "  nudgectl decisions tail --all -n 20",
 		Args:    cobra.NoArgs,
@@ -82,10 +83,10 @@ func newActionsDeadCmd(stdout, stderr io.Writer) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "dead",
-		Short: "List the dead-letter stream (AdminService/ListDeadActions, role admin)",
+		Short: "List the dead-letter stream (AdminService/ListDeadActions, role admin or console)",
 		Long: `Lists the actions that went to the dead-letter stream after nudged's
 delivery.max_deliveries, oldest first: a table, or one JSON object per
-entry with --json. Calls AdminService/ListDeadActions (role admin).`,
+entry with --json. Calls AdminService/ListDeadActions (role admin or console).`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return exitWith(actionsDead(conn, n, asJSON, stdout, stderr))

@@ -20,8 +20,8 @@ func newReportCmd(stdout, stderr io.Writer) *cobra.Command {
 	var conn connFlags
 	cmd := &cobra.Command{
 		Use:   "report [CAMPAIGN]",
-		Short: "Measure campaigns, treated vs control (role admin)",
-		Long: `Measures the campaigns (AdminService, role admin): for each trigger,
+		Short: "Measure campaigns, treated vs control (role admin or console)",
+		Long: `Measures the campaigns (AdminService, role admin or console): for each trigger,
 journey step and offer of the rules in force, or the one named, its
 treated and control users exposed and converted, conversion rate and
 value, the uplift in percentage points, the lift with its 95% confidence
@@ -43,7 +43,7 @@ docs/rules.md, "Measuring campaigns").`,
 	return cmd
 }
 
-// report: nudgectl report [CAMPAIGN] (AdminService, role admin). Without
+// report: nudgectl report [CAMPAIGN] (AdminService, role admin or console). Without
 // a campaign it lists every campaign of the rules in force.
 func report(conn connFlags, pos []string, asJSON bool, stdout, stderr io.Writer) int {
 	const cmd = "nudgectl report"

@@ -369,8 +369,8 @@ type TokenConfig struct {
 	Name string `yaml:"name"`
 	// Secret is the token callers send as "authorization: Bearer <secret>".
 	Secret string `yaml:"secret"`
-	// Roles: ingest, decide, send, explain, subscribe, features, admin (see
-	// server.Role).
+	// Roles: ingest, decide, send, explain, subscribe, features, admin,
+	// console (see server.Role).
 	Roles []string `yaml:"roles"`
 	// Groups are the consumer groups the token may subscribe to and
 	// acknowledge for (role subscribe): names, or prefixes ending in "*"
