@@ -706,8 +706,6 @@ func readFallbacks(c *collector, f *rawFile, v *yaml.Node) {
 	}
 }
 
-// checkCount refuses a list of rules longer than the limit before any is
-// read, at the first one past it.
 // readList reads a list section of rules (triggers, offers, features)
 // with read, refusing a list over its limit (key names it); null is an
 // empty list.
@@ -729,6 +727,8 @@ func readList[T any](c *collector, top where, v *yaml.Node, field string, limit 
 	return out
 }
 
+// checkCount refuses a list of rules longer than the limit before any is
+// read, at the first one past it.
 func checkCount(c *collector, list *yaml.Node, field string, limit int, key string) bool {
 	if len(list.Content) <= limit {
 		return true

@@ -400,12 +400,7 @@ func (s *Store) GetMany(ctx context.Context, userIDs []string, minVersions []uin
 // near-cache. For each user it returns the profile, or the error Get
 // would.
 func (s *Store) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
-	ctx, span := s.startSpan(ctx, spanRead)
-	profiles, errs := s.getMany(ctx, userIDs, true)
-	if span != nil {
-		endRead(span, errs...)
-	}
-	return profiles, errs
+	return s.readMany(ctx, userIDs, true)
 }
 
 // ReadMany is LoadMany without keeping what it reads in the near-cache:
@@ -413,8 +408,13 @@ func (s *Store) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Prof
 // set, so that they neither evict it nor make the garbage collector work
 // for profiles nobody asks for again.
 func (s *Store) ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	return s.readMany(ctx, userIDs, false)
+}
+
+// readMany is getMany in a read span.
+func (s *Store) readMany(ctx context.Context, userIDs []string, keep bool) ([]*profile.Profile, []error) {
 	ctx, span := s.startSpan(ctx, spanRead)
-	profiles, errs := s.getMany(ctx, userIDs, false)
+	profiles, errs := s.getMany(ctx, userIDs, keep)
 	if span != nil {
 		endRead(span, errs...)
 	}
