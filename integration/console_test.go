@@ -154,8 +154,7 @@ func (p *page) noCSPViolations() {
 	p.t.Helper()
 	logs, err := p.s.BrowserLog(p.ctx)
 	if err != nil {
-		p.t.Logf("browser log unavailable: %v", err)
-		return
+		p.t.Fatalf("reading the browser's log (for CSP violations): %v", err)
 	}
 	for _, l := range logs {
 		if strings.Contains(l.Message, "Content Security Policy") || strings.Contains(l.Message, "Refused to") {

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,16 +102,14 @@ type Console struct {
 	profiles nudgev1.ProfileServiceClient
 	liveOpen atomic.Int64 // live streams open
 	throttle *signInThrottle
-	closing  chan struct{} // closed by Close: the live streams end
-	close    sync.Once
+	closed   context.Context    // done once Close is called: the live streams end
+	close    context.CancelFunc // ends closed
 }
 
 // Close ends the live streams, which otherwise last as long as their
 // browsers stay: call it when the HTTP server shuts down
 // (http.Server.RegisterOnShutdown), so that it does not wait for them.
-func (c *Console) Close() {
-	c.close.Do(func() { close(c.closing) })
-}
+func (c *Console) Close() { c.close() }
 
 // New returns the console, or an error when its templates do not parse
 // (a build defect, caught by the tests).
@@ -134,10 +131,11 @@ func New(cfg Config) (*Console, error) {
 		cfg:      cfg,
 		sessions: newSessions(cfg.SessionTTL, cfg.IdleTimeout, cfg.MaxSessions, cfg.Now),
 		throttle: newSignInThrottle(cfg.Now),
-		closing:  make(chan struct{}),
+
 		admin:    nudgev1.NewAdminServiceClient(cfg.Conn),
 		profiles: nudgev1.NewProfileServiceClient(cfg.Conn),
 	}
+	c.closed, c.close = context.WithCancel(context.Background())
 	var err error
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -313,7 +311,6 @@ type view struct {
 	CSRF    string
 	Version string
 	Now     time.Time
-	Error   string
 	Data    any
 }
 
@@ -341,8 +338,7 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, s *session, code 
 	c.render(w, r, s, "error", http.StatusText(code), code, msg)
 }
 
-// rpcFailure turns an RPC's error into a status and message for a page:
-// a session whose token no longer works must sign in again.
+// rpcFailure turns an RPC's error into a status and message for a page.
 func rpcFailure(what string, err error) (int, string) {
 	st := status.Convert(err)
 	code := http.StatusBadGateway
@@ -375,26 +371,23 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 
 type loginData struct {
 	Next  string
-	Token string
+	Token string // the form's CSRF token
+	Error string // why the last sign-in was refused
 }
 
 func (c *Console) loginForm(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	tok := randomID()
 	c.setCookie(w, r, loginCookie, tok, 600)
-	next := r.FormValue("next")
+	c.render(w, r, nil, "login", "Sign in", code, loginData{Next: safeNext(r.FormValue("next")), Token: tok, Error: msg})
+}
+
+// safeNext is where to go after signing in: a console page, nothing else
+// (not another site: an open redirect).
+func safeNext(next string) string {
 	if !strings.HasPrefix(next, Prefix) {
-		next = Prefix
+		return Prefix
 	}
-	v := view{Title: "Sign in", Nav: "login", Open: false, Version: c.cfg.Version, Now: c.cfg.Now(), Error: msg, Data: loginData{Next: next, Token: tok}}
-	var buf bytes.Buffer
-	if err := c.pages["login"].ExecuteTemplate(&buf, "layout", v); err != nil {
-		http.Error(w, "the console failed to render the sign-in page", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	_, _ = w.Write(buf.Bytes())
+	return next
 }
 
 // login checks the token and starts a session. A wrong token, or one
@@ -437,11 +430,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	c.cfg.Log.Info("console: signed in", "token", name, "remote", r.RemoteAddr)
 	c.setCookie(w, r, loginCookie, "", -1)
 	c.setCookie(w, r, sessionCookie, s.id, int(c.cfg.SessionTTL.Seconds()))
-	next := r.PostFormValue("next")
-	if !strings.HasPrefix(next, Prefix) || strings.HasPrefix(next, "//") {
-		next = Prefix
-	}
-	http.Redirect(w, r, next, http.StatusSeeOther)
+	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
 }
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {

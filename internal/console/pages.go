@@ -79,10 +79,6 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	var d overviewData
 	rules, err := c.admin.GetRules(ctx, &nudgev1.GetRulesRequest{})
 	if err != nil {
-		if status.Code(err) == codes.Unauthenticated {
-			c.signOut(w, r, s)
-			return
-		}
 		_, d.RulesErr = rpcFailure("reading the rules in force failed", err)
 	}
 	d.Rules = rules
@@ -162,13 +158,6 @@ func (c *Console) charts() chartsData {
 	return d
 }
 
-// signOut ends a session whose token the server no longer accepts.
-func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
-	c.sessions.end(s.id)
-	c.setCookie(w, r, sessionCookie, "", -1)
-	http.Redirect(w, r, "/console/login?next="+r.URL.RequestURI(), http.StatusSeeOther)
-}
-
 // --- Campaigns
 
 type campaignsData struct {
@@ -201,9 +190,6 @@ func (c *Console) campaigns(w http.ResponseWriter, r *http.Request, s *session) 
 	var d campaignsData
 	res, err := c.admin.ListCampaignReports(ctx, &nudgev1.ListCampaignReportsRequest{})
 	switch {
-	case status.Code(err) == codes.Unauthenticated:
-		c.signOut(w, r, s)
-		return
 	case status.Code(err) == codes.Unimplemented:
 		d.Err = "This server does not measure campaigns."
 	case err != nil:
@@ -292,12 +278,6 @@ type timerRow struct {
 	Deferred bool
 }
 
-// windowOrder sorts the profile's standard windows.
-func windowOrder(ws []time.Duration) []time.Duration {
-	slices.Sort(ws)
-	return slices.Compact(ws)
-}
-
 func (c *Console) user(w http.ResponseWriter, r *http.Request, s *session) {
 	d := userData{ID: strings.TrimSpace(r.FormValue("id")), Channel: r.FormValue("channel"), MayErase: s.may(roleAdmin), Erased: r.FormValue("erased")}
 	if d.ID == "" {
@@ -308,9 +288,6 @@ func (c *Console) user(w http.ResponseWriter, r *http.Request, s *session) {
 	defer cancel()
 	res, err := c.profiles.GetProfile(ctx, &nudgev1.GetProfileRequest{UserId: d.ID})
 	switch {
-	case status.Code(err) == codes.Unauthenticated:
-		c.signOut(w, r, s)
-		return
 	case status.Code(err) == codes.NotFound:
 		d.Err = fmt.Sprintf("No profile for %q: nudge has no event of this user (or the profile was erased or expired).", d.ID)
 	case err != nil:
@@ -318,8 +295,8 @@ func (c *Console) user(w http.ResponseWriter, r *http.Request, s *session) {
 	default:
 		c.fillProfile(&d, res.GetProfile())
 	}
-	c.decide(ctx, &d, s)
-	c.recent(ctx, &d, s)
+	c.decide(ctx, &d)
+	c.recent(ctx, &d)
 	if d.Profile != nil {
 		d.Timeline = timeline(d.marks, c.cfg.Now())
 	}
@@ -334,7 +311,8 @@ func (c *Console) fillProfile(d *userData, p *nudgev1.Profile) {
 	for _, wc := range p.GetCounts() {
 		ws = append(ws, wc.GetWindow().AsDuration())
 	}
-	ws = windowOrder(ws)
+	slices.Sort(ws)
+	ws = slices.Compact(ws)
 	for _, w := range ws {
 		d.Windows = append(d.Windows, formatWindow(w))
 	}
@@ -380,12 +358,9 @@ func formatWindow(w time.Duration) string {
 }
 
 // recent reads the user's sampled decisions from the decision log.
-func (c *Console) recent(ctx context.Context, d *userData, s *session) {
+func (c *Console) recent(ctx context.Context, d *userData) {
 	if c.cfg.Decisions == nil {
 		d.RecentNote = "This server keeps no decision log."
-		return
-	}
-	if !s.may(roleAdmin, roleConsole) {
 		return
 	}
 	const scan, want = 20000, 20
@@ -491,13 +466,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request, s *session)
 	_ = rc.Flush()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	go func() {
-		select {
-		case <-c.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	defer context.AfterFunc(c.closed, cancel)() // Close ends the stream
 	beat := time.NewTicker(15 * time.Second)
 	defer beat.Stop()
 	entries := make(chan delivery.TailEntry, 256)

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -61,10 +59,6 @@ func (c *Console) playground(w http.ResponseWriter, r *http.Request, s *session)
 	defer cancel()
 	res, err := c.admin.TestRules(ctx, req)
 	if err != nil {
-		if status.Code(err) == codes.Unauthenticated {
-			c.signOut(w, r, s)
-			return
-		}
 		code, msg := rpcFailure("running the rules failed", err)
 		d.Err = msg
 		c.render(w, r, s, "playground", "Rules playground", code, d)
@@ -139,7 +133,7 @@ func parseHistory(text string) ([]*nudgev1.Event, error) {
 // decide asks what each channel would decide for the user now, with the
 // rules in force and the stored profile, and reads the user's pending
 // journey steps: TestRules, so nothing is written.
-func (c *Console) decide(ctx context.Context, d *userData, s *session) {
+func (c *Console) decide(ctx context.Context, d *userData) {
 	res, err := c.admin.TestRules(ctx, &nudgev1.TestRulesRequest{UserId: d.ID})
 	if err != nil {
 		_, d.DecideErr = rpcFailure("deciding failed", err)

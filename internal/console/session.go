@@ -22,8 +22,10 @@ type session struct {
 	seen  time.Time
 }
 
-// may reports whether the session holds one of roles. In open mode (no
-// tokens configured) a session holds every role.
+// may reports whether the session holds one of roles. Every session holds
+// admin or console (sign-in refuses other tokens; in open mode, without
+// tokens, a session holds admin), and the server's tokens do not change
+// while it runs, so a session's roles stay true for its life.
 func (s *session) may(roles ...string) bool {
 	return slices.ContainsFunc(roles, func(r string) bool { return slices.Contains(s.roles, r) })
 }

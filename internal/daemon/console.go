@@ -81,15 +81,22 @@ func (c *webConsole) mount(h http.Handler) http.Handler {
 func (c *webConsole) run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- c.grpc.Serve(c.lis) }()
-	go func() { _ = c.sampler.Run(ctx) }()
+	sctx, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		_ = c.sampler.Run(sctx) // nil at its end; its reader is registered
+	}()
+	var err error
 	select {
-	case err := <-errc:
-		_ = c.conn.Close()
-		return fmt.Errorf("console: in-process gRPC server: %w", err)
+	case err = <-errc:
+		err = fmt.Errorf("console: in-process gRPC server: %w", err)
 	case <-ctx.Done():
+		c.grpc.Stop() // unary calls only, and the HTTP listener has drained
+		<-errc
 	}
 	_ = c.conn.Close()
-	c.grpc.Stop() // unary calls only, and the HTTP listener has drained
-	<-errc
-	return nil
+	stopSampling()
+	<-sampled
+	return err
 }
