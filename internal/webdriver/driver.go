@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -69,7 +70,7 @@ type Options struct {
 	// ready, unless ctx ends first. Default: 20 s.
 	StartTimeout time.Duration
 	// PageLoadTimeout is the page-load timeout of new sessions: how long
-	// Navigate, Back and Refresh wait for a page. Default: 30 s.
+	// Navigate waits for a page. Default: 30 s.
 	PageLoadTimeout time.Duration
 	// Log receives chromedriver's output (and chromium's, which
 	// chromedriver passes on). Default: discarded. Start keeps its last
@@ -81,7 +82,6 @@ type Options struct {
 // its caller until Close.
 type Driver struct {
 	opt     Options
-	bin     string
 	browser string
 	base    string // http://127.0.0.1:port
 	home    string // chromium's XDG dirs and the profiles, removed by Close
@@ -145,7 +145,6 @@ func Start(ctx context.Context, opt Options) (*Driver, error) {
 	}
 	d := &Driver{
 		opt:     opt,
-		bin:     bin,
 		browser: browser,
 		home:    home,
 		client: &http.Client{Transport: &http.Transport{
@@ -237,10 +236,9 @@ func (d *Driver) stop() {
 	killGroup(d.cmd)
 	<-d.exited
 	d.client.CloseIdleConnections()
-	deadline := time.Now().Add(exitWait)
-	for groupAlive(d.cmd) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	_ = WaitFor(context.Background(), exitWait, "chromedriver's process group to exit", func() (bool, error) {
+		return !groupAlive(d.cmd), nil
+	})
 	_ = removeDir(d.home)
 }
 
@@ -297,40 +295,36 @@ func (d *Driver) do(ctx context.Context, method, path string, body, out any) err
 
 // findDriver resolves chromedriver: the option, $NUDGE_CHROMEDRIVER, PATH.
 func findDriver(path string) (string, error) {
-	from := "Options.Driver"
-	if path == "" {
-		path, from = os.Getenv("NUDGE_CHROMEDRIVER"), "$NUDGE_CHROMEDRIVER"
-	}
-	if path == "" {
-		path, from = "chromedriver", "PATH"
-	}
-	bin, err := exec.LookPath(path)
-	if err != nil {
-		return "", fmt.Errorf("%w: chromedriver not found (%s: %v): %s", ErrNotInstalled, from, err, installHint)
-	}
-	return bin, nil
+	return findBinary("chromedriver", path, "Options.Driver", "NUDGE_CHROMEDRIVER", "chromedriver")
 }
 
 // findBrowser resolves chromium: the option, $NUDGE_CHROMIUM, Debian's
 // binary, /usr/bin/chromium, PATH.
 func findBrowser(path string) (string, error) {
-	from := "Options.Browser"
+	return findBinary("chromium", path, "Options.Browser", "NUDGE_CHROMIUM", debianChromium, "/usr/bin/chromium", "chromium")
+}
+
+// findBinary resolves the binary name: path (from option) if set, else
+// $env if set, else the first of fallbacks that exec.LookPath finds. A
+// binary not found is an ErrNotInstalled error.
+func findBinary(name, path, option, env string, fallbacks ...string) (string, error) {
+	from := option
 	if path == "" {
-		path, from = os.Getenv("NUDGE_CHROMIUM"), "$NUDGE_CHROMIUM"
+		path, from = os.Getenv(env), "$"+env
 	}
 	if path != "" {
 		bin, err := exec.LookPath(path)
 		if err != nil {
-			return "", fmt.Errorf("%w: chromium not found (%s: %v): %s", ErrNotInstalled, from, err, installHint)
+			return "", fmt.Errorf("%w: %s not found (%s: %v): %s", ErrNotInstalled, name, from, err, installHint)
 		}
 		return bin, nil
 	}
-	for _, p := range []string{debianChromium, "/usr/bin/chromium", "chromium"} {
+	for _, p := range fallbacks {
 		if bin, err := exec.LookPath(p); err == nil {
 			return bin, nil
 		}
 	}
-	return "", fmt.Errorf("%w: chromium not found (%s, /usr/bin/chromium, PATH): %s", ErrNotInstalled, debianChromium, installHint)
+	return "", fmt.Errorf("%w: %s not found (tried %s, a bare name in PATH): %s", ErrNotInstalled, name, strings.Join(fallbacks, ", "), installHint)
 }
 
 // portLine is chromedriver's announcement of the port it listens on.

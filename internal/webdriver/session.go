@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -55,7 +56,6 @@ var browserArgs = []string{
 // headless chromium and a fresh profile directory, until Close.
 type Session struct {
 	d       *Driver
-	id      string
 	path    string // "/session/{id}"
 	profile string // chromium's --user-data-dir, removed by Close
 
@@ -80,7 +80,7 @@ func (d *Driver) NewSession(ctx context.Context) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webdriver: new session: %w", err)
 	}
-	args := append(append(append([]string{}, browserArgs...), d.opt.Args...), "--user-data-dir="+profile)
+	args := slices.Concat(browserArgs, d.opt.Args, []string{"--user-data-dir=" + profile})
 	pageLoad := d.opt.PageLoadTimeout.Milliseconds()
 	caps := map[string]any{"capabilities": map[string]any{"alwaysMatch": map[string]any{
 		"browserName": "chrome",
@@ -99,7 +99,7 @@ func (d *Driver) NewSession(ctx context.Context) (*Session, error) {
 		_ = os.RemoveAll(profile)
 		return nil, fmt.Errorf("webdriver: new session (chromium %s): %w", d.browser, err)
 	}
-	s := &Session{d: d, id: created.SessionID, path: "/session/" + created.SessionID, profile: profile}
+	s := &Session{d: d, path: "/session/" + created.SessionID, profile: profile}
 	d.mu.Lock()
 	if d.closed { // Close ran meanwhile and did not see this session
 		d.mu.Unlock()
@@ -110,9 +110,6 @@ func (d *Driver) NewSession(ctx context.Context) (*Session, error) {
 	d.mu.Unlock()
 	return s, nil
 }
-
-// ID is the WebDriver session id.
-func (s *Session) ID() string { return s.id }
 
 // Close deletes the session, which stops its chromium, and removes its
 // profile directory. Calling it again returns the first result.
@@ -137,17 +134,10 @@ func (s *Session) Close() error {
 // returns from deleting a session once chromium has exited; the retries
 // are for a helper process still writing its last file.
 func removeDir(dir string) error {
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	return WaitFor(context.Background(), 2*time.Second, "removal of "+dir, func() (bool, error) {
 		err := os.RemoveAll(dir)
-		if err == nil || time.Now().After(deadline) {
-			if err != nil {
-				return fmt.Errorf("webdriver: %w", err)
-			}
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil, err
+	})
 }
 
 // do sends a command of this session: path is relative to /session/{id}.
@@ -179,22 +169,6 @@ func (s *Session) Title(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("webdriver: title: %w", err)
 	}
 	return t, nil
-}
-
-// Back goes back one page in history and waits for it to load.
-func (s *Session) Back(ctx context.Context) error {
-	if err := s.do(ctx, http.MethodPost, "/back", struct{}{}, nil); err != nil {
-		return fmt.Errorf("webdriver: back: %w", err)
-	}
-	return nil
-}
-
-// Refresh reloads the page and waits for it to load.
-func (s *Session) Refresh(ctx context.Context) error {
-	if err := s.do(ctx, http.MethodPost, "/refresh", struct{}{}, nil); err != nil {
-		return fmt.Errorf("webdriver: refresh: %w", err)
-	}
-	return nil
 }
 
 // Keys the browser understands in PressKeys (WebDriver's key codes).
@@ -230,15 +204,6 @@ func (s *Session) PageSource(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("webdriver: page source: %w", err)
 	}
 	return src, nil
-}
-
-// SetWindowSize resizes the browser window (outer size, in CSS pixels).
-func (s *Session) SetWindowSize(ctx context.Context, width, height int) error {
-	rect := map[string]int{"width": width, "height": height}
-	if err := s.do(ctx, http.MethodPost, "/window/rect", rect, nil); err != nil {
-		return fmt.Errorf("webdriver: set window size %dx%d: %w", width, height, err)
-	}
-	return nil
 }
 
 // Screenshot returns a PNG of the viewport.
@@ -350,9 +315,6 @@ type Element struct {
 	id string
 }
 
-// ID is the WebDriver element id.
-func (e Element) ID() string { return e.id }
-
 // MarshalJSON encodes e as a WebDriver element reference, so that an
 // Element passed to Execute arrives in the script as the DOM element.
 func (e Element) MarshalJSON() ([]byte, error) {
@@ -453,13 +415,4 @@ func (e Element) Property(ctx context.Context, name string) (json.RawMessage, er
 		return nil, fmt.Errorf("webdriver: property %q: %w", name, err)
 	}
 	return v, nil
-}
-
-// Displayed reports whether the element is visible to a user.
-func (e Element) Displayed(ctx context.Context) (bool, error) {
-	var shown bool
-	if err := e.do(ctx, http.MethodGet, "/displayed", nil, &shown); err != nil {
-		return false, fmt.Errorf("webdriver: displayed: %w", err)
-	}
-	return shown, nil
 }
