@@ -19,6 +19,7 @@ import (
 
 	"github.com/nudge-dm/nudge/audit"
 	"github.com/nudge-dm/nudge/delivery"
+	"github.com/nudge-dm/nudge/profile"
 	nudgev1 "github.com/nudge-dm/nudge/proto/nudge/v1"
 )
 
@@ -32,13 +33,6 @@ var funcs = template.FuncMap{
 	},
 	"ago":     relTime,
 	"pct":     pct,
-	"compact": compact,
-	"short": func(s string) string {
-		if len(s) > 12 {
-			return s[:12]
-		}
-		return s
-	},
 	"verdict": verdictName,
 	"evstatus": func(st nudgev1.EventStatus) string {
 		return strings.ToLower(strings.TrimPrefix(st.String(), "EVENT_STATUS_"))
@@ -314,7 +308,7 @@ func (c *Console) fillProfile(d *userData, p *nudgev1.Profile) {
 	slices.Sort(ws)
 	ws = slices.Compact(ws)
 	for _, w := range ws {
-		d.Windows = append(d.Windows, formatWindow(w))
+		d.Windows = append(d.Windows, profile.FormatDuration(w)) // 5m, 24h is 1d, 7d: as the rules write them
 	}
 	rows := map[[2]string]*countRow{}
 	var keys [][2]string
@@ -344,17 +338,6 @@ func (c *Console) fillProfile(d *userData, p *nudgev1.Profile) {
 		marks = append(marks, mark{At: e.GetExposedAt().AsTime(), Label: l, Class: "exposure"})
 	}
 	d.marks = marks
-}
-
-// formatWindow prints a window as the rules write it: 5m, 24h, 7d.
-func formatWindow(w time.Duration) string {
-	switch {
-	case w >= 24*time.Hour && w%(24*time.Hour) == 0:
-		return fmt.Sprintf("%dd", w/(24*time.Hour))
-	case w >= time.Hour && w%time.Hour == 0:
-		return fmt.Sprintf("%dh", w/time.Hour)
-	}
-	return fmt.Sprintf("%dm", w/time.Minute)
 }
 
 // recent reads the user's sampled decisions from the decision log.
