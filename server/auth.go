@@ -264,12 +264,14 @@ func newLimiter(token, field string, perSecond, burstSeconds float64) (*rate.Lim
 }
 
 // roleList is the known roles, for messages.
-func roleList() string {
-	names := make([]string, len(knownRoles))
-	for i, r := range knownRoles {
+func roleList() string { return strings.Join(roleNames(knownRoles), ", ") }
+
+func roleNames(roles []Role) []string {
+	names := make([]string, len(roles))
+	for i, r := range roles {
 		names[i] = string(r)
 	}
-	return strings.Join(names, ", ")
+	return names
 }
 
 // has reports whether the principal holds role.
@@ -283,10 +285,7 @@ func (s *Server) authorize(authorization []string, method string) (*principal, e
 	if !ok {
 		return nil, errNoToken
 	}
-	// A map lookup compares digests, not secrets: its timing tells at
-	// most how a guess's digest relates to a real one, which says
-	// nothing about the real secret.
-	p := s.tokens[secretDigest(sha256.Sum256([]byte(secret)))]
+	p := s.principalOf(secret)
 	if p == nil {
 		return nil, errUnknownToken
 	}
@@ -304,6 +303,14 @@ func (s *Server) authorize(authorization []string, method string) (*principal, e
 		return p, lacksRole(p.name, role, method)
 	}
 	return p, nil
+}
+
+// principalOf is the token whose secret is secret; nil when none has it
+// or the server does not authenticate. A map lookup compares digests, not
+// secrets: its timing tells at most how a guess's digest relates to a
+// real one, which says nothing about the real secret.
+func (s *Server) principalOf(secret string) *principal {
+	return s.tokens[secretDigest(sha256.Sum256([]byte(secret)))]
 }
 
 // bearer is the token of a single "Bearer <token>" authorization value

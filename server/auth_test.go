@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -334,10 +335,29 @@ func TestConsoleRole(t *testing.T) {
 	}
 	for _, d := range denied {
 		t.Run("denied "+d.name, func(t *testing.T) {
-			wantCode(t, d.call(), codes.PermissionDenied, `token "console" lacks role "`)
-			wantCode(t, d.call(), codes.PermissionDenied, "required by "+d.method)
+			err := d.call()
+			wantCode(t, err, codes.PermissionDenied, `token "console" lacks role "`)
+			wantCode(t, err, codes.PermissionDenied, "required by "+d.method)
 		})
 	}
+
+	t.Run("TokenRoles", func(t *testing.T) {
+		if !h.srv.AuthRequired() {
+			t.Error("AuthRequired false with tokens")
+		}
+		if name, roles, ok := h.srv.TokenRoles(consoleSecret); !ok || name != "console" || !slices.Equal(roles, []string{"console"}) {
+			t.Errorf("TokenRoles(console's secret) = %q, %v, %v", name, roles, ok)
+		}
+		for _, secret := range []string{"", "not-a-secret"} {
+			if name, roles, ok := h.srv.TokenRoles(secret); ok || name != "" || roles != nil {
+				t.Errorf("TokenRoles(%q) = %q, %v, %v; want no token", secret, name, roles, ok)
+			}
+		}
+		open := start(t, okStore(), serverConfig())
+		if _, _, ok := open.srv.TokenRoles(consoleSecret); ok || open.srv.AuthRequired() {
+			t.Error("a server without tokens knows a token")
+		}
+	})
 
 	t.Run("the refusal of a read names console", func(t *testing.T) {
 		_, err := admin.GetRules(withToken(callCtx(t), decideSecret), &nudgev1.GetRulesRequest{})

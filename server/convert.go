@@ -166,3 +166,15 @@ func appendCounts(counts []*nudgev1.WindowedCount, p *profile.Profile, typ, cate
 	}
 	return counts
 }
+
+// actionsToProto converts actions for the API; nil for none.
+func actionsToProto(actions []profile.Action) []*nudgev1.Action {
+	if len(actions) == 0 {
+		return nil
+	}
+	out := make([]*nudgev1.Action, len(actions))
+	for i := range actions {
+		out[i] = ActionToProto(&actions[i])
+	}
+	return out
+}

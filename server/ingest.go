@@ -310,10 +310,7 @@ func (s *Server) applyBatch(ctx context.Context, events []*nudgev1.Event, reject
 		}
 		return nil, nil, failed
 	}
-	actions := make([]*nudgev1.Action, len(out.Actions))
-	for i := range out.Actions {
-		actions[i] = ActionToProto(&out.Actions[i])
-	}
+	actions := actionsToProto(out.Actions)
 	s.metrics.actions.Add(ctx, int64(len(actions)))
 	s.countNotes(ctx, out.Notes, s.cfg.Now())
 	return results, actions, nil

@@ -17,12 +17,6 @@ import (
 // problems.
 const playgroundFile = "playground.yaml"
 
-// One TestRules call plays at a time (Server.plays): compiling the
-// largest rules file the limits allow takes about 3 s of a core and 650 MB
-// of short-lived garbage (decision.Limits), and each of up to 10,000
-// history events may cost rules.max_event_cost to judge; several at once
-// would take that from the decisions served meanwhile.
-
 // ruleLimits is what a RuleSource says of the limits its files are held
 // to; a *decision.Live says it. TestRules holds its files to them too.
 type ruleLimits interface {
@@ -78,6 +72,11 @@ func (s *Server) TestRules(ctx context.Context, req *nudgev1.TestRulesRequest) (
 		}
 	}
 
+	// One call plays at a time: compiling the largest rules file the
+	// limits allow takes about 3 s of a core and 650 MB of short-lived
+	// garbage (decision.Limits), and each of up to 10,000 history events
+	// may cost rules.max_event_cost to judge; several at once would take
+	// that from the decisions served meanwhile.
 	if err := s.plays.Acquire(ctx, 1); err != nil {
 		return nil, toStatus(err)
 	}
@@ -123,12 +122,8 @@ func otherUser(err error) error {
 	if !errors.As(err, &ou) {
 		return toStatus(err)
 	}
-	field := "event"
-	if ou.Index >= 0 {
-		field = fmt.Sprintf("history[%d]", ou.Index)
-	}
 	return invalidRequest(fmt.Sprintf("%s.user_id: the event is for user %q, not user %q (the request's user_id, else the event's, else history[0]'s)",
-		field, ou.UserID, ou.Want))
+		ou.Field(), ou.UserID, ou.Want))
 }
 
 func problemToProto(p rulestest.Problem) *nudgev1.RulesProblem {
@@ -175,17 +170,6 @@ func reportToProto(resp *nudgev1.TestRulesResponse, req *nudgev1.TestRulesReques
 
 func playedToProto(eventID string, r profile.Result) *nudgev1.PlayedEvent {
 	return &nudgev1.PlayedEvent{EventId: eventID, Status: statusToProto(r.Status), Reason: r.Reason}
-}
-
-func actionsToProto(actions []profile.Action) []*nudgev1.Action {
-	if len(actions) == 0 {
-		return nil
-	}
-	out := make([]*nudgev1.Action, len(actions))
-	for i := range actions {
-		out[i] = ActionToProto(&actions[i])
-	}
-	return out
 }
 
 func notesToProto(notes []profile.Note) []*nudgev1.ActionNote {

@@ -35,10 +35,10 @@ type testReport struct {
 	// event reached (profile.Note); Timers are the steps pending once it
 	// is applied, and Later what they do at their due times if no other
 	// event arrives.
-	Notes     []profile.Note    `json:"notes,omitempty"`
-	Timers    []timerReport     `json:"timers,omitempty"`
-	Later     []firing          `json:"later,omitempty"`
-	Decisions []channelDecision `json:"decisions"`
+	Notes     []profile.Note              `json:"notes,omitempty"`
+	Timers    []timerReport               `json:"timers,omitempty"`
+	Later     []rulestest.Firing          `json:"later,omitempty"`
+	Decisions []rulestest.ChannelDecision `json:"decisions"`
 }
 
 // timerReport is a pending journey step or deferred action (profile.Timer).
@@ -48,18 +48,6 @@ type timerReport struct {
 	Due      time.Time `json:"due"`
 	Wake     time.Time `json:"wake"`
 	Deferred bool      `json:"deferred,omitempty"`
-}
-
-// firing is what the timers due at one time do.
-type firing struct {
-	At      time.Time        `json:"at"`
-	Actions []profile.Action `json:"actions,omitempty"`
-	Notes   []profile.Note   `json:"notes,omitempty"`
-}
-
-type channelDecision struct {
-	Channel string            `json:"channel"`
-	Result  decision.Decision `json:"decision"`
 }
 
 // rulesTestOptions are the flags of nudgectl rules test.
@@ -143,15 +131,9 @@ func rulesTest(rulesPath string, o rulesTestOptions, stdout, stderr io.Writer) i
 		return fail(err)
 	}
 	rep := testReport{Event: ev.ID, Status: res.Event.Status.String(), Reason: res.Event.Reason, Actions: res.Actions,
-		Notes: res.Notes}
+		Notes: res.Notes, Later: res.Later, Decisions: res.Decisions}
 	for _, t := range res.Timers {
 		rep.Timers = append(rep.Timers, timerReport{Trigger: t.Trigger, Step: t.Step, Due: t.Due, Wake: t.Wake, Deferred: t.Deferred})
-	}
-	for _, cd := range res.Decisions {
-		rep.Decisions = append(rep.Decisions, channelDecision{Channel: cd.Channel, Result: cd.Decision})
-	}
-	for _, f := range res.Later {
-		rep.Later = append(rep.Later, firing{At: f.At, Actions: f.Actions, Notes: f.Notes})
 	}
 	if o.asJSON {
 		enc := json.NewEncoder(stdout)
@@ -202,7 +184,7 @@ func printReport(w io.Writer, rep testReport) {
 		}
 	}
 	for _, cd := range rep.Decisions {
-		d := cd.Result
+		d := cd.Decision
 		fmt.Fprintf(w, "decision on %s: %s", cd.Channel, strings.ToUpper(d.Verdict.String()))
 		if d.Offer != nil {
 			fmt.Fprintf(w, " %s", d.Offer.ID)

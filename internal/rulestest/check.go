@@ -12,16 +12,20 @@ type OtherUserError struct {
 }
 
 func (e *OtherUserError) Error() string {
-	what := "event"
-	if e.Index >= 0 {
-		what = fmt.Sprintf("history[%d]", e.Index)
-	}
-	return fmt.Sprintf("rulestest: %s is for user %q, not %q", what, e.UserID, e.Want)
+	return fmt.Sprintf("rulestest: %s is for user %q, not %q", e.Field(), e.UserID, e.Want)
 }
 
-// User returns the user in plays: UserID, else the Event's, else the
-// first History event's ("" when none names one).
-func (in *Input) User() string {
+// Field names the event as the Input's field: "event" or "history[i]".
+func (e *OtherUserError) Field() string {
+	if e.Index < 0 {
+		return "event"
+	}
+	return fmt.Sprintf("history[%d]", e.Index)
+}
+
+// user is the user in plays: UserID, else the Event's, else the first
+// History event's ("" when none names one).
+func (in *Input) user() string {
 	switch {
 	case in.UserID != "":
 		return in.UserID
@@ -37,7 +41,7 @@ func (in *Input) User() string {
 // *OtherUserError), history first; Run refuses such an input, and a
 // caller that reads the user's profile can check before it does.
 func (in *Input) Check() error {
-	user := in.User()
+	user := in.user()
 	for i := range in.History {
 		if u := in.History[i].UserID; u != user {
 			return &OtherUserError{Index: i, UserID: u, Want: user}

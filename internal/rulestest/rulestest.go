@@ -87,17 +87,19 @@ type Report struct {
 	Truncated bool
 }
 
-// ChannelDecision is the decision on one channel.
+// ChannelDecision is the decision on one channel. Its JSON is what
+// nudgectl rules test --json prints.
 type ChannelDecision struct {
-	Channel  string
-	Decision decision.Decision
+	Channel  string            `json:"channel"`
+	Decision decision.Decision `json:"decision"`
 }
 
-// Firing is what the timers due at one time do.
+// Firing is what the timers due at one time do. Its JSON is what nudgectl
+// rules test --json prints.
 type Firing struct {
-	At      time.Time
-	Actions []profile.Action
-	Notes   []profile.Note
+	At      time.Time        `json:"at"`
+	Actions []profile.Action `json:"actions,omitempty"`
+	Notes   []profile.Note   `json:"notes,omitempty"`
 }
 
 // Run plays in on rules (which must not be nil), in the order nudged
@@ -109,7 +111,7 @@ func Run(rules *decision.Rules, in Input) (Report, error) {
 	if err := in.Check(); err != nil {
 		return Report{}, err
 	}
-	user := in.User()
+	user := in.user()
 	now := in.Now
 	if now.IsZero() {
 		now = defaultNow(in)
