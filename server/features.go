@@ -107,18 +107,12 @@ func (e *featureEval) row(userID string, p *profile.Profile, err error) *nudgev1
 	return r
 }
 
-// uncachedReader reads profiles without keeping them in the near-cache
-// (a *redisstore.Store is one).
-type uncachedReader interface {
-	ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
-}
-
 // GetFeatures evaluates features on the users' profiles: those the
 // near-cache holds from memory (DecisionStore.Peek), the others read in
-// one pipelined round trip (ReadMany when the store has it: a model
-// scoring many users must not fill the decisions' near-cache with them,
-// which made the garbage collector of a 150 MiB nudged the bottleneck,
-// BENCHMARKS.md; LoadMany otherwise), all at one instant of the server's
+// one pipelined round trip (ReadMany: a model scoring many users must
+// not fill the decisions' near-cache with them, which made the garbage
+// collector of a 150 MiB nudged the bottleneck, BENCHMARKS.md), all at
+// one instant of the server's
 // clock. A user named twice is read once and answered twice. A user
 // without a profile gets the features of an empty one; a corrupt profile,
 // every feature in its row's errors. The store failing answers
@@ -153,11 +147,7 @@ func (s *Server) GetFeatures(ctx context.Context, req *nudgev1.GetFeaturesReques
 		reads = append(reads, [2]int{i, k})
 	}
 	if len(missed) > 0 {
-		read := s.decisions.LoadMany
-		if r, ok := s.decisions.(uncachedReader); ok {
-			read = r.ReadMany
-		}
-		ps, es := read(ctx, missed)
+		ps, es := s.decisions.ReadMany(ctx, missed)
 		if ctx.Err() != nil {
 			return nil, toStatus(ctx.Err())
 		}

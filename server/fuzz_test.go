@@ -211,6 +211,10 @@ func (m *memStore) Load(ctx context.Context, userID string, _ uint64) (*profile.
 	return m.Get(ctx, userID)
 }
 
+func (m *memStore) ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	return m.LoadMany(ctx, userIDs)
+}
+
 func (m *memStore) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ps, errs := make([]*profile.Profile, len(userIDs)), make([]error, len(userIDs))
 	for i, id := range userIDs {

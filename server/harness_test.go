@@ -286,6 +286,11 @@ func (f *fakeStore) Load(ctx context.Context, userID string, _ uint64) (*profile
 	return f.Get(ctx, userID)
 }
 
+// ReadMany is LoadMany: the fake keeps no near-cache.
+func (f *fakeStore) ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
+	return f.LoadMany(ctx, userIDs)
+}
+
 // LoadMany answers each user with get, as a pipeline would.
 func (f *fakeStore) LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error) {
 	ps, errs := make([]*profile.Profile, len(userIDs)), make([]error, len(userIDs))

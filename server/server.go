@@ -39,12 +39,14 @@ type (
 	// Peek answers from memory without I/O when it can (a near-cache kept
 	// coherent with the store), found false otherwise; Load and LoadMany
 	// read the store (Load may share a read with concurrent callers, but
-	// not one of a profile older than minVersion). Profiles returned must
-	// not be modified.
+	// not one of a profile older than minVersion); ReadMany is LoadMany for
+	// batch readers (GetFeatures) whose users must not fill that memory
+	// (the decisions' hot set). Profiles returned must not be modified.
 	DecisionStore interface {
 		Peek(userID string, minVersion uint64) (p *profile.Profile, found bool, err error)
 		Load(ctx context.Context, userID string, minVersion uint64) (*profile.Profile, error)
 		LoadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
+		ReadMany(ctx context.Context, userIDs []string) ([]*profile.Profile, []error)
 		Update(ctx context.Context, userID string, fn func(p *profile.Profile, now time.Time) bool) (uint64, error)
 	}
 	// ProfileStore shows and erases profiles: ProfileService.
