@@ -59,15 +59,11 @@ const tailPauseMin = 5 * time.Millisecond
 // Options.Count entries per stream.
 func (o *Outbox) Tail(ctx context.Context, each func(TailEntry) error) error {
 	after, err := o.newestIDs(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	if o.cluster {
+	switch {
+	case err != nil:
+	case o.cluster:
 		err = o.tailCluster(ctx, after, each)
-	} else {
+	default:
 		err = o.tailStandalone(ctx, after, each)
 	}
 	if ctx.Err() != nil && isCtxErr(err) {
@@ -109,10 +105,6 @@ func (o *Outbox) newestIDs(ctx context.Context) ([]string, error) {
 
 // tailStandalone follows every stream with one blocking XREAD at a time.
 func (o *Outbox) tailStandalone(ctx context.Context, after []string, each func(TailEntry) error) error {
-	index := make(map[string]int, len(o.keys))
-	for i, k := range o.keys {
-		index[k] = i
-	}
 	streams := make([]string, 2*len(o.keys))
 	copy(streams, o.keys)
 	for ctx.Err() == nil {
@@ -125,11 +117,8 @@ func (o *Outbox) tailStandalone(ctx context.Context, after []string, each func(T
 			return fmt.Errorf("delivery: tail: %w", err)
 		}
 		for _, s := range res {
-			i, ok := index[s.Stream]
-			if !ok {
-				continue // not asked for; cannot happen
-			}
-			if err := o.tailEach(s.Stream, s.Messages, &after[i], each); err != nil {
+			// o.buckets maps a stream to its bucket, its index in o.keys.
+			if err := o.tailEach(s.Stream, s.Messages, &after[o.buckets[s.Stream]], each); err != nil {
 				return err
 			}
 		}

@@ -61,12 +61,9 @@ type Point struct {
 	Value float64
 }
 
-// Series is a named run of points, oldest first.
+// Series is a run of points, oldest first. What its values are (a rate,
+// a share, seconds) is said by the Overview field that holds it.
 type Series struct {
-	Name string
-	// Unit is "/s" for a rate, "1" for a share in [0, 1], "s" for
-	// seconds.
-	Unit   string
 	Points []Point
 }
 
@@ -219,9 +216,8 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	if cerr != nil && len(rm.ScopeMetrics) == 0 {
 		return fmt.Errorf("console: sample metrics: %w", cerr)
 	}
-	s.mu.Lock()
+	// s.last changes only here, under sampling: reading it needs no mu.
 	prev := s.last
-	s.mu.Unlock()
 	r := samplerRead(&rm, prev, s.opt.Now())
 
 	s.mu.Lock()
@@ -232,15 +228,13 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			s.since = r.start
 		}
 	}
-	if prev != nil {
-		if dt := r.at.Sub(prev.at).Seconds(); dt > 0 {
-			s.addPoints(prev, r, dt)
-		}
+	if prev != nil && r.at.After(prev.at) {
+		s.addPoints(prev, r)
 	}
 	s.last = r
 	cutoff := r.at.Add(-s.opt.Keep)
 	for i := range s.series {
-		s.series[i] = samplerPrune(s.series[i], cutoff)
+		s.series[i] = samplerSince(s.series[i], cutoff)
 	}
 	if cerr != nil {
 		return fmt.Errorf("console: sample metrics (recorded): %w", cerr)
@@ -248,77 +242,90 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	return nil
 }
 
-// addPoints appends the rates between two readings, dt seconds apart.
-func (s *Sampler) addPoints(prev, cur *samplerReading, dt float64) {
-	at := cur.at
-	rate := func(i int, v float64) { s.series[i] = append(s.series[i], Point{At: at, Value: v / dt}) }
-	var events, applied, decisions, degraded, lagSum, lagCount, actions, delivered, hooksOK, hooksFailed float64
-	var verdicts [3]float64 // send, hold, none
+// addPoints appends the rates (and the degraded share and the mean lag)
+// between two readings, cur after prev.
+func (s *Sampler) addPoints(prev, cur *samplerReading) {
+	// Each series' delta over the interval; of the lag, its seconds.
+	var sum [samplerSeriesCount]float64
+	var lagCount float64
 	for k, v := range cur.values {
 		d := max(0, v-prev.values[k]) // a counter that went back was reset
 		switch k.metric {
 		case samplerEvents:
-			events += d
+			sum[samplerSeriesEvents] += d
 			if k.a == "applied" {
-				applied += d
+				sum[samplerSeriesApplied] += d
 			}
 		case samplerDecisions:
-			decisions += d
+			sum[samplerSeriesDecisions] += d
 			if k.b == "true" {
-				degraded += d
+				sum[samplerSeriesDegraded] += d
 			}
 			switch k.a {
 			case "send":
-				verdicts[0] += d
+				sum[samplerSeriesSend] += d
 			case "hold":
-				verdicts[1] += d
+				sum[samplerSeriesHold] += d
 			case "none":
-				verdicts[2] += d
+				sum[samplerSeriesNone] += d
 			}
 		case samplerEventLag:
 			if k.a == "count" {
 				lagCount += d
 			} else {
-				lagSum += d
+				sum[samplerSeriesLag] += d
 			}
 		case samplerActionsEmitted:
-			actions += d
+			sum[samplerSeriesActions] += d
 		case samplerActionsDelivered:
-			delivered += d
+			sum[samplerSeriesDelivered] += d
 		case samplerWebhookDelivered:
-			hooksOK += d
+			sum[samplerSeriesHooksDelivered] += d
 		case samplerWebhookFailed:
-			hooksFailed += d
+			sum[samplerSeriesHooksFailed] += d
 		}
 	}
-	rate(samplerSeriesEvents, events)
-	rate(samplerSeriesApplied, applied)
-	rate(samplerSeriesDecisions, decisions)
-	rate(samplerSeriesActions, actions)
-	rate(samplerSeriesDelivered, delivered)
-	rate(samplerSeriesHooksDelivered, hooksOK)
-	rate(samplerSeriesHooksFailed, hooksFailed)
-	rate(samplerSeriesSend, verdicts[0])
-	rate(samplerSeriesHold, verdicts[1])
-	rate(samplerSeriesNone, verdicts[2])
-	if decisions > 0 {
-		s.series[samplerSeriesDegraded] = append(s.series[samplerSeriesDegraded], Point{At: at, Value: degraded / decisions})
-	}
-	if lagCount > 0 {
-		s.series[samplerSeriesLag] = append(s.series[samplerSeriesLag], Point{At: at, Value: lagSum / lagCount})
+	dt := cur.at.Sub(prev.at).Seconds()
+	for i, v := range sum {
+		per := dt // a rate
+		switch i {
+		case samplerSeriesDegraded:
+			per = sum[samplerSeriesDecisions] // a share of the decisions
+		case samplerSeriesLag:
+			per = lagCount // a mean
+		}
+		if per > 0 { // no share or mean of nothing
+			s.series[i] = append(s.series[i], Point{At: cur.at, Value: v / per})
+		}
 	}
 }
 
-// samplerPrune drops the points before cutoff, in place.
-func samplerPrune(pts []Point, cutoff time.Time) []Point {
+// samplerSince returns the points at or after cutoff, a tail of pts: the
+// points cut stay in pts's array until an append outgrows it.
+func samplerSince(pts []Point, cutoff time.Time) []Point {
 	i := 0
 	for i < len(pts) && pts[i].At.Before(cutoff) {
 		i++
 	}
-	if i == 0 {
-		return pts
+	return pts[i:]
+}
+
+// series returns the Overview's series by their index in Sampler.series.
+func (o *Overview) series() [samplerSeriesCount]*Series {
+	return [samplerSeriesCount]*Series{
+		samplerSeriesEvents:         &o.Events,
+		samplerSeriesApplied:        &o.Applied,
+		samplerSeriesDecisions:      &o.Decisions,
+		samplerSeriesDegraded:       &o.DegradedShare,
+		samplerSeriesLag:            &o.EventLag,
+		samplerSeriesActions:        &o.Actions,
+		samplerSeriesDelivered:      &o.Delivered,
+		samplerSeriesHooksDelivered: &o.WebhookDelivered,
+		samplerSeriesHooksFailed:    &o.WebhookFailed,
+		samplerSeriesSend:           &o.Send,
+		samplerSeriesHold:           &o.Hold,
+		samplerSeriesNone:           &o.None,
 	}
-	return append(pts[:0], pts[i:]...)
 }
 
 // Overview returns the series (points within SamplerOptions.Keep of now),
@@ -336,26 +343,9 @@ func (s *Sampler) Overview() Overview {
 		EventsByStatus:     map[string]int64{},
 		DecisionsByVerdict: map[string]int64{},
 	}
-	series := func(i int, name, unit string) Series {
-		pts := s.series[i]
-		j := 0
-		for j < len(pts) && pts[j].At.Before(cutoff) {
-			j++
-		}
-		return Series{Name: name, Unit: unit, Points: slices.Clone(pts[j:])}
+	for i, dst := range o.series() {
+		dst.Points = slices.Clone(samplerSince(s.series[i], cutoff))
 	}
-	o.Events = series(samplerSeriesEvents, "events", "/s")
-	o.Applied = series(samplerSeriesApplied, "events applied", "/s")
-	o.Decisions = series(samplerSeriesDecisions, "decisions", "/s")
-	o.DegradedShare = series(samplerSeriesDegraded, "degraded share of decisions", "1")
-	o.EventLag = series(samplerSeriesLag, "mean event lag", "s")
-	o.Actions = series(samplerSeriesActions, "actions emitted", "/s")
-	o.Delivered = series(samplerSeriesDelivered, "actions delivered", "/s")
-	o.WebhookDelivered = series(samplerSeriesHooksDelivered, "webhook deliveries", "/s")
-	o.WebhookFailed = series(samplerSeriesHooksFailed, "webhook failures", "/s")
-	o.Send = series(samplerSeriesSend, "decisions send", "/s")
-	o.Hold = series(samplerSeriesHold, "decisions hold", "/s")
-	o.None = series(samplerSeriesNone, "decisions none", "/s")
 	steps := map[string]map[string]int64{} // id -> outcome -> count
 	var values map[samplerKey]float64
 	if s.last != nil {
@@ -389,7 +379,12 @@ func samplerFunnels(campaigns []decision.Campaign, steps map[string]map[string]i
 	used := map[string]bool{}
 	step := func(id string) FunnelStep {
 		used[id] = true
-		return FunnelStep{ID: id, Outcomes: samplerCloneCounts(steps[id])}
+		// steps is the caller's own, built for this Overview: no copy.
+		outcomes := steps[id]
+		if outcomes == nil {
+			outcomes = map[string]int64{}
+		}
+		return FunnelStep{ID: id, Outcomes: outcomes}
 	}
 	at := map[string]int{} // trigger id -> index in out
 	for _, c := range campaigns {
@@ -413,14 +408,6 @@ func samplerFunnels(campaigns []decision.Campaign, steps map[string]map[string]i
 	slices.Sort(rest)
 	for _, id := range rest {
 		out = append(out, Funnel{Trigger: id, Steps: []FunnelStep{step(id)}})
-	}
-	return out
-}
-
-func samplerCloneCounts(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
 	}
 	return out
 }
