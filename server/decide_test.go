@@ -272,8 +272,11 @@ func TestGetDecisionBreaker(t *testing.T) {
 			t.Fatal("still degraded 10s after the store came back")
 		}
 	}
-	if d := decide(0); d.GetDegraded() {
-		t.Fatalf("got %v after a successful probe, want fresh", d)
+	// Closed again (on a loaded machine a read may itself outlast 10 ms
+	// and degrade, so what is checked is that none is refused for the
+	// breaker).
+	if d := decide(0); paused(d) {
+		t.Fatalf("got %v after a successful probe, want the breaker closed", d)
 	}
 }
 
@@ -308,8 +311,14 @@ func TestGetDecisionBreakerIgnoresOneUser(t *testing.T) {
 			t.Fatalf("%s: got %v, want degraded", user, d)
 		}
 	}
-	if d := decide("good"); d.GetDegraded() {
-		t.Fatalf("a healthy user got %v: one user's profile opened the breaker for everyone", d)
+	// The breaker, not the budget: on a loaded machine (CI runs this under
+	// -race beside the integration tests) a healthy read may itself take
+	// longer than 10 ms and degrade, which says nothing of the breaker.
+	d := decide("good")
+	for _, r := range d.GetReasons() {
+		if strings.Contains(r.GetMessage(), "reads are paused") {
+			t.Fatalf("a healthy user got %v: one user's profile opened the breaker for everyone", d)
+		}
 	}
 }
 
