@@ -207,12 +207,14 @@ func TestOutOfOrderEventsLandInTheirWindow(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backend) {
 		e := b.newEnv(t, redisstore.Options{})
 		const user = "late-user"
-		// Two views an hour ago, then one that arrives late but happened
-		// between them: at its own time only 2 views are in its 30
-		// minutes, but at the later view's time all 3 are, so it fires
-		// the coupon (as it would have in arrival order), once.
+		// Two views about an hour ago, then one that arrives late but
+		// happened between them: at its own time only 2 views are in its
+		// 30 minutes, but at the later view's time all 3 are, so it fires
+		// the coupon (as it would have in arrival order), once. The first
+		// is 59 minutes old, not 60: the 1h count read below, a moment
+		// later, must not lose it to the minute boundary.
 		later := ev(user, "view", "tv", 56*time.Minute)
-		r := e.publish(t, ev(user, "view", "tv", 60*time.Minute), later)
+		r := e.publish(t, ev(user, "view", "tv", 59*time.Minute), later)
 		late := e.publish(t, ev(user, "view", "tv", 58*time.Minute))
 		recent := e.publish(t, ev(user, "view", "tv", 2*time.Minute))
 		for _, resp := range []*nudgev1.PublishResponse{r, late, recent} {
