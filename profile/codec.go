@@ -520,8 +520,10 @@ func decodeSeries(v []byte) (Series, error) {
 			prev := int64(0)
 			if len(*bs) > 0 {
 				prev = (*bs)[len(*bs)-1].At
-			} else {
-				*bs = make([]Bucket, 0, packedCount(v)/2)
+			} else if n := packedCount(v) / 2; n > 0 {
+				// Not for an empty field: a tier without buckets stays
+				// nil, as encoding it again gives.
+				*bs = make([]Bucket, 0, n)
 			}
 			for len(v) > 0 {
 				d, n := protowire.ConsumeVarint(v)
